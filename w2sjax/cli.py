@@ -1,14 +1,104 @@
-"""The ``w2sjax`` command (placeholder until the experiment runner lands)."""
+"""The ``w2sjax`` command: a thin layer that parses arguments and calls the library.
+
+    w2sjax run [--config experiments/NAME.py] [--out DIR] [--set key=value ...]
+    w2sjax report DIR
+
+Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
+turns off the YNNPACK fusion path and splits the host into one device per core, which the
+measurements in ``benchmarks/RESULTS.md`` show to be faster. A user's own ``XLA_FLAGS`` win.
+Bad input (config, key, value, task, model, path) prints one line on stderr and exits 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import pathlib
 import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _default_xla_flags() -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = []
+    if "xla_cpu_experimental_ynn_fusion_type" not in flags:
+        extra.append("--xla_cpu_experimental_ynn_fusion_type=")
+    if "xla_force_host_platform_device_count" not in flags:
+        extra.append(f"--xla_force_host_platform_device_count={max(1, min(os.cpu_count() or 1, 8))}")
+    if extra:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="w2sjax", description="Weak-to-strong generalization experiments in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) one experiment")
+    run.add_argument("--config", help="experiments/NAME.py defining get_config(); default: the embedded default")
+    run.add_argument("--out", help="output directory (default: runs/<config name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    report = sub.add_parser("report", help="print the results table and write plots")
+    report.add_argument("dir", help="an experiment output directory holding results.json")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"w2sjax: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    from w2sjax import __version__, losses
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        from w2sjax import __version__
 
-    print(f"w2sjax {__version__}; losses: {', '.join(losses.__all__)}")
+        print(__version__)
+        return 0
+    if args.command == "report":
+        return _report(pathlib.Path(args.dir))
+    _default_xla_flags()
+    return _run(args)
+
+
+def _run(args) -> int:
+    from w2sjax import config as config_lib
+
+    try:
+        config = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
+        config = config_lib.apply_overrides(config, args.overrides)
+    except config_lib.ConfigError as exc:
+        return _fail(str(exc))
+    out = pathlib.Path(args.out or f"runs/{config.name}")
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out: {str(out)!r} exists and is not a directory")
+
+    from w2sjax import experiment, report
+    from w2sjax.assets import AssetError
+
+    try:
+        results = experiment.run(config, out, progress=not args.no_progress)
+    except (config_lib.ConfigError, AssetError) as exc:
+        return _fail(str(exc))
+    except FloatingPointError as exc:
+        return _fail(str(exc), code=1)
+    print(report.format_table(results))
+    print(f"\nresults: {out / 'results.json'}")
+    return 0
+
+
+def _report(directory: pathlib.Path) -> int:
+    from w2sjax import report
+
+    try:
+        results = report.load_results(directory)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(report.format_table(results))
+    for path in report.write_plots(results, directory):
+        print(f"wrote {path}")
     return 0
 
 

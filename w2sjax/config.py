@@ -1,0 +1,217 @@
+"""Typed experiment configs, the shipped ones, and ``key=value`` overrides.
+
+A config is a tree of frozen dataclasses. ``experiments/NAME.py`` files each define
+``get_config() -> Config``; the command line edits any leaf with ``--set section.key=value``,
+parsed according to the field's declared type. Every mistake (an unknown key, a value of the
+wrong type, a missing file) raises :class:`ConfigError` with one line naming the field and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import pathlib
+import types
+import typing
+from typing import Any
+
+from w2sjax.train import LOSS_NAMES, TrainConfig
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value. The message is one line meant for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    task: str = "fine_foods"  # a registered task, csv:PATH or jsonl:PATH
+    n_train: int | None = None  # cap on the training examples shared by halves A and B; None = all
+    n_val: int = 200  # validation slice carved from the training split (for early stopping)
+    n_test: int | None = None  # subsample of the test split; None = all of it
+    balance: bool = False  # equalise classes by downsampling
+    max_len: int = 128  # token budget for text backbones
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    data: int = -1  # devices on the data axis; -1 = all that the fsdp axis leaves
+    fsdp: int = 1  # devices over which parameters are sharded
+    distributed: bool = False  # call jax.distributed.initialize() (multi-host pods)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    weak_models: tuple[str, ...] = ("glove-bow",)
+    strong_models: tuple[str, ...] = ("minilm-l6",)
+    losses: tuple[str, ...] = ("xent", "logconf")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    strong_mode: str = "probe"  # "probe": linear head on cached frozen features; "finetune": all weights
+    bootstrap: tuple[str, ...] = ()  # chains such as "glove-bow>minilm-l2>minilm-l6", each supervising the next
+    weak_train: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=1e-2)
+    train: TrainConfig = TrainConfig(epochs=10, batch_size=32, lr=1e-3)  # strong students and ceilings
+    parallel: ParallelConfig = ParallelConfig()
+    feature_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.strong_mode not in ("probe", "finetune"):
+            raise ConfigError(f"strong_mode: expected 'probe' or 'finetune', got {self.strong_mode!r}")
+        for loss in self.losses:
+            if loss not in LOSS_NAMES:
+                raise ConfigError(f"losses: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
+        for field in ("weak_models", "strong_models", "losses", "seeds"):
+            if not getattr(self, field):
+                raise ConfigError(f"{field}: expected at least one entry")
+        for chain in self.bootstrap:
+            if len(chain.split(">")) < 2:
+                raise ConfigError(f"bootstrap: expected a chain like 'weak>mid>strong', got {chain!r}")
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+def load_config_file(path: str | pathlib.Path) -> Config:
+    """Import ``path`` and call its ``get_config()``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {str(path)!r}")
+    spec = importlib.util.spec_from_file_location(f"w2sjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user's file: report it in one line
+        raise ConfigError(f"--config: {path} failed to load: {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config: {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, Config):
+        raise ConfigError(f"--config: {path}: get_config() returned {type(config).__name__}, expected w2sjax Config")
+    return config
+
+
+def shipped_configs(root: str | pathlib.Path | None = None) -> list[pathlib.Path]:
+    """The ``experiments/*.py`` files next to the package (in a source checkout)."""
+    root = pathlib.Path(root) if root else pathlib.Path(__file__).resolve().parent.parent / "experiments"
+    return sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+
+
+# ---- overrides ------------------------------------------------------------------------------
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings in order; raises :class:`ConfigError` on any mistake."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-4")
+        config = _set(config, key.strip().split("."), raw.strip(), key.strip())
+    return config
+
+
+def _set(node: Any, path: list[str], raw: str, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    head = path[0]
+    if head not in fields:
+        raise ConfigError(f"--set {full_key}: unknown key {head!r}; expected one of {', '.join(fields)}")
+    hints = typing.get_type_hints(type(node))
+    current = getattr(node, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"--set {full_key}: {head!r} has no sub-keys")
+        value = _set(current, path[1:], raw, full_key)
+    elif dataclasses.is_dataclass(current):
+        raise ConfigError(f"--set {full_key}: {head!r} is a section; set one of its keys, e.g. {head}.{next(iter(f.name for f in dataclasses.fields(current)))}=...")
+    else:
+        value = parse_value(raw, hints[head], full_key)
+    try:
+        return dataclasses.replace(node, **{head: value})
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"--set {full_key}: {exc}") from exc
+
+
+def parse_value(raw: str, annotation: Any, key: str) -> Any:
+    """Parse ``raw`` as the declared type: bool, int, float, str, ``X | None`` or ``tuple[X, ...]``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null", ""):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return parse_value(raw, inner[0], key)
+    if origin is tuple:
+        item_type = args[0]
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        return tuple(parse_value(p, item_type, key) for p in parts)
+    if annotation is bool:
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}: expected true or false, got {raw!r}")
+    if annotation in (int, float):
+        try:
+            return annotation(raw) if annotation is float else int(raw)
+        except ValueError:
+            raise ConfigError(f"--set {key}: expected {annotation.__name__}, got {raw!r}") from None
+    if annotation is str:
+        return raw
+    raise ConfigError(f"--set {key}: cannot parse a value of type {annotation}")
+
+
+def to_dict(config: Config) -> dict:
+    """A JSON-ready dict of the whole config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """``(key, type, default, comment)`` for every leaf: the source of the generated config docs."""
+    import inspect
+
+    source_comments = _field_comments(config_type)
+    rows = []
+    default = config_type()
+    hints = typing.get_type_hints(config_type)
+    for field in dataclasses.fields(config_type):
+        value = getattr(default, field.name)
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            for sub_key, typ, sub_default, comment in describe(type(value), key + "."):
+                # Nested defaults can differ from the section class's own (weak_train vs train).
+                sub_default = _get(value, sub_key[len(key) + 1 :])
+                rows.append((sub_key, typ, sub_default, comment))
+        else:
+            rows.append((key, _type_name(hints[field.name]), value, source_comments.get(field.name, "")))
+    del inspect
+    return rows
+
+
+def _get(node, dotted: str):
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Trailing ``# comments`` on the field lines of a dataclass's source."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except OSError:
+        return {}
+    comments = {}
+    for line in lines:
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and not stripped.startswith(("#", "def ", "class ")):
+            name = stripped.split(":", 1)[0].strip()
+            if name.isidentifier():
+                comments[name] = stripped.split("#", 1)[1].strip()
+    return comments

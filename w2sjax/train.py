@@ -1,0 +1,423 @@
+"""Pure, sharded train/eval steps and the loop that drives them.
+
+One compiled step serves every stage of an experiment (weak, w2s, ceiling, bootstrap): the loss is
+a parameter. State is a plain pytree (``TrainState``) of pure-dict parameters and optimizer state,
+so it jits, shards and checkpoints without any framework object inside. The NNX module's
+structure (its ``GraphDef``) stays outside as static data, following Flax's advice to use
+``nnx.split``/``nnx.merge`` around ``jax.jit`` in hot loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Iterator
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from w2sjax import losses, metrics, parallel
+
+PyTree = Any
+
+
+# ---- configuration --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How one stage trains. Every field is a plain value so configs stay printable and typed."""
+
+    epochs: float = 10.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_warmup_frac: float = 0.05
+    trainable: str = "all"  # "all" = full finetune; "head" = linear probe on a frozen backbone
+    early_stopping: bool = False
+    eval_every: int = 0  # steps between validation evals; 0 = once per epoch
+    patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
+    checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
+    log_every: int = 10
+    # Loss hyper-parameters (used by the losses that take them).
+    alpha_max: float = 0.5
+    conf_warmup_frac: float = 0.2
+    product_alpha: float = 1.0
+    product_beta: float = 1.0
+
+    def __post_init__(self):
+        if self.trainable not in ("all", "head"):
+            raise ValueError(f"train.trainable: expected 'all' or 'head', got {self.trainable!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"train.batch_size: expected a positive integer, got {self.batch_size}")
+        if not self.epochs > 0:
+            raise ValueError(f"train.epochs: expected a positive number, got {self.epochs}")
+
+
+LossFn = Callable[..., jax.Array]  # (logits, labels, *, step_frac, weights) -> scalar
+
+LOSS_NAMES = ("xent", "logconf", "product", "entropy_conf", "reverse_xent")
+
+
+def make_loss(name: str, cfg: TrainConfig) -> LossFn:
+    """The named loss with the config's hyper-parameters bound, in one uniform signature."""
+    if name == "xent":
+        return lambda z, y, *, step_frac, weights: losses.xent(z, y, weights=weights)
+    if name == "logconf":
+        return functools.partial(losses.logconf, alpha_max=cfg.alpha_max, warmup_frac=cfg.conf_warmup_frac)
+    if name == "entropy_conf":
+        return functools.partial(losses.entropy_conf, alpha_max=cfg.alpha_max, warmup_frac=cfg.conf_warmup_frac)
+    if name == "product":
+        return lambda z, y, *, step_frac, weights: losses.product(
+            z, y, alpha=cfg.product_alpha, beta=cfg.product_beta, weights=weights
+        )
+    if name == "reverse_xent":
+        return lambda z, y, *, step_frac, weights: losses.reverse_xent(z, y, weights=weights)
+    raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a stage needs to continue, as arrays: checkpointable and shardable."""
+
+    step: jax.Array
+    params: PyTree  # trainable parameters, pure nested dict
+    frozen: PyTree  # the rest of the model (e.g. a frozen backbone), pure nested dict
+    opt_state: PyTree
+    best_params: PyTree  # parameters at the best validation score so far
+    best_score: jax.Array
+    evals_since_best: jax.Array
+    first_nonfinite_step: jax.Array  # -1 while every loss so far was finite
+    finished: jax.Array  # True once the stage ran to its end or stopped early; a resume then trains no more
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The static half of a split NNX module: its structure and abstract parameter layout."""
+
+    graphdef: Any
+    params_template: Any  # abstract nnx.State of the trainable params
+    frozen_template: Any  # abstract nnx.State of everything else
+
+    def bind(self, params: PyTree, frozen: PyTree) -> nnx.Module:
+        """Rebuild the module from pure-dict parameters (traceable under jit)."""
+        trainable = jax.tree.map(lambda x: x, self.params_template)
+        nnx.replace_by_pure_dict(trainable, params)
+        rest = jax.tree.map(lambda x: x, self.frozen_template)
+        nnx.replace_by_pure_dict(rest, frozen)
+        return nnx.merge(self.graphdef, trainable, rest)
+
+
+def trainable_filter(trainable: str):
+    """Linear probe versus full finetune is only this filter: which parameters the optimizer sees."""
+    if trainable == "head":
+        return nnx.All(nnx.Param, nnx.PathContains("head"))
+    return nnx.Param
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay to zero."""
+    warmup = max(1, int(cfg.lr_warmup_frac * total_steps)) if cfg.lr_warmup_frac > 0 else 0
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else cfg.lr,
+        peak_value=cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=0.0,
+    )
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+
+def init_state(module: nnx.Module, cfg: TrainConfig, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
+    """Split a freshly built module into its static ``Model`` and an initial ``TrainState``."""
+    graphdef, trainable, rest = nnx.split(module, trainable_filter(cfg.trainable), ...)
+    if not jax.tree.leaves(trainable):
+        raise ValueError(f"train.trainable={cfg.trainable!r} leaves no trainable parameter in the model")
+    model = Model(graphdef, jax.eval_shape(lambda: trainable), jax.eval_shape(lambda: rest))
+    params = nnx.to_pure_dict(trainable)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        frozen=nnx.to_pure_dict(rest),
+        opt_state=tx.init(params),
+        # A distinct copy: the step donates its input state, and XLA refuses one buffer donated twice.
+        best_params=jax.tree.map(lambda a: jnp.array(a, copy=True), params),
+        best_score=jnp.full((), -jnp.inf, jnp.float32),
+        evals_since_best=jnp.zeros((), jnp.int32),
+        first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        finished=jnp.zeros((), jnp.bool_),
+    )
+    return model, state
+
+
+# ---- pure steps -----------------------------------------------------------------------------
+
+def make_train_step(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn, total_steps: int):
+    """``train_step(state, batch, rng) -> (state, metrics)``, pure and not yet jitted.
+
+    ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
+    ``rng`` is folded with the step so every step draws fresh randomness reproducibly (the
+    built-in models are deterministic; it is there for dropout or augmentation).
+    """
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        step_frac = state.step.astype(jnp.float32) / total_steps
+        del rng  # no stochastic layers in the built-in models
+
+        def objective(params):
+            logits = model.bind(params, state.frozen)(batch["inputs"])
+            loss = loss_fn(logits, batch["labels"], step_frac=step_frac, weights=batch["weights"])
+            return loss, logits
+
+        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss)
+        first_bad = jnp.where(
+            (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+        )
+        step_metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "label_agreement": metrics.accuracy(logits, batch["labels"]),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad
+        )
+        return new_state, step_metrics
+
+    return train_step
+
+
+def make_predict_step(model: Model):
+    """``predict_step(state, inputs) -> probabilities [B, C]`` using the current parameters."""
+
+    def predict_step(state: TrainState, inputs, use_best: bool = False):
+        params = state.best_params if use_best else state.params
+        return jax.nn.softmax(model.bind(params, state.frozen)(inputs).astype(jnp.float32), axis=-1)
+
+    return predict_step
+
+
+def record_eval(state: TrainState, score: jax.Array) -> TrainState:
+    """Keep the parameters with the best validation score (early stopping bookkeeping)."""
+    better = score > state.best_score
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
+    return state.replace(
+        best_params=pick(state.params, state.best_params),
+        best_score=jnp.where(better, score, state.best_score),
+        evals_since_best=jnp.where(better, 0, state.evals_since_best + 1),
+    )
+
+
+# ---- sharding -------------------------------------------------------------------------------
+
+def state_shardings(mesh: Mesh, state: TrainState):
+    """Parameters replicated (or fsdp-sharded when the mesh has an fsdp axis); scalars replicated."""
+    return parallel.param_shardings(mesh, jax.eval_shape(lambda: state))
+
+
+def jit_train_step(train_step, mesh: Mesh, state_sharding):
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+# ---- batching -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ArrayData:
+    """A dataset held in host memory: ``inputs`` (array or dict of arrays), ``labels`` [N, C], ``weights`` [N]."""
+
+    inputs: PyTree
+    labels: np.ndarray
+    weights: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: np.ndarray) -> dict:
+        w = np.ones(len(idx), np.float32) if self.weights is None else self.weights[idx]
+        return {
+            "inputs": jax.tree.map(lambda a: a[idx], self.inputs),
+            "labels": self.labels[idx].astype(np.float32),
+            "weights": w.astype(np.float32),
+        }
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Example indices of global step ``step``: a fresh seeded permutation each epoch, last partial batch dropped.
+
+    A pure function of ``(seed, step)``, so a resumed run continues with exactly the batches an
+    uninterrupted run would have seen: the data position is just the step.
+    """
+    per_epoch = steps_per_epoch(n, batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+def effective_batch_size(n: int, batch_size: int, num_shards: int) -> int:
+    """The batch size used for ``n`` examples: at most ``n``, and a multiple of the device count."""
+    b = min(batch_size, n)
+    b -= b % num_shards
+    if b <= 0:
+        raise ValueError(f"only {n} examples to split over {num_shards} devices")
+    return b
+
+
+def to_global(mesh: Mesh, host_batch: PyTree) -> PyTree:
+    """A host batch (the same on every process) as global arrays, each process supplying its rows."""
+    n = int(jax.tree.leaves(host_batch)[0].shape[0])
+    rows = parallel.process_slice(n, mesh)
+    return parallel.global_batch_array(mesh, jax.tree.map(lambda a: a[rows], host_batch))
+
+
+# ---- prediction over a dataset --------------------------------------------------------------
+
+def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False) -> np.ndarray:
+    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles."""
+    n = int(jax.tree.leaves(inputs)[0].shape[0])
+    b = max(mesh.size, batch_size - batch_size % mesh.size)
+    out = []
+    for start in range(0, n, b):
+        idx = np.arange(start, min(start + b, n))
+        chunk = jax.tree.map(lambda a: a[idx], inputs)
+        pad = b - len(idx)
+        if pad:  # repeat the last row; the padded outputs are dropped below
+            chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), chunk)
+        global_chunk = to_global(mesh, chunk)
+        probs = _predict_jit(predict_step, use_best)(state, global_chunk)
+        out.append(parallel.host_gather(probs)[: len(idx)])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _predict_jit(predict_step, use_best: bool):
+    return jax.jit(functools.partial(predict_step, use_best=use_best))
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+class StageCheckpoint:
+    """What ``fit`` needs from a checkpoint store; ``experiment`` provides one over ``checkpoint.py``."""
+
+    def latest_step(self) -> int | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def restore(self, abstract_state: TrainState) -> TrainState:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save(self, step: int, state: TrainState) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: Model
+    state: TrainState
+    predict_step: Callable
+    steps: int
+    stopped_early: bool
+    resumed_from: int | None
+
+
+def fit(
+    module: nnx.Module,
+    data: ArrayData,
+    *,
+    cfg: TrainConfig,
+    loss: str,
+    mesh: Mesh,
+    seed: int,
+    val: ArrayData | None = None,
+    stage: str = "train",
+    ckpt: StageCheckpoint | None = None,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    step_wrapper: Callable | None = None,
+) -> FitResult:
+    """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
+
+    Resumes from ``ckpt`` when it holds a step of this stage; the batches after a resume are the
+    ones an uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper``
+    wraps the pure step before jitting (tests pass ``chex.assert_max_traces``).
+    """
+    from tqdm.auto import tqdm
+    batch_size = effective_batch_size(len(data), cfg.batch_size, mesh.size)
+    per_epoch = steps_per_epoch(len(data), batch_size)
+    total = max(1, math.ceil(cfg.epochs * per_epoch))
+    eval_every = cfg.eval_every or per_epoch
+
+    tx = make_optimizer(cfg, total)
+    model, state = init_state(module, cfg, tx)
+    shardings = state_shardings(mesh, state)
+    resumed_from = ckpt.latest_step() if ckpt is not None else None
+    if resumed_from is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
+        )
+        state = ckpt.restore(abstract)
+    else:
+        state = jax.device_put(state, shardings)
+
+    step_fn = make_train_step(model, tx, make_loss(loss, cfg), total)
+    if step_wrapper is not None:
+        step_fn = step_wrapper(step_fn)
+    train_step = jit_train_step(step_fn, mesh, shardings)
+    predict_step = make_predict_step(model)
+    remember = jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings)
+    base_rng = jax.random.key(seed)
+    replicated = parallel.replicated(mesh)
+
+    start = total if bool(state.finished) else int(state.step)
+    stopped_early = False
+    bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
+    for step in range(start, total):
+        idx = batch_indices(len(data), batch_size, seed, step)
+        batch = to_global(mesh, data.take(idx))
+        rng = jax.device_put(jax.random.fold_in(base_rng, step), replicated)
+        state, step_metrics = train_step(state, batch, rng)
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total:
+            _check_finite(state, stage)
+            if log is not None:
+                log({"stage": stage, "step": done, **{k: float(v) for k, v in step_metrics.items()}})
+        if val is not None and (done % eval_every == 0 or done == total):
+            probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=cfg.batch_size)
+            score = float(metrics.accuracy(probs, val.labels))
+            state = remember(state, jnp.float32(score))
+            if log is not None:
+                log({"stage": stage, "step": done, "val_accuracy": score})
+            if cfg.early_stopping and cfg.patience and int(state.evals_since_best) >= cfg.patience:
+                stopped_early = True
+        if ckpt is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            ckpt.save(done, state)
+        if stopped_early:
+            break
+    bar.close()
+    _check_finite(state, stage)
+    if cfg.early_stopping and val is not None:
+        state = state.replace(params=state.best_params)
+    state = state.replace(finished=jnp.ones((), jnp.bool_))
+    return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def _check_finite(state: TrainState, stage: str) -> None:
+    bad = int(state.first_nonfinite_step)
+    if bad >= 0:
+        raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; lower train.lr?")
