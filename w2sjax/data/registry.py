@@ -1,0 +1,52 @@
+"""The task registry: one name in, one :class:`~w2sjax.data.task.Task` out.
+
+Names are a packaged task (built once into TFDS array_record files), a TFDS
+catalog dataset (``imdb_reviews``, ``glue/sst2`` or any ``tfds:NAME``; needs
+network access on first use), or a user's file (``csv:PATH`` / ``jsonl:PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from w2sjax import assets
+from w2sjax.data import builders, catalog, user
+from w2sjax.data.task import Task
+
+_PATTERNS = ("csv:PATH", "jsonl:PATH", "tfds:NAME")
+
+
+def known_tasks() -> list[str]:
+    """Registered task names (user files and ``tfds:NAME`` are accepted too)."""
+    return sorted(builders.BUILDERS) + sorted(catalog.ALIASES)
+
+
+def default_data_dir() -> pathlib.Path:
+    """Where TFDS datasets are built: ``cache_dir()/tfds``."""
+    return assets.cache_dir() / "tfds"
+
+
+def load_task(name: str, *, data_dir: str | os.PathLike | None = None) -> Task:
+    """Load task ``name`` with its train and test splits as numpy arrays.
+
+    Args:
+      name: one of :func:`known_tasks`, ``csv:PATH``, ``jsonl:PATH`` or ``tfds:NAME``.
+      data_dir: TFDS data directory; defaults to ``cache_dir()/tfds``.
+
+    Raises:
+      ValueError: unknown name or malformed user file.
+      w2sjax.assets.AssetError: the task's source data cannot be fetched.
+    """
+    if name.startswith(("csv:", "jsonl:")):
+        return user.load(name)
+    root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if name in builders.BUILDERS:
+        return builders.load(name, root)
+    if name in catalog.ALIASES:
+        return catalog.load(name, catalog.ALIASES[name][0], root)
+    if name.startswith("tfds:") and len(name) > 5:
+        return catalog.load(name, name[5:], root)
+    raise ValueError(
+        f"unknown task {name!r}; known tasks: {', '.join(known_tasks() + list(_PATTERNS))}"
+    )

@@ -1,0 +1,146 @@
+"""Seeded weak / strong / validation / test splits, after Burns et al. (2023).
+
+The train split is shuffled with the seed; the first ``n_val`` shuffled rows
+are the validation set and the rest (optionally capped to ``n_train``) is cut
+into two equal halves: A (``weak``: the weak supervisor trains on its ground
+truth) and B (``strong``: the weak model labels it for the student; the ceiling
+trains on its ground truth). For one seed, the validation set does not depend
+on ``n_train`` and smaller ``n_train`` pools are prefixes of larger ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from w2sjax.data.task import Splits, Task, take
+
+__all__ = ["holdout_mask", "make_splits"]
+
+
+def make_splits(
+    task: Task,
+    *,
+    seed: int,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    balance: bool = False,
+) -> Splits:
+    """Split ``task`` for one weak-to-strong run.
+
+    Args:
+      task: the task to split.
+      seed: seeds a numpy Generator; the same seed gives the same splits.
+      n_train: size of A and B together (each gets ``n_train // 2``); by default
+        everything left after validation.
+      n_val: validation size, by default 10% of the train split.
+      n_test: if given, a seeded subset of the test split of this size;
+        otherwise the whole test split, in its original order.
+      balance: downsample so every class has the same count in each part
+        (sizes are then rounded down to multiples of the number of classes).
+
+    Raises:
+      ValueError: a requested size does not fit the data.
+    """
+    labels = task.train["label"]
+    n = len(labels)
+    if n_val is None:
+        n_val = n // 10
+    train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    perm = train_rng.permutation(n)
+    if balance:
+        val, weak, strong = _balanced_parts(
+            perm, labels, task.num_classes, n_val, n_train, train_rng, task.name
+        )
+    else:
+        if not 0 <= n_val <= n - 2:
+            raise ValueError(
+                f"task {task.name!r}: n_val={n_val} leaves no training data out of {n}"
+            )
+        val, pool = perm[:n_val], perm[n_val:]
+        if n_train is not None:
+            if not 2 <= n_train <= len(pool):
+                raise ValueError(
+                    f"task {task.name!r}: n_train={n_train} must be in [2, {len(pool)}] "
+                    f"(the {n} train examples less n_val={n_val})"
+                )
+            pool = pool[:n_train]
+        half = len(pool) // 2  # equal halves; an odd example out is dropped
+        weak, strong = pool[:half], pool[half : 2 * half]
+    test_idx = _test_indices(
+        task.test["label"], task.num_classes, n_test, balance, test_rng, task.name
+    )
+    indices = {"weak": weak, "strong": strong, "val": val, "test": test_idx}
+    return Splits(
+        weak=take(task.train, weak),
+        strong=take(task.train, strong),
+        val=take(task.train, val),
+        test=take(task.test, test_idx),
+        indices=indices,
+    )
+
+
+def _balanced_parts(perm, labels, num_classes, n_val, n_train, rng, name):
+    by_class = [perm[labels[perm] == c] for c in range(num_classes)]
+    smallest = min(len(c) for c in by_class)
+    v = n_val // num_classes
+    room = smallest - v
+    t = room if n_train is None else n_train // num_classes
+    if v < 0 or room < 2 or not 2 <= t <= room:
+        raise ValueError(
+            f"task {name!r}: balanced split with n_val={n_val}, n_train={n_train} does not fit; "
+            f"the rarest class has {smallest} train examples"
+        )
+    h = t // 2
+    parts = [
+        np.concatenate([c[lo:hi] for c in by_class])
+        for lo, hi in ((0, v), (v, v + h), (v + h, v + 2 * h))
+    ]
+    # Concatenation groups rows by class; shuffle so slices stay mixed.
+    return [p[rng.permutation(len(p))] for p in parts]
+
+
+def _test_indices(labels, num_classes, n_test, balance, rng, name):
+    n = len(labels)
+    if balance:
+        perm = rng.permutation(n)
+        by_class = [perm[labels[perm] == c] for c in range(num_classes)]
+        k = min(len(c) for c in by_class)
+        if n_test is not None:
+            if n_test // num_classes > k or n_test < num_classes:
+                raise ValueError(
+                    f"task {name!r}: balanced n_test={n_test} does not fit; "
+                    f"the rarest test class has {k}"
+                )
+            k = n_test // num_classes
+        return np.sort(np.concatenate([c[:k] for c in by_class]))
+    if n_test is None:
+        return np.arange(n)
+    if not 1 <= n_test <= n:
+        raise ValueError(f"task {name!r}: n_test={n_test} must be in [1, {n}]")
+    return np.sort(rng.permutation(n)[:n_test])
+
+
+def holdout_mask(labels: np.ndarray, *, frac: float = 0.2, salt: str) -> np.ndarray:
+    """A fixed, stratified test mask for data that ships without a test split.
+
+    Within each class, rows are ordered by a hash of ``salt`` and the row
+    number and the first ``round(frac * count)`` become test rows. Hashing
+    (rather than a numpy RNG) keeps the split identical across numpy versions.
+    """
+    labels = np.asarray(labels)
+    keys = np.array(
+        [
+            hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=8).digest()
+            for i in range(len(labels))
+        ],
+        dtype="S8",
+    )
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        order = rows[np.argsort(keys[rows], kind="stable")]
+        mask[order[: round(frac * len(rows))]] = True
+    return mask

@@ -1,0 +1,212 @@
+"""A user's own labelled file as a task: ``csv:PATH`` or ``jsonl:PATH``.
+
+Columns (CSV header, or JSON keys):
+
+- ``label``: integers ``0..C-1``, or strings, which become classes in sorted
+  order.
+- ``text``: makes a text task. Without it every other column (except
+  ``split``) must be numeric and becomes a tabular feature; a JSON line may
+  instead hold the features as a list under ``"x"``.
+- ``split`` (optional): ``train`` or ``test`` per row. Without it a fixed,
+  stratified 20% of the rows (chosen by a hash of the row number) is the test
+  split.
+
+The file is read afresh on every call (no cache, so an edited file is always
+seen); ``Task.fingerprint`` is a hash of its bytes for downstream caches. A
+malformed file raises ``ValueError`` with one line naming the file and row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import pathlib
+import re
+
+import numpy as np
+
+from w2sjax.data.splits import holdout_mask
+from w2sjax.data.task import Task
+
+_INT = re.compile(r"[+-]?\d+")
+_SPLITS = ("train", "test")
+
+
+def load(spec: str) -> Task:
+    """Read ``csv:PATH`` or ``jsonl:PATH`` into a Task named ``spec``."""
+    fmt, _, path_str = spec.partition(":")
+    path = pathlib.Path(path_str).expanduser()
+    if fmt not in ("csv", "jsonl") or not path_str:
+        raise ValueError(f"user task must be csv:PATH or jsonl:PATH, got {spec!r}")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text") from None
+    rows = _csv_rows(content, path) if fmt == "csv" else _jsonl_rows(content, path)
+    return _to_task(spec, path, rows, hashlib.sha256(raw).hexdigest()[:16])
+
+
+class _Row:
+    __slots__ = ("values", "where")
+
+    def __init__(self, values: dict, where: str):
+        self.values, self.where = values, where
+
+
+def _csv_rows(content: str, path: pathlib.Path) -> list[_Row]:
+    reader = csv.DictReader(io.StringIO(content, newline=""), restkey="\0extra")
+    if not reader.fieldnames:
+        raise ValueError(f"{path}: empty file, expected a header row")
+    fields = [f.strip() for f in reader.fieldnames]
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"{path}: row 0 (line 1): duplicate column names in the header")
+    reader.fieldnames = fields
+    rows = []
+    for n, record in enumerate(reader, start=1):
+        where = f"{path}: row {n} (line {reader.line_num})"
+        if "\0extra" in record:
+            raise ValueError(f"{where}: more fields than the header has")
+        if any(v is None for v in record.values()):
+            raise ValueError(f"{where}: fewer fields than the header has")
+        if not any(v.strip() for v in record.values()):
+            continue  # a blank line
+        rows.append(_Row(record, where))
+    return rows
+
+
+def _jsonl_rows(content: str, path: pathlib.Path) -> list[_Row]:
+    rows = []
+    for line_no, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: row {len(rows) + 1} (line {line_no})"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: bad JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+        rows.append(_Row(record, where))
+    return rows
+
+
+def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Task:
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    first = rows[0].values
+    if "label" not in first:
+        raise ValueError(f"{rows[0].where}: no 'label' column")
+    kind = "text" if "text" in first else "tabular"
+    feature_keys = [k for k in first if k not in ("label", "split", "text")]
+    if kind == "tabular" and not feature_keys:
+        raise ValueError(f"{rows[0].where}: needs a 'text' column or numeric feature columns")
+    has_split = "split" in first
+
+    required = ["label"] + ["text"] * (kind == "text") + ["split"] * has_split
+    labels_raw, texts, feats, is_test = [], [], [], []
+    for row in rows:
+        v = row.values
+        for k in required:
+            if k not in v:
+                raise ValueError(f"{row.where}: missing {k!r}")
+        labels_raw.append(_label_str(v["label"], row.where))
+        if kind == "text":
+            text = v["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{row.where}: empty or non-string text")
+            texts.append(text)
+        else:
+            feats.append(_features(v, feature_keys, row.where))
+        if has_split:
+            split = v["split"].strip().lower() if isinstance(v["split"], str) else v["split"]
+            if split not in _SPLITS:
+                raise ValueError(
+                    f"{row.where}: split must be 'train' or 'test', got {v['split']!r}"
+                )
+            is_test.append(split == "test")
+
+    class_names, labels = _encode_labels(labels_raw, rows, path)
+    if has_split:
+        test = np.array(is_test, dtype=bool)
+    else:
+        test = holdout_mask(labels, frac=0.2, salt="user")
+    if test.all() or not test.any():
+        raise ValueError(f"{path}: needs rows in both the train and the test split")
+    if kind == "text":
+        data = np.empty(len(texts), dtype=object)
+        data[:] = texts
+        key = "text"
+    else:
+        widths = {len(f) for f in feats}
+        if len(widths) > 1:
+            bad = next(r for r, f in zip(rows, feats, strict=True) if len(f) != len(feats[0]))
+            raise ValueError(f"{bad.where}: {len(feats[0])} features expected")
+        data, key = np.asarray(feats, dtype=np.float32), "x"
+    return Task(
+        name=spec,
+        kind=kind,
+        num_classes=len(class_names),
+        class_names=class_names,
+        train={key: data[~test], "label": labels[~test]},
+        test={key: data[test], "label": labels[test]},
+        fingerprint=f"{path.name}:sha256:{digest}",
+    )
+
+
+def _label_str(value, where: str) -> str:
+    # JSON may give ints; CSV always gives strings. Both end up as strings here.
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{where}: bad label {value!r} (use an integer or a class name)")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{where}: empty label")
+    return text
+
+
+def _encode_labels(
+    raw: list[str], rows: list[_Row], path: pathlib.Path
+) -> tuple[tuple[str, ...], np.ndarray]:
+    if all(_INT.fullmatch(r) for r in raw):
+        ids = [int(r) for r in raw]
+        for i, row in zip(ids, rows, strict=True):
+            if i < 0:
+                raise ValueError(f"{row.where}: bad label {i} (integer labels must be 0..C-1)")
+        names = tuple(str(c) for c in range(max(ids) + 1))
+    else:
+        names = tuple(sorted(set(raw)))
+        lookup = {n: i for i, n in enumerate(names)}
+        ids = [lookup[r] for r in raw]
+    if len(set(ids)) < 2:
+        raise ValueError(f"{path}: needs at least two classes, found only {raw[0]!r}")
+    return names, np.asarray(ids, dtype=np.int32)
+
+
+def _features(values: dict, keys: list[str], where: str) -> list[float]:
+    if keys == ["x"] and isinstance(values.get("x"), list):
+        items = [("x", v) for v in values["x"]]
+    else:
+        items = []
+        for k in keys:
+            if k not in values:
+                raise ValueError(f"{where}: missing {k!r}")
+            items.append((k, values[k]))
+    out = []
+    for k, v in items:
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            f = float(v.strip() if isinstance(v, str) else v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: column {k!r} is not a number: {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{where}: column {k!r} is not finite: {v!r}")
+        out.append(f)
+    return out
