@@ -1,0 +1,243 @@
+"""Stage checkpoints with real Orbax: round trips, 8 <-> 1 device restores in
+a fresh process, retention, stage names, kill -9 mid-save, and 2 processes."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from w2sjax import checkpoint, parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "_multiprocess", "ckpt_worker.py")
+
+# The state builders live in the worker so both sides build the same thing.
+_spec = importlib.util.spec_from_file_location("_ckpt_worker", WORKER)
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+
+def _env(n_devices, **extra):
+    env = dict(os.environ)
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(var, None)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
+        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
+
+
+def _run_worker(mode, ckpt_dir, out, n_devices):
+    proc = subprocess.run(
+        [sys.executable, WORKER, mode, str(ckpt_dir), str(out)],
+        env=_env(n_devices), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _assert_same(restored_flat, expected_flat):
+    assert set(restored_flat) == set(expected_flat)
+    for key, value in expected_flat.items():
+        np.testing.assert_array_equal(restored_flat[key], value, err_msg=key)
+
+
+def test_round_trip_in_process(tmp_path):
+    mesh = parallel.make_mesh(fsdp=2)
+    state = worker.model_state(mesh, seed=0)
+    checkpoint.save(tmp_path, "weak__glove-bow__seed0", 10, state, meta={"epoch": 3, "acc": np.float32(0.75)})
+
+    restored, meta = checkpoint.restore(tmp_path, "weak__glove-bow__seed0", worker.abstract_state(mesh))
+    assert meta == {"epoch": 3, "acc": 0.75}
+    _assert_same(worker.flat(restored), worker.flat(state))
+    assert type(restored["preds"]) is np.ndarray
+    assert restored["position"] == 123
+    assert jax.dtypes.issubdtype(restored["rng"].dtype, jax.dtypes.prng_key)
+    kernel = restored["params"]["kernel"][...]
+    assert kernel.sharding.spec == P(None, "fsdp") and len(kernel.sharding.device_set) == 8
+    # Adam's moments come back as the same pytree types, on the target shardings.
+    mu_kernel = restored["opt"][0].mu["kernel"][...]
+    assert mu_kernel.sharding.spec == P(None, "fsdp")
+
+    # A concrete state works as the target too.
+    again, _ = checkpoint.restore(tmp_path, "weak__glove-bow__seed0", state)
+    _assert_same(worker.flat(again), worker.flat(state))
+
+
+def test_saved_on_8_devices_restores_on_1(tmp_path):
+    mesh = parallel.make_mesh(fsdp=2)
+    state = worker.model_state(mesh, seed=0)
+    assert state["params"]["kernel"][...].sharding.spec == P(None, "fsdp")
+    checkpoint.save(tmp_path, "xfer", 5, state, meta={"devices": 8}, final=True)
+
+    out = tmp_path / "restored.npz"
+    _run_worker("restore", tmp_path, out, n_devices=1)
+    got = dict(np.load(out))
+    assert json.loads(str(got.pop("__meta__"))) == {"devices": 8}
+    assert int(got.pop("__kernel_ndev__")) == 1
+    assert str(got.pop("__kernel_spec__")) == str(P())
+    assert str(got.pop("__preds_type__")) == "ndarray"
+    _assert_same(got, worker.flat(state))
+
+
+def test_saved_on_1_device_restores_on_8(tmp_path):
+    out = tmp_path / "saved.npz"
+    _run_worker("save", tmp_path, out, n_devices=1)
+    expected = dict(np.load(out))
+
+    mesh = parallel.make_mesh(fsdp=2)
+    assert checkpoint.is_done(tmp_path, "xfer")
+    assert checkpoint.latest(tmp_path, "xfer") == (7, {"from": "worker"})
+    restored, meta = checkpoint.restore(tmp_path, "xfer", worker.abstract_state(mesh))
+    assert meta == {"from": "worker"}
+    _assert_same(worker.flat(restored), expected)
+    kernel = restored["params"]["kernel"][...]
+    assert kernel.sharding.spec == P(None, "fsdp") and len(kernel.sharding.device_set) == 8
+
+
+def test_done_latest_and_retention(tmp_path):
+    stage = "w2s__glove-bow__minilm-l6__logconf__seed0"
+    assert checkpoint.latest(tmp_path, stage) is None
+    assert not checkpoint.is_done(tmp_path, stage)
+    with pytest.raises(FileNotFoundError):
+        checkpoint.restore(tmp_path, stage, {"w": np.zeros(3)})
+
+    def st(v):
+        return {"w": np.full(3, float(v)), "step": v}
+
+    target = {"w": np.zeros(3), "step": 0}
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, stage, step, st(step), meta={"step": step}, keep=2)
+    assert checkpoint.latest(tmp_path, stage) == (3, {"step": 3})
+    assert not checkpoint.is_done(tmp_path, stage)
+    with pytest.raises(FileNotFoundError):
+        checkpoint.restore(tmp_path, stage, target, step=1)  # beyond keep=2
+
+    checkpoint.save(tmp_path, stage, 4, st(4), meta={"step": 4, "acc": 0.8}, final=True, keep=2)
+    assert checkpoint.is_done(tmp_path, stage)
+    assert checkpoint.latest(tmp_path, stage) == (4, {"step": 4, "acc": 0.8})
+
+    # Later saves (e.g. a continued run) never evict the final step.
+    for step in (5, 6, 7):
+        checkpoint.save(tmp_path, stage, step, st(step), meta={"step": step}, keep=1)
+    assert checkpoint.is_done(tmp_path, stage)
+    assert checkpoint.latest(tmp_path, stage)[0] == 7
+    state, meta = checkpoint.restore(tmp_path, stage, target, step=4)
+    np.testing.assert_array_equal(state["w"], np.full(3, 4.0))
+    assert state["step"] == 4 and meta["acc"] == 0.8
+    for gone in (5, 6):
+        with pytest.raises(FileNotFoundError):
+            checkpoint.restore(tmp_path, stage, target, step=gone)
+
+    # Saving an existing step replaces it.
+    checkpoint.save(tmp_path, stage, 7, st(70), meta={"step": 7, "redo": True})
+    state, meta = checkpoint.restore(tmp_path, stage, target)
+    assert state["step"] == 70 and meta == {"step": 7, "redo": True}
+
+    # Stages are independent.
+    assert checkpoint.latest(tmp_path, "other") is None
+
+
+def test_stage_names_are_sanitized(tmp_path):
+    assert checkpoint.stage_dirname("weak__glove-bow__seed0") == "weak__glove-bow__seed0"
+    odd = "../w2s/gpt 2: α=0.5"
+    name = checkpoint.stage_dirname(odd)
+    assert "/" not in name and ".." not in name and " " not in name and name.isascii()
+    assert checkpoint.stage_dirname("a/b") != checkpoint.stage_dirname("a_b")
+    assert checkpoint.stage_dirname("a/b") != checkpoint.stage_dirname("a?b")
+
+    ckpt = tmp_path / "checkpoints"
+    checkpoint.save(ckpt, odd, 0, {"x": np.ones(2)}, meta={"name": odd}, final=True)
+    assert os.listdir(ckpt) == [name]  # stayed inside ckpt_dir
+    assert checkpoint.is_done(ckpt, odd)
+    assert checkpoint.latest(ckpt, odd) == (0, {"name": odd})
+    assert not checkpoint.is_done(ckpt, "a/b")
+
+
+def test_kill_9_mid_save_keeps_last_good_step(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, WORKER, "save_big", str(tmp_path), "-"],
+        env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "SAVING", "worker failed before the big save"
+        stage_dir = tmp_path / checkpoint.stage_dirname("kill")
+        deadline = time.time() + 30
+        killed_mid_save = False
+        while time.time() < deadline and proc.poll() is None:
+            names = os.listdir(stage_dir)
+            if any(n.startswith("2.") and "tmp" in n for n in names) and "2" not in names:
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_save = True
+                break
+            time.sleep(0.001)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed_mid_save, "the 256 MB save finished before it could be interrupted"
+    assert proc.returncode == -signal.SIGKILL
+    assert any("tmp" in n for n in os.listdir(stage_dir))  # the half-written step
+
+    # Readers ignore the half-written step 2.
+    assert checkpoint.latest(tmp_path, "kill") == (1, {"step": 1})
+    assert not checkpoint.is_done(tmp_path, "kill")
+    state, meta = checkpoint.restore(tmp_path, "kill", {"w": np.zeros(4), "step": 0})
+    np.testing.assert_array_equal(state["w"], np.arange(4.0))
+    assert state["step"] == 1 and meta == {"step": 1}
+
+    # The next save cleans the leftovers and succeeds.
+    checkpoint.save(tmp_path, "kill", 2, {"w": np.ones(4), "step": 2}, meta={"step": 2}, final=True)
+    assert not any("tmp" in n for n in os.listdir(stage_dir))
+    assert checkpoint.latest(tmp_path, "kill") == (2, {"step": 2})
+    assert checkpoint.is_done(tmp_path, "kill")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_save_and_restore(tmp_path):
+    """Collective save/restore of a global array split over 2 processes."""
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+        log = open(tmp_path / f"proc{pid}.log", "w+")
+        procs.append((subprocess.Popen([sys.executable, WORKER, "dist", str(tmp_path / "ck"), "-"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    results = []
+    deadline = time.time() + 90
+    try:
+        for proc, log in procs:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+            log.seek(0)
+            text = log.read()
+            assert proc.returncode == 0, text[-3000:]
+            line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")][-1]
+            results.append(json.loads(line[len("RESULT "):]))
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    for pid, r in enumerate(results):
+        assert r["process_index"] == pid
+        assert r["meta"] == {"step": 1}
+        assert r["x_equal"] and not r["x_fully_addressable"]
+        assert r["labels"] == [0, 1, 2, 3, 4] and r["position"] == 9
