@@ -37,7 +37,7 @@ class DataConfig:
 class ParallelConfig:
     data: int = -1  # devices on the data axis; -1 = all that the fsdp axis leaves
     fsdp: int = 1  # devices over which parameters are sharded
-    distributed: bool = False  # call jax.distributed.initialize() (multi-host pods)
+    distributed: bool = False  # auto-detect a cluster (TPU pod, SLURM, ...) and join it; JAX_NUM_PROCESSES etc. always count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,24 +168,24 @@ def to_dict(config: Config) -> dict:
 
 
 def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """``(key, type, default, comment)`` for every leaf: the source of the generated config docs."""
-    import inspect
+    """``(key, type, default, comment)`` for every leaf: the source of the generated config docs.
 
-    source_comments = _field_comments(config_type)
-    rows = []
+    Keys are dotted as ``--set`` takes them; the type is written as declared (``int | None``,
+    ``tuple[str, ...]``); the comment is the field's source comment (see :func:`_field_comments`).
+    """
+    comments = _field_comments(config_type)
     default = config_type()
     hints = typing.get_type_hints(config_type)
+    rows = []
     for field in dataclasses.fields(config_type):
         value = getattr(default, field.name)
         key = f"{prefix}{field.name}"
         if dataclasses.is_dataclass(value):
-            for sub_key, typ, sub_default, comment in describe(type(value), key + "."):
-                # Nested defaults can differ from the section class's own (weak_train vs train).
-                sub_default = _get(value, sub_key[len(key) + 1 :])
-                rows.append((sub_key, typ, sub_default, comment))
+            for sub_key, typ, _, comment in describe(type(value), key + "."):
+                # A section's default here can differ from its class's own (weak_train vs train).
+                rows.append((sub_key, typ, _get(value, sub_key[len(key) + 1 :]), comment))
         else:
-            rows.append((key, _type_name(hints[field.name]), value, source_comments.get(field.name, "")))
-    del inspect
+            rows.append((key, _type_name(hints[field.name]), value, comments.get(field.name, "")))
     return rows
 
 
@@ -196,22 +196,38 @@ def _get(node, dotted: str):
 
 
 def _type_name(annotation) -> str:
+    # Parameterised types (tuple[str, ...], int | None) need their arguments, not just "tuple".
+    if typing.get_origin(annotation) is not None:
+        return str(annotation).replace("typing.", "")
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _field_comments(cls) -> dict[str, str]:
-    """Trailing ``# comments`` on the field lines of a dataclass's source."""
+    """Each field's comment in a dataclass's source.
+
+    A trailing ``# comment`` on the field's line describes that field. A comment on a line of its
+    own describes the block of fields right below it (up to a blank line), for those fields that
+    have no trailing comment.
+    """
     import inspect
 
     try:
         lines = inspect.getsource(cls).splitlines()
-    except OSError:
+    except (OSError, TypeError):
         return {}
-    comments = {}
+    comments: dict[str, str] = {}
+    block_note = ""
     for line in lines:
         stripped = line.strip()
-        if ":" in stripped and "#" in stripped and not stripped.startswith(("#", "def ", "class ")):
-            name = stripped.split(":", 1)[0].strip()
-            if name.isidentifier():
-                comments[name] = stripped.split("#", 1)[1].strip()
+        if stripped.startswith("#"):
+            block_note = stripped.lstrip("#").strip()
+            continue
+        name, colon, rest = stripped.partition(":")
+        name = name.strip()
+        if not colon or not name.isidentifier() or stripped.startswith(("def ", "class ", "@")):
+            block_note = ""  # a blank line, a docstring or a method ends the block
+            continue
+        trailing = rest.split("#", 1)[1].strip() if "#" in rest else ""
+        if trailing or block_note:
+            comments[name] = trailing or block_note
     return comments

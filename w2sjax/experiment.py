@@ -274,9 +274,10 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
     """
     from w2sjax import data
 
+    # First, before anything touches a JAX backend: join the other processes, if any are configured
+    # (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or cluster auto-detection).
+    parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
     validate(config)
-    if config.parallel.distributed:
-        parallel.maybe_initialize_distributed()
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:

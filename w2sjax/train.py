@@ -162,13 +162,14 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, loss_fn: Los
     """``train_step(state, batch, rng) -> (state, metrics)``, pure and not yet jitted.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
-    ``rng`` is folded with the step so every step draws fresh randomness reproducibly (the
-    built-in models are deterministic; it is there for dropout or augmentation).
+    ``rng`` is the stage's base key; the step folds in its own step number, so every step draws
+    fresh randomness reproducibly without the host doing anything per step.
     """
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         step_frac = state.step.astype(jnp.float32) / total_steps
-        del rng  # no stochastic layers in the built-in models
+        rng = jax.random.fold_in(rng, state.step)
+        del rng  # no stochastic layers in the built-in models; kept for dropout or augmentation
 
         def objective(params):
             logits = model.bind(params, state.frozen)(batch["inputs"])
@@ -372,7 +373,7 @@ def fit(
         )
         state = ckpt.restore(abstract)
     else:
-        state = jax.device_put(state, shardings)
+        state = place(state, shardings)
 
     step_fn = make_train_step(model, tx, make_loss(loss, cfg), total)
     if step_wrapper is not None:
@@ -380,8 +381,7 @@ def fit(
     train_step = jit_train_step(step_fn, mesh, shardings)
     predict_step = make_predict_step(model)
     remember = jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings)
-    base_rng = jax.random.key(seed)
-    replicated = parallel.replicated(mesh)
+    base_rng = place(jax.random.key_data(jax.random.key(seed)), parallel.replicated(mesh))
 
     start = total if bool(state.finished) else int(state.step)
     stopped_early = False
@@ -389,8 +389,7 @@ def fit(
     for step in range(start, total):
         idx = batch_indices(len(data), batch_size, seed, step)
         batch = to_global(mesh, data.take(idx))
-        rng = jax.device_put(jax.random.fold_in(base_rng, step), replicated)
-        state, step_metrics = train_step(state, batch, rng)
+        state, step_metrics = train_step(state, batch, base_rng)
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
@@ -400,7 +399,7 @@ def fit(
         if val is not None and (done % eval_every == 0 or done == total):
             probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=cfg.batch_size)
             score = float(metrics.accuracy(probs, val.labels))
-            state = remember(state, jnp.float32(score))
+            state = remember(state, place(np.float32(score), parallel.replicated(mesh)))
             if log is not None:
                 log({"stage": stage, "step": done, "val_accuracy": score})
             if cfg.early_stopping and cfg.patience and int(state.evals_since_best) >= cfg.patience:
@@ -413,8 +412,23 @@ def fit(
     _check_finite(state, stage)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
-    state = state.replace(finished=jnp.ones((), jnp.bool_))
+    state = state.replace(finished=place(np.ones((), np.bool_), parallel.replicated(mesh)))
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def place(tree: PyTree, shardings) -> PyTree:
+    """Put host values (identical on every process) onto ``shardings``, which may span processes.
+
+    ``jax.device_put`` only reaches this process's devices; building each array from a callback
+    works for any sharding, on one host or many.
+    """
+    def one(leaf, sharding):
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    if not isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(one, tree, shardings)
+    return jax.tree.map(lambda leaf: one(leaf, shardings), tree)
 
 
 def _check_finite(state: TrainState, stage: str) -> None:
