@@ -1,0 +1,147 @@
+"""Read GGUF files: metadata, dequantized tensors, and the byte-level BPE tokenizer.
+
+GGUF (llama.cpp's format) stores the tokenizer as metadata: the token strings
+(already in GPT-2's byte-to-unicode spelling), the merges, token types and
+special-token ids. `GGUFTokenizer` rebuilds it with the ``tokenizers``
+package, so no ``tokenizer.json`` is needed.
+
+Needs the ``gguf`` package (pure Python + numpy; it dequantizes Q4/Q8 blocks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer"]
+
+# tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
+_CONTROL, _USER_DEFINED = 3, 4
+
+# How llama.cpp splits text before BPE depends on `tokenizer.ggml.pre`. These
+# pre-tokenizers (SmolLM's among them) first isolate every digit (\p{N}), then
+# apply the GPT-2 regex; "gpt2"/"default" use the GPT-2 regex alone. Others
+# (llama3, qwen2, ...) use different regexes and are refused rather than
+# silently tokenised differently.
+_DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva-7b"}
+_GPT2_PRE = {"gpt2", "default"}
+
+
+class GGUFFile:
+    """Metadata and tensors of one ``.gguf`` file (memory-mapped, read lazily)."""
+
+    def __init__(self, path: str | Path):
+        try:
+            import gguf
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("reading GGUF files needs the 'gguf' package: pip install gguf") from e
+        self.path = Path(path)
+        self._gguf = gguf
+        self._reader = gguf.GGUFReader(str(self.path))
+        self._tensors = {t.name: t for t in self._reader.tensors}
+
+    def field(self, key: str, default: Any = None) -> Any:
+        """A metadata value (str, number, bool or list), or ``default``."""
+        f = self._reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    def keys(self) -> list[str]:
+        return [k for k in self._reader.fields if not k.startswith("GGUF.")]
+
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def has_tensor(self, name: str) -> bool:
+        return name in self._tensors
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor dequantized to float32, in numpy (row-major, torch) order.
+
+        GGUF lists dimensions fastest-first, so a ``[in, out]`` GGUF matrix comes
+        back as ``[out, in]``, like a torch ``Linear.weight``.
+        """
+        t = self._tensors[name]
+        arr = self._gguf.quants.dequantize(t.data, t.tensor_type)
+        return np.asarray(arr, dtype=np.float32)
+
+
+def build_bpe_tokenizer(g: GGUFFile):
+    """A ``tokenizers.Tokenizer`` equivalent to the GGUF's byte-level BPE vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = g.field("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"{g.path}: tokenizer model {kind!r} is not byte-level BPE ('gpt2')")
+    tokens: list[str] = g.field("tokenizer.ggml.tokens")
+    types: list[int] = g.field("tokenizer.ggml.token_type") or [1] * len(tokens)
+    merges = [tuple(m.split(" ")) for m in g.field("tokenizer.ggml.merges")]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
+    tok = Tokenizer(bpe)
+    steps = [pre_tokenizers.ByteLevel(add_prefix_space=bool(g.field("tokenizer.ggml.add_space_prefix", False)),
+                                      use_regex=True)]
+    pre = g.field("tokenizer.ggml.pre", "default")
+    if pre in _DIGIT_SPLIT_PRE:
+        steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
+    elif pre not in _GPT2_PRE:
+        raise ValueError(f"{g.path}: pre-tokenizer {pre!r} is not supported "
+                         f"(known: {sorted(_DIGIT_SPLIT_PRE | _GPT2_PRE)})")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    # Control tokens (<|im_start|>, ...) must stay whole when they appear in text.
+    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
+    added = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    if special:
+        tok.add_special_tokens(special)
+    if added:
+        tok.add_tokens(added)
+    return tok
+
+
+class GGUFTokenizer:
+    """Batch tokenisation for a GGUF decoder: the same interface as `BertTokenizer`.
+
+    ``encode(texts, max_len)`` truncates each text to ``max_len`` tokens (keeping
+    the beginning) and right-pads with ``pad_id``. A BOS token is prepended only
+    when the file asks for it (``tokenizer.ggml.add_bos_token``); SmolLM2 does not.
+    """
+
+    def __init__(self, g: GGUFFile):
+        self._tok = build_bpe_tokenizer(g)
+        self.vocab_size = len(g.field("tokenizer.ggml.tokens"))
+        self.bos_id = g.field("tokenizer.ggml.bos_token_id")
+        self.eos_id = g.field("tokenizer.ggml.eos_token_id")
+        pad = g.field("tokenizer.ggml.padding_token_id")
+        self.pad_id = int(self.eos_id if pad is None else pad)
+        self.add_bos = bool(g.field("tokenizer.ggml.add_bos_token", False)) and self.bos_id is not None
+        self.chat_template = g.field("tokenizer.chat_template")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GGUFTokenizer":
+        return cls(GGUFFile(path))
+
+    def token_ids(self, texts: Sequence[str], max_len: int) -> list[np.ndarray]:
+        """Token ids of each text, truncated to ``max_len``, unpadded."""
+        encs = self._tok.encode_batch([str(t) for t in texts], add_special_tokens=False)
+        prefix = [self.bos_id] if self.add_bos else []
+        return [np.asarray((prefix + e.ids)[:max_len], dtype=np.int32) for e in encs]
+
+    def pad(self, ids: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32."""
+        out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
+        mask = np.zeros((len(ids), length), dtype=np.int32)
+        for r, row in enumerate(ids):
+            out[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        return out, mask
+
+    def encode(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int32 ``[N, max_len]``, right-padded."""
+        return self.pad(self.token_ids(texts, max_len), max_len)
+
+    def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(int(i))
