@@ -1,0 +1,171 @@
+"""Run a frozen featurizer once per example and keep its features on disk.
+
+The cache is per *example*, not per split: ``make_splits`` draws different
+halves for every seed, and a sweep must still pass each example through each
+backbone only once. Each example is identified by a hash of its input (the
+text, or the bytes of ``x``; never the label), so identical inputs share one
+row wherever they appear.
+
+Layout: ``cache_dir/<featurizer.key>/<task_name>/chunk-<digest>.npz``, each
+chunk holding ``ids`` (16-byte example hashes) and ``features``. The
+featurizer key names the model, its settings and the maximum length. Chunks
+are written to a temporary file and renamed into place, so a crash never
+leaves a half-written chunk visible; the zip CRC of each member detects a
+corrupted chunk, which is then dropped and its examples recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["cached_features", "example_ids"]
+
+log = logging.getLogger(__name__)
+
+_INPUT_KEYS = ("text", "x")
+_MAX_CHUNKS = 32  # merge chunks beyond this many, to keep loading cheap
+
+
+def _inputs(split: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    found = {k: split[k] for k in _INPUT_KEYS if k in split}
+    if not found:
+        raise ValueError(f"split has none of the input fields {_INPUT_KEYS}: {sorted(split)}")
+    return found
+
+
+def example_ids(split: Mapping[str, Any]) -> np.ndarray:
+    """One 16-byte hash per example of its inputs (``text`` and/or ``x``): ``S16 [N]``."""
+    inputs = _inputs(split)
+    n = len(next(iter(inputs.values())))
+    hashes = [hashlib.blake2b(digest_size=16) for _ in range(n)]
+    for name, values in sorted(inputs.items()):
+        if name == "text":
+            for h, t in zip(hashes, values):
+                b = str(t).encode("utf-8")
+                h.update(b"text" + len(b).to_bytes(8, "little") + b)
+        else:
+            a = np.ascontiguousarray(values)
+            tag = f"{name}:{a.dtype.str}:{a.shape[1:]}".encode()
+            for h, row in zip(hashes, a):
+                h.update(tag + row.tobytes())
+    return np.array([h.digest() for h in hashes], dtype="S16")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+class _Store:
+    """The chunk files of one (featurizer, task)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.root.glob("chunk-*.npz"))
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        ids, feats = [], []
+        for path in self.chunks():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    i, f = z["ids"], z["features"]
+                if i.ndim != 1 or f.shape[0] != i.shape[0] or (
+                        feats and f.shape[1:] != feats[0].shape[1:]):
+                    raise ValueError(f"inconsistent shapes {i.shape} / {f.shape}")
+            except FileNotFoundError:
+                continue  # merged away by another process meanwhile
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                log.warning("dropping corrupt feature cache file %s (%s); recomputing", path, e)
+                path.unlink(missing_ok=True)
+                continue
+            ids.append(i)
+            feats.append(f)
+        if not ids:
+            return np.zeros((0,), "S16"), None
+        return np.concatenate(ids), np.concatenate(feats)
+
+    def path_for(self, ids: np.ndarray) -> Path:
+        return self.root / f"chunk-{hashlib.blake2b(ids.tobytes(), digest_size=12).hexdigest()}.npz"
+
+    def add(self, ids: np.ndarray, feats: np.ndarray) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path_for(ids)
+        _atomic_savez(path, ids=ids, features=feats)
+        return path
+
+    def compact(self) -> None:
+        old = self.chunks()
+        if len(old) <= _MAX_CHUNKS:
+            return
+        ids, feats = self.load()
+        ids, first = np.unique(ids, return_index=True)
+        keep = self.add(ids, feats[first])
+        for p in old:
+            if p != keep:
+                p.unlink(missing_ok=True)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[str, Any], *,
+                    cache_dir) -> np.ndarray:
+    """Features of ``split`` from ``featurizer``, computed at most once per example.
+
+    Args:
+      featurizer: has ``key`` (names the features, e.g. model and max length)
+        and ``__call__(split) -> array [n, ...]``; it receives only the
+        inputs (``text``/``x``) of the examples not cached yet.
+      task_name: keeps tasks apart on disk.
+      split_name: for log messages only; features do not depend on it.
+      split: the split dict (``label`` is ignored).
+      cache_dir: root of the cache.
+
+    Returns ``features [N, ...]`` in the order of ``split``.
+    """
+    inputs = _inputs(split)
+    ids = example_ids(inputs)
+    keys = ids.tolist()  # bytes; the same canonical form on both sides of the lookup
+    store = _Store(Path(cache_dir) / _safe(featurizer.key) / _safe(task_name))
+    known_ids, known = store.load()
+    index = {k: i for i, k in enumerate(known_ids.tolist())}
+    missing = [i for i, k in enumerate(keys) if k not in index]
+    if missing:
+        # First occurrence of each missing input only.
+        _, first = np.unique(ids[missing], return_index=True)
+        rows = np.asarray(missing)[np.sort(first)]
+        log.info("features %s/%s/%s: computing %d of %d examples",
+                 featurizer.key, task_name, split_name, len(rows), len(ids))
+        new = np.asarray(featurizer({k: np.asarray(v)[rows] for k, v in inputs.items()}))
+        if new.shape[0] != len(rows):
+            raise ValueError(f"featurizer {featurizer.key!r} returned {new.shape[0]} rows "
+                             f"for {len(rows)} examples")
+        store.add(ids[rows], new)
+        store.compact()
+        base = 0 if known is None else known.shape[0]
+        for j, r in enumerate(rows):
+            index[keys[r]] = base + j
+        known = new if known is None else np.concatenate([known, new])
+    if known is None:  # empty split and empty cache
+        return np.zeros((0,), np.float32)
+    return known[np.array([index[k] for k in keys], dtype=np.int64)]

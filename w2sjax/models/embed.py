@@ -1,0 +1,171 @@
+"""Frozen, mean-pooled BERT embeddings of texts, computed in length buckets.
+
+Texts are tokenised once, sorted into a few padded lengths ("buckets") and
+run through one jitted function, so at most one program per bucket is
+compiled however many texts there are. Each batch holds about
+``tokens_per_batch`` tokens: short buckets get more rows, long ones fewer.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from w2sjax.models import bert
+
+__all__ = ["BertFeaturizer", "bucket_lengths", "minilm_dir"]
+
+_FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint directory (fetched on first use)."""
+    from w2sjax import assets
+
+    return assets.fetch("minilm-l6-v2")
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, num_layers: int | None, dtype_name: str):
+    # Cached so that many ModelSpecs of one sweep share one copy of the weights.
+    enc = bert.load_bert(path, num_layers=num_layers, dtype=jnp.dtype(dtype_name))
+    return enc, bert.load_tokenizer(path)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "normalize"))
+def _embed(graphdef, state, input_ids, attention_mask, *, normalize):
+    encoder = nnx.merge(graphdef, state)
+    hidden = encoder(input_ids, attention_mask)
+    return bert.mean_pool(hidden, attention_mask, normalize=normalize)
+
+
+def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
+    """Padded lengths used for batching: powers of two below ``max_len``, then it."""
+    out, n = [], smallest
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
+
+
+class BertFeaturizer:
+    """Mean-pooled embeddings of ``split["text"]`` from a frozen BERT.
+
+    Args:
+      name: a short model name, used in `key` (e.g. ``"minilm-l4"``).
+      path: checkpoint directory; ``None`` fetches the MiniLM asset on first use.
+      num_layers: keep only the first ``num_layers`` layers.
+      max_len: truncation length in tokens (special tokens included).
+      normalize: L2-normalise the pooled vectors.
+      tokens_per_batch: padded tokens per batch (rows = this / bucket length).
+      dtype: compute dtype (``"bfloat16"`` on accelerators).
+      progress: show a tqdm progress bar.
+
+    Calling it on a split returns float32 ``[N, hidden]`` in input order.
+    """
+
+    def __init__(self, name: str, *, path: str | Path | None = None,
+                 num_layers: int | None = None, max_len: int = 256, normalize: bool = False,
+                 tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
+        self.name = name
+        self.path = path
+        self.num_layers = num_layers
+        self.max_len = int(max_len)
+        self.normalize = normalize
+        self.tokens_per_batch = int(tokens_per_batch)
+        self.dtype = jnp.dtype(dtype).name
+        self.progress = progress
+
+    @property
+    def key(self) -> str:
+        """Cache key: changes whenever the features would change."""
+        parts = [self.name, "mean", f"len{self.max_len}"]
+        if self.normalize:
+            parts.append("l2")
+        if self.dtype != "float32":
+            parts.append(self.dtype)
+        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
+
+    def fit(self, split) -> "BertFeaturizer":
+        """Frozen: nothing to fit."""
+        return self
+
+    def load(self):
+        """(encoder, tokenizer), loaded once per process."""
+        path = Path(self.path) if self.path is not None else minilm_dir()
+        return _load(str(path), self.num_layers, self.dtype)
+
+    def __call__(self, split) -> np.ndarray:
+        return self.embed_texts(split["text"])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        encoder, tokenizer = self.load()
+        if self.max_len > encoder.config.max_position_embeddings:
+            raise ValueError(f"max_len={self.max_len} exceeds the model's "
+                             f"{encoder.config.max_position_embeddings} positions")
+        graphdef, state = nnx.split(encoder)
+        ids = tokenizer.token_ids(texts, self.max_len)
+        out = np.zeros((len(ids), encoder.config.hidden_size), np.float32)
+        plan = _plan(np.array([len(r) for r in ids]), bucket_lengths(self.max_len),
+                     self.tokens_per_batch)
+        put, state = _placement(state)
+        with tqdm(total=len(ids), desc=f"embed {self.name}", unit="ex",
+                  disable=not self.progress, leave=False) as bar:
+            for rows, length, batch_rows in plan:
+                input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
+                # Pad the batch with empty rows so every batch of a bucket has
+                # one shape (one compile); their outputs are dropped.
+                input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
+                mask = _pad_rows(mask, batch_rows, 0)
+                pooled = _embed(graphdef, state, put(input_ids), put(mask),
+                                normalize=self.normalize)
+                out[rows] = np.asarray(pooled)[: len(rows)]
+                bar.update(len(rows))
+        return out
+
+
+def _plan(lengths: np.ndarray, buckets: list[int], tokens_per_batch: int):
+    """Batches as (row indices, padded length, rows per batch), shortest first."""
+    ndev = _local_devices_for_batch()
+    order = np.argsort(lengths, kind="stable")
+    which = np.searchsorted(np.asarray(buckets), lengths[order])  # first bucket >= length
+    plan = []
+    for b, length in enumerate(buckets):
+        rows = order[which == b]
+        if len(rows) == 0:
+            continue
+        per = max(1, tokens_per_batch // length)
+        per = max(ndev, per - per % ndev)  # divisible over the devices
+        for start in range(0, len(rows), per):
+            plan.append((rows[start:start + per], length, per))
+    return plan
+
+
+def _pad_rows(a: np.ndarray, rows: int, value: int) -> np.ndarray:
+    if a.shape[0] == rows:
+        return a
+    pad = np.full((rows - a.shape[0],) + a.shape[1:], value, a.dtype)
+    return np.concatenate([a, pad])
+
+
+def _local_devices_for_batch() -> int:
+    # Shard over this process's devices only when running single-process;
+    # multi-host placement belongs to w2sjax.parallel.
+    return jax.local_device_count() if jax.process_count() == 1 else 1
+
+
+def _placement(state):
+    """A function placing a batch on the devices, and the state placed to match."""
+    if _local_devices_for_batch() == 1:
+        return jnp.asarray, state
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return (lambda a: jax.device_put(a, rows)), jax.device_put(state, replicated)

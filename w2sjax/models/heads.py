@@ -1,0 +1,83 @@
+"""Trainable heads: small NNX models called as ``module(x) -> logits [B, C]``.
+
+They sit on top of frozen features (a linear probe) or are weak models
+trained from scratch on raw image/tabular inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+from flax import nnx
+
+__all__ = ["Linear", "MLP", "CNN", "count_params"]
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+class Linear(nnx.Module):
+    """Logistic regression: flatten, then one dense layer."""
+
+    def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(in_features, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense(_flat(x))
+
+
+class MLP(nnx.Module):
+    """Flatten, then dense + ReLU layers of sizes ``hidden``, then a dense output."""
+
+    def __init__(self, in_features: int, num_classes: int, *,
+                 hidden: Sequence[int] = (256,), rngs: nnx.Rngs):
+        sizes = [in_features, *hidden]
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.out = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = _flat(x)
+        for layer in self.hidden:
+            x = jax.nn.relu(layer(x))
+        return self.out(x)
+
+
+class CNN(nnx.Module):
+    """A small conv net for small images (28x28, 8x8, ...), NHWC input.
+
+    Each block is a 3x3 convolution, ReLU and 2x2 average pooling; then a
+    dense hidden layer and the output layer. ``in_shape`` is ``(H, W)`` or
+    ``(H, W, C)``; inputs may come flattened, they are reshaped to it.
+    """
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, *,
+                 channels: Sequence[int] = (32, 64), hidden: int = 128, rngs: nnx.Rngs):
+        shape = tuple(in_shape) if len(in_shape) == 3 else (*in_shape, 1)
+        if len(shape) != 3:
+            raise ValueError(f"CNN needs an image shape (H, W[, C]), got {tuple(in_shape)}")
+        self.in_shape = shape
+        h, w, c = shape
+        convs = []
+        for out in channels:
+            convs.append(nnx.Conv(c, out, (3, 3), padding="SAME", rngs=rngs))
+            c = out
+            h, w = max(1, h // 2), max(1, w // 2)
+        self.convs = nnx.List(convs)
+        self.dense = nnx.Linear(h * w * c, hidden, rngs=rngs)
+        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape((x.shape[0], *self.in_shape))
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+            if x.shape[1] >= 2 and x.shape[2] >= 2:
+                x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
+        return self.out(jax.nn.relu(self.dense(_flat(x))))
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of trainable parameters of a module."""
+    return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
