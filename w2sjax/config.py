@@ -207,9 +207,8 @@ def _type_name(annotation) -> str:
 def _field_comments(cls) -> dict[str, str]:
     """Each field's comment in a dataclass's source.
 
-    A trailing ``# comment`` on the field's line describes that field. A comment on a line of its
-    own describes the block of fields right below it (up to a blank line), for those fields that
-    have no trailing comment.
+    A trailing ``# comment`` on the field's line describes that field; otherwise the comment
+    lines right above the field (joined) describe it, as in Sphinx's attribute comments.
     """
     import inspect
 
@@ -218,18 +217,18 @@ def _field_comments(cls) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     comments: dict[str, str] = {}
-    block_note = ""
+    above: list[str] = []
     for line in lines:
         stripped = line.strip()
         if stripped.startswith("#"):
-            block_note = stripped.lstrip("#").strip()
+            above.append(stripped.lstrip("#").strip())
             continue
         name, colon, rest = stripped.partition(":")
         name = name.strip()
-        if not colon or not name.isidentifier() or stripped.startswith(("def ", "class ", "@")):
-            block_note = ""  # a blank line, a docstring or a method ends the block
-            continue
-        trailing = rest.split("#", 1)[1].strip() if "#" in rest else ""
-        if trailing or block_note:
-            comments[name] = trailing or block_note
+        is_field = colon and name.isidentifier() and not stripped.startswith(("def ", "class ", "@"))
+        if is_field:
+            trailing = rest.split("#", 1)[1].strip() if "#" in rest else ""
+            if trailing or above:
+                comments[name] = trailing or " ".join(above)
+        above = []  # a comment block describes only the line right below it
     return comments

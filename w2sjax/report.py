@@ -31,9 +31,32 @@ def load_results(directory: str | pathlib.Path) -> dict:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"report: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"report: cannot read {path} ({type(exc).__name__}: {exc})") from None
     if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
         raise ValueError(f"report: {path} has no 'runs' list")
+    for i, run in enumerate(results["runs"]):
+        problem = _run_problem(run)
+        if problem:
+            raise ValueError(f"report: {path}: runs[{i}] {problem}")
     return results
+
+
+_NAME_KEYS = ("task", "weak_model", "strong_model", "loss")
+_ACC_KEYS = ("weak_acc", "w2s_acc", "ceiling_acc")
+
+
+def _run_problem(run) -> str | None:
+    """What is wrong with one entry of ``runs`` (so the table code can trust it), or None."""
+    if not isinstance(run, dict):
+        return f"is a {type(run).__name__}, expected an object"
+    missing = [k for k in _NAME_KEYS + _ACC_KEYS if k not in run]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for k in _ACC_KEYS:
+        if isinstance(run[k], bool) or not isinstance(run[k], (int, float)):
+            return f"has non-numeric {k}={run[k]!r}"
+    return None
 
 
 def t_interval(values) -> float:
@@ -42,7 +65,10 @@ def t_interval(values) -> float:
     n = len(values)
     if n < 2:
         return 0.0
-    t = _T975[min(n - 1, len(_T975)) - 1] if n - 1 <= len(_T975) else 1.96
+    df = n - 1
+    # Beyond the table, the first-order Cornish-Fisher expansion z + (z^3 + z) / (4 df) is within
+    # 0.003 of the exact value (2.039 vs 2.042 at df = 30).
+    t = _T975[df - 1] if df <= len(_T975) else 1.959964 + 2.3722 / df
     return float(t * values.std(ddof=1) / math.sqrt(n))
 
 
@@ -91,8 +117,9 @@ def summarize(results: dict) -> list[dict]:
     return summary
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}"
+def _pm(mean: float, std: float, seeds: int) -> str:
+    # One seed has no spread to report; "± 0.000" would claim a certainty the run does not have.
+    return f"{mean:.3f}" if seeds < 2 else f"{mean:.3f} ± {std:.3f}"
 
 
 def format_table(results: dict) -> str:
@@ -107,8 +134,8 @@ def format_table(results: dict) -> str:
         strong = r["strong_model"] if not r.get("chain") else r["chain"]
         lines.append([
             r["task"], r["weak_model"], strong, r["loss"], str(r["seeds"]),
-            _pm(r["weak_acc"], r["weak_acc_std"]), _pm(r["w2s_acc"], r["w2s_acc_std"]),
-            _pm(r["ceiling_acc"], r["ceiling_acc_std"]), pgr,
+            _pm(r["weak_acc"], r["weak_acc_std"], r["seeds"]), _pm(r["w2s_acc"], r["w2s_acc_std"], r["seeds"]),
+            _pm(r["ceiling_acc"], r["ceiling_acc_std"], r["seeds"]), pgr,
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
