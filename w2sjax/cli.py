@@ -94,11 +94,13 @@ def _report(directory: pathlib.Path) -> int:
 
     try:
         results = report.load_results(directory)
+        print(report.format_table(results))
+        for path in report.write_plots(results, directory):
+            print(f"wrote {path}")
     except ValueError as exc:
         return _fail(str(exc))
-    print(report.format_table(results))
-    for path in report.write_plots(results, directory):
-        print(f"wrote {path}")
+    except OSError as exc:  # e.g. a read-only directory: the table printed, the plots could not be written
+        return _fail(f"report: cannot write plots into {str(directory)!r}: {exc.strerror}", code=1)
     return 0
 
 

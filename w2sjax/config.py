@@ -42,12 +42,12 @@ class ParallelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    name: str = "default"
+    name: str = "default"  # names the output directory runs/<name> when --out is not given
     data: DataConfig = DataConfig()
-    weak_models: tuple[str, ...] = ("glove-bow",)
-    strong_models: tuple[str, ...] = ("minilm-l2", "minilm-l6")
-    losses: tuple[str, ...] = ("xent", "logconf")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    weak_models: tuple[str, ...] = ("glove-bow",)  # supervisors, trained on half A's ground truth
+    strong_models: tuple[str, ...] = ("minilm-l2", "minilm-l6")  # students, trained on half B's weak labels
+    losses: tuple[str, ...] = ("xent", "logconf")  # losses for the w2s students; every one is run
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # each seed redraws the splits and the initialisations
     strong_mode: str = "probe"  # "probe": linear head on cached frozen features; "finetune": all weights
     bootstrap: tuple[str, ...] = ()  # chains such as "glove-bow>minilm-l2>minilm-l6", each supervising the next
     weak_train: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=1e-2)
@@ -55,7 +55,6 @@ class Config:
     # fine_foods: lr 1e-3 underfits by 3 points); full finetuning wants lr ~3e-5.
     train: TrainConfig = TrainConfig(epochs=5, batch_size=32, lr=1e-2)
     parallel: ParallelConfig = ParallelConfig()
-    feature_batch_size: int = 64
 
     def __post_init__(self):
         if self.strong_mode not in ("probe", "finetune"):

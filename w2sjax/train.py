@@ -33,22 +33,21 @@ PyTree = Any
 class TrainConfig:
     """How one stage trains. Every field is a plain value so configs stay printable and typed."""
 
-    epochs: float = 10.0
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_warmup_frac: float = 0.05
-    trainable: str = "all"  # "all" = full finetune; "head" = linear probe on a frozen backbone
-    early_stopping: bool = False
+    epochs: float = 10.0  # passes over the stage's training data (fractions allowed)
+    batch_size: int = 32  # global batch, rounded down to a multiple of the device count
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    lr_warmup_frac: float = 0.05  # fraction of steps with a linear learning-rate warm-up; cosine decay after
+    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone
+    early_stopping: bool = False  # keep the parameters with the best validation accuracy (weak labels for w2s)
     eval_every: int = 0  # steps between validation evals; 0 = once per epoch
     patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
     checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
-    log_every: int = 10
-    # Loss hyper-parameters (used by the losses that take them).
-    alpha_max: float = 0.5
-    conf_warmup_frac: float = 0.2
-    product_alpha: float = 1.0
-    product_beta: float = 1.0
+    log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
+    alpha_max: float = 0.5  # logconf / entropy_conf: final weight of the confidence term
+    conf_warmup_frac: float = 0.2  # logconf / entropy_conf: fraction of training over which alpha ramps up
+    product_alpha: float = 1.0  # product loss: exponent on the weak labels
+    product_beta: float = 1.0  # product loss: exponent on the student's probabilities
 
     def __post_init__(self):
         if self.trainable not in ("all", "head"):
