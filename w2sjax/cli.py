@@ -84,6 +84,8 @@ def _run(args) -> int:
         return _fail(str(exc))
     except FloatingPointError as exc:
         return _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
     return 0
