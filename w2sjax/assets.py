@@ -263,7 +263,7 @@ def fetch(
     if _check_cache(spec, dest, locked=False):
         return dest
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if _check_cache(spec, dest, locked=True):  # another process finished it meanwhile
             return dest
         for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
@@ -311,7 +311,8 @@ def _error(spec: _Spec, reason: str) -> AssetError:
 
 
 @contextlib.contextmanager
-def _lock(path: pathlib.Path) -> Iterator[None]:
+def file_lock(path: pathlib.Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), so concurrent processes take turns."""
     with open(path, "a") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)

@@ -12,7 +12,6 @@ or float32 values stored as they will be returned.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 from collections.abc import Iterator
 from typing import ClassVar
@@ -23,11 +22,6 @@ import tensorflow_datasets as tfds
 from w2sjax import assets
 from w2sjax.data import sources
 from w2sjax.data.task import Split, Task
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 
 class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -142,7 +136,8 @@ def load(task: str, data_dir: pathlib.Path) -> Task:
     builder = cls(data_dir=str(data_dir), file_format="array_record")
     # (builder.is_prepared() would log a warning for every dataset not built yet.)
     if not (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
-        with _lock(data_dir / f".{cls.name}.lock"):
+        # Two processes preparing the same dataset would race on TFDS's final rename.
+        with assets.file_lock(data_dir / f".{cls.name}.lock"):
             # No GCS lookup: these datasets exist only here, and we may be offline.
             # A no-op if another process finished the build while we waited.
             config = tfds.download.DownloadConfig(try_download_gcs=False)
@@ -183,16 +178,3 @@ def read_split(source, kind: str, key: str) -> Split:
     if x.ndim == 3:  # grayscale images without a channel axis
         x = x[..., None]
     return {"x": x.astype(np.float32, copy=False), "label": labels}
-
-
-@contextlib.contextmanager
-def _lock(path: pathlib.Path) -> Iterator[None]:
-    # Two processes preparing the same dataset would race on TFDS's final rename.
-    with open(path, "a") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
