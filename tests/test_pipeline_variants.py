@@ -1,0 +1,65 @@
+"""Pipeline variants on a fast task (scikit-learn digits, models trained from scratch):
+bootstrapping chains, an fsdp-sharded mesh, and weak/ceiling stages shared across pairs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from w2sjax import config as cfg_lib
+from w2sjax import checkpoint, experiment
+from w2sjax.config import Config, DataConfig, ParallelConfig
+from w2sjax.train import TrainConfig
+
+
+def digits_config(**kw) -> Config:
+    base = dict(
+        name="digits-test",
+        data=DataConfig(task="digits", n_val=64, n_test=256),
+        weak_models=("linear",),
+        strong_models=("mlp",),
+        losses=("xent",),
+        seeds=(0,),
+        weak_train=TrainConfig(epochs=3, batch_size=64, lr=1e-2, log_every=5),
+        train=TrainConfig(epochs=5, batch_size=64, lr=1e-2, log_every=5),
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def test_bootstrap_chain_and_shared_stages(tmp_path):
+    config = digits_config(strong_models=("mlp", "cnn"), bootstrap=("linear>mlp>cnn",))
+    results = experiment.run(config, tmp_path, progress=False)
+    runs = results["runs"]
+    chain = [r for r in runs if r.get("chain") == "linear>mlp>cnn"]
+    assert len(chain) == 1
+    assert chain[0]["weak_model"] == "linear" and chain[0]["strong_model"] == "cnn"
+    plain = {r["strong_model"]: r for r in runs if not r.get("chain")}
+    assert set(plain) == {"mlp", "cnn"}
+    # One weak stage serves both pairs and the chain; one ceiling per strong model.
+    assert plain["mlp"]["weak_acc"] == plain["cnn"]["weak_acc"] == chain[0]["weak_acc"]
+    assert chain[0]["ceiling_acc"] == plain["cnn"]["ceiling_acc"]
+    stages = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert sorted(s for s in stages if s.startswith("weak__")) == ["weak__linear__seed0", "weak__linear__seed0.out"]
+    # The chain's intermediate (mlp on linear's labels) and final (cnn on mlp's labels) stages both ran.
+    for stage in ("boot__linear>mlp__xent__seed0.out", "boot__linear>mlp>cnn__xent__seed0.out"):
+        assert checkpoint.stage_dirname(stage) in stages, stage
+    for r in runs:
+        assert 0.3 < r["weak_acc"] <= 1.0 and 0.3 < r["ceiling_acc"] <= 1.0  # 10 classes: chance is 0.1
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == runs
+
+
+def test_fsdp_mesh_matches_data_parallel(tmp_path):
+    """Sharding the MLP's parameters over 2 devices changes where they live, not what is learned."""
+    dp = experiment.run(digits_config(), tmp_path / "dp", progress=False)["runs"][0]
+    fsdp = experiment.run(digits_config(parallel=ParallelConfig(data=4, fsdp=2)), tmp_path / "fsdp",
+                          progress=False)["runs"][0]
+    for field in ("weak_acc", "w2s_acc", "ceiling_acc"):
+        assert fsdp[field] == pytest.approx(dp[field], abs=2 / 256), field
+
+
+def test_bad_mesh_is_a_config_error(tmp_path):
+    with pytest.raises(cfg_lib.ConfigError, match="parallel:"):
+        experiment.run(digits_config(parallel=ParallelConfig(data=3, fsdp=1)), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+    np.testing.assert_equal(list(tmp_path.iterdir()), [])
