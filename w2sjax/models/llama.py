@@ -336,3 +336,10 @@ def load_smollm2(path: str | Path, *, dtype=jnp.float32) -> tuple[LlamaModel, GG
     int32 numpy arrays.
     """
     return load_llama_gguf(path, dtype=dtype)
+
+
+def model_spec(name: str, **options):
+    """Registry hook for ``smollm2-135m`` (see `w2sjax.models.ladder.smollm2_spec` for the options)."""
+    from w2sjax.models import ladder
+
+    return ladder.smollm2_spec(name, **options)

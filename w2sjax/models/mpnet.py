@@ -347,3 +347,10 @@ def load_mpnet(path: str | Path, *, num_layers: int | None = None, dtype=jnp.flo
     """
     return (load_mpnet_encoder(path, num_layers=num_layers, dtype=dtype),
             load_mpnet_tokenizer(path))
+
+
+def model_spec(name: str, **options):
+    """Registry hook for ``mpnet-base`` (see `w2sjax.models.ladder.mpnet_spec` for the options)."""
+    from w2sjax.models import ladder
+
+    return ladder.mpnet_spec(name, **options)

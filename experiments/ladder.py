@@ -1,0 +1,30 @@
+"""A ladder of strong students (issue 6): does weak-to-strong gain grow with the student's size?
+
+Fine-food reviews, linear probes on frozen features. Supervisors: GloVe bag-of-words, MiniLM-L2,
+MiniLM-L6. Students, by backbone size: MiniLM-L2 (~11M), MiniLM-L6 (~23M), all-mpnet-base-v2
+(~109M, mean-pooled) and SmolLM2-135M (~135M, last-token). The runner trains every weak x strong
+pair, so minilm-l2 -> minilm-l2 and minilm-l6 -> minilm-l6 are included: a student imitating a
+supervisor of its own size, a useful zero point rather than a ladder step.
+
+Sizes are set by feature extraction on 2 CPU cores (MPNet ~4 and SmolLM2 ~2 examples/s): the
+whole 1000-review test split (the same for every seed, so seeds vary only the training draw),
+400 training reviews per seed (200 per half) and 100 for validation. Features are cached per
+example, so raising n_train later only embeds the new rows.
+"""
+
+from w2sjax.config import Config, DataConfig
+from w2sjax.train import TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        name="ladder",
+        data=DataConfig(task="fine_foods", n_train=400, n_val=100, n_test=None, max_len=128),
+        weak_models=("glove-bow", "minilm-l2", "minilm-l6"),
+        strong_models=("minilm-l2", "minilm-l6", "mpnet-base", "smollm2-135m"),
+        losses=("xent",),  # PGR of plain imitation; one loss keeps the sweep within the time box
+        seeds=(0, 1, 2),
+        strong_mode="probe",
+        weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2),
+        train=TrainConfig(epochs=5, batch_size=32, lr=1e-2),
+    )

@@ -1,0 +1,226 @@
+"""Frozen text features from the larger backbones of the strong-model ladder.
+
+``mpnet-base`` (all-mpnet-base-v2, 109M, mean-pooled) and ``smollm2-135m``
+(SmolLM2-135M-Instruct, 135M, last-real-token hidden state) reuse the
+batching of `w2sjax.models.embed`: texts are tokenised once, grouped into
+power-of-two length buckets, and each bucket runs through one jitted program
+with about ``tokens_per_batch`` padded tokens per batch. Only the backbone
+and the pooling differ from `embed.BertFeaturizer`, so that class (and its
+cache keys) is left untouched and its planning helpers are shared.
+
+`mpnet.model_spec` and `llama.model_spec` (the registry's plugin hooks) build
+their `ModelSpec` from the factories here. Nothing heavy happens until the
+first featurizer call: weights load once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from w2sjax.models import embed
+
+__all__ = ["DecoderFeaturizer", "MPNetFeaturizer", "mpnet_spec", "smollm2_spec"]
+
+_FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mpnet(path: str, dtype_name: str):
+    # Cached: the ladder's specs (one per get_model call) share one copy of the weights.
+    from w2sjax.models import mpnet
+
+    return mpnet.load_mpnet(path, dtype=jnp.dtype(dtype_name))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_llama(path: str, dtype_name: str):
+    from w2sjax.models import llama
+
+    return llama.load_smollm2(path, dtype=jnp.dtype(dtype_name))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "normalize"))
+def _mean_features(graphdef, state, input_ids, attention_mask, *, normalize):
+    return nnx.merge(graphdef, state).embed(input_ids, attention_mask, normalize=normalize)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _last_features(graphdef, state, input_ids, attention_mask):
+    from w2sjax.models import llama
+
+    hidden = nnx.merge(graphdef, state)(input_ids, attention_mask)
+    idx = llama.last_token_index(attention_mask)
+    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+class _BucketedFeaturizer:
+    """Shared driver: tokenise, plan length buckets, run the jitted pooling, keep input order.
+
+    Subclasses set ``pooling`` (named in `key`), ``asset`` and implement
+    `load` -> (module, tokenizer), `_max_positions` and `_run`.
+    """
+
+    pooling = ""
+    asset = ""
+
+    def __init__(self, name: str, *, path: str | Path | None = None, max_len: int = 128,
+                 tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
+        self.name = name
+        self.path = path
+        self.max_len = int(max_len)
+        self.tokens_per_batch = int(tokens_per_batch)
+        self.dtype = jnp.dtype(dtype).name
+        self.progress = progress
+
+    def _key_parts(self) -> list[str]:
+        return [self.name, self.pooling, f"len{self.max_len}"]
+
+    @property
+    def key(self) -> str:
+        """Cache key: changes whenever the features would change (not with batch size)."""
+        parts = self._key_parts()
+        if self.dtype != "float32":
+            parts.append(self.dtype)
+        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
+
+    def fit(self, split):
+        """Frozen: nothing to fit."""
+        return self
+
+    def checkpoint(self) -> Path:
+        from w2sjax import assets
+
+        return Path(self.path) if self.path is not None else assets.fetch(self.asset)
+
+    def __call__(self, split) -> np.ndarray:
+        return self.embed_texts(split["text"])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        module, tokenizer = self.load()
+        if self.max_len > self._max_positions(module):
+            raise ValueError(f"max_len={self.max_len} exceeds {self.name}'s "
+                             f"{self._max_positions(module)} positions")
+        graphdef, state = nnx.split(module)
+        ids = tokenizer.token_ids(texts, self.max_len)
+        out = np.zeros((len(ids), module.config.hidden_size), np.float32)
+        plan = embed._plan(np.array([len(r) for r in ids], dtype=np.int64),
+                           embed.bucket_lengths(self.max_len), self.tokens_per_batch)
+        put, state = embed._placement(state)
+        with tqdm(total=len(ids), desc=f"embed {self.name}", unit="ex",
+                  disable=not self.progress, leave=False) as bar:
+            for rows, length, batch_rows in plan:
+                input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
+                # Fixed rows per bucket -> one compile per bucket; the filler rows are dropped.
+                input_ids = embed._pad_rows(input_ids, batch_rows, tokenizer.pad_id)
+                mask = embed._pad_rows(mask, batch_rows, 0)
+                feats = self._run(graphdef, state, put(input_ids), put(mask))
+                out[rows] = np.asarray(feats)[: len(rows)]
+                bar.update(len(rows))
+        return out
+
+
+class MPNetFeaturizer(_BucketedFeaturizer):
+    """Mean-pooled last hidden state of all-mpnet-base-v2: float32 ``[N, 768]``.
+
+    ``normalize`` L2-normalises, as sentence-transformers does; off by
+    default, like the MiniLM probes, so all students see raw pooled vectors.
+    """
+
+    pooling = "mean"
+    asset = "mpnet-base-v2"
+
+    def __init__(self, name: str = "mpnet-base", *, normalize: bool = False, **kw):
+        super().__init__(name, **kw)
+        self.normalize = normalize
+
+    def _key_parts(self):
+        return super()._key_parts() + (["l2"] if self.normalize else [])
+
+    def load(self):
+        return _load_mpnet(str(self.checkpoint()), self.dtype)
+
+    def _max_positions(self, module) -> int:
+        return module.config.max_len
+
+    def _run(self, graphdef, state, input_ids, mask):
+        return _mean_features(graphdef, state, input_ids, mask, normalize=self.normalize)
+
+
+class DecoderFeaturizer(_BucketedFeaturizer):
+    """Final hidden state of the last real token of SmolLM2-135M: float32 ``[N, 576]``.
+
+    In a causal model only that token has read the whole text. Right padding
+    does not change it (real tokens never attend to later positions), so the
+    length buckets leave the features as they are for the unpadded text.
+    """
+
+    pooling = "last"
+    asset = "smollm2-135m"
+
+    def load(self):
+        return _load_llama(str(self.checkpoint()), self.dtype)
+
+    def _max_positions(self, module) -> int:
+        return module.config.max_position_embeddings
+
+    def _run(self, graphdef, state, input_ids, mask):
+        return _last_features(graphdef, state, input_ids, mask)
+
+
+# ---------------------------------------------------------------- specs
+
+
+def mpnet_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool = False,
+               tokens_per_batch: int = 8192, dtype: str = "float32", path=None,
+               progress: bool = True):
+    """``mpnet-base``: frozen mean-pooled features + linear head; finetunes as `MPNetClassifier`."""
+    from w2sjax.models import mpnet
+    from w2sjax.models.registry import ModelSpec
+
+    featurizer = MPNetFeaturizer(name, path=path, max_len=max_len, normalize=normalize,
+                                 tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
+        encoder = mpnet.load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype)
+        return mpnet.MPNetClassifier(encoder, num_classes, normalize=normalize, rngs=rngs)
+
+    def tokenize(split) -> dict:
+        ids, mask = featurizer.load()[1].encode(split["text"], max_len)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return ModelSpec(name=name, modalities=("text",),
+                     num_params=mpnet.count_mpnet_params(mpnet.MPNetConfig()),
+                     featurizer=featurizer, head="linear", finetune=finetune, tokenize=tokenize)
+
+
+def smollm2_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_batch: int = 8192,
+                 dtype: str = "float32", path=None, progress: bool = True):
+    """``smollm2-135m``: frozen last-token features + linear head; no finetune.
+
+    Full finetuning of 135M parameters on a CPU is impractically slow, so
+    ``finetune`` is ``None`` and ``strong_mode="finetune"`` probes it instead.
+    ``tokenize`` is still given: it marks a text backbone, so the runner
+    passes ``data.max_len`` through.
+    """
+    from w2sjax.models import llama
+    from w2sjax.models.registry import ModelSpec
+
+    featurizer = DecoderFeaturizer(name, path=path, max_len=max_len,
+                                   tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+
+    def tokenize(split) -> dict:
+        ids, mask = featurizer.load()[1].encode(split["text"], max_len)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return ModelSpec(name=name, modalities=("text",),
+                     num_params=llama.count_llama_params(llama.LlamaConfig()),
+                     featurizer=featurizer, head="linear", finetune=None, tokenize=tokenize)
