@@ -1,0 +1,345 @@
+"""CPU throughput benchmarks for the MiniLM paths of w2sjax, with an optional PyTorch baseline.
+
+    python -m benchmarks.run [--cases matmul embed finetune fine_foods torch] [--quick]
+
+Prints one JSON object per line. XLA flags must be set before JAX initialises, so this
+script (an application, like the ``w2sjax`` command) sets them first and prints them.
+FLOPs per example use the dense-transformer count
+``forward = 2 L (4 d^2 + 2 d d_ff) T + 4 L T^2 d`` and ``train = 3 x forward``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ALL_CASES = ("matmul", "embed", "finetune", "fine_foods", "torch")
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    p.add_argument("--cases", nargs="+", default=list(ALL_CASES), choices=ALL_CASES)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): for tests, not for numbers")
+    p.add_argument("--devices", type=int, default=os.cpu_count() or 1,
+                   help="host devices (--xla_force_host_platform_device_count)")
+    p.add_argument("--ynn", action="store_true", help="keep XLA's YNNPACK fusions (off by default: slower here)")
+    p.add_argument("--repeats", type=int, default=5)
+    return p.parse_args(argv)
+
+
+def _set_flags(args) -> str:
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = []
+    if not args.ynn and "xla_cpu_experimental_ynn_fusion_type" not in flags:
+        extra.append("--xla_cpu_experimental_ynn_fusion_type=")
+    if "xla_force_host_platform_device_count" not in flags:
+        extra.append(f"--xla_force_host_platform_device_count={args.devices}")
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+    return os.environ["XLA_FLAGS"]
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def flops_forward(L: int, d: int, d_ff: int, T: int) -> float:
+    return 2 * L * (4 * d * d + 2 * d * d_ff) * T + 4 * L * T * T * d
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` after one warm-up call (which also compiles)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def record(case, impl, *, examples, seconds, flops_per_example, peak, **extra):
+    rate = examples / seconds
+    gflops = rate * flops_per_example / 1e9 if flops_per_example else None
+    out = {"case": case, "impl": impl, "examples_per_s": round(rate, 2), "seconds": round(seconds, 4),
+           "gflops": None if gflops is None else round(gflops, 1),
+           "peak_gflops": None if peak is None else round(peak, 1),
+           "ratio_to_peak": None if (gflops is None or not peak) else round(gflops / peak, 3)}
+    out.update(extra)
+    return out
+
+
+# ---------------------------------------------------------------- JAX cases
+
+
+def jax_matmul_peak(n: int, repeats: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    s = timed(lambda: dot(a, b).block_until_ready(), repeats)
+    return 2 * n**3 / s / 1e9
+
+
+def _sizes(quick: bool) -> dict:
+    if quick:
+        return dict(layers=1, matmul=256, embed_b=4, embed_t=16, ft_b=4, ft_t=16, foods=64, steps=2)
+    return dict(layers=None, matmul=4096, embed_b=64, embed_t=128, ft_b=32, ft_t=128, foods=None, steps=5)
+
+
+def jax_embed(path, sz, peak, repeats):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from w2sjax.models import bert, embed
+
+    enc = bert.load_bert(path, num_layers=sz["layers"])
+    cfg = enc.config
+    b, t = sz["embed_b"], sz["embed_t"]
+    graphdef, state = nnx.split(enc)
+    put, state = embed._placement(state)
+    rng = np.random.default_rng(0)
+    ids = put(rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32))
+    mask = put(np.ones((b, t), np.int32))
+    run = lambda: embed._embed(graphdef, state, ids, mask, normalize=False).block_until_ready()
+    s = timed(run, repeats)
+    f = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
+    return record("embed", "jax", examples=b, seconds=s, flops_per_example=f, peak=peak,
+                  batch=b, seq=t, devices=jax.device_count())
+
+
+def jax_finetune(path, sz, peak, repeats):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from w2sjax import parallel, train
+    from w2sjax.models import bert
+
+    enc = bert.load_bert(path, num_layers=sz["layers"])
+    cfg = enc.config
+    module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
+    b, t = sz["ft_b"], sz["ft_t"]
+    tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
+    steps = 1000
+    tx = train.make_optimizer(tcfg, steps)
+    mesh = parallel.make_mesh()
+    model, state = train.init_state(module, tcfg, tx)
+    shardings = train.state_shardings(mesh, state)
+    state = train.place(state, shardings)
+    traces = [0]
+    step_fn = train.make_train_step(model, tx, train.make_loss("xent", tcfg), steps)
+
+    def counted(*a):
+        traces[0] += 1  # runs only while tracing: counts (re)compilations
+        return step_fn(*a)
+
+    jitted = train.jit_train_step(counted, mesh, shardings)
+    rng = np.random.default_rng(0)
+    rng_key = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
+    # Fresh host batches each step, as in `fit`, so host->device transfer is in the timing.
+    lengths = rng.integers(t // 2, t + 1, size=(8, b))
+    batches = []
+    for lens in lengths:
+        mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int32)
+        batches.append({
+            "inputs": {"input_ids": rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32) * mask,
+                       "attention_mask": mask},
+            "labels": np.eye(2, dtype=np.float32)[rng.integers(0, 2, b)],
+            "weights": np.ones(b, np.float32),
+        })
+    holder = {"state": state, "i": 0}
+
+    def one_step():
+        batch = train.to_global(mesh, batches[holder["i"] % len(batches)])
+        holder["i"] += 1
+        holder["state"], m = jitted(holder["state"], batch, rng_key)
+        jax.block_until_ready(m)
+
+    s = timed(one_step, max(repeats, sz["steps"]))
+    f = 3 * flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
+    return [
+        record("finetune", "jax", examples=b, seconds=s, flops_per_example=f, peak=peak,
+               batch=b, seq=t, devices=jax.device_count(), steps=holder["i"]),
+        {"case": "trace_count", "impl": "jax", "fn": "train_step", "traces": traces[0],
+         "steps": holder["i"], "ok": traces[0] == 1},
+    ]
+
+
+def fine_foods_texts(limit):
+    import numpy as np
+
+    from w2sjax.data.registry import load_task
+
+    task = load_task("fine_foods")
+    texts = np.concatenate([task.train["text"], task.test["text"]])
+    return list(texts[:limit] if limit else texts)
+
+
+def jax_fine_foods(path, sz, texts, peak, max_len):
+    import jax
+
+    from w2sjax.models import bert, embed
+
+    feat = embed.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
+                                progress=False)
+    enc, tok = feat.load()
+    cfg = enc.config
+    before = embed._embed._cache_size()
+    t0 = time.perf_counter()
+    out = feat.embed_texts(texts)
+    s = time.perf_counter() - t0
+    compiles = embed._embed._cache_size() - before
+    # Useful FLOPs only: each text at its own token length, no padding.
+    lengths = [len(r) for r in tok.token_ids(texts, max_len)]
+    f = sum(flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, n)
+            for n in lengths) / len(lengths)
+    rec = record("fine_foods", "jax", examples=len(texts), seconds=s, flops_per_example=f, peak=peak,
+                 max_len=max_len, compiles=compiles, devices=jax.device_count(),
+                 tokens_per_batch=feat.tokens_per_batch, note="wall time includes tokenising and compiles")
+    return rec, out
+
+
+# ---------------------------------------------------------------- PyTorch baseline
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def torch_cases(path, sz, cases, texts, peak, repeats, max_len, threads):
+    import numpy as np
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    out = []
+    kw = dict(attn_implementation="sdpa")
+    if sz["layers"]:
+        kw["num_hidden_layers"] = sz["layers"]
+    model = transformers.BertModel.from_pretrained(str(path), add_pooling_layer=False, **kw).float()
+    cfg = model.config
+    fwd = lambda t: flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
+    rng = np.random.default_rng(0)
+
+    def pool(hidden, mask):
+        m = mask.unsqueeze(-1).float()
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    if "matmul" in cases:
+        n = sz["matmul"]
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        s = timed(lambda: torch.mm(a, b), repeats)
+        out.append({"case": "matmul", "impl": "torch", "n": n, "gflops": round(2 * n**3 / s / 1e9, 1)})
+
+    if "embed" in cases:
+        b, t = sz["embed_b"], sz["embed_t"]
+        ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t)))
+        mask = torch.ones(b, t, dtype=torch.long)
+        model.eval()
+
+        def run():
+            with torch.inference_mode():
+                pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+        out.append(record("embed", "torch", examples=b, seconds=timed(run, repeats),
+                          flops_per_example=fwd(t), peak=peak, batch=b, seq=t, threads=threads))
+
+    if "finetune" in cases:
+        b, t = sz["ft_b"], sz["ft_t"]
+        model.train()
+        head = torch.nn.Linear(cfg.hidden_size, 2)
+        opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5)
+        lens = rng.integers(t // 2, t + 1, size=b)
+        mask = torch.from_numpy((np.arange(t)[None, :] < lens[:, None]).astype(np.int64))
+        ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t))) * mask
+        labels = torch.from_numpy(rng.integers(0, 2, b))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            logits = head(pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask))
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+            opt.step()
+
+        out.append(record("finetune", "torch", examples=b, seconds=timed(step, max(repeats, sz["steps"])),
+                          flops_per_example=3 * fwd(t), peak=peak, batch=b, seq=t, threads=threads))
+        model.eval()
+
+    if "fine_foods" in cases and texts is not None:
+        # The plain way: tokenizer pads every batch to max_len, fixed batch of 64.
+        tok = transformers.AutoTokenizer.from_pretrained(str(path))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(texts), 64):
+                enc = tok(texts[i:i + 64], padding="max_length", truncation=True, max_length=max_len,
+                          return_tensors="pt")
+                pool(model(**enc).last_hidden_state, enc["attention_mask"])
+        s = time.perf_counter() - t0
+        out.append(record("fine_foods", "torch", examples=len(texts), seconds=s,
+                          flops_per_example=fwd(max_len), peak=peak, max_len=max_len, threads=threads,
+                          note="padded to max_len; gflops counts padded tokens"))
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    flags = _set_flags(args)
+    import jax
+
+    from w2sjax import assets
+
+    emit({"case": "setup", "impl": "setup", "xla_flags": flags, "jax": jax.__version__, "devices": jax.device_count(),
+          "quick": args.quick, "cpu_count": os.cpu_count(), "loadavg": list(os.getloadavg())})
+    sz = _sizes(args.quick)
+    repeats = 1 if args.quick else args.repeats
+    path = assets.fetch("minilm-l6-v2")
+    max_len = sz["ft_t"] if args.quick else 128
+    results: dict[tuple, dict] = {}
+
+    def keep(rec):
+        results[(rec["case"], rec["impl"])] = rec
+        emit(rec)
+
+    peak = jax_matmul_peak(sz["matmul"], repeats)
+    keep({"case": "matmul", "impl": "jax", "n": sz["matmul"], "gflops": round(peak, 1)})
+    if "embed" in args.cases:
+        keep(jax_embed(path, sz, peak, repeats))
+    if "finetune" in args.cases:
+        for rec in jax_finetune(path, sz, peak, repeats):
+            keep(rec)
+    texts = None
+    if "fine_foods" in args.cases:
+        texts = fine_foods_texts(sz["foods"])
+        rec, _ = jax_fine_foods(path, sz, texts, peak, max_len)
+        keep(rec)
+    if "torch" in args.cases and torch_available():
+        for rec in torch_cases(path, sz, args.cases, texts, peak, repeats, max_len, args.devices):
+            keep(rec)
+        for case in ("embed", "finetune", "fine_foods"):
+            j, t = results.get((case, "jax")), results.get((case, "torch"))
+            if j and t:
+                speed = j["examples_per_s"] / t["examples_per_s"]
+                emit({"case": case, "impl": "ratio", "jax_over_torch_speed": round(speed, 3),
+                      "jax_wall_fraction_of_torch": round(1 / speed, 3)})
+    elif "torch" in args.cases:
+        emit({"case": "torch", "impl": "torch", "skipped": "torch/transformers not importable"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
