@@ -77,3 +77,24 @@ def test_no_upward_pair_draws_no_figure_and_cli_reports_errors(tmp_path, capsys)
     assert plots_ladder.main([]) == 2
     # Same model on both sides: the ceiling equals the weak model, so PGR is undefined.
     assert np.isnan([r["pgr"] for r in summary]).all()
+
+
+def test_test_bootstrap_widens_the_seed_interval(monkeypatch, tmp_path):
+    # Three seeds scored on one shared 400-example test split. The seeds barely differ, so the
+    # seed-only interval is narrow; the test draw is what makes PGR uncertain.
+    rng = np.random.default_rng(0)
+    truth = rng.random((3, 400))
+    by_seed = {s: (truth[s % 1] < 0.70, truth[s % 1] < 0.75 + 0.001 * s, truth[s % 1] < 0.80,
+                   np.arange(400)) for s in range(3)}
+    key = ("fine_foods", "glove-bow", "mpnet-base", "xent")
+    monkeypatch.setattr(plots_ladder, "_correct", lambda d, r: {key: by_seed})
+    lo, hi = plots_ladder.test_bootstrap_pgr(tmp_path, {"runs": []})[key]
+    runs = [{"task": key[0], "weak_model": key[1], "strong_model": key[2], "loss": key[3], "seed": s,
+             "weak_acc": c[0].mean(), "w2s_acc": c[1].mean(), "ceiling_acc": c[2].mean()}
+            for s, c in by_seed.items()]
+    (row,) = report.summarize({"runs": runs})
+    s_lo, s_hi = row["pgr_ci95"]
+    assert lo < s_lo <= row["pgr"] <= s_hi < hi
+    assert 0.2 < hi - lo < 0.8  # about 2 * 1.96 * sqrt(0.05 / 400) / 0.1 for nested errors
+    md = plots_ladder.pgr_matrix_md([row], ["glove-bow", "mpnet-base"], {}, {key: (lo, hi)})
+    assert "over seeds and test examples" in md and f"[{lo:.2f}, {hi:.2f}]" in md

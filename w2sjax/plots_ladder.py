@@ -12,6 +12,12 @@
 
 Run it as ``python -m w2sjax.plots_ladder DIR``.
 
+Intervals. The standard report's PGR interval resamples *seeds*. Every seed is scored on the
+same test split, so that interval leaves out the noise of the test draw itself, which with 1000
+examples and a weak–ceiling gap of a few points is the larger part. `test_bootstrap_pgr` reads
+each stage's saved test predictions from ``DIR/checkpoints`` and resamples seeds and test
+examples together; the tables report both intervals.
+
 Ordering. Supervisors and students are placed by their position on the ladder, which is the
 order the config lists them (weakest first), not by parameter count: GloVe's 20M parameters are
 a lookup table, not 20M parameters of computation, and would otherwise sit above MiniLM-L2.
@@ -24,13 +30,14 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+from collections import defaultdict
 
 import numpy as np
 
 from w2sjax import plots, report
 
-__all__ = ["ladder_order", "model_sizes", "pgr_matrix_md", "accuracy_md", "accuracy_vs_size",
-           "write_ladder", "main"]
+__all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
+           "accuracy_vs_size", "write_ladder", "main"]
 
 
 def ladder_order(results: dict) -> list[str]:
@@ -54,6 +61,80 @@ def model_sizes(names) -> dict[str, int | None]:
     return sizes
 
 
+def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tuple]]:
+    """Per (task, weak, strong, loss) and seed: boolean ``[n_test]`` correctness of weak, w2s,
+    ceiling on the test split, and the test rows. Groups whose checkpoints cannot be read (other
+    stage names, a shifted task) are left out."""
+    from w2sjax import checkpoint, data
+
+    cfg = results.get("config", {})
+    d = cfg.get("data", {})
+    if cfg.get("options", {}).get("shift", "none") != "none":
+        return {}  # the test split was rebuilt from a shifted task; not reconstructed here
+    ckpt = directory / "checkpoints"
+    tasks, splits, out, expected = {}, {}, defaultdict(dict), defaultdict(set)
+
+    for run in results["runs"]:
+        if run.get("chain"):
+            continue
+        t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
+        expected[(t, w, s, loss)].add(seed)
+        try:
+            task = tasks.get(t) or tasks.setdefault(t, data.load_task(t))
+            sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
+                task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
+                n_test=d.get("n_test"), balance=d.get("balance", False)))
+            shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]),
+                     "test": len(sp.test["label"])}
+            target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
+            got = []
+            for stage in (f"weak__{w}__seed{seed}", f"w2s__{w}__{s}__{loss}__seed{seed}",
+                          f"ceiling__{s}__seed{seed}"):
+                p, _ = checkpoint.restore(ckpt, f"{stage}.out", target)
+                got.append(np.argmax(np.asarray(p["test"]), -1) == sp.test["label"])
+        except (FileNotFoundError, ValueError, KeyError):
+            continue
+        # A rebuilt split that does not reproduce the recorded accuracies is not the one scored.
+        if any(abs(c.mean() - run[k]) > 1e-5 for c, k in zip(got, ("weak_acc", "w2s_acc", "ceiling_acc"))):
+            continue
+        out[(t, w, s, loss)][seed] = (*got, sp.indices["test"])
+    # A group missing a seed would report an interval about a different mean: drop it.
+    return {k: v for k, v in out.items() if set(v) == expected[k]}
+
+
+def test_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
+                       n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
+    """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
+    strong, loss), from the saved test predictions.
+
+    When every seed was scored on the same test rows, one resample of the test rows is shared
+    by all seeds in a draw (they share one test draw in reality too); otherwise each seed's
+    test rows are resampled on their own.
+    """
+    directory = pathlib.Path(directory)
+    results = report.load_results(directory) if results is None else results
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, by_seed in _correct(directory, results).items():
+        seeds = sorted(by_seed)
+        weak, w2s, ceil = (np.stack([by_seed[s][i] for s in seeds]).astype(float) for i in range(3))
+        n_seeds, n_test = weak.shape
+        shared = all(np.array_equal(by_seed[s][3], by_seed[seeds[0]][3]) for s in seeds)
+        # A resample of the test rows as multinomial counts: accuracy = counts @ correct / n.
+        counts = rng.multinomial(n_test, np.full(n_test, 1 / n_test), size=(n_boot, 1 if shared else n_seeds))
+        counts = np.broadcast_to(counts, (n_boot, n_seeds, n_test))
+        acc = [np.einsum("bst,st->bs", counts, a) / n_test for a in (weak, w2s, ceil)]
+        pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+        wk, ws, cl = (np.take_along_axis(a, pick, 1).mean(1) for a in acc)
+        gap = cl - wk
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.where(gap > 0, (ws - wk) / gap, np.nan)
+        values = values[np.isfinite(values)]
+        out[key] = ((float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+                    if len(values) else (float("nan"), float("nan")))
+    return out
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -67,18 +148,32 @@ def _rows(summary: list[dict]) -> list[dict]:
     return [r for r in summary if not r.get("chain")]
 
 
-def _cell(r: dict) -> str:
+def _key(r: dict) -> tuple:
+    return (r["task"], r["weak_model"], r["strong_model"], r["loss"])
+
+
+def _interval(r: dict, test_ci: dict | None) -> tuple[float, float]:
+    """The seed-and-test interval where the checkpoints gave one, else the seed-only one."""
+    if test_ci and _key(r) in test_ci:
+        return test_ci[_key(r)]
+    return tuple(r["pgr_ci95"])
+
+
+def _cell(r: dict, interval=None) -> str:
     if not plots._finite(r["pgr"]):
         return "undef."
-    lo, hi = r["pgr_ci95"]
+    lo, hi = r["pgr_ci95"] if interval is None else interval
     ci = f" [{plots._num(lo)}, {plots._num(hi)}]" if plots._finite(lo) else ""
     return f"{plots._num(r['pgr'])}{ci}"
 
 
-def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict) -> str:
+def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
+                  test_ci: dict | None = None) -> str:
     """Markdown PGR matrix per (task, loss): supervisors as rows, students as columns.
 
-    Cells read ``PGR [95% CI]``; pairs that are not upward are in parentheses; ``—`` did not run.
+    Cells read ``PGR [95% CI]``, the interval over seeds and test examples where ``test_ci``
+    (from `test_bootstrap_pgr`) has the pair, else over seeds; pairs that are not upward are in
+    parentheses; ``—`` did not run.
     """
     rows = _rows(summary)
     out = []
@@ -88,8 +183,10 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict) -> str:
         weak = [m for m in order if any(w == m for w, _ in cell)]
         strong = [m for m in order if any(s == m for _, s in cell)]
         seeds = sorted({r["seeds"] for r in cell.values()})
+        both = bool(test_ci) and all((task, w, s, loss) in test_ci for w, s in cell)
+        over = "seeds and test examples" if both else "seeds"
         out.append(f"PGR on {task}, loss `{loss}`, {_seeds(seeds)} "
-                   "(PGR of the seed means [95% bootstrap over seeds]; "
+                   f"(PGR of the seed means [95% bootstrap over {over}]; "
                    "(parentheses): student not above its supervisor on the ladder)\n")
         out.append("| supervisor ↓ / student → | " + " | ".join(
             f"{s} ({_size(sizes.get(s))})" for s in strong) + " |")
@@ -101,9 +198,9 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict) -> str:
                 if r is None:
                     cells.append("—")
                 elif order.index(s) > order.index(w):
-                    cells.append(_cell(r))
+                    cells.append(_cell(r, _interval(r, test_ci)))
                 else:
-                    cells.append(f"({_cell(r)})")
+                    cells.append(f"({_cell(r, _interval(r, test_ci))})")
             out.append(f"| {w} ({_size(sizes.get(w))}) | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -117,10 +214,12 @@ def _pm(r: dict, key: str) -> str:
     return f"{r[key]:.3f} ± {r[key + '_ci95']:.3f}"
 
 
-def accuracy_md(summary: list[dict], order: list[str], sizes: dict) -> str:
+def accuracy_md(summary: list[dict], order: list[str], sizes: dict,
+                test_ci: dict | None = None) -> str:
     """Markdown accuracies per (task, loss): one row per pair, students ordered by the ladder.
 
-    Accuracies are seed means ± the half-width of their 95% t-interval.
+    Accuracies are seed means ± the half-width of their 95% t-interval; PGR comes with its
+    seed-bootstrap interval and, where ``test_ci`` has the pair, the seed-and-test one.
     """
     rows = _rows(summary)
     out = []
@@ -128,19 +227,24 @@ def accuracy_md(summary: list[dict], order: list[str], sizes: dict) -> str:
         sel = [r for r in rows if r["task"] == task and r["loss"] == loss]
         sel.sort(key=lambda r: (order.index(r["strong_model"]), order.index(r["weak_model"])))
         out.append(f"Accuracy on {task}, loss `{loss}` (seed mean ± 95% t-interval)\n")
-        out.append("| student | params | supervisor | seeds | weak acc | w2s acc | ceiling acc | PGR |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| student | params | supervisor | seeds | weak acc | w2s acc | ceiling acc "
+                   "| PGR [seeds] | [seeds + test] |")
+        out.append("|---" * 9 + "|")
         for r in sel:
             up = order.index(r["strong_model"]) > order.index(r["weak_model"])
             pgr = _cell(r) if up else f"({_cell(r)})"
+            both = test_ci.get(_key(r)) if test_ci else None
+            wide = f"[{plots._num(both[0])}, {plots._num(both[1])}]" if both and plots._finite(
+                both[0]) and plots._finite(r["pgr"]) else "—"
             out.append(f"| {r['strong_model']} | {_size(sizes.get(r['strong_model']))} | "
                        f"{r['weak_model']} | {r['seeds']} | {_pm(r, 'weak_acc')} | "
-                       f"{_pm(r, 'w2s_acc')} | {_pm(r, 'ceiling_acc')} | {pgr} |")
+                       f"{_pm(r, 'w2s_acc')} | {_pm(r, 'ceiling_acc')} | {pgr} | {wide} |")
         out.append("")
     return "\n".join(out)
 
 
-def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict):
+def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
+                     test_ci: dict | None = None):
     """Burns et al. Fig. 3: accuracy and PGR against the student, one line per supervisor.
 
     One row of two panels per (task, loss). Returns ``None`` when no pair is upward.
@@ -185,8 +289,9 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict):
                             color=colour, marker="o", capsize=3,
                             label=f"{w} supervises (dashed: {w} itself)")
             pgr = np.array([r["pgr"] if plots._finite(r["pgr"]) else np.nan for r in up])
-            lo = np.array([r["pgr_ci95"][0] if plots._finite(r["pgr_ci95"][0]) else np.nan for r in up])
-            hi = np.array([r["pgr_ci95"][1] if plots._finite(r["pgr_ci95"][1]) else np.nan for r in up])
+            ivs = [_interval(r, test_ci) for r in up]
+            lo = np.array([a if plots._finite(a) else np.nan for a, _ in ivs])
+            hi = np.array([b if plots._finite(b) else np.nan for _, b in ivs])
             err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
             ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
                             marker="o", capsize=3, label=f"supervisor {w}")
@@ -202,7 +307,8 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict):
         ax_pgr.set_ylabel("PGR of seed means")
         title = f"{task} · loss: {loss}" if len(panels) > 1 else f"loss: {loss}"
         ax_acc.set_title(f"accuracy · {title}", fontsize=10)
-        ax_pgr.set_title(f"PGR [95% bootstrap over seeds] · {title}", fontsize=10)
+        over = "seeds + test" if test_ci else "seeds"
+        ax_pgr.set_title(f"PGR [95% bootstrap over {over}] · {title}", fontsize=10)
         ax_acc.legend(fontsize=7, loc="lower right")
         ax_pgr.legend(fontsize=7, loc="best")
     n_seeds = sorted({r["seeds"] for r in rows})
@@ -218,11 +324,13 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     summary = report.summarize(results)
     order = ladder_order(results)
     sizes = model_sizes(order)
+    test_ci = test_bootstrap_pgr(directory, results)
     written = []
-    fig = accuracy_vs_size(summary, order, sizes)
+    fig = accuracy_vs_size(summary, order, sizes, test_ci)
     if fig is not None:
         written.append(plots._save_atomic(fig, directory / "ladder_accuracy.png"))
-    text = pgr_matrix_md(summary, order, sizes) + "\n" + accuracy_md(summary, order, sizes)
+    text = (pgr_matrix_md(summary, order, sizes, test_ci) + "\n"
+            + accuracy_md(summary, order, sizes, test_ci))
     path = directory / "ladder.md"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
