@@ -61,6 +61,12 @@ def model_sizes(names) -> dict[str, int | None]:
     return sizes
 
 
+def _plain(runs: list[dict]) -> list[dict]:
+    # Bootstrap chains and label-method variants have other stage names and no single
+    # supervisor → student cell; they belong to the standard report.
+    return [r for r in runs if not r.get("chain") and not r.get("variant")]
+
+
 def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tuple]]:
     """Per (task, weak, strong, loss) and seed: boolean ``[n_test]`` correctness of weak, w2s,
     ceiling on the test split, and the test rows. Groups whose checkpoints cannot be read (other
@@ -74,9 +80,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
     ckpt = directory / "checkpoints"
     tasks, splits, out, expected = {}, {}, defaultdict(dict), defaultdict(set)
 
-    for run in results["runs"]:
-        if run.get("chain"):
-            continue
+    for run in _plain(results["runs"]):
         t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
         expected[(t, w, s, loss)].add(seed)
         try:
@@ -211,7 +215,8 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def _pm(r: dict, key: str) -> str:
-    return f"{r[key]:.3f} ± {r[key + '_ci95']:.3f}"
+    # One seed has no spread; "± 0.000" would claim a certainty the run does not have.
+    return f"{r[key]:.3f}" if r["seeds"] < 2 else f"{r[key]:.3f} ± {r[key + '_ci95']:.3f}"
 
 
 def accuracy_md(summary: list[dict], order: list[str], sizes: dict,
@@ -321,6 +326,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     """Write ``ladder_accuracy.png`` and ``ladder.md`` next to ``DIR/results.json``."""
     directory = pathlib.Path(directory)
     results = report.load_results(directory)
+    results = {**results, "runs": _plain(results["runs"])}
     summary = report.summarize(results)
     order = ladder_order(results)
     sizes = model_sizes(order)
