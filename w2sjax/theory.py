@@ -344,12 +344,15 @@ def realizable_misfit_w2s(
 
 def _tables(seeds=(0, 1, 2)) -> None:
     print("Random features (Medvedev et al.): test MSE against f*, seed by seed")
-    print("| seed | teacher | early-stopped student (step) | student after 1e8 steps |")
-    print("|---|---|---|---|")
+    print("| seed | teacher | early-stopped student (step) | student after 1e8 steps | ceiling | PGR early / final |")
+    print("|---|---|---|---|---|---|")
     for s in seeds:
         r = random_feature_w2s(seed=s, m_strong=512, n_teacher=4000, n_student=2000, n_test=2000)
+        gap = r["teacher_loss"] - r["ceiling_loss"]
+        pgr_early = (r["teacher_loss"] - r["best_student_loss"]) / gap
+        pgr_final = (r["teacher_loss"] - r["final_student_loss"]) / gap
         print(f"| {s} | {r['teacher_loss']:.3f} | {r['best_student_loss']:.3f} ({r['best_step']:.0f}) "
-              f"| {r['final_student_loss']:.3f} |")
+              f"| {r['final_student_loss']:.3f} | {r['ceiling_loss']:.4f} | {pgr_early:.2f} / {pgr_final:.2f} |")
     print("\nRidge on representations (Dong et al.): d_weak=32, d_strong=16, n=64, N=2000, 10 reps/seed")
     print("| shared dims | weak err | w2s err | theory w2s err | ceiling err | PGR (mean over seeds) |")
     print("|---|---|---|---|---|---|")
