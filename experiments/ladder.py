@@ -6,10 +6,11 @@ MiniLM-L6. Students, by backbone size: MiniLM-L2 (~11M), MiniLM-L6 (~23M), all-m
 pair, so minilm-l2 -> minilm-l2 and minilm-l6 -> minilm-l6 are included: a student imitating a
 supervisor of its own size, a useful zero point rather than a ladder step.
 
-Sizes are set by feature extraction on 2 CPU cores (MPNet ~4 and SmolLM2 ~2 examples/s): the
-whole 1000-review test split (the same for every seed, so seeds vary only the training draw),
-400 training reviews per seed (200 per half) and 100 for validation. Features are cached per
-example, so raising n_train later only embeds the new rows.
+Sizes are set by feature extraction on 2 shared CPU cores, where MPNet ran at ~1.4 and SmolLM2
+at well under 1 review/s under load: per seed 200 training reviews (100 per half), 40 for
+validation and a seeded 100-review test sample, so three seeds embed ~650 distinct reviews per
+backbone. These are small: see docs/ladder.md for what the intervals allow. Features are cached
+per example, so raising the sizes later (e.g. --set data.n_test=1000) only embeds the new rows.
 """
 
 from w2sjax.config import Config, DataConfig
@@ -19,7 +20,7 @@ from w2sjax.train import TrainConfig
 def get_config() -> Config:
     return Config(
         name="ladder",
-        data=DataConfig(task="fine_foods", n_train=400, n_val=100, n_test=None, max_len=128),
+        data=DataConfig(task="fine_foods", n_train=200, n_val=40, n_test=100, max_len=128),
         weak_models=("glove-bow", "minilm-l2", "minilm-l6"),
         strong_models=("minilm-l2", "minilm-l6", "mpnet-base", "smollm2-135m"),
         losses=("xent",),  # PGR of plain imitation; one loss keeps the sweep within the time box
