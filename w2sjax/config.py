@@ -41,6 +41,31 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    labels: tuple[str, ...] = ("soft",)  # weak-label treatments swept in the w2s stage: soft, hard, confident, selective, knn, filter
+    keep_frac: float = 0.7  # confident/filter: fraction of half B trained on; selective: fraction keeping the weak label
+    knn_k: int = 10  # knn/filter: neighbours in the strong model's frozen feature space
+    shift: str = "none"  # "none", or "length": train on the shorter half of the texts, test on the longer half
+    epochs_grid: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)  # methods that sweep the students' training length
+    weak_sizes: tuple[int, ...] = (0,)  # methods that sweep the supervisors' label budgets (examples of half A); 0 = all
+
+    def __post_init__(self):
+        from w2sjax.labels import REFINEMENTS
+
+        for name in self.labels:
+            if name not in REFINEMENTS:
+                raise ConfigError(f"options.labels: unknown refinement {name!r}; known: {', '.join(REFINEMENTS)}")
+        if not self.labels:
+            raise ConfigError("options.labels: expected at least one entry")
+        if not 0.0 < self.keep_frac <= 1.0:
+            raise ConfigError(f"options.keep_frac: expected a number in (0, 1], got {self.keep_frac}")
+        if self.knn_k < 1:
+            raise ConfigError(f"options.knn_k: expected a positive integer, got {self.knn_k}")
+        if self.shift not in ("none", "length"):
+            raise ConfigError(f"options.shift: expected 'none' or 'length', got {self.shift!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "default"  # names the output directory runs/<name> when --out is not given
     data: DataConfig = DataConfig()
@@ -55,8 +80,15 @@ class Config:
     # fine_foods: lr 1e-3 underfits by 3 points); full finetuning wants lr ~3e-5.
     train: TrainConfig = TrainConfig(epochs=5, batch_size=32, lr=1e-2)
     parallel: ParallelConfig = ParallelConfig()
+    method: str = "w2s"  # "w2s": the standard protocol; or a method of w2sjax.methods (docs/methods.md)
+    # options of the weak-label refinements and of the methods in w2sjax.methods
+    options: MethodConfig = MethodConfig()
 
     def __post_init__(self):
+        from w2sjax.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"method: unknown method {self.method!r}; known: {', '.join(METHODS)}")
         if self.strong_mode not in ("probe", "finetune"):
             raise ConfigError(f"strong_mode: expected 'probe' or 'finetune', got {self.strong_mode!r}")
         for loss in self.losses:

@@ -174,10 +174,12 @@ class Runner:
         cfg: train.TrainConfig,
         loss: str,
         seed: int,
+        weights: np.ndarray | None = None,
     ) -> StageOutput:
         """Train ``model`` on task-train ``rows`` with soft ``labels``; predict every eval set.
 
-        ``evals`` maps an output name to (``"train"`` or ``"test"``, row indices).
+        ``evals`` maps an output name to (``"train"`` or ``"test"``, row indices); ``weights`` are
+        optional per-example loss weights (``[len(rows)]``).
         """
         if name in self._memo:
             return self._memo[name]
@@ -193,7 +195,9 @@ class Runner:
         started = time.perf_counter()
         mi = self.inputs.get(model, role)
         cfg = dataclasses.replace(cfg, trainable=mi.trainable)
-        data = train.ArrayData(mi.inputs("train", rows), labels.astype(np.float32))
+        data = train.ArrayData(
+            mi.inputs("train", rows), labels.astype(np.float32), None if weights is None else np.asarray(weights, np.float32)
+        )
         val = None
         if cfg.early_stopping and len(val_rows):
             val = train.ArrayData(mi.inputs("train", val_rows), val_labels.astype(np.float32))
@@ -242,13 +246,16 @@ def _pgr(weak: float, w2s: float, ceiling: float) -> float | None:
 
 # ---- validation -----------------------------------------------------------------------------
 
-def validate(config: Config) -> None:
-    """Check every name in the config before any work or any write. Raises ConfigError."""
+def validate(config: Config, names=None) -> None:
+    """Check every model name in the config (or ``names``) before any work or any write.
+    Raises ConfigError."""
     from w2sjax import models
 
-    names = set(config.weak_models) | set(config.strong_models)
-    for chain in config.bootstrap:
-        names |= set(chain.split(">"))
+    if names is None:
+        names = set(config.weak_models) | set(config.strong_models)
+        for chain in config.bootstrap:
+            names |= set(chain.split(">"))
+    names = set(names)
     for name in sorted(names):
         try:
             models.get_model(name)
@@ -267,96 +274,196 @@ def _load_task(config: Config):
 
 # ---- the protocol ---------------------------------------------------------------------------
 
-def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Run (or resume) the experiment ``config`` into ``out_dir`` and return the results dict.
-
-    Writes ``results.json``, ``metrics.jsonl`` and ``checkpoints/`` under ``out_dir``.
+def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True, models_used=None):
+    """Everything before the first stage, shared by the standard protocol and ``w2sjax.methods``:
+    join other processes, check names, build the mesh, load (and maybe shift) the task, create
+    ``out_dir``. Returns ``(runner, task, out)``. Raises :class:`ConfigError` on bad input.
     """
-    from w2sjax import data
-
     # First, before anything touches a JAX backend: join the other processes, if any are configured
     # (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or cluster auto-detection).
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
-    validate(config)
+    validate(config, models_used)
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:
         raise ConfigError(f"parallel: {exc}") from None
     task = _load_task(config)
-    for model_name in set(config.weak_models) | set(config.strong_models):
+    names = set(config.weak_models) | set(config.strong_models) if models_used is None else set(models_used)
+    for model_name in sorted(names):
         _check_modality(model_name, task)
+    if config.options.shift != "none":
+        task = shift_task(task, config.options.shift)
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(config, out, mesh, task, progress)
-    n_classes = task.num_classes
     task.train["row"] = np.arange(len(task.train["label"]))
     task.test["row"] = np.arange(len(task.test["label"]))
+    return runner, task, out
 
-    rows_out = []
-    for seed in config.seeds:
+
+def shift_task(task, shift: str):
+    """A copy of ``task`` under a distribution shift between training and test.
+
+    ``"length"``: the training split keeps the texts of at most the median training length (in
+    words), the test split keeps those longer than it: supervisors and student learn on short
+    reviews and are judged on long ones.
+    """
+    if shift != "length":
+        raise ConfigError(f"options.shift: unknown shift {shift!r}")
+    if task.kind != "text":
+        raise ConfigError(f"options.shift=length needs a text task; {task.name!r} is {task.kind}")
+    from w2sjax.data.task import take
+
+    length = lambda split: np.array([len(str(t).split()) for t in split["text"]])
+    cut = np.median(length(task.train))
+    train = take(task.train, np.flatnonzero(length(task.train) <= cut))
+    test = take(task.test, np.flatnonzero(length(task.test) > cut))
+    return dataclasses.replace(task, train=train, test=test)
+
+
+class SeedRun:
+    """One seed's splits and the stages every protocol builds from them.
+
+    Stage names are the checkpoint keys: the same name means the same model, trained once and
+    shared by every pair (and every method) that needs it.
+    """
+
+    def __init__(self, runner: Runner, task, seed: int):
+        from w2sjax import data
+
+        config = runner.config
+        self.runner, self.task, self.seed, self.config = runner, task, seed, config
         try:
             splits = data.make_splits(
-                task,
-                seed=seed,
-                n_train=config.data.n_train,
-                n_val=config.data.n_val,
-                n_test=config.data.n_test,
-                balance=config.data.balance,
+                task, seed=seed, n_train=config.data.n_train, n_val=config.data.n_val,
+                n_test=config.data.n_test, balance=config.data.balance,
             )
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
-        a, b, val, test = splits.weak, splits.strong, splits.val, splits.test
-        evals_weak = {"b": ("train", b["row"]), "val": ("train", val["row"]), "test": ("test", test["row"])}
-        gt = lambda split: _one_hot(split["label"], n_classes)
+        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
+        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
 
-        def weak_stage(name):
-            return runner.stage(
-                f"weak__{name}__seed{seed}", model=name, role="weak", rows=a["row"], labels=gt(a),
-                val_rows=val["row"], val_labels=gt(val), evals=evals_weak, cfg=config.weak_train,
-                loss="xent", seed=seed,
-            )
+    def gt(self, split: dict) -> np.ndarray:
+        return _one_hot(split["label"], self.task.num_classes)
 
-        def strong_stage(stage_name, name, labels, val_labels, loss, role="strong"):
-            return runner.stage(
-                stage_name, model=name, role=role, rows=b["row"], labels=labels, val_rows=val["row"],
-                val_labels=val_labels, evals=evals_weak, cfg=config.train, loss=loss, seed=seed,
-            )
+    def weak(self, name: str, *, rows=None, weights=None, tag: str = "") -> StageOutput:
+        """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, tagged)."""
+        rows = self.a["row"] if rows is None else rows
+        labels = _one_hot(self.task.train["label"][rows], self.task.num_classes)
+        return self.runner.stage(
+            f"weak__{name}{tag}__seed{self.seed}", model=name, role="weak", rows=rows, labels=labels,
+            val_rows=self.val["row"], val_labels=self.gt(self.val), evals=self.evals,
+            cfg=self.config.weak_train, loss="xent", seed=self.seed, weights=weights,
+        )
 
-        ceilings = {
-            s: strong_stage(f"ceiling__{s}__seed{seed}", s, gt(b), gt(val), "xent") for s in config.strong_models
-        }
+    def strong(self, stage_name: str, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
+               role: str = "strong") -> StageOutput:
+        """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``stage_name`` is its key."""
+        return self.runner.stage(
+            stage_name, model=name, role=role, rows=self.b["row"] if rows is None else rows, labels=labels,
+            val_rows=self.val["row"], val_labels=val_labels, evals=self.evals,
+            cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed,
+        )
+
+    def ceiling(self, name: str) -> StageOutput:
+        return self.strong(f"ceiling__{name}__seed{self.seed}", name, self.gt(self.b), self.gt(self.val), "xent")
+
+    def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str, *, tag: str = "") -> StageOutput:
+        """The student trained on the supervisor's soft labels; its validation labels are the
+        supervisor's too, all a real user has."""
+        return self.strong(f"w2s__{weak_name}__{strong_name}__{loss}{tag}__seed{self.seed}", strong_name,
+                           weak.preds["b"], weak.preds["val"], loss)
+
+    def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
+        return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
+                    self.test["label"], self.b["label"])
+
+
+def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Run (or resume) the experiment ``config`` into ``out_dir`` and return the results dict.
+
+    Writes ``results.json``, ``metrics.jsonl`` and ``checkpoints/`` under ``out_dir``. A config
+    whose ``method`` is not ``"w2s"`` runs that method of :mod:`w2sjax.methods` instead.
+    """
+    if config.method != "w2s":
+        from w2sjax import methods
+
+        return methods.run(config, out_dir, progress=progress)
+    runner, task, out = prepare(config, out_dir, progress=progress)
+    rows_out = []
+    for seed in config.seeds:
+        sr = SeedRun(runner, task, seed)
+        ceilings = {s: sr.ceiling(s) for s in config.strong_models}
         for w in config.weak_models:
-            weak = weak_stage(w)
-            weak_acc = _acc(weak.preds["test"], test["label"])
+            weak = sr.weak(w)
             for s in config.strong_models:
                 for loss in config.losses:
-                    # The student's validation labels are the supervisor's: all a real user has.
-                    w2s = strong_stage(f"w2s__{w}__{s}__{loss}__seed{seed}", s, weak.preds["b"], weak.preds["val"], loss)
-                    rows_out.append(
-                        _row(task, config, seed, w, s, loss, weak, w2s, ceilings[s], test["label"], b["label"])
-                    )
+                    w2s = sr.w2s(w, s, weak, loss)
+                    for refinement in config.options.labels:
+                        if refinement == "soft":
+                            rows_out.append(sr.row(w, s, loss, weak, w2s, ceilings[s]))
+                        else:
+                            rows_out.append(_refined_row(sr, w, s, loss, weak, w2s, ceilings[s], refinement))
         for chain in config.bootstrap:
             models_in_chain = chain.split(">")
-            supervisor = weak_stage(models_in_chain[0])
-            first = supervisor
+            first = sr.weak(models_in_chain[0])
             for loss in config.losses:
                 current = first
                 for depth, student in enumerate(models_in_chain[1:], start=1):
                     prefix = ">".join(models_in_chain[: depth + 1])
-                    current = strong_stage(
+                    current = sr.strong(
                         f"boot__{prefix}__{loss}__seed{seed}", student, current.preds["b"], current.preds["val"], loss
                     )
                 last = models_in_chain[-1]
-                ceiling = ceilings.get(last) or strong_stage(f"ceiling__{last}__seed{seed}", last, gt(b), gt(val), "xent")
-                row = _row(task, config, seed, models_in_chain[0], last, loss, first, current, ceiling, test["label"], b["label"])
+                ceiling = ceilings.get(last) or sr.ceiling(last)
+                row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
                 row["chain"] = chain
                 rows_out.append(row)
+    return finish(config, out, rows_out)
 
-    results = {"config": to_dict(config), "runs": rows_out}
+
+def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
+    """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys."""
+    results = {"config": to_dict(config), "runs": rows, **extra}
     if parallel.is_main_process():
         write_json_atomic(out / "results.json", results)
     return results
+
+
+def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str) -> dict:
+    """Train the student on refined weak labels (``labels.refine``) and describe what it did.
+
+    ``plain`` is the student on the raw soft labels: ``selective`` takes its confident predictions
+    as "the strong model's own labels". ``knn``/``filter`` work in the strong backbone's frozen
+    feature space, whatever the student's mode.
+    """
+    from w2sjax import labels as labels_lib
+
+    opts = sr.config.options
+    b_rows = sr.b["row"]
+    feats = None
+    if refinement in ("knn", "filter"):
+        feats = sr.runner.inputs.get(s, "weak").inputs("train", b_rows)  # role "weak": frozen features
+    lab, keep = labels_lib.refine(
+        refinement, weak.preds["b"], features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac, k=opts.knn_k
+    )
+    student = sr.strong(f"w2s__{w}__{s}__{loss}__{refinement}__seed{sr.seed}", s, lab[keep], weak.preds["val"],
+                        loss, rows=b_rows[keep])
+    row = sr.row(w, s, loss, weak, student, ceiling)
+    b_labels = sr.b["label"]
+    row.update({
+        "variant": refinement,
+        "n_trained": int(keep.sum()),
+        # How clean the labels the student saw were, against the (hidden) ground truth.
+        "train_label_acc": round(_acc(lab[keep], b_labels[keep]), 6),
+        "weak_label_acc": round(_acc(weak.preds["b"], b_labels), 6),
+    })
+    if not keep.all():
+        # Coverage expansion: examples the supervisor abstained on were never trained on.
+        row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], b_labels[~keep]), 6)
+        row["excluded_weak_acc"] = round(_acc(weak.preds["b"][~keep], b_labels[~keep]), 6)
+    return row
 
 
 def _check_modality(name: str, task) -> None:
