@@ -51,6 +51,14 @@ def test_ridge_pgr_grows_with_discrepancy(seed):
     assert pgrs[0] > pgrs[1] + 0.05 and pgrs[1] > pgrs[2] + 0.05, pgrs
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_ridge_pgr_grows_with_weak_intrinsic_dimension(seed):
+    # At a fixed overlap, a weak model with more dimensions has more of its noise in directions
+    # the strong representation cannot copy (Dong et al.: PGR ~ 1 - d_shared / d_weak).
+    pgrs = [theory.intrinsic_dim_w2s(d_weak=k, d_shared=4, reps=10, seed=seed)["pgr"] for k in (8, 16, 48)]
+    assert pgrs[0] + 0.05 < pgrs[1] and pgrs[1] + 0.05 < pgrs[2], pgrs
+
+
 def test_ridge_w2s_error_rises_with_shared_dimensions_as_dong_predict():
     # Their variance formula is asymptotic (n = 64 here), so check its ordering, not its value.
     errs = [theory.intrinsic_dim_w2s(d_shared=k, reps=10, seed=0) for k in (1, 8, 16)]

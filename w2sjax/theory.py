@@ -361,6 +361,12 @@ def _tables(seeds=(0, 1, 2)) -> None:
         m = {key: np.mean([r[key] for r in rs]) for key in rs[0]}
         print(f"| {k} | {m['weak_err']:.3f} | {m['w2s_err']:.3f} | {m['w2s_err_theory']:.3f} "
               f"| {m['ceiling_err']:.4f} | {m['pgr']:.3f} |")
+    print("\nRidge, weak intrinsic dimension varied: d_strong=16, 4 shared dims, PGR per seed")
+    print("| d_weak | PGR seed 0 | seed 1 | seed 2 |")
+    print("|---|---|---|---|")
+    for dw in (8, 16, 32, 48):
+        pgrs = [intrinsic_dim_w2s(d_weak=dw, d_shared=4, reps=10, seed=s)["pgr"] for s in seeds]
+        print(f"| {dw} | " + " | ".join(f"{p:.3f}" for p in pgrs) + " |")
     print("\nPrediction gap (Xue et al.): E(f_w2s - f_ceiling)^2 against ||P_s(I-P_w)y/sqrt(n)||^2")
     print("| seed | measured | formula | population |")
     print("|---|---|---|---|")
