@@ -28,8 +28,17 @@ def test_hard_and_confidence():
 
 def test_confident_mask_keeps_the_most_confident_fraction():
     p = np.array([[0.9, 0.1], [0.55, 0.45], [0.3, 0.7], [0.5, 0.5]], np.float32)
-    np.testing.assert_array_equal(labels.confident_mask(p, 0.5), [True, False, True, False])
+    np.testing.assert_array_equal(labels.confident_mask(p, 0.5, per_class=False), [True, False, True, False])
+
+
+def test_confident_mask_keeps_the_class_mix():
+    # The supervisor is much surer of class 0: a global top half would be all class 0.
+    p = np.array([[0.99, 0.01]] * 4 + [[0.98, 0.02]] * 4 + [[0.4, 0.6]] * 2 + [[0.3, 0.7]] * 2, np.float32)
+    assert labels.confident_mask(p, 0.5, per_class=False)[8:].sum() == 0
+    keep = labels.confident_mask(p, 0.5)
+    assert keep[:8].sum() == 4 and keep[8:].sum() == 2
     assert labels.confident_mask(p, 0.0).sum() == 0 and labels.confident_mask(p, 1.0).all()
+    assert labels.confident_mask(np.tile(p, (5, 1)), 0.5).sum() == len(p) * 5 // 2
     with pytest.raises(ValueError):
         labels.confident_mask(p, 1.5)
 

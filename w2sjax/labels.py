@@ -72,10 +72,27 @@ def _top_fraction(scores: np.ndarray, frac: float) -> np.ndarray:
     return mask
 
 
-def confident_mask(probs, keep_frac: float) -> np.ndarray:
+def _top_fraction_per_class(scores: np.ndarray, classes: np.ndarray, frac: float) -> np.ndarray:
+    """:func:`_top_fraction` within each class separately, so the kept set keeps the class mix."""
+    mask = np.zeros(len(scores), bool)
+    for c in np.unique(classes):
+        idx = np.flatnonzero(classes == c)
+        mask[idx] = _top_fraction(scores[idx], frac)
+    return mask
+
+
+def confident_mask(probs, keep_frac: float, *, per_class: bool = True) -> np.ndarray:
     """Keep the ``keep_frac`` of examples on which the supervisor is most confident; it abstains
-    on the rest."""
-    return _top_fraction(confidence(probs), keep_frac)
+    on the rest.
+
+    ``per_class`` ranks within each predicted class: a supervisor is usually far more confident
+    about one class than another (measured on fine_foods: a GloVe head's most confident half was
+    99% one class), and a plain top-k would then train the student on one class only.
+    """
+    p = _probs(probs)
+    if per_class:
+        return _top_fraction_per_class(confidence(p), p.argmax(1), keep_frac)
+    return _top_fraction(confidence(p), keep_frac)
 
 
 def selective(weak, strong, strong_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +152,10 @@ def disagreement(labels, features, k: int) -> np.ndarray:
 
 
 def filter_mask(labels, features, k: int, keep_frac: float) -> np.ndarray:
-    """Keep the ``keep_frac`` of examples whose weak label agrees best with its neighbourhood."""
-    return _top_fraction(-disagreement(labels, features, k), keep_frac)
+    """Keep the ``keep_frac`` of examples whose weak label agrees best with its neighbourhood,
+    ranked within each weak class (as :func:`confident_mask`, to keep the class mix)."""
+    y = _probs(labels)
+    return _top_fraction_per_class(-disagreement(y, features, k), y.argmax(1), keep_frac)
 
 
 def combine(probs_list, weights=None) -> np.ndarray:
