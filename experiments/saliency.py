@@ -1,0 +1,23 @@
+"""Saliency probes (Burns et al. §5.3): lp(weak), lp(gt), ft(weak), ft(weak)+lp(gt), ft(gt) for a
+fully finetuned MiniLM-L1 (64 tokens, 400 training reviews per half) supervised by GloVe, fine_foods.
+docs/methods.md §1.
+"""
+
+from w2sjax.config import Config, DataConfig
+from w2sjax.train import TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        name="saliency",
+        method="saliency",
+        data=DataConfig(task="fine_foods", n_train=800, n_val=100, n_test=500, max_len=64),
+        weak_models=("glove-bow",),
+        strong_models=("minilm-l1",),
+        losses=("xent",),
+        seeds=(0, 1),
+        strong_mode="finetune",
+        weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
+        # Full finetuning of the backbone (ft rows); the linear probes use saliency.PROBE.
+        train=TrainConfig(epochs=3, batch_size=16, lr=5e-5, log_every=20),
+    )
