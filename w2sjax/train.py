@@ -9,6 +9,7 @@ structure (its ``GraphDef``) stays outside as static data, following Flax's advi
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -232,6 +233,84 @@ def jit_train_step(train_step, mesh: Mesh, state_sharding):
     )
 
 
+def stacked_batch_sharding(mesh: Mesh):
+    """Where a stack of batches ``[K, B, ...]`` lives: the step axis whole, the batch axis split."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *parallel.batch_sharding(mesh).spec))
+
+
+def make_train_loop(train_step, mesh: Mesh, *, shape_step=None):
+    """``loop(state, batches, count, rng) -> (state, metrics)``: ``count`` train steps in one call.
+
+    ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
+    of them are used, in order, so one compiled program serves every chunk length up to ``K``.
+    Running many steps per call keeps the host out of the inner loop: for a linear probe the
+    per-call dispatch and transfer cost far more than the step itself. The returned metrics are
+    those of the last step run. ``shape_step`` (default ``train_step``) is traced once abstractly
+    for the metrics' shapes; pass the unwrapped step when ``train_step`` counts its traces.
+    """
+    shape_step = train_step if shape_step is None else shape_step
+    rows = parallel.batch_sharding(mesh)
+
+    def loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array):
+        def batch_at(i):
+            batch = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), batches)
+            return jax.lax.with_sharding_constraint(batch, rows)
+
+        out_shapes = jax.eval_shape(shape_step, state, batch_at(0), rng)[1]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+
+        def body(i, carry):
+            return train_step(carry[0], batch_at(i), rng)
+
+        return jax.lax.fori_loop(0, count, body, (state, zeros))
+
+    return loop
+
+
+def jit_train_loop(train_loop, mesh: Mesh, state_sharding):
+    """The loop of `make_train_loop` jitted with the state donated (updated in place)."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(
+        train_loop,
+        in_shardings=(state_sharding, stacked_batch_sharding(mesh), replicated, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+
+
+# A sweep runs the same kind of stage many times (seeds, ceilings and w2s students sharing a
+# loss). Handing jax.jit the same function object for the same model, optimizer and loss lets
+# its cache reuse the compiled program instead of compiling once per stage.
+_COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_COMPILED_MAX = 64
+
+
+def _memo(key: tuple, build: Callable[[], Any]) -> Any:
+    try:
+        value = _COMPILED.pop(key)
+    except KeyError:
+        value = build()
+    _COMPILED[key] = value
+    while len(_COMPILED) > _COMPILED_MAX:
+        _COMPILED.popitem(last=False)
+    return value
+
+
+def _abstract_key(tree: PyTree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
+
+
+def _model_key(model: Model) -> tuple:
+    """Equal for two models of the same structure, whatever their parameter values."""
+    return model.graphdef, _abstract_key(model.params_template), _abstract_key(model.frozen_template)
+
+
+def cached_predict_step(model: Model):
+    """`make_predict_step`, one function object per model structure (so `predict` compiles once)."""
+    return _memo(("predict", _model_key(model)), lambda: make_predict_step(model))
+
+
 # ---- batching -------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -266,8 +345,13 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """
     per_epoch = steps_per_epoch(n, batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * batch_size : (k + 1) * batch_size]
+    return _epoch_permutation(n, seed, epoch)[k * batch_size : (k + 1) * batch_size].copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    # Drawn once per epoch, not once per step: the loop asks for every step's rows.
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def effective_batch_size(n: int, batch_size: int, num_shards: int) -> int:
@@ -374,23 +458,34 @@ def fit(
     else:
         state = place(state, shardings)
 
-    step_fn = make_train_step(model, tx, make_loss(loss, cfg), total)
-    if step_wrapper is not None:
-        step_fn = step_wrapper(step_fn)
-    train_step = jit_train_step(step_fn, mesh, shardings)
-    predict_step = make_predict_step(model)
-    remember = jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings)
+    chunk = _chunk_size(cfg, total)
+    if step_wrapper is None:
+        key = ("train_loop", _model_key(model), cfg, loss, total, chunk, _sharding_key(shardings))
+        train_loop = _memo(key, lambda: _build_train_loop(model, tx, cfg, loss, total, mesh, shardings))
+    else:  # a wrapped step (e.g. a trace counter) gets its own, uncached program
+        raw = make_train_step(model, tx, make_loss(loss, cfg), total)
+        loop = make_train_loop(step_wrapper(raw), mesh, shape_step=raw)
+        train_loop = jit_train_loop(loop, mesh, shardings)
+    predict_step = cached_predict_step(model)
+    remember = _memo(("record_eval", _sharding_key(shardings)),
+                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
     base_rng = place(jax.random.key_data(jax.random.key(seed)), parallel.replicated(mesh))
 
     start = total if bool(state.finished) else int(state.step)
     stopped_early = False
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
-    for step in range(start, total):
-        idx = batch_indices(len(data), batch_size, seed, step)
-        batch = to_global(mesh, data.take(idx))
-        state, step_metrics = train_step(state, batch, base_rng)
-        bar.update(1)
-        done = step + 1
+    step = start
+    while step < total:
+        # Run up to the next step where the host has something to do (log, eval, checkpoint).
+        done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every if val is not None else 0, cfg.checkpoint_every))
+        idx = np.stack([batch_indices(len(data), batch_size, seed, s) for s in range(step, done)])
+        idx = np.concatenate([idx, np.repeat(idx[-1:], chunk - len(idx), 0)])  # unused padding rows
+        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), data.take(idx.reshape(-1)))
+        batches = to_global_stacked(mesh, host)
+        count = place(np.int32(done - step), parallel.replicated(mesh))
+        state, step_metrics = train_loop(state, batches, count, base_rng)
+        bar.update(done - step)
+        step = done
         if done % cfg.log_every == 0 or done == total:
             _check_finite(state, stage)
             if log is not None:
@@ -413,6 +508,49 @@ def fit(
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), parallel.replicated(mesh)))
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+_MAX_CHUNK = 32  # steps per call at most: bounds the stacked batches held on the host
+
+
+def _chunk_size(cfg: TrainConfig, total: int) -> int:
+    """Batches stacked per call (at least the longest run between stops): a power of two, so
+    stages with similar settings share one compile."""
+    longest = max(1, min(cfg.log_every, total, _MAX_CHUNK))
+    return 1 << (longest - 1).bit_length()
+
+
+def _next_stop(step: int, total: int, intervals: tuple[int, ...]) -> int:
+    """The first step after ``step`` at which the loop must return to the host.
+
+    Stops sit at absolute step numbers (multiples of the log, chunk, eval and checkpoint
+    intervals; 0 means none), so a resumed run splits its remaining steps as an uninterrupted one.
+    """
+    stop = total
+    for every in intervals:
+        if every > 0:
+            stop = min(stop, (step // every + 1) * every)
+    return stop
+
+
+def _sharding_key(shardings: PyTree) -> tuple:
+    leaves, treedef = jax.tree.flatten(shardings)
+    return treedef, tuple(leaves)
+
+
+def _build_train_loop(model: Model, tx, cfg: TrainConfig, loss: str, total: int, mesh: Mesh, shardings):
+    step = make_train_step(model, tx, make_loss(loss, cfg), total)
+    return jit_train_loop(make_train_loop(step, mesh), mesh, shardings)
+
+
+def to_global_stacked(mesh: Mesh, host_batches: PyTree) -> PyTree:
+    """Stacked host batches ``[K, B, ...]`` (the same on every process) as global arrays split on ``B``."""
+    b = int(jax.tree.leaves(host_batches)[0].shape[1])
+    rows = parallel.process_slice(b, mesh)
+    sharding = stacked_batch_sharding(mesh)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)[:, rows], np.shape(a)), host_batches
+    )
 
 
 def place(tree: PyTree, shardings) -> PyTree:
