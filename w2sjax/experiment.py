@@ -8,6 +8,11 @@ For every seed:
 3. **w2s**: each (weak, strong, loss) triple trains the strong model on half B's weak labels;
 4. **bootstrap** chains (``a>b>c``): each model supervises the next on half B.
 
+``options.labels`` adds, per w2s triple, students trained on refined weak labels
+(:func:`w2sjax.labels.refine`). Other protocols (``config.method``) live in
+:mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :class:`SeedRun`,
+:func:`finish`.
+
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
 ends with an Orbax checkpoint of its model and of its predictions; a rerun on the same output
 directory skips finished stages and resumes unfinished ones from their last in-stage checkpoint,

@@ -67,6 +67,7 @@ def save(fig, path: pathlib.Path) -> pathlib.Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig.savefig(tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for everyone to read
     os.replace(tmp, path)
     return path
 
