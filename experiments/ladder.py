@@ -26,6 +26,8 @@ def get_config() -> Config:
         losses=("xent",),  # PGR of plain imitation; one loss keeps the sweep within the time box
         seeds=(0, 1, 2),
         strong_mode="probe",
-        weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2),
-        train=TrainConfig(epochs=5, batch_size=32, lr=1e-2),
+        # 100 examples per half give only a few steps per epoch; the default 5-20 epochs left the
+        # probes near chance (measured), so train longer: features are cached, steps are cheap.
+        weak_train=TrainConfig(epochs=100, batch_size=32, lr=1e-2),
+        train=TrainConfig(epochs=100, batch_size=32, lr=1e-2),
     )
