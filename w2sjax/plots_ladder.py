@@ -300,6 +300,9 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
             err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
             ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
                             marker="o", capsize=3, label=f"supervisor {w}")
+            # An undefined PGR (ceiling not above the supervisor) is a result too: mark it.
+            for x in px[~np.isfinite(pgr)]:
+                ax_pgr.plot([x], [0], marker="x", color=colour, ms=8, ls="none")
         ticks = [f"{s}\n{_size(sizes.get(s))}" for s in students]
         for ax in (ax_acc, ax_pgr):
             ax.set_xticks(range(len(students)), ticks, fontsize=8)
@@ -309,7 +312,7 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
         ax_pgr.axhline(0, color="0.3", lw=0.8)
         ax_pgr.axhline(1, color="0.3", lw=0.8, ls=":")
         ax_acc.set_ylabel("test accuracy")
-        ax_pgr.set_ylabel("PGR of seed means")
+        ax_pgr.set_ylabel("PGR of seed means (× at 0: undefined)")
         title = f"{task} · loss: {loss}" if len(panels) > 1 else f"loss: {loss}"
         ax_acc.set_title(f"accuracy · {title}", fontsize=10)
         over = "seeds + test" if test_ci else "seeds"
