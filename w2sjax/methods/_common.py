@@ -36,6 +36,12 @@ def base_row(task: str, weak: str, strong: str, loss: str, seed: int, weak_acc, 
     return row
 
 
+def flat(features) -> np.ndarray:
+    """Frozen inputs as ``[N, D]`` float64 (raw images arrive as ``[N, H, W, C]``)."""
+    x = np.asarray(features, np.float64)
+    return x.reshape(len(x), -1)
+
+
 class Timer:
     """``with Timer() as t: ...; t.seconds``"""
 

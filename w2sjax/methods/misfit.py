@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from w2sjax import metrics
+from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import figure, save
 
 
@@ -71,7 +72,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
         for s in config.strong_models:
             ceiling = sr.ceiling(s)
             fi = runner.inputs.get(s, "weak")  # frozen features of the strong backbone
-            feats = {k: fi.inputs(split, idx) for k, (split, idx) in sr.evals.items()}
+            feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
             pair_rows = []
             for name, weak in supervisors.items():
                 student = sr.w2s(name.replace("@", "-n"), s, weak, loss) if "@" in name else sr.w2s(name, s, weak, loss)

@@ -26,6 +26,7 @@ import pathlib
 import numpy as np
 
 from w2sjax import labels
+from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import Timer, figure, save
 
 BOOST_ROUNDS = 3
@@ -132,7 +133,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                 rows.append({**sr.row(f"{real[0]}x{BOOST_ROUNDS}", s, loss, boost, student, ceiling),
                              "variant": "boost", "supervisor_weights": _r(boost_votes), **extra})
                 fi = runner.inputs.get(s, "weak")
-                feats = {k: fi.inputs(split, idx) for k, (split, idx) in sr.evals.items()}
+                feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
                 for variant, uniform in (("raven_uniform", True), ("raven", False)):
                     student, weights = _raven_student(sr, feats, list(sups.values()), uniform=uniform)
                     sup = _combined(list(sups.values()), weights)
