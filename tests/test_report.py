@@ -223,3 +223,17 @@ def test_training_curves_keep_the_last_value_of_a_resumed_step(tmp_path):
 def test_importing_the_package_does_not_import_matplotlib():
     code = "import sys, w2sjax, w2sjax.report, w2sjax.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_variants_of_one_pair_are_separate_rows():
+    from w2sjax import report
+
+    base = {"task": "t", "weak_model": "w", "strong_model": "s", "loss": "xent", "ceiling_acc": 0.9, "misfit": 0.1}
+    runs = [
+        {**base, "seed": 0, "variant": "soft", "weak_acc": 0.6, "w2s_acc": 0.7},
+        {**base, "seed": 0, "variant": "selective", "weak_acc": 0.6, "w2s_acc": 0.8},
+    ]
+    rows = report.summarize({"runs": runs})
+    assert sorted((r["variant"], r["w2s_acc"]) for r in rows) == [("selective", 0.8), ("soft", 0.7)]
+    table = report.format_table({"runs": runs})
+    assert "variant" in table.splitlines()[0] and "selective" in table and "soft" in table

@@ -95,15 +95,19 @@ def bootstrap_pgr(weak, w2s, ceiling, *, n_boot: int = 2000, seed: int = 0) -> t
 
 
 def summarize(results: dict) -> list[dict]:
-    """One row per (task, weak, strong, loss[, chain]) with seed statistics."""
+    """One row per (task, weak, strong, loss[, chain][, variant]) with seed statistics.
+
+    ``variant`` tells apart runs of the same pair that differ in method (a label refinement, a
+    way of combining supervisors), so they are never averaged together.
+    """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in results["runs"]:
-        key = tuple(run.get(k) for k in GROUP_KEYS) + (run.get("chain"),)
+        key = tuple(run.get(k) for k in GROUP_KEYS) + (run.get("chain"), run.get("variant"))
         groups[key].append(run)
     summary = []
     for key, runs in groups.items():
         cols = {k: np.array([r[k] for r in runs], float) for k in ("weak_acc", "w2s_acc", "ceiling_acc")}
-        row = dict(zip(GROUP_KEYS + ("chain",), key))
+        row = dict(zip(GROUP_KEYS + ("chain", "variant"), key))
         row["seeds"] = len(runs)
         for k, v in cols.items():
             row[k] = float(v.mean())
@@ -126,6 +130,9 @@ def format_table(results: dict) -> str:
     """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
     rows = summarize(results)
     header = ["task", "weak", "strong", "loss", "seeds", "weak acc", "w2s acc", "ceiling acc", "PGR [95% CI]"]
+    with_variant = any(r.get("variant") for r in rows)
+    if with_variant:
+        header.insert(4, "variant")
     lines = []
     for r in rows:
         lo, hi = r["pgr_ci95"]
@@ -137,6 +144,8 @@ def format_table(results: dict) -> str:
             _pm(r["weak_acc"], r["weak_acc_std"], r["seeds"]), _pm(r["w2s_acc"], r["w2s_acc_std"], r["seeds"]),
             _pm(r["ceiling_acc"], r["ceiling_acc_std"], r["seeds"]), pgr,
         ])
+        if with_variant:
+            lines[-1].insert(4, r.get("variant") or "-")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
