@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import weights as weights_lib
+
 __all__ = [
     "BertConfig",
     "BertEncoder",
@@ -213,34 +215,24 @@ def _find_prefix(names: Sequence[str]) -> str:
     return hits[0]
 
 
-def _checkpoint_names(cfg: BertConfig) -> dict[tuple, tuple[str, bool]]:
+def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
     """Map each NNX parameter path to (checkpoint tensor name, transpose?)."""
-    names: dict[tuple, tuple[str, bool]] = {}
-
-    def norm(path, name):
-        names[path + ("scale",)] = (name + ".weight", False)
-        names[path + ("bias",)] = (name + ".bias", False)
-
-    def linear(path, name):
-        # torch Linear stores [out, in]; NNX kernels are [in, out].
-        names[path + ("kernel",)] = (name + ".weight", True)
-        names[path + ("bias",)] = (name + ".bias", False)
-
+    names = weights_lib.TorchNames()
     e = ("embeddings",)
-    names[e + ("word", "embedding")] = ("embeddings.word_embeddings.weight", False)
-    names[e + ("position", "embedding")] = ("embeddings.position_embeddings.weight", False)
-    names[e + ("token_type", "embedding")] = ("embeddings.token_type_embeddings.weight", False)
-    norm(e + ("norm",), "embeddings.LayerNorm")
+    names.tensor(e + ("word", "embedding"), "embeddings.word_embeddings.weight")
+    names.tensor(e + ("position", "embedding"), "embeddings.position_embeddings.weight")
+    names.tensor(e + ("token_type", "embedding"), "embeddings.token_type_embeddings.weight")
+    names.norm(e + ("norm",), "embeddings.LayerNorm")
     for i in range(cfg.num_hidden_layers):
         p, n = ("layers", i), f"encoder.layer.{i}"
-        linear(p + ("query",), f"{n}.attention.self.query")
-        linear(p + ("key",), f"{n}.attention.self.key")
-        linear(p + ("value",), f"{n}.attention.self.value")
-        linear(p + ("attn_out",), f"{n}.attention.output.dense")
-        norm(p + ("attn_norm",), f"{n}.attention.output.LayerNorm")
-        linear(p + ("ffn_in",), f"{n}.intermediate.dense")
-        linear(p + ("ffn_out",), f"{n}.output.dense")
-        norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
+        names.linear(p + ("query",), f"{n}.attention.self.query")
+        names.linear(p + ("key",), f"{n}.attention.self.key")
+        names.linear(p + ("value",), f"{n}.attention.self.value")
+        names.linear(p + ("attn_out",), f"{n}.attention.output.dense")
+        names.norm(p + ("attn_norm",), f"{n}.attention.output.LayerNorm")
+        names.linear(p + ("ffn_in",), f"{n}.intermediate.dense")
+        names.linear(p + ("ffn_out",), f"{n}.output.dense")
+        names.norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
     return names
 
 
@@ -282,30 +274,11 @@ def load_bert(path: str | Path, *, num_layers: int | None = None, dtype=jnp.floa
     # Build the module abstractly (no random init), then fill in the weights.
     abstract = nnx.eval_shape(lambda: BertEncoder(
         cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
     names = _checkpoint_names(cfg)
-    flat: dict[tuple, Any] = {}
     with safe_open(str(weights), framework="np") as f:
         prefix = _find_prefix(list(f.keys()))
-        for p, var in nnx.to_flat_state(state):
-            name, transpose = names[p]
-            arr = _read_tensor(f, prefix + name)
-            arr = arr.T if transpose else arr
-            if arr.shape != var.shape:
-                raise ValueError(f"{name}: checkpoint shape {arr.shape} != model {var.shape}")
-            flat[p] = jnp.asarray(arr, dtype=param_dtype)
-    nnx.replace_by_pure_dict(state, _unflatten(flat))
-    return nnx.merge(graphdef, state)
-
-
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return out
+        read = weights_lib.torch_reader(names, lambda name: _read_tensor(f, prefix + name))
+        return weights_lib.fill(abstract, read, param_dtype=param_dtype)
 
 
 # ---------------------------------------------------------------- tokenizer

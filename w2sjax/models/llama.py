@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import weights as weights_lib
+
 from w2sjax.models.gguf_tokenizer import GGUFFile, GGUFTokenizer
 
 __all__ = [
@@ -273,16 +275,6 @@ def _gguf_names(cfg: LlamaConfig) -> dict[tuple, tuple[str, str]]:
     return names
 
 
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return out
-
-
 def _find_gguf(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -302,23 +294,18 @@ def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
     cfg = LlamaConfig.from_gguf(g)
     param_dtype = dtype if param_dtype is None else param_dtype
     abstract = nnx.eval_shape(lambda: LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
     names = _gguf_names(cfg)
-    flat: dict[tuple, Any] = {}
-    for p, var in nnx.to_flat_state(state):
-        name, how = names[p]
+
+    def tensor_for(path) -> np.ndarray:
+        name, how = names[path]
         w = g.tensor(name)
         if how == "q":
-            w = _unpermute_rows(w, cfg.num_attention_heads).T
-        elif how == "k":
-            w = _unpermute_rows(w, cfg.num_key_value_heads).T
-        elif how == "T":  # GGUF/torch [out, in] -> NNX kernel [in, out]
-            w = w.T
-        if w.shape != var.shape:
-            raise ValueError(f"{name}: file shape {w.shape} != model {var.shape}")
-        flat[p] = jnp.asarray(w, dtype=param_dtype)
-    nnx.replace_by_pure_dict(state, _unflatten(flat))
-    return nnx.merge(graphdef, state), GGUFTokenizer(g)
+            return _unpermute_rows(w, cfg.num_attention_heads).T
+        if how == "k":
+            return _unpermute_rows(w, cfg.num_key_value_heads).T
+        return w.T if how == "T" else w  # GGUF/torch [out, in] -> NNX kernel [in, out]
+
+    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype), GGUFTokenizer(g)
 
 
 def load_smollm2(path: str | Path, *, dtype=jnp.float32) -> tuple[LlamaModel, GGUFTokenizer]:

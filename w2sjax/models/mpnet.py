@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import weights as weights_lib
+
 from w2sjax.models.bert import BertTokenizer, mean_pool
 
 __all__ = [
@@ -240,45 +242,25 @@ class MPNetClassifier(nnx.Module):
 # ---------------------------------------------------------------- loading
 
 
-def _checkpoint_names(cfg: MPNetConfig) -> dict[tuple, tuple[str, bool]]:
+def _checkpoint_names(cfg: MPNetConfig) -> weights_lib.TorchNames:
     """NNX parameter path -> (checkpoint tensor name, transpose?)."""
-    names: dict[tuple, tuple[str, bool]] = {}
-
-    def norm(path, name):
-        names[path + ("scale",)] = (name + ".weight", False)
-        names[path + ("bias",)] = (name + ".bias", False)
-
-    def linear(path, name):
-        # torch Linear stores [out, in]; NNX kernels are [in, out].
-        names[path + ("kernel",)] = (name + ".weight", True)
-        names[path + ("bias",)] = (name + ".bias", False)
-
+    names = weights_lib.TorchNames()
     e = ("embeddings",)
-    names[e + ("word", "embedding")] = ("embeddings.word_embeddings.weight", False)
-    names[e + ("position", "embedding")] = ("embeddings.position_embeddings.weight", False)
-    norm(e + ("norm",), "embeddings.LayerNorm")
-    names[("relative_bias", "embedding")] = ("encoder.relative_attention_bias.weight", False)
+    names.tensor(e + ("word", "embedding"), "embeddings.word_embeddings.weight")
+    names.tensor(e + ("position", "embedding"), "embeddings.position_embeddings.weight")
+    names.norm(e + ("norm",), "embeddings.LayerNorm")
+    names.tensor(("relative_bias", "embedding"), "encoder.relative_attention_bias.weight")
     for i in range(cfg.num_hidden_layers):
         p, n = ("layers", i), f"encoder.layer.{i}"
-        linear(p + ("query",), f"{n}.attention.attn.q")
-        linear(p + ("key",), f"{n}.attention.attn.k")
-        linear(p + ("value",), f"{n}.attention.attn.v")
-        linear(p + ("attn_out",), f"{n}.attention.attn.o")
-        norm(p + ("attn_norm",), f"{n}.attention.LayerNorm")
-        linear(p + ("ffn_in",), f"{n}.intermediate.dense")
-        linear(p + ("ffn_out",), f"{n}.output.dense")
-        norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
+        names.linear(p + ("query",), f"{n}.attention.attn.q")
+        names.linear(p + ("key",), f"{n}.attention.attn.k")
+        names.linear(p + ("value",), f"{n}.attention.attn.v")
+        names.linear(p + ("attn_out",), f"{n}.attention.attn.o")
+        names.norm(p + ("attn_norm",), f"{n}.attention.LayerNorm")
+        names.linear(p + ("ffn_in",), f"{n}.intermediate.dense")
+        names.linear(p + ("ffn_out",), f"{n}.output.dense")
+        names.norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
     return names
-
-
-def _unflatten(flat: dict[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return out
 
 
 def load_mpnet_encoder(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32,
@@ -300,23 +282,17 @@ def load_mpnet_encoder(path: str | Path, *, num_layers: int | None = None, dtype
     # Build abstractly (no random init of 110M parameters), then fill in.
     abstract = nnx.eval_shape(lambda: MPNetEncoder(
         cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
     names = _checkpoint_names(cfg)
-    flat: dict[tuple, Any] = {}
     with safe_open(str(weights), framework="np") as f:
         keys = set(f.keys())
         prefix = "mpnet." if "mpnet.embeddings.word_embeddings.weight" in keys else ""
-        for p, var in nnx.to_flat_state(state):
-            name, transpose = names[p]
+
+        def read(name: str) -> np.ndarray:
             if prefix + name not in keys:
                 raise KeyError(f"{weights}: no tensor {prefix + name!r}; not an MPNet checkpoint?")
-            arr = f.get_tensor(prefix + name)
-            arr = arr.T if transpose else arr
-            if arr.shape != var.shape:
-                raise ValueError(f"{name}: checkpoint shape {arr.shape} != model {var.shape}")
-            flat[p] = jnp.asarray(arr, dtype=param_dtype)
-    nnx.replace_by_pure_dict(state, _unflatten(flat))
-    return nnx.merge(graphdef, state)
+            return f.get_tensor(prefix + name)
+
+        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype)
 
 
 def load_mpnet_tokenizer(path: str | Path) -> BertTokenizer:
