@@ -283,6 +283,15 @@ def load_bert(path: str | Path, *, num_layers: int | None = None, dtype=jnp.floa
 
 # ---------------------------------------------------------------- tokenizer
 
+def pad_ids(ids: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32; shared by every tokenizer."""
+    out = np.full((len(ids), length), pad_id, dtype=np.int32)
+    mask = np.zeros((len(ids), length), dtype=np.int32)
+    for r, row in enumerate(ids):
+        out[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return out, mask
+
 
 class BertTokenizer:
     """Batch tokenisation with a ``tokenizers`` ``tokenizer.json``.
@@ -312,12 +321,7 @@ class BertTokenizer:
 
     def pad(self, ids: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32."""
-        out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(ids), length), dtype=np.int32)
-        for r, row in enumerate(ids):
-            out[r, : len(row)] = row
-            mask[r, : len(row)] = 1
-        return out, mask
+        return pad_ids(ids, length, self.pad_id)
 
     def encode(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), int32 ``[N, max_len]``."""

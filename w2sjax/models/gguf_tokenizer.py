@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from w2sjax.models.bert import pad_ids
+
 __all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer"]
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
@@ -129,12 +131,7 @@ class GGUFTokenizer:
 
     def pad(self, ids: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
         """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32."""
-        out = np.full((len(ids), length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((len(ids), length), dtype=np.int32)
-        for r, row in enumerate(ids):
-            out[r, : len(row)] = row
-            mask[r, : len(row)] = 1
-        return out, mask
+        return pad_ids(ids, length, self.pad_id)
 
     def encode(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), int32 ``[N, max_len]``, right-padded."""
