@@ -8,7 +8,9 @@ Times, at one shape, on a data-parallel mesh over the host devices:
   step         the library's full train step (grad + AdamW + bookkeeping), donated state
   step_nodonate  the same without donating the state
   step_sdpa    attention via jax.nn.dot_product_attention instead of the explicit einsums
-  step_bf16    matmuls in bfloat16 (parameters and residual stream stay float32)
+  step_bf16    matmuls with bf16 operands and float32 accumulation (models/precision.py);
+               parameters, optimizer and residual stream stay float32
+  forward_bf16 the forward pass with those matmuls
 Prints one JSON line per variant. Flags are set like benchmarks.run (same --devices/--ynn).
 """
 
@@ -19,7 +21,7 @@ import sys
 
 from benchmarks import run as bench
 
-VARIANTS = ("forward", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16")
+VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16")
 
 
 def _sdpa_attention(self, x, mask):
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--devices", type=int, default=2)
-    p.add_argument("--ynn", action="store_true")
+    p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot")
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters and optimizer state over the devices (fsdp axis) instead of replicating")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     base_loss = None
 
     for variant in args.variants:
-        dtype = jnp.bfloat16 if variant == "step_bf16" else jnp.float32
+        dtype = jnp.bfloat16 if variant.endswith("bf16") else jnp.float32
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
         module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
@@ -86,14 +88,14 @@ def main(argv=None) -> int:
         if variant == "step_sdpa":
             bert.BertLayer._attention = _sdpa_attention
         try:
-            if variant in ("forward", "grad"):
+            if variant in ("forward", "forward_bf16", "grad"):
                 def objective(params, frozen, batch):
                     logits = model.bind(params, frozen)(batch["inputs"])
                     return loss_fn(logits, batch["labels"], step_frac=0.0, weights=batch["weights"])
 
-                fn = jax.jit(objective if variant == "forward" else jax.value_and_grad(objective))
+                fn = jax.jit(jax.value_and_grad(objective) if variant == "grad" else objective)
                 call = lambda: jax.block_until_ready(fn(state.params, state.frozen, batch))
-                flops = fwd_flops * (1 if variant == "forward" else 3)
+                flops = fwd_flops * (3 if variant == "grad" else 1)
             else:
                 step = train.make_train_step(model, tx, loss_fn, 1000)
                 if variant == "step_nodonate":

@@ -1,6 +1,12 @@
 """CPU throughput benchmarks for the MiniLM paths of w2sjax, with an optional PyTorch baseline.
 
     python -m benchmarks.run [--cases matmul embed finetune fine_foods torch] [--quick]
+                             [--precision float32 bfloat16] [--ynn dot|off|all]
+
+Each JAX case runs once per ``--precision``: ``float32``, and ``bfloat16`` matmul operands with
+float32 accumulation (`w2sjax.models.precision`); records say ``impl: jax`` / ``jax_bf16``.
+PyTorch runs the plain float32 way (``torch``) and, for bfloat16, under CPU autocast
+(``torch_bf16``), so each precision has a same-run baseline.
 
 Prints one JSON object per line. XLA flags must be set before JAX initialises, so this
 script (an application, like the ``w2sjax`` command) sets them first and prints them.
@@ -27,7 +33,9 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): for tests, not for numbers")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1,
                    help="host devices (--xla_force_host_platform_device_count)")
-    p.add_argument("--ynn", action="store_true", help="keep XLA's YNNPACK fusions (off by default: slower here)")
+    p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot",
+                   help="YNNPACK for individual dots only (default), not at all, or XLA's default fusions")
+    p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--fsdp", action="store_true",
                    help="finetune with params/optimizer sharded over the devices instead of replicated")
@@ -35,14 +43,14 @@ def _parse(argv):
 
 
 def _set_flags(args) -> str:
-    flags = os.environ.get("XLA_FLAGS", "")
-    extra = []
-    if not args.ynn and "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        extra.append("--xla_cpu_experimental_ynn_fusion_type=")
-    if "xla_force_host_platform_device_count" not in flags:
-        extra.append(f"--xla_force_host_platform_device_count={args.devices}")
-    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-    return os.environ["XLA_FLAGS"]
+    from w2sjax import xla_flags
+
+    ynn = {"dot": "individual_dot", "off": "", "all": None}[args.ynn]
+    return xla_flags.apply_defaults(ynn=ynn, devices=args.devices)
+
+
+def _impl(base: str, dtype: str) -> str:
+    return base if dtype == "float32" else f"{base}_bf16"
 
 
 def emit(record: dict) -> None:
@@ -88,13 +96,14 @@ def record(case, impl, *, examples, seconds, flops_per_example, peak, **extra):
 # ---------------------------------------------------------------- JAX cases
 
 
-def jax_matmul_peak(n: int, repeats: int) -> float:
+def jax_matmul_peak(n: int, repeats: int, dtype: str = "float32") -> float:
+    """``jit(jnp.dot)`` on n x n; for bfloat16 the operands are bf16 and the result float32."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     s = timed(lambda: dot(a, b).block_until_ready(), repeats)
     return 2 * n**3 / s / 1e9
 
@@ -105,14 +114,14 @@ def _sizes(quick: bool) -> dict:
     return dict(layers=None, matmul=4096, embed_b=64, embed_t=128, ft_b=32, ft_t=128, foods=None, steps=5)
 
 
-def jax_embed(path, sz, peak, repeats):
+def jax_embed(path, sz, peak, repeats, dtype="float32"):
     import jax
     import numpy as np
     from flax import nnx
 
     from w2sjax.models import bert, embed
 
-    enc = bert.load_bert(path, num_layers=sz["layers"])
+    enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
     cfg = enc.config
     b, t = sz["embed_b"], sz["embed_t"]
     graphdef, state = nnx.split(enc)
@@ -123,11 +132,11 @@ def jax_embed(path, sz, peak, repeats):
     run = lambda: embed._embed(graphdef, state, ids, mask, normalize=False).block_until_ready()
     s = timed(run, repeats)
     f = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-    return record("embed", "jax", examples=b, seconds=s, flops_per_example=f, peak=peak,
+    return record("embed", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
                   batch=b, seq=t, devices=jax.device_count())
 
 
-def jax_finetune(path, sz, peak, repeats, fsdp=False):
+def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -136,7 +145,7 @@ def jax_finetune(path, sz, peak, repeats, fsdp=False):
     from w2sjax import parallel, train
     from w2sjax.models import bert
 
-    enc = bert.load_bert(path, num_layers=sz["layers"])
+    enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
     cfg = enc.config
     module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
     b, t = sz["ft_b"], sz["ft_t"]
@@ -179,9 +188,9 @@ def jax_finetune(path, sz, peak, repeats, fsdp=False):
     s = timed(one_step, max(repeats, sz["steps"]))
     f = 3 * flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
     return [
-        record("finetune", "jax", examples=b, seconds=s, flops_per_example=f, peak=peak,
+        record("finetune", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
                batch=b, seq=t, devices=jax.device_count(), mesh=dict(mesh.shape), steps=holder["i"]),
-        {"case": "trace_count", "impl": "jax", "fn": "train_step", "traces": traces[0],
+        {"case": "trace_count", "impl": _impl("jax", dtype), "fn": "train_step", "traces": traces[0],
          "steps": holder["i"], "ok": traces[0] == 1},
     ]
 
@@ -196,13 +205,13 @@ def fine_foods_texts(limit):
     return list(texts[:limit] if limit else texts)
 
 
-def jax_fine_foods(path, sz, texts, peak, max_len):
+def jax_fine_foods(path, sz, texts, peak, max_len, dtype="float32"):
     import jax
 
     from w2sjax.models import bert, embed
 
     feat = embed.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
-                                progress=False)
+                                dtype=dtype, progress=False)
     enc, tok = feat.load()
     cfg = enc.config
     before = embed._embed._cache_size()
@@ -214,7 +223,7 @@ def jax_fine_foods(path, sz, texts, peak, max_len):
     lengths = [len(r) for r in tok.token_ids(texts, max_len)]
     f = sum(flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, n)
             for n in lengths) / len(lengths)
-    rec = record("fine_foods", "jax", examples=len(texts), seconds=s, flops_per_example=f, peak=peak,
+    rec = record("fine_foods", _impl("jax", dtype), examples=len(texts), seconds=s, flops_per_example=f, peak=peak,
                  max_len=max_len, compiles=compiles, devices=jax.device_count(),
                  tokens_per_batch=feat.tokens_per_batch, note="wall time includes tokenising and compiles")
     return rec, out
@@ -232,7 +241,8 @@ def torch_available() -> bool:
     return True
 
 
-def torch_cases(path, sz, cases, texts, peak, repeats, max_len, threads):
+def torch_cases(path, sz, cases, texts, peaks, repeats, max_len, threads, precisions):
+    """The same cases the plain PyTorch way; bfloat16 runs under CPU autocast (oneDNN, AMX)."""
     import numpy as np
     import torch
     import transformers
@@ -252,58 +262,69 @@ def torch_cases(path, sz, cases, texts, peak, repeats, max_len, threads):
         m = mask.unsqueeze(-1).float()
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
-    if "matmul" in cases:
-        n = sz["matmul"]
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        s = timed(lambda: torch.mm(a, b), repeats)
-        out.append({"case": "matmul", "impl": "torch", "n": n, "gflops": round(2 * n**3 / s / 1e9, 1)})
+    def autocast(dtype):
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
-    if "embed" in cases:
-        b, t = sz["embed_b"], sz["embed_t"]
-        ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t)))
-        mask = torch.ones(b, t, dtype=torch.long)
-        model.eval()
+    for dtype in precisions:
+        impl, peak = _impl("torch", dtype), peaks[dtype]
+        if "matmul" in cases:
+            n = sz["matmul"]
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            if dtype != "float32":
+                a, b = a.bfloat16(), b.bfloat16()
+            s = timed(lambda: torch.mm(a, b), repeats)
+            out.append({"case": "matmul", "impl": impl, "n": n, "gflops": round(2 * n**3 / s / 1e9, 1)})
 
-        def run():
-            with torch.inference_mode():
-                pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        if "embed" in cases:
+            b, t = sz["embed_b"], sz["embed_t"]
+            ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t)))
+            mask = torch.ones(b, t, dtype=torch.long)
+            model.eval()
 
-        out.append(record("embed", "torch", examples=b, seconds=timed(run, repeats),
-                          flops_per_example=fwd(t), peak=peak, batch=b, seq=t, threads=threads))
+            def run():
+                with torch.inference_mode(), autocast(dtype):
+                    pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
-    if "finetune" in cases:
-        b, t = sz["ft_b"], sz["ft_t"]
-        model.train()
-        head = torch.nn.Linear(cfg.hidden_size, 2)
-        opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5)
-        lens = rng.integers(t // 2, t + 1, size=b)
-        mask = torch.from_numpy((np.arange(t)[None, :] < lens[:, None]).astype(np.int64))
-        ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t))) * mask
-        labels = torch.from_numpy(rng.integers(0, 2, b))
+            out.append(record("embed", impl, examples=b, seconds=timed(run, repeats),
+                              flops_per_example=fwd(t), peak=peak, batch=b, seq=t, threads=threads))
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            logits = head(pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask))
-            torch.nn.functional.cross_entropy(logits, labels).backward()
-            opt.step()
+        if "finetune" in cases:
+            b, t = sz["ft_b"], sz["ft_t"]
+            model.train()
+            head = torch.nn.Linear(cfg.hidden_size, 2)
+            opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5)
+            lens = rng.integers(t // 2, t + 1, size=b)
+            mask = torch.from_numpy((np.arange(t)[None, :] < lens[:, None]).astype(np.int64))
+            ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t))) * mask
+            labels = torch.from_numpy(rng.integers(0, 2, b))
 
-        out.append(record("finetune", "torch", examples=b, seconds=timed(step, max(repeats, sz["steps"])),
-                          flops_per_example=3 * fwd(t), peak=peak, batch=b, seq=t, threads=threads))
-        model.eval()
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with autocast(dtype):
+                    logits = head(pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask))
+                    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                loss.backward()
+                opt.step()
 
-    if "fine_foods" in cases and texts is not None:
-        # The plain way: tokenizer pads every batch to max_len, fixed batch of 64.
-        tok = transformers.AutoTokenizer.from_pretrained(str(path))
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for i in range(0, len(texts), 64):
-                enc = tok(texts[i:i + 64], padding="max_length", truncation=True, max_length=max_len,
-                          return_tensors="pt")
-                pool(model(**enc).last_hidden_state, enc["attention_mask"])
-        s = time.perf_counter() - t0
-        out.append(record("fine_foods", "torch", examples=len(texts), seconds=s,
-                          flops_per_example=fwd(max_len), peak=peak, max_len=max_len, threads=threads,
-                          note="padded to max_len; gflops counts padded tokens"))
+            out.append(record("finetune", impl, examples=b, seconds=timed(step, max(repeats, sz["steps"])),
+                              flops_per_example=3 * fwd(t), peak=peak, batch=b, seq=t, threads=threads))
+            model.eval()
+
+        if "fine_foods" in cases and texts is not None:
+            # The plain way: tokenizer pads every batch to max_len, fixed batch of 64.
+            tok = transformers.AutoTokenizer.from_pretrained(str(path))
+            t0 = time.perf_counter()
+            with torch.inference_mode(), autocast(dtype):
+                for i in range(0, len(texts), 64):
+                    enc = tok(texts[i:i + 64], padding="max_length", truncation=True, max_length=max_len,
+                              return_tensors="pt")
+                    pool(model(**enc).last_hidden_state, enc["attention_mask"])
+            s = time.perf_counter() - t0
+            out.append(record("fine_foods", impl, examples=len(texts), seconds=s,
+                              flops_per_example=fwd(max_len), peak=peak, max_len=max_len, threads=threads,
+                              note="padded to max_len; gflops counts padded tokens"))
     return out
 
 
@@ -396,27 +417,35 @@ def main(argv=None) -> int:
         results[(rec["case"], rec["impl"])] = rec
         emit(rec)
 
-    peak = jax_matmul_peak(sz["matmul"], repeats)
-    keep({"case": "matmul", "impl": "jax", "n": sz["matmul"], "gflops": round(peak, 1)})
-    if "embed" in args.cases:
-        keep(jax_embed(path, sz, peak, repeats))
-    if "finetune" in args.cases:
-        for rec in jax_finetune(path, sz, peak, repeats, args.fsdp):
-            keep(rec)
-    texts = None
-    if "fine_foods" in args.cases:
-        texts = fine_foods_texts(sz["foods"])
-        rec, _ = jax_fine_foods(path, sz, texts, peak, max_len)
-        keep(rec)
+    peaks = {}
+    for dtype in args.precision:
+        peaks[dtype] = jax_matmul_peak(sz["matmul"], repeats, dtype)
+        keep({"case": "matmul", "impl": _impl("jax", dtype), "n": sz["matmul"], "gflops": round(peaks[dtype], 1)})
+    texts = fine_foods_texts(sz["foods"]) if "fine_foods" in args.cases else None
+    for dtype in args.precision:
+        if "embed" in args.cases:
+            keep(jax_embed(path, sz, peaks[dtype], repeats, dtype))
+        if "finetune" in args.cases:
+            for rec in jax_finetune(path, sz, peaks[dtype], repeats, args.fsdp, dtype):
+                keep(rec)
+        if texts is not None:
+            keep(jax_fine_foods(path, sz, texts, peaks[dtype], max_len, dtype)[0])
     if "torch" in args.cases and torch_available():
-        for rec in torch_cases(path, sz, args.cases, texts, peak, repeats, max_len, args.devices):
+        for rec in torch_cases(path, sz, args.cases, texts, peaks, repeats, max_len, args.devices,
+                               args.precision):
             keep(rec)
+        # Same precision against same precision, and every JAX figure against the plain
+        # float32 PyTorch way (the issue's baseline).
+        pairs = [(_impl("jax", d), _impl("torch", d)) for d in args.precision]
+        pairs += [(_impl("jax", d), "torch") for d in args.precision if d != "float32"]
         for case in ("embed", "finetune", "fine_foods"):
-            j, t = results.get((case, "jax")), results.get((case, "torch"))
-            if j and t:
-                speed = j["examples_per_s"] / t["examples_per_s"]
-                emit({"case": case, "impl": "ratio", "jax_over_torch_speed": round(speed, 3),
-                      "jax_wall_fraction_of_torch": round(1 / speed, 3)})
+            for jimpl, timpl in pairs:
+                j, t = results.get((case, jimpl)), results.get((case, timpl))
+                if j and t:
+                    speed = j["examples_per_s"] / t["examples_per_s"]
+                    emit({"case": case, "impl": "ratio", "jax": jimpl, "torch": timpl,
+                          "jax_over_torch_speed": round(speed, 3),
+                          "jax_wall_fraction_of_torch": round(1 / speed, 3)})
     elif "torch" in args.cases:
         emit({"case": "torch", "impl": "torch", "skipped": "torch/transformers not importable"})
     if "sweep" in args.cases and not args.quick:

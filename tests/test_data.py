@@ -15,6 +15,7 @@ from w2sjax.data import Splits, Task, builders, known_tasks, load_task, make_spl
 # name -> (kind, num_classes, train, test, x shape); counts checked against the sources below.
 EXPECTED = {
     "fine_foods": ("text", 2, 4000, 1000, None),
+    "fine_foods_pooled": ("text", 2, 2500, 2500, None),
     "fashion_mnist": ("image", 10, 60000, 10000, (28, 28, 1)),
     "spambase": ("tabular", 2, 3680, 921, (57,)),
     "digits": ("image", 10, 1438, 359, (8, 8, 1)),
@@ -49,7 +50,8 @@ def test_registered_task_reads_back(task):
         if kind == "image":
             assert split["x"].min() == 0.0 and split["x"].max() == 1.0
     # Same rows, same order as the raw reader: nothing was shuffled on the way.
-    raw = builders.BUILDERS[task.name].source_reader(assets.fetch(task.name, quiet=True))
+    builder = builders.BUILDERS[task.name]
+    raw = builder.source_reader(assets.fetch(builder.ASSET or task.name, quiet=True))
     for part in ("train", "test"):
         np.testing.assert_array_equal(raw[part]["label"], getattr(task, part)["label"])
         if kind == "text":
@@ -100,6 +102,21 @@ def test_fresh_build_matches_the_cache(tmp_path, monkeypatch):
     for part in ("train", "test"):
         for key in ("x", "label"):
             assert np.array_equal(getattr(fresh, part)[key], getattr(cached, part)[key])
+
+
+def test_fine_foods_pooled_is_a_stratified_half_split_of_all_reviews():
+    ff, pooled = load_task("fine_foods"), load_task("fine_foods_pooled")
+    every = sorted(zip(np.concatenate([ff.train["text"], ff.test["text"]]),
+                       np.concatenate([ff.train["label"], ff.test["label"]])))
+    split = sorted(zip(np.concatenate([pooled.train["text"], pooled.test["text"]]),
+                       np.concatenate([pooled.train["label"], pooled.test["label"]])))
+    assert split == every  # the same 5000 (review, label) pairs, nothing lost or duplicated
+    # 3258 great and 1742 other in all (2600+658, 1400+342), halved within each class.
+    assert np.bincount(pooled.test["label"]).tolist() == [1629, 871]
+    assert np.bincount(pooled.train["label"]).tolist() == [1629, 871]
+    # Built from the fine_foods asset: the two tasks share cached features.
+    assert pooled.source == ff.source == "fine_foods"
+    assert pooled.fingerprint != ff.fingerprint
 
 
 def test_unknown_task():

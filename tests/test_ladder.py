@@ -44,7 +44,7 @@ def test_registered_with_runner_options():
 
 def test_ladder_config_is_valid():
     cfg = runpy.run_path(str(ROOT / "experiments" / "ladder.py"))["get_config"]()
-    assert cfg.data.task == "fine_foods" and cfg.data.max_len == 128
+    assert cfg.data.task == "fine_foods_pooled" and cfg.data.max_len == 128
     assert cfg.strong_mode == "probe" and len(cfg.seeds) >= 3
     ladder = {"glove-bow", "minilm-l2", "minilm-l6", "mpnet-base", "smollm2-135m"}
     assert set(cfg.weak_models) | set(cfg.strong_models) == ladder

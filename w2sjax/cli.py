@@ -4,8 +4,8 @@
     w2sjax report DIR
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
-turns off the YNNPACK fusion path and splits the host into one device per core, which the
-measurements in ``benchmarks/RESULTS.md`` show to be faster. A user's own ``XLA_FLAGS`` win.
+keeps YNNPACK for dots only and splits the host into one device per core (`w2sjax.xla_flags`,
+measured in ``benchmarks/RESULTS.md``). A user's own ``XLA_FLAGS`` win.
 Bad input (config, key, value, task, model, path) prints one line on stderr and exits 2.
 """
 
@@ -20,14 +20,9 @@ EXIT_BAD_INPUT = 2
 
 
 def _default_xla_flags() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    extra = []
-    if "xla_cpu_experimental_ynn_fusion_type" not in flags:
-        extra.append("--xla_cpu_experimental_ynn_fusion_type=")
-    if "xla_force_host_platform_device_count" not in flags:
-        extra.append(f"--xla_force_host_platform_device_count={max(1, min(os.cpu_count() or 1, 8))}")
-    if extra:
-        os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+    from w2sjax import xla_flags
+
+    xla_flags.apply_defaults()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -74,6 +74,9 @@ class Config:
     losses: tuple[str, ...] = ("xent", "logconf")  # losses for the w2s students; every one is run
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # each seed redraws the splits and the initialisations
     strong_mode: str = "probe"  # "probe": linear head on cached frozen features; "finetune": all weights
+    # matmul operands of the pretrained text backbones (features and finetuning): "float32", or
+    # "bfloat16" with float32 accumulation (matrix units: AMX CPUs, GPUs, TPUs; benchmarks/RESULTS.md)
+    precision: str = "float32"
     bootstrap: tuple[str, ...] = ()  # chains such as "glove-bow>minilm-l2>minilm-l6", each supervising the next
     weak_train: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=1e-2)
     # Strong students and ceilings. Defaults suit a linear probe on frozen features (measured on
@@ -91,6 +94,8 @@ class Config:
             raise ConfigError(f"method: unknown method {self.method!r}; known: {', '.join(METHODS)}")
         if self.strong_mode not in ("probe", "finetune"):
             raise ConfigError(f"strong_mode: expected 'probe' or 'finetune', got {self.strong_mode!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"precision: expected 'float32' or 'bfloat16', got {self.precision!r}")
         for loss in self.losses:
             if loss not in LOSS_NAMES:
                 raise ConfigError(f"losses: unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")

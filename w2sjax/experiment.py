@@ -30,6 +30,7 @@ import warnings
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -103,7 +104,8 @@ class Inputs:
         if key not in self._cache:
             spec = models.get_model(name)
             if spec.tokenize is not None:  # a text backbone: honour the config's token budget
-                spec = models.get_model(name, max_len=self.config.data.max_len, progress=self.progress)
+                spec = models.get_model(name, max_len=self.config.data.max_len, dtype=self.config.precision,
+                                        progress=self.progress)
             if mode == "finetune" and spec.finetune is not None:
                 self._cache[key] = self._finetune(spec)
             else:
@@ -118,7 +120,7 @@ class Inputs:
         n_classes = self.task.num_classes
         return ModelInputs(
             inputs=lambda split, rows: spec.tokenize(self._split(split, rows)),
-            build=lambda seed: spec.finetune(n_classes, rngs=nnx.Rngs(seed)),
+            build=lambda seed: spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision)),
             trainable=self.config.train.trainable,
         )
 
@@ -135,7 +137,8 @@ class Inputs:
             root = assets.cache_dir() / "features"
 
             def inputs(split, rows):
-                feats = features.cached_features(featurizer, task.name, split, self._split(split, rows), cache_dir=root)
+                feats = features.cached_features(featurizer, task.source or task.name, split, self._split(split, rows),
+                                                 cache_dir=root)
                 return np.asarray(feats, np.float32)
 
             in_shape = tuple(inputs("train", np.arange(1)).shape[1:])

@@ -36,6 +36,7 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
     TASK: str
+    ASSET: str = ""  # the asset the source reader reads; "" = TASK
     KIND: str
     CLASS_NAMES: tuple[str, ...]
     X_SHAPE: tuple[int, ...] = ()
@@ -73,7 +74,7 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the data comes from w2sjax.assets, not from URLs
-        data = type(self).source_reader(assets.fetch(self.TASK))
+        data = type(self).source_reader(assets.fetch(self.ASSET or self.TASK))
         return {split: self._generate_examples(arrays) for split, arrays in data.items()}
 
     def _generate_examples(self, arrays: Split) -> Iterator[tuple[int, dict]]:
@@ -89,6 +90,15 @@ class FineFoods(_SourceBuilder, skip_registration=True):
         "Amazon fine-food reviews (R modeldata::small_fine_foods): is the score 'great' (5 stars)?"
     )
     source_reader = staticmethod(sources.fine_foods)
+
+
+class FineFoodsPooled(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_fine_foods_pooled"
+    TASK, ASSET, KIND, CLASS_NAMES = "fine_foods_pooled", "fine_foods", "text", sources.FINE_FOODS_CLASSES
+    DESCRIPTION = (
+        "The 5000 fine_foods reviews re-split 2500/2500 (stratified, fixed seed) for a larger test set."
+    )
+    source_reader = staticmethod(sources.fine_foods_pooled)
 
 
 class FashionMnist(_SourceBuilder, skip_registration=True):
@@ -124,7 +134,7 @@ class Mnist5k(_SourceBuilder, skip_registration=True):
 
 
 BUILDERS: dict[str, type[_SourceBuilder]] = {
-    b.TASK: b for b in (FineFoods, FashionMnist, Spambase, Digits, Mnist5k)
+    b.TASK: b for b in (FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k)
 }
 
 
@@ -156,6 +166,7 @@ def load(task: str, data_dir: pathlib.Path) -> Task:
         train=parts["train"],
         test=parts["test"],
         fingerprint=f"{cls.name}:{stored.info.version}",
+        source=cls.ASSET or cls.TASK,
     )
 
 

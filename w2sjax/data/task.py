@@ -22,6 +22,7 @@ class Task:
 
     ``fingerprint`` identifies the exact data (builder name and version, or a
     hash of a user's file), so caches keyed on a task can notice edits.
+    ``source`` names the underlying data, so re-splits of it share feature caches.
     """
 
     name: str
@@ -31,6 +32,9 @@ class Task:
     train: Split
     test: Split
     fingerprint: str = ""
+    # Where the inputs come from: tasks built from the same data (fine_foods and
+    # fine_foods_pooled) share cached features. "" = the task's own name.
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

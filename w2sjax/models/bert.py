@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import precision
 from w2sjax.models import weights as weights_lib
 
 __all__ = [
@@ -107,7 +108,7 @@ class BertLayer(nnx.Module):
 
     def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         norm = dict(epsilon=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.num_heads = cfg.num_attention_heads
         self.act = cfg.hidden_act

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import precision
 from w2sjax.models import weights as weights_lib
 
 from w2sjax.models.gguf_tokenizer import GGUFFile, GGUFTokenizer
@@ -116,7 +117,7 @@ class LlamaAttention(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, d = cfg.hidden_size, cfg.head_dim
-        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        lin = dict(use_bias=False, param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
         self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, **lin)
         self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, **lin)
@@ -143,7 +144,7 @@ class LlamaMLP(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        lin = dict(use_bias=False, param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         self.gate_proj = nnx.Linear(h, i, **lin)
         self.up_proj = nnx.Linear(h, i, **lin)
         self.down_proj = nnx.Linear(i, h, **lin)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.models import precision
 from w2sjax.models import weights as weights_lib
 
 from w2sjax.models.bert import BertTokenizer, mean_pool
@@ -141,7 +142,7 @@ class MPNetLayer(nnx.Module):
 
     def __init__(self, cfg: MPNetConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         norm = dict(epsilon=cfg.layer_norm_eps, use_fast_variance=False,
                     param_dtype=param_dtype, rngs=rngs)
         self.num_heads = cfg.num_attention_heads

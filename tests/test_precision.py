@@ -1,0 +1,109 @@
+"""bf16-operand / float32-accumulate matmuls (`w2sjax.models.precision`) against numpy.
+
+The references round the operands to bfloat16 with ml_dtypes and multiply in float64, so
+they are independent of XLA; the gradient references also round the cotangent, which is
+what the custom backward pass is meant to do.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2sjax.models import precision
+
+
+def _bf16(a):
+    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+@pytest.fixture
+def xwg():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 24)).astype(np.float32)
+    w = rng.normal(size=(24, 16)).astype(np.float32)
+    g = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    return x, w, g
+
+
+def _linear(x, w):
+    return precision.bf16_dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def test_forward_is_bf16_operands_with_float32_sums(xwg):
+    x, w, _ = xwg
+    y = _linear(jnp.asarray(x), jnp.asarray(w))
+    assert y.dtype == jnp.float32
+    want = np.einsum("btk,kn->btn", _bf16(x), _bf16(w))
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-4)
+    # ...and it is not the float32 product: the operands really were rounded.
+    assert np.abs(np.asarray(y) - np.einsum("btk,kn->btn", x, w)).max() > 1e-3
+
+
+def test_gradients_round_the_cotangent_and_keep_operand_dtypes(xwg):
+    x, w, g = xwg
+    _, vjp = jax.vjp(_linear, jnp.asarray(x), jnp.asarray(w))
+    dx, dw = vjp(jnp.asarray(g))
+    assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(dx), np.einsum("btn,kn->btk", _bf16(g), _bf16(w)),
+                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), np.einsum("btk,btn->kn", _bf16(x), _bf16(g)),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_other_contractions_fall_back_to_a_float32_result():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(4, 6, 8)).astype(np.float32), rng.normal(size=(4, 8, 3)).astype(np.float32)
+    dims = (((2,), (1,)), ((0,), (0,)))  # batched: not the Linear pattern
+    out = precision.bf16_dot_general(jnp.asarray(a), jnp.asarray(b), dims)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.einsum("bik,bkj->bij", _bf16(a), _bf16(b)),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_linear_layer_lowers_to_a_bf16_dot_with_float32_result():
+    """The point of the module: XLA must see bf16 x bf16 -> f32, not bf16 -> bf16."""
+    layer = nnx.Linear(32, 64, rngs=nnx.Rngs(0), **precision.linear_kwargs(jnp.bfloat16))
+    assert layer.kernel[...].dtype == jnp.float32  # master weights stay float32
+    graphdef, state = nnx.split(layer)
+
+    def loss(state, x):
+        y = nnx.merge(graphdef, state)(x)
+        return (y * y).sum()  # the backward pass needs the forward output
+
+    x = jnp.ones((8, 32))
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert len(dots) >= 3  # forward, input gradient, weight gradient
+    for line in dots:
+        operands, result = line.split("->")[0], line.split("->")[-1]
+        assert operands.count("xbf16>") == 2 and "xf32>" in result, line
+    assert jax.jit(lambda x: layer(x))(x).dtype == jnp.float32
+
+
+def test_float32_keeps_flax_defaults():
+    assert precision.linear_kwargs(jnp.float32) == {"dtype": jnp.float32}
+    assert precision.linear_kwargs("float32") == {"dtype": "float32"}
+
+
+def test_xla_flag_defaults_respect_the_users_choice():
+    code = (
+        "import os\n"
+        "from w2sjax import xla_flags\n"
+        "print(xla_flags.apply_defaults(devices=3))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out.split() == ["--xla_cpu_experimental_ynn_fusion_type=",
+                           "--xla_force_host_platform_device_count=3"]
+    env.pop("XLA_FLAGS")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert "--xla_cpu_experimental_ynn_fusion_type=individual_dot" in out.split()

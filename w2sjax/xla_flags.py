@@ -1,0 +1,38 @@
+"""XLA flags that the applications (the ``w2sjax`` command, the benchmarks) choose on CPU.
+
+Flags only take effect before JAX initialises, and they are process-wide, so the
+library never sets them on import: downstream code that imports ``w2sjax.losses``
+keeps its own. A flag already present in the user's ``XLA_FLAGS`` always wins.
+
+The choices, measured in ``benchmarks/RESULTS.md``:
+  * YNNPACK only for individual dots (``individual_dot``). JAX 0.10's default also
+    hands element-wise and reduce fusions to YNNPACK, which was slower on BERT
+    graphs; turning YNNPACK off entirely loses its AMX kernels for bfloat16 dots
+    (about 4x faster than float32 there).
+  * One host device per core (up to 8), so a batch sharded over the data axis keeps
+    every core busy.
+"""
+
+from __future__ import annotations
+
+import os
+
+YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
+DEVICE_FLAG = "xla_force_host_platform_device_count"
+
+
+def apply_defaults(*, ynn: str | None = "individual_dot", devices: int | None = None) -> str:
+    """Add the defaults to ``XLA_FLAGS`` (those the user has not set); return the result.
+
+    ``ynn=None`` leaves XLA's own YNNPACK default; ``""`` turns YNNPACK off.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = []
+    if ynn is not None and YNN_FLAG not in flags:
+        extra.append(f"--{YNN_FLAG}={ynn}")
+    if DEVICE_FLAG not in flags:
+        n = devices if devices is not None else max(1, min(os.cpu_count() or 1, 8))
+        extra.append(f"--{DEVICE_FLAG}={n}")
+    if extra:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+    return os.environ.get("XLA_FLAGS", "")
