@@ -63,3 +63,24 @@ def test_bad_mesh_is_a_config_error(tmp_path):
         experiment.run(digits_config(parallel=ParallelConfig(data=3, fsdp=1)), tmp_path, progress=False)
     assert not (tmp_path / "checkpoints").exists()
     np.testing.assert_equal(list(tmp_path.iterdir()), [])
+
+
+def test_standardize_features_uses_whole_training_split_statistics():
+    """Probe inputs are (features - mean) / std with the statistics of all training rows, for any
+    rows of either split; the raw features come from the same cache."""
+    from w2sjax.data import load_task
+
+    task = load_task("fine_foods")  # the shared cache: GloVe features are keyed by content
+    base = dict(data=DataConfig(task="fine_foods"), weak_models=("glove-bow",), strong_models=("glove-bow",))
+    raw = experiment.Inputs(task, Config(**base), progress=False).get("glove-bow", "weak").inputs
+    std = experiment.Inputs(task, Config(**base, standardize_features=True), progress=False)
+    std = std.get("glove-bow", "weak").inputs
+    every = raw("train", np.arange(len(task.train["label"]))).astype(np.float64)
+    mean, sd = every.mean(0), every.std(0)
+    rows = np.array([5, 17, 999])
+    for split in ("train", "test"):
+        want = (raw(split, rows) - mean) / sd
+        np.testing.assert_allclose(std(split, rows), want, rtol=1e-4, atol=1e-4)
+    whole = std("train", np.arange(len(task.train["label"])))
+    np.testing.assert_allclose(whole.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(whole.std(0), 1.0, atol=1e-3)

@@ -77,6 +77,9 @@ class Config:
     # matmul operands of the pretrained text backbones (features and finetuning): "float32", or
     # "bfloat16" with float32 accumulation (matrix units: AMX CPUs, GPUs, TPUs; benchmarks/RESULTS.md)
     precision: str = "float32"
+    # probes on frozen features see each feature dimension standardised with the mean and std of
+    # the task's whole training split (label-free); helps backbones with outlier dimensions (LLMs)
+    standardize_features: bool = False
     bootstrap: tuple[str, ...] = ()  # chains such as "glove-bow>minilm-l2>minilm-l6", each supervising the next
     weak_train: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=1e-2)
     # Strong students and ceilings. Defaults suit a linear probe on frozen features (measured on

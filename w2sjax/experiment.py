@@ -136,10 +136,19 @@ class Inputs:
             featurizer = spec.featurizer.fit(task.train)
             root = assets.cache_dir() / "features"
 
-            def inputs(split, rows):
+            def raw(split, rows):
                 feats = features.cached_features(featurizer, task.source or task.name, split, self._split(split, rows),
                                                  cache_dir=root)
                 return np.asarray(feats, np.float32)
+
+            inputs = raw
+            if self.config.standardize_features:
+                # Statistics of the whole training split, not of the rows a stage asks for, so
+                # every seed, stage and resumed run sees the same transform.
+                train = raw("train", np.arange(len(task.train["label"])))
+                mean, std = train.mean(0), train.std(0)
+                scale = np.where(std > 0, 1.0 / np.maximum(std, 1e-12), 1.0).astype(np.float32)
+                inputs = lambda split, rows: (raw(split, rows) - mean) * scale
 
             in_shape = tuple(inputs("train", np.arange(1)).shape[1:])
         return ModelInputs(
