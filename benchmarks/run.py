@@ -129,11 +129,13 @@ def jax_embed(path, sz, peak, repeats, dtype="float32"):
     rng = np.random.default_rng(0)
     ids = put(rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32))
     mask = put(np.ones((b, t), np.int32))
-    run = lambda: embed._embed(graphdef, state, ids, mask, normalize=False).block_until_ready()
+    # The library's path: row blocks of ~embed.BLOCK_TOKENS tokens (as BertFeaturizer runs it).
+    blocks = embed.row_blocks(b, t, embed._local_devices_for_batch())
+    run = lambda: embed._embed(graphdef, state, ids, mask, normalize=False, blocks=blocks).block_until_ready()
     s = timed(run, repeats)
     f = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
     return record("embed", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
-                  batch=b, seq=t, devices=jax.device_count())
+                  batch=b, seq=t, devices=jax.device_count(), row_blocks=blocks)
 
 
 def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):

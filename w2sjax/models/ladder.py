@@ -47,18 +47,24 @@ def _load_llama(path: str, dtype_name: str):
     return llama.load_smollm2(path, dtype=jnp.dtype(dtype_name))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "normalize"))
-def _mean_features(graphdef, state, input_ids, attention_mask, *, normalize):
-    return nnx.merge(graphdef, state).embed(input_ids, attention_mask, normalize=normalize)
+@functools.partial(jax.jit, static_argnames=("graphdef", "normalize", "blocks"))
+def _mean_features(graphdef, state, input_ids, attention_mask, *, normalize, blocks=1):
+    def pooled(ids, mask):
+        return nnx.merge(graphdef, state).embed(ids, mask, normalize=normalize)
+
+    return embed.map_row_blocks(pooled, blocks, input_ids, attention_mask)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _last_features(graphdef, state, input_ids, attention_mask):
+@functools.partial(jax.jit, static_argnames=("graphdef", "blocks"))
+def _last_features(graphdef, state, input_ids, attention_mask, *, blocks=1):
     from w2sjax.models import llama
 
-    hidden = nnx.merge(graphdef, state)(input_ids, attention_mask)
-    idx = llama.last_token_index(attention_mask)
-    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    def last(ids, mask):
+        hidden = nnx.merge(graphdef, state)(ids, mask)
+        idx = llama.last_token_index(mask)
+        return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+    return embed.map_row_blocks(last, blocks, input_ids, attention_mask)
 
 
 class _BucketedFeaturizer:
@@ -121,7 +127,8 @@ class _BucketedFeaturizer:
                 # Fixed rows per bucket -> one compile per bucket; the filler rows are dropped.
                 input_ids = embed._pad_rows(input_ids, batch_rows, tokenizer.pad_id)
                 mask = embed._pad_rows(mask, batch_rows, 0)
-                feats = self._run(graphdef, state, put(input_ids), put(mask))
+                blocks = embed.row_blocks(batch_rows, length, embed._local_devices_for_batch())
+                feats = self._run(graphdef, state, put(input_ids), put(mask), blocks)
                 out[rows] = np.asarray(feats)[: len(rows)]
                 bar.update(len(rows))
         return out
@@ -150,8 +157,8 @@ class MPNetFeaturizer(_BucketedFeaturizer):
     def _max_positions(self, module) -> int:
         return module.config.max_len
 
-    def _run(self, graphdef, state, input_ids, mask):
-        return _mean_features(graphdef, state, input_ids, mask, normalize=self.normalize)
+    def _run(self, graphdef, state, input_ids, mask, blocks=1):
+        return _mean_features(graphdef, state, input_ids, mask, normalize=self.normalize, blocks=blocks)
 
 
 class DecoderFeaturizer(_BucketedFeaturizer):
@@ -171,8 +178,8 @@ class DecoderFeaturizer(_BucketedFeaturizer):
     def _max_positions(self, module) -> int:
         return module.config.max_position_embeddings
 
-    def _run(self, graphdef, state, input_ids, mask):
-        return _last_features(graphdef, state, input_ids, mask)
+    def _run(self, graphdef, state, input_ids, mask, blocks=1):
+        return _last_features(graphdef, state, input_ids, mask, blocks=blocks)
 
 
 # ---------------------------------------------------------------- specs
