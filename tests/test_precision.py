@@ -107,3 +107,20 @@ def test_xla_flag_defaults_respect_the_users_choice():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert "--xla_cpu_experimental_ynn_fusion_type=individual_dot" in out.split()
+
+
+def test_compilation_cache_persists_programs_unless_the_user_chose_a_dir(tmp_path):
+    code = (
+        "import sys, jax, jax.numpy as jnp\n"
+        "from w2sjax import xla_flags\n"
+        "print(xla_flags.enable_compilation_cache(sys.argv[1]))\n"
+        "jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(8)).block_until_ready()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "xla")], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "True" and any((tmp_path / "xla").iterdir())
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False" and not (tmp_path / "other").exists()

@@ -4,8 +4,9 @@
     w2sjax report DIR
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
-keeps YNNPACK for dots only and splits the host into one device per core (`w2sjax.xla_flags`,
-measured in ``benchmarks/RESULTS.md``). A user's own ``XLA_FLAGS`` win.
+keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
+programs in ``~/.cache/w2sjax/xla`` (`w2sjax.xla_flags`, measured in ``benchmarks/RESULTS.md``).
+A user's own ``XLA_FLAGS`` and ``JAX_COMPILATION_CACHE_DIR`` win.
 Bad input (config, key, value, task, model, path) prints one line on stderr and exits 2.
 """
 
@@ -23,6 +24,12 @@ def _default_xla_flags() -> None:
     from w2sjax import xla_flags
 
     xla_flags.apply_defaults()
+
+
+def _compilation_cache() -> None:
+    from w2sjax import assets, xla_flags
+
+    xla_flags.enable_compilation_cache(assets.cache_dir() / "xla")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
     _default_xla_flags()
+    _compilation_cache()
     return _run(args)
 
 

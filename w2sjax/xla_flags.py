@@ -11,6 +11,9 @@ The choices, measured in ``benchmarks/RESULTS.md``:
     (about 4x faster than float32 there).
   * One host device per core (up to 8), so a batch sharded over the data axis keeps
     every core busy.
+
+`enable_compilation_cache` is the application's other default: a persistent cache of
+compiled programs, so a rerun, or a preempted job resuming, skips XLA compiles.
 """
 
 from __future__ import annotations
@@ -36,3 +39,19 @@ def apply_defaults(*, ynn: str | None = "individual_dot", devices: int | None = 
     if extra:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
     return os.environ.get("XLA_FLAGS", "")
+
+
+def enable_compilation_cache(path, *, min_compile_secs: float = 0.0) -> bool:
+    """Persist compiled XLA programs under ``path`` (unless ``JAX_COMPILATION_CACHE_DIR`` is set).
+
+    JAX's default threshold only keeps programs that took a second to compile, and on CPU none
+    of the probe or step programs do. Keeping all of them (under 1 MB for the default experiment)
+    makes it rerun in 9.5 s instead of 12.4 s. Returns whether this call turned the cache on.
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return False
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    return True
