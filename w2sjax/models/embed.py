@@ -177,25 +177,40 @@ class BertFeaturizer:
             raise ValueError(f"max_len={self.max_len} exceeds the model's "
                              f"{encoder.config.max_position_embeddings} positions")
         graphdef, state = nnx.split(encoder)
-        ids = tokenizer.token_ids(texts, self.max_len)
-        out = np.zeros((len(ids), encoder.config.hidden_size), np.float32)
-        lengths = np.array([len(r) for r in ids])
-        buckets = fit_buckets(lengths, self.max_len, len(bucket_lengths(self.max_len)))
-        plan = _plan(lengths, buckets, self.tokens_per_batch)
         put, state = _placement(state)
-        with tqdm(total=len(ids), desc=f"embed {self.name}", unit="ex",
-                  disable=not self.progress, leave=False) as bar:
-            for rows, length, batch_rows in plan:
-                input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
-                # Pad the batch with empty rows so every batch of a bucket has
-                # one shape (one compile); their outputs are dropped.
-                input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
-                mask = _pad_rows(mask, batch_rows, 0)
-                pooled = _embed(graphdef, state, put(input_ids), put(mask), normalize=self.normalize,
-                                blocks=row_blocks(batch_rows, length, _local_devices_for_batch()))
-                out[rows] = np.asarray(pooled)[: len(rows)]
-                bar.update(len(rows))
-        return out
+
+        def run(input_ids, mask, blocks):
+            return _embed(graphdef, state, put(input_ids), put(mask), normalize=self.normalize,
+                          blocks=blocks)
+
+        return embed_in_buckets(tokenizer.token_ids(texts, self.max_len), tokenizer, run,
+                                width=encoder.config.hidden_size, max_len=self.max_len,
+                                tokens_per_batch=self.tokens_per_batch, desc=f"embed {self.name}",
+                                progress=self.progress)
+
+
+def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int, max_len: int,
+                     tokens_per_batch: int, desc: str = "embed", progress: bool = True) -> np.ndarray:
+    """Features of token lists ``ids`` as float32 ``[N, width]``, in input order.
+
+    Texts are grouped into fitted length buckets (`fit_buckets`), each bucket's batches padded
+    to one shape (one compile per bucket; filler rows are dropped), and every batch is passed
+    to ``run(input_ids, mask, blocks)`` with its `row_blocks` count. ``tokenizer`` supplies
+    ``pad(ids, length)`` and ``pad_id``. Every featurizer of a text backbone uses this loop.
+    """
+    out = np.zeros((len(ids), width), np.float32)
+    lengths = np.array([len(r) for r in ids], dtype=np.int64)
+    buckets = fit_buckets(lengths, max_len, len(bucket_lengths(max_len)))
+    ndev = _local_devices_for_batch()
+    with tqdm(total=len(ids), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+        for rows, length, batch_rows in _plan(lengths, buckets, tokens_per_batch):
+            input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
+            input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
+            mask = _pad_rows(mask, batch_rows, 0)
+            feats = run(input_ids, mask, row_blocks(batch_rows, length, ndev))
+            out[rows] = np.asarray(feats)[: len(rows)]
+            bar.update(len(rows))
+    return out
 
 
 def _plan(lengths: np.ndarray, buckets: list[int], tokens_per_batch: int):

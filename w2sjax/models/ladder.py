@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from w2sjax.models import embed
 
@@ -115,23 +114,15 @@ class _BucketedFeaturizer:
             raise ValueError(f"max_len={self.max_len} exceeds {self.name}'s "
                              f"{self._max_positions(module)} positions")
         graphdef, state = nnx.split(module)
-        ids = tokenizer.token_ids(texts, self.max_len)
-        out = np.zeros((len(ids), module.config.hidden_size), np.float32)
-        plan = embed._plan(np.array([len(r) for r in ids], dtype=np.int64),
-                           embed.bucket_lengths(self.max_len), self.tokens_per_batch)
         put, state = embed._placement(state)
-        with tqdm(total=len(ids), desc=f"embed {self.name}", unit="ex",
-                  disable=not self.progress, leave=False) as bar:
-            for rows, length, batch_rows in plan:
-                input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
-                # Fixed rows per bucket -> one compile per bucket; the filler rows are dropped.
-                input_ids = embed._pad_rows(input_ids, batch_rows, tokenizer.pad_id)
-                mask = embed._pad_rows(mask, batch_rows, 0)
-                blocks = embed.row_blocks(batch_rows, length, embed._local_devices_for_batch())
-                feats = self._run(graphdef, state, put(input_ids), put(mask), blocks)
-                out[rows] = np.asarray(feats)[: len(rows)]
-                bar.update(len(rows))
-        return out
+
+        def run(input_ids, mask, blocks):
+            return self._run(graphdef, state, put(input_ids), put(mask), blocks)
+
+        return embed.embed_in_buckets(tokenizer.token_ids(texts, self.max_len), tokenizer, run,
+                                      width=module.config.hidden_size, max_len=self.max_len,
+                                      tokens_per_batch=self.tokens_per_batch,
+                                      desc=f"embed {self.name}", progress=self.progress)
 
 
 class MPNetFeaturizer(_BucketedFeaturizer):
