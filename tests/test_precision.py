@@ -124,3 +124,18 @@ def test_compilation_cache_persists_programs_unless_the_user_chose_a_dir(tmp_pat
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False" and not (tmp_path / "other").exists()
+
+
+def _param_dtypes(module):
+    return {leaf.dtype for leaf in jax.tree.leaves(nnx.state(module, nnx.Param))}
+
+
+@pytest.mark.parametrize("name", ["minilm-l2", pytest.param("mpnet-base", marks=pytest.mark.slow)])
+def test_bf16_finetune_models_keep_float32_master_weights(name):
+    from w2sjax.models import get_model
+
+    model = get_model(name).finetune(2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    assert _param_dtypes(model) == {jnp.dtype(jnp.float32)}
+    ids = jnp.full((2, 8), 1000, jnp.int32)
+    logits = model({"input_ids": ids, "attention_mask": jnp.ones((2, 8), jnp.int32)})
+    assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())

@@ -188,7 +188,8 @@ def mpnet_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool 
 
     def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
-        encoder = mpnet.load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype)
+        # float32 master weights whatever the compute dtype: AdamW updates are lost in bf16.
+        encoder = mpnet.load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
         return mpnet.MPNetClassifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     def tokenize(split) -> dict:
