@@ -47,6 +47,8 @@ def test_overrides_parse_by_declared_type():
         ("train.lr", r"expected key=value"),
         ("losses=mse", r"losses: unknown loss 'mse'"),
         ("strong_mode=full", r"strong_mode: expected 'probe' or 'finetune'"),
+        ("precision=fp16", r"precision: expected 'float32' or 'bfloat16', got 'fp16'"),
+        ("standardize_features=sometimes", r"expected true or false"),
         ("train.trainable=bias", r"train.trainable"),
         ("train.batch_size=0", r"train.batch_size: expected a positive integer"),
     ],
