@@ -176,6 +176,15 @@ class DecoderFeaturizer(_BucketedFeaturizer):
 # ---------------------------------------------------------------- specs
 
 
+def _tokenizer_of(featurizer):
+    """``tokenize(split) -> {"input_ids", "attention_mask"}`` with the featurizer's tokenizer and length."""
+    def tokenize(split) -> dict:
+        ids, mask = featurizer.load()[1].encode(split["text"], featurizer.max_len)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return tokenize
+
+
 def mpnet_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool = False,
                tokens_per_batch: int = 8192, dtype: str = "float32", path=None,
                progress: bool = True):
@@ -192,13 +201,10 @@ def mpnet_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool 
         encoder = mpnet.load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
         return mpnet.MPNetClassifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
-    def tokenize(split) -> dict:
-        ids, mask = featurizer.load()[1].encode(split["text"], max_len)
-        return {"input_ids": ids, "attention_mask": mask}
-
     return ModelSpec(name=name, modalities=("text",),
                      num_params=mpnet.count_mpnet_params(mpnet.MPNetConfig()),
-                     featurizer=featurizer, head="linear", finetune=finetune, tokenize=tokenize)
+                     featurizer=featurizer, head="linear", finetune=finetune,
+                     tokenize=_tokenizer_of(featurizer))
 
 
 def smollm2_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_batch: int = 8192,
@@ -216,10 +222,7 @@ def smollm2_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_b
     featurizer = DecoderFeaturizer(name, path=path, max_len=max_len,
                                    tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def tokenize(split) -> dict:
-        ids, mask = featurizer.load()[1].encode(split["text"], max_len)
-        return {"input_ids": ids, "attention_mask": mask}
-
     return ModelSpec(name=name, modalities=("text",),
                      num_params=llama.count_llama_params(llama.LlamaConfig()),
-                     featurizer=featurizer, head="linear", finetune=None, tokenize=tokenize)
+                     featurizer=featurizer, head="linear", finetune=None,
+                     tokenize=_tokenizer_of(featurizer))
