@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from w2sjax.models import bert
 
-__all__ = ["BertFeaturizer", "bucket_lengths", "fit_buckets", "minilm_dir"]
+__all__ = ["BertFeaturizer", "BucketedFeaturizer", "bucket_lengths", "fit_buckets", "minilm_dir"]
 
 _FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
 
@@ -121,7 +121,69 @@ def fit_buckets(lengths: np.ndarray, max_len: int, k: int, step: int = 16) -> li
 
 
 
-class BertFeaturizer:
+class BucketedFeaturizer:
+    """A frozen text backbone as a featurizer: float32 ``[N, hidden]`` per split, in input order.
+
+    Tokenises once and runs `embed_in_buckets`. ``key`` (the feature-cache key) is
+    ``name-pooling-len<max_len>[-extras][-dtype]-v<version>``. Subclasses set ``pooling`` and
+    ``asset`` (fetched when ``path`` is None) and implement `load` -> (module, tokenizer),
+    `_max_positions(module)` and `_run(graphdef, state, input_ids, mask, blocks)`;
+    `_key_parts` adds settings that change the features.
+    """
+
+    pooling = ""
+    asset = ""
+
+    def __init__(self, name: str, *, path: str | Path | None = None, max_len: int = 128,
+                 tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
+        self.name = name
+        self.path = path
+        self.max_len = int(max_len)
+        self.tokens_per_batch = int(tokens_per_batch)
+        self.dtype = jnp.dtype(dtype).name
+        self.progress = progress
+
+    def _key_parts(self) -> list[str]:
+        return [self.name, self.pooling, f"len{self.max_len}"]
+
+    @property
+    def key(self) -> str:
+        """Cache key: changes whenever the features would change (not with batch size)."""
+        parts = self._key_parts()
+        if self.dtype != "float32":
+            parts.append(self.dtype)
+        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
+
+    def fit(self, split):
+        """Frozen: nothing to fit."""
+        return self
+
+    def checkpoint(self) -> Path:
+        from w2sjax import assets
+
+        return Path(self.path) if self.path is not None else assets.fetch(self.asset)
+
+    def __call__(self, split) -> np.ndarray:
+        return self.embed_texts(split["text"])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        module, tokenizer = self.load()
+        if self.max_len > self._max_positions(module):
+            raise ValueError(f"max_len={self.max_len} exceeds {self.name}'s "
+                             f"{self._max_positions(module)} positions")
+        graphdef, state = nnx.split(module)
+        put, state = _placement(state)
+
+        def run(input_ids, mask, blocks):
+            return self._run(graphdef, state, put(input_ids), put(mask), blocks)
+
+        return embed_in_buckets(tokenizer.token_ids(texts, self.max_len), tokenizer, run,
+                                width=module.config.hidden_size, max_len=self.max_len,
+                                tokens_per_batch=self.tokens_per_batch, desc=f"embed {self.name}",
+                                progress=self.progress)
+
+
+class BertFeaturizer(BucketedFeaturizer):
     """Mean-pooled embeddings of ``split["text"]`` from a frozen BERT.
 
     Args:
@@ -137,56 +199,27 @@ class BertFeaturizer:
     Calling it on a split returns float32 ``[N, hidden]`` in input order.
     """
 
-    def __init__(self, name: str, *, path: str | Path | None = None,
-                 num_layers: int | None = None, max_len: int = 256, normalize: bool = False,
-                 tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
-        self.name = name
-        self.path = path
+    pooling = "mean"
+    asset = "minilm-l6-v2"
+
+    def __init__(self, name: str, *, num_layers: int | None = None, max_len: int = 256,
+                 normalize: bool = False, **kw):
+        super().__init__(name, max_len=max_len, **kw)
         self.num_layers = num_layers
-        self.max_len = int(max_len)
         self.normalize = normalize
-        self.tokens_per_batch = int(tokens_per_batch)
-        self.dtype = jnp.dtype(dtype).name
-        self.progress = progress
 
-    @property
-    def key(self) -> str:
-        """Cache key: changes whenever the features would change."""
-        parts = [self.name, "mean", f"len{self.max_len}"]
-        if self.normalize:
-            parts.append("l2")
-        if self.dtype != "float32":
-            parts.append(self.dtype)
-        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
-
-    def fit(self, split) -> "BertFeaturizer":
-        """Frozen: nothing to fit."""
-        return self
+    def _key_parts(self) -> list[str]:
+        return super()._key_parts() + (["l2"] if self.normalize else [])
 
     def load(self):
         """(encoder, tokenizer), loaded once per process."""
-        path = Path(self.path) if self.path is not None else minilm_dir()
-        return _load(str(path), self.num_layers, self.dtype)
+        return _load(str(self.checkpoint()), self.num_layers, self.dtype)
 
-    def __call__(self, split) -> np.ndarray:
-        return self.embed_texts(split["text"])
+    def _max_positions(self, module) -> int:
+        return module.config.max_position_embeddings
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        encoder, tokenizer = self.load()
-        if self.max_len > encoder.config.max_position_embeddings:
-            raise ValueError(f"max_len={self.max_len} exceeds the model's "
-                             f"{encoder.config.max_position_embeddings} positions")
-        graphdef, state = nnx.split(encoder)
-        put, state = _placement(state)
-
-        def run(input_ids, mask, blocks):
-            return _embed(graphdef, state, put(input_ids), put(mask), normalize=self.normalize,
-                          blocks=blocks)
-
-        return embed_in_buckets(tokenizer.token_ids(texts, self.max_len), tokenizer, run,
-                                width=encoder.config.hidden_size, max_len=self.max_len,
-                                tokens_per_batch=self.tokens_per_batch, desc=f"embed {self.name}",
-                                progress=self.progress)
+    def _run(self, graphdef, state, input_ids, mask, blocks=1):
+        return _embed(graphdef, state, input_ids, mask, normalize=self.normalize, blocks=blocks)
 
 
 def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int, max_len: int,

@@ -16,19 +16,14 @@ first featurizer call: weights load once per process.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from w2sjax.models import embed
 
 __all__ = ["DecoderFeaturizer", "MPNetFeaturizer", "mpnet_spec", "smollm2_spec"]
-
-_FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
 
 
 @functools.lru_cache(maxsize=4)
@@ -66,66 +61,7 @@ def _last_features(graphdef, state, input_ids, attention_mask, *, blocks=1):
     return embed.map_row_blocks(last, blocks, input_ids, attention_mask)
 
 
-class _BucketedFeaturizer:
-    """Shared driver: tokenise, plan length buckets, run the jitted pooling, keep input order.
-
-    Subclasses set ``pooling`` (named in `key`), ``asset`` and implement
-    `load` -> (module, tokenizer), `_max_positions` and `_run`.
-    """
-
-    pooling = ""
-    asset = ""
-
-    def __init__(self, name: str, *, path: str | Path | None = None, max_len: int = 128,
-                 tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
-        self.name = name
-        self.path = path
-        self.max_len = int(max_len)
-        self.tokens_per_batch = int(tokens_per_batch)
-        self.dtype = jnp.dtype(dtype).name
-        self.progress = progress
-
-    def _key_parts(self) -> list[str]:
-        return [self.name, self.pooling, f"len{self.max_len}"]
-
-    @property
-    def key(self) -> str:
-        """Cache key: changes whenever the features would change (not with batch size)."""
-        parts = self._key_parts()
-        if self.dtype != "float32":
-            parts.append(self.dtype)
-        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
-
-    def fit(self, split):
-        """Frozen: nothing to fit."""
-        return self
-
-    def checkpoint(self) -> Path:
-        from w2sjax import assets
-
-        return Path(self.path) if self.path is not None else assets.fetch(self.asset)
-
-    def __call__(self, split) -> np.ndarray:
-        return self.embed_texts(split["text"])
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        module, tokenizer = self.load()
-        if self.max_len > self._max_positions(module):
-            raise ValueError(f"max_len={self.max_len} exceeds {self.name}'s "
-                             f"{self._max_positions(module)} positions")
-        graphdef, state = nnx.split(module)
-        put, state = embed._placement(state)
-
-        def run(input_ids, mask, blocks):
-            return self._run(graphdef, state, put(input_ids), put(mask), blocks)
-
-        return embed.embed_in_buckets(tokenizer.token_ids(texts, self.max_len), tokenizer, run,
-                                      width=module.config.hidden_size, max_len=self.max_len,
-                                      tokens_per_batch=self.tokens_per_batch,
-                                      desc=f"embed {self.name}", progress=self.progress)
-
-
-class MPNetFeaturizer(_BucketedFeaturizer):
+class MPNetFeaturizer(embed.BucketedFeaturizer):
     """Mean-pooled last hidden state of all-mpnet-base-v2: float32 ``[N, 768]``.
 
     ``normalize`` L2-normalises, as sentence-transformers does; off by
@@ -152,7 +88,7 @@ class MPNetFeaturizer(_BucketedFeaturizer):
         return _mean_features(graphdef, state, input_ids, mask, normalize=self.normalize, blocks=blocks)
 
 
-class DecoderFeaturizer(_BucketedFeaturizer):
+class DecoderFeaturizer(embed.BucketedFeaturizer):
     """Final hidden state of the last real token of SmolLM2-135M: float32 ``[N, 576]``.
 
     In a causal model only that token has read the whole text. Right padding

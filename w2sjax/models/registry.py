@@ -94,13 +94,10 @@ def _minilm(num_layers: int, *, max_len: int = 256, normalize: bool = False,
         name, path=path, num_layers=num_layers, max_len=max_len, normalize=normalize,
         tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def checkpoint():
-        return featurizer.path if featurizer.path is not None else embed.minilm_dir()
-
     def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
         # A fresh copy of the weights: finetuning must not touch the frozen
         # encoder the featurizer shares.
-        encoder = bert.load_bert(checkpoint(), num_layers=num_layers, dtype=dtype)
+        encoder = bert.load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype)
         return bert.BertClassifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     def tokenize(split) -> dict:
