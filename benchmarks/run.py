@@ -201,7 +201,8 @@ def _count_compiles(counts: dict, key: str, fn):
 
 
 def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
-    """The ``finetune`` (fixed shape) and ``finetune_lengths`` (real reviews) cases of one backbone.
+    """The ``finetune`` (fixed shape) and ``finetune_lengths`` (real reviews) cases of one backbone,
+    yielding each case's records as soon as it is done.
 
     Both reuse one set of sides' models: loading (above all the decoder's GGUF into transformers)
     costs more than a timed round.
@@ -214,7 +215,6 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
     modules = {_impl("jax", d): ft.jax_module(model, path, d, layers) for d in args.precision}
     shared = ft.TorchFinetune.shared(model, path, layers) if with_torch else None
     extra = {"model": model, "batch": b}
-    out = []
 
     def run(case, jax_batches, torch_batches, examples, flops, **more):
         sides = {impl: ft.JaxFinetune(m, jax_batches) for impl, m in modules.items()}
@@ -232,20 +232,19 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
 
     if "finetune" in args.cases:
         batches = ft.fixed_batches(shape.vocab, tok.pad_id, count=1, b=b, t=t)
-        out += run("finetune", batches, batches, b, shape.train_flops(t), seq=t)
+        yield from run("finetune", batches, batches, b, shape.train_flops(t), seq=t)
     if "finetune_lengths" in args.cases and texts is not None:
         ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
         jax_batches = ft.padded_to(tok, ids, t, b=b)
         torch_batches = ft.padded_to_longest(tok, ids, b=b)
         useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
-        out += run("finetune_lengths", jax_batches, torch_batches, len(ids), useful, max_len=t,
+        yield from run("finetune_lengths", jax_batches, torch_batches, len(ids), useful, max_len=t,
                    task="fine_foods", real_tokens=int(sum(len(r) for r in ids)),
                    padded_tokens_jax=ft.padded_tokens(jax_batches),
                    padded_tokens_torch=ft.padded_tokens(torch_batches),
                    note="gflops count real tokens only")
     del modules, shared
     gc.collect()
-    return out
 
 
 # ---------------------------------------------------------------- linear-probe sweep
