@@ -211,7 +211,6 @@ class Runner:
 
         started = time.perf_counter()
         mi = self.inputs.get(model, role)
-        cfg = dataclasses.replace(cfg, trainable=mi.trainable)
         data = train.ArrayData(
             mi.inputs("train", rows), labels.astype(np.float32), None if weights is None else np.asarray(weights, np.float32)
         )
@@ -225,6 +224,7 @@ class Runner:
             loss=loss,
             mesh=self.mesh,
             seed=seed,
+            trainable=mi.trainable,
             val=val,
             stage=name,
             ckpt=_OrbaxStage(self.ckpt_dir, name),
