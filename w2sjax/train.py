@@ -19,7 +19,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.struct
 import jax
