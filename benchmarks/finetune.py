@@ -162,12 +162,13 @@ class JaxFinetune:
         self.train, self.jax = train, jax
         b = batches[0][0].shape[0]
         cfg = train.TrainConfig(batch_size=b, lr=lr)
-        tx = train.make_optimizer(cfg, 1000)
+        tx = train.make_optimizer()
         self.mesh = parallel.make_mesh()
-        model, state = train.init_state(module, cfg, tx)
+        model, state = train.init_state(module, "all", tx)
         shardings = train.state_shardings(self.mesh, state)
         self.state = train.place(state, shardings)
-        step_fn = train.make_train_step(model, tx, train.make_loss("xent", cfg), 1000)
+        self.settings = train.place(train.step_settings(cfg, 1000, "xent"), parallel.replicated(self.mesh))
+        step_fn = train.make_train_step(model, tx)
         self.traces = 0
 
         def counted(*a):
@@ -184,7 +185,7 @@ class JaxFinetune:
 
     def __call__(self):
         for batch in self.batches:
-            self.state, m = self.step(self.state, self.train.to_global(self.mesh, batch), self.rng)
+            self.state, m = self.step(self.state, self.train.to_global(self.mesh, batch), self.rng, self.settings)
             self.steps += 1
         self.jax.block_until_ready(m)
 
