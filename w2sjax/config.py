@@ -38,6 +38,7 @@ class TrainConfig:
     patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
     checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
+    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length); false pads every batch to max_len
 
     def __post_init__(self):
         if self.batch_size <= 0:

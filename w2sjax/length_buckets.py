@@ -2,7 +2,7 @@
 
 Tokenised texts arrive padded to ``max_len``, but short texts (reviews, tweets, sentences) are
 mostly padding, and a transformer pays for every padded token. Here each batch is cut to the
-shortest of a small fixed set of lengths (`embed.bucket_lengths`: 16, 32, 64, ..., max_len) that
+shortest of a small fixed set of lengths (`bucket_lengths`: 16, 32, 64, ..., max_len) that
 holds its longest row, so a stage compiles at most one program per bucket length.
 
 The order, per epoch ``e`` of a stage with seed ``s`` and batch size ``B``:
@@ -27,7 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from w2sjax.models.embed import bucket_lengths
+
+def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
+    """Padded lengths used for batching: powers of two below ``max_len``, then it."""
+    out, n = [], smallest
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
 
 __all__ = ["BucketedOrder", "bucket_lengths", "epoch_plan", "token_lengths", "trim"]
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from w2sjax.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 from w2sjax.models import bert
 
 __all__ = ["BertFeaturizer", "BucketedFeaturizer", "bucket_lengths", "fit_buckets", "minilm_dir"]
@@ -72,15 +73,6 @@ def _embed(graphdef, state, input_ids, attention_mask, *, normalize, blocks=1):
         return bert.mean_pool(hidden, mask, normalize=normalize)
 
     return map_row_blocks(pooled, blocks, input_ids, attention_mask)
-
-
-def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
-    """Padded lengths used for batching: powers of two below ``max_len``, then it."""
-    out, n = [], smallest
-    while n < max_len:
-        out.append(n)
-        n *= 2
-    return out + [max_len]
 
 
 def fit_buckets(lengths: np.ndarray, max_len: int, k: int, step: int = 16) -> list[int]:
