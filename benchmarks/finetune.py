@@ -10,9 +10,10 @@ plus a linear head, cross-entropy and AdamW over every parameter. Two kinds of b
 
 * ``fixed``: 32 x 128 token batches (row lengths drawn from [64, 128]; the shape never changes).
 * ``lengths``: 32-row batches of real fine_foods reviews, tokenised by the model's tokenizer at
-  max_len 128. Each side pads the way it does in practice: JAX as `train.fit` batches (today:
-  every batch padded to max_len, one compiled shape), PyTorch as transformers' default collator
-  does (each batch padded to its own longest row). One timed call runs all the batches.
+  max_len 128. Each side batches the way it does in practice: JAX as `train.fit` does (length
+  buckets of 16/32/64/128 tokens, `w2sjax.length_buckets`), PyTorch as transformers' default
+  collator does (random batches, each padded to its own longest row). One timed call runs all
+  the batches.
 
 Both sides get identical token ids. PyTorch runs plain float32 and under CPU bf16 autocast, sharing
 one model and optimizer (autocast is only a context); JAX runs float32 and bfloat16 matmuls with
@@ -121,6 +122,16 @@ def padded_to_longest(tokenizer, ids, b: int = BATCH):
 def padded_to(tokenizer, ids, length: int, b: int = BATCH):
     """Consecutive ``b``-row batches, all padded to ``length`` (`train.fit` without buckets)."""
     return [tokenizer.pad(ids[s:s + b], length) for s in range(0, len(ids) - b + 1, b)]
+
+
+def bucketed(tokenizer, ids, max_len: int, b: int = BATCH, seed: int = 0):
+    """``b``-row batches in `train.fit`'s length-bucketed order (`w2sjax.length_buckets`), one epoch."""
+    from w2sjax import length_buckets
+
+    lengths = np.array([len(r) for r in ids])
+    plan = length_buckets.epoch_plan(np.arange(len(ids)), lengths, b, tuple(length_buckets.bucket_lengths(max_len)),
+                                     seed, 0)
+    return [tokenizer.pad([ids[i] for i in idx], length) for idx, length in plan]
 
 
 def padded_tokens(batches) -> int:

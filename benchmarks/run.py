@@ -32,7 +32,7 @@ import time
 from benchmarks import finetune as ft
 from benchmarks.interleave import loadavg, run_case
 
-ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "fine_foods", "torch", "sweep")
+ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "bucketing", "fine_foods", "torch", "sweep")
 DEFAULT_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "fine_foods", "torch")
 
 
@@ -49,7 +49,7 @@ def _parse(argv):
     p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
     p.add_argument("--length-batches", type=int, default=4,
-                   help="finetune_lengths: batches of real reviews per timed call")
+                   help="finetune_lengths and bucketing: batches of real reviews per timed call")
     return p.parse_args(argv)
 
 
@@ -235,7 +235,7 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
         yield from run("finetune", batches, batches, b, shape.train_flops(t), seq=t)
     if "finetune_lengths" in args.cases and texts is not None:
         ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
-        jax_batches = ft.padded_to(tok, ids, t, b=b)
+        jax_batches = ft.bucketed(tok, ids, t, b=b)
         torch_batches = ft.padded_to_longest(tok, ids, b=b)
         useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
         yield from run("finetune_lengths", jax_batches, torch_batches, len(ids), useful, max_len=t,
@@ -245,6 +245,54 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
                    note="gflops count real tokens only")
     del modules, shared
     gc.collect()
+
+
+def bucketing_case(args, sz, texts):
+    """`train.fit` on real fine_foods reviews, one epoch, with and without length buckets, interleaved.
+
+    MiniLM-L6 in the last ``--precision``; ``--length-batches`` steps of 32 per fit. Both sides
+    train on the same examples; only the batching differs (`TrainConfig.length_buckets`).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from w2sjax import length_buckets, parallel, train
+
+    dtype, b, t = args.precision[-1], sz["ft_b"], sz["ft_t"]
+    path = ft.asset_path("minilm-l6")
+    tok = ft.tokenizer_of("minilm-l6", path)
+    ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
+    input_ids, mask = tok.pad(ids, t)
+    labels = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, len(ids))]
+    data = train.ArrayData({"input_ids": input_ids, "attention_mask": mask}, labels)
+    module = ft.jax_module("minilm-l6", path, dtype, sz["layers"])
+    mesh = parallel.make_mesh()
+    base = train.TrainConfig(epochs=1, batch_size=b, lr=1e-5, log_every=args.length_batches)
+
+    def fit(buckets: bool):
+        cfg = dataclasses.replace(base, length_buckets=buckets)
+        return lambda: train.fit(module, data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
+
+    sides = {_impl("jax", dtype) + "_padded": fit(False), _impl("jax", dtype) + "_buckets": fit(True)}
+    # Padded tokens per epoch under each batching (the same plan fit follows for seed 0, epoch 0).
+    order = length_buckets.BucketedOrder(length_buckets.token_lengths(data.inputs), b, 0, t,
+                                         lambda e: train._epoch_permutation(len(ids), 0, e))
+    steps = len(ids) // b
+    bucketed_tokens = sum(order.batch(s)[1] * b for s in range(steps))
+    shape = ft.shape_of("minilm-l6", path, sz["layers"])
+    useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
+    recs = run_case("bucketing", sides, args.repeats, examples=steps * b, flops_per_example=useful,
+                    extra={"model": "minilm-l6", "task": "fine_foods", "batch": b, "max_len": t, "steps": steps,
+                           "real_tokens": int(sum(len(r) for r in ids)), "padded_tokens_padded": steps * b * t,
+                           "padded_tokens_buckets": int(bucketed_tokens),
+                           "note": "each call is a whole fit (setup included); gflops count real tokens"})
+    pad, buck = recs[0], recs[1]
+    recs.append({"case": "bucketing", "impl": "ratio", "buckets_over_padded_min":
+                 round(buck["examples_per_s"] / pad["examples_per_s"], 3),
+                 "buckets_over_padded_median": round(buck["examples_per_s_median"] / pad["examples_per_s_median"], 3),
+                 "token_fraction": round(bucketed_tokens / (steps * b * t), 3)})
+    return recs
 
 
 # ---------------------------------------------------------------- linear-probe sweep
@@ -360,11 +408,16 @@ def main(argv=None) -> int:
             emit(rec)
         del sides
         gc.collect()
-    texts = (fine_foods_texts(sz["foods"]) if {"fine_foods", "finetune_lengths"} & set(args.cases) else None)
+    texts = (fine_foods_texts(sz["foods"]) if {"fine_foods", "finetune_lengths", "bucketing"} & set(args.cases)
+             else None)
     for model in args.models:
         if {"finetune", "finetune_lengths"} & set(args.cases):
             for rec in finetune_cases(model, args, sz, peaks, texts, with_torch):
                 emit(rec)
+    if "bucketing" in args.cases:
+        for rec in bucketing_case(args, sz, texts):
+            emit(rec)
+        gc.collect()
     if "fine_foods" in args.cases:
         sides, flops, compiles = fine_foods_sides(path, sz, texts, args.precision, max_len, with_torch)
         # No warm-up: the first round is cold (compiles, tokenising), later ones warm; times_s keeps all.

@@ -17,7 +17,7 @@ def test_quick_benchmark_schema_and_trace_counts():
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "matmul", "embed", "finetune",
-         "finetune_lengths", "fine_foods"],
+         "finetune_lengths", "bucketing", "fine_foods"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,8 +35,10 @@ def test_quick_benchmark_schema_and_trace_counts():
         assert len(r["loadavg_before"]) == 3 and len(r["loadavg_after"]) == 3
     traces = {r["for_case"]: r for r in records if r["case"] == "trace_count" and r["impl"] == "jax"}
     assert traces["finetune"]["traces"] == 1 and traces["finetune"]["ok"] and traces["finetune"]["steps"] >= 2
-    # Real lengths, padded to max_len as `fit` batches today: still one compiled shape.
-    assert traces["finetune_lengths"]["shapes"] == traces["finetune_lengths"]["traces"]
+    # Real lengths in fit's length buckets: one trace per bucket length used.
+    assert traces["finetune_lengths"]["shapes"] == traces["finetune_lengths"]["traces"] >= 1
+    ratio = by_case[("bucketing", "ratio")]
+    assert ratio["buckets_over_padded_min"] > 0 and 0 < ratio["token_fraction"] <= 1
     assert by_case[("fine_foods", "jax")]["compiles"] >= 1
 
 
