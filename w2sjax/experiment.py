@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -34,18 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import checkpoint, metrics, parallel, train
+from w2sjax import atomic, checkpoint, metrics, parallel, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
 # ---- small I/O helpers ----------------------------------------------------------------------
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
@@ -70,7 +64,9 @@ class _OrbaxStage(train.StageCheckpoint):
         return None if found is None else found[0]
 
     def restore(self, abstract_state):
-        return checkpoint.restore(self.ckpt_dir, self.stage, abstract_state)[0]
+        # A damaged newest step falls back to an older one, then to the stage's start (None).
+        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state)
+        return None if found is None else found[0]
 
     def save(self, step, state):
         checkpoint.save(self.ckpt_dir, self.stage, step, state, meta={"step": step})
@@ -203,9 +199,8 @@ class Runner:
         out_stage = f"{name}.out"
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
-        if checkpoint.is_done(self.ckpt_dir, out_stage):
-            preds, meta = checkpoint.restore(self.ckpt_dir, out_stage, target)
-            result = StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"])
+        result = self._finished(name, target)
+        if result is not None:
             self._memo[name] = result
             return result
 
@@ -239,11 +234,34 @@ class Runner:
             )
         seconds = round(time.perf_counter() - started, 3)
         checkpoint.save(
-            self.ckpt_dir, out_stage, 0, preds, meta={"seconds": seconds, "steps": fitted.steps}, final=True
+            self.ckpt_dir, out_stage, 0, preds, meta={"seconds": seconds, "steps": fitted.steps}, final=True,
+            checksum=True,
         )
         result = StageOutput(preds, seconds, fitted.steps)
         self._memo[name] = result
         return result
+
+
+    def _finished(self, name: str, target: dict) -> StageOutput | None:
+        """The saved outputs of stage ``name``; None when it has not finished, or when they fail their
+        check (the stage is then set aside, to be trained again)."""
+        try:
+            if not checkpoint.is_done(self.ckpt_dir, f"{name}.out"):
+                return None
+            preds, meta = checkpoint.restore(self.ckpt_dir, f"{name}.out", target)
+        except checkpoint.DamagedCheckpoint as exc:
+            self._set_aside(name, exc)
+            return None
+        return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"])
+
+    def _set_aside(self, name: str, exc: Exception) -> None:
+        """A finished stage whose outputs fail their check: move it (model and outputs) aside and
+        say so once; the caller then trains it again."""
+        moved = [p for p in (checkpoint.move_aside(self.ckpt_dir, s) for s in (f"{name}.out", name)) if p]
+        if parallel.is_main_process():
+            print(f"w2sjax: warning: finished stage {name!r} has damaged outputs ({exc}); moved to "
+                  f"{pathlib.Path(moved[0]).parent if moved else self.ckpt_dir}; training it again",
+                  file=sys.stderr, flush=True)
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -313,6 +331,8 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if parallel.is_main_process():
+        atomic.remove_stale(out)  # left by a run killed while writing results.json
     runner = Runner(config, out, mesh, task, progress)
     task.train["row"] = np.arange(len(task.train["label"]))
     task.test["row"] = np.arange(len(task.test["label"]))
@@ -444,7 +464,7 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys."""
     results = {"config": to_dict(config), "runs": rows, **extra}
     if parallel.is_main_process():
-        write_json_atomic(out / "results.json", results)
+        atomic.write_json(out / "results.json", results)
     return results
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from w2sjax import atomic
 
 __all__ = ["cached_features", "example_ids"]
 
@@ -71,6 +71,8 @@ class _Store:
         self.root = root
 
     def chunks(self) -> list[Path]:
+        if self.root.is_dir():
+            atomic.remove_stale(self.root)  # chunks of a writer killed mid-write
         return sorted(self.root.glob("chunk-*.npz"))
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -100,7 +102,8 @@ class _Store:
     def add(self, ids: np.ndarray, feats: np.ndarray) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path_for(ids)
-        _atomic_savez(path, ids=ids, features=feats)
+        with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=ids, features=feats)
         return path
 
     def compact(self) -> None:
@@ -113,19 +116,6 @@ class _Store:
         for p in old:
             if p != keep:
                 p.unlink(missing_ok=True)
-
-
-def _atomic_savez(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[str, Any], *,

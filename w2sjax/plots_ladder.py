@@ -34,7 +34,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import plots, report
+from w2sjax import atomic, plots, report
 
 __all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
@@ -341,9 +341,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     text = (pgr_matrix_md(summary, order, sizes, test_ci) + "\n"
             + accuracy_md(summary, order, sizes, test_ci))
     path = directory / "ladder.md"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     written.append(path)
     return written
 

@@ -402,7 +402,8 @@ class StageCheckpoint:
     def latest_step(self) -> int | None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def restore(self, abstract_state: TrainState) -> TrainState:  # pragma: no cover - interface
+    def restore(self, abstract_state: TrainState) -> TrainState | None:  # pragma: no cover - interface
+        """The newest restorable state, or None when no saved step can be restored."""
         raise NotImplementedError
 
     def save(self, step: int, state: TrainState) -> None:  # pragma: no cover - interface
@@ -450,13 +451,13 @@ def fit(
     model, state = init_state(module, cfg, tx)
     shardings = state_shardings(mesh, state)
     resumed_from = ckpt.latest_step() if ckpt is not None else None
+    restored = None
     if resumed_from is not None:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
         )
-        state = ckpt.restore(abstract)
-    else:
-        state = place(state, shardings)
+        restored = ckpt.restore(abstract)  # None: no step could be restored, start over
+    state = place(state, shardings) if restored is None else restored
 
     chunk = _chunk_size(cfg, total)
     if step_wrapper is None:
