@@ -54,7 +54,7 @@ try:  # POSIX only; without it concurrent first fetches just duplicate work.
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "env_var", "fetch", "known_assets"]
+__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -288,6 +288,22 @@ def known_assets() -> list[str]:
 def env_var(name: str) -> str:
     """The environment variable that points asset ``name`` at a local directory."""
     return "W2SJAX_ASSET_" + name.upper().replace("-", "_")
+
+
+def content_hash(name: str) -> str:
+    """The content hash (`w2sjax.hashes.content_hash`) of asset ``name``'s directory.
+
+    For a packaged asset this comes from its pins, without fetching it: `fetch` never hands out
+    files that differ from them. For ``W2SJAX_ASSET_<NAME>`` it is the hash of that directory
+    (computed once per version of each file).
+    """
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(known_assets())}")
+    override = os.environ.get(env_var(name))
+    if override:
+        return hashes.content_hash(pathlib.Path(override).expanduser())
+    return hashes.directory_hash(spec.sha256)
 
 
 def fetch(

@@ -118,6 +118,23 @@ class _Store:
                 p.unlink(missing_ok=True)
 
 
+def _check_finite(new: np.ndarray, featurizer, task_name: str, split_name: str,
+                  split: Mapping[str, Any], rows: np.ndarray) -> None:
+    """Non-finite features are never cached: they mean damaged weights or inputs."""
+    bad = np.flatnonzero(~np.isfinite(new.reshape(len(new), -1)).all(axis=1))
+    if not len(bad):
+        return
+    first = int(rows[bad[0]])
+    shown = ""
+    if "text" in split:
+        text = " ".join(str(split["text"][first]).split())
+        shown = f" ({text[:40]!r}{'...' if len(text) > 40 else ''})"
+    raise FloatingPointError(
+        f"model {featurizer.key!r} gave NaN or infinite features for {len(bad)} of {len(new)} examples, "
+        f"first {task_name} {split_name} example {first}{shown}; its weights or this input are "
+        "damaged (nothing was cached)")
+
+
 def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[str, Any], *,
                     cache_dir) -> np.ndarray:
     """Features of ``split`` from ``featurizer``, computed at most once per example.
@@ -150,6 +167,7 @@ def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[
         if new.shape[0] != len(rows):
             raise ValueError(f"featurizer {featurizer.key!r} returned {new.shape[0]} rows "
                              f"for {len(rows)} examples")
+        _check_finite(new, featurizer, task_name, split_name, split, rows)
         store.add(ids[rows], new)
         store.compact()
         base = 0 if known is None else known.shape[0]

@@ -18,7 +18,7 @@ import pathlib
 
 from w2sjax import atomic
 
-__all__ = ["content_hash", "file_sha256"]
+__all__ = ["content_hash", "directory_hash", "file_sha256"]
 
 _CHUNK = 1 << 20
 
@@ -76,10 +76,18 @@ def content_hash(path: str | os.PathLike) -> str:
     path = pathlib.Path(path)
     if not path.is_dir():
         return file_sha256(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    files = {}
+    for f in path.rglob("*"):
         rel = f.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        h.update(rel.as_posix().encode("utf-8") + b"\0" + file_sha256(f).encode() + b"\n")
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+            files[rel.as_posix()] = f
+    return directory_hash({rel: file_sha256(f) for rel, f in files.items()})
+
+
+def directory_hash(file_hashes: dict[str, str]) -> str:
+    """The `content_hash` of a directory whose files (relative posix paths) have these sha256s."""
+    h = hashlib.sha256()
+    for rel in sorted(file_hashes):
+        if not any(part.startswith(".") for part in rel.split("/")):
+            h.update(rel.encode("utf-8") + b"\0" + file_hashes[rel].encode() + b"\n")
     return h.hexdigest()
