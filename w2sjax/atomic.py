@@ -48,8 +48,10 @@ def replacing(path: str | os.PathLike) -> Iterator[pathlib.Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a failed write() names no file; say which one it was
         raise
 
 
