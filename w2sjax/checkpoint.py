@@ -50,6 +50,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from w2sjax import signals
+
 __all__ = [
     "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_newest_good", "move_aside",
     "stage_dirname", "state_sha256",
@@ -228,6 +230,11 @@ def save(
     meta = _jsonable(meta)
     if checksum:
         meta[_SHA_KEY] = state_sha256(state)
+    with signals.deferred():  # Ctrl-C waits for the save to finish, then stops the run
+        _save(path, step, state, meta, final, keep)
+
+
+def _save(path: str, step: int, state: Any, meta: dict, final: bool, keep: int) -> None:
     mngr = _writer(path, keep)
     try:
         if step in mngr.all_steps():
@@ -354,15 +361,16 @@ def restore(
                 f"stage {stage!r} has no step {step} in {ckpt_dir} (has {sorted(steps)})"
             )
         try:
-            restored = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{
-                        _STATE: ocp.args.StandardRestore(_restore_target(target)),
-                        _META: ocp.args.JsonRestore(),
-                    }
-                ),
-            )
+            with signals.deferred():  # no Orbax threads left behind by a Ctrl-C
+                restored = mngr.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            _STATE: ocp.args.StandardRestore(_restore_target(target)),
+                            _META: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
         except Exception as e:  # Orbax and TensorStore raise many kinds; all mean "unreadable"
             raise DamagedCheckpoint(stage, step, _one_line(e)) from None
         state, meta = restored[_STATE], dict(restored[_META] or {})

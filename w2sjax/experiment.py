@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import atomic, checkpoint, metrics, parallel, train
+from w2sjax import atomic, checkpoint, metrics, parallel, signals, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
@@ -196,6 +196,7 @@ class Runner:
         """
         if name in self._memo:
             return self._memo[name]
+        signals.check()
         out_stage = f"{name}.out"
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
@@ -463,6 +464,7 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys."""
     results = {"config": to_dict(config), "runs": rows, **extra}
+    signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
         atomic.write_json(out / "results.json", results)
     return results

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import losses, metrics, parallel
+from w2sjax import losses, metrics, parallel, signals
 
 PyTree = Any
 
@@ -485,6 +485,7 @@ def fit(
         batches = to_global_stacked(mesh, host)
         count = place(np.int32(done - step), parallel.replicated(mesh))
         state, step_metrics = train_loop(state, batches, count, base_rng)
+        signals.check()  # a Ctrl-C that a callback swallowed stops the run here
         bar.update(done - step)
         step = done
         if done % cfg.log_every == 0 or done == total:

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from w2sjax import signals
 from w2sjax.models import bert
 
 __all__ = ["BertFeaturizer", "BucketedFeaturizer", "bucket_lengths", "fit_buckets", "minilm_dir"]
@@ -253,6 +254,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
             mask = _pad_rows(mask, batch_rows, 0)
             feats = run(input_ids, mask, row_blocks(batch_rows, length, ndev))
             out[rows] = np.asarray(feats)[: len(rows)]
+            signals.check()
             bar.update(len(rows))
     return out
 
