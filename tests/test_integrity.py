@@ -208,12 +208,12 @@ TEXT = ["--set", "data.task=fine_foods", "--set", "weak_models=glove-bow", "--se
         "--set", "data.n_test=100", "--set", "weak_train.epochs=2", "--set", "train.epochs=2"]
 
 
-def _cache_with_copies(tmp_path: pathlib.Path, *copied: str) -> pathlib.Path:
-    """A W2SJAX_CACHE holding private copies of ``copied`` assets and links to the rest."""
+def _cache_with_copies(tmp_path: pathlib.Path, *copied: str, linked=("fine_foods", "tfds")) -> pathlib.Path:
+    """A W2SJAX_CACHE holding private copies of ``copied`` assets and links to the ``linked`` ones."""
     real = assets.cache_dir()
     cache = tmp_path / "cache"
     cache.mkdir(parents=True)
-    for name in ("fine_foods", "tfds", *copied):
+    for name in (*linked, *copied):
         src = assets.fetch(name, quiet=True) if name != "tfds" else real / "tfds"
         if name in copied:
             shutil.copytree(src, cache / name, copy_function=shutil.copy2)
@@ -368,3 +368,54 @@ def test_signal_during_a_run_is_one_line_and_non_zero(tmp_path, signum, code):
     line = one_error_line(proc)
     assert proc.returncode == code and "resume" in line
     assert not (out / "results.json").exists()
+
+
+# ---- TFDS data ------------------------------------------------------------------------------
+
+def _shard(prepared: pathlib.Path) -> pathlib.Path:
+    return next(prepared.glob("w2sjax_spambase-train.array_record-*"))
+
+
+def _truncate_shard(prepared):
+    with open(_shard(prepared), "r+b") as f:
+        f.truncate(_shard(prepared).stat().st_size // 2)
+
+
+def _truncate_shard_built_before_hashes(prepared):
+    (prepared / ".w2sjax-sha256.json").unlink()  # as built by an earlier release: TFDS must notice
+    _truncate_shard(prepared)
+
+
+def _delete_shard(prepared):
+    _shard(prepared).unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_shard, _truncate_shard_built_before_hashes, _delete_shard],
+                         ids=lambda f: f.__name__[1:])
+def test_damaged_prepared_data_set_is_rebuilt(tmp_path, monkeypatch, capfd, damage):
+    from w2sjax import data
+
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    first = data.load_task("spambase", data_dir=tmp_path)
+    prepared = tmp_path / "w2sjax_spambase" / "1.0.0"
+    damage(prepared)
+    capfd.readouterr()
+    again = data.load_task("spambase", data_dir=tmp_path)
+    warnings = lines(capfd.readouterr().err, "w2sjax: warning: ")
+    assert len(warnings) == 1 and str(prepared) in warnings[0] and "rebuilding" in warnings[0]
+    for part in ("train", "test"):
+        for k in ("x", "label"):
+            np.testing.assert_array_equal(getattr(again, part)[k], getattr(first, part)[k])
+
+
+def test_run_on_a_damaged_prepared_data_set_gives_the_reference(reference, tmp_path, monkeypatch):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    cache = _cache_with_copies(tmp_path, linked=("spambase",))
+    from w2sjax import data
+
+    data.load_task("spambase", data_dir=cache / "tfds")
+    _truncate_shard(cache / "tfds" / "w2sjax_spambase" / "1.0.0")
+    proc = cli(tmp_path / "run", env={"W2SJAX_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(lines(proc.stderr, "w2sjax: warning: ")) == 1
+    assert runs(tmp_path / "run") == runs(reference)
