@@ -419,3 +419,47 @@ def test_run_on_a_damaged_prepared_data_set_gives_the_reference(reference, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(lines(proc.stderr, "w2sjax: warning: ")) == 1
     assert runs(tmp_path / "run") == runs(reference)
+
+
+# ---- divergence -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("section", ["train", "weak_train"])
+def test_diverging_stage_fails_naming_stage_step_and_lr(reference, copy, section):
+    before = (copy / "results.json").read_text()
+    out = copy.parent / f"lr-{section}"
+    proc = cli(out, "--set", f"{section}.lr=1e9")
+    line = one_error_line(proc)
+    stage = "ceiling__mlp__seed0" if section == "train" else "weak__linear__seed0"
+    assert proc.returncode == 1 and f"stage {stage}" in line and "at step" in line and "lr=1e+09" in line
+    assert not (out / "results.json").exists()
+    assert not (out / "checkpoints" / f"{stage}.out").exists()  # the failed stage is not kept as done
+    assert (copy / "results.json").read_text() == before
+
+
+def test_non_finite_loss_at_step_0_points_at_the_input():
+    from flax import nnx
+
+    from w2sjax import parallel, train
+    from w2sjax.models import get_model
+
+    x = np.ones((64, 5), np.float32)
+    x[3, 2] = np.nan  # one damaged input value
+    data = train.ArrayData(x, np.eye(2, dtype=np.float32)[np.arange(64) % 2])
+    module = get_model("linear").make_head((5,), 2, rngs=nnx.Rngs(0))
+    cfg = train.TrainConfig(epochs=1, batch_size=64, log_every=1)
+    with pytest.raises(FloatingPointError, match=r"step 0, before any update: a damaged input"):
+        train.fit(module, data, cfg=cfg, loss="xent", mesh=parallel.make_mesh(), seed=0, progress=False)
+
+
+def test_collapsed_model_is_caught_on_a_balanced_slice():
+    from w2sjax import train
+
+    labels = np.array([0] * 30 + [1] * 6)
+    one_class = np.tile([0.9, 0.1], (36, 1))
+    with pytest.raises(FloatingPointError, match=r"stage s: after step 7 .*class 0 for all 12 examples"):
+        train.check_not_collapsed(one_class, labels, "s", 7)
+    # Right on the rare class, wrong elsewhere: not one class; and no check without both classes.
+    mixed = one_class.copy()
+    mixed[30:] = [0.2, 0.8]
+    train.check_not_collapsed(mixed, labels, "s", 7)
+    train.check_not_collapsed(one_class, np.zeros(36, np.int64), "s", 7)

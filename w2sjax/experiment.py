@@ -227,12 +227,17 @@ class Runner:
             log=self.log,
             progress=self.progress,
         )
-        checkpoint.save(self.ckpt_dir, name, fitted.steps, fitted.state, meta={"steps": fitted.steps}, final=True)
         preds = {}
         for key, (split, idx) in evals.items():
             preds[key] = train.predict(
                 fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256)
             )
+        # A collapsed model is a failed stage: raised before it is saved as finished.
+        if "val" in evals:
+            split, idx = evals["val"]
+            truth = (self.task.train if split == "train" else self.task.test)["label"][idx]
+            train.check_not_collapsed(preds["val"], truth, name, fitted.steps)
+        checkpoint.save(self.ckpt_dir, name, fitted.steps, fitted.state, meta={"steps": fitted.steps}, final=True)
         seconds = round(time.perf_counter() - started, 3)
         checkpoint.save(
             self.ckpt_dir, out_stage, 0, preds, meta={"seconds": seconds, "steps": fitted.steps}, final=True,

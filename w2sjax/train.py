@@ -94,6 +94,8 @@ class TrainState(flax.struct.PyTreeNode):
     best_score: jax.Array
     evals_since_best: jax.Array
     first_nonfinite_step: jax.Array  # -1 while every loss so far was finite
+    first_loss: jax.Array  # the loss of step 0 (NaN before it ran)
+    blowup_step: jax.Array  # first step whose loss exceeded DIVERGENCE_FACTOR x first_loss; -1 if none
     finished: jax.Array  # True once the stage ran to its end or stopped early; a resume then trains no more
 
 
@@ -151,6 +153,8 @@ def init_state(module: nnx.Module, cfg: TrainConfig, tx: optax.GradientTransform
         best_score=jnp.full((), -jnp.inf, jnp.float32),
         evals_since_best=jnp.zeros((), jnp.int32),
         first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        first_loss=jnp.full((), jnp.nan, jnp.float32),
+        blowup_step=jnp.full((), -1, jnp.int32),
         finished=jnp.zeros((), jnp.bool_),
     )
     return model, state
@@ -183,13 +187,16 @@ def make_train_step(model: Model, tx: optax.GradientTransformation, loss_fn: Los
         first_bad = jnp.where(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         )
+        first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
+        blowup = (state.blowup_step < 0) & (loss > DIVERGENCE_FACTOR * first_loss)
         step_metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "label_agreement": metrics.accuracy(logits, batch["labels"]),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad
+            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad,
+            first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
         )
         return new_state, step_metrics
 
@@ -489,7 +496,7 @@ def fit(
         bar.update(done - step)
         step = done
         if done % cfg.log_every == 0 or done == total:
-            _check_finite(state, stage)
+            check_divergence(state, stage, cfg.lr)
             if log is not None:
                 log({"stage": stage, "step": done, **{k: float(v) for k, v in step_metrics.items()}})
         if val is not None and (done % eval_every == 0 or done == total):
@@ -505,7 +512,7 @@ def fit(
         if stopped_early:
             break
     bar.close()
-    _check_finite(state, stage)
+    check_divergence(state, stage, cfg.lr)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), parallel.replicated(mesh)))
@@ -570,7 +577,44 @@ def place(tree: PyTree, shardings) -> PyTree:
     return jax.tree.map(lambda leaf: one(leaf, shardings), tree)
 
 
-def _check_finite(state: TrainState, stage: str) -> None:
-    bad = int(state.first_nonfinite_step)
-    if bad >= 0:
-        raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; lower train.lr?")
+# ---- divergence -----------------------------------------------------------------------------
+
+DIVERGENCE_FACTOR = 100.0  # a loss this many times its step-0 value means the stage diverged
+
+
+def check_divergence(state: TrainState, stage: str, lr: float) -> None:
+    """FloatingPointError naming the stage and step if its loss went non-finite or blew up.
+
+    A non-finite loss at step 0 comes before any update, so it points at the inputs (damaged
+    weights or data), not at the learning rate.
+    """
+    bad, blowup = int(state.first_nonfinite_step), int(state.blowup_step)
+    if bad == 0:
+        raise FloatingPointError(f"stage {stage}: the loss is NaN or infinite at step 0, before any update: "
+                                 "a damaged input (model weights or data) is likely")
+    if bad > 0:
+        raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; "
+                                 f"lower its learning rate (lr={lr:g})")
+    if blowup >= 0:
+        raise FloatingPointError(
+            f"stage {stage}: the loss diverged at step {blowup} (over {DIVERGENCE_FACTOR:g}x its starting "
+            f"value {float(state.first_loss):.4g}); lower its learning rate (lr={lr:g})")
+
+
+def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step: int) -> None:
+    """FloatingPointError if the model predicts one class on all of a class-balanced slice of the
+    validation rows (as many of each class as the rarest has): it learned nothing but a constant.
+
+    Skipped when some class is missing from ``labels``.
+    """
+    classes = probs.shape[1]
+    counts = np.bincount(labels, minlength=classes)
+    if classes < 2 or counts.min() == 0:
+        return
+    slice_rows = np.concatenate([np.flatnonzero(labels == c)[: counts.min()] for c in range(classes)])
+    predicted = np.unique(np.argmax(probs[slice_rows], axis=1))
+    if len(predicted) == 1:
+        raise FloatingPointError(
+            f"stage {stage}: after step {step} the model predicts class {int(predicted[0])} for all "
+            f"{len(slice_rows)} examples of a balanced validation slice; the stage diverged or learned "
+            "nothing (lower train.lr?)")
