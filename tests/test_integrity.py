@@ -203,9 +203,11 @@ def test_atomic_write_failure_leaves_no_temp_file(tmp_path):
 
 # ---- assets and the feature cache -----------------------------------------------------------
 
-TEXT = ["--set", "data.task=fine_foods", "--set", "weak_models=glove-bow", "--set", "strong_models=tfidf",
-        "--set", "losses=xent", "--set", "seeds=0", "--set", "data.n_train=200", "--set", "data.n_val=32",
-        "--set", "data.n_test=100", "--set", "weak_train.epochs=2", "--set", "train.epochs=2"]
+TEXT = ["--set", "data.task=fine_foods", "--set", "weak_models=glove-bow", "--set", "strong_models=glove-bow",
+        "--set", "losses=xent", "--set", "seeds=0", "--set", "data.n_train=480", "--set", "data.n_val=64",
+        "--set", "data.n_test=100", "--set", "weak_train.epochs=20", "--set", "weak_train.lr=2e-2",
+        "--set", "weak_train.batch_size=64", "--set", "train.epochs=20", "--set", "train.lr=2e-2",
+        "--set", "train.batch_size=64"]
 
 
 def _cache_with_copies(tmp_path: pathlib.Path, *copied: str, linked=("fine_foods", "tfds")) -> pathlib.Path:

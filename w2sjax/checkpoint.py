@@ -360,6 +360,7 @@ def restore(
             raise FileNotFoundError(
                 f"stage {stage!r} has no step {step} in {ckpt_dir} (has {sorted(steps)})"
             )
+        _ignore_late_reads()
         try:
             with signals.deferred():  # no Orbax threads left behind by a Ctrl-C
                 restored = mngr.restore(
@@ -449,6 +450,24 @@ def state_sha256(state: Any) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _ignore_late_reads() -> None:
+    """When a restore fails, TensorStore reads still in flight complete on Orbax's event loop,
+    which is closed by then; each reports "RuntimeError: Event loop is closed" through
+    ``sys.unraisablehook``, possibly before the failure reaches us. They are leftovers of a damage
+    that is reported anyway: keep them quiet (that one message only)."""
+    if getattr(sys.unraisablehook, "_w2sjax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._w2sjax = True
+    sys.unraisablehook = hook
 
 
 def _one_line(e: BaseException) -> str:
