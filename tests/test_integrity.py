@@ -353,8 +353,7 @@ def test_sigint_inside_a_gc_callback_still_stops_the_run(tmp_path):
     assert not (out / "results.json").exists()
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_during_a_run_is_one_line_and_non_zero(tmp_path, signum, code):
+def test_sigint_during_a_run_is_one_line_and_non_zero(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT))
@@ -364,11 +363,11 @@ def test_signal_during_a_run_is_one_line_and_non_zero(tmp_path, signum, code):
     while proc.poll() is None and not list((out / "checkpoints").glob("*.out")):
         assert time.time() < deadline
         time.sleep(0.02)
-    proc.send_signal(signum)
+    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     proc.stderr = stderr
     line = one_error_line(proc)
-    assert proc.returncode == code and "resume" in line
+    assert proc.returncode == 130 and "resume" in line
     assert not (out / "results.json").exists()
 
 

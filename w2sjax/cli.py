@@ -16,7 +16,6 @@ import argparse
 import errno
 import os
 import pathlib
-import signal
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -85,7 +84,7 @@ def _run(args) -> int:
     from w2sjax import experiment, report, signals
     from w2sjax.assets import AssetError
 
-    signals.install()  # so that no callback can swallow Ctrl-C or a SIGTERM
+    signals.install()  # so that no callback can swallow Ctrl-C
     try:
         results = experiment.run(config, out, progress=not args.no_progress)
     except (config_lib.ConfigError, AssetError) as exc:
@@ -97,10 +96,8 @@ def _run(args) -> int:
             raise
         # Whatever was being written was written to a temporary file, now removed.
         return _fail(f"cannot write {exc.filename or out}: {exc.strerror}", code=1)
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, signals.Interrupted) else signals.pending() or 2
-        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        return _fail(f"{what}; run the same command again to resume from {out}/checkpoints", code=128 + signum)
+    except KeyboardInterrupt:
+        return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
     return 0

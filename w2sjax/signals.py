@@ -1,19 +1,19 @@
-"""SIGINT and SIGTERM that always stop a run, even when a callback swallows the interrupt.
+"""Ctrl-C (SIGINT) that always stops a run, even when a callback swallows the interrupt.
 
 Python runs a signal handler in the main thread at the next bytecode, wherever that is. When that
 is inside a callback whose exceptions are ignored (a ``gc`` callback such as XLA's, a
 ``__del__``, a weakref finaliser), the default handler's ``KeyboardInterrupt`` is printed as
-"Exception ignored" and lost, and the run goes on to exit 0. So the handlers installed here also
-*remember* the signal, and the long-running loops poll :func:`check` at safe points (each train
-chunk, each embedding batch, each stage, before results are written): a remembered signal is
-raised there as :class:`Interrupted`, a ``KeyboardInterrupt``.
+"Exception ignored" and lost, and the run goes on to exit 0. So the handler installed here also
+*remembers* the signal, and the long-running loops poll :func:`check` at safe points (each train
+chunk, each embedding batch, each stage, before results are written): a remembered interrupt is
+raised there again as :class:`Interrupted`, a ``KeyboardInterrupt``.
 
-* SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is remembered;
-  inside :func:`deferred` (a checkpoint save) it is only remembered until the block ends.
-* SIGTERM is only remembered: the next :func:`check` raises, so a loop may first save what it
-  has (:func:`pending` says whether to).
+SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is remembered; inside
+:func:`deferred` (a checkpoint save or restore) it is only remembered until the block ends.
+SIGTERM (preemption: save, then stop) is handled by the stage-safety code of issue #12, which
+keeps its own flag and needs no raise from a handler, so nothing can swallow it.
 
-Only an application installs handlers (the ``w2sjax`` command does, in its main thread); the
+Only an application installs the handler (the ``w2sjax`` command does, in its main thread); the
 library only polls, which costs one global read when no signal came.
 """
 
@@ -31,7 +31,7 @@ _received: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was stopped by ``signum`` (SIGINT or SIGTERM)."""
+    """The run was stopped by signal ``signum`` (SIGINT)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -39,7 +39,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT
 
 
 def _on_sigint(signum, frame):
@@ -69,17 +69,11 @@ def deferred() -> Iterator[None]:
         check()
 
 
-def _on_sigterm(signum, frame):
-    global _received
-    _received = signum
-
-
 def install() -> None:
-    """Install the SIGINT and SIGTERM handlers (main thread only; elsewhere a no-op)."""
+    """Install the SIGINT handler (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, _on_sigint)
-    signal.signal(signal.SIGTERM, _on_sigterm)
     if sys.unraisablehook is not _quiet_about_lost_interrupts:
         global _previous_hook
         _previous_hook = sys.unraisablehook
@@ -102,7 +96,7 @@ def pending() -> int | None:
 
 
 def check() -> None:
-    """Raise :class:`Interrupted` if a stopping signal came, even one whose first raise was lost."""
+    """Raise :class:`Interrupted` if Ctrl-C came, even one whose first raise was lost."""
     if _received is not None:
         raise Interrupted(_received)
 

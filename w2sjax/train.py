@@ -699,5 +699,5 @@ def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step:
     if len(predicted) == 1:
         raise FloatingPointError(
             f"stage {stage}: after step {step} the model predicts class {int(predicted[0])} for all "
-            f"{len(slice_rows)} examples of a balanced validation slice; the stage diverged or learned "
-            "nothing (lower train.lr?)")
+            f"{len(slice_rows)} examples of a balanced validation slice: it diverged or learned "
+            "nothing (check its lr and epochs)")
