@@ -75,8 +75,12 @@ def _run(args) -> int:
     except config_lib.ConfigError as exc:
         return _fail(str(exc))
     out = pathlib.Path(args.out or f"runs/{config.name}")
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out: {str(out)!r} exists and is not a directory")
+    from w2sjax import rundir
+
+    try:
+        rundir.check(out)  # before any model loads, and writing nothing
+    except rundir.RunDirError as exc:
+        return _fail(str(exc))
 
     from w2sjax import experiment, report
     from w2sjax.assets import AssetError

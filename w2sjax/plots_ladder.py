@@ -35,6 +35,7 @@ from collections import defaultdict
 import numpy as np
 
 from w2sjax import plots, report
+from w2sjax.stages import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
@@ -92,9 +93,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
                      "test": len(sp.test["label"])}
             target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
             got = []
-            for stage in (f"weak__{w}__seed{seed}", f"w2s__{w}__{s}__{loss}__seed{seed}",
-                          f"ceiling__{s}__seed{seed}"):
-                p, _ = checkpoint.restore(ckpt, f"{stage}.out", target)
+            for role in ("weak", "w2s", "ceiling"):
+                p, _ = checkpoint.restore(ckpt, StageKey.parse(run["stages"][role]).outputs_name, target)
                 got.append(np.argmax(np.asarray(p["test"]), -1) == sp.test["label"])
         except (FileNotFoundError, ValueError, KeyError):
             continue
