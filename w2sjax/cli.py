@@ -79,6 +79,11 @@ def _run(args) -> int:
 
     try:
         rundir.check(out)  # before any model loads, and writing nothing
+        # One writer per directory: a second run stops here, before JAX starts. Processes of a
+        # job that only jax.distributed can number take their lock in experiment.prepare.
+        process = rundir.process_hint(config.parallel.distributed)
+        if process is not None:
+            rundir.lock(out, process=process)
     except rundir.RunDirError as exc:
         return _fail(str(exc))
 
@@ -87,7 +92,7 @@ def _run(args) -> int:
 
     try:
         results = experiment.run(config, out, progress=not args.no_progress)
-    except (config_lib.ConfigError, AssetError) as exc:
+    except (config_lib.ConfigError, AssetError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     except FloatingPointError as exc:
         return _fail(str(exc), code=1)

@@ -8,6 +8,7 @@
   processes of one multi-host job share the directory: each takes its own lock file
   (``.lock`` for process 0, ``.lock.<i>`` for process i), so two jobs collide but one job's
   processes do not.
+* :func:`process_hint` says which process this is before JAX starts, when the environment tells.
 * :func:`keep_previous_results` moves a ``results.json`` made under other settings aside before
   a new one replaces it.
 """
@@ -22,30 +23,27 @@ import pathlib
 import shutil
 import time
 
-from w2sjax.config import ConfigError
-
 RESULTS = "results.json"
 MIN_FREE_BYTES = 100 * 2**20  # a stage's checkpoint (a finetuned MiniLM with its optimizer) is ~100 MB
 
 _HELD: dict[str, int] = {}  # lock file path -> open descriptor, for the locks this process holds
 
 
-class RunDirError(ConfigError):
+class RunDirError(ValueError):
     """The output directory cannot be used. The message is one line for the user."""
 
 
 def check(out: str | os.PathLike, *, min_free_bytes: int = MIN_FREE_BYTES) -> None:
     """Raise :class:`RunDirError` unless ``out`` can hold a run; writes nothing."""
     out = pathlib.Path(out)
-    path = out.absolute()
-    existing = path
-    while not os.path.lexists(existing):
+    existing = out  # the deepest part of the path that exists, spelled as the user spelled it
+    while not os.path.lexists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        what = "--out" if existing == path else f"--out: a parent of {str(out)!r},"
-        raise RunDirError(f"{what} {str(existing)!r} is a file, not a directory")
-    if existing == path:
-        results = path / RESULTS
+        where = "" if existing == out else f" (in {str(out)!r})"
+        raise RunDirError(f"--out: {str(existing)!r}{where} is a file, not a directory")
+    if existing == out:
+        results = out / RESULTS
         if os.path.lexists(results) and not (results.is_file() and not results.is_symlink()):
             raise RunDirError(f"--out: {str(out / RESULTS)!r} exists and is not a regular file; move it away")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -93,6 +91,17 @@ def release(out: str | os.PathLike) -> None:
     root = str(pathlib.Path(out).absolute())
     for path in [p for p in _HELD if p.startswith(root + os.sep)]:  # and sub-runs' (methods.supervisors)
         os.close(_HELD.pop(path))
+
+
+def process_hint(distributed: bool) -> int | None:
+    """This process's index in its job, known before JAX starts: 0 for a single-process run, the
+    ``JAX_PROCESS_ID`` of an explicitly configured job, or None when only ``jax.distributed``
+    can tell (cluster auto-detection)."""
+    if os.environ.get("JAX_PROCESS_ID", "").isdigit():
+        return int(os.environ["JAX_PROCESS_ID"])
+    if distributed or os.environ.get("JAX_NUM_PROCESSES", "1") not in ("", "1"):
+        return None
+    return 0
 
 
 def _previous(out: pathlib.Path) -> dict | None:
