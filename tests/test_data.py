@@ -290,6 +290,27 @@ def test_user_file_errors_name_the_row(tmp_path, name, body, expected):
     assert "\n" not in str(e.value)
 
 
+def test_user_csv_with_other_column_names(tmp_path):
+    """The issue's file: columns ``sentence,label``. The error names what is expected and what was
+    found; ``text_field`` / ``label_field`` (data.text_field / data.label_field) pick the columns."""
+    rows = [("a fine film", "1"), ("dull and long", "0")] * 10
+    path = _write(tmp_path, "s.csv", "sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with pytest.raises(ValueError, match=r"no 'text' column; found columns sentence, label \(column 'sentence' "
+                                         r"is not a number: set data.text_field=sentence"):
+        load_task(f"csv:{path}")
+    task = load_task(f"csv:{path}", text_field="sentence")
+    assert task.kind == "text" and sorted(set(task.train["text"]) | set(task.test["text"])) == sorted(
+        {"a fine film", "dull and long"})
+    other = _write(tmp_path, "t.csv", "review,stars\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with pytest.raises(ValueError, match=r"no 'label' column; found columns review, stars"):
+        load_task(f"csv:{other}", text_field="review")
+    renamed = load_task(f"csv:{other}", text_field="review", label_field="stars")
+    np.testing.assert_array_equal(renamed.train["label"], task.train["label"])
+    assert renamed.fingerprint != task.fingerprint
+    with pytest.raises(ValueError, match=r"no 'body' column \(data.text_field\); found columns review, stars"):
+        load_task(f"csv:{other}", text_field="body", label_field="stars")
+
+
 def test_user_file_missing(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         load_task(f"csv:{tmp_path / 'absent.csv'}")

@@ -31,6 +31,8 @@ class DataConfig:
     n_test: int | None = None  # subsample of the test split; None = all of it
     balance: bool = False  # equalise classes by downsampling
     max_len: int = 128  # token budget for text backbones
+    text_field: str = "text"  # csv:/jsonl: files: the column holding the text
+    label_field: str = "label"  # csv:/jsonl: files: the column holding the label
 
 
 @dataclasses.dataclass(frozen=True)

@@ -358,7 +358,8 @@ def _load_task(config: Config):
     from w2sjax import data
 
     try:
-        return data.load_task(config.data.task)
+        return data.load_task(config.data.task, text_field=config.data.text_field,
+                              label_field=config.data.label_field)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"data.task: {exc}") from None
 

@@ -85,7 +85,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
         t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
         expected[(t, w, s, loss)].add(seed)
         try:
-            task = tasks.get(t) or tasks.setdefault(t, data.load_task(t))
+            task = tasks.get(t) or tasks.setdefault(t, data.load_task(
+                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label")))
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
