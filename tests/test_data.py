@@ -143,7 +143,7 @@ def test_splits_disjoint_and_sized(task):
     s = make_splits(task, seed=0)
     assert isinstance(s, Splits)
     idx = s.indices
-    assert len(idx["val"]) == 400 and len(idx["weak"]) == len(idx["strong"]) == 1800
+    assert len(idx["val"]) == 200 and len(idx["weak"]) == len(idx["strong"]) == 1900  # 10% capped at 200
     train_rows = np.concatenate([idx["weak"], idx["strong"], idx["val"]])
     assert len(np.unique(train_rows)) == len(train_rows)  # disjoint
     np.testing.assert_array_equal(idx["test"], np.arange(1000))
@@ -151,6 +151,14 @@ def test_splits_disjoint_and_sized(task):
         np.testing.assert_array_equal(getattr(s, part)["label"], task.train["label"][idx[part]])
         assert list(getattr(s, part)["text"]) == list(task.train["text"][idx[part]])
     assert list(s.test["text"]) == list(task.test["text"])
+
+
+def test_default_validation_slice_scales_with_the_data():
+    from w2sjax.data.splits import default_n_val
+
+    sizes = {n: default_n_val(n) for n in (20, 100, 320, 1000, 1437, 3680, 4000, 60000)}
+    # 10% of n, at least min(50, n/5), at most 200: computed by hand
+    assert sizes == {20: 4, 100: 20, 320: 50, 1000: 100, 1437: 143, 3680: 200, 4000: 200, 60000: 200}
 
 
 @pytest.mark.parametrize("task", ["fine_foods"], indirect=True)

@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 class DataConfig:
     task: str = "fine_foods"  # a registered task, csv:PATH or jsonl:PATH
     n_train: int | None = None  # cap on the training examples shared by halves A and B; None = all
-    n_val: int = 200  # validation slice carved from the training split (for early stopping)
+    # validation slice carved from the training split (for early stopping); None = 10% of it, at
+    # least 50 (or a fifth of a tiny split) and at most 200
+    n_val: int | None = None
     n_test: int | None = None  # subsample of the test split; None = all of it
     balance: bool = False  # equalise classes by downsampling
     max_len: int = 128  # token budget for text backbones

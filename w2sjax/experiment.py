@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -392,7 +394,37 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     runner = Runner(config, out, mesh, task, progress)
     task.train["row"] = np.arange(len(task.train["label"]))
     task.test["row"] = np.arange(len(task.test["label"]))
+    if parallel.is_main_process():
+        announce_data(config, task)
     return runner, task, out
+
+
+SMALL_HALF, FEW_STEPS = 200, 50  # below these, PGR and its interval mostly measure noise
+
+
+def announce_data(config: Config, task) -> None:
+    """Print the split sizes, and one warning line each when a half is small or a stage trains for
+    only a few optimizer steps."""
+    splits = SeedRun.splits_of(config, task, config.seeds[0])
+    sizes = {"A": len(splits.weak["label"]), "B": len(splits.strong["label"]), "val": len(splits.val["label"]),
+             "test": len(splits.test["label"])}
+    print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
+          flush=True)
+    small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
+    if small:
+        _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
+              "use more data (data.n_train) or read PGR with its interval")
+    few = []
+    for what, cfg, n in (("supervisors", config.weak_train, sizes["A"]), ("students", config.train, sizes["B"])):
+        steps = math.ceil(cfg.epochs * max(1, n // max(1, min(cfg.batch_size, n))))
+        if steps < FEW_STEPS:
+            few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
+    if few:
+        _warn(f"few optimizer steps (< {FEW_STEPS}): {'; '.join(few)}; raise epochs or lower batch_size")
+
+
+def _warn(message: str) -> None:
+    print(f"w2sjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def shift_task(task, shift: str):
@@ -418,24 +450,29 @@ def shift_task(task, shift: str):
 class SeedRun:
     """One seed's splits and the stages every protocol builds from them.
 
-    Stage names are the checkpoint keys: the same name means the same model, trained once and
-    shared by every pair (and every method) that needs it.
+    Stages are named by :class:`w2sjax.stages.StageKey`: the same key and settings mean the same
+    model, trained once and shared by every pair (and every method) that needs it.
     """
 
     def __init__(self, runner: Runner, task, seed: int):
-        from w2sjax import data
-
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
+        splits = self.splits_of(config, task, seed)
+        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
+        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
+
+    @staticmethod
+    def splits_of(config: Config, task, seed: int):
+        """The seed's A / B / val / test splits under ``config.data``."""
+        from w2sjax import data
+
         try:
-            splits = data.make_splits(
+            return data.make_splits(
                 task, seed=seed, n_train=config.data.n_train, n_val=config.data.n_val,
                 n_test=config.data.n_test, balance=config.data.balance,
             )
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
-        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
-        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
 
     def gt(self, split: dict) -> np.ndarray:
         return _one_hot(split["label"], self.task.num_classes)
