@@ -366,3 +366,31 @@ def test_tfds_catalog_task(tmp_path):
     assert sorted(task.test["text"]) == sorted(f"sentence {i}" for i in range(6))
     assert task.fingerprint == "tfds:w2sjax_test_catalog:1.0.0"
     assert (pathlib.Path(tmp_path) / "w2sjax_test_catalog" / "1.0.0").is_dir()
+
+
+class W2sjaxTestUnreachable(W2sjaxTestCatalog):
+    """A catalog dataset whose download host can never resolve (``.invalid``, RFC 2606): a real
+    network failure through TFDS's own downloader, whatever network this machine has."""
+
+    def _split_generators(self, dl_manager):
+        dl_manager.download("http://w2sjax-data.invalid/archive.tar.gz")
+        return super()._split_generators(dl_manager)
+
+
+@pytest.mark.slow  # TFDS retries the download 10 times with back-off: about 3.5 minutes
+def test_tfds_download_failure_is_one_line_saying_how_to_work_offline(tmp_path, capsys):
+    from w2sjax.assets import AssetError
+
+    with pytest.raises(AssetError) as e:
+        load_task("tfds:w2sjax_test_unreachable", data_dir=tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("data.task=tfds:w2sjax_test_unreachable: downloading TFDS dataset")
+    assert "cannot reach w2sjax-data.invalid" in message
+    assert f"copy DIR's contents into {tmp_path}" in message and "manual_dir" in message
+    assert "Downloading and preparing" not in capsys.readouterr().out  # TFDS's chatter is not on stdout
+
+
+def test_unknown_tfds_dataset_is_a_value_error():
+    with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_dataset_w2sjax'"):
+        load_task("tfds:no_such_dataset_w2sjax")
