@@ -7,7 +7,7 @@ import sys
 
 from w2sjax import data, models
 from w2sjax.methods import METHODS
-from w2sjax.train import LOSS_NAMES
+from w2sjax.config import LOSS_NAMES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

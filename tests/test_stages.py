@@ -15,9 +15,8 @@ import sys
 import pytest
 
 from w2sjax import experiment
-from w2sjax.config import Config, DataConfig, apply_overrides
+from w2sjax.config import Config, DataConfig, LossConfig, StudentTrainConfig, TrainConfig, apply_overrides
 from w2sjax.stages import StageKey, digest, train_settings
-from w2sjax.train import TrainConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,7 +59,7 @@ def base_run(tmp_path_factory):
     [
         ("train.epochs=3", STUDENTS),
         ("train.lr=0.03", STUDENTS),
-        ("train.alpha_max=0.9", {LOGCONF}),  # only the loss that has the hyper-parameter
+        ("train.loss.alpha_max=0.9", {LOGCONF}),  # only the loss that has the hyper-parameter
         ("data.max_len=24", STUDENTS),  # GloVe ignores the token budget; MiniLM does not
         ("precision=bfloat16", STUDENTS),
         ("weak_train.epochs=3", {WEAK, XENT, LOGCONF}),  # the supervisor: it and its students
@@ -101,7 +100,7 @@ def test_unchanged_rerun_trains_nothing_and_keeps_no_copy(base_run, tmp_path, ca
 def test_going_back_to_earlier_settings_reuses_their_checkpoints(base_run, tmp_path):
     out = tmp_path / "back"
     shutil.copytree(base_run, out)
-    experiment.run(apply_overrides(tiny_text_config(), ["train.alpha_max=0.9"]), out, progress=False)
+    experiment.run(apply_overrides(tiny_text_config(), ["train.loss.alpha_max=0.9"]), out, progress=False)
     before = len((out / "metrics.jsonl").read_text().splitlines())
     experiment.run(tiny_text_config(), out, progress=False)
     assert trained_stages(out, before) == set()
@@ -144,12 +143,13 @@ def test_fingerprint_covers_settings_and_array_contents():
 
 
 def test_train_settings_keep_only_what_changes_outputs():
-    cfg = TrainConfig(log_every=7, checkpoint_every=9, alpha_max=0.3, product_alpha=2.0)
+    cfg = StudentTrainConfig(log_every=7, checkpoint_every=9, loss=LossConfig(alpha_max=0.3, product_alpha=2.0))
     xent, logconf, product = (train_settings(cfg, loss) for loss in ("xent", "logconf", "product"))
     for s in (xent, logconf, product):
         assert "log_every" not in s and "checkpoint_every" not in s and s["lr"] == cfg.lr
-    assert "alpha_max" not in xent and logconf["alpha_max"] == 0.3 and "product_alpha" not in logconf
-    assert product["product_alpha"] == 2.0 and "alpha_max" not in product
+    assert "loss" not in xent and logconf["loss"] == {"alpha_max": 0.3, "conf_warmup_frac": 0.2}
+    assert product["loss"] == {"product_alpha": 2.0, "product_beta": 1.0}
+    assert train_settings(TrainConfig(), "xent") == train_settings(StudentTrainConfig(), "xent")
     assert "patience" not in xent  # only counts with early stopping
     assert train_settings(dataclasses.replace(cfg, early_stopping=True), "xent")["patience"] == 0
 

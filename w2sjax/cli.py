@@ -116,7 +116,7 @@ def _run(args) -> int:
 def _list() -> int:
     from w2sjax import data, models
     from w2sjax.methods import METHODS
-    from w2sjax.train import LOSS_NAMES
+    from w2sjax.config import LOSS_NAMES
 
     groups = {
         "tasks (data.task)": data.known_tasks() + ["csv:PATH", "jsonl:PATH", "tfds:NAME"],

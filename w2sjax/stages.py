@@ -31,13 +31,12 @@ FINGERPRINT_CHARS = 20  # hex digits of the fingerprint in checkpoint names (80 
 # TrainConfig fields that never change a stage's outputs (logging and checkpoint timing: a
 # resumed stage equals an uninterrupted one whatever they are).
 _NOT_OUTPUT = frozenset({"log_every", "checkpoint_every", "checkpoint_minutes"})
-# Loss hyper-parameters, per loss: a loss ignores every other one.
+# Loss hyper-parameters (``LossConfig`` fields), per loss: a loss ignores every other one.
 LOSS_FIELDS = {
     "logconf": ("alpha_max", "conf_warmup_frac"),
     "entropy_conf": ("alpha_max", "conf_warmup_frac"),
     "product": ("product_alpha", "product_beta"),
 }
-_ALL_LOSS_FIELDS = frozenset(f for fields in LOSS_FIELDS.values() for f in fields)
 # Fields that only matter when early stopping is on.
 _STOPPING_FIELDS = ("eval_every", "patience")
 
@@ -119,12 +118,17 @@ def digest(array: Any) -> str:
 
 
 def train_settings(cfg: Any, loss: str) -> dict:
-    """The fields of a ``TrainConfig`` that determine a stage trained with ``loss``."""
+    """The fields of a ``TrainConfig`` (or a student's, with its ``LossConfig``) that determine a
+    stage trained with ``loss``."""
     settings = dataclasses.asdict(cfg)
-    settings.pop("trainable", None)  # the runner replaces it by the model's own, which the model options hold
+    settings.pop("trainable", None)  # the model's own (probes train "all"), which the model options hold
+    loss_settings = settings.pop("loss", None) or {}  # a student's LossConfig; supervisors have none
     for field in list(settings):
-        if field in _NOT_OUTPUT or (field in _ALL_LOSS_FIELDS and field not in LOSS_FIELDS.get(loss, ())):
+        if field in _NOT_OUTPUT:
             del settings[field]
+    own = {f: loss_settings[f] for f in LOSS_FIELDS.get(loss, ()) if f in loss_settings}
+    if own:
+        settings["loss"] = own
     if not settings.get("early_stopping"):
         for field in _STOPPING_FIELDS:
             settings.pop(field, None)
