@@ -97,11 +97,14 @@ def _run(args) -> int:
     except rundir.RunDirError as exc:
         return _fail(str(exc))
 
-    from w2sjax import experiment, report
+    from w2sjax import experiment, preemption, report
     from w2sjax.assets import AssetError
 
     try:
+        preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
+    except preemption.Preempted as exc:
+        return _fail(f"{exc}; run the same command again to resume from {out}", code=preemption.EXIT_PREEMPTED)
     except (config_lib.ConfigError, AssetError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     except FloatingPointError as exc:

@@ -37,6 +37,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation evals; 0 = once per epoch
     patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
     checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
+    # minutes of training between in-stage checkpoints (also), so a hard kill loses minutes, not
+    # stages; 0 = none
+    checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 from typing import Any, Callable
 
 import flax.struct
@@ -29,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import losses, metrics, parallel
+from w2sjax import losses, metrics, parallel, preemption
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -515,6 +516,7 @@ def fit(
     stopped_early = False
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
     step = start
+    last_save = time.monotonic()
     while step < total:
         # Run up to the next step where the host has something to do (log, eval, checkpoint).
         done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
@@ -530,10 +532,18 @@ def fit(
             state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
                              step=step, log=log)
             stopped_early = _patience_ran_out(state, cfg)
-        if ckpt is not None and itstime(step, cfg.checkpoint_every, total, last=False):
-            ckpt.save(step, state)  # the final state is saved by the caller, with the stage's outputs
-        # stop: early stopping ends the stage here; a stop requested from outside (a SIGTERM or
-        # SIGINT flag) would be checked at this point too, once per chunk, after the checkpoint
+        if ckpt is not None and step < total:
+            # the final state is saved by the caller, with the stage's outputs
+            due = itstime(step, cfg.checkpoint_every, total, last=False)
+            due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
+            preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
+            if due or preempted:
+                ckpt.save(step, state)
+                last_save = time.monotonic()
+            if preempted:
+                bar.close()
+                raise preemption.Preempted(stage, step)
+        # stop: early stopping ends the stage here; a SIGINT flag would be checked here too
         if stopped_early:
             break
     bar.close()
