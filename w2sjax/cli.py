@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
     _default_xla_flags()
-    _compilation_cache()
     return _run(args)
 
 
@@ -97,6 +96,7 @@ def _run(args) -> int:
     except rundir.RunDirError as exc:
         return _fail(str(exc))
 
+    _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
     from w2sjax import experiment, preemption, report
     from w2sjax.assets import AssetError
 
