@@ -95,6 +95,6 @@ def _offline_message(task: str, tfds_name: str, data_dir: pathlib.Path, exc: OSE
     return (
         f"data.task={task}: downloading TFDS dataset {tfds_name!r} failed ({what}). Offline: on a machine with "
         f"network run `tfds build {tfds_name} --file_format array_record --data_dir DIR` and copy DIR's contents "
-        f"into {data_dir} (W2SJAX_CACHE moves it), or put the dataset's downloaded files in "
+        f"into {data_dir} (W2SJAX_CACHE moves it); datasets with a manual download read their files from "
         f"{data_dir / 'downloads' / 'manual'} (TFDS manual_dir)"
     )
