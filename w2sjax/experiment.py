@@ -14,9 +14,11 @@ For every seed:
 :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
-ends with an Orbax checkpoint of its model and of its predictions; a rerun on the same output
-directory skips finished stages and resumes unfinished ones from their last in-stage checkpoint,
-so an interrupted run ends with the same ``results.json`` as an uninterrupted one.
+is keyed by a :class:`w2sjax.stages.StageKey` whose fingerprint covers every setting that
+determines its outputs, and ends with an Orbax checkpoint of its model and of its predictions
+under that key. A rerun on the same output directory reuses exactly the stages whose fingerprint
+matches, retrains the others, and resumes unfinished ones from their last in-stage checkpoint, so
+an interrupted run ends with the same ``results.json`` as an uninterrupted one.
 """
 
 from __future__ import annotations
