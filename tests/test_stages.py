@@ -76,8 +76,11 @@ def test_one_changed_setting_retrains_exactly_its_dependents(base_run, tmp_path,
     printed = capsys.readouterr().out
     assert trained_stages(out, before) == retrained
     key = change.split("=")[0]
-    assert f"plan: {len(retrained)} of 4 stages to train" in printed
-    assert f"{4 - len(retrained)} reused; changed since the last run: {key} " in printed
+    plan = next(line for line in printed.splitlines() if line.startswith("plan: "))
+    assert plan.startswith(f"plan: {len(retrained)} of 4 stages to train")
+    assert f"{4 - len(retrained)} reused" in plan and f"changed since the last run: {key} " in plan
+    # the stages to train ran before under other settings: their time is the estimate
+    assert ("s of training by earlier runs of these stages" in plan) == bool(retrained)
     fresh = experiment.run(config, tmp_path / "fresh", progress=False)
     assert comparable(changed) == comparable(fresh)
     # The replaced results are kept, under the name the run printed.

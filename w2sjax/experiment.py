@@ -571,11 +571,28 @@ def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
     names = ", ".join(stages.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
     line = f"plan: {len(todo)} of {len(planner.planned)} stages to train" + (f" ({names})" if todo else "")
     line += f", {reused} reused"
+    estimate = _earlier_seconds(planner.ckpt_dir, todo)
+    if estimate is not None:
+        line += f"; ~{estimate:.0f} s of training by earlier runs of these stages"
     changed = rundir.changed_settings(out, to_dict(config))
     if changed:
         line += f"; changed since the last run: {changed}"
     if parallel.is_main_process():
         print(line, flush=True)
+
+
+def _earlier_seconds(ckpt_dir: pathlib.Path, todo: list[str]) -> float | None:
+    """The seconds the stages in ``todo`` took when last trained under other settings, if every
+    one of them was (the same stage name under another fingerprint); else None."""
+    total = 0.0
+    for name in todo:
+        readable = stages.StageKey.parse(name).name
+        earlier = sorted(ckpt_dir.glob(f"{readable}--*.out"), key=lambda p: p.stat().st_mtime)
+        found = checkpoint.latest(ckpt_dir, earlier[-1].name) if earlier else None
+        if found is None or "seconds" not in found[1]:
+            return None
+        total += float(found[1]["seconds"])
+    return total if todo else None
 
 
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:

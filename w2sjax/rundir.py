@@ -121,6 +121,9 @@ def _flat(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+_MAX_SHOWN = 6  # changed keys named in the plan line; the rest are counted
+
+
 def changed_settings(out: str | os.PathLike, config: dict) -> str:
     """``"train.epochs 0.2 -> 5.0, ..."``: the config keys that differ from the run already in
     ``out`` (its ``results.json``); ``""`` when there is none or nothing changed."""
@@ -130,7 +133,8 @@ def changed_settings(out: str | os.PathLike, config: dict) -> str:
     old, new = _flat(previous["config"]), _flat(json.loads(json.dumps(config)))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     fmt = lambda v: "-" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)
-    return ", ".join(f"{k} {fmt(old.get(k))} -> {fmt(new.get(k))}" for k in keys)
+    shown = [f"{k} {fmt(old.get(k))} -> {fmt(new.get(k))}" for k in keys[:_MAX_SHOWN]]
+    return ", ".join(shown) + (f" and {len(keys) - _MAX_SHOWN} more" if len(keys) > _MAX_SHOWN else "")
 
 
 def _stage_names(results: dict) -> set:
