@@ -394,3 +394,11 @@ def test_tfds_download_failure_is_one_line_saying_how_to_work_offline(tmp_path, 
 def test_unknown_tfds_dataset_is_a_value_error():
     with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_dataset_w2sjax'"):
         load_task("tfds:no_such_dataset_w2sjax")
+
+
+def test_building_a_packaged_task_keeps_tfds_chatter_off_stdout(tmp_path, capsys):
+    from w2sjax.data import builders
+
+    builders.load("digits", tmp_path)  # a fresh data_dir: TFDS builds it and reports progress
+    out, err = capsys.readouterr()
+    assert "Downloading and preparing" in err and "Downloading and preparing" not in out

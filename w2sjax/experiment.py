@@ -206,7 +206,6 @@ class Runner:
         self.inputs = Inputs(task, config, progress)
         self._memo: dict[str, StageOutput] = {}
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
-        self.reused = self.trained = 0
 
     def settings(self, *, model, role, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
@@ -273,7 +272,6 @@ class Runner:
         if done:
             preds, meta = checkpoint.restore(self.ckpt_dir, key.outputs_name, target)
             if meta.get("fingerprint") == key.fingerprint:
-                self.reused += 1
                 result = StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
                 self._memo[key.checkpoint_name] = result
                 return result
@@ -317,7 +315,6 @@ class Runner:
             self.ckpt_dir, key.outputs_name, 0, preds, meta={"seconds": seconds, "steps": fitted.steps, **stamp},
             final=True,
         )
-        self.trained += 1
         result = StageOutput(preds, seconds, fitted.steps, key)
         self._memo[key.checkpoint_name] = result
         return result

@@ -7,16 +7,14 @@ are prepared as array_record and read through ``tfds.data_source``; the text
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import re
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax.assets import AssetError
-from w2sjax.data.builders import read_split
+from w2sjax.data.builders import progress_to_stderr, read_split
 from w2sjax.data.task import Task, take
 
 # task name -> (TFDS name, train split, test split). GLUE hides its test
@@ -36,8 +34,7 @@ def load(task: str, tfds_name: str, data_dir: pathlib.Path) -> Task:
         builder = tfds.builder(tfds_name, data_dir=str(data_dir), **builder_kwargs)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"task {task!r}: TFDS has no dataset {tfds_name!r}") from None
-    # TFDS reports progress on stdout; the run's own output (plan, table) stays alone there.
-    with contextlib.redirect_stdout(sys.stderr):
+    with progress_to_stderr():
         try:
             builder.download_and_prepare()  # split names are known only once prepared
         except OSError as exc:  # requests' and urllib3's connection errors are OSErrors
