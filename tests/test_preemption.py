@@ -108,6 +108,19 @@ def test_time_based_in_stage_checkpoints_change_no_result(tmp_path, monkeypatch)
     assert timed["runs"][0]["stages"] == plain["runs"][0]["stages"]
 
 
+def test_sigterm_between_stages_stops_before_the_next_one(tmp_path):
+    previous = signal.getsignal(signal.SIGTERM)
+    preemption.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the installed handler
+        with pytest.raises(preemption.Preempted, match="stopped by SIGTERM before it started"):
+            experiment.run(tiny(0.0), tmp_path, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        preemption.clear()
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def _job(out, port):
     """The run as a 2-process localhost job (4 CPU devices each)."""
     return [cli(out, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4",

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import checkpoint, metrics, parallel, results, rundir, stages, train
+from w2sjax import checkpoint, metrics, parallel, preemption, results, rundir, stages, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
@@ -280,6 +280,8 @@ class Runner:
                 f"expected {key.fingerprint!r}; move the folder away and run again"
             )
 
+        if preemption.requested():  # a SIGTERM between stages: stop before loading anything
+            raise preemption.Preempted(key.name, 0, saved=False)
         started = time.perf_counter()
         mi = self.inputs.get(model, role)
         data = train.ArrayData(

@@ -29,10 +29,11 @@ _state = {"requested": False, "calls": 0}
 
 
 class Preempted(Exception):
-    """A SIGTERM stopped stage ``stage`` after its in-stage checkpoint of ``step`` was saved."""
+    """A SIGTERM stopped stage ``stage`` at ``step`` (after its in-stage checkpoint, when ``saved``)."""
 
-    def __init__(self, stage: str, step: int):
-        super().__init__(f"stage {stage} stopped by SIGTERM at step {step}, after saving a checkpoint")
+    def __init__(self, stage: str, step: int, *, saved: bool = True):
+        where = f"at step {step}, after saving a checkpoint" if saved else "before it started"
+        super().__init__(f"stage {stage} stopped by SIGTERM {where}")
         self.stage, self.step = stage, step
 
 
@@ -48,6 +49,11 @@ def install() -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def clear() -> None:
+    """Forget a SIGTERM already seen (an application that handled it, or a test)."""
+    _state["requested"] = False
 
 
 def requested() -> bool:
