@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         dtype = jnp.bfloat16 if variant.endswith("bf16") else jnp.float32
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
-        module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
+        module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
         tx = train.make_optimizer(tcfg, 1000)
         model, state = train.init_state(module, tcfg, tx)
         shardings = train.state_shardings(mesh, state)

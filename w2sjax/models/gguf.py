@@ -1,23 +1,32 @@
-"""Read GGUF files: metadata, dequantized tensors, and the byte-level BPE tokenizer.
+"""GGUF files as another source of the same architectures: metadata, dequantized tensors, the
+tokenizer, and `load`, which hands the file to its architecture's module.
 
 GGUF (llama.cpp's format) stores the tokenizer as metadata: the token strings
 (already in GPT-2's byte-to-unicode spelling), the merges, token types and
 special-token ids. `GGUFTokenizer` rebuilds it with the ``tokenizers``
 package, so no ``tokenizer.json`` is needed.
 
-Needs the ``gguf`` package (pure Python + numpy; it dequantizes Q4/Q8 blocks).
+Needs the ``gguf`` package (pure Python + numpy; it dequantizes every block
+type llama.cpp writes, the K-quants included).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from w2sjax.models.bert import pad_ids
+from w2sjax.models.tokenizer import pad_ids
 
-__all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer"]
+__all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer", "find_gguf", "load", "ARCHITECTURES"]
+
+# general.architecture -> the module whose ``load_gguf(GGUFFile, dtype=...)`` builds it.
+ARCHITECTURES = {
+    "llama": "w2sjax.models.llama",
+    "gemma3": "w2sjax.models.gemma3",
+}
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -102,7 +111,7 @@ def build_bpe_tokenizer(g: GGUFFile):
 
 
 class GGUFTokenizer:
-    """Batch tokenisation for a GGUF decoder: the same interface as `BertTokenizer`.
+    """Batch tokenisation for a GGUF decoder: the same interface as `tokenizer.HFTokenizer`.
 
     ``encode(texts, max_len)`` truncates each text to ``max_len`` tokens (keeping
     the beginning) and right-pads with ``pad_id``. A BOS token is prepended only
@@ -142,3 +151,29 @@ class GGUFTokenizer:
 
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
+
+
+def find_gguf(path: str | Path) -> Path:
+    """``path`` itself, or the one ``.gguf`` file in the directory ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one .gguf file, found {len(found)}")
+        return found[0]
+    if not path.exists():
+        raise FileNotFoundError(path)
+    return path
+
+
+def load(path: str | Path, *, dtype="float32"):
+    """``(module, tokenizer)`` of a GGUF file (or a directory holding one), whatever its
+    architecture: ``module(input_ids, attention_mask) -> hidden [B, T, D]``."""
+    import jax.numpy as jnp
+
+    g = GGUFFile(find_gguf(path))
+    arch = g.field("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{g.path}: GGUF architecture {arch!r} is not supported; "
+                         f"supported: {', '.join(sorted(ARCHITECTURES))}")
+    return importlib.import_module(ARCHITECTURES[arch]).load_gguf(g, dtype=jnp.dtype(dtype))
