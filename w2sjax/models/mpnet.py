@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 position_ids = bert.padded_position_ids
+# transformers' MPNet numbers positions from padding index 1 whatever pad_token_id says.
+POSITION_PAD = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +82,8 @@ class MPNetConfig:
 
     @property
     def max_len(self) -> int:
-        """Longest sequence the position table covers (positions start at pad+1)."""
-        return self.max_position_embeddings - self.pad_token_id - 1
+        """Longest sequence the position table covers (positions start at 2)."""
+        return self.max_position_embeddings - POSITION_PAD - 1
 
 
 def count_mpnet_params(cfg: MPNetConfig) -> int:
@@ -118,7 +120,7 @@ class MPNetEmbeddings(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, param_dtype, rngs: nnx.Rngs):
         h = cfg.hidden_size
         kw = dict(param_dtype=param_dtype, rngs=rngs)
-        self.pad_token_id = cfg.pad_token_id
+        self.pad_token_id = POSITION_PAD
         self.word = nnx.Embed(cfg.vocab_size, h, **kw)
         self.position = nnx.Embed(cfg.max_position_embeddings, h, **kw)
         # Exact variance: the fast E[x^2]-E[x]^2 form costs ~1e-6 of agreement.
