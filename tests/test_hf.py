@@ -140,3 +140,94 @@ def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
     two, _ = hf.load(tmp_path)
     ids, mask, _ = _padded(_ref("qwen2_bias")["rows"], 30, tok.pad_id, "right")
     np.testing.assert_array_equal(_hidden(two, ids, mask), _hidden(one, ids, mask))
+
+
+# ---------------------------------------------------------------- hf:PATH as a model name
+
+
+@pytest.mark.parametrize("case,layer", [("roberta", None), ("mistral_window", None), ("gemma3_sliding", 1)])
+def test_probe_features_pool_transformers_states(case, layer):
+    """hf:PATH[#L] features: the mean (encoders) or last real token (decoders) of the reference."""
+    from w2sjax.models import get_model
+
+    ref = _ref(case)
+    name = f"hf:{FIXTURES / case}" + (f"#{layer}" if layer else "")
+    spec = get_model(name, max_len=64, tokens_per_batch=256, progress=False)
+    got = spec.featurizer({"text": ref["texts"].astype(object)})
+    want = ref["hidden_layer" if layer else "hidden"]
+    off = ref["offsets"]
+    for i in range(len(off) - 1):
+        rows = want[off[i]:off[i + 1]]
+        expected = rows[-1] if case in DECODERS else rows.mean(0)
+        np.testing.assert_allclose(got[i], expected, atol=TOL)
+    assert spec.featurizer.key.startswith("hf-") and (f"-layer{layer}-" in spec.featurizer.key) == bool(layer)
+
+
+def test_feature_key_follows_content_not_path(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from w2sjax.models import get_model
+
+    copy = tmp_path / "copy"
+    shutil.copytree(FIXTURES / "gpt2", copy)
+    key = lambda d: get_model(f"hf:{d}", max_len=32).featurizer.key
+    assert key(copy) == key(FIXTURES / "gpt2")  # moved: same features, same cache entry
+    tensors = load_file(str(copy / "model.safetensors"))
+    tensors["transformer.ln_f.bias"] = tensors["transformer.ln_f.bias"] + 1
+    save_file(tensors, str(copy / "model.safetensors"))
+    assert key(copy) != key(FIXTURES / "gpt2")  # changed weights: a new entry
+
+
+def test_bad_hf_names_are_one_line_errors(tmp_path):
+    from w2sjax.models import get_model
+
+    with pytest.raises(ValueError, match="does not exist"):
+        get_model(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="config.json"):
+        get_model(f"hf:{tmp_path}")
+    with pytest.raises(ValueError, match="block number"):
+        get_model(f"hf:{FIXTURES / 'bert'}#x")
+
+
+def _run_cli(args, **kw):
+    from test_experiment import run_cli
+
+    return run_cli(args, **kw)
+
+
+SMALL_RUN = ["--no-progress", "--set", "losses=xent", "--set", "data.n_train=160", "--set", "data.n_test=64",
+             "--set", "train.epochs=2", "--set", "weak_train.epochs=2"]
+
+
+def test_cli_runs_hf_models_as_weak_strong_and_bootstrap(tmp_path):
+    gpt2, bert = f"hf:{FIXTURES / 'gpt2'}", f"hf:{FIXTURES / 'bert'}"
+    out = tmp_path / "run"
+    _run_cli(["run", "--config", str(FIXTURES.parents[1].parent / "experiments" / "smoke.py"), "--out", str(out),
+              *SMALL_RUN, "--set", f"weak_models=tfidf,{gpt2}", "--set", f"strong_models={bert}",
+              "--set", f"bootstrap=tfidf>{gpt2}>{bert}"])
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    rows = {(r["weak_model"], r["strong_model"], r.get("chain")) for r in runs}
+    assert rows == {("tfidf", bert, None), (gpt2, bert, None), ("tfidf", bert, f"tfidf>{gpt2}>{bert}")}
+    assert all(0 <= r["w2s_acc"] <= 1 for r in runs)
+
+
+@pytest.mark.slow
+def test_cli_finetunes_an_hf_decoder(tmp_path):
+    out = tmp_path / "run"
+    _run_cli(["run", "--config", str(FIXTURES.parents[1].parent / "experiments" / "smoke.py"), "--out", str(out),
+              *SMALL_RUN, "--set", "weak_models=tfidf", "--set", f"strong_models=hf:{FIXTURES / 'llama_gqa_tied'}",
+              "--set", "strong_mode=finetune"])
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 1 and 0 <= runs[0]["ceiling_acc"] <= 1
+
+
+def test_cli_unsupported_architecture_exits_2_in_one_line(tmp_path):
+    d = tmp_path / "t5"
+    shutil.copytree(FIXTURES / "bert", d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "t5"
+    (d / "config.json").write_text(json.dumps(cfg))
+    proc = _run_cli(["run", "--out", str(tmp_path / "out"), "--set", f"strong_models=hf:{d}"], check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'t5'" in lines[0] and "supported: bert" in lines[0] and "Traceback" not in proc.stderr
