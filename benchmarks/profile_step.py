@@ -24,13 +24,12 @@ from benchmarks import run as bench
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16")
 
 
-def _sdpa_attention(self, x, mask):
+def _sdpa_attention(self, x, keep, bias=None):
     import jax
 
     b, t, h = x.shape
     split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    keep = mask[:, None, None, :].astype(bool)
     ctx = jax.nn.dot_product_attention(q, k, v, mask=keep, implementation="xla")
     return self.attn_out(ctx.reshape(b, t, h))
 
@@ -78,15 +77,16 @@ def main(argv=None) -> int:
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
         module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
-        tx = train.make_optimizer(tcfg, 1000)
-        model, state = train.init_state(module, tcfg, tx)
+        tx = train.make_optimizer()
+        model, state = train.init_state(module, "all", tx)
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
-        loss_fn = train.make_loss("xent", tcfg)
+        loss_fn = train.make_loss("xent")
+        settings = train.place(train.step_settings(tcfg, 1000, "xent"), parallel.replicated(mesh))
         fwd_flops = bench.flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-        original = bert.BertLayer._attention
+        original = bert.PostNormLayer._attention
         if variant == "step_sdpa":
-            bert.BertLayer._attention = _sdpa_attention
+            bert.PostNormLayer._attention = _sdpa_attention
         try:
             if variant in ("forward", "forward_bf16", "grad"):
                 def objective(params, frozen, batch):
@@ -97,23 +97,23 @@ def main(argv=None) -> int:
                 call = lambda: jax.block_until_ready(fn(state.params, state.frozen, batch))
                 flops = fwd_flops * (3 if variant == "grad" else 1)
             else:
-                step = train.make_train_step(model, tx, loss_fn, 1000)
+                step = train.make_train_step(model, tx)
                 if variant == "step_nodonate":
                     fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
-                                                     parallel.replicated(mesh)),
+                                                     parallel.replicated(mesh), parallel.replicated(mesh)),
                                  out_shardings=(shardings, parallel.replicated(mesh)))
                 else:
                     fn = train.jit_train_step(step, mesh, shardings)
                 holder = {"s": state}
 
                 def call():
-                    holder["s"], m = fn(holder["s"], batch, key)
+                    holder["s"], m = fn(holder["s"], batch, key, settings)
                     jax.block_until_ready(m)
                     holder["m"] = m
                 flops = 3 * fwd_flops
             sec = bench.timed(call, args.repeats)
         finally:
-            bert.BertLayer._attention = original
+            bert.PostNormLayer._attention = original
         rec = {"case": "profile", "impl": "jax", "variant": variant, "batch": b, "seq": t,
                "mesh": dict(mesh.shape),
                "seconds": round(sec, 4), "examples_per_s": round(b / sec, 2),
