@@ -31,9 +31,12 @@ from flax import nnx
 
 from w2sjax.models import layers, precision
 from w2sjax.models import weights as weights_lib
+from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
 from w2sjax.models.llama import rotary
+from w2sjax.models.spec import ModelSpec, text_tokenizer
 
-__all__ = ["Gemma3Config", "Gemma3Model", "load_hf", "load_gguf", "count_gemma3_params"]
+__all__ = ["Gemma3Config", "Gemma3Model", "load_hf", "load_gguf", "load_gemma3_270m", "count_gemma3_params",
+           "model_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,11 +292,25 @@ def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=No
 
 def load_gguf(g, *, dtype=jnp.float32, param_dtype=None):
     """A Gemma 3 GGUF (an open `gguf.GGUFFile`) -> ``(model, tokenizer)``."""
-    from w2sjax.models.gguf import GGUFTokenizer
-
     param_dtype = dtype if param_dtype is None else param_dtype
     cfg = Gemma3Config.from_gguf(g)
     abstract = nnx.eval_shape(lambda: Gemma3Model(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     names = _names(cfg, gguf=True)
     model = weights_lib.fill(abstract, lambda p: _convert(p, g.tensor(names[p]), gguf=True), param_dtype=param_dtype)
     return model, GGUFTokenizer(g)
+
+
+def load_gemma3_270m(path: str | Path, *, dtype=jnp.float32) -> tuple[Gemma3Model, GGUFTokenizer]:
+    """Gemma-3-270M (base, Q4_K_M GGUF: the file or a directory holding it, e.g.
+    ``assets.fetch("gemma3-270m")``) -> ``(model, tokenizer)``."""
+    return load_gguf(GGUFFile(find_gguf(path)), dtype=dtype)
+
+
+def model_spec(name: str = "gemma3-270m", *, max_len: int = 128, tokens_per_batch: int = 8192,
+               dtype: str = "float32", path=None, progress: bool = True) -> ModelSpec:
+    """``gemma3-270m``: frozen last-token features + linear head; like ``smollm2-135m`` it has
+    no finetune model on CPU (``hf:PATH`` finetunes any checkpoint when asked)."""
+    featurizer = GGUFFeaturizer(name, asset="gemma3-270m", path=path, max_len=max_len,
+                                tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+    return ModelSpec(name=name, modalities=("text",), num_params=count_gemma3_params(Gemma3Config()),
+                     featurizer=featurizer, head="linear", finetune=None, tokenize=text_tokenizer(featurizer))

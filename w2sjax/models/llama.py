@@ -28,7 +28,6 @@ hidden state of the last real token.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax.models import embed, heads, layers, precision
+from w2sjax.models import heads, layers, precision
 from w2sjax.models import weights as weights_lib
 from w2sjax.models.embed import last_token_index
-from w2sjax.models.gguf import GGUFFile, GGUFTokenizer, find_gguf
+from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 
 __all__ = [
@@ -443,27 +442,10 @@ def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=No
 # ---------------------------------------------------------------- smollm2-135m
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, dtype_name: str):
-    return load_smollm2(path, dtype=jnp.dtype(dtype_name))
+class DecoderFeaturizer(GGUFFeaturizer):
+    """Last-real-token features of SmolLM2-135M-Instruct: float32 ``[N, 576]``."""
 
-
-class DecoderFeaturizer(embed.BucketedFeaturizer):
-    """Final hidden state of the last real token of SmolLM2-135M: float32 ``[N, 576]``.
-
-    In a causal model only that token has read the whole text. Right padding
-    does not change it (real tokens never attend to later positions), so the
-    length buckets leave the features as they are for the unpadded text.
-    """
-
-    pooling = "last"
     asset = "smollm2-135m"
-
-    def load(self):
-        return _load_cached(str(self.checkpoint()), self.dtype)
-
-    def _max_positions(self, module) -> int:
-        return module.config.max_position_embeddings
 
 
 def model_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_batch: int = 8192,

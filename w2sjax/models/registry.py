@@ -5,6 +5,7 @@ Names:
   ``minilm-l1`` ... ``minilm-l6``  the first k layers of all-MiniLM-L6-v2 (`bert`)
   ``mpnet-base``                   all-mpnet-base-v2 (`mpnet`)
   ``smollm2-135m``                 SmolLM2-135M-Instruct, GGUF (`llama`)
+  ``gemma3-270m``                  Gemma-3-270M base, Q4_K_M GGUF (`gemma3`)
   ``hf:PATH``                      any supported Hugging Face directory or GGUF file (`hf`)
   ``glove-bow``, ``tfidf``         mean GloVe 6B 50d vectors / TF-IDF + linear head (`weak`)
   ``linear``, ``mlp``, ``cnn``     trained from scratch on raw image/tabular ``x`` (`weak`)
@@ -30,6 +31,7 @@ MODULES: dict[str, str] = {
     **{f"minilm-l{k}": "bert" for k in range(1, 7)},
     "mpnet-base": "mpnet",
     "smollm2-135m": "llama",
+    "gemma3-270m": "gemma3",
     "glove-bow": "weak",
     "tfidf": "weak",
     "linear": "weak",
