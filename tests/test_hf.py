@@ -231,3 +231,30 @@ def test_cli_unsupported_architecture_exits_2_in_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'t5'" in lines[0] and "supported: bert" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["llama3_untied_bias", "bert"])
+def test_fsdp_load_places_shards_and_matches_unsharded(case):
+    """parallel.fsdp=4 on the 8 test devices: each matrix is split 4 ways as it is read, every
+    device holds a quarter of it, and the hidden states equal those of an unsharded load."""
+    from w2sjax import parallel
+
+    mesh = parallel.make_mesh(data=2, fsdp=4)
+    sharded, tok = hf.load(FIXTURES / case, mesh=mesh)
+    plain, _ = hf.load(FIXTURES / case)
+    split = 0
+    for (path, var), (_, ref_var) in zip(nnx.to_flat_state(nnx.state(sharded, nnx.Param)),
+                                          nnx.to_flat_state(nnx.state(plain, nnx.Param))):
+        arr = var[...]
+        np.testing.assert_array_equal(np.asarray(arr), np.asarray(ref_var[...]))
+        shards = arr.addressable_shards
+        assert len(shards) == 8
+        if arr.ndim >= 2 and any(d % 4 == 0 for d in arr.shape):
+            split += 1
+            for shard in shards:  # a quarter of the matrix, along one axis
+                assert shard.data.size * 4 == arr.size, "/".join(map(str, path))
+        else:  # vectors stay whole
+            assert all(shard.data.size == arr.size for shard in shards)
+    assert split >= 6
+    ids, mask, _ = _padded(_ref(case)["rows"], 32, tok.pad_id, "right")
+    np.testing.assert_allclose(_hidden(sharded, ids, mask), _hidden(plain, ids, mask), atol=1e-5)

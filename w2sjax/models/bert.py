@@ -227,7 +227,7 @@ def truncated(cfg, num_layers: int | None):
 
 
 def load_encoder(path: str | Path, cfg, build, names: weights_lib.TorchNames, *, anchor: str,
-                 prefixes=(), param_dtype, rename=None):
+                 prefixes=(), param_dtype, rename=None, mesh=None):
     """Build ``build(cfg)`` abstractly (no random init), then fill it from the directory's
     safetensors: the loader BERT, RoBERTa and MPNet share.
 
@@ -239,7 +239,8 @@ def load_encoder(path: str | Path, cfg, build, names: weights_lib.TorchNames, *,
     with weights_lib.SafetensorsDir(path) as st:
         st.find_prefix(anchor, prefixes)
         read = st.get if rename is None else (lambda n: st.get(rename(n, st.has)))
-        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype)
+        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype,
+                                mesh=mesh)
 
 
 def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
@@ -271,7 +272,7 @@ def _old_layer_norm_names(name: str, has) -> str:
 
 
 def load_bert(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32,
-              param_dtype=jnp.float32, config: BertConfig | None = None) -> BertEncoder:
+              param_dtype=jnp.float32, config: BertConfig | None = None, mesh=None) -> BertEncoder:
     """Load a BERT or RoBERTa checkpoint directory into a `BertEncoder`.
 
     Args:
@@ -281,20 +282,21 @@ def load_bert(path: str | Path, *, num_layers: int | None = None, dtype=jnp.floa
       dtype: compute dtype of the matmuls (``jnp.bfloat16`` on accelerators).
       param_dtype: storage dtype of the parameters.
       config: the parsed config, when the caller already has it.
+      mesh: place the parameters straight onto this mesh (see `weights.fill`).
     """
     path = Path(path)
     weights_lib.safetensors_files(path)  # a clear error before parsing anything
     cfg = truncated(config or BertConfig.from_json(path / "config.json"), num_layers)
     build = lambda c: BertEncoder(c, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
     return load_encoder(path, cfg, build, _checkpoint_names(cfg), anchor="embeddings.word_embeddings.weight",
-                        param_dtype=param_dtype, rename=_old_layer_norm_names)
+                        param_dtype=param_dtype, rename=_old_layer_norm_names, mesh=mesh)
 
 
 def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
-            num_layers: int | None = None) -> BertEncoder:
+            num_layers: int | None = None, mesh=None) -> BertEncoder:
     """`w2sjax.models.hf.load`'s entry: a BERT or RoBERTa directory with its parsed config."""
     return load_bert(path, num_layers=num_layers, dtype=dtype, param_dtype=param_dtype or dtype,
-                     config=BertConfig.from_dict(config))
+                     config=BertConfig.from_dict(config), mesh=mesh)
 
 
 # ---------------------------------------------------------------- the MiniLM ladder

@@ -278,7 +278,7 @@ def _convert(path: tuple, w: np.ndarray, *, gguf: bool) -> np.ndarray:
 
 
 def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
-            num_layers: int | None = None) -> Gemma3Model:
+            num_layers: int | None = None, mesh=None) -> Gemma3Model:
     """A Gemma 3 Hugging Face directory (text model, or the text half of the multimodal one)."""
     param_dtype = dtype if param_dtype is None else param_dtype
     cfg = _cut(Gemma3Config.from_hf(config), num_layers)
@@ -287,16 +287,17 @@ def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=No
     with weights_lib.SafetensorsDir(path) as st:
         st.find_prefix("embed_tokens.weight", ("model.", "model.language_model.", "language_model.model."))
         tensor_for = lambda p: _convert(p, st.get(names[p]), gguf=False)
-        return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype)
+        return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh)
 
 
-def load_gguf(g, *, dtype=jnp.float32, param_dtype=None):
+def load_gguf(g, *, dtype=jnp.float32, param_dtype=None, mesh=None):
     """A Gemma 3 GGUF (an open `gguf.GGUFFile`) -> ``(model, tokenizer)``."""
     param_dtype = dtype if param_dtype is None else param_dtype
     cfg = Gemma3Config.from_gguf(g)
     abstract = nnx.eval_shape(lambda: Gemma3Model(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     names = _names(cfg, gguf=True)
-    model = weights_lib.fill(abstract, lambda p: _convert(p, g.tensor(names[p]), gguf=True), param_dtype=param_dtype)
+    model = weights_lib.fill(abstract, lambda p: _convert(p, g.tensor(names[p]), gguf=True), param_dtype=param_dtype,
+                             mesh=mesh)
     return model, GGUFTokenizer(g)
 
 

@@ -220,9 +220,10 @@ def find_gguf(path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, *, dtype="float32"):
+def load(path: str | Path, *, dtype="float32", param_dtype=None, mesh=None):
     """``(module, tokenizer)`` of a GGUF file (or a directory holding one), whatever its
-    architecture: ``module(input_ids, attention_mask) -> hidden [B, T, D]``."""
+    architecture: ``module(input_ids, attention_mask) -> hidden [B, T, D]``; with a ``mesh``
+    the parameters load straight into their fsdp shardings."""
     import jax.numpy as jnp
 
     g = GGUFFile(find_gguf(path))
@@ -230,7 +231,8 @@ def load(path: str | Path, *, dtype="float32"):
     if arch not in ARCHITECTURES:
         raise ValueError(f"{g.path}: GGUF architecture {arch!r} is not supported; "
                          f"supported: {', '.join(sorted(ARCHITECTURES))}")
-    return importlib.import_module(ARCHITECTURES[arch]).load_gguf(g, dtype=jnp.dtype(dtype))
+    return importlib.import_module(ARCHITECTURES[arch]).load_gguf(
+        g, dtype=jnp.dtype(dtype), param_dtype=None if param_dtype is None else jnp.dtype(param_dtype), mesh=mesh)
 
 
 @functools.lru_cache(maxsize=4)

@@ -105,7 +105,7 @@ class GPT2Model(nnx.Module):
 
 
 def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
-            num_layers: int | None = None) -> GPT2Model:
+            num_layers: int | None = None, mesh=None) -> GPT2Model:
     """A GPT-2 Hugging Face directory (``config`` is its parsed config.json)."""
     param_dtype = dtype if param_dtype is None else param_dtype
     cfg = GPT2Config.from_hf(config)
@@ -134,4 +134,4 @@ def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=No
                     "fc_out": "mlp.c_proj"}[part]
             return st.get(f"{n}.{name}.{suffix}")  # Conv1D: already [in, out]
 
-        return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype)
+        return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh)

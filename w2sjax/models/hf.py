@@ -76,7 +76,7 @@ def _is_gguf(path: Path) -> bool:
                                       and any(path.glob("*.gguf")))
 
 
-def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int | None = None):
+def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int | None = None, mesh=None):
     """``(module, tokenizer)`` of a Hugging Face directory or a GGUF file.
 
     Args:
@@ -87,6 +87,8 @@ def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int
       param_dtype: storage dtype of the parameters (default: ``dtype``).
       num_layers: keep only the first ``num_layers`` blocks (then a decoder's output is that
         block's, without the final norm, as transformers' ``hidden_states[num_layers]``).
+      mesh: load each parameter straight into its sharding on this mesh (split over its
+        ``fsdp`` axis; `w2sjax.parallel.param_shardings`), reading tensor by tensor.
     """
     path = Path(path)
     dtype = jnp.dtype(dtype)
@@ -95,11 +97,12 @@ def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int
 
         if num_layers is not None:
             raise ValueError("num_layers is not supported for GGUF files")
-        return gguf.load(path, dtype=dtype)
+        return gguf.load(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh)
     config = read_config(path)
     module_name, _ = family(config)
     arch = importlib.import_module(f"w2sjax.models.{module_name}")
-    module = arch.load_hf(path, config, dtype=dtype, param_dtype=param_dtype or dtype, num_layers=num_layers)
+    module = arch.load_hf(path, config, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype),
+                          num_layers=num_layers, mesh=mesh)
     return module, load_tokenizer(path)
 
 

@@ -352,7 +352,7 @@ def _gguf_names(cfg: LlamaConfig) -> dict[tuple, tuple[str, str]]:
     return names
 
 
-def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None) -> tuple[LlamaModel, GGUFTokenizer]:
+def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None, mesh=None) -> tuple[LlamaModel, GGUFTokenizer]:
     """A llama-architecture GGUF (an open `GGUFFile`) -> ``(model, tokenizer)``."""
     cfg = LlamaConfig.from_gguf(g)
     param_dtype = dtype if param_dtype is None else param_dtype
@@ -368,7 +368,7 @@ def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None) -> tuple[Llam
             return _unpermute_rows(w, cfg.num_key_value_heads).T
         return w.T if how == "T" else w  # GGUF/torch [out, in] -> NNX kernel [in, out]
 
-    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype), GGUFTokenizer(g)
+    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh), GGUFTokenizer(g)
 
 
 def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
@@ -414,7 +414,7 @@ def _hf_names(cfg: LlamaConfig) -> weights_lib.TorchNames:
 
 
 def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
-            num_layers: int | None = None) -> LlamaModel:
+            num_layers: int | None = None, mesh=None) -> LlamaModel:
     """A Llama/Mistral/Qwen2 Hugging Face directory (``config`` is its parsed config.json).
 
     A base-model directory (what ``AutoModel.save_pretrained`` writes) has no ``lm_head``:
@@ -436,7 +436,7 @@ def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=No
             # lm_head sits beside the prefixed body ("model.layers..." and "lm_head.weight").
             return st.get(name, prefixed=name != "lm_head.weight")
 
-        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype)
+        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype, mesh=mesh)
 
 
 # ---------------------------------------------------------------- smollm2-135m

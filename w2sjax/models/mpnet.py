@@ -202,7 +202,7 @@ def _checkpoint_names(cfg: MPNetConfig) -> weights_lib.TorchNames:
 
 
 def load_mpnet_encoder(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32,
-                       param_dtype=None, config: MPNetConfig | None = None) -> MPNetEncoder:
+                       param_dtype=None, config: MPNetConfig | None = None, mesh=None) -> MPNetEncoder:
     """Just the `MPNetEncoder` of a checkpoint directory (see `load_mpnet`)."""
     path = Path(path)
     weights_lib.safetensors_files(path)  # a clear error before parsing anything
@@ -210,14 +210,14 @@ def load_mpnet_encoder(path: str | Path, *, num_layers: int | None = None, dtype
     param_dtype = dtype if param_dtype is None else param_dtype
     build = lambda c: MPNetEncoder(c, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
     return bert.load_encoder(path, cfg, build, _checkpoint_names(cfg), anchor="embeddings.word_embeddings.weight",
-                             prefixes=("mpnet.",), param_dtype=param_dtype)
+                             prefixes=("mpnet.",), param_dtype=param_dtype, mesh=mesh)
 
 
 def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
-            num_layers: int | None = None) -> MPNetEncoder:
+            num_layers: int | None = None, mesh=None) -> MPNetEncoder:
     """`w2sjax.models.hf.load`'s entry: an MPNet directory with its parsed config."""
     return load_mpnet_encoder(path, num_layers=num_layers, dtype=dtype, param_dtype=param_dtype,
-                              config=MPNetConfig.from_dict(config))
+                              config=MPNetConfig.from_dict(config), mesh=mesh)
 
 
 def load_mpnet_tokenizer(path: str | Path) -> HFTokenizer:

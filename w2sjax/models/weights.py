@@ -14,6 +14,7 @@ import json
 from pathlib import Path as FsPath
 from typing import Any, Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -50,10 +51,15 @@ def torch_reader(names: TorchNames, read: Callable[[str], np.ndarray]) -> Callab
     return tensor_for
 
 
-def fill(abstract: nnx.Module, tensor_for: Callable[[Path], np.ndarray], *, param_dtype) -> nnx.Module:
+def fill(abstract: nnx.Module, tensor_for: Callable[[Path], np.ndarray], *, param_dtype,
+         mesh=None) -> nnx.Module:
     """The module ``abstract`` with every parameter taken from ``tensor_for(path)``.
 
-    Raises ``ValueError`` naming the parameter when a tensor's shape differs from the module's.
+    With a ``mesh`` each parameter goes straight to its `parallel.param_shardings` placement
+    (split over the ``fsdp`` axis), one tensor at a time: every device receives only its slice,
+    no device ever holds a whole sharded matrix, and host memory stays near one tensor above the
+    shards. Raises ``ValueError`` naming the parameter when a tensor's shape differs from the
+    module's.
     """
     graphdef, state = nnx.split(abstract)
     flat: dict[Path, Any] = {}
@@ -62,9 +68,17 @@ def fill(abstract: nnx.Module, tensor_for: Callable[[Path], np.ndarray], *, para
         if arr.shape != var.shape:
             where = "/".join(str(p) for p in path)
             raise ValueError(f"{where}: checkpoint shape {arr.shape} != model {var.shape}")
-        flat[path] = jnp.asarray(arr, dtype=param_dtype)
+        flat[path] = jnp.asarray(arr, dtype=param_dtype) if mesh is None else _sharded(arr, param_dtype, mesh)
     nnx.replace_by_pure_dict(state, unflatten(flat))
     return nnx.merge(graphdef, state)
+
+
+def _sharded(arr: np.ndarray, dtype, mesh):
+    from w2sjax import parallel
+
+    sharding = parallel.param_shardings(mesh, jax.ShapeDtypeStruct(arr.shape, dtype))
+    host = arr.astype(dtype)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda index: host[index])
 
 
 def unflatten(flat: dict[Path, Any]) -> dict:
