@@ -60,17 +60,33 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Adapters for ``trainable="lora"``: rank, scale ``alpha / rank``, and the layers they wrap."""
+
+    rank: int = 8  # rank of each adapter (EleutherAI/w2s's default)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    targets: tuple[str, ...] = ("query", "value", "q_proj", "v_proj")  # names of the nnx.Linear layers that get adapters (attention q and v in every family)
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"train.lora.rank: expected a positive integer, got {self.rank}")
+        if not self.targets:
+            raise ConfigError("train.lora.targets: expected at least one layer name")
+
+
+@dataclasses.dataclass(frozen=True)
 class StudentTrainConfig(TrainConfig):
     """A student stage (w2s, ceiling, bootstrap): it may finetune, and its loss has settings.
     The supervisors (``weak_train``) are always linear probes trained with ``xent``."""
 
-    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone
+    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head
     loss: LossConfig = LossConfig()
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
         super().__post_init__()
-        if self.trainable not in ("all", "head"):
-            raise ConfigError(f"train.trainable: expected 'all' or 'head', got {self.trainable!r}")
+        if self.trainable not in ("all", "head", "lora"):
+            raise ConfigError(f"train.trainable: expected 'all', 'head' or 'lora', got {self.trainable!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,10 +136,21 @@ class Inputs:
 
     def _finetune(self, spec) -> ModelInputs:
         n_classes = self.task.num_classes
+        train_cfg = self.config.train
+
+        def build(seed):
+            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            if train_cfg.trainable == "lora":
+                from w2sjax.models import lora
+
+                lora.add_adapters(module, rank=train_cfg.lora.rank, alpha=train_cfg.lora.alpha,
+                                  targets=train_cfg.lora.targets, rngs=nnx.Rngs(seed + 1))
+            return module
+
         return ModelInputs(
             inputs=lambda split, rows: spec.tokenize(self._split(split, rows)),
-            build=lambda seed: spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision)),
-            trainable=self.config.train.trainable,
+            build=build,
+            trainable=train_cfg.trainable,
         )
 
     def _probe(self, spec) -> ModelInputs:

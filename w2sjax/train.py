@@ -155,6 +155,10 @@ def trainable_filter(trainable: str):
     """Linear probe versus full finetune is only this filter: which parameters the optimizer sees."""
     if trainable == "head":
         return nnx.All(nnx.Param, nnx.PathContains("head"))
+    if trainable == "lora":
+        from w2sjax.models import lora
+
+        return lora.TRAINABLE
     return nnx.Param
 
 
@@ -166,7 +170,7 @@ def make_optimizer() -> optax.GradientTransformation:
 
 def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
     """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
-    ``trainable`` is "all" or "head" (see :func:`trainable_filter`)."""
+    ``trainable`` is "all", "head" or "lora" (see :func:`trainable_filter`)."""
     graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
