@@ -125,7 +125,7 @@ def test_loads_checkpoint_with_bert_prefix(minilm_dir, tok, tmp_path):
 def test_classifier_logits(minilm_dir, tok):
     from flax import nnx
 
-    model = bert.BertClassifier(bert.load_bert(minilm_dir, num_layers=1), 3, rngs=nnx.Rngs(0))
+    model = bert.classifier(bert.load_bert(minilm_dir, num_layers=1), 3, rngs=nnx.Rngs(0))
     ids, mask = tok.encode(["good", "bad taste", "fine I guess"], 24)
     logits = model({"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)})
     assert logits.shape == (3, 3) and logits.dtype == jnp.float32

@@ -12,6 +12,7 @@ or float32 values stored as they will be returned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -141,6 +142,12 @@ BUILDERS: dict[str, type[_SourceBuilder]] = {
 }
 
 
+def progress_to_stderr():
+    """TFDS reports building progress on stdout; a run's own output (plan, table) stays alone
+    there, so the chatter goes to stderr."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def load(task: str, data_dir: pathlib.Path) -> Task:
     """Build ``task`` into ``data_dir`` if needed, then read it back as a Task.
 
@@ -182,7 +189,8 @@ def _build(builder: _SourceBuilder, data_dir: pathlib.Path, *, replace: bool = F
         # No GCS lookup: these datasets exist only here, and we may be offline.
         # A no-op if another process finished the build while we waited.
         config = tfds.download.DownloadConfig(try_download_gcs=False)
-        builder.download_and_prepare(download_config=config)
+        with progress_to_stderr():
+            builder.download_and_prepare(download_config=config)
         _record_hashes(prepared)
 
 
