@@ -456,11 +456,13 @@ def test_collapsed_model_is_caught_on_a_balanced_slice():
     from w2sjax import train
 
     labels = np.array([0] * 30 + [1] * 6)
-    one_class = np.tile([0.9, 0.1], (36, 1))
+    one_class = np.tile([0.999, 0.001], (36, 1))  # saturated: one answer for every input
     with pytest.raises(FloatingPointError, match=r"stage s: after step 7 .*class 0 for all 12 examples"):
         train.check_not_collapsed(one_class, labels, "s", 7)
-    # Right on the rare class, wrong elsewhere: not one class; and no check without both classes.
+    # Right on the rare class: not one class; no check without both classes; and a model that is
+    # merely unsure (majority everywhere at 0.6) learned little but did not diverge.
     mixed = one_class.copy()
     mixed[30:] = [0.2, 0.8]
     train.check_not_collapsed(mixed, labels, "s", 7)
     train.check_not_collapsed(one_class, np.zeros(36, np.int64), "s", 7)
+    train.check_not_collapsed(np.tile([0.6, 0.4], (36, 1)), labels, "s", 7)

@@ -699,11 +699,18 @@ def check_divergence(state: TrainState, stage: str, lr: float) -> None:
             f"value {float(state.first_loss):.4g}); lower its learning rate (lr={lr:g})")
 
 
-def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step: int) -> None:
-    """FloatingPointError if the model predicts one class on all of a class-balanced slice of the
-    validation rows (as many of each class as the rarest has): it learned nothing but a constant.
+COLLAPSE_CONFIDENCE = 0.99  # mean top probability of a model that has collapsed onto one class
 
-    Skipped when some class is missing from ``labels``.
+
+def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step: int) -> None:
+    """FloatingPointError if the model predicts one class, with near certainty, on all of a
+    class-balanced slice of the validation rows (as many of each class as the rarest has).
+
+    That is what a diverged model looks like (saturated logits, one answer for every input). A
+    model that merely learned little, e.g. a few steps on a small or hard task, also predicts the
+    majority class everywhere, but unsure of it: that is a weak result, not a failure, so the
+    mean top probability must reach ``COLLAPSE_CONFIDENCE`` too. Skipped when some class is
+    missing from ``labels``.
     """
     classes = probs.shape[1]
     counts = np.bincount(labels, minlength=classes)
@@ -711,8 +718,9 @@ def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step:
         return
     slice_rows = np.concatenate([np.flatnonzero(labels == c)[: counts.min()] for c in range(classes)])
     predicted = np.unique(np.argmax(probs[slice_rows], axis=1))
-    if len(predicted) == 1:
+    confidence = float(np.max(probs[slice_rows], axis=1).mean())
+    if len(predicted) == 1 and confidence >= COLLAPSE_CONFIDENCE:
         raise FloatingPointError(
             f"stage {stage}: after step {step} the model predicts class {int(predicted[0])} for all "
-            f"{len(slice_rows)} examples of a balanced validation slice: it diverged or learned "
-            "nothing (check its lr and epochs)")
+            f"{len(slice_rows)} examples of a balanced validation slice (mean probability {confidence:.3f}): "
+            "it diverged; lower its learning rate")
