@@ -127,7 +127,7 @@ def test_classifier_logits(full, tok, ref):
     computed (the reference), in numpy."""
     from flax import nnx
 
-    model = bert.BertClassifier(full, 3, rngs=nnx.Rngs(0))
+    model = bert.classifier(full, 3, rngs=nnx.Rngs(0))
     texts = slice(0, 4)
     ids, mask = tok.encode(ref["sentences"][texts], int(ref["max_seq_length"]))
     logits = model({"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)})

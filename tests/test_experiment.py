@@ -66,7 +66,10 @@ def test_smoke_results_schema_and_values(reference):
     assert {ln["stage"].split("__")[0] for ln in lines} == {"weak", "ceiling", "w2s"}
     assert all(np.isfinite(ln["loss"]) for ln in lines if "loss" in ln)
     done = sorted(p.name for p in (reference / "checkpoints").iterdir())
-    assert "weak__glove-bow__seed0.out" in done and "ceiling__minilm-l2__seed0.out" in done
+    for r in runs:  # every row names its stages' checkpoints: the readable name, then the fingerprint
+        assert {f"{name}.out" for name in r["stages"].values()} <= set(done)
+    assert r["stages"]["weak"].startswith("weak__glove-bow__seed0--")
+    assert r["stages"]["ceiling"].startswith("ceiling__minilm-l2__seed0--")
 
 
 def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):
@@ -80,7 +83,7 @@ def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):
     run = next(r for r in load_runs(reference) if r["loss"] == "xent")
     target = {k: np.zeros((n, 2), np.float32) for k, n in (("b", len(splits.strong["label"])),
                                                           ("val", 64), ("test", 256))}
-    preds, _ = checkpoint.restore(reference / "checkpoints", "w2s__glove-bow__minilm-l2__xent__seed0.out", target)
+    preds, _ = checkpoint.restore(reference / "checkpoints", run["stages"]["w2s"] + ".out", target)
     acc = float((np.asarray(preds["test"]).argmax(-1) == splits.test["label"]).mean())
     assert acc == pytest.approx(run["w2s_acc"], abs=1e-6)
     del jax
@@ -105,9 +108,9 @@ def test_resume_after_kill_9_matches_uninterrupted_run(reference, tmp_path):
         # right after the first stage finished
         lambda: any(p.name.endswith(".out") for p in ckpts.glob("*")) if ckpts.exists() else False,
         # inside the w2s stage, right after an in-stage checkpoint (smoke saves every 20 steps)
-        lambda: (ckpts / "w2s__glove-bow__minilm-l2__xent__seed0" / "20").exists(),
+        lambda: any(ckpts.glob("w2s__glove-bow__minilm-l2__xent__seed0--*/20")),
         # inside the second w2s stage
-        lambda: (ckpts / "w2s__glove-bow__minilm-l2__logconf__seed0" / "40").exists(),
+        lambda: any(ckpts.glob("w2s__glove-bow__minilm-l2__logconf__seed0--*/40")),
     ]
     killed = 0
     for point in kill_points:

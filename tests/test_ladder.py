@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax.models import get_model, known_models, llama, mpnet
+from w2sjax.models import get_model, heads, known_models, llama, mpnet
 
 ROOT = Path(__file__).resolve().parents[1]
 # Different lengths on purpose: the plan sorts by length, so output order is checked too.
@@ -87,6 +87,6 @@ def test_mpnet_features_match_direct_call():
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
     # The finetune model starts from the same weights: its pooled features agree.
     clf = spec.finetune(2, rngs=nnx.Rngs(0))
-    assert isinstance(clf, mpnet.MPNetClassifier)
+    assert isinstance(clf, heads.PooledClassifier)
     pooled = _jit(clf.encoder, lambda m, i, k: m.embed(i, k, normalize=False))(ids, mask)
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(want), atol=1e-5)

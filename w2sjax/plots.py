@@ -248,11 +248,10 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
 
 def _split_stage(stage: str) -> tuple[str, str, str]:
     """``w2s__glove-bow__minilm-l2__logconf__seed0`` -> ("w2s", "glove-bow → minilm-l2 · logconf", "logconf")."""
-    parts = stage.split("__")
-    kind = parts[0]
-    if len(parts) > 1 and parts[-1].startswith("seed"):
-        parts = parts[:-1]
-    body = parts[1:]
+    from w2sjax.stages import StageKey
+
+    key = StageKey.parse(stage)
+    kind, body = key.kind, list(key.parts)
     loss = ""
     if kind == "w2s" and len(body) == 3:
         label, loss = f"{body[0]} → {body[1]} · {body[2]}", body[2]

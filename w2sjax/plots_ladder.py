@@ -37,6 +37,7 @@ import numpy as np
 
 from w2sjax import plots, report
 from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
+from w2sjax.stages import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
@@ -86,7 +87,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
         t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
         expected[(t, w, s, loss)].add(seed)
         try:
-            task = tasks.get(t) or tasks.setdefault(t, data.load_task(t))
+            task = tasks.get(t) or tasks.setdefault(t, data.load_task(
+                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label")))
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
@@ -94,9 +96,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
                      "test": len(sp.test["label"])}
             target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
             got = []
-            for stage in (f"weak__{w}__seed{seed}", f"w2s__{w}__{s}__{loss}__seed{seed}",
-                          f"ceiling__{s}__seed{seed}"):
-                p, _ = checkpoint.restore(ckpt, f"{stage}.out", target)
+            for role in ("weak", "w2s", "ceiling"):
+                p, _ = checkpoint.restore(ckpt, StageKey.parse(run["stages"][role]).outputs_name, target)
                 got.append(np.argmax(np.asarray(p["test"]), -1) == sp.test["label"])
         except (FileNotFoundError, ValueError, KeyError):
             continue

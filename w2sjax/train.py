@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import functools
 import math
+import time
 from typing import Any, Callable
 
 import flax.struct
@@ -29,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import losses, metrics, parallel
+from w2sjax import losses, metrics, parallel, preemption
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -154,6 +155,10 @@ def trainable_filter(trainable: str):
     """Linear probe versus full finetune is only this filter: which parameters the optimizer sees."""
     if trainable == "head":
         return nnx.All(nnx.Param, nnx.PathContains("head"))
+    if trainable == "lora":
+        from w2sjax.models import lora
+
+        return lora.TRAINABLE
     return nnx.Param
 
 
@@ -165,7 +170,7 @@ def make_optimizer() -> optax.GradientTransformation:
 
 def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
     """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
-    ``trainable`` is "all" or "head" (see :func:`trainable_filter`)."""
+    ``trainable`` is "all", "head" or "lora" (see :func:`trainable_filter`)."""
     graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
@@ -516,6 +521,7 @@ def fit(
     stopped_early = False
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
     step = start
+    last_save = time.monotonic()
     while step < total:
         # Run up to the next step where the host has something to do (log, eval, checkpoint).
         done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
@@ -531,10 +537,18 @@ def fit(
             state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
                              step=step, log=log)
             stopped_early = _patience_ran_out(state, cfg)
-        if ckpt is not None and itstime(step, cfg.checkpoint_every, total, last=False):
-            ckpt.save(step, state)  # the final state is saved by the caller, with the stage's outputs
-        # stop: early stopping ends the stage here; a stop requested from outside (a SIGTERM or
-        # SIGINT flag) would be checked at this point too, once per chunk, after the checkpoint
+        if ckpt is not None and step < total:
+            # the final state is saved by the caller, with the stage's outputs
+            due = itstime(step, cfg.checkpoint_every, total, last=False)
+            due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
+            preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
+            if due or preempted:
+                ckpt.save(step, state)
+                last_save = time.monotonic()
+            if preempted:
+                bar.close()
+                raise preemption.Preempted(stage, step)
+        # stop: early stopping ends the stage here; a SIGINT flag would be checked here too
         if stopped_early:
             break
     bar.close()

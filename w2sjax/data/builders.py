@@ -12,7 +12,9 @@ or float32 values stored as they will be returned.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import sys
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -138,6 +140,12 @@ BUILDERS: dict[str, type[_SourceBuilder]] = {
 }
 
 
+def progress_to_stderr():
+    """TFDS reports building progress on stdout; a run's own output (plan, table) stays alone
+    there, so the chatter goes to stderr."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def load(task: str, data_dir: pathlib.Path) -> Task:
     """Build ``task`` into ``data_dir`` if needed, then read it back as a Task."""
     cls = BUILDERS[task]
@@ -151,7 +159,8 @@ def load(task: str, data_dir: pathlib.Path) -> Task:
             # No GCS lookup: these datasets exist only here, and we may be offline.
             # A no-op if another process finished the build while we waited.
             config = tfds.download.DownloadConfig(try_download_gcs=False)
-            builder.download_and_prepare(download_config=config)
+            with progress_to_stderr():
+                builder.download_and_prepare(download_config=config)
     stored = tfds.builder_from_directory(builder.data_dir)
     key = "text" if cls.KIND == "text" else "x"
     parts = {
