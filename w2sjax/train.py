@@ -332,7 +332,8 @@ _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _COMPILED_MAX = 64
 
 
-def _memo(key: tuple, build: Callable[[], Any]) -> Any:
+def _jitted_function_for(key: tuple, build: Callable[[], Any]) -> Any:
+    """The function built for ``key`` before, else ``build()``; the 64 most recent are kept."""
     try:
         value = _COMPILED.pop(key)
     except KeyError:
@@ -355,7 +356,7 @@ def _model_key(model: Model) -> tuple:
 
 def cached_predict_step(model: Model):
     """`make_predict_step`, one function object per model structure (so `predict` compiles once)."""
-    return _memo(("predict", _model_key(model)), lambda: make_predict_step(model))
+    return _jitted_function_for(("predict", _model_key(model)), lambda: make_predict_step(model))
 
 
 # ---- batching -------------------------------------------------------------------------------
@@ -576,7 +577,7 @@ def compiled_train_loop(model: Model, tx, mesh: Mesh, shardings, step_wrapper: C
         step = raw if step_wrapper is None else step_wrapper(raw)
         return jit_train_loop(make_train_loop(step, mesh, shape_step=raw), mesh, shardings)
 
-    return _memo(("train_loop", _model_key(model), _sharding_key(shardings), step_wrapper), build)
+    return _jitted_function_for(("train_loop", _model_key(model), _sharding_key(shardings), step_wrapper), build)
 
 
 def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
@@ -608,8 +609,8 @@ class HostFeed:
 def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
              step: int, log: Callable[[dict], None] | None = None) -> TrainState:
     """Score the current parameters on ``val`` and keep them if they are the best so far."""
-    remember = _memo(("record_eval", _sharding_key(shardings)),
-                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
+    remember = _jitted_function_for(("record_eval", _sharding_key(shardings)),
+                                    lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
     probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size)
     score = float(metrics.accuracy(probs, val.labels))
     if log is not None:
