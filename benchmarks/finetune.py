@@ -2,8 +2,8 @@
 
 Three backbones, each built the same way on both sides from the same checkpoint:
 
-    minilm-l6     BERT, 6 x 384, mean pooling            (bert.BertClassifier / transformers.BertModel)
-    mpnet-base    MPNet, 12 x 768, mean pooling          (mpnet.MPNetClassifier / transformers.MPNetModel)
+    minilm-l6     BERT, 6 x 384, mean pooling            (bert.classifier / transformers.BertModel)
+    mpnet-base    MPNet, 12 x 768, mean pooling          (bert.classifier / transformers.MPNetModel)
     smollm2-135m  Llama decoder, 30 x 576, last token    (llama.DecoderClassifier / transformers.LlamaModel)
 
 plus a linear head, cross-entropy and AdamW over every parameter. Two kinds of batches:
@@ -59,14 +59,14 @@ def asset_path(model: str):
 
 
 def _gguf(path):
-    from w2sjax.models import llama
+    from w2sjax.models.gguf import find_gguf
 
-    return llama._find_gguf(path)
+    return find_gguf(path)
 
 
 def shape_of(model: str, path, layers: int | None = None) -> Shape:
     from w2sjax.models import bert, llama, mpnet
-    from w2sjax.models.gguf_tokenizer import GGUFFile
+    from w2sjax.models.gguf import GGUFFile
 
     if model == "smollm2-135m":
         c = llama.LlamaConfig.from_gguf(GGUFFile(_gguf(path)))
@@ -79,7 +79,7 @@ def shape_of(model: str, path, layers: int | None = None) -> Shape:
 
 def tokenizer_of(model: str, path):
     from w2sjax.models import bert, mpnet
-    from w2sjax.models.gguf_tokenizer import GGUFTokenizer
+    from w2sjax.models.gguf import GGUFTokenizer
 
     if model == "minilm-l6":
         return bert.load_tokenizer(path)
@@ -150,10 +150,10 @@ def jax_module(model: str, path, dtype: str, layers: int | None = None):
     rngs = nnx.Rngs(0)
     dt = jnp.dtype(dtype)
     if model == "minilm-l6":
-        return bert.BertClassifier(bert.load_bert(path, num_layers=layers, dtype=dt), 2, rngs=rngs)
+        return bert.classifier(bert.load_bert(path, num_layers=layers, dtype=dt), 2, rngs=rngs)
     if model == "mpnet-base":
         enc = mpnet.load_mpnet_encoder(path, num_layers=layers, dtype=dt, param_dtype=jnp.float32)
-        return mpnet.MPNetClassifier(enc, 2, rngs=rngs)
+        return bert.classifier(enc, 2, rngs=rngs)
     decoder, _ = llama.load_llama_gguf(path, dtype=dt, param_dtype=jnp.float32)
     return llama.DecoderClassifier(decoder, 2, rngs=rngs)
 

@@ -125,7 +125,7 @@ def embed_sides(path, sz, precisions, with_torch: bool):
         blocks = embed.row_blocks(b, t, embed._local_devices_for_batch())
         extra["row_blocks"] = blocks
         sides[_impl("jax", dtype)] = (lambda g=graphdef, s=state, i=ids, m=mask, k=blocks:
-                                      embed._embed(g, s, i, m, normalize=False, blocks=k).block_until_ready())
+                                      embed.pooled_features(g, s, i, m, pooling="mean", blocks=k).block_until_ready())
     if with_torch:
         import torch
 
@@ -155,13 +155,13 @@ def fine_foods_texts(limit):
 
 def fine_foods_sides(path, sz, texts, precisions, max_len, with_torch: bool):
     """Embed every text: JAX in fitted length buckets (tokenising included), PyTorch padded to max_len."""
-    from w2sjax.models import embed
+    from w2sjax.models import bert
 
     sides, compiles = {}, {}
     tok = None
     for dtype in precisions:
-        feat = embed.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
-                                    dtype=dtype, progress=False)
+        feat = bert.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
+                                   dtype=dtype, progress=False)
         enc, tok = feat.load()
         cfg = enc.config
         sides[_impl("jax", dtype)] = functools.partial(_count_compiles, compiles, _impl("jax", dtype),
@@ -192,9 +192,9 @@ def fine_foods_sides(path, sz, texts, precisions, max_len, with_torch: bool):
 def _count_compiles(counts: dict, key: str, fn):
     from w2sjax.models import embed
 
-    before = embed._embed._cache_size()
+    before = embed.pooled_features._cache_size()
     fn()
-    counts[key] = counts.get(key, 0) + embed._embed._cache_size() - before
+    counts[key] = counts.get(key, 0) + embed.pooled_features._cache_size() - before
 
 
 # ---------------------------------------------------------------- finetune

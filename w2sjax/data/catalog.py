@@ -8,11 +8,13 @@ are prepared as array_record and read through ``tfds.data_source``; the text
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from w2sjax.data.builders import read_split
+from w2sjax.assets import AssetError
+from w2sjax.data.builders import progress_to_stderr, read_split
 from w2sjax.data.task import Task, take
 
 # task name -> (TFDS name, train split, test split). GLUE hides its test
@@ -28,8 +30,15 @@ _TEXT_KEYS = ("text", "sentence", "review", "content", "document")
 def load(task: str, tfds_name: str, data_dir: pathlib.Path) -> Task:
     """Prepare (downloading if needed) and read a TFDS catalog dataset."""
     builder_kwargs = {"file_format": "array_record"}
-    builder = tfds.builder(tfds_name, data_dir=str(data_dir), **builder_kwargs)
-    builder.download_and_prepare()  # split names are known only once prepared
+    try:
+        builder = tfds.builder(tfds_name, data_dir=str(data_dir), **builder_kwargs)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"task {task!r}: TFDS has no dataset {tfds_name!r}") from None
+    with progress_to_stderr():
+        try:
+            builder.download_and_prepare()  # split names are known only once prepared
+        except OSError as exc:  # requests' and urllib3's connection errors are OSErrors
+            raise AssetError(_offline_message(task, tfds_name, data_dir, exc)) from None
     splits = builder.info.splits
     if task in ALIASES:
         _, train_split, test_split = ALIASES[task]
@@ -73,4 +82,16 @@ def load(task: str, tfds_name: str, data_dir: pathlib.Path) -> Task:
         train=parts[0],
         test=parts[1],
         fingerprint=f"tfds:{tfds_name}:{builder.info.version}",
+    )
+
+
+def _offline_message(task: str, tfds_name: str, data_dir: pathlib.Path, exc: OSError) -> str:
+    """One line: the task, what failed, and how to provide the data without network access."""
+    host = re.search(r"host='([^']+)'", str(exc))
+    what = f"cannot reach {host.group(1)}" if host else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return (
+        f"data.task={task}: downloading TFDS dataset {tfds_name!r} failed ({what}). Offline: on a machine with "
+        f"network run `tfds build {tfds_name} --file_format array_record --data_dir DIR` and copy DIR's contents "
+        f"into {data_dir} (W2SJAX_CACHE moves it); datasets with a manual download read their files from "
+        f"{data_dir / 'downloads' / 'manual'} (TFDS manual_dir)"
     )
