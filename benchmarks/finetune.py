@@ -119,11 +119,6 @@ def padded_to_longest(tokenizer, ids, b: int = BATCH):
     return out
 
 
-def padded_to(tokenizer, ids, length: int, b: int = BATCH):
-    """Consecutive ``b``-row batches, all padded to ``length`` (`train.fit` without buckets)."""
-    return [tokenizer.pad(ids[s:s + b], length) for s in range(0, len(ids) - b + 1, b)]
-
-
 def bucketed(tokenizer, ids, max_len: int, b: int = BATCH, seed: int = 0):
     """``b``-row batches in `train.fit`'s length-bucketed order (`w2sjax.length_buckets`), one epoch."""
     from w2sjax import length_buckets
