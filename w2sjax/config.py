@@ -82,6 +82,7 @@ class StudentTrainConfig(TrainConfig):
     trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head
     loss: LossConfig = LossConfig()
     lora: LoraConfig = LoraConfig()
+    remat: bool = False  # finetune mode: recompute each block's activations in the backward pass (less memory, ~1 more forward)
 
     def __post_init__(self):
         super().__post_init__()

@@ -145,6 +145,10 @@ class Inputs:
 
                 lora.add_adapters(module, rank=train_cfg.lora.rank, alpha=train_cfg.lora.alpha,
                                   targets=train_cfg.lora.targets, rngs=nnx.Rngs(seed + 1))
+            if train_cfg.remat:
+                from w2sjax.models import remat
+
+                remat.checkpoint_blocks(module)
             return module
 
         return ModelInputs(
