@@ -100,8 +100,13 @@ class DataConfig:
     n_test: int | None = None  # subsample of the test split; None = all of it
     balance: bool = False  # equalise classes by downsampling
     max_len: int = 128  # token budget for text backbones
+    prompt: str = ""  # template for pretrained text backbones, e.g. "{text}\nIs the review positive?"; "" = the bare text
     text_field: str = "text"  # csv:/jsonl: files: the column holding the text
     label_field: str = "label"  # csv:/jsonl: files: the column holding the label
+
+    def __post_init__(self):
+        if self.prompt and "{text}" not in self.prompt:
+            raise ConfigError(f"data.prompt: expected a template containing {{text}}, got {self.prompt!r}")
 
 
 @dataclasses.dataclass(frozen=True)
