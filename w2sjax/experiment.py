@@ -394,7 +394,7 @@ class SeedRun:
 
     def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
         return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
-                    self.test["label"], self.b["label"])
+                    self.test["label"], self.b["label"], self.test.get("group"))
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -493,7 +493,8 @@ def _check_modality(name: str, task) -> None:
         )
 
 
-def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels) -> dict:
+def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+         test_groups=None) -> dict:
     weak_acc = _acc(weak.preds["test"], test_labels)
     w2s_acc = _acc(w2s.preds["test"], test_labels)
     ceiling_acc = _acc(ceiling.preds["test"], test_labels)
@@ -517,6 +518,21 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         "strong_mode": config.strong_mode,
         "n_test": int(len(test_labels)),
         "stage_seconds": {"weak": weak.seconds, "w2s": w2s.seconds, "ceiling": ceiling.seconds},
+        **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
+    }
+
+
+def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
+    """Multiple-choice tasks (one row per choice): accuracy per question beside the per-pair
+    accuracy, and the PGR computed from it."""
+    acc = {
+        name: float(metrics.question_accuracy(stage.preds["test"], test_labels, test_groups))
+        for name, stage in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+    }
+    return {
+        **{f"{name}_acc_question": round(value, 6) for name, value in acc.items()},
+        "pgr_question": _pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
+        "n_test_questions": int(len(np.unique(test_groups))),
     }
 
 
