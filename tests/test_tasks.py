@@ -223,3 +223,18 @@ def test_run_reports_per_question_accuracy(real_cache, tmp_path):
     gap = row["ceiling_acc_question"] - row["weak_acc_question"]
     if gap > 0:
         assert row["pgr_question"] == pytest.approx((row["w2s_acc_question"] - row["weak_acc_question"]) / gap, abs=1e-5)
+
+
+def test_tasks_command_prints_sizes_and_majority(real_cache, capsys):
+    from w2sjax import cli
+
+    assert cli.main(["tasks", "vader_tweets", "social_iqa", "piqa"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    tweets = _task("vader_tweets")
+    test = tweets.test["label"]
+    majority = max(np.mean(test == 0), np.mean(test == 1))
+    assert lines["vader_tweets"].split()[1:4] == [str(len(tweets.train["label"])), str(len(test)), "negative,"]
+    assert f"{majority:.3f}" in lines["vader_tweets"] and "pip vaderSentiment==3.3.2" in lines["vader_tweets"]
+    assert "(975 q)" in lines["social_iqa"] and "(979 q)" in lines["social_iqa"]
+    assert "TFDS piqa (needs network)" in lines["piqa"]
+    assert cli.main(["tasks", "nope"]) == 2

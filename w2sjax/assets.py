@@ -54,7 +54,7 @@ try:  # POSIX only; without it concurrent first fetches just duplicate work.
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "env_var", "fetch", "known_assets"]
+__all__ = ["AssetError", "cache_dir", "env_var", "fetch", "known_assets", "source_of"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -308,6 +308,12 @@ _SPECS: dict[str, _Spec] = {
 def known_assets() -> list[str]:
     """Names accepted by :func:`fetch`."""
     return sorted(_SPECS)
+
+
+def source_of(name: str) -> str:
+    """Where asset ``name`` comes from, e.g. ``"pip bigbench==1.0.0"``."""
+    spec = _SPECS[name]
+    return f"{spec.source} {' '.join(spec.packages)}"
 
 
 def env_var(name: str) -> str:
