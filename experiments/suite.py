@@ -66,12 +66,21 @@ def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False)
     meds = suite.medians(rows)
     summary = {"config": config_lib.to_dict(base), "tasks": list(tasks),
                "per_task": rows, "medians": meds}
-    experiment.write_json_atomic(out / "suite.json", summary)
+    experiment.write_json_atomic(out / "suite.json", _nan_to_null(summary))
     (out / "suite.md").write_text(suite.format_markdown(rows, meds) + "\n")
     fig = plots.task_spread(rows, meds)
     if fig is not None:
         plots._save_atomic(fig, out / "task_spread.png")
     return summary
+
+
+def _nan_to_null(x):
+    """Undefined PGRs are NaN in memory and null in JSON (NaN is not valid JSON)."""
+    if isinstance(x, dict):
+        return {k: _nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_null(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
 
 
 def main(argv=None) -> int:

@@ -238,3 +238,17 @@ def test_tasks_command_prints_sizes_and_majority(real_cache, capsys):
     assert "(975 q)" in lines["social_iqa"] and "(979 q)" in lines["social_iqa"]
     assert "TFDS piqa (needs network)" in lines["piqa"]
     assert cli.main(["tasks", "nope"]) == 2
+
+
+@pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
+@pytest.mark.parametrize("name", NEW_TASKS)
+def test_cli_run_on_every_offline_task(real_cache, name, tmp_path):
+    from w2sjax import cli
+
+    sets = [f"data.task={name}", "data.n_train=120", "data.n_val=40", "data.n_test=120", "data.max_len=32",
+            "strong_models=minilm-l1", "losses=xent"]
+    argv = ["run", "--config", "experiments/smoke.py", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    (row,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert row["task"] == name and 0.0 <= row["w2s_acc"] <= 1.0
+    assert ("w2s_acc_question" in row) == builders.BUILDERS[name].GROUPED
