@@ -252,3 +252,20 @@ def test_cli_run_on_every_offline_task(real_cache, name, tmp_path):
     (row,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert row["task"] == name and 0.0 <= row["w2s_acc"] <= 1.0
     assert ("w2s_acc_question" in row) == builders.BUILDERS[name].GROUPED
+
+
+def test_multiemo_domain_shift(real_cache):
+    from w2sjax import experiment
+    from w2sjax.config import ConfigError, MethodConfig
+
+    task = _task("multiemo")
+    shifted = experiment.shift_task(task, "domain:reviews")  # university reviews = domain 3
+    assert set(shifted.train["domain"].tolist()) == {0, 1, 2} and set(shifted.test["domain"].tolist()) == {3}
+    assert len(shifted.test["label"]) == int((task.test["domain"] == 3).sum()) > 0
+    assert len(shifted.train["label"]) == int((task.train["domain"] != 3).sum())
+    with pytest.raises(ConfigError, match="expected one of hotels, medicine, products, reviews"):
+        experiment.shift_task(task, "domain:school")
+    with pytest.raises(ConfigError, match="has none"):
+        experiment.shift_task(_task("fever"), "domain:x")
+    with pytest.raises(ConfigError, match="domain:NAME"):
+        MethodConfig(shift="domain:")
