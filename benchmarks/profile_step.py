@@ -78,11 +78,12 @@ def main(argv=None) -> int:
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
         module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
-        tx = train.make_optimizer(tcfg, 1000)
-        model, state = train.init_state(module, tcfg, tx)
+        tx = train.make_optimizer()
+        model, state = train.init_state(module, "all", tx)
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
-        loss_fn = train.make_loss("xent", tcfg)
+        loss_fn = train.make_loss("xent")
+        settings = train.place(train.step_settings(tcfg, 1000, "xent"), parallel.replicated(mesh))
         fwd_flops = bench.flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
         original = bert.BertLayer._attention
         if variant == "step_sdpa":
@@ -97,17 +98,17 @@ def main(argv=None) -> int:
                 call = lambda: jax.block_until_ready(fn(state.params, state.frozen, batch))
                 flops = fwd_flops * (3 if variant == "grad" else 1)
             else:
-                step = train.make_train_step(model, tx, loss_fn, 1000)
+                step = train.make_train_step(model, tx)
                 if variant == "step_nodonate":
                     fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
-                                                     parallel.replicated(mesh)),
+                                                     parallel.replicated(mesh), parallel.replicated(mesh)),
                                  out_shardings=(shardings, parallel.replicated(mesh)))
                 else:
                     fn = train.jit_train_step(step, mesh, shardings)
                 holder = {"s": state}
 
                 def call():
-                    holder["s"], m = fn(holder["s"], batch, key)
+                    holder["s"], m = fn(holder["s"], batch, key, settings)
                     jax.block_until_ready(m)
                     holder["m"] = m
                 flops = 3 * fwd_flops

@@ -153,13 +153,14 @@ def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):
     b, t = sz["ft_b"], sz["ft_t"]
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
     steps = 1000
-    tx = train.make_optimizer(tcfg, steps)
+    tx = train.make_optimizer()
     mesh = parallel.make_mesh(data=1, fsdp=-1) if fsdp else parallel.make_mesh()
-    model, state = train.init_state(module, tcfg, tx)
+    model, state = train.init_state(module, "all", tx)
     shardings = train.state_shardings(mesh, state)
     state = train.place(state, shardings)
     traces = [0]
-    step_fn = train.make_train_step(model, tx, train.make_loss("xent", tcfg), steps)
+    step_fn = train.make_train_step(model, tx)
+    settings = train.place(train.step_settings(tcfg, steps, "xent"), parallel.replicated(mesh))
 
     def counted(*a):
         traces[0] += 1  # runs only while tracing: counts (re)compilations
@@ -184,7 +185,7 @@ def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):
     def one_step():
         batch = train.to_global(mesh, batches[holder["i"] % len(batches)])
         holder["i"] += 1
-        holder["state"], m = jitted(holder["state"], batch, rng_key)
+        holder["state"], m = jitted(holder["state"], batch, rng_key, settings)
         jax.block_until_ready(m)
 
     s = timed(one_step, max(repeats, sz["steps"]))

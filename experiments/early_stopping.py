@@ -3,8 +3,7 @@
 ground truth. docs/methods.md §9.
 """
 
-from w2sjax.config import Config, DataConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -17,5 +16,5 @@ def get_config() -> Config:
         losses=("xent",),
         seeds=(0, 1, 2),
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
-        train=TrainConfig(epochs=40, batch_size=32, lr=1e-2, log_every=100),
+        train=StudentTrainConfig(epochs=40, batch_size=32, lr=1e-2, log_every=100),
     )

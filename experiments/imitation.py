@@ -4,8 +4,7 @@ one seed (add seeds and minilm-l4 for a fuller picture).
 docs/methods.md §2.
 """
 
-from w2sjax.config import Config, DataConfig, MethodConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, MethodConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -18,6 +17,6 @@ def get_config() -> Config:
         losses=("xent", "logconf"),
         seeds=(0,),
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
-        train=TrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=100),
+        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=100),
         options=MethodConfig(epochs_grid=(1.0, 3.0, 10.0, 30.0)),
     )

@@ -16,8 +16,7 @@ are cached per example, and shared with the `fine_foods` task).
 faster here than float32 (benchmarks/RESULTS.md); docs/ladder.md compares the two on MiniLM.
 """
 
-from w2sjax.config import Config, DataConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -33,5 +32,5 @@ def get_config() -> Config:
         # ~36 steps per epoch on ~1150 examples; 30 epochs reach the plateau of the probes'
         # validation accuracy (docs/ladder.md).
         weak_train=TrainConfig(epochs=30, batch_size=32, lr=1e-2),
-        train=TrainConfig(epochs=30, batch_size=32, lr=1e-2),
+        train=StudentTrainConfig(epochs=30, batch_size=32, lr=1e-2),
     )

@@ -4,8 +4,7 @@ filtering in the MiniLM feature space. GloVe supervisor, MiniLM-L2/L6 probe stud
 docs/methods.md §5.
 """
 
-from w2sjax.config import Config, DataConfig, MethodConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, MethodConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -17,6 +16,6 @@ def get_config() -> Config:
         losses=("xent",),
         seeds=(0, 1, 2),
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
-        train=TrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=50),
+        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=50),
         options=MethodConfig(labels=("soft", "hard", "selective", "knn", "filter"), keep_frac=0.7, knn_k=10),
     )

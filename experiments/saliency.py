@@ -4,8 +4,7 @@ one seed (finetuning is the slow part on CPU: about a minute per model here).
 docs/methods.md §1.
 """
 
-from w2sjax.config import Config, DataConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -21,5 +20,5 @@ def get_config() -> Config:
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
         # Full finetuning of the backbone (ft rows); the linear probes use saliency.PROBE. At lr 5e-5
         # for 3 epochs (75 steps) the finetuned model stayed at the majority class (measured).
-        train=TrainConfig(epochs=5, batch_size=16, lr=2e-4, log_every=20),
+        train=StudentTrainConfig(epochs=5, batch_size=16, lr=2e-4, log_every=20),
     )

@@ -5,8 +5,7 @@ A GloVe bag-of-words supervisor and a 2-layer MiniLM student on 480 fine-food re
 
 import dataclasses
 
-from w2sjax.config import Config, DataConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -18,5 +17,5 @@ def get_config() -> Config:
         losses=("xent", "logconf"),
         seeds=(0,),
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=2e-2, log_every=5),
-        train=TrainConfig(epochs=10, batch_size=32, lr=5e-3, log_every=5, checkpoint_every=20),
+        train=StudentTrainConfig(epochs=10, batch_size=32, lr=5e-3, log_every=5, checkpoint_every=20),
     )

@@ -4,8 +4,7 @@ and RAVEN-style learned weights; in distribution and trained on short reviews / 
 ones. docs/methods.md §4.
 """
 
-from w2sjax.config import Config, DataConfig, MethodConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import Config, DataConfig, MethodConfig, StudentTrainConfig, TrainConfig
 
 
 def get_config() -> Config:
@@ -18,6 +17,6 @@ def get_config() -> Config:
         losses=("xent",),
         seeds=(0, 1),
         weak_train=TrainConfig(epochs=20, batch_size=64, lr=1e-2, log_every=20),
-        train=TrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=50),
+        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-2, log_every=50),
         options=MethodConfig(shift="length"),
     )

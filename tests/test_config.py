@@ -71,3 +71,40 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "wrong.py").write_text("def get_config():\n    return {'a': 1}\n")
     with pytest.raises(ConfigError, match="returned dict"):
         cfg_lib.load_config_file(tmp_path / "wrong.py")
+
+
+def test_importing_config_loads_neither_flax_nor_optax():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, w2sjax.config\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('flax', 'optax', 'orbax', 'tensorflow_datasets')]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        # The supervisors always train with xent as linear probes: they have no loss or trainable keys.
+        ("weak_train.loss.alpha_max=0.3", r"--set weak_train.loss.alpha_max: unknown key 'loss'; expected one of epochs"),
+        ("weak_train.trainable=head", r"--set weak_train.trainable: unknown key 'trainable'"),
+        ("weak_train.alpha_max=0.3", r"unknown key 'alpha_max'"),
+        ("train.alpha_max=0.3", r"unknown key 'alpha_max'"),  # it moved to train.loss
+    ],
+)
+def test_removed_keys_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        cfg_lib.apply_overrides(Config(), [override])
+    assert "\n" not in str(info.value)
+
+
+def test_student_loss_settings_are_a_section():
+    c = cfg_lib.apply_overrides(Config(), ["train.loss.alpha_max=0.75", "train.loss.product_beta=2"])
+    assert c.train.loss.alpha_max == 0.75 and c.train.loss.product_beta == 2.0
+    # A config file that writes train=TrainConfig(...) gets a student config with default loss settings.
+    plain = Config(train=cfg_lib.TrainConfig(epochs=3))
+    assert isinstance(plain.train, cfg_lib.StudentTrainConfig)
+    assert plain.train.epochs == 3 and plain.train.loss == cfg_lib.LossConfig()

@@ -56,4 +56,4 @@ def test_describe_reads_types_and_comments():
     assert rows["seeds"][0] == "tuple[int, ...]"
     assert rows["data.n_test"][0] == "int | None"
     assert rows["data.task"][1]  # a trailing source comment
-    assert rows["train.alpha_max"][1]  # the comment heading its block
+    assert rows["train.loss.alpha_max"][1]  # the comment heading its block

@@ -13,7 +13,7 @@ import pytest
 from w2sjax import config as cfg_lib
 from w2sjax import experiment, theory
 from w2sjax.config import Config, ConfigError, DataConfig, MethodConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import StudentTrainConfig, TrainConfig
 
 SCHEMA = ("task", "weak_model", "strong_model", "loss", "seed", "weak_acc", "w2s_acc", "ceiling_acc", "pgr",
           "misfit", "stage_seconds")
@@ -28,7 +28,7 @@ def digits(**kw) -> Config:
         losses=("xent",),
         seeds=(0,),
         weak_train=TrainConfig(epochs=2, batch_size=64, lr=1e-2, log_every=50),
-        train=TrainConfig(epochs=3, batch_size=64, lr=1e-2, log_every=50),
+        train=StudentTrainConfig(epochs=3, batch_size=64, lr=1e-2, log_every=50),
     )
     base.update(kw)
     return Config(**base)
@@ -150,7 +150,7 @@ def test_supervisors_method_downweights_a_random_supervisor(tmp_path):
 def test_misfit_early_stopping_and_imitation_methods_run(tmp_path):
     for method, extra in (
         ("misfit", dict(options=MethodConfig(weak_sizes=(50, 0)), strong_models=("linear",))),
-        ("early_stopping", dict(train=TrainConfig(epochs=6, batch_size=64, lr=1e-2, log_every=50))),
+        ("early_stopping", dict(train=StudentTrainConfig(epochs=6, batch_size=64, lr=1e-2, log_every=50))),
         ("imitation", dict(options=MethodConfig(epochs_grid=(1.0, 4.0)))),
     ):
         out = tmp_path / method

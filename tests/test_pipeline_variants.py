@@ -9,7 +9,7 @@ import pytest
 from w2sjax import config as cfg_lib
 from w2sjax import checkpoint, experiment
 from w2sjax.config import Config, DataConfig, ParallelConfig
-from w2sjax.train import TrainConfig
+from w2sjax.config import StudentTrainConfig, TrainConfig
 
 
 def digits_config(**kw) -> Config:
@@ -21,7 +21,7 @@ def digits_config(**kw) -> Config:
         losses=("xent",),
         seeds=(0,),
         weak_train=TrainConfig(epochs=3, batch_size=64, lr=1e-2, log_every=5),
-        train=TrainConfig(epochs=5, batch_size=64, lr=1e-2, log_every=5),
+        train=StudentTrainConfig(epochs=5, batch_size=64, lr=1e-2, log_every=5),
     )
     base.update(kw)
     return Config(**base)

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from w2sjax import parallel, train
+from w2sjax.config import LossConfig
 
 
 class Probe(nnx.Module):
@@ -48,7 +49,7 @@ def test_head_only_training_freezes_the_backbone():
     module = Probe(10, 2, rngs=nnx.Rngs(1))
     body_before = np.asarray(module.body.kernel[...]).copy()
     head_before = np.asarray(module.head.kernel[...]).copy()
-    cfg = train.TrainConfig(epochs=2, batch_size=64, lr=1e-2, trainable="head")
+    cfg = train.StudentTrainConfig(epochs=2, batch_size=64, lr=1e-2, trainable="head")
     res = train.fit(module, train.ArrayData(x, onehot), cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
     np.testing.assert_array_equal(res.state.frozen["body"]["kernel"], body_before)
     assert np.abs(np.asarray(res.state.params["head"]["kernel"]) - head_before).max() > 1e-3
@@ -88,6 +89,61 @@ def test_batch_order_is_a_pure_function_of_seed_and_step():
 
 def test_unknown_loss_and_bad_trainable_are_clear_errors():
     with pytest.raises(ValueError, match="unknown loss 'mse'; known: xent"):
-        train.make_loss("mse", train.TrainConfig())
+        train.make_loss("mse")
     with pytest.raises(ValueError, match="train.trainable"):
-        train.TrainConfig(trainable="some")
+        train.StudentTrainConfig(trainable="some")
+
+
+def test_one_compiled_program_serves_losses_seeds_lengths_and_alphas():
+    """2 losses x 3 seeds x 2 lengths (and 3 alpha settings) of one student: its step is traced once."""
+    traces = []
+
+    def count_traces(step):
+        def counted(*args):
+            traces.append(1)  # runs only while tracing, i.e. once per compile
+            return step(*args)
+        return counted
+
+    x, onehot, _ = separable(n=128)
+    soft = (0.8 * onehot + 0.1).astype(np.float32)
+    mesh = parallel.make_mesh()
+
+    def run(loss, seed, epochs, wrapper):
+        cfg = train.StudentTrainConfig(epochs=epochs, batch_size=32, lr=1e-2, loss=LossConfig(alpha_max=0.25 * (seed + 1)))
+        return train.fit(Probe(10, 2, rngs=nnx.Rngs(seed)), train.ArrayData(x, soft), cfg=cfg, loss=loss, mesh=mesh,
+                         seed=seed, progress=False, step_wrapper=wrapper)
+
+    shared = {(loss, seed, epochs): run(loss, seed, epochs, count_traces)
+              for loss in ("xent", "logconf") for seed in range(3) for epochs in (1, 3)}
+    assert len(traces) == 1
+    assert shared["xent", 0, 1].steps == 4 and shared["xent", 0, 3].steps == 12
+    # The shared program really switches loss and settings: each run equals one from its own,
+    # freshly compiled program (a distinct wrapper object gets its own program).
+    for key in [("logconf", 2, 3), ("xent", 1, 3), ("logconf", 0, 1)]:
+        alone = run(*key, lambda step: step)
+        np.testing.assert_array_equal(shared[key].state.params["head"]["kernel"], alone.state.params["head"]["kernel"])
+    assert not np.allclose(shared["xent", 2, 3].state.params["head"]["kernel"],
+                           shared["logconf", 2, 3].state.params["head"]["kernel"])
+
+
+def test_learning_rate_matches_optax_warmup_cosine():
+    import optax
+
+    for epochs, warmup_frac in [(10, 0.05), (3, 0.0), (1, 0.5)]:
+        cfg = train.TrainConfig(epochs=epochs, lr=5e-3, lr_warmup_frac=warmup_frac)
+        total = 15 * epochs
+        settings = train.step_settings(cfg, total)
+        warmup = int(settings.warmup_steps)
+        reference = optax.warmup_cosine_decay_schedule(0.0 if warmup else 5e-3, 5e-3, warmup, max(total, warmup + 1), 0.0)
+        steps = np.arange(total + 2, dtype=np.int32)
+        ours = jax.jit(jax.vmap(train.learning_rate, in_axes=(0, None)))(steps, settings)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(jax.vmap(reference)(steps)), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "step,every,total,last,expected",
+    [(10, 10, 100, True, True), (15, 10, 100, True, False), (100, 10, 100, True, True), (97, 10, 97, True, True),
+     (100, 10, 100, False, False), (50, 0, 100, True, False), (100, 0, 100, True, False)],
+)
+def test_itstime(step, every, total, last, expected):
+    assert train.itstime(step, every, total, last=last) is expected

@@ -71,7 +71,7 @@ def _table(rows) -> list[str]:
 def render() -> str:
     """The whole page, as a string."""
     from w2sjax import config
-    from w2sjax.train import LOSS_NAMES
+    from w2sjax.config import LOSS_NAMES
 
     rows = config.describe()
     default = config.Config()

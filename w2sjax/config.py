@@ -16,11 +16,58 @@ import types
 import typing
 from typing import Any
 
-from w2sjax.train import LOSS_NAMES, TrainConfig
-
-
 class ConfigError(ValueError):
     """A bad config file, key or value. The message is one line meant for the user."""
+
+
+# The losses a student can train with (``w2sjax.losses``); ``w2sjax.train`` maps each name to its function.
+LOSS_NAMES = ("xent", "logconf", "product", "entropy_conf", "reverse_xent")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How one stage trains. Every field is a plain value so configs stay printable and typed."""
+
+    epochs: float = 10.0  # passes over the stage's training data (fractions allowed)
+    batch_size: int = 32  # global batch, rounded down to a multiple of the device count
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    lr_warmup_frac: float = 0.05  # fraction of steps with a linear learning-rate warm-up; cosine decay after
+    early_stopping: bool = False  # keep the parameters with the best validation accuracy (weak labels for w2s)
+    eval_every: int = 0  # steps between validation evals; 0 = once per epoch
+    patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
+    checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
+    log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
+
+    def __post_init__(self):
+        if self.batch_size <= 0:
+            raise ConfigError(f"train.batch_size: expected a positive integer, got {self.batch_size}")
+        if not self.epochs > 0:
+            raise ConfigError(f"train.epochs: expected a positive number, got {self.epochs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Settings of the student losses; each loss reads only its own."""
+
+    alpha_max: float = 0.5  # logconf / entropy_conf: final weight of the confidence term
+    conf_warmup_frac: float = 0.2  # logconf / entropy_conf: fraction of training over which alpha ramps up
+    product_alpha: float = 1.0  # product loss: exponent on the weak labels
+    product_beta: float = 1.0  # product loss: exponent on the student's probabilities
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentTrainConfig(TrainConfig):
+    """A student stage (w2s, ceiling, bootstrap): it may finetune, and its loss has settings.
+    The supervisors (``weak_train``) are always linear probes trained with ``xent``."""
+
+    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone
+    loss: LossConfig = LossConfig()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.trainable not in ("all", "head"):
+            raise ConfigError(f"train.trainable: expected 'all' or 'head', got {self.trainable!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +131,7 @@ class Config:
     weak_train: TrainConfig = TrainConfig(epochs=20, batch_size=64, lr=1e-2)
     # Strong students and ceilings. Defaults suit a linear probe on frozen features (measured on
     # fine_foods: lr 1e-3 underfits by 3 points); full finetuning wants lr ~3e-5.
-    train: TrainConfig = TrainConfig(epochs=5, batch_size=32, lr=1e-2)
+    train: StudentTrainConfig = StudentTrainConfig(epochs=5, batch_size=32, lr=1e-2)
     parallel: ParallelConfig = ParallelConfig()
     method: str = "w2s"  # "w2s": the standard protocol; or a method of w2sjax.methods (docs/methods.md)
     # options of the weak-label refinements and of the methods in w2sjax.methods
@@ -92,6 +139,9 @@ class Config:
 
     def __post_init__(self):
         from w2sjax.methods import METHODS
+
+        if type(self.train) is TrainConfig:  # written as TrainConfig(...): a student with default extras
+            object.__setattr__(self, "train", StudentTrainConfig(**dataclasses.asdict(self.train)))
 
         if self.method not in METHODS:
             raise ConfigError(f"method: unknown method {self.method!r}; known: {', '.join(METHODS)}")
@@ -214,7 +264,10 @@ def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, 
     Keys are dotted as ``--set`` takes them; the type is written as declared (``int | None``,
     ``tuple[str, ...]``); the comment is the field's source comment (see :func:`_field_comments`).
     """
-    comments = _field_comments(config_type)
+    comments = {}
+    for cls in reversed(config_type.__mro__):  # a subclass's comments win over its base's
+        if dataclasses.is_dataclass(cls):
+            comments.update(_field_comments(cls))
     default = config_type()
     hints = typing.get_type_hints(config_type)
     rows = []

@@ -26,7 +26,6 @@ import json
 import os
 import pathlib
 import time
-import warnings
 from typing import Any, Callable
 
 import jax
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import checkpoint, metrics, parallel, train
+from w2sjax import checkpoint, metrics, parallel, results, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
@@ -211,7 +210,6 @@ class Runner:
 
         started = time.perf_counter()
         mi = self.inputs.get(model, role)
-        cfg = dataclasses.replace(cfg, trainable=mi.trainable)
         data = train.ArrayData(
             mi.inputs("train", rows), labels.astype(np.float32), None if weights is None else np.asarray(weights, np.float32)
         )
@@ -225,6 +223,7 @@ class Runner:
             loss=loss,
             mesh=self.mesh,
             seed=seed,
+            trainable=mi.trainable,
             val=val,
             stage=name,
             ckpt=_OrbaxStage(self.ckpt_dir, name),
@@ -252,13 +251,6 @@ def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
 
 def _acc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(metrics.accuracy(probs, labels))
-
-
-def _pgr(weak: float, w2s: float, ceiling: float) -> float | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined PGR is recorded as null, and the report says so
-        value = float(metrics.pgr(weak, w2s, ceiling))
-    return None if np.isnan(value) else round(value, 6)
 
 
 # ---- validation -----------------------------------------------------------------------------
@@ -459,10 +451,10 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys."""
-    results = {"config": to_dict(config), "runs": rows, **extra}
+    payload = {"config": to_dict(config), "runs": rows, **extra}
     if parallel.is_main_process():
-        write_json_atomic(out / "results.json", results)
-    return results
+        write_json_atomic(out / "results.json", payload)
+    return payload
 
 
 def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str) -> dict:
@@ -512,31 +504,21 @@ def _check_modality(name: str, task) -> None:
 
 def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
          test_groups=None) -> dict:
-    weak_acc = _acc(weak.preds["test"], test_labels)
-    w2s_acc = _acc(w2s.preds["test"], test_labels)
-    ceiling_acc = _acc(ceiling.preds["test"], test_labels)
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
     agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
-    return {
-        "task": task.name,
-        "weak_model": weak_name,
-        "strong_model": strong_name,
-        "loss": loss,
-        "seed": seed,
-        "weak_acc": round(weak_acc, 6),
-        "w2s_acc": round(w2s_acc, 6),
-        "ceiling_acc": round(ceiling_acc, 6),
-        "pgr": _pgr(weak_acc, w2s_acc, ceiling_acc),
-        "misfit": round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"])), 6),
-        "misfit_kl": round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"], kind="kl")), 6),
-        "agreement": round(float(agree["agreement"]), 6),
-        "agreement_on_weak_errors": _maybe(agree["agreement_on_teacher_errors"]),
-        "corrected_weak_errors_train": _maybe(agree_b["corrected_teacher_errors"]),
-        "strong_mode": config.strong_mode,
-        "n_test": int(len(test_labels)),
-        "stage_seconds": {"weak": weak.seconds, "w2s": w2s.seconds, "ceiling": ceiling.seconds},
+    return results.row(
+        task.name, weak_name, strong_name, loss, seed,
+        _acc(weak.preds["test"], test_labels), _acc(w2s.preds["test"], test_labels),
+        _acc(ceiling.preds["test"], test_labels), metrics.misfit(w2s.preds["test"], weak.preds["test"]),
+        {"weak": weak.seconds, "w2s": w2s.seconds, "ceiling": ceiling.seconds},
+        misfit_kl=round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"], kind="kl")), 6),
+        agreement=round(float(agree["agreement"]), 6),
+        agreement_on_weak_errors=_maybe(agree["agreement_on_teacher_errors"]),
+        corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
+        strong_mode=config.strong_mode,
+        n_test=int(len(test_labels)),
         **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
-    }
+    )
 
 
 def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
@@ -548,7 +530,7 @@ def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
     }
     return {
         **{f"{name}_acc_question": round(value, 6) for name, value in acc.items()},
-        "pgr_question": _pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
+        "pgr_question": results.pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
         "n_test_questions": int(len(np.unique(test_groups))),
     }
 

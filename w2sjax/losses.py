@@ -58,9 +58,10 @@ def confidence_alpha(step_frac, *, alpha_max: float = 0.5, warmup_frac: float = 
     ``warmup_frac <= 0`` means no warm-up.
     """
     step_frac = jnp.asarray(step_frac, jnp.float32)
-    if warmup_frac <= 0:
-        return jnp.full_like(step_frac, alpha_max)
-    return alpha_max * jnp.minimum(1.0, step_frac / warmup_frac)
+    # jnp.where, not an `if`: the settings may be traced values (one program serves every setting).
+    ramps = warmup_frac > 0
+    ramp = alpha_max * jnp.minimum(1.0, step_frac / jnp.where(ramps, warmup_frac, 1.0))
+    return jnp.where(ramps, ramp, jnp.full_like(step_frac, alpha_max))
 
 
 def hardened_target(probs: jax.Array, weak_labels: jax.Array) -> jax.Array:

@@ -92,9 +92,15 @@ def pgr(weak_acc, w2s_acc, ceiling_acc):
     ceiling does not beat the weak model: the result is nan there, and for concrete inputs a
     ``UserWarning`` says so. Works elementwise on arrays (e.g. one value per seed).
     """
-    weak, w2s, ceiling = (jnp.asarray(v, jnp.float32) for v in (weak_acc, w2s_acc, ceiling_acc))
+    concrete = _is_concrete(weak_acc, w2s_acc, ceiling_acc)
+    if concrete:  # host numbers: numpy at their own precision (float64 for Python floats)
+        xp = np
+        weak, w2s, ceiling = (_host_float(v) for v in (weak_acc, w2s_acc, ceiling_acc))
+    else:
+        xp = jnp
+        weak, w2s, ceiling = (jnp.asarray(v, jnp.float32) for v in (weak_acc, w2s_acc, ceiling_acc))
     gap = ceiling - weak
-    if _is_concrete(weak_acc, w2s_acc, ceiling_acc) and bool(np.any(np.asarray(gap) <= 0)):
+    if concrete and bool(np.any(gap <= 0)):
         warnings.warn(
             f"PGR is undefined where ceiling accuracy <= weak accuracy "
             f"(weak={np.asarray(weak).round(4).tolist()}, ceiling={np.asarray(ceiling).round(4).tolist()}); "
@@ -102,7 +108,12 @@ def pgr(weak_acc, w2s_acc, ceiling_acc):
             UserWarning,
             stacklevel=2,
         )
-    return jnp.where(gap > 0, (w2s - weak) / jnp.where(gap > 0, gap, 1.0), jnp.nan)
+    return xp.where(gap > 0, (w2s - weak) / xp.where(gap > 0, gap, 1.0), xp.nan)
+
+
+def _host_float(v) -> np.ndarray:
+    v = np.asarray(v)
+    return v if np.issubdtype(v.dtype, np.floating) else v.astype(np.float64)
 
 
 def misfit(student_probs, teacher_probs, *, kind: str = "squared") -> jax.Array:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import pathlib
 from collections import defaultdict
 
 import numpy as np
+
+from w2sjax.results import finite, interval, number
 
 # Panel order for training curves; unknown stage kinds follow in sorted order.
 _STAGE_ORDER = ("weak", "ceiling", "w2s", "boot")
@@ -74,16 +75,6 @@ def _save_atomic(fig, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _finite(x) -> bool:
-    """A usable number: not None, not a bool, not nan or inf (results.json stores undefined as null)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _num(v: float) -> str:
-    text = f"{v:.2f}"
-    return "0.00" if text == "-0.00" else text
-
-
 def _ordered(values) -> list:
     """Unique values in first-seen order (configs list models weakest first, so keep that)."""
     return list(dict.fromkeys(values))
@@ -105,7 +96,7 @@ def pgr_heatmap(summary: list[dict]):
     tasks, losses = _ordered(r["task"] for r in rows), _ordered(r["loss"] for r in rows)
     weak, strong = _ordered(r["weak_model"] for r in rows), _ordered(r["strong_model"] for r in rows)
     cell = {(r["task"], r["loss"], r["weak_model"], r["strong_model"]): r for r in rows}
-    values = [r["pgr"] for r in rows if _finite(r["pgr"])]
+    values = [r["pgr"] for r in rows if finite(r["pgr"])]
     # Centre the colours at 0 (no gain). Cap the scale at 2 so one wild value (a near-zero
     # weak–ceiling gap) cannot wash out the rest; the printed numbers stay exact.
     limit = min(max([1.0] + [abs(v) for v in values]), 2.0)
@@ -129,7 +120,7 @@ def pgr_heatmap(summary: list[dict]):
                 r = cell.get((task, loss, w, s))
                 if r is not None:
                     ran.add((i, j))
-                if r is not None and _finite(r["pgr"]):
+                if r is not None and finite(r["pgr"]):
                     grid[i, j] = r["pgr"]
                     ci[i, j] = r.get("pgr_ci95")
         ax.set_facecolor("0.85")  # missing / undefined cells show grey
@@ -142,10 +133,10 @@ def pgr_heatmap(summary: list[dict]):
                     text = "undefined\n(ceiling ≤ weak)" if (i, j) in ran else "not run"
                     ax.text(j, i, text, ha="center", va="center", fontsize=8, color="0.3")
                     continue
-                text = _num(v)
+                text = number(v)
                 lo_hi = ci.get((i, j))
-                if lo_hi and all(_finite(x) for x in lo_hi):
-                    text += f"\n[{_num(lo_hi[0])}, {_num(lo_hi[1])}]"
+                if lo_hi and all(finite(x) for x in lo_hi):
+                    text += interval(*lo_hi, sep="\n")
                     any_ci = True
                 dark = abs(norm(v) - 0.5) > 0.3  # white text on saturated cells
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
@@ -171,7 +162,7 @@ def pgr_heatmap(summary: list[dict]):
 
 def accuracy_bars(summary: list[dict]):
     """One panel per loss; for each weak → strong pair, bars for weak, w2s and ceiling accuracy."""
-    rows = [r for r in summary if all(_finite(r.get(k)) for k in ("weak_acc", "w2s_acc", "ceiling_acc"))]
+    rows = [r for r in summary if all(finite(r.get(k)) for k in ("weak_acc", "w2s_acc", "ceiling_acc"))]
     if not rows:
         return None
     tasks = _ordered(r["task"] for r in rows)
@@ -250,7 +241,7 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("stage"), str) and _finite(record.get("step")):
+        if isinstance(record, dict) and isinstance(record.get("stage"), str) and finite(record.get("step")):
             records.append(record)
     return records
 
@@ -276,7 +267,7 @@ def _series(records: list[dict], field: str) -> dict[str, tuple[np.ndarray, np.n
     """stage -> (steps, values) for one field. A resumed stage logs some steps twice: keep the last."""
     points: dict[str, dict[float, float]] = defaultdict(dict)
     for r in records:
-        if _finite(r.get(field)):
+        if finite(r.get(field)):
             points[r["stage"]][r["step"]] = r[field]
     out = {}
     for stage, by_step in points.items():
@@ -369,7 +360,7 @@ def training_curves(records: list[dict]):
 
 def gain_vs_misfit(runs: list[dict]):
     """Scatter of w2s − weak accuracy against misfit, one point per run, coloured by loss."""
-    points = [r for r in runs if all(_finite(r.get(k)) for k in ("misfit", "w2s_acc", "weak_acc"))]
+    points = [r for r in runs if all(finite(r.get(k)) for k in ("misfit", "w2s_acc", "weak_acc"))]
     if not points:
         return None
     import matplotlib

@@ -35,6 +35,7 @@ from collections import defaultdict
 import numpy as np
 
 from w2sjax import plots, report
+from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
 
 __all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
@@ -130,12 +131,7 @@ def test_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None
         acc = [np.einsum("bst,st->bs", counts, a) / n_test for a in (weak, w2s, ceil)]
         pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
         wk, ws, cl = (np.take_along_axis(a, pick, 1).mean(1) for a in acc)
-        gap = cl - wk
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values = np.where(gap > 0, (ws - wk) / gap, np.nan)
-        values = values[np.isfinite(values)]
-        out[key] = ((float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
-                    if len(values) else (float("nan"), float("nan")))
+        out[key] = percentile_interval(pgr_values(wk, ws, cl))
     return out
 
 
@@ -163,12 +159,10 @@ def _interval(r: dict, test_ci: dict | None) -> tuple[float, float]:
     return tuple(r["pgr_ci95"])
 
 
-def _cell(r: dict, interval=None) -> str:
-    if not plots._finite(r["pgr"]):
+def _cell(r: dict, ci=None) -> str:
+    if not finite(r["pgr"]):
         return "undef."
-    lo, hi = r["pgr_ci95"] if interval is None else interval
-    ci = f" [{plots._num(lo)}, {plots._num(hi)}]" if plots._finite(lo) else ""
-    return f"{plots._num(r['pgr'])}{ci}"
+    return number(r["pgr"]) + interval(*(r["pgr_ci95"] if ci is None else ci))
 
 
 def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
@@ -215,8 +209,7 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def _pm(r: dict, key: str) -> str:
-    # One seed has no spread; "± 0.000" would claim a certainty the run does not have.
-    return f"{r[key]:.3f}" if r["seeds"] < 2 else f"{r[key]:.3f} ± {r[key + '_ci95']:.3f}"
+    return mean_pm(r[key], r[key + "_ci95"], r["seeds"])
 
 
 def accuracy_md(summary: list[dict], order: list[str], sizes: dict,
@@ -239,8 +232,7 @@ def accuracy_md(summary: list[dict], order: list[str], sizes: dict,
             up = order.index(r["strong_model"]) > order.index(r["weak_model"])
             pgr = _cell(r) if up else f"({_cell(r)})"
             both = test_ci.get(_key(r)) if test_ci else None
-            wide = f"[{plots._num(both[0])}, {plots._num(both[1])}]" if both and plots._finite(
-                both[0]) and plots._finite(r["pgr"]) else "—"
+            wide = (interval(*both, sep="") if both and finite(r["pgr"]) else "") or "—"
             out.append(f"| {r['strong_model']} | {_size(sizes.get(r['strong_model']))} | "
                        f"{r['weak_model']} | {r['seeds']} | {_pm(r, 'weak_acc')} | "
                        f"{_pm(r, 'w2s_acc')} | {_pm(r, 'ceiling_acc')} | {pgr} | {wide} |")
@@ -255,7 +247,7 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
     One row of two panels per (task, loss). Returns ``None`` when no pair is upward.
     """
     rows = [r for r in _rows(summary)
-            if all(plots._finite(r.get(k)) for k in ("weak_acc", "w2s_acc", "ceiling_acc"))]
+            if all(finite(r.get(k)) for k in ("weak_acc", "w2s_acc", "ceiling_acc"))]
     panels = plots._ordered((r["task"], r["loss"]) for r in rows)
     if not any(order.index(r["strong_model"]) > order.index(r["weak_model"]) for r in rows):
         return None
@@ -293,10 +285,10 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
             ax_acc.errorbar(px, [r["w2s_acc"] for r in up], yerr=[r["w2s_acc_ci95"] for r in up],
                             color=colour, marker="o", capsize=3,
                             label=f"{w} supervises (dashed: {w} itself)")
-            pgr = np.array([r["pgr"] if plots._finite(r["pgr"]) else np.nan for r in up])
+            pgr = np.array([r["pgr"] if finite(r["pgr"]) else np.nan for r in up])
             ivs = [_interval(r, test_ci) for r in up]
-            lo = np.array([a if plots._finite(a) else np.nan for a, _ in ivs])
-            hi = np.array([b if plots._finite(b) else np.nan for _, b in ivs])
+            lo = np.array([a if finite(a) else np.nan for a, _ in ivs])
+            hi = np.array([b if finite(b) else np.nan for _, b in ivs])
             err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
             ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
                             marker="o", capsize=3, label=f"supervisor {w}")

@@ -8,16 +8,12 @@ when the weak–ceiling gap is small), with a bootstrap interval over seeds.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from collections import defaultdict
 
 import numpy as np
 
-# Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30 (standard table values).
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+from w2sjax.results import bootstrap_pgr, interval, mean_pm, number, pgr_of_means, t_interval
 
 GROUP_KEYS = ("task", "weak_model", "strong_model", "loss")
 
@@ -59,41 +55,6 @@ def _run_problem(run) -> str | None:
     return None
 
 
-def t_interval(values) -> float:
-    """Half-width of the 95% t-interval of the mean (0 for a single value)."""
-    values = np.asarray(values, float)
-    n = len(values)
-    if n < 2:
-        return 0.0
-    df = n - 1
-    # Beyond the table, the first-order Cornish-Fisher expansion z + (z^3 + z) / (4 df) is within
-    # 0.003 of the exact value (2.039 vs 2.042 at df = 30).
-    t = _T975[df - 1] if df <= len(_T975) else 1.959964 + 2.3722 / df
-    return float(t * values.std(ddof=1) / math.sqrt(n))
-
-
-def pgr_of_means(weak, w2s, ceiling) -> float:
-    gap = np.mean(ceiling) - np.mean(weak)
-    return float((np.mean(w2s) - np.mean(weak)) / gap) if gap > 0 else float("nan")
-
-
-def bootstrap_pgr(weak, w2s, ceiling, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of PGR-of-means, resampling seeds with replacement."""
-    weak, w2s, ceiling = (np.asarray(v, float) for v in (weak, w2s, ceiling))
-    n = len(weak)
-    if n < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    gap = ceiling[idx].mean(1) - weak[idx].mean(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = np.where(gap > 0, (w2s[idx].mean(1) - weak[idx].mean(1)) / gap, np.nan)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
 def summarize(results: dict) -> list[dict]:
     """One row per (task, weak, strong, loss[, chain][, variant]) with seed statistics.
 
@@ -121,11 +82,6 @@ def summarize(results: dict) -> list[dict]:
     return summary
 
 
-def _pm(mean: float, std: float, seeds: int) -> str:
-    # One seed has no spread to report; "± 0.000" would claim a certainty the run does not have.
-    return f"{mean:.3f}" if seeds < 2 else f"{mean:.3f} ± {std:.3f}"
-
-
 def format_table(results: dict) -> str:
     """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
     rows = summarize(results)
@@ -135,14 +91,12 @@ def format_table(results: dict) -> str:
         header.insert(4, "variant")
     lines = []
     for r in rows:
-        lo, hi = r["pgr_ci95"]
-        interval = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
-        pgr = "undefined" if not np.isfinite(r["pgr"]) else f"{r['pgr']:.2f}{interval}"
+        pgr = "undefined" if not np.isfinite(r["pgr"]) else number(r["pgr"]) + interval(*r["pgr_ci95"])
         strong = r["strong_model"] if not r.get("chain") else r["chain"]
         lines.append([
             r["task"], r["weak_model"], strong, r["loss"], str(r["seeds"]),
-            _pm(r["weak_acc"], r["weak_acc_std"], r["seeds"]), _pm(r["w2s_acc"], r["w2s_acc_std"], r["seeds"]),
-            _pm(r["ceiling_acc"], r["ceiling_acc_std"], r["seeds"]), pgr,
+            mean_pm(r["weak_acc"], r["weak_acc_std"], r["seeds"]), mean_pm(r["w2s_acc"], r["w2s_acc_std"], r["seeds"]),
+            mean_pm(r["ceiling_acc"], r["ceiling_acc_std"], r["seeds"]), pgr,
         ])
         if with_variant:
             lines[-1].insert(4, r.get("variant") or "-")

@@ -1,7 +1,7 @@
 """A benchmark suite: the same protocol on many tasks, summarised the way Burns et al. report it.
 
 Per task and (supervisor, student, loss): PGR of the seed means with a bootstrap interval over
-seeds (:func:`w2sjax.report.bootstrap_pgr`). Multiple-choice tasks (stored one row per choice)
+seeds (:func:`w2sjax.results.bootstrap_pgr`). Multiple-choice tasks (stored one row per choice)
 are scored per question (``*_acc_question``): per-pair accuracy there mostly measures the
 share of wrong choices. Across tasks: the median of the per-task PGRs, with a 95% percentile
 interval from resampling the tasks; tasks whose ceiling does not beat the supervisor have no
@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax.report import bootstrap_pgr, pgr_of_means
+from w2sjax.results import bootstrap_pgr, pgr_of_means
 
 PAIR_KEYS = ("weak_model", "strong_model", "loss")
 

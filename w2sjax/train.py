@@ -1,10 +1,16 @@
 """Pure, sharded train/eval steps and the loop that drives them.
 
-One compiled step serves every stage of an experiment (weak, w2s, ceiling, bootstrap): the loss is
-a parameter. State is a plain pytree (``TrainState``) of pure-dict parameters and optimizer state,
-so it jits, shards and checkpoints without any framework object inside. The NNX module's
-structure (its ``GraphDef``) stays outside as static data, following Flax's advice to use
-``nnx.split``/``nnx.merge`` around ``jax.jit`` in hot loops.
+One compiled program serves every stage of one model structure and batch shape (weak, w2s,
+ceiling, bootstrap; every loss, length and loss setting): the stage's settings (its loss, step
+count, learning rate, loss hyper-parameters) are a pytree of traced scalars, ``StepSettings``,
+not constants baked into the program. State is a plain pytree (``TrainState``) of pure-dict
+parameters and optimizer state, so it jits, shards and checkpoints without any framework object
+inside. The NNX module's structure (its ``GraphDef``) stays outside as static data, following
+Flax's advice to use ``nnx.split``/``nnx.merge`` around ``jax.jit`` in hot loops.
+
+``fit`` reads top to bottom as its jobs: compile (:func:`compiled_train_loop`), feed
+(:class:`HostFeed`), evaluate (:func:`evaluate`), checkpoint, and stop (:func:`itstime` decides
+when each periodic job runs).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -24,61 +30,91 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from w2sjax import losses, metrics, parallel
+from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
 
+__all__ = ["LOSS_NAMES", "LossConfig", "StudentTrainConfig", "TrainConfig"]  # re-exported: configs live in config.py
 
-# ---- configuration --------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How one stage trains. Every field is a plain value so configs stay printable and typed."""
+# ---- a stage's settings, as traced values ----------------------------------------------------
 
-    epochs: float = 10.0  # passes over the stage's training data (fractions allowed)
-    batch_size: int = 32  # global batch, rounded down to a multiple of the device count
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    lr_warmup_frac: float = 0.05  # fraction of steps with a linear learning-rate warm-up; cosine decay after
-    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone
-    early_stopping: bool = False  # keep the parameters with the best validation accuracy (weak labels for w2s)
-    eval_every: int = 0  # steps between validation evals; 0 = once per epoch
-    patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
-    checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
-    log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
-    alpha_max: float = 0.5  # logconf / entropy_conf: final weight of the confidence term
-    conf_warmup_frac: float = 0.2  # logconf / entropy_conf: fraction of training over which alpha ramps up
-    product_alpha: float = 1.0  # product loss: exponent on the weak labels
-    product_beta: float = 1.0  # product loss: exponent on the student's probabilities
+class StepSettings(flax.struct.PyTreeNode):
+    """What differs between stages of one model, as scalars the compiled step takes as inputs.
 
-    def __post_init__(self):
-        if self.trainable not in ("all", "head"):
-            raise ValueError(f"train.trainable: expected 'all' or 'head', got {self.trainable!r}")
-        if self.batch_size <= 0:
-            raise ValueError(f"train.batch_size: expected a positive integer, got {self.batch_size}")
-        if not self.epochs > 0:
-            raise ValueError(f"train.epochs: expected a positive number, got {self.epochs}")
+    Passing these as arguments (not closing over Python numbers) is what lets one compiled
+    program train stages of any length, learning rate, loss or ``alpha``.
+    """
+
+    total_steps: jax.Array  # int32: the stage's length, for the schedules
+    warmup_steps: jax.Array  # int32: linear learning-rate warm-up, then cosine decay to zero
+    lr: jax.Array
+    weight_decay: jax.Array
+    loss_index: jax.Array  # int32: position of the loss in LOSS_NAMES
+    alpha_max: jax.Array
+    conf_warmup_frac: jax.Array
+    product_alpha: jax.Array
+    product_beta: jax.Array
+
+
+def step_settings(cfg: TrainConfig, total_steps: int, loss: str = "xent", loss_cfg: LossConfig | None = None) -> StepSettings:
+    """The host-side values of a stage's :class:`StepSettings`."""
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
+    loss_cfg = LossConfig() if loss_cfg is None else loss_cfg
+    warmup = max(1, int(cfg.lr_warmup_frac * total_steps)) if cfg.lr_warmup_frac > 0 else 0
+    f32 = np.float32
+    return StepSettings(
+        total_steps=np.int32(total_steps), warmup_steps=np.int32(warmup), lr=f32(cfg.lr),
+        weight_decay=f32(cfg.weight_decay), loss_index=np.int32(LOSS_NAMES.index(loss)),
+        alpha_max=f32(loss_cfg.alpha_max), conf_warmup_frac=f32(loss_cfg.conf_warmup_frac),
+        product_alpha=f32(loss_cfg.product_alpha), product_beta=f32(loss_cfg.product_beta),
+    )
+
+
+def learning_rate(step: jax.Array, s: StepSettings) -> jax.Array:
+    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``.
+
+    The same arithmetic as ``optax.warmup_cosine_decay_schedule`` (which needs Python integers for
+    its step counts), written on traced values; a test compares the two.
+    """
+    warmup = s.warmup_steps
+    ramp = -s.lr * (1 - jnp.clip(step, 0, warmup) / jnp.maximum(warmup, 1)) + s.lr
+    decay_steps = jnp.maximum(s.total_steps, warmup + 1) - warmup
+    count = jnp.minimum((step - warmup).astype(jnp.float32), decay_steps.astype(jnp.float32))
+    cosine = s.lr * (0.5 * (1 + jnp.cos(jnp.pi * count / decay_steps.astype(jnp.float32))))
+    return jnp.where(step < warmup, ramp, cosine)
 
 
 LossFn = Callable[..., jax.Array]  # (logits, labels, *, step_frac, weights) -> scalar
 
-LOSS_NAMES = ("xent", "logconf", "product", "entropy_conf", "reverse_xent")
+# Each loss in one signature, reading its settings from ``s`` (a StepSettings or a LossConfig).
+_LOSSES: dict[str, Callable] = {
+    "xent": lambda z, y, step_frac, weights, s: losses.xent(z, y, weights=weights),
+    "logconf": lambda z, y, step_frac, weights, s: losses.logconf(
+        z, y, step_frac=step_frac, alpha_max=s.alpha_max, warmup_frac=s.conf_warmup_frac, weights=weights),
+    "product": lambda z, y, step_frac, weights, s: losses.product(
+        z, y, alpha=s.product_alpha, beta=s.product_beta, weights=weights),
+    "entropy_conf": lambda z, y, step_frac, weights, s: losses.entropy_conf(
+        z, y, step_frac=step_frac, alpha_max=s.alpha_max, warmup_frac=s.conf_warmup_frac, weights=weights),
+    "reverse_xent": lambda z, y, step_frac, weights, s: losses.reverse_xent(z, y, weights=weights),
+}
+assert tuple(_LOSSES) == LOSS_NAMES, "config.LOSS_NAMES and train._LOSSES must list the same losses in order"
 
 
-def make_loss(name: str, cfg: TrainConfig) -> LossFn:
-    """The named loss with the config's hyper-parameters bound, in one uniform signature."""
-    if name == "xent":
-        return lambda z, y, *, step_frac, weights: losses.xent(z, y, weights=weights)
-    if name == "logconf":
-        return functools.partial(losses.logconf, alpha_max=cfg.alpha_max, warmup_frac=cfg.conf_warmup_frac)
-    if name == "entropy_conf":
-        return functools.partial(losses.entropy_conf, alpha_max=cfg.alpha_max, warmup_frac=cfg.conf_warmup_frac)
-    if name == "product":
-        return lambda z, y, *, step_frac, weights: losses.product(
-            z, y, alpha=cfg.product_alpha, beta=cfg.product_beta, weights=weights
-        )
-    if name == "reverse_xent":
-        return lambda z, y, *, step_frac, weights: losses.reverse_xent(z, y, weights=weights)
-    raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
+def make_loss(name: str, loss_cfg: LossConfig | None = None) -> LossFn:
+    """The named loss with ``loss_cfg``'s settings bound, as ``loss(logits, labels, *, step_frac, weights)``."""
+    if name not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
+    settings = LossConfig() if loss_cfg is None else loss_cfg
+    return lambda z, y, *, step_frac, weights: _LOSSES[name](z, y, step_frac, weights, settings)
+
+
+def stage_loss(logits, labels, *, step_frac, weights, settings: StepSettings) -> jax.Array:
+    """The loss ``settings.loss_index`` names, picked at run time (``lax.switch``): every loss is
+    compiled into the one program, and only the chosen one runs."""
+    branches = [functools.partial(fn, s=settings) for fn in _LOSSES.values()]
+    return jax.lax.switch(settings.loss_index, branches, logits, labels, step_frac, weights)
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -121,26 +157,20 @@ def trainable_filter(trainable: str):
     return nnx.Param
 
 
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay to zero."""
-    warmup = max(1, int(cfg.lr_warmup_frac * total_steps)) if cfg.lr_warmup_frac > 0 else 0
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else cfg.lr,
-        peak_value=cfg.lr,
-        warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1),
-        end_value=0.0,
-    )
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+def make_optimizer() -> optax.GradientTransformation:
+    """AdamW whose learning rate and weight decay are set by each step from its :class:`StepSettings`
+    (``inject_hyperparams`` keeps them in the optimizer state, as arrays, not in the program)."""
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
 
 
-def init_state(module: nnx.Module, cfg: TrainConfig, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
-    """Split a freshly built module into its static ``Model`` and an initial ``TrainState``."""
-    graphdef, trainable, rest = nnx.split(module, trainable_filter(cfg.trainable), ...)
-    if not jax.tree.leaves(trainable):
-        raise ValueError(f"train.trainable={cfg.trainable!r} leaves no trainable parameter in the model")
-    model = Model(graphdef, jax.eval_shape(lambda: trainable), jax.eval_shape(lambda: rest))
-    params = nnx.to_pure_dict(trainable)
+def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
+    """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
+    ``trainable`` is "all" or "head" (see :func:`trainable_filter`)."""
+    graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable), ...)
+    if not jax.tree.leaves(params_state):
+        raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
+    model = Model(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
+    params = nnx.to_pure_dict(params_state)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -158,26 +188,30 @@ def init_state(module: nnx.Module, cfg: TrainConfig, tx: optax.GradientTransform
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def make_train_step(model: Model, tx: optax.GradientTransformation, loss_fn: LossFn, total_steps: int):
-    """``train_step(state, batch, rng) -> (state, metrics)``, pure and not yet jitted.
+def make_train_step(model: Model, tx: optax.GradientTransformation):
+    """``train_step(state, batch, rng, settings) -> (state, metrics)``, pure and not yet jitted.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
     ``rng`` is the stage's base key; the step folds in its own step number, so every step draws
-    fresh randomness reproducibly without the host doing anything per step.
+    fresh randomness reproducibly without the host doing anything per step. ``settings``
+    (:class:`StepSettings`) picks the loss and sets the schedules.
     """
 
-    def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        step_frac = state.step.astype(jnp.float32) / total_steps
+    def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings):
+        step_frac = state.step.astype(jnp.float32) / settings.total_steps.astype(jnp.float32)
         rng = jax.random.fold_in(rng, state.step)
         del rng  # no stochastic layers in the built-in models; kept for dropout or augmentation
 
         def objective(params):
             logits = model.bind(params, state.frozen)(batch["inputs"])
-            loss = loss_fn(logits, batch["labels"], step_frac=step_frac, weights=batch["weights"])
+            loss = stage_loss(logits, batch["labels"], step_frac=step_frac, weights=batch["weights"],
+                              settings=settings)
             return loss, logits
 
         (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        hyper = {**state.opt_state.hyperparams, "learning_rate": learning_rate(state.step, settings),
+                 "weight_decay": settings.weight_decay}
+        updates, opt_state = tx.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss)
         first_bad = jnp.where(
@@ -225,9 +259,10 @@ def state_shardings(mesh: Mesh, state: TrainState):
 
 
 def jit_train_step(train_step, mesh: Mesh, state_sharding):
+    replicated = parallel.replicated(mesh)
     return jax.jit(
         train_step,
-        in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -239,7 +274,7 @@ def stacked_batch_sharding(mesh: Mesh):
 
 
 def make_train_loop(train_step, mesh: Mesh, *, shape_step=None):
-    """``loop(state, batches, count, rng) -> (state, metrics)``: ``count`` train steps in one call.
+    """``loop(state, batches, count, rng, settings) -> (state, metrics)``: ``count`` train steps in one call.
 
     ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
     of them are used, in order, so one compiled program serves every chunk length up to ``K``.
@@ -251,16 +286,16 @@ def make_train_loop(train_step, mesh: Mesh, *, shape_step=None):
     shape_step = train_step if shape_step is None else shape_step
     rows = parallel.batch_sharding(mesh)
 
-    def loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array):
+    def loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array, settings: StepSettings):
         def batch_at(i):
             batch = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), batches)
             return jax.lax.with_sharding_constraint(batch, rows)
 
-        out_shapes = jax.eval_shape(shape_step, state, batch_at(0), rng)[1]
+        out_shapes = jax.eval_shape(shape_step, state, batch_at(0), rng, settings)[1]
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
 
         def body(i, carry):
-            return train_step(carry[0], batch_at(i), rng)
+            return train_step(carry[0], batch_at(i), rng, settings)
 
         return jax.lax.fori_loop(0, count, body, (state, zeros))
 
@@ -272,15 +307,15 @@ def jit_train_loop(train_loop, mesh: Mesh, state_sharding):
     replicated = parallel.replicated(mesh)
     return jax.jit(
         train_loop,
-        in_shardings=(state_sharding, stacked_batch_sharding(mesh), replicated, replicated),
+        in_shardings=(state_sharding, stacked_batch_sharding(mesh), replicated, replicated, replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
 
 
-# A sweep runs the same kind of stage many times (seeds, ceilings and w2s students sharing a
-# loss). Handing jax.jit the same function object for the same model, optimizer and loss lets
-# its cache reuse the compiled program instead of compiling once per stage.
+# A sweep runs the same kind of stage many times (seeds, losses, lengths, ceilings and w2s
+# students). Handing jax.jit the same function object for the same model structure lets its
+# cache reuse the compiled program instead of compiling once per stage.
 _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _COMPILED_MAX = 64
 
@@ -419,6 +454,17 @@ class FitResult:
     resumed_from: int | None
 
 
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+    """Whether a periodic job (log, eval, checkpoint) runs after ``step`` of ``total``: every
+    ``every`` steps and at the final step, or, with ``last=False``, never at the final step.
+    ``every=0`` means never."""
+    if not every:
+        return False
+    if step == total:
+        return last
+    return step % every == 0
+
+
 def fit(
     module: nnx.Module,
     data: ArrayData,
@@ -427,6 +473,7 @@ def fit(
     loss: str,
     mesh: Mesh,
     seed: int,
+    trainable: str | None = None,
     val: ArrayData | None = None,
     stage: str = "train",
     ckpt: StageCheckpoint | None = None,
@@ -436,87 +483,127 @@ def fit(
 ) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
-    Resumes from ``ckpt`` when it holds a step of this stage; the batches after a resume are the
-    ones an uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper``
-    wraps the pure step before jitting (tests pass ``chex.assert_max_traces``).
+    A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all" or "head"; the
+    ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
+    ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an
+    uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
+    pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
     """
     from tqdm.auto import tqdm
+
+    student = isinstance(cfg, StudentTrainConfig)
+    trainable = trainable or (cfg.trainable if student else "all")
     batch_size = effective_batch_size(len(data), cfg.batch_size, mesh.size)
     per_epoch = steps_per_epoch(len(data), batch_size)
     total = max(1, math.ceil(cfg.epochs * per_epoch))
-    eval_every = cfg.eval_every or per_epoch
+    eval_every = (cfg.eval_every or per_epoch) if val is not None else 0
+    replicated = parallel.replicated(mesh)
 
-    tx = make_optimizer(cfg, total)
-    model, state = init_state(module, cfg, tx)
+    # compile: one program per model structure, whatever the loss, length or settings
+    tx = make_optimizer()
+    model, state = init_state(module, trainable, tx)
     shardings = state_shardings(mesh, state)
-    resumed_from = ckpt.latest_step() if ckpt is not None else None
-    if resumed_from is not None:
-        abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
-        )
-        state = ckpt.restore(abstract)
-    else:
-        state = place(state, shardings)
-
-    chunk = _chunk_size(cfg, total)
-    if step_wrapper is None:
-        key = ("train_loop", _model_key(model), cfg, loss, total, chunk, _sharding_key(shardings))
-        train_loop = _memo(key, lambda: _build_train_loop(model, tx, cfg, loss, total, mesh, shardings))
-    else:  # a wrapped step (e.g. a trace counter) gets its own, uncached program
-        raw = make_train_step(model, tx, make_loss(loss, cfg), total)
-        loop = make_train_loop(step_wrapper(raw), mesh, shape_step=raw)
-        train_loop = jit_train_loop(loop, mesh, shardings)
+    chunk = _chunk_size(cfg)
+    train_loop = compiled_train_loop(model, tx, mesh, shardings, step_wrapper)
+    settings = place(step_settings(cfg, total, loss, cfg.loss if student else None), replicated)
     predict_step = cached_predict_step(model)
-    remember = _memo(("record_eval", _sharding_key(shardings)),
-                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
-    base_rng = place(jax.random.key_data(jax.random.key(seed)), parallel.replicated(mesh))
+    rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
+    state, resumed_from = _start_or_resume(state, shardings, ckpt)
+    feed = HostFeed(data, batch_size, seed, mesh, chunk)
     start = total if bool(state.finished) else int(state.step)
     stopped_early = False
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
     step = start
     while step < total:
         # Run up to the next step where the host has something to do (log, eval, checkpoint).
-        done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every if val is not None else 0, cfg.checkpoint_every))
-        idx = np.stack([batch_indices(len(data), batch_size, seed, s) for s in range(step, done)])
-        idx = np.concatenate([idx, np.repeat(idx[-1:], chunk - len(idx), 0)])  # unused padding rows
-        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), data.take(idx.reshape(-1)))
-        batches = to_global_stacked(mesh, host)
-        count = place(np.int32(done - step), parallel.replicated(mesh))
-        state, step_metrics = train_loop(state, batches, count, base_rng)
+        done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
+        state, step_metrics = train_loop(state, feed.batches(step, done), place(np.int32(done - step), replicated),
+                                         rng, settings)
         bar.update(done - step)
         step = done
-        if done % cfg.log_every == 0 or done == total:
-            _check_finite(state, stage)
+        if itstime(step, cfg.log_every, total):
+            _check_finite(state, stage)  # loss health; divergence checks belong next to this NaN check
             if log is not None:
-                log({"stage": stage, "step": done, **{k: float(v) for k, v in step_metrics.items()}})
-        if val is not None and (done % eval_every == 0 or done == total):
-            probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=cfg.batch_size)
-            score = float(metrics.accuracy(probs, val.labels))
-            state = remember(state, place(np.float32(score), parallel.replicated(mesh)))
-            if log is not None:
-                log({"stage": stage, "step": done, "val_accuracy": score})
-            if cfg.early_stopping and cfg.patience and int(state.evals_since_best) >= cfg.patience:
-                stopped_early = True
-        if ckpt is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            ckpt.save(done, state)
+                log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
+        if itstime(step, eval_every, total):
+            state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
+                             step=step, log=log)
+            stopped_early = _patience_ran_out(state, cfg)
+        if ckpt is not None and itstime(step, cfg.checkpoint_every, total, last=False):
+            ckpt.save(step, state)  # the final state is saved by the caller, with the stage's outputs
+        # stop: early stopping ends the stage here; a stop requested from outside (a SIGTERM or
+        # SIGINT flag) would be checked at this point too, once per chunk, after the checkpoint
         if stopped_early:
             break
     bar.close()
     _check_finite(state, stage)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
-    state = state.replace(finished=place(np.ones((), np.bool_), parallel.replicated(mesh)))
+    state = state.replace(finished=place(np.ones((), np.bool_), replicated))
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def compiled_train_loop(model: Model, tx, mesh: Mesh, shardings, step_wrapper: Callable | None = None):
+    """The jitted multi-step loop for ``model``, one function object per model structure (and
+    wrapper), so jax.jit's cache serves every stage of that structure from one compile."""
+    def build():
+        raw = make_train_step(model, tx)
+        step = raw if step_wrapper is None else step_wrapper(raw)
+        return jit_train_loop(make_train_loop(step, mesh, shape_step=raw), mesh, shardings)
+
+    return _memo(("train_loop", _model_key(model), _sharding_key(shardings), step_wrapper), build)
+
+
+def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
+    """The initial state placed on the mesh, or the checkpointed one when ``ckpt`` holds a step."""
+    resumed_from = ckpt.latest_step() if ckpt is not None else None
+    if resumed_from is None:
+        return place(state, shardings), None
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
+    )
+    return ckpt.restore(abstract), resumed_from
+
+
+class HostFeed:
+    """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call."""
+
+    def __init__(self, data: ArrayData, batch_size: int, seed: int, mesh: Mesh, chunk: int):
+        self.data, self.batch_size, self.seed, self.mesh, self.chunk = data, batch_size, seed, mesh, chunk
+
+    def batches(self, start: int, stop: int) -> PyTree:
+        """Steps ``start .. stop-1``, padded to ``chunk`` with repeats of the last batch (unused)."""
+        idx = np.stack([batch_indices(len(self.data), self.batch_size, self.seed, s) for s in range(start, stop)])
+        idx = np.concatenate([idx, np.repeat(idx[-1:], self.chunk - len(idx), 0)])
+        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), self.data.take(idx.reshape(-1)))
+        return to_global_stacked(self.mesh, host)
+
+
+def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
+             step: int, log: Callable[[dict], None] | None = None) -> TrainState:
+    """Score the current parameters on ``val`` and keep them if they are the best so far."""
+    remember = _memo(("record_eval", _sharding_key(shardings)),
+                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
+    probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size)
+    score = float(metrics.accuracy(probs, val.labels))
+    if log is not None:
+        log({"stage": stage, "step": step, "val_accuracy": score})
+    return remember(state, place(np.float32(score), parallel.replicated(mesh)))
+
+
+def _patience_ran_out(state: TrainState, cfg: TrainConfig) -> bool:
+    """Early stopping: ``patience`` evals in a row without a better validation score."""
+    return bool(cfg.early_stopping and cfg.patience and int(state.evals_since_best) >= cfg.patience)
 
 
 _MAX_CHUNK = 32  # steps per call at most: bounds the stacked batches held on the host
 
 
-def _chunk_size(cfg: TrainConfig, total: int) -> int:
-    """Batches stacked per call (at least the longest run between stops): a power of two, so
-    stages with similar settings share one compile."""
-    longest = max(1, min(cfg.log_every, total, _MAX_CHUNK))
+def _chunk_size(cfg: TrainConfig) -> int:
+    """Batches stacked per call (at least the longest run between stops): a power of two that
+    does not depend on the stage's length, so stages of any length share one compile."""
+    longest = max(1, min(cfg.log_every or _MAX_CHUNK, _MAX_CHUNK))
     return 1 << (longest - 1).bit_length()
 
 
@@ -536,11 +623,6 @@ def _next_stop(step: int, total: int, intervals: tuple[int, ...]) -> int:
 def _sharding_key(shardings: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(shardings)
     return treedef, tuple(leaves)
-
-
-def _build_train_loop(model: Model, tx, cfg: TrainConfig, loss: str, total: int, mesh: Mesh, shardings):
-    step = make_train_step(model, tx, make_loss(loss, cfg), total)
-    return jit_train_loop(make_train_loop(step, mesh), mesh, shardings)
 
 
 def to_global_stacked(mesh: Mesh, host_batches: PyTree) -> PyTree:

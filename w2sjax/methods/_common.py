@@ -1,4 +1,4 @@
-"""Small helpers shared by the method modules: result rows and figures."""
+"""Small helpers shared by the method modules: scores, timing and figures (rows: ``w2sjax.results``)."""
 
 from __future__ import annotations
 
@@ -15,25 +15,6 @@ def r2(mse: float, variance: float) -> float:
     """``1 - mse / variance``: the regression testbeds' higher-is-better score, stored in the
     standard ``*_acc`` fields so every results.json reads the same way (PGR is unchanged by it)."""
     return round(1.0 - float(mse) / float(variance), 6)
-
-
-def pgr(weak: float, w2s: float, ceiling: float) -> float | None:
-    gap = ceiling - weak
-    return None if not gap > 0 else round((w2s - weak) / gap, 6)
-
-
-def base_row(task: str, weak: str, strong: str, loss: str, seed: int, weak_acc, w2s_acc, ceiling_acc,
-             misfit, seconds: dict, **extra) -> dict:
-    """A row of the standard ``results.json`` schema, plus method-specific ``extra`` fields."""
-    row = {
-        "task": task, "weak_model": weak, "strong_model": strong, "loss": loss, "seed": seed,
-        "weak_acc": round(float(weak_acc), 6), "w2s_acc": round(float(w2s_acc), 6),
-        "ceiling_acc": round(float(ceiling_acc), 6), "pgr": pgr(float(weak_acc), float(w2s_acc), float(ceiling_acc)),
-        "misfit": None if misfit is None else round(float(misfit), 6),
-        "stage_seconds": {k: round(float(v), 3) for k, v in seconds.items()},
-    }
-    row.update(extra)
-    return row
 
 
 def flat(features) -> np.ndarray:
@@ -76,10 +57,3 @@ def save(fig, path: pathlib.Path) -> pathlib.Path:
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for everyone to read
     os.replace(tmp, path)
     return path
-
-
-def mean_std(values) -> str:
-    v = np.asarray([x for x in values if x is not None], float)
-    if not len(v):
-        return "n/a"
-    return f"{v.mean():.3f}" if len(v) < 2 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"

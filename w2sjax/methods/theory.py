@@ -13,8 +13,8 @@ import pathlib
 
 import numpy as np
 
-from w2sjax import theory
-from w2sjax.methods._common import Timer, base_row, figure, r2, save
+from w2sjax import results, theory
+from w2sjax.methods._common import Timer, figure, r2, save
 
 D_SHARED = (1, 4, 8, 16)
 
@@ -31,7 +31,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
         curves.append(rf)
         var = rf["target_variance"]
         for variant, loss_key in (("early_stopped_oracle", "best_student_loss"), ("converged", "final_student_loss")):
-            rows.append(base_row(
+            rows.append(results.row(
                 "synthetic-random-features", "relu-rf-32", "relu-rf-2048", "squared", seed,
                 r2(rf["teacher_loss"], var), r2(rf[loss_key], var), r2(rf["ceiling_loss"], var), None,
                 {"testbed": t.seconds}, variant=variant, weak_mse=rf["teacher_loss"], w2s_mse=rf[loss_key],
@@ -41,7 +41,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
             with Timer() as t:
                 r = theory.intrinsic_dim_w2s(d_shared=k, seed=seed)
             ridge.setdefault(k, []).append(r)
-            rows.append(base_row(
+            rows.append(results.row(
                 "synthetic-ridge", "ridge-dw32", "ridge-ds16", "squared", seed,
                 r2(r["weak_err"], 1.0), r2(r["w2s_err"], 1.0), r2(r["ceiling_err"], 1.0), None,
                 {"testbed": t.seconds}, variant=f"d_shared={k}", weak_mse=r["weak_err"], w2s_mse=r["w2s_err"],
@@ -49,7 +49,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
             ))
         with Timer() as t:
             gap = theory.prediction_gap_w2s(seed=seed)
-        rows.append(base_row(
+        rows.append(results.row(
             "synthetic-prediction-gap", "ls-weak", "ls-strong", "squared", seed, 0.0, 0.0, 0.0, None,
             {"testbed": t.seconds}, variant="prediction_gap", **gap,
         ))
@@ -58,7 +58,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                 pairs = theory.realizable_misfit_w2s(seed=seed, realizable=realizable)
             scatter[realizable].extend(pairs)
             for p in pairs:
-                rows.append(base_row(
+                rows.append(results.row(
                     "synthetic-misfit" + ("" if realizable else "-nonrealizable"), f"tanh-{p['weak_width']}",
                     "linear", "squared", seed, -p["weak_err"], -p["student_err"], 0.0, p["misfit"],
                     {"testbed": t.seconds / len(pairs)}, variant="realizable" if realizable else "not_realizable",
