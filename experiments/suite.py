@@ -9,7 +9,7 @@ smaller tasks use what they have.
 
 As a config (``w2sjax run --config experiments/suite.py``) it runs one task. As a script it runs
 them all, one resumable output directory per task, then writes ``suite.json``, ``suite.md`` and
-``task_spread.png`` into ``--out``::
+``task_spread.png`` into ``--out`` (``--summary-only`` writes them from the tasks finished so far)::
 
     python experiments/suite.py --out /tmp/suite                      # the whole suite
     python experiments/suite.py --out /tmp/tiny --tasks vader_tweets,social_iqa \\
@@ -54,7 +54,7 @@ def task_config(base: Config, task) -> Config:
 
 def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False) -> dict:
     """Run (or resume) every task into ``out/TASK`` and write the suite summary into ``out``."""
-    from w2sjax import config as config_lib, data, experiment, plots, suite
+    from w2sjax import data, experiment
 
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -62,10 +62,16 @@ def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False)
         cfg = task_config(base, data.load_task(name))
         print(f"suite: {name}: n_train={cfg.data.n_train} n_test={cfg.data.n_test}", file=sys.stderr, flush=True)
         results[name] = experiment.run(cfg, out / name, progress=progress)
+    return summarize(base, out, results)
+
+
+def summarize(base: Config, out: pathlib.Path, results: dict[str, dict]) -> dict:
+    """Write ``suite.json``, ``suite.md`` and ``task_spread.png`` from each task's results."""
+    from w2sjax import config as config_lib, experiment, plots, suite
+
     rows = suite.task_rows(results)
     meds = suite.medians(rows)
-    summary = {"config": config_lib.to_dict(base), "tasks": list(tasks),
-               "per_task": rows, "medians": meds}
+    summary = {"config": config_lib.to_dict(base), "tasks": list(results), "per_task": rows, "medians": meds}
     experiment.write_json_atomic(out / "suite.json", _nan_to_null(summary))
     (out / "suite.md").write_text(suite.format_markdown(rows, meds) + "\n")
     fig = plots.task_spread(rows, meds)
@@ -89,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only summarise the tasks whose results.json is already in --out (a partial run)")
     args = parser.parse_args(argv)
 
     from w2sjax import assets, config as config_lib, xla_flags
@@ -103,8 +111,15 @@ def main(argv=None) -> int:
         unknown = [t for t in tasks if t not in data.known_tasks()]
         if unknown or not tasks:
             raise config_lib.ConfigError(f"--tasks: unknown {unknown or 'none given'}; known: {', '.join(TASKS)}")
-        summary = run_suite(base, pathlib.Path(args.out), tasks, progress=args.progress)
-    except (config_lib.ConfigError, assets.AssetError) as exc:
+        out = pathlib.Path(args.out)
+        if args.summary_only:
+            from w2sjax import report
+
+            done = [t for t in tasks if (out / t / "results.json").is_file()]
+            summary = summarize(base, out, {t: report.load_results(out / t) for t in done})
+        else:
+            summary = run_suite(base, out, tasks, progress=args.progress)
+    except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"suite: error: {exc}", file=sys.stderr)
         return 2
     from w2sjax import suite

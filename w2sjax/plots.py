@@ -395,7 +395,7 @@ def gain_vs_misfit(runs: list[dict]):
 def task_spread(rows: list[dict], medians: list[dict]):
     """Per-task PGR with its interval, one panel per student, one colour per (supervisor, loss);
     a dashed line marks each series' median across tasks (``w2sjax.suite``)."""
-    rows = [r for r in rows if _finite(r.get("pgr"))]
+    rows = [r for r in rows if finite(r.get("pgr"))]
     if not rows:
         return None
     tasks = _ordered(r["task"] for r in rows)
@@ -413,12 +413,12 @@ def task_spread(rows: list[dict], medians: list[dict]):
             pts = [r for r in rows if (r["strong_model"], r["weak_model"], r["loss"]) == (student, weak, loss)]
             ys = [tasks.index(r["task"]) + off for r in pts]
             xs = [r["pgr"] for r in pts]
-            lo = [r["pgr"] - r["pgr_ci95"][0] if _finite(r["pgr_ci95"][0]) else 0.0 for r in pts]
-            hi = [r["pgr_ci95"][1] - r["pgr"] if _finite(r["pgr_ci95"][1]) else 0.0 for r in pts]
+            lo = [r["pgr"] - r["pgr_ci95"][0] if finite(r["pgr_ci95"][0]) else 0.0 for r in pts]
+            hi = [r["pgr_ci95"][1] - r["pgr"] if finite(r["pgr_ci95"][1]) else 0.0 for r in pts]
             ax.errorbar(xs, ys, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", ms=4, color=colour,
                         capsize=2, lw=1, label=f"{weak} · {loss}")
             m = med.get((weak, student, loss))
-            if _finite(m):
+            if finite(m):
                 ax.axvline(m, color=colour, ls="--", lw=1)
         ax.set_yticks(range(len(tasks)), tasks)
         ax.invert_yaxis()
