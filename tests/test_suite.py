@@ -40,6 +40,8 @@ def test_task_rows_and_median_by_hand():
     text = suite.format_markdown(list(rows.values()), [m])
     assert "| c | glove-bow | minilm-l6 | xent | per example | 0.700 | 0.700 | 0.600 | undefined |" in text
     assert "3 of 4" in text
+    assert "| task | scored | glove-bow | minilm-l6 probe (ceiling) |" in text
+    assert "| a | per example | 0.600 | 0.800 |" in text and "| d | per question | 0.400 | 0.600 |" in text
 
 
 def test_suite_config_caps_each_task():

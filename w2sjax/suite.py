@@ -69,13 +69,33 @@ def medians(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict
     return out
 
 
+def gaps(rows: list[dict]) -> list[dict]:
+    """Per task, each supervisor's and each student's ceiling accuracy (means over seeds and
+    over the rows that share them): the weak-ceiling gaps PGR divides by."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = out.setdefault(r["task"], {"task": r["task"], "scored": r["scored"], "weak": {}, "ceiling": {}})
+        entry["weak"].setdefault(r["weak_model"], r["weak_acc"])
+        entry["ceiling"].setdefault(r["strong_model"], r["ceiling_acc"])
+    return list(out.values())
+
+
 def _fmt(x: float) -> str:
     return f"{x:.2f}" if np.isfinite(x) else "undefined"
 
 
 def format_markdown(rows: list[dict], meds: list[dict]) -> str:
-    """The per-task table and the median table, as Markdown."""
-    lines = ["| task | supervisor | student | loss | scored | weak | w2s | ceiling | PGR [95% CI] |",
+    """The gap table, the per-task table and the median table, as Markdown."""
+    table = gaps(rows)
+    weak = list(dict.fromkeys(w for g in table for w in g["weak"]))
+    strong = list(dict.fromkeys(s for g in table for s in g["ceiling"]))
+    lines = ["| task | scored | " + " | ".join(weak + [f"{s} probe (ceiling)" for s in strong]) + " |",
+             "|---|---|" + "---|" * (len(weak) + len(strong))]
+    for g in table:
+        cells = [g["weak"].get(w) for w in weak] + [g["ceiling"].get(s) for s in strong]
+        lines.append(f"| {g['task']} | {g['scored']} | "
+                     + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines += ["", "| task | supervisor | student | loss | scored | weak | w2s | ceiling | PGR [95% CI] |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["pgr_ci95"]
