@@ -426,7 +426,8 @@ def task_spread(rows: list[dict], medians: list[dict]):
         ax.set_title(f"student: {student}")
         ax.grid(axis="x", alpha=0.3)
         # Keep wild values (tiny weak-ceiling gaps) from squashing the rest.
-        ax.set_xlim(max(-2.0, min(-0.5, min(r["pgr"] for r in rows) - 0.1)), min(3.0, max(1.5, max(r["pgr"] for r in rows) + 0.1)))
+        lowest, highest = min(r["pgr"] for r in rows), max(r["pgr"] for r in rows)
+        ax.set_xlim(max(-2.0, min(-0.5, lowest - 0.1)), min(3.0, max(1.5, highest + 0.1)))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(series), 4), frameon=False)
     fig.suptitle("PGR per task (95% bootstrap interval over seeds); dashed: median across tasks", fontsize=10)

@@ -174,7 +174,10 @@ class MultiEmo(_BigBench, skip_registration=True):
         "neutral and ambivalent sentences dropped; domain kept; 25% of sentences held out by hash."
     )
     LICENSE = "MultiEmo (Kocon et al. 2021, CLARIN-PL): CC BY 4.0; BIG-bench: Apache-2.0"
-    CITATION = "Kocon, Milkowski, Kanclerz. MultiEmo: Multilingual, Multilevel, Multidomain Sentiment Analysis Corpus of Consumer Reviews. ICCS 2021.\n" + _BIGBENCH_CITATION
+    CITATION = (
+        "Kocon, Milkowski, Kanclerz. MultiEmo: Multilingual, Multilevel, Multidomain "
+        "Sentiment Analysis Corpus of Consumer Reviews. ICCS 2021.\n" + _BIGBENCH_CITATION
+    )
     source_reader = staticmethod(bigbench.multiemo)
 
 
@@ -186,7 +189,10 @@ class SocialIqa(_BigBench, skip_registration=True):
         "grouped by question; half the questions held out by hash."
     )
     LICENSE = "Social IQa (Sap et al. 2019, AI2): CC BY 4.0; BIG-bench: Apache-2.0"
-    CITATION = "Sap, Rashkin, Chen, Le Bras, Choi. Social IQa: Commonsense Reasoning about Social Interactions. EMNLP 2019.\n" + _BIGBENCH_CITATION
+    CITATION = (
+        "Sap, Rashkin, Chen, Le Bras, Choi. Social IQa: Commonsense Reasoning about Social Interactions. "
+        "EMNLP 2019.\n" + _BIGBENCH_CITATION
+    )
     source_reader = staticmethod(bigbench.social_iqa)
 
 
@@ -195,7 +201,10 @@ class StrategyQa(_BigBench, skip_registration=True):
     TASK, CLASS_NAMES = "strategyqa", ("no", "yes")
     DESCRIPTION = "StrategyQA yes/no questions from bigbench==1.0.0; 44% held out by hash."
     LICENSE = "StrategyQA (Geva et al. 2021, AI2): MIT; BIG-bench: Apache-2.0"
-    CITATION = "Geva, Khashabi, Segal, Khot, Roth, Berant. Did Aristotle Use a Laptop? A Question Answering Benchmark with Implicit Reasoning Strategies. TACL 2021.\n" + _BIGBENCH_CITATION
+    CITATION = (
+        "Geva, Khashabi, Segal, Khot, Roth, Berant. Did Aristotle Use a Laptop? "
+        "A Question Answering Benchmark with Implicit Reasoning Strategies. TACL 2021.\n" + _BIGBENCH_CITATION
+    )
     source_reader = staticmethod(bigbench.strategyqa)
 
 
@@ -204,7 +213,10 @@ class Fever(_BigBench, skip_registration=True):
     TASK, CLASS_NAMES = "fever", ("false", "true")
     DESCRIPTION = "FEVER claims from bigbench==1.0.0 fact_checker/fever, true or false; 30% held out by hash."
     LICENSE = "FEVER (Thorne et al. 2018): CC BY-SA 3.0 (from Wikipedia); BIG-bench: Apache-2.0"
-    CITATION = "Thorne, Vlachos, Christodoulopoulos, Mittal. FEVER: a large-scale dataset for Fact Extraction and VERification. NAACL 2018.\n" + _BIGBENCH_CITATION
+    CITATION = (
+        "Thorne, Vlachos, Christodoulopoulos, Mittal. "
+        "FEVER: a large-scale dataset for Fact Extraction and VERification. NAACL 2018.\n" + _BIGBENCH_CITATION
+    )
     source_reader = staticmethod(bigbench.fever)
 
 
@@ -216,7 +228,10 @@ class VitaminC(_BigBench, skip_registration=True):
         "true or false (Neither dropped); 20% of claims held out by hash."
     )
     LICENSE = "VitaminC (Schuster et al. 2021): CC BY-SA 3.0 (from Wikipedia); BIG-bench: Apache-2.0"
-    CITATION = "Schuster, Fisch, Barzilay. Get Your Vitamin C! Robust Fact Verification with Contrastive Evidence. NAACL 2021.\n" + _BIGBENCH_CITATION
+    CITATION = (
+        "Schuster, Fisch, Barzilay. Get Your Vitamin C! Robust Fact Verification with Contrastive Evidence. "
+        "NAACL 2021.\n" + _BIGBENCH_CITATION
+    )
     source_reader = staticmethod(bigbench.vitaminc)
 
 

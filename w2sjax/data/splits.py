@@ -123,7 +123,10 @@ def _grouped_parts(groups, n_val, n_train, rng, name):
     end = n
     if n_train is not None:
         if not 2 <= n_train <= n - v:
-            raise ValueError(f"task {name!r}: n_train={n_train} must be in [2, {n - v}] (the {n} train examples less n_val={n_val})")
+            raise ValueError(
+                f"task {name!r}: n_train={n_train} must be in [2, {n - v}] "
+                f"(the {n} train examples less n_val={n_val})"
+            )
         end = _snap(bounds, n_train, v)
     half = _snap(bounds, (end - v) // 2, v)
     return perm[v:half], perm[half:end], perm[:v]
