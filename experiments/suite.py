@@ -69,6 +69,7 @@ def summarize(base: Config, out: pathlib.Path, results: dict[str, dict]) -> dict
     """Write ``suite.json``, ``suite.md`` and ``task_spread.png`` from each task's results."""
     from w2sjax import config as config_lib, experiment, plots, suite
 
+    out.mkdir(parents=True, exist_ok=True)
     rows = suite.task_rows(results)
     meds = suite.medians(rows)
     summary = {"config": config_lib.to_dict(base), "tasks": list(results), "per_task": rows, "medians": meds}
