@@ -24,13 +24,12 @@ from benchmarks import run as bench
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16")
 
 
-def _sdpa_attention(self, x, mask):
+def _sdpa_attention(self, x, keep, bias=None):
     import jax
 
     b, t, h = x.shape
     split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    keep = mask[:, None, None, :].astype(bool)
     ctx = jax.nn.dot_product_attention(q, k, v, mask=keep, implementation="xla")
     return self.attn_out(ctx.reshape(b, t, h))
 
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
         dtype = jnp.bfloat16 if variant.endswith("bf16") else jnp.float32
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
-        module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
+        module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
         tx = train.make_optimizer()
         model, state = train.init_state(module, "all", tx)
         shardings = train.state_shardings(mesh, state)
@@ -85,9 +84,9 @@ def main(argv=None) -> int:
         loss_fn = train.make_loss("xent")
         settings = train.place(train.step_settings(tcfg, 1000, "xent"), parallel.replicated(mesh))
         fwd_flops = bench.flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-        original = bert.BertLayer._attention
+        original = bert.PostNormLayer._attention
         if variant == "step_sdpa":
-            bert.BertLayer._attention = _sdpa_attention
+            bert.PostNormLayer._attention = _sdpa_attention
         try:
             if variant in ("forward", "forward_bf16", "grad"):
                 def objective(params, frozen, batch):
@@ -114,7 +113,7 @@ def main(argv=None) -> int:
                 flops = 3 * fwd_flops
             sec = bench.timed(call, args.repeats)
         finally:
-            bert.BertLayer._attention = original
+            bert.PostNormLayer._attention = original
         rec = {"case": "profile", "impl": "jax", "variant": variant, "batch": b, "seq": t,
                "mesh": dict(mesh.shape),
                "seconds": round(sec, 4), "examples_per_s": round(b / sec, 2),

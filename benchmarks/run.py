@@ -131,7 +131,7 @@ def jax_embed(path, sz, peak, repeats, dtype="float32"):
     mask = put(np.ones((b, t), np.int32))
     # The library's path: row blocks of ~embed.BLOCK_TOKENS tokens (as BertFeaturizer runs it).
     blocks = embed.row_blocks(b, t, embed._local_devices_for_batch())
-    run = lambda: embed._embed(graphdef, state, ids, mask, normalize=False, blocks=blocks).block_until_ready()
+    run = lambda: embed.pooled_features(graphdef, state, ids, mask, pooling="mean", blocks=blocks).block_until_ready()
     s = timed(run, repeats)
     f = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
     return record("embed", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
@@ -149,7 +149,7 @@ def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):
 
     enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
     cfg = enc.config
-    module = bert.BertClassifier(enc, 2, rngs=nnx.Rngs(0))
+    module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
     b, t = sz["ft_b"], sz["ft_t"]
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
     steps = 1000
@@ -213,15 +213,15 @@ def jax_fine_foods(path, sz, texts, peak, max_len, dtype="float32"):
 
     from w2sjax.models import bert, embed
 
-    feat = embed.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
-                                dtype=dtype, progress=False)
+    feat = bert.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
+                               dtype=dtype, progress=False)
     enc, tok = feat.load()
     cfg = enc.config
-    before = embed._embed._cache_size()
+    before = embed.pooled_features._cache_size()
     t0 = time.perf_counter()
     out = feat.embed_texts(texts)
     s = time.perf_counter() - t0
-    compiles = embed._embed._cache_size() - before
+    compiles = embed.pooled_features._cache_size() - before
     # Useful FLOPs only: each text at its own token length, no padding.
     lengths = [len(r) for r in tok.token_ids(texts, max_len)]
     f = sum(flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, n)

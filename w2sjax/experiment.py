@@ -14,17 +14,21 @@ For every seed:
 :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
-ends with an Orbax checkpoint of its model and of its predictions; a rerun on the same output
-directory skips finished stages and resumes unfinished ones from their last in-stage checkpoint,
-so an interrupted run ends with the same ``results.json`` as an uninterrupted one.
+is keyed by a :class:`w2sjax.stages.StageKey` whose fingerprint covers every setting that
+determines its outputs, and ends with an Orbax checkpoint of its model and of its predictions
+under that key. A rerun on the same output directory reuses exactly the stages whose fingerprint
+matches, retrains the others, and resumes unfinished ones from their last in-stage checkpoint, so
+an interrupted run ends with the same ``results.json`` as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable
 
@@ -33,18 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import checkpoint, metrics, parallel, results, train
+from w2sjax import atomic, checkpoint, metrics, parallel, preemption, results, rundir, signals, stages, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
 # ---- small I/O helpers ----------------------------------------------------------------------
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
@@ -69,7 +66,9 @@ class _OrbaxStage(train.StageCheckpoint):
         return None if found is None else found[0]
 
     def restore(self, abstract_state):
-        return checkpoint.restore(self.ckpt_dir, self.stage, abstract_state)[0]
+        # A damaged newest step falls back to an older one, then to the stage's start (None).
+        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state)
+        return None if found is None else found[0]
 
     def save(self, step, state):
         checkpoint.save(self.ckpt_dir, self.stage, step, state, meta={"step": step})
@@ -111,16 +110,42 @@ class Inputs:
                 self._cache[key] = self._probe(spec)
         return self._cache[key]
 
+    def options(self, name: str, role: str) -> dict:
+        """The model and every option of it that changes its outputs (part of a stage's fingerprint)."""
+        from w2sjax import models
+
+        spec = models.get_model(name)
+        mode = self.config.strong_mode if role == "strong" and spec.finetune is not None else "probe"
+        options = {"name": name, "mode": mode}
+        if mode == "finetune":
+            options["trainable"] = self.config.train.trainable
+        if spec.tokenize is not None:  # a text backbone: its token budget and matmul precision
+            options.update(max_len=self.config.data.max_len, precision=self.config.precision)
+        if mode == "probe" and spec.featurizer is not None:
+            options["standardize"] = self.config.standardize_features
+        return options
+
     def _split(self, split_name: str, rows: np.ndarray) -> dict:
         split = self.task.train if split_name == "train" else self.task.test
         return {k: v[rows] for k, v in split.items() if k in ("text", "x")}
 
     def _finetune(self, spec) -> ModelInputs:
         n_classes = self.task.num_classes
+        train_cfg = self.config.train
+
+        def build(seed):
+            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            if train_cfg.trainable == "lora":
+                from w2sjax.models import lora
+
+                lora.add_adapters(module, rank=train_cfg.lora.rank, alpha=train_cfg.lora.alpha,
+                                  targets=train_cfg.lora.targets, rngs=nnx.Rngs(seed + 1))
+            return module
+
         return ModelInputs(
             inputs=lambda split, rows: spec.tokenize(self._split(split, rows)),
-            build=lambda seed: spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision)),
-            trainable=self.config.train.trainable,
+            build=build,
+            trainable=train_cfg.trainable,
         )
 
     def _probe(self, spec) -> ModelInputs:
@@ -164,21 +189,57 @@ class StageOutput:
     preds: dict[str, np.ndarray]  # eval-set name -> probabilities [N, C]
     seconds: float
     steps: int
+    key: stages.StageKey | None = None  # the bound key; None for outputs made outside a stage (combinations)
+
+    def source(self, split: str) -> str | None:
+        """How a student names labels taken from these predictions: by the stage's fingerprint, or
+        (None: by their content) for outputs made outside a stage."""
+        return f"{self.key.fingerprint}/{split}" if self.key else None
 
 
 class Runner:
-    """Runs named stages, skipping those a checkpoint marks finished."""
+    """Runs stages, reusing those whose checkpoint has the same fingerprint.
 
-    def __init__(self, config: Config, out_dir: pathlib.Path, mesh, task, progress: bool):
+    With ``planning=True`` nothing trains: each stage is only keyed and looked up (and answers
+    uniform predictions), which is how a run prints its plan before any model loads.
+    """
+
+    def __init__(self, config: Config, out_dir: pathlib.Path, mesh, task, progress: bool, *, planning: bool = False):
         self.config, self.mesh, self.task, self.progress = config, mesh, task, progress
+        self.planning = planning
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
         self.inputs = Inputs(task, config, progress)
         self._memo: dict[str, StageOutput] = {}
+        self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
+
+    def settings(self, *, model, role, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
+                 sources) -> dict:
+        """Everything that determines a stage's outputs (see :mod:`w2sjax.stages`).
+
+        ``sources`` names label arrays that come from another stage (``StageOutput.source``), so a
+        student's fingerprint holds its supervisor's and is known before the supervisor has run;
+        every array not named there is hashed by content.
+        """
+        sources = dict(sources or {})
+        named = lambda key, array: sources.get(key) or (None if array is None else stages.digest(array))
+        early = bool(cfg.early_stopping and len(val_rows))
+        return {
+            "task": {"name": self.task.name, "data": self.task.fingerprint, "shift": self.config.options.shift},
+            "seed": seed,
+            "model": self.inputs.options(model, role),
+            "train": stages.train_settings(cfg, loss),
+            "loss": loss,
+            "rows": named("rows", rows),
+            "labels": named("labels", labels),
+            "weights": named("weights", weights),
+            "val": [stages.digest(val_rows), named("val_labels", val_labels)] if early else None,
+            "evals": {k: [split, stages.digest(idx)] for k, (split, idx) in sorted(evals.items())},
+        }
 
     def stage(
         self,
-        name: str,
+        key: stages.StageKey,
         *,
         model: str,
         role: str,
@@ -191,23 +252,39 @@ class Runner:
         loss: str,
         seed: int,
         weights: np.ndarray | None = None,
+        sources: dict[str, str | None] | None = None,
     ) -> StageOutput:
         """Train ``model`` on task-train ``rows`` with soft ``labels``; predict every eval set.
 
-        ``evals`` maps an output name to (``"train"`` or ``"test"``, row indices); ``weights`` are
-        optional per-example loss weights (``[len(rows)]``).
+        ``key`` names the stage (unbound: this binds it to the settings). ``evals`` maps an output
+        name to (``"train"`` or ``"test"``, row indices); ``weights`` are optional per-example
+        loss weights (``[len(rows)]``); ``sources`` see :meth:`settings`.
         """
-        if name in self._memo:
-            return self._memo[name]
-        out_stage = f"{name}.out"
+        settings = self.settings(model=model, role=role, rows=rows, labels=labels, val_rows=val_rows,
+                                 val_labels=val_labels, evals=evals, cfg=cfg, loss=loss, seed=seed, weights=weights,
+                                 sources=sources)
+        key = key.bind(settings)
+        if key.checkpoint_name in self._memo:
+            return self._memo[key.checkpoint_name]
+        signals.check()
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
-        if checkpoint.is_done(self.ckpt_dir, out_stage):
-            preds, meta = checkpoint.restore(self.ckpt_dir, out_stage, target)
-            result = StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"])
-            self._memo[name] = result
+        if self.planning:
+            try:
+                self.planned[key.checkpoint_name] = checkpoint.is_done(self.ckpt_dir, key.outputs_name)
+            except checkpoint.DamagedCheckpoint:
+                self.planned[key.checkpoint_name] = False  # will be set aside and trained again
+            uniform = {k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}
+            result = StageOutput(uniform, 0.0, 0, key)
+            self._memo[key.checkpoint_name] = result
+            return result
+        result = self._finished(key, target)
+        if result is not None:
+            self._memo[key.checkpoint_name] = result
             return result
 
+        if preemption.requested():  # a SIGTERM between stages: stop before loading anything
+            raise preemption.Preempted(key.name, 0, saved=False)
         started = time.perf_counter()
         mi = self.inputs.get(model, role)
         data = train.ArrayData(
@@ -225,24 +302,59 @@ class Runner:
             seed=seed,
             trainable=mi.trainable,
             val=val,
-            stage=name,
-            ckpt=_OrbaxStage(self.ckpt_dir, name),
+            stage=key.name,
+            ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name),
             log=self.log,
             progress=self.progress,
         )
-        checkpoint.save(self.ckpt_dir, name, fitted.steps, fitted.state, meta={"steps": fitted.steps}, final=True)
         preds = {}
-        for key, (split, idx) in evals.items():
-            preds[key] = train.predict(
+        for name, (split, idx) in evals.items():
+            preds[name] = train.predict(
                 fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256)
             )
+        # A collapsed model is a failed stage: raised before it is saved as finished.
+        if "val" in evals:
+            split, idx = evals["val"]
+            truth = (self.task.train if split == "train" else self.task.test)["label"][idx]
+            train.check_not_collapsed(preds["val"], truth, key.name, fitted.steps)
+        stamp = {"fingerprint": key.fingerprint, "settings": settings}
+        checkpoint.save(self.ckpt_dir, key.checkpoint_name, fitted.steps, fitted.state,
+                        meta={"steps": fitted.steps, **stamp}, final=True)
         seconds = round(time.perf_counter() - started, 3)
         checkpoint.save(
-            self.ckpt_dir, out_stage, 0, preds, meta={"seconds": seconds, "steps": fitted.steps}, final=True
+            self.ckpt_dir, key.outputs_name, 0, preds, meta={"seconds": seconds, "steps": fitted.steps, **stamp},
+            final=True, checksum=True,
         )
-        result = StageOutput(preds, seconds, fitted.steps)
-        self._memo[name] = result
+        result = StageOutput(preds, seconds, fitted.steps, key)
+        self._memo[key.checkpoint_name] = result
         return result
+
+    def _finished(self, key: stages.StageKey, target: dict) -> StageOutput | None:
+        """The saved outputs of stage ``key``; None when it has not finished, or when they fail their
+        check (the stage is then set aside, to be trained again)."""
+        try:
+            if not checkpoint.is_done(self.ckpt_dir, key.outputs_name):
+                return None
+            preds, meta = checkpoint.restore(self.ckpt_dir, key.outputs_name, target)
+        except checkpoint.DamagedCheckpoint as exc:
+            self._set_aside(key, exc)
+            return None
+        if meta.get("fingerprint") != key.fingerprint:
+            raise RuntimeError(
+                f"{self.ckpt_dir / key.outputs_name}: saved under fingerprint {meta.get('fingerprint')!r}, "
+                f"expected {key.fingerprint!r}; move the folder away and run again"
+            )
+        return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
+
+    def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
+        """A finished stage whose outputs fail their check: move it (model and outputs) aside and
+        say so once; the caller then trains it again."""
+        names = (key.outputs_name, key.checkpoint_name)
+        moved = [p for p in (checkpoint.move_aside(self.ckpt_dir, n) for n in names) if p]
+        if parallel.is_main_process():
+            print(f"w2sjax: warning: finished stage {key.name!r} has damaged outputs ({exc}); moved to "
+                  f"{pathlib.Path(moved[0]).parent if moved else self.ckpt_dir}; training it again",
+                  file=sys.stderr, flush=True)
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -276,7 +388,8 @@ def _load_task(config: Config):
     from w2sjax import data
 
     try:
-        return data.load_task(config.data.task)
+        return data.load_task(config.data.task, text_field=config.data.text_field,
+                              label_field=config.data.label_field)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"data.task: {exc}") from None
 
@@ -296,6 +409,11 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:
         raise ConfigError(f"parallel: {exc}") from None
+    out = pathlib.Path(out_dir)
+    rundir.check(out)
+    rundir.lock(out, process=jax.process_index())  # one run per directory, before anything is written
+    if parallel.is_main_process():
+        atomic.remove_stale(out)  # left by a run killed while writing results.json
     task = _load_task(config)
     names = set(config.weak_models) | set(config.strong_models) if models_used is None else set(models_used)
     for model_name in sorted(names):
@@ -303,12 +421,40 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     if config.options.shift != "none":
         task = shift_task(task, config.options.shift)
 
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     runner = Runner(config, out, mesh, task, progress)
     task.train["row"] = np.arange(len(task.train["label"]))
     task.test["row"] = np.arange(len(task.test["label"]))
+    if parallel.is_main_process():
+        announce_data(config, task)
     return runner, task, out
+
+
+SMALL_HALF, FEW_STEPS = 200, 50  # below these, PGR and its interval mostly measure noise
+
+
+def announce_data(config: Config, task) -> None:
+    """Print the split sizes, and one warning line each when a half is small or a stage trains for
+    only a few optimizer steps."""
+    splits = SeedRun.splits_of(config, task, config.seeds[0])
+    sizes = {"A": len(splits.weak["label"]), "B": len(splits.strong["label"]), "val": len(splits.val["label"]),
+             "test": len(splits.test["label"])}
+    print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
+          flush=True)
+    small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
+    if small:
+        _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
+              "use more data (data.n_train) or read PGR with its interval")
+    few = []
+    for what, cfg, n in (("supervisors", config.weak_train, sizes["A"]), ("students", config.train, sizes["B"])):
+        steps = math.ceil(cfg.epochs * max(1, n // max(1, min(cfg.batch_size, n))))
+        if steps < FEW_STEPS:
+            few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
+    if few:
+        _warn(f"few optimizer steps (< {FEW_STEPS}): {'; '.join(few)}; raise epochs or lower batch_size")
+
+
+def _warn(message: str) -> None:
+    print(f"w2sjax: warning: {message}", file=sys.stderr, flush=True)
 
 
 def shift_task(task, shift: str):
@@ -351,57 +497,71 @@ def _domain_shift(task, domain: str):
 class SeedRun:
     """One seed's splits and the stages every protocol builds from them.
 
-    Stage names are the checkpoint keys: the same name means the same model, trained once and
-    shared by every pair (and every method) that needs it.
+    Stages are named by :class:`w2sjax.stages.StageKey`: the same key and settings mean the same
+    model, trained once and shared by every pair (and every method) that needs it.
     """
 
     def __init__(self, runner: Runner, task, seed: int):
-        from w2sjax import data
-
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
+        splits = self.splits_of(config, task, seed)
+        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
+        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
+
+    @staticmethod
+    def splits_of(config: Config, task, seed: int):
+        """The seed's A / B / val / test splits under ``config.data``."""
+        from w2sjax import data
+
         try:
-            splits = data.make_splits(
+            return data.make_splits(
                 task, seed=seed, n_train=config.data.n_train, n_val=config.data.n_val,
                 n_test=config.data.n_test, balance=config.data.balance,
             )
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
-        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
-        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
 
     def gt(self, split: dict) -> np.ndarray:
         return _one_hot(split["label"], self.task.num_classes)
 
-    def weak(self, name: str, *, rows=None, weights=None, tag: str = "") -> StageOutput:
-        """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, tagged)."""
+    def weak(self, name: str, *, rows=None, weights=None, variant: str = "") -> StageOutput:
+        """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, as ``variant``)."""
         rows = self.a["row"] if rows is None else rows
         labels = _one_hot(self.task.train["label"][rows], self.task.num_classes)
         return self.runner.stage(
-            f"weak__{name}{tag}__seed{self.seed}", model=name, role="weak", rows=rows, labels=labels,
+            stages.StageKey.weak(name, self.seed, variant=variant), model=name, role="weak", rows=rows, labels=labels,
             val_rows=self.val["row"], val_labels=self.gt(self.val), evals=self.evals,
             cfg=self.config.weak_train, loss="xent", seed=self.seed, weights=weights,
         )
 
-    def strong(self, stage_name: str, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
-               role: str = "strong") -> StageOutput:
-        """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``stage_name`` is its key."""
+    def strong(self, key: stages.StageKey, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
+               role: str = "strong", sources=None) -> StageOutput:
+        """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``key`` names it and
+        ``sources`` says which stage the labels came from (:meth:`Runner.settings`)."""
         return self.runner.stage(
-            stage_name, model=name, role=role, rows=self.b["row"] if rows is None else rows, labels=labels,
+            key, model=name, role=role, rows=self.b["row"] if rows is None else rows, labels=labels,
             val_rows=self.val["row"], val_labels=val_labels, evals=self.evals,
-            cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed,
+            cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed, sources=sources,
         )
 
     def ceiling(self, name: str) -> StageOutput:
-        return self.strong(f"ceiling__{name}__seed{self.seed}", name, self.gt(self.b), self.gt(self.val), "xent")
+        return self.strong(stages.StageKey.ceiling(name, self.seed), name, self.gt(self.b), self.gt(self.val), "xent")
 
-    def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str, *, tag: str = "") -> StageOutput:
-        """The student trained on the supervisor's soft labels; its validation labels are the
-        supervisor's too, all a real user has."""
-        return self.strong(f"w2s__{weak_name}__{strong_name}__{loss}{tag}__seed{self.seed}", strong_name,
-                           weak.preds["b"], weak.preds["val"], loss)
+    def supervised(self, key: stages.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
+                   val_labels=None) -> StageOutput:
+        """Student ``strong_name`` on half B with the soft labels of ``sup``; its validation labels
+        are the supervisor's too (all a real user has) unless ``val_labels`` are given."""
+        sources = {"labels": sup.source("b"), "val_labels": sup.source("val") if val_labels is None else None}
+        return self.strong(key, strong_name, sup.preds["b"], sup.preds["val"] if val_labels is None else val_labels,
+                           loss, cfg=cfg, sources=sources)
+
+    def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str) -> StageOutput:
+        """The standard student of ``weak_name``'s supervision."""
+        return self.supervised(stages.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
 
     def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
+        if self.runner.planning:
+            return {}
         return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
                     self.test["label"], self.b["label"], self.test.get("group"))
 
@@ -410,13 +570,22 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
     """Run (or resume) the experiment ``config`` into ``out_dir`` and return the results dict.
 
     Writes ``results.json``, ``metrics.jsonl`` and ``checkpoints/`` under ``out_dir``. A config
-    whose ``method`` is not ``"w2s"`` runs that method of :mod:`w2sjax.methods` instead.
+    whose ``method`` is not ``"w2s"`` runs that method of :mod:`w2sjax.methods` instead. First
+    prints the plan: which stages train and how many are reused from earlier runs.
     """
     if config.method != "w2s":
         from w2sjax import methods
 
         return methods.run(config, out_dir, progress=progress)
     runner, task, out = prepare(config, out_dir, progress=progress)
+    planner = Runner(config, out, runner.mesh, task, progress, planning=True)
+    _protocol(planner, task, config)
+    announce_plan(planner, config, out)
+    return finish(config, out, _protocol(runner, task, config))
+
+
+def _protocol(runner: Runner, task, config: Config) -> list[dict]:
+    """The standard protocol's stages and rows, for every seed."""
     rows_out = []
     for seed in config.seeds:
         sr = SeedRun(runner, task, seed)
@@ -432,28 +601,64 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
                         else:
                             rows_out.append(_refined_row(sr, w, s, loss, weak, w2s, ceilings[s], refinement))
         for chain in config.bootstrap:
-            models_in_chain = chain.split(">")
+            models_in_chain = tuple(chain.split(">"))
             first = sr.weak(models_in_chain[0])
             for loss in config.losses:
                 current = first
                 for depth, student in enumerate(models_in_chain[1:], start=1):
-                    prefix = ">".join(models_in_chain[: depth + 1])
-                    current = sr.strong(
-                        f"boot__{prefix}__{loss}__seed{seed}", student, current.preds["b"], current.preds["val"], loss
-                    )
+                    key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, seed)
+                    current = sr.supervised(key, student, current, loss)
                 last = models_in_chain[-1]
                 ceiling = ceilings.get(last) or sr.ceiling(last)
                 row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
                 row["chain"] = chain
                 rows_out.append(row)
-    return finish(config, out, rows_out)
+    return rows_out
+
+
+def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
+    """Print one line: how many stages train, how many are reused, and which settings changed
+    since the results already in ``out``."""
+    todo = [name for name, done in planner.planned.items() if not done]
+    reused = len(planner.planned) - len(todo)
+    names = ", ".join(stages.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
+    line = f"plan: {len(todo)} of {len(planner.planned)} stages to train" + (f" ({names})" if todo else "")
+    line += f", {reused} reused"
+    estimate = _earlier_seconds(planner.ckpt_dir, todo)
+    if estimate is not None:
+        line += f"; ~{estimate:.0f} s of training by earlier runs of these stages"
+    changed = rundir.changed_settings(out, to_dict(config))
+    if changed:
+        line += f"; changed since the last run: {changed}"
+    if parallel.is_main_process():
+        print(line, flush=True)
+
+
+def _earlier_seconds(ckpt_dir: pathlib.Path, todo: list[str]) -> float | None:
+    """The seconds the stages in ``todo`` took when last trained under other settings, if every
+    one of them was (the same stage name under another fingerprint); else None."""
+    total = 0.0
+    for name in todo:
+        readable = stages.StageKey.parse(name).name
+        earlier = sorted(ckpt_dir.glob(f"{readable}--*.out"), key=lambda p: p.stat().st_mtime)
+        found = checkpoint.latest(ckpt_dir, earlier[-1].name) if earlier else None
+        if found is None or "seconds" not in found[1]:
+            return None
+        total += float(found[1]["seconds"])
+    return total if todo else None
 
 
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
-    """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys."""
+    """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
+    of other settings already there are kept beside it under a printed name."""
     payload = {"config": to_dict(config), "runs": rows, **extra}
+    signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
-        write_json_atomic(out / "results.json", payload)
+        kept = rundir.keep_previous_results(out, payload)
+        if kept is not None:
+            print(f"kept the previous results (other settings) as {kept}", flush=True)
+        atomic.write_json(out / "results.json", payload)
+    rundir.release(out)
     return payload
 
 
@@ -469,13 +674,24 @@ def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str)
     opts = sr.config.options
     b_rows = sr.b["row"]
     feats = None
-    if refinement in ("knn", "filter"):
+    if sr.runner.planning:  # only the student's key matters, which does not depend on the labels
+        lab, keep = weak.preds["b"], np.ones(len(b_rows), bool)
+    elif refinement in ("knn", "filter"):
         feats = sr.runner.inputs.get(s, "weak").inputs("train", b_rows)  # role "weak": frozen features
-    lab, keep = labels_lib.refine(
-        refinement, weak.preds["b"], features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac, k=opts.knn_k
-    )
-    student = sr.strong(f"w2s__{w}__{s}__{loss}__{refinement}__seed{sr.seed}", s, lab[keep], weak.preds["val"],
-                        loss, rows=b_rows[keep])
+    if not sr.runner.planning:
+        lab, keep = labels_lib.refine(
+            refinement, weak.preds["b"], features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac,
+            k=opts.knn_k,
+        )
+    key = stages.StageKey.w2s(w, s, loss, sr.seed, variant=refinement)
+    # Named by what made them, so the key is known before the supervisor and the plain student ran.
+    sources = {"val_labels": weak.source("val")}
+    if weak.key and plain.key:
+        made_by = f"{refinement}:{weak.source('b')}:{plain.source('b')}:{opts.keep_frac}:{opts.knn_k}"
+        sources.update(labels=f"labels/{made_by}", rows=f"rows/{made_by}")
+    student = sr.strong(key, s, lab[keep], weak.preds["val"], loss, rows=b_rows[keep], sources=sources)
+    if sr.runner.planning:
+        return {}
     row = sr.row(w, s, loss, weak, student, ceiling)
     b_labels = sr.b["label"]
     row.update({
@@ -517,6 +733,9 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
+        # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
+        stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+                if out.key is not None},
         **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
     )
 

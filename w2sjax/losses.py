@@ -28,6 +28,26 @@ __all__ = [
 ]
 
 
+def _check_inputs(loss: str, logits, labels, weights=None, labels_name: str = "labels") -> None:
+    """Shape checks at trace time (static shapes only; nothing runs on device).
+
+    The common mistake is integer class ids ``[B]`` where probabilities ``[B, C]`` are expected,
+    which otherwise fails deep inside jax with "Too many indices".
+    """
+    logits_shape, labels_shape = jnp.shape(logits), jnp.shape(labels)
+    classes = logits_shape[-1] if logits_shape else "C"
+    hint = (f"{labels_name} must be probabilities [B, C] (C = {classes} classes); "
+            f"from integer class ids [B] use jax.nn.one_hot(ids, {classes})")
+    if len(logits_shape) != 2:
+        raise ValueError(f"losses.{loss}: logits must be [B, C], got shape {logits_shape}")
+    if len(labels_shape) != 2:
+        raise ValueError(f"losses.{loss}: {labels_name} of shape {labels_shape}: {hint}")
+    if labels_shape != logits_shape:
+        raise ValueError(f"losses.{loss}: {labels_name} {labels_shape} do not match logits {logits_shape}: {hint}")
+    if weights is not None and jnp.shape(weights) != logits_shape[:1]:
+        raise ValueError(f"losses.{loss}: weights must be [B] = {logits_shape[:1]}, got shape {jnp.shape(weights)}")
+
+
 def _reduce(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
     """Mean over the batch, or the weighted mean when ``weights`` is given."""
     if weights is None:
@@ -43,6 +63,7 @@ def xent(logits: jax.Array, labels: jax.Array, *, weights: jax.Array | None = No
 
     Its gradient with respect to ``logits`` is ``(softmax(logits) - labels) / B``.
     """
+    _check_inputs("xent", logits, labels, weights)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     labels = labels.astype(jnp.float32)
     # Where a label is exactly zero the term is zero, even if log_probs is -inf.
@@ -100,6 +121,7 @@ def logconf(
     ``(1 - a) * weak_labels + a * stop_gradient(hardened_target(softmax(logits), weak_labels))``.
     The hardened target carries no gradient.
     """
+    _check_inputs("logconf", logits, weak_labels, weights, "weak_labels")
     alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     hard = jax.lax.stop_gradient(hardened_target(probs, weak_labels))
@@ -121,6 +143,7 @@ def product(
     (the "product" loss of EleutherAI's w2s experiments). ``alpha = 0`` ignores the supervisor;
     ``beta = 0`` is plain :func:`xent`.
     """
+    _check_inputs("product", logits, weak_labels, weights, "weak_labels")
     weak = weak_labels.astype(jnp.float32)
     log_weak = jnp.where(weak > 0, jnp.log(jnp.where(weak > 0, weak, 1.0)), -jnp.inf)
     weak_term = jnp.where(alpha == 0, 0.0, alpha * log_weak)
@@ -144,6 +167,7 @@ def entropy_conf(
     Unlike logconf's hardened target, the entropy term does carry gradient: it pushes the student
     towards confident predictions without fixing which class they favour.
     """
+    _check_inputs("entropy_conf", logits, weak_labels, weights, "weak_labels")
     alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     weak = weak_labels.astype(jnp.float32)
@@ -166,6 +190,7 @@ def reverse_xent(
     rather than infinity. Reported to be less sensitive to the teacher's uncertainty in
     "On the Emergence of Weak-to-Strong Generalization: A Bias-Variance Perspective" (2025).
     """
+    _check_inputs("reverse_xent", logits, weak_labels, weights, "weak_labels")
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     log_weak = jnp.log(jnp.clip(weak_labels.astype(jnp.float32), eps, 1.0))
     return _reduce(-jnp.sum(probs * log_weak, axis=-1), weights)

@@ -23,6 +23,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from w2sjax import atomic
 from w2sjax.results import finite, interval, number
 
 # Panel order for training curves; unknown stage kinds follow in sorted order.
@@ -66,12 +67,8 @@ def _figure(width: float, height: float):
 
 def _save_atomic(fig, path: pathlib.Path) -> pathlib.Path:
     """Render to a temporary file in the same folder, then rename: readers never see half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic.replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -248,11 +245,10 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
 
 def _split_stage(stage: str) -> tuple[str, str, str]:
     """``w2s__glove-bow__minilm-l2__logconf__seed0`` -> ("w2s", "glove-bow → minilm-l2 · logconf", "logconf")."""
-    parts = stage.split("__")
-    kind = parts[0]
-    if len(parts) > 1 and parts[-1].startswith("seed"):
-        parts = parts[:-1]
-    body = parts[1:]
+    from w2sjax.stages import StageKey
+
+    key = StageKey.parse(stage)
+    kind, body = key.kind, list(key.parts)
     loss = ""
     if kind == "w2s" and len(body) == 3:
         label, loss = f"{body[0]} → {body[1]} · {body[2]}", body[2]

@@ -14,9 +14,10 @@ Run it as ``python -m w2sjax.plots_ladder DIR``.
 
 Intervals. The standard report's PGR interval resamples *seeds*. Every seed is scored on the
 same test split, so that interval leaves out the noise of the test draw itself, which with 1000
-examples and a weak–ceiling gap of a few points is the larger part. `test_bootstrap_pgr` reads
-each stage's saved test predictions from ``DIR/checkpoints`` and resamples seeds and test
-examples together; the tables report both intervals.
+examples and a weak–ceiling gap of a few points is the larger part.
+`seed_and_example_bootstrap_pgr` reads each stage's saved test predictions from
+``DIR/checkpoints`` and resamples seeds and test examples together; the tables report both
+intervals.
 
 Ordering. Supervisors and students are placed by their position on the ladder, which is the
 order the config lists them (weakest first), not by parameter count: GloVe's 20M parameters are
@@ -34,10 +35,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import plots, report
+from w2sjax import atomic, plots, report
 from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
+from w2sjax.stages import StageKey
 
-__all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
+__all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
 
 
@@ -85,7 +87,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
         t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
         expected[(t, w, s, loss)].add(seed)
         try:
-            task = tasks.get(t) or tasks.setdefault(t, data.load_task(t))
+            task = tasks.get(t) or tasks.setdefault(t, data.load_task(
+                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label")))
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
@@ -93,9 +96,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
                      "test": len(sp.test["label"])}
             target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
             got = []
-            for stage in (f"weak__{w}__seed{seed}", f"w2s__{w}__{s}__{loss}__seed{seed}",
-                          f"ceiling__{s}__seed{seed}"):
-                p, _ = checkpoint.restore(ckpt, f"{stage}.out", target)
+            for role in ("weak", "w2s", "ceiling"):
+                p, _ = checkpoint.restore(ckpt, StageKey.parse(run["stages"][role]).outputs_name, target)
                 got.append(np.argmax(np.asarray(p["test"]), -1) == sp.test["label"])
         except (FileNotFoundError, ValueError, KeyError):
             continue
@@ -107,7 +109,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
     return {k: v for k, v in out.items() if set(v) == expected[k]}
 
 
-def test_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
+def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
                        n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
     """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
     strong, loss), from the saved test predictions.
@@ -170,8 +172,8 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
     """Markdown PGR matrix per (task, loss): supervisors as rows, students as columns.
 
     Cells read ``PGR [95% CI]``, the interval over seeds and test examples where ``test_ci``
-    (from `test_bootstrap_pgr`) has the pair, else over seeds; pairs that are not upward are in
-    parentheses; ``—`` did not run.
+    (from `seed_and_example_bootstrap_pgr`) has the pair, else over seeds; pairs that are not
+    upward are in parentheses; ``—`` did not run.
     """
     rows = _rows(summary)
     out = []
@@ -325,7 +327,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     summary = report.summarize(results)
     order = ladder_order(results)
     sizes = model_sizes(order)
-    test_ci = test_bootstrap_pgr(directory, results)
+    test_ci = seed_and_example_bootstrap_pgr(directory, results)
     written = []
     fig = accuracy_vs_size(summary, order, sizes, test_ci)
     if fig is not None:
@@ -333,9 +335,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     text = (pgr_matrix_md(summary, order, sizes, test_ci) + "\n"
             + accuracy_md(summary, order, sizes, test_ci))
     path = directory / "ladder.md"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     written.append(path)
     return written
 

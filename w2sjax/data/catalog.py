@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pathlib
+import re
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from w2sjax.data.builders import read_split
+from w2sjax.assets import AssetError
+from w2sjax.data.builders import progress_to_stderr, read_split
 from w2sjax.data.task import Split, Task, take
 
 CHOICE_CLASSES = ("incorrect", "correct")
@@ -177,11 +179,18 @@ _TEXT_KEYS = ("text", "sentence", "review", "content", "document")
 _BUILDER_KWARGS = {"file_format": "array_record"}
 
 
-def _prepared(tfds_name: str, data_dir: pathlib.Path, module: str = ""):
+def _prepared(task: str, tfds_name: str, data_dir: pathlib.Path, module: str = ""):
     if module:
         importlib.import_module(module)  # older builders register only when their module is imported
-    builder = tfds.builder(tfds_name, data_dir=str(data_dir), **_BUILDER_KWARGS)
-    builder.download_and_prepare()  # split names are known only once prepared
+    try:
+        builder = tfds.builder(tfds_name, data_dir=str(data_dir), **_BUILDER_KWARGS)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"task {task!r}: TFDS has no dataset {tfds_name!r}") from None
+    with progress_to_stderr():
+        try:
+            builder.download_and_prepare()  # split names are known only once prepared
+        except OSError as exc:  # requests' and urllib3's connection errors are OSErrors
+            raise AssetError(_offline_message(task, tfds_name, data_dir, exc)) from None
     return builder
 
 
@@ -193,7 +202,7 @@ def _records(tfds_name: str, split: str, data_dir: pathlib.Path) -> list[dict]:
 def load(task: str, tfds_name: str, data_dir: pathlib.Path) -> Task:
     """Prepare (downloading if needed) and read a TFDS catalog dataset."""
     entry = CATALOG.get(task) or CATALOG.get(tfds_name)
-    builder = _prepared(tfds_name, data_dir, entry.module if entry else "")
+    builder = _prepared(task, tfds_name, data_dir, entry.module if entry else "")
     if entry is not None:
         parts = [entry.convert(_records(tfds_name, s, data_dir)) for s in (entry.train, entry.test)]
         return Task(name=task, kind="text", num_classes=len(entry.class_names), class_names=entry.class_names,
@@ -236,4 +245,16 @@ def _load_generic(task: str, tfds_name: str, builder, data_dir: pathlib.Path) ->
         train=parts[0],
         test=parts[1],
         fingerprint=f"tfds:{tfds_name}:{builder.info.version}",
+    )
+
+
+def _offline_message(task: str, tfds_name: str, data_dir: pathlib.Path, exc: OSError) -> str:
+    """One line: the task, what failed, and how to provide the data without network access."""
+    host = re.search(r"host='([^']+)'", str(exc))
+    what = f"cannot reach {host.group(1)}" if host else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return (
+        f"data.task={task}: downloading TFDS dataset {tfds_name!r} failed ({what}). Offline: on a machine with "
+        f"network run `tfds build {tfds_name} --file_format array_record --data_dir DIR` and copy DIR's contents "
+        f"into {data_dir} (W2SJAX_CACHE moves it); datasets with a manual download read their files from "
+        f"{data_dir / 'downloads' / 'manual'} (TFDS manual_dir)"
     )

@@ -21,7 +21,7 @@ import numpy as np
 
 from w2sjax.data.task import Splits, Task, take
 
-__all__ = ["hashed_holdout", "holdout_mask", "make_splits"]
+__all__ = ["default_n_val", "hashed_holdout", "holdout_mask", "make_splits"]
 
 
 def make_splits(
@@ -40,7 +40,7 @@ def make_splits(
       seed: seeds a numpy Generator; the same seed gives the same splits.
       n_train: size of A and B together (each gets ``n_train // 2``); by default
         everything left after validation.
-      n_val: validation size, by default 10% of the train split.
+      n_val: validation size; by default :func:`default_n_val` of the train split's size.
       n_test: if given, a seeded subset of the test split of this size;
         otherwise the whole test split, in its original order.
       balance: downsample so every class has the same count in each part
@@ -52,7 +52,7 @@ def make_splits(
     labels = task.train["label"]
     n = len(labels)
     if n_val is None:
-        n_val = n // 10
+        n_val = default_n_val(n)
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     groups = task.train.get("group")
     if groups is not None:
@@ -97,6 +97,16 @@ def make_splits(
         test=take(task.test, test_idx),
         indices=indices,
     )
+
+
+VAL_FRACTION, VAL_FLOOR, VAL_CAP = 0.1, 50, 200
+
+
+def default_n_val(n: int) -> int:
+    """The validation slice for ``n`` training examples: 10%, at least 50 and at most 200, and
+    never more than a fifth of the data (a 400-row file keeps most of its rows for training;
+    4000 rows give 200, which is enough to pick an epoch)."""
+    return int(min(VAL_CAP, max(min(VAL_FLOOR, n // 5), int(VAL_FRACTION * n))))
 
 
 def _group_order(groups: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ malformed file raises ``ValueError`` with one line naming the file and row.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -35,8 +36,12 @@ _INT = re.compile(r"[+-]?\d+")
 _SPLITS = ("train", "test")
 
 
-def load(spec: str) -> Task:
-    """Read ``csv:PATH`` or ``jsonl:PATH`` into a Task named ``spec``."""
+def load(spec: str, *, text_field: str = "text", label_field: str = "label") -> Task:
+    """Read ``csv:PATH`` or ``jsonl:PATH`` into a Task named ``spec``.
+
+    ``text_field`` and ``label_field`` name the columns holding the text and the label
+    (``data.text_field`` / ``data.label_field`` in a config).
+    """
     fmt, _, path_str = spec.partition(":")
     path = pathlib.Path(path_str).expanduser()
     if fmt not in ("csv", "jsonl") or not path_str:
@@ -51,7 +56,27 @@ def load(spec: str) -> Task:
         line = raw[: e.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line}: not UTF-8 text") from None
     rows = _csv_rows(content, path) if fmt == "csv" else _jsonl_rows(content, path)
-    return _to_task(spec, path, rows, hashlib.sha256(raw).hexdigest()[:16])
+    rows = _rename(rows, text_field, label_field)
+    task = _to_task(spec, path, rows, hashlib.sha256(raw).hexdigest()[:16])
+    if (text_field, label_field) != ("text", "label"):  # other columns, other data: another fingerprint
+        task = dataclasses.replace(task, fingerprint=f"{task.fingerprint}:{text_field}:{label_field}")
+    return task
+
+
+def _rename(rows: list["_Row"], text_field: str, label_field: str) -> list["_Row"]:
+    """Rows with the chosen columns under the names the reader expects, ``text`` and ``label``."""
+    if not rows or (text_field, label_field) == ("text", "label"):
+        return rows
+    found = ", ".join(rows[0].values)
+    if label_field not in rows[0].values:
+        raise ValueError(f"{rows[0].where}: no {label_field!r} column; found columns {found} (pick one with data.label_field)")
+    if text_field != "text" and text_field not in rows[0].values:
+        raise ValueError(f"{rows[0].where}: no {text_field!r} column (data.text_field); found columns {found}")
+    mapping = {label_field: "label", text_field: "text"}
+    for row in rows:
+        row.values = {mapping.get(k, k): v for k, v in row.values.items()
+                      if k not in ("text", "label") or k in mapping}
+    return rows
 
 
 class _Row:
@@ -102,12 +127,15 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Ta
     if not rows:
         raise ValueError(f"{path}: no data rows")
     first = rows[0].values
+    found = f"found columns {', '.join(first)}"
     if "label" not in first:
-        raise ValueError(f"{rows[0].where}: no 'label' column")
+        raise ValueError(f"{rows[0].where}: no 'label' column; {found} (pick one with data.label_field)")
     kind = "text" if "text" in first else "tabular"
     feature_keys = [k for k in first if k not in ("label", "split", "text")]
     if kind == "tabular" and not feature_keys:
-        raise ValueError(f"{rows[0].where}: needs a 'text' column or numeric feature columns")
+        raise ValueError(f"{rows[0].where}: needs a 'text' column or numeric feature columns; {found}")
+    if kind == "tabular":
+        _check_numeric(first, feature_keys, rows[0].where, found)
     has_split = "split" in first
 
     required = ["label"] + ["text"] * (kind == "text") + ["split"] * has_split
@@ -187,6 +215,22 @@ def _encode_labels(
     if len(set(ids)) < 2:
         raise ValueError(f"{path}: needs at least two classes, found only {raw[0]!r}")
     return names, np.asarray(ids, dtype=np.int32)
+
+
+def _check_numeric(values: dict, keys: list[str], where: str, found: str) -> None:
+    """Without a text column every feature must be a number: a column of words most likely is the
+    text under another name."""
+    if keys == ["x"] and isinstance(values.get("x"), list):
+        return
+    for k in keys:
+        v = values[k]
+        try:
+            float(v.strip() if isinstance(v, str) else v)
+        except (TypeError, ValueError, AttributeError):
+            raise ValueError(
+                f"{where}: no 'text' column; {found} (column {k!r} is not a number: set data.text_field={k} "
+                "if it holds the text)"
+            ) from None
 
 
 def _features(values: dict, keys: list[str], where: str) -> list[float]:

@@ -18,6 +18,7 @@ import pathlib
 import numpy as np
 
 from w2sjax.methods._common import figure, save
+from w2sjax.stages import StageKey
 
 PATIENCE = 4  # evaluations (epochs) without improvement before stopping
 
@@ -35,13 +36,12 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
             for w in config.weak_models:
                 weak = sr.weak(w)
                 for loss in config.losses:
-                    base = f"w2s__{w}__{s}__{loss}"
+                    key = lambda variant: StageKey.w2s(w, s, loss, seed, variant=variant)
                     variants = {
                         "end": sr.w2s(w, s, weak, loss),
-                        "weak_val": sr.strong(f"{base}__stop-weak__seed{seed}", s, weak.preds["b"], weak.preds["val"],
-                                              loss, cfg=stop_cfg),
-                        "oracle": sr.strong(f"{base}__stop-oracle__seed{seed}", s, weak.preds["b"], sr.gt(sr.val),
-                                            loss, cfg=stop_cfg),
+                        "weak_val": sr.supervised(key("stop-weak"), s, weak, loss, cfg=stop_cfg),
+                        "oracle": sr.supervised(key("stop-oracle"), s, weak, loss, cfg=stop_cfg,
+                                                val_labels=sr.gt(sr.val)),
                     }
                     for variant, student in variants.items():
                         row = sr.row(w, s, loss, weak, student, ceiling)

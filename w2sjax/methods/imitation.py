@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 
 from w2sjax.methods._common import figure, save
+from w2sjax.stages import StageKey
 
 
 def run(config, out_dir, *, progress: bool = True) -> dict:
@@ -31,8 +32,8 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                 for loss in config.losses:
                     for epochs in config.options.epochs_grid:
                         cfg = dataclasses.replace(config.train, epochs=epochs)
-                        student = sr.strong(f"w2s__{w}__{s}__{loss}__ep{epochs:g}__seed{seed}", s, weak.preds["b"],
-                                            weak.preds["val"], loss, cfg=cfg)
+                        key = StageKey.w2s(w, s, loss, seed, variant=f"ep{epochs:g}")
+                        student = sr.supervised(key, s, weak, loss, cfg=cfg)
                         row = sr.row(w, s, loss, weak, student, ceiling)
                         row.update(variant=f"epochs={epochs:g}", epochs=epochs, steps=student.steps)
                         rows.append(row)

@@ -68,7 +68,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
             for n in config.options.weak_sizes:
                 name = w if n == 0 else f"{w}@{n}"
                 rows_a = sr.a["row"] if n == 0 else sr.a["row"][:n]
-                supervisors[name] = sr.weak(w, rows=rows_a, tag="" if n == 0 else f"-n{n}")
+                supervisors[name] = sr.weak(w, rows=rows_a, variant="" if n == 0 else f"-n{n}")
         for s in config.strong_models:
             ceiling = sr.ceiling(s)
             fi = runner.inputs.get(s, "weak")  # frozen features of the strong backbone

@@ -27,6 +27,7 @@ from flax import nnx
 
 from w2sjax import train
 from w2sjax.methods._common import figure, save
+from w2sjax.stages import StageKey
 
 PROBE = train.TrainConfig(epochs=10, batch_size=32, lr=1e-2, log_every=50)
 VARIANTS = ("lp_weak", "lp_gt", "ft_weak", "ft_weak_lp_gt", "ft_gt")
@@ -86,16 +87,18 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
         sr = experiment.SeedRun(runner, task, seed)
         for s in config.strong_models:
             ft_gt = sr.ceiling(s)  # finetuned on ground truth (strong_mode=finetune)
-            lp_gt = sr.strong(f"lp-ceiling__{s}__seed{seed}", s, sr.gt(sr.b), sr.gt(sr.val), "xent", cfg=PROBE, role="weak")
+            lp_gt = sr.strong(StageKey("lp-ceiling", (s,), seed), s, sr.gt(sr.b), sr.gt(sr.val), "xent", cfg=PROBE,
+                              role="weak")
             for w in config.weak_models:
                 weak = sr.weak(w)
-                lp_weak = sr.strong(f"lp-w2s__{w}__{s}__seed{seed}", s, weak.preds["b"], weak.preds["val"], "xent",
-                                    cfg=PROBE, role="weak")
+                lp_weak = sr.strong(StageKey("lp-w2s", (w, s), seed), s, weak.preds["b"], weak.preds["val"], "xent",
+                                    cfg=PROBE, role="weak", sources={"labels": weak.source("b"),
+                                                                     "val_labels": weak.source("val")})
                 started = time.perf_counter()
-                ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, weak.preds["b"], f"ft-w2s__{w}__{s}__seed{seed}")
+                ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, weak.preds["b"], StageKey("ft-w2s", (w, s), seed).name)
                 ft_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                relp = _probe(sr, f_b, sr.gt(sr.b), f_test, f"ft-w2s-lp-gt__{w}__{s}__seed{seed}")
+                relp = _probe(sr, f_b, sr.gt(sr.b), f_test, StageKey("ft-w2s-lp-gt", (w, s), seed).name)
                 outputs = {
                     "lp_weak": lp_weak, "lp_gt": lp_gt,
                     "ft_weak": StageOutput({"test": ft_probs, "b": np.zeros_like(weak.preds["b"])}, ft_seconds, steps),

@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+import jax
 import numpy as np
 
-from w2sjax import labels
+from w2sjax import labels, rundir
+from w2sjax.stages import StageKey
 from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import Timer, figure, save
 
@@ -58,7 +60,7 @@ def _boosted(sr, name: str, rounds: int):
     members, votes = [], []
     for t in range(rounds):
         out = sr.runner.stage(
-            f"weak__{name}-boost{t}__seed{sr.seed}", model=name, role="weak", rows=a_rows, labels=sr.gt(sr.a),
+            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, role="weak", rows=a_rows, labels=sr.gt(sr.a),
             val_rows=sr.val["row"], val_labels=sr.gt(sr.val), evals=evals, cfg=sr.config.weak_train, loss="xent",
             seed=sr.seed, weights=weights,
         )
@@ -106,6 +108,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
         cfg = dataclasses.replace(config, options=dataclasses.replace(config.options, shift=shift))
         sub = out if len(shifts) == 1 else out / ("in_distribution" if shift == "none" else f"shift_{shift}")
         runner, task, _ = experiment.prepare(cfg, sub, progress=progress, models_used=real + list(config.strong_models))
+        rundir.lock(out, process=jax.process_index())  # the sub-runs' parent too: one writer
         for seed in config.seeds:
             sr = experiment.SeedRun(runner, task, seed)
             sups = {w: (_random_supervisor(sr, task.num_classes) if w == RANDOM else sr.weak(w)) for w in config.weak_models}

@@ -22,8 +22,11 @@ D_SHARED = (1, 4, 8, 16)
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax.experiment import finish
 
+    from w2sjax import rundir
+
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.check(out)
+    rundir.lock(out)  # no other processes: the testbeds run on one host
     rows, curves, ridge, scatter = [], [], {}, {True: [], False: []}
     for seed in config.seeds:
         with Timer() as t:

@@ -1,4 +1,6 @@
-"""Models: the BERT encoder (MiniLM port), weak featurizers, heads, the registry.
+"""Models, one module per architecture family (`bert`, `mpnet`, `llama`, ...), each owning its
+config, NNX module, weight loader and featurizer/finetune spec; `hf` loads any supported Hugging
+Face directory, `gguf` any supported GGUF file; `weak` and `heads` hold the small models.
 
 ``get_model(name)`` is the entry point; see `w2sjax.models.registry`.
 """

@@ -1,39 +1,54 @@
-"""A BERT encoder in Flax NNX that loads Hugging Face checkpoint directories.
+"""BERT and RoBERTa encoders in Flax NNX, the post-norm block and classifier MPNet shares,
+and the MiniLM ladder (``minilm-l1`` ... ``minilm-l6``).
 
-A checkpoint directory holds ``config.json``, ``model.safetensors`` and
-``tokenizer.json``. Weights are read with the ``safetensors`` numpy API, so
-torch is never needed. ``num_layers=k`` keeps only the first ``k`` layers,
-which turns one checkpoint into a ladder of strong models (MiniLM-L1 ... L6).
+A checkpoint directory holds ``config.json``, safetensors weights and ``tokenizer.json``.
+Weights are read with the ``safetensors`` numpy API, so torch is never needed.
+``num_layers=k`` keeps only the first ``k`` layers, which turns one checkpoint into a ladder of
+strong models (MiniLM-L1 ... L6).
 
-Mixed precision: ``dtype`` is the compute dtype of the matmuls, while layer
-norms, softmax and the residual stream stay in float32 so bf16 stays close.
+RoBERTa is BERT with position ids that count real tokens from ``pad_token_id + 1`` (pads get
+``pad_token_id``), as fairseq's ``make_positions`` does; ``BertConfig.position_style`` says
+which.
+
+Mixed precision: ``dtype`` is the compute dtype of the matmuls, while layer norms, softmax and
+the residual stream stay in float32 so bf16 stays close.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from w2sjax.models import precision
+from w2sjax.models import embed, heads, layers, precision
 from w2sjax.models import weights as weights_lib
+from w2sjax.models.embed import mean_pool
+from w2sjax.models.spec import ModelSpec, text_tokenizer
+from w2sjax.models.tokenizer import HFTokenizer, load_tokenizer
 
 __all__ = [
     "BertConfig",
     "BertEncoder",
-    "BertClassifier",
-    "BertTokenizer",
+    "PostNormLayer",
+    "classifier",
+    "HFTokenizer",
     "load_bert",
+    "load_hf",
+    "load_encoder",
     "load_tokenizer",
     "mean_pool",
+    "padded_position_ids",
     "count_bert_params",
+    "MINILM_CONFIG",
+    "BertFeaturizer",
+    "model_spec",
 ]
 
 
@@ -41,7 +56,9 @@ __all__ = [
 class BertConfig:
     """The architecture fields of a Hugging Face ``config.json`` that we use.
 
-    Defaults are BERT-base's, as in Hugging Face, for fields a file omits.
+    Defaults are BERT-base's, as in Hugging Face, for fields a file omits. ``position_style``
+    is "absolute" (BERT: position = index) or "padded" (RoBERTa: position counts real tokens
+    from ``pad_token_id + 1``).
     """
 
     vocab_size: int = 30522
@@ -54,14 +71,16 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"
     pad_token_id: int = 0
+    position_style: str = "absolute"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BertConfig":
         kind = d.get("position_embedding_type", "absolute")
         if kind != "absolute":
             raise ValueError(f"only absolute position embeddings are supported, got {kind!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: d[k] for k in names if k in d})
+        names = {f.name for f in dataclasses.fields(cls)} - {"position_style"}
+        style = "padded" if d.get("model_type") in ("roberta", "xlm-roberta", "camembert") else "absolute"
+        return cls(position_style=style, **{k: d[k] for k in names if k in d})
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
@@ -71,45 +90,65 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's erf GELU
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
+    @property
+    def max_len(self) -> int:
+        """Longest sequence the position table covers."""
+        if self.position_style == "padded":
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
 
 
 def count_bert_params(cfg: BertConfig) -> int:
     """Parameters of a `BertEncoder` for ``cfg`` (no pooler), without building it."""
     h, i = cfg.hidden_size, cfg.intermediate_size
-    embed = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
-    layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h
-    return embed + cfg.num_hidden_layers * layer
+    embed_params = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * h + 2 * h
+    return embed_params + cfg.num_hidden_layers * _post_norm_layer_params(h, i)
+
+
+def _post_norm_layer_params(h: int, i: int) -> int:
+    return 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h
+
+
+def padded_position_ids(input_ids, pad_token_id: int):
+    """RoBERTa/MPNet position ids: real tokens count from ``pad+1``, pad tokens get ``pad``."""
+    real = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(real, axis=1) * real + pad_token_id
 
 
 class BertEmbeddings(nnx.Module):
     def __init__(self, cfg: BertConfig, *, param_dtype, rngs: nnx.Rngs):
         h = cfg.hidden_size
         kw = dict(param_dtype=param_dtype, rngs=rngs)
+        self.padded_positions = cfg.position_style == "padded"
+        self.pad_token_id = cfg.pad_token_id
         self.word = nnx.Embed(cfg.vocab_size, h, **kw)
         self.position = nnx.Embed(cfg.max_position_embeddings, h, **kw)
         self.token_type = nnx.Embed(cfg.type_vocab_size, h, **kw)
         self.norm = nnx.LayerNorm(h, epsilon=cfg.layer_norm_eps, **kw)
 
     def __call__(self, input_ids, token_type_ids):
-        positions = jnp.arange(input_ids.shape[1])[None, :]
+        if self.padded_positions:
+            positions = padded_position_ids(input_ids, self.pad_token_id)
+        else:
+            positions = jnp.arange(input_ids.shape[1])[None, :]
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
         return self.norm(x)
 
 
-class BertLayer(nnx.Module):
-    """Post-norm transformer block: attention, add & norm, FFN, add & norm."""
+class PostNormLayer(nnx.Module):
+    """Post-norm transformer block of BERT, RoBERTa and MPNet: attention (plus an optional
+    additive bias, MPNet's relative positions), add & norm, FFN, add & norm.
 
-    def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    ``exact_variance`` computes the layer-norm variance as E[(x-mean)^2] (MPNet's port needs it
+    to agree to 1e-7); BERT keeps flax's faster default.
+    """
+
+    def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs, exact_variance: bool = False):
         h, i = cfg.hidden_size, cfg.intermediate_size
         lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         norm = dict(epsilon=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        if exact_variance:
+            norm["use_fast_variance"] = False
         self.num_heads = cfg.num_attention_heads
         self.act = cfg.hidden_act
         self.query = nnx.Linear(h, h, **lin)
@@ -121,29 +160,30 @@ class BertLayer(nnx.Module):
         self.ffn_out = nnx.Linear(i, h, **lin)
         self.ffn_norm = nnx.LayerNorm(h, **norm)
 
-    def _attention(self, x, mask):
+    def _attention(self, x, keep, bias):
         b, t, h = x.shape
-        split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)
+        d = h // self.num_heads
+        split = lambda y: y.reshape(b, t, self.num_heads, d)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32)
-        scores = scores / math.sqrt(h // self.num_heads)
-        # `where`, not an additive bias: a fully padded row then gets uniform
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
+        if bias is not None:
+            scores = scores + bias  # [1, n, q, k], shared by the batch
+        # `where`, not an additive mask: a fully padded row then gets uniform
         # weights instead of NaN, and masked keys get exactly zero weight.
-        keep = mask[:, None, None, :].astype(bool)
         scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        ctx = jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h)
-        return self.attn_out(ctx)
+        return self.attn_out(jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h))
 
-    def __call__(self, x, mask):
+    def __call__(self, x, keep, bias=None):
+        """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
         # The residual stream stays float32; only matmul outputs are `dtype`.
-        x = self.attn_norm(x + self._attention(x, mask).astype(jnp.float32))
-        y = self.ffn_out(_ACTIVATIONS[self.act](self.ffn_in(x)))
+        x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
+        y = self.ffn_out(layers.ACTIVATIONS[self.act](self.ffn_in(x)))
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 
 class BertEncoder(nnx.Module):
-    """BERT body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]``.
+    """BERT/RoBERTa body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]``.
 
     Attributes are ``embeddings`` and ``layers`` (an ``nnx.List``); ``config``
     is the (static) `BertConfig`.
@@ -151,12 +191,11 @@ class BertEncoder(nnx.Module):
 
     def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
-        if cfg.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
+        layers.activation(cfg.hidden_act)
         self.config = cfg
         self.embeddings = BertEmbeddings(cfg, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([
-            BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            PostNormLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for _ in range(cfg.num_hidden_layers)
         ])
 
@@ -164,56 +203,44 @@ class BertEncoder(nnx.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+        keep = attention_mask[:, None, None, :].astype(bool)
         for layer in self.layers:
-            x = layer(x, attention_mask)
+            x = layer(x, keep)
         return x
 
 
-def mean_pool(hidden, attention_mask, *, normalize: bool = True):
-    """Average of the hidden states over real (mask == 1) tokens, in float32.
-
-    With ``normalize=True`` the result is L2-normalised, as the
-    sentence-transformers all-MiniLM-L6-v2 pipeline does (Pooling + Normalize).
-    """
-    m = attention_mask.astype(jnp.float32)
-    summed = jnp.einsum("btd,bt->bd", hidden.astype(jnp.float32), m)
-    pooled = summed / jnp.maximum(m.sum(axis=1, keepdims=True), 1e-9)
-    if normalize:
-        norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-        pooled = pooled / jnp.maximum(norm, 1e-12)
-    return pooled
-
-
-class BertClassifier(nnx.Module):
-    """Encoder + mean pooling + linear head: ``module(inputs) -> logits [B, C]``.
-
-    ``inputs`` is ``{"input_ids": int [B, T], "attention_mask": int [B, T]}``.
-    Submodules are ``encoder`` and ``head``, so a linear probe can freeze the
-    backbone with an optimizer filter on the path ``head``.
-    """
-
-    def __init__(self, encoder: BertEncoder, num_classes: int, *, normalize: bool = False,
-                 rngs: nnx.Rngs):
-        self.encoder = encoder
-        self.normalize = normalize
-        self.head = nnx.Linear(encoder.config.hidden_size, num_classes, rngs=rngs)
-
-    def __call__(self, inputs):
-        mask = inputs["attention_mask"]
-        hidden = self.encoder(inputs["input_ids"], mask, inputs.get("token_type_ids"))
-        return self.head(mean_pool(hidden, mask, normalize=self.normalize))
+def classifier(encoder, num_classes: int, *, normalize: bool = False, rngs: nnx.Rngs):
+    """BERT, RoBERTa or MPNet + mean pooling + linear head (`heads.PooledClassifier`)."""
+    return heads.PooledClassifier(encoder, num_classes, pooling="mean", normalize=normalize, rngs=rngs)
 
 
 # ---------------------------------------------------------------- loading
 
 
-def _find_prefix(names: Sequence[str]) -> str:
-    """The prefix ('' or e.g. 'bert.') in front of the BERT tensor names."""
-    anchor = "embeddings.word_embeddings.weight"
-    hits = sorted(n[: -len(anchor)] for n in names if n.endswith(anchor))
-    if not hits:
-        raise ValueError(f"no tensor named '*{anchor}': not a BERT checkpoint")
-    return hits[0]
+def truncated(cfg, num_layers: int | None):
+    """``cfg`` keeping only its first ``num_layers`` layers (all when None)."""
+    if num_layers is None:
+        return cfg
+    if not 1 <= num_layers <= cfg.num_hidden_layers:
+        raise ValueError(f"num_layers={num_layers} outside 1..{cfg.num_hidden_layers}")
+    return dataclasses.replace(cfg, num_hidden_layers=num_layers)
+
+
+def load_encoder(path: str | Path, cfg, build, names: weights_lib.TorchNames, *, anchor: str,
+                 prefixes=(), param_dtype, rename=None, mesh=None):
+    """Build ``build(cfg)`` abstractly (no random init), then fill it from the directory's
+    safetensors: the loader BERT, RoBERTa and MPNet share.
+
+    ``anchor`` is a tensor name every such checkpoint has, used to find the prefix a task head
+    adds (``bert.``, ``roberta.``, ``mpnet.`` ...); ``rename(name, has)`` maps a name the file
+    lacks to an older spelling.
+    """
+    abstract = nnx.eval_shape(lambda: build(cfg))
+    with weights_lib.SafetensorsDir(path) as st:
+        st.find_prefix(anchor, prefixes)
+        read = st.get if rename is None else (lambda n: st.get(rename(n, st.has)))
+        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype,
+                                mesh=mesh)
 
 
 def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
@@ -237,98 +264,106 @@ def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
     return names
 
 
-def _read_tensor(f, name: str) -> np.ndarray:
+def _old_layer_norm_names(name: str, has) -> str:
     # Some old BERT checkpoints call layer-norm parameters gamma/beta.
-    keys = set(f.keys())
-    if name not in keys:
-        old = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
-            "LayerNorm.bias", "LayerNorm.beta")
-        if old not in keys:
-            raise KeyError(f"checkpoint has no tensor {name!r}")
-        name = old
-    return f.get_tensor(name)
+    if has(name):
+        return name
+    return name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
 
 
 def load_bert(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32,
-              param_dtype=jnp.float32) -> BertEncoder:
-    """Load a BERT checkpoint directory into a `BertEncoder`.
+              param_dtype=jnp.float32, config: BertConfig | None = None, mesh=None) -> BertEncoder:
+    """Load a BERT or RoBERTa checkpoint directory into a `BertEncoder`.
 
     Args:
-      path: a directory with ``config.json`` and ``model.safetensors``; tensor
-        names may carry a prefix such as ``bert.``.
+      path: a directory with ``config.json`` and safetensors weights; tensor names may carry a
+        prefix such as ``bert.`` or ``roberta.``.
       num_layers: keep only the first ``num_layers`` transformer layers.
       dtype: compute dtype of the matmuls (``jnp.bfloat16`` on accelerators).
       param_dtype: storage dtype of the parameters.
+      config: the parsed config, when the caller already has it.
+      mesh: place the parameters straight onto this mesh (see `weights.fill`).
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    weights = path / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} not found (only safetensors checkpoints load)")
-    cfg = BertConfig.from_json(path / "config.json")
-    if num_layers is not None:
-        if not 1 <= num_layers <= cfg.num_hidden_layers:
-            raise ValueError(f"num_layers={num_layers} outside 1..{cfg.num_hidden_layers}")
-        cfg = dataclasses.replace(cfg, num_hidden_layers=num_layers)
-
-    # Build the module abstractly (no random init), then fill in the weights.
-    abstract = nnx.eval_shape(lambda: BertEncoder(
-        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    names = _checkpoint_names(cfg)
-    with safe_open(str(weights), framework="np") as f:
-        prefix = _find_prefix(list(f.keys()))
-        read = weights_lib.torch_reader(names, lambda name: _read_tensor(f, prefix + name))
-        return weights_lib.fill(abstract, read, param_dtype=param_dtype)
+    weights_lib.safetensors_files(path)  # a clear error before parsing anything
+    cfg = truncated(config or BertConfig.from_json(path / "config.json"), num_layers)
+    build = lambda c: BertEncoder(c, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    return load_encoder(path, cfg, build, _checkpoint_names(cfg), anchor="embeddings.word_embeddings.weight",
+                        param_dtype=param_dtype, rename=_old_layer_norm_names, mesh=mesh)
 
 
-# ---------------------------------------------------------------- tokenizer
-
-def pad_ids(ids: Sequence[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32; shared by every tokenizer."""
-    out = np.full((len(ids), length), pad_id, dtype=np.int32)
-    mask = np.zeros((len(ids), length), dtype=np.int32)
-    for r, row in enumerate(ids):
-        out[r, : len(row)] = row
-        mask[r, : len(row)] = 1
-    return out, mask
+def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
+            num_layers: int | None = None, mesh=None) -> BertEncoder:
+    """`w2sjax.models.hf.load`'s entry: a BERT or RoBERTa directory with its parsed config."""
+    return load_bert(path, num_layers=num_layers, dtype=dtype, param_dtype=param_dtype or dtype,
+                     config=BertConfig.from_dict(config), mesh=mesh)
 
 
-class BertTokenizer:
-    """Batch tokenisation with a ``tokenizers`` ``tokenizer.json``.
+# ---------------------------------------------------------------- the MiniLM ladder
 
-    The file's own padding/truncation settings (128 for MiniLM) are ignored:
-    every call truncates to the ``max_len`` it is given (special tokens
-    included) and pads with numpy.
+# all-MiniLM-L6-v2's architecture, so num_params needs no download (a test
+# checks it against the real checkpoint).
+MINILM_CONFIG = BertConfig(
+    vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+    intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(path: str, num_layers: int | None, dtype_name: str):
+    # Cached so that many ModelSpecs of one sweep share one copy of the weights.
+    enc = load_bert(path, num_layers=num_layers, dtype=jnp.dtype(dtype_name))
+    return enc, load_tokenizer(path)
+
+
+class BertFeaturizer(embed.BucketedFeaturizer):
+    """Mean-pooled embeddings of ``split["text"]`` from a frozen BERT.
+
+    Args:
+      name: a short model name, used in `key` (e.g. ``"minilm-l4"``).
+      path: checkpoint directory; ``None`` fetches the MiniLM asset on first use.
+      num_layers: keep only the first ``num_layers`` layers.
+      max_len: truncation length in tokens (special tokens included).
+      normalize: L2-normalise the pooled vectors.
+      tokens_per_batch: padded tokens per batch (rows = this / bucket length).
+      dtype: compute dtype (``"bfloat16"`` on accelerators).
+      progress: show a tqdm progress bar.
+
+    Calling it on a split returns float32 ``[N, hidden]`` in input order.
     """
 
-    def __init__(self, path: str | Path):
-        from tokenizers import Tokenizer
+    pooling = "mean"
+    asset = "minilm-l6-v2"
 
-        self._tok = Tokenizer.from_file(str(path))
-        self._tok.no_padding()
-        self._tok.no_truncation()
-        pad = self._tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else int(pad)
+    def __init__(self, name: str, *, num_layers: int | None = None, max_len: int = 256,
+                 normalize: bool = False, **kw):
+        super().__init__(name, max_len=max_len, **kw)
+        self.num_layers = num_layers
+        self.normalize = normalize
 
-    def token_ids(self, texts, max_len: int) -> list[np.ndarray]:
-        """Token ids of each text, truncated to ``max_len``, unpadded."""
-        self._tok.enable_truncation(max_length=max_len)
-        try:
-            encs = self._tok.encode_batch([str(t) for t in texts])
-        finally:
-            self._tok.no_truncation()
-        return [np.asarray(e.ids, dtype=np.int32) for e in encs]
+    def load(self):
+        """(encoder, tokenizer), loaded once per process."""
+        return _load_cached(str(self.checkpoint()), self.num_layers, self.dtype)
 
-    def pad(self, ids: Sequence[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Right-pad id arrays to ``length`` -> (input_ids, attention_mask) int32."""
-        return pad_ids(ids, length, self.pad_id)
-
-    def encode(self, texts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask), int32 ``[N, max_len]``."""
-        return self.pad(self.token_ids(texts, max_len), max_len)
+    def _max_positions(self, module) -> int:
+        return module.config.max_len
 
 
-def load_tokenizer(path: str | Path) -> BertTokenizer:
-    """The `BertTokenizer` of a checkpoint directory (its ``tokenizer.json``)."""
-    return BertTokenizer(Path(path) / "tokenizer.json")
+def model_spec(name: str, *, max_len: int = 256, normalize: bool = False, tokens_per_batch: int = 8192,
+               dtype: str = "float32", path=None, progress: bool = True) -> ModelSpec:
+    """``minilm-l<k>``: the first k layers of all-MiniLM-L6-v2, as frozen mean-pooled features
+    with a linear head, or finetuned end to end as a mean-pooled `heads.PooledClassifier`."""
+    num_layers = int(name.rsplit("-l", 1)[1])
+    featurizer = BertFeaturizer(
+        name, path=path, num_layers=num_layers, max_len=max_len, normalize=normalize,
+        tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        # A fresh copy of the weights: finetuning must not touch the frozen
+        # encoder the featurizer shares.
+        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype)
+        return classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
+
+    cfg = dataclasses.replace(MINILM_CONFIG, num_hidden_layers=num_layers)
+    return ModelSpec(name=name, modalities=("text",), num_params=count_bert_params(cfg),
+                     featurizer=featurizer, head="linear", finetune=finetune,
+                     tokenize=text_tokenizer(featurizer))

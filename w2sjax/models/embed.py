@@ -1,9 +1,13 @@
-"""Frozen, mean-pooled BERT embeddings of texts, computed in length buckets.
+"""Frozen, pooled features of texts from any backbone, computed in length buckets.
 
 Texts are tokenised once, sorted into a few padded lengths ("buckets") and
 run through one jitted function, so at most one program per bucket is
 compiled however many texts there are. Each batch holds about
 ``tokens_per_batch`` tokens: short buckets get more rows, long ones fewer.
+
+The poolings live here too: the masked mean (encoders) and the last real
+token (decoders). Architecture modules subclass `BucketedFeaturizer`; this
+module imports none of them.
 """
 
 from __future__ import annotations
@@ -18,25 +22,12 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from w2sjax.models import bert
+from w2sjax import signals
 
-__all__ = ["BertFeaturizer", "BucketedFeaturizer", "bucket_lengths", "fit_buckets", "minilm_dir"]
+__all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
+           "last_token", "pooled_features"]
 
 _FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 checkpoint directory (fetched on first use)."""
-    from w2sjax import assets
-
-    return assets.fetch("minilm-l6-v2")
-
-
-@functools.lru_cache(maxsize=8)
-def _load(path: str, num_layers: int | None, dtype_name: str):
-    # Cached so that many ModelSpecs of one sweep share one copy of the weights.
-    enc = bert.load_bert(path, num_layers=num_layers, dtype=jnp.dtype(dtype_name))
-    return enc, bert.load_tokenizer(path)
 
 
 # Tokens per forward block, over all devices. A batch runs as a loop over row blocks this size
@@ -65,11 +56,56 @@ def map_row_blocks(fn, blocks: int, *arrays):
     return out.swapaxes(0, 1).reshape(rows, *out.shape[2:])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "normalize", "blocks"))
-def _embed(graphdef, state, input_ids, attention_mask, *, normalize, blocks=1):
+def mean_pool(hidden, attention_mask, *, normalize: bool = True):
+    """Average of the hidden states over real (mask == 1) tokens, in float32.
+
+    With ``normalize=True`` the result is L2-normalised, as the sentence-transformers
+    pipelines (Pooling + Normalize) do.
+    """
+    m = attention_mask.astype(jnp.float32)
+    summed = jnp.einsum("btd,bt->bd", hidden.astype(jnp.float32), m)
+    pooled = summed / jnp.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+    if normalize:
+        norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+        pooled = pooled / jnp.maximum(norm, 1e-12)
+    return pooled
+
+
+def last_token_index(attention_mask):
+    """Index of each row's last real (mask == 1) token, ``[B]`` int32.
+
+    For right padding this is ``sum(mask) - 1``; taking the last 1 instead of
+    the count also works for left padding. A row with no real token gives 0.
+    """
+    m = attention_mask.astype(bool)
+    t = m.shape[1]
+    last = t - 1 - jnp.argmax(m[:, ::-1], axis=1)
+    return jnp.where(m.any(axis=1), last, 0).astype(jnp.int32)
+
+
+def last_token(hidden, attention_mask):
+    """The hidden state of each row's last real token, float32 ``[B, D]``: in a causal model
+    only that token has read the whole text."""
+    idx = last_token_index(attention_mask)
+    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def pool(hidden, attention_mask, pooling: str, *, normalize: bool = False):
+    """``"mean"`` (`mean_pool`) or ``"last"`` (`last_token`) features ``[B, D]``."""
+    if pooling == "mean":
+        return mean_pool(hidden, attention_mask, normalize=normalize)
+    if pooling == "last":
+        return last_token(hidden, attention_mask)
+    raise ValueError(f"unknown pooling {pooling!r}; known: mean, last")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "pooling", "normalize", "blocks"))
+def pooled_features(graphdef, state, input_ids, attention_mask, *, pooling, normalize=False, blocks=1):
+    """Pooled features of one padded batch: ``module(ids, mask)`` then `pool`, in row blocks.
+    One jitted function for every backbone, so compiles are counted in one place."""
     def pooled(ids, mask):
         hidden = nnx.merge(graphdef, state)(ids, mask)
-        return bert.mean_pool(hidden, mask, normalize=normalize)
+        return pool(hidden, mask, pooling, normalize=normalize)
 
     return map_row_blocks(pooled, blocks, input_ids, attention_mask)
 
@@ -125,14 +161,16 @@ class BucketedFeaturizer:
     """A frozen text backbone as a featurizer: float32 ``[N, hidden]`` per split, in input order.
 
     Tokenises once and runs `embed_in_buckets`. ``key`` (the feature-cache key) is
-    ``name-pooling-len<max_len>[-extras][-dtype]-v<version>``. Subclasses set ``pooling`` and
-    ``asset`` (fetched when ``path`` is None) and implement `load` -> (module, tokenizer),
-    `_max_positions(module)` and `_run(graphdef, state, input_ids, mask, blocks)`;
-    `_key_parts` adds settings that change the features.
+    ``name-pooling-len<max_len>[-extras][-dtype]-v<version>-w<weights sha256 prefix>``. Subclasses
+    set ``pooling`` and ``asset`` (fetched when ``path`` is None) and implement `load` -> (module,
+    tokenizer) and `_max_positions(module)`; `_key_parts` adds settings that change the features.
+    The module is called as ``module(input_ids, attention_mask) -> hidden [B, T, D]`` and pooled by
+    `pool`.
     """
 
     pooling = ""
     asset = ""
+    normalize = False
 
     def __init__(self, name: str, *, path: str | Path | None = None, max_len: int = 128,
                  tokens_per_batch: int = 8192, dtype: str = "float32", progress: bool = True):
@@ -144,15 +182,26 @@ class BucketedFeaturizer:
         self.progress = progress
 
     def _key_parts(self) -> list[str]:
-        return [self.name, self.pooling, f"len{self.max_len}"]
+        return [self.name, self.pooling, f"len{self.max_len}"] + (["l2"] if self.normalize else [])
 
     @property
     def key(self) -> str:
-        """Cache key: changes whenever the features would change (not with batch size)."""
+        """Cache key: changes whenever the features would change (not with batch size), including
+        the weights' content, so a repaired or replaced checkpoint never meets stale features."""
         parts = self._key_parts()
         if self.dtype != "float32":
             parts.append(self.dtype)
-        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
+        return "-".join(parts + [f"v{_FEATURE_VERSION}", f"w{self.weights_hash()[:16]}"])
+
+    def weights_hash(self) -> str:
+        """sha256 of the checkpoint's files (`w2sjax.hashes.content_hash`; a packaged asset's comes
+        from its pins), computed once per object."""
+        if getattr(self, "_weights_hash", None) is None:
+            from w2sjax import assets, hashes
+
+            self._weights_hash = (assets.content_hash(self.asset) if self.path is None
+                                  else hashes.content_hash(self.path))
+        return self._weights_hash
 
     def fit(self, split):
         """Frozen: nothing to fit."""
@@ -165,6 +214,10 @@ class BucketedFeaturizer:
 
     def __call__(self, split) -> np.ndarray:
         return self.embed_texts(split["text"])
+
+    def _run(self, graphdef, state, input_ids, mask, blocks=1):
+        return pooled_features(graphdef, state, input_ids, mask, pooling=self.pooling,
+                               normalize=self.normalize, blocks=blocks)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         module, tokenizer = self.load()
@@ -182,44 +235,6 @@ class BucketedFeaturizer:
                                 tokens_per_batch=self.tokens_per_batch, desc=f"embed {self.name}",
                                 progress=self.progress)
 
-
-class BertFeaturizer(BucketedFeaturizer):
-    """Mean-pooled embeddings of ``split["text"]`` from a frozen BERT.
-
-    Args:
-      name: a short model name, used in `key` (e.g. ``"minilm-l4"``).
-      path: checkpoint directory; ``None`` fetches the MiniLM asset on first use.
-      num_layers: keep only the first ``num_layers`` layers.
-      max_len: truncation length in tokens (special tokens included).
-      normalize: L2-normalise the pooled vectors.
-      tokens_per_batch: padded tokens per batch (rows = this / bucket length).
-      dtype: compute dtype (``"bfloat16"`` on accelerators).
-      progress: show a tqdm progress bar.
-
-    Calling it on a split returns float32 ``[N, hidden]`` in input order.
-    """
-
-    pooling = "mean"
-    asset = "minilm-l6-v2"
-
-    def __init__(self, name: str, *, num_layers: int | None = None, max_len: int = 256,
-                 normalize: bool = False, **kw):
-        super().__init__(name, max_len=max_len, **kw)
-        self.num_layers = num_layers
-        self.normalize = normalize
-
-    def _key_parts(self) -> list[str]:
-        return super()._key_parts() + (["l2"] if self.normalize else [])
-
-    def load(self):
-        """(encoder, tokenizer), loaded once per process."""
-        return _load(str(self.checkpoint()), self.num_layers, self.dtype)
-
-    def _max_positions(self, module) -> int:
-        return module.config.max_position_embeddings
-
-    def _run(self, graphdef, state, input_ids, mask, blocks=1):
-        return _embed(graphdef, state, input_ids, mask, normalize=self.normalize, blocks=blocks)
 
 
 def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int, max_len: int,
@@ -242,6 +257,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
             mask = _pad_rows(mask, batch_rows, 0)
             feats = run(input_ids, mask, row_blocks(batch_rows, length, ndev))
             out[rows] = np.asarray(feats)[: len(rows)]
+            signals.check()
             bar.update(len(rows))
     return out
 

@@ -1,7 +1,8 @@
 """Trainable heads: small NNX models called as ``module(x) -> logits [B, C]``.
 
-They sit on top of frozen features (a linear probe) or are weak models
-trained from scratch on raw image/tabular inputs.
+They sit on top of frozen features (a linear probe), are weak models
+trained from scratch on raw image/tabular inputs, or (`PooledClassifier`)
+sit on a whole text backbone that is finetuned with them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-__all__ = ["Linear", "MLP", "CNN", "count_params"]
+from w2sjax.models import embed
+
+__all__ = ["Linear", "MLP", "CNN", "PooledClassifier", "count_params"]
 
 
 def _flat(x):
@@ -76,6 +79,34 @@ class CNN(nnx.Module):
             if x.shape[1] >= 2 and x.shape[2] >= 2:
                 x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
         return self.out(jax.nn.relu(self.dense(_flat(x))))
+
+
+class PooledClassifier(nnx.Module):
+    """Text backbone + pooling + linear head: ``module(inputs) -> logits [B, C]``.
+
+    ``inputs`` is ``{"input_ids": int [B, T], "attention_mask": int [B, T]}`` (and optionally
+    ``token_type_ids``). ``pooling`` is "mean" (encoders: BERT, RoBERTa, MPNet) or "last"
+    (decoders: in a causal model only the last real token has seen the whole text).
+    ``features(inputs) -> [B, D]`` is the pooled vector the probe of the same backbone sees.
+    Submodules are ``encoder`` (the backbone, whatever its architecture) and ``head``, so a
+    linear probe freezes the backbone with an optimizer filter on the path ``head``.
+    """
+
+    def __init__(self, backbone: nnx.Module, num_classes: int, *, pooling: str = "mean",
+                 normalize: bool = False, rngs: nnx.Rngs):
+        self.encoder = backbone
+        self.pooling = pooling
+        self.normalize = normalize
+        self.head = nnx.Linear(backbone.config.hidden_size, num_classes, rngs=rngs)
+
+    def features(self, inputs):
+        mask = inputs["attention_mask"]
+        extra = (inputs["token_type_ids"],) if inputs.get("token_type_ids") is not None else ()
+        hidden = self.encoder(inputs["input_ids"], mask, *extra)
+        return embed.pool(hidden, mask, self.pooling, normalize=self.normalize)
+
+    def __call__(self, inputs):
+        return self.head(self.features(inputs))
 
 
 def count_params(module: nnx.Module) -> int:

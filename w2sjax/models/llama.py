@@ -1,24 +1,28 @@
-"""A Llama-architecture decoder (SmolLM2-135M) in Flax NNX, loaded from a GGUF file.
+"""The Llama family in Flax NNX: Llama 2/3, SmolLM2, Mistral and Qwen2/2.5, from a Hugging Face
+directory or a GGUF file; and ``smollm2-135m``, SmolLM2-135M-Instruct from its GGUF.
 
 Architecture (Hugging Face ``LlamaModel``): token embedding, then pre-norm
 blocks of RMSNorm -> grouped-query causal attention with rotary embeddings ->
-residual, RMSNorm -> SwiGLU MLP -> residual, and a final RMSNorm. SmolLM2 ties
-the output projection to the token embedding.
+residual, RMSNorm -> SwiGLU MLP -> residual, and a final RMSNorm. The family
+members differ only in settings read from ``config.json``:
 
-GGUF specifics handled by the loader:
+* Qwen2 has biases on the q/k/v projections (Llama's ``attention_bias`` puts
+  them on q/k/v/o, ``mlp_bias`` on the MLP);
+* Mistral attends within a sliding window of ``sliding_window`` tokens;
+* Llama 3.1+ rescales the rotary frequencies (``rope_scaling.rope_type ==
+  "llama3"``), older long-context models interpolate positions ("linear");
+* untied models have their own output projection (``lm_head``).
 
-* weights are quantized (Q4_1 / Q8_0 for SmolLM2-135M); the ``gguf`` package
-  dequantizes them to float32, so the port computes with exactly the
-  quantized model's weights;
-* llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` inside each
-  head from Hugging Face's rotate-half layout (pairs ``i, i + d/2``) to the
-  interleaved one (pairs ``2i, 2i+1``). We undo that on load, so the module
-  uses HF's layout and rotate-half rotary embeddings, and an HF checkpoint's
-  weights would drop in unchanged.
+GGUF specifics: weights are quantized (Q4_1 / Q8_0 for SmolLM2-135M); the ``gguf``
+package dequantizes them to float32, so the port computes with exactly the
+quantized model's weights. llama.cpp's converter permutes the rows of
+``attn_q``/``attn_k`` inside each head from Hugging Face's rotate-half layout
+(pairs ``i, i + d/2``) to the interleaved one (pairs ``2i, 2i+1``); the loader
+undoes that, so both sources share one module.
 
 Padding: position ids are ``cumsum(mask) - 1``, so a padded example sees the
-same positions as the unpadded one, on either side. `DecoderClassifier` reads
-the hidden state of the last real token.
+same positions as the unpadded one, on either side. The classifier reads the
+hidden state of the last real token.
 """
 
 from __future__ import annotations
@@ -33,20 +37,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax.models import precision
+from w2sjax.models import heads, layers, precision
 from w2sjax.models import weights as weights_lib
-
-from w2sjax.models.gguf_tokenizer import GGUFFile, GGUFTokenizer
+from w2sjax.models.embed import last_token_index
+from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
+from w2sjax.models.spec import ModelSpec, text_tokenizer
 
 __all__ = [
     "LlamaConfig",
     "LlamaModel",
     "DecoderClassifier",
+    "load_gguf",
     "load_llama_gguf",
+    "load_hf",
     "load_smollm2",
     "last_token_index",
     "count_llama_params",
+    "DecoderFeaturizer",
+    "model_spec",
 ]
+
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +73,18 @@ class LlamaConfig:
     head_dim: int = 64
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 8192
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    # Rotary rescaling as sorted (key, value) pairs of HF's rope_scaling, or None.
+    rope_scaling: tuple | None = None
+    # Layers listed as "sliding_attention" attend to the last `sliding_window` tokens only.
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    # False when the model is cut to its first blocks to probe a middle layer (transformers'
+    # hidden_states[k] of a k-block cut has no final norm either).
+    final_norm: bool = True
 
     @classmethod
     def from_gguf(cls, g: GGUFFile) -> "LlamaConfig":
@@ -72,44 +95,132 @@ class LlamaConfig:
         scaling = get("rope.scaling.type")
         if scaling not in (None, "none"):
             raise ValueError(f"{g.path}: rope scaling {scaling!r} is not supported")
-        heads = int(get("attention.head_count"))
+        heads_ = int(get("attention.head_count"))
         hidden = int(get("embedding_length"))
         return cls(
             vocab_size=len(g.field("tokenizer.ggml.tokens")),
             hidden_size=hidden,
             num_hidden_layers=int(get("block_count")),
-            num_attention_heads=heads,
-            num_key_value_heads=int(get("attention.head_count_kv", heads)),
+            num_attention_heads=heads_,
+            num_key_value_heads=int(get("attention.head_count_kv", heads_)),
             intermediate_size=int(get("feed_forward_length")),
             rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=float(get("rope.freq_base", 10000.0)),
-            head_dim=int(get("rope.dimension_count", hidden // heads)),
+            head_dim=int(get("rope.dimension_count", hidden // heads_)),
             tie_word_embeddings=not g.has_tensor("output.weight"),
             max_position_embeddings=int(get("context_length", 2048)),
         )
 
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "LlamaConfig":
+        """From a Llama, Mistral or Qwen2 ``config.json`` (as a dict)."""
+        kind = d.get("model_type")
+        if kind not in HF_MODEL_TYPES:
+            raise ValueError(f"model_type {kind!r} is not in the llama family {HF_MODEL_TYPES}")
+        heads_ = int(d["num_attention_heads"])
+        hidden = int(d["hidden_size"])
+        n_layers = int(d["num_hidden_layers"])
+        bias = bool(d.get("attention_bias", False))
+        window, types = _sliding_layers(d, kind, n_layers)
+        return cls(
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads_,
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads_),
+            intermediate_size=int(d["intermediate_size"]),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+            head_dim=int(d.get("head_dim") or hidden // heads_),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+            qkv_bias=True if kind == "qwen2" else bias,
+            o_bias=False if kind == "qwen2" else bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            hidden_act=d.get("hidden_act", "silu"),
+            rope_scaling=_rope_scaling(d.get("rope_scaling") or d.get("rope_parameters")),
+            sliding_window=window,
+            layer_types=types,
+        )
 
-def count_llama_params(cfg: LlamaConfig) -> int:
-    """Parameters of a `LlamaModel` for ``cfg``, without building it."""
-    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    attn = h * cfg.num_attention_heads * d * 2 + h * cfg.num_key_value_heads * d * 2
-    layer = attn + 3 * h * i + 2 * h
-    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
-    return cfg.vocab_size * h + cfg.num_hidden_layers * layer + h + head
+    def is_sliding(self, layer: int) -> bool:
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
 
 
-def rotary(positions, head_dim: int, theta: float):
+def _rope_scaling(scaling) -> tuple | None:
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind in (None, "default"):
+        return None
+    if kind not in ("linear", "llama3"):
+        raise ValueError(f"rope scaling {kind!r} is not supported (supported: linear, llama3)")
+    return tuple(sorted((k, v) for k, v in scaling.items()
+                        if k not in ("type", "rope_theta") and not isinstance(v, (list, dict))))
+
+
+def _sliding_layers(d: dict, kind: str, n_layers: int):
+    """(window, layer_types) from a config: Mistral slides in every layer, Qwen2 only with
+    ``use_sliding_window`` from ``max_window_layers`` on, and newer files list ``layer_types``."""
+    window = d.get("sliding_window")
+    if kind == "qwen2" and not d.get("use_sliding_window", False):
+        window = None
+    if kind == "llama" or window is None:
+        return None, None
+    if d.get("layer_types"):
+        return int(window), tuple(d["layer_types"])
+    first = int(d.get("max_window_layers", 0)) if kind == "qwen2" else 0
+    return int(window), tuple("sliding_attention" if i >= first else "full_attention" for i in range(n_layers))
+
+
+def cut(cfg, num_layers: int | None):
+    """``cfg`` keeping its first ``num_layers`` blocks, without the final norm (None: all)."""
+    if num_layers is None:
+        return cfg
+    if not 1 <= num_layers <= cfg.num_hidden_layers:
+        raise ValueError(f"layer {num_layers} outside 1..{cfg.num_hidden_layers}")
+    if num_layers == cfg.num_hidden_layers:
+        return cfg
+    return dataclasses.replace(cfg, num_hidden_layers=num_layers, final_norm=False)
+
+
+def rope_frequencies(cfg) -> jnp.ndarray:
+    """Rotary inverse frequencies ``[head_dim / 2]``, with Llama 3's or linear rescaling."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    scaling = dict(cfg.rope_scaling or ())
+    kind = scaling.get("rope_type", "linear" if scaling else None)
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif kind == "llama3":
+        # Long wavelengths are slowed down by `factor`, short ones kept, the band between blended.
+        factor, low, high = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        inv_freq = np.where(medium, blended, scaled)
+    return jnp.asarray(inv_freq, jnp.float32)
+
+
+def rotary(positions, inv_freq):
     """cos, sin ``[B, T, 1, head_dim]`` of HF's rotate-half rotary embedding (float32)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     return jnp.cos(emb), jnp.sin(emb)
 
 
-def _apply_rotary(x, cos, sin):
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+def count_llama_params(cfg: LlamaConfig) -> int:
+    """Parameters of a `LlamaModel` for ``cfg``, without building it."""
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+    attn = h * q * 2 + h * kv * 2
+    attn += (q + 2 * kv) * cfg.qkv_bias + h * cfg.o_bias
+    layer = attn + 3 * h * i + (2 * i + h) * cfg.mlp_bias + 2 * h
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * h
+    return cfg.vocab_size * h + cfg.num_hidden_layers * layer + h + head
 
 
 class LlamaAttention(nnx.Module):
@@ -117,26 +228,20 @@ class LlamaAttention(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, d = cfg.hidden_size, cfg.head_dim
-        lin = dict(use_bias=False, param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
+        lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, **lin)
-        self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, **lin)
-        self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, **lin)
-        self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, **lin)
+        self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, use_bias=cfg.qkv_bias, **lin)
+        self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
+        self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
+        self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, use_bias=cfg.o_bias, **lin)
 
     def __call__(self, x, keep, cos, sin):
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
-        group = self.num_heads // kv
-        q = _apply_rotary(self.q_proj(x).reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
-        k = _apply_rotary(self.k_proj(x).reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
+        q = layers.apply_rotary(self.q_proj(x).reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
+        k = layers.apply_rotary(self.k_proj(x).reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
         v = self.v_proj(x).reshape(b, t, kv, d)
-        q = q.reshape(b, t, kv, group, d).astype(v.dtype)
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(v.dtype)).astype(jnp.float32) / math.sqrt(d)
-        scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        ctx = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, self.num_heads * d)
-        return self.o_proj(ctx)
+        return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d)))
 
 
 class LlamaMLP(nnx.Module):
@@ -144,13 +249,14 @@ class LlamaMLP(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = dict(use_bias=False, param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
+        lin = dict(use_bias=cfg.mlp_bias, param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
+        self.act = cfg.hidden_act
         self.gate_proj = nnx.Linear(h, i, **lin)
         self.up_proj = nnx.Linear(h, i, **lin)
         self.down_proj = nnx.Linear(i, h, **lin)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(layers.ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaBlock(nnx.Module):
@@ -171,11 +277,12 @@ class LlamaModel(nnx.Module):
 
     ``model.logits(input_ids, attention_mask) -> [B, T, vocab]`` adds the
     output projection (the tied embedding when the checkpoint has no
-    ``output.weight``). Submodules: ``embed``, ``layers`` (an ``nnx.List``),
+    separate one). Submodules: ``embed``, ``layers`` (an ``nnx.List``),
     ``norm`` and, when untied, ``lm_head``.
     """
 
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        layers.activation(cfg.hidden_act)
         self.config = cfg
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([
@@ -190,16 +297,15 @@ class LlamaModel(nnx.Module):
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
-        mask = attention_mask.astype(bool)
+        cfg = self.config
         # Positions count real tokens, so left or right padding leaves them unchanged.
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-        cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta)
-        causal = jnp.tril(jnp.ones((t, t), bool))
-        keep = causal[None] & mask[:, None, :]  # [B, q, k]
+        cos, sin = rotary(layers.real_positions(attention_mask), rope_frequencies(cfg))
+        full = layers.decoder_mask(attention_mask)
+        sliding = layers.decoder_mask(attention_mask, cfg.sliding_window) if cfg.layer_types else None
         x = self.embed(input_ids).astype(jnp.float32)
-        for layer in self.layers:
-            x = layer(x, keep, cos, sin)
-        return self.norm(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, sliding if cfg.is_sliding(i) else full, cos, sin)
+        return self.norm(x) if cfg.final_norm else x
 
     def project(self, hidden):
         """Vocabulary logits of hidden states ``[..., D] -> [..., vocab]`` (float32)."""
@@ -212,42 +318,12 @@ class LlamaModel(nnx.Module):
         return self.project(self(input_ids, attention_mask))
 
 
-def last_token_index(attention_mask):
-    """Index of each row's last real (mask == 1) token, ``[B]`` int32.
-
-    For right padding this is ``sum(mask) - 1``; taking the last 1 instead of
-    the count also works for left padding. A row with no real token gives 0.
-    """
-    m = attention_mask.astype(bool)
-    t = m.shape[1]
-    last = t - 1 - jnp.argmax(m[:, ::-1], axis=1)
-    return jnp.where(m.any(axis=1), last, 0).astype(jnp.int32)
+def DecoderClassifier(model, num_classes: int, *, rngs: nnx.Rngs):
+    """A decoder + last-real-token readout + linear head (`heads.PooledClassifier`)."""
+    return heads.PooledClassifier(model, num_classes, pooling="last", rngs=rngs)
 
 
-class DecoderClassifier(nnx.Module):
-    """Decoder + last-real-token readout + linear head: ``module(inputs) -> logits [B, C]``.
-
-    ``inputs`` is ``{"input_ids": int [B, T], "attention_mask": int [B, T]}``.
-    In a causal model only the last real token has seen the whole text, so its
-    final hidden state is the sequence feature; ``features(inputs) -> [B, D]``
-    returns it (for frozen-feature caching). Submodules: ``model``, ``head``.
-    """
-
-    def __init__(self, model: LlamaModel, num_classes: int, *, rngs: nnx.Rngs):
-        self.model = model
-        self.head = nnx.Linear(model.config.hidden_size, num_classes, rngs=rngs)
-
-    def features(self, inputs):
-        mask = inputs["attention_mask"]
-        hidden = self.model(inputs["input_ids"], mask)
-        idx = last_token_index(mask)
-        return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-
-    def __call__(self, inputs):
-        return self.head(self.features(inputs))
-
-
-# ---------------------------------------------------------------- loading
+# ---------------------------------------------------------------- loading: GGUF
 
 
 def _unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -276,22 +352,8 @@ def _gguf_names(cfg: LlamaConfig) -> dict[tuple, tuple[str, str]]:
     return names
 
 
-def _find_gguf(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("*.gguf"))
-        if len(found) != 1:
-            raise FileNotFoundError(f"{path}: expected exactly one .gguf file, found {len(found)}")
-        return found[0]
-    if not path.exists():
-        raise FileNotFoundError(path)
-    return path
-
-
-def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
-                    ) -> tuple[LlamaModel, GGUFTokenizer]:
-    """Load any llama-architecture GGUF (a ``.gguf`` file or a directory holding one)."""
-    g = GGUFFile(_find_gguf(path))
+def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None, mesh=None) -> tuple[LlamaModel, GGUFTokenizer]:
+    """A llama-architecture GGUF (an open `GGUFFile`) -> ``(model, tokenizer)``."""
     cfg = LlamaConfig.from_gguf(g)
     param_dtype = dtype if param_dtype is None else param_dtype
     abstract = nnx.eval_shape(lambda: LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
@@ -306,7 +368,13 @@ def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
             return _unpermute_rows(w, cfg.num_key_value_heads).T
         return w.T if how == "T" else w  # GGUF/torch [out, in] -> NNX kernel [in, out]
 
-    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype), GGUFTokenizer(g)
+    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh), GGUFTokenizer(g)
+
+
+def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
+                    ) -> tuple[LlamaModel, GGUFTokenizer]:
+    """Load any llama-architecture GGUF (a ``.gguf`` file or a directory holding one)."""
+    return load_gguf(GGUFFile(find_gguf(path)), dtype=dtype, param_dtype=param_dtype)
 
 
 def load_smollm2(path: str | Path, *, dtype=jnp.float32) -> tuple[LlamaModel, GGUFTokenizer]:
@@ -326,8 +394,71 @@ def load_smollm2(path: str | Path, *, dtype=jnp.float32) -> tuple[LlamaModel, GG
     return load_llama_gguf(path, dtype=dtype)
 
 
-def model_spec(name: str, **options):
-    """Registry hook for ``smollm2-135m`` (see `w2sjax.models.ladder.smollm2_spec` for the options)."""
-    from w2sjax.models import ladder
+# ---------------------------------------------------------------- loading: Hugging Face
 
-    return ladder.smollm2_spec(name, **options)
+
+def _hf_names(cfg: LlamaConfig) -> weights_lib.TorchNames:
+    names = weights_lib.TorchNames()
+    names.tensor(("embed", "embedding"), "embed_tokens.weight")
+    names.norm(("norm",), "norm", bias=False)
+    for i in range(cfg.num_hidden_layers):
+        p, n = ("layers", i), f"layers.{i}"
+        names.norm(p + ("input_norm",), f"{n}.input_layernorm", bias=False)
+        names.norm(p + ("post_attn_norm",), f"{n}.post_attention_layernorm", bias=False)
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            names.linear(p + ("attn", proj), f"{n}.self_attn.{proj}", bias=cfg.qkv_bias)
+        names.linear(p + ("attn", "o_proj"), f"{n}.self_attn.o_proj", bias=cfg.o_bias)
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            names.linear(p + ("mlp", proj), f"{n}.mlp.{proj}", bias=cfg.mlp_bias)
+    return names
+
+
+def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
+            num_layers: int | None = None, mesh=None) -> LlamaModel:
+    """A Llama/Mistral/Qwen2 Hugging Face directory (``config`` is its parsed config.json).
+
+    A base-model directory (what ``AutoModel.save_pretrained`` writes) has no ``lm_head``:
+    then `LlamaModel.logits` uses the embedding, which is right only for tied models.
+    """
+    param_dtype = dtype if param_dtype is None else param_dtype
+    with weights_lib.SafetensorsDir(path) as st:
+        st.find_prefix("embed_tokens.weight", ("model.",))
+        cfg = LlamaConfig.from_hf(config)
+        head = st.has_unprefixed("lm_head.weight")
+        cfg = dataclasses.replace(cfg, tie_word_embeddings=cfg.tie_word_embeddings or not head)
+        cfg = cut(cfg, num_layers)
+        names = _hf_names(cfg)
+        if not cfg.tie_word_embeddings:
+            names.linear(("lm_head",), "lm_head", bias=False)
+        abstract = nnx.eval_shape(lambda: LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+
+        def read(name: str) -> np.ndarray:
+            # lm_head sits beside the prefixed body ("model.layers..." and "lm_head.weight").
+            return st.get(name, prefixed=name != "lm_head.weight")
+
+        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype, mesh=mesh)
+
+
+# ---------------------------------------------------------------- smollm2-135m
+
+
+class DecoderFeaturizer(GGUFFeaturizer):
+    """Last-real-token features of SmolLM2-135M-Instruct: float32 ``[N, 576]``."""
+
+    asset = "smollm2-135m"
+
+
+def model_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_batch: int = 8192,
+               dtype: str = "float32", path=None, progress: bool = True) -> ModelSpec:
+    """``smollm2-135m``: frozen last-token features + linear head; no finetune.
+
+    Full finetuning of 135M parameters on a CPU is impractically slow, so
+    ``finetune`` is ``None`` and ``strong_mode="finetune"`` probes it instead.
+    ``tokenize`` is still given: it marks a text backbone, so the runner
+    passes ``data.max_len`` through.
+    """
+    featurizer = DecoderFeaturizer(name, path=path, max_len=max_len,
+                                   tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+    return ModelSpec(name=name, modalities=("text",), num_params=count_llama_params(LlamaConfig()),
+                     featurizer=featurizer, head="linear", finetune=None,
+                     tokenize=text_tokenizer(featurizer))

@@ -1,11 +1,10 @@
 """MPNet (all-mpnet-base-v2) in Flax NNX, loading a Hugging Face checkpoint directory.
 
-MPNet is a post-norm BERT-style encoder with two differences that matter for
-a faithful port:
+MPNet is a post-norm BERT-style encoder (it shares `bert.PostNormLayer`, the classifier and the
+loader) with two differences that matter for a faithful port:
 
-* position ids count real tokens only: a token gets ``cumsum(id != pad) + pad``
-  and every pad token gets ``pad`` itself (fairseq's ``make_positions``), so
-  the position table is offset by ``pad_token_id + 1``;
+* position ids count real tokens only, as RoBERTa's do (`bert.padded_position_ids`), so the
+  position table is offset by ``pad_token_id + 1``;
 * every attention layer adds a learned bias indexed by the bucketed relative
   distance ``key - query`` (T5-style, bidirectional, 32 buckets, max distance
   128). The table is shared by all layers and computed once per forward. The
@@ -19,30 +18,38 @@ are read with the ``safetensors`` numpy API; torch is never needed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax.models import precision
+from w2sjax.models import bert, embed, layers
 from w2sjax.models import weights as weights_lib
-
-from w2sjax.models.bert import BertTokenizer, mean_pool
+from w2sjax.models.embed import mean_pool
+from w2sjax.models.spec import ModelSpec, text_tokenizer
+from w2sjax.models.tokenizer import HFTokenizer, load_tokenizer
 
 __all__ = [
     "MPNetConfig",
     "MPNetEncoder",
-    "MPNetClassifier",
+    "MPNetFeaturizer",
     "load_mpnet",
+    "load_mpnet_encoder",
+    "load_hf",
     "load_mpnet_tokenizer",
     "relative_position_buckets",
     "count_mpnet_params",
+    "model_spec",
 ]
+
+position_ids = bert.padded_position_ids
+# transformers' MPNet numbers positions from padding index 1 whatever pad_token_id says.
+POSITION_PAD = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,23 +82,16 @@ class MPNetConfig:
 
     @property
     def max_len(self) -> int:
-        """Longest sequence the position table covers (positions start at pad+1)."""
-        return self.max_position_embeddings - self.pad_token_id - 1
-
-
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
+        """Longest sequence the position table covers (positions start at 2)."""
+        return self.max_position_embeddings - POSITION_PAD - 1
 
 
 def count_mpnet_params(cfg: MPNetConfig) -> int:
     """Parameters of an `MPNetEncoder` for ``cfg`` (no pooler), without building it."""
     h, i = cfg.hidden_size, cfg.intermediate_size
-    embed = (cfg.vocab_size + cfg.max_position_embeddings) * h + 2 * h
-    layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h
-    return embed + cfg.num_hidden_layers * layer + cfg.relative_attention_num_buckets * cfg.num_attention_heads
+    embeddings = (cfg.vocab_size + cfg.max_position_embeddings) * h + 2 * h
+    return (embeddings + cfg.num_hidden_layers * bert._post_norm_layer_params(h, i)
+            + cfg.relative_attention_num_buckets * cfg.num_attention_heads)
 
 
 def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
@@ -116,17 +116,11 @@ def relative_position_buckets(length: int, num_buckets: int = 32, max_distance: 
     return bucket + np.where(n < exact, n, large)
 
 
-def position_ids(input_ids, pad_token_id: int):
-    """MPNet position ids: real tokens count from ``pad+1``, pad tokens get ``pad``."""
-    real = (input_ids != pad_token_id).astype(jnp.int32)
-    return jnp.cumsum(real, axis=1) * real + pad_token_id
-
-
 class MPNetEmbeddings(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, param_dtype, rngs: nnx.Rngs):
         h = cfg.hidden_size
         kw = dict(param_dtype=param_dtype, rngs=rngs)
-        self.pad_token_id = cfg.pad_token_id
+        self.pad_token_id = POSITION_PAD
         self.word = nnx.Embed(cfg.vocab_size, h, **kw)
         self.position = nnx.Embed(cfg.max_position_embeddings, h, **kw)
         # Exact variance: the fast E[x^2]-E[x]^2 form costs ~1e-6 of agreement.
@@ -135,43 +129,6 @@ class MPNetEmbeddings(nnx.Module):
     def __call__(self, input_ids):
         x = self.word(input_ids) + self.position(position_ids(input_ids, self.pad_token_id))
         return self.norm(x.astype(jnp.float32))
-
-
-class MPNetLayer(nnx.Module):
-    """Post-norm block: attention (+ relative bias), add & norm, FFN, add & norm."""
-
-    def __init__(self, cfg: MPNetConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-        h, i = cfg.hidden_size, cfg.intermediate_size
-        lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
-        norm = dict(epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                    param_dtype=param_dtype, rngs=rngs)
-        self.num_heads = cfg.num_attention_heads
-        self.act = cfg.hidden_act
-        self.query = nnx.Linear(h, h, **lin)
-        self.key = nnx.Linear(h, h, **lin)
-        self.value = nnx.Linear(h, h, **lin)
-        self.attn_out = nnx.Linear(h, h, **lin)
-        self.attn_norm = nnx.LayerNorm(h, **norm)
-        self.ffn_in = nnx.Linear(h, i, **lin)
-        self.ffn_out = nnx.Linear(i, h, **lin)
-        self.ffn_norm = nnx.LayerNorm(h, **norm)
-
-    def _attention(self, x, keep, bias):
-        b, t, h = x.shape
-        d = h // self.num_heads
-        split = lambda y: y.reshape(b, t, self.num_heads, d)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
-        scores = scores + bias  # [1, n, q, k], shared by the batch
-        # `where` rather than an additive mask: masked keys get exactly zero weight.
-        scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return self.attn_out(jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h))
-
-    def __call__(self, x, keep, bias):
-        x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
-        y = self.ffn_out(_ACTIVATIONS[self.act](self.ffn_in(x)))
-        return self.ffn_norm(x + y.astype(jnp.float32))
 
 
 class MPNetEncoder(nnx.Module):
@@ -183,14 +140,13 @@ class MPNetEncoder(nnx.Module):
 
     def __init__(self, cfg: MPNetConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
-        if cfg.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"unsupported hidden_act {cfg.hidden_act!r}")
+        layers.activation(cfg.hidden_act)
         self.config = cfg
         self.embeddings = MPNetEmbeddings(cfg, param_dtype=param_dtype, rngs=rngs)
         self.relative_bias = nnx.Embed(cfg.relative_attention_num_buckets, cfg.num_attention_heads,
                                        param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([
-            MPNetLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            bert.PostNormLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, exact_variance=True)
             for _ in range(cfg.num_hidden_layers)
         ])
 
@@ -200,7 +156,8 @@ class MPNetEncoder(nnx.Module):
         bias = self.relative_bias(jnp.asarray(buckets, dtype=jnp.int32))  # [q, k, n]
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        """Last hidden state; ``token_type_ids`` is accepted for BERT's signature and unused."""
         t = input_ids.shape[1]
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} > {self.config.max_len} positions")
@@ -218,26 +175,6 @@ class MPNetEncoder(nnx.Module):
         pipeline of all-mpnet-base-v2 does (Pooling then Normalize).
         """
         return mean_pool(self(input_ids, attention_mask), attention_mask, normalize=normalize)
-
-
-class MPNetClassifier(nnx.Module):
-    """Encoder + mean pooling + linear head: ``module(inputs) -> logits [B, C]``.
-
-    ``inputs`` is ``{"input_ids": int [B, T], "attention_mask": int [B, T]}``.
-    Submodules are ``encoder`` and ``head``, so a linear probe freezes the
-    backbone with an optimizer filter on the path ``head``.
-    """
-
-    def __init__(self, encoder: MPNetEncoder, num_classes: int, *, normalize: bool = False,
-                 rngs: nnx.Rngs):
-        self.encoder = encoder
-        self.normalize = normalize
-        self.head = nnx.Linear(encoder.config.hidden_size, num_classes, rngs=rngs)
-
-    def __call__(self, inputs):
-        mask = inputs["attention_mask"]
-        pooled = self.encoder.embed(inputs["input_ids"], mask, normalize=self.normalize)
-        return self.head(pooled)
 
 
 # ---------------------------------------------------------------- loading
@@ -265,49 +202,33 @@ def _checkpoint_names(cfg: MPNetConfig) -> weights_lib.TorchNames:
 
 
 def load_mpnet_encoder(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32,
-                       param_dtype=None) -> MPNetEncoder:
+                       param_dtype=None, config: MPNetConfig | None = None, mesh=None) -> MPNetEncoder:
     """Just the `MPNetEncoder` of a checkpoint directory (see `load_mpnet`)."""
-    from safetensors import safe_open
-
     path = Path(path)
-    weights = path / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights} not found (only safetensors checkpoints load)")
-    cfg = MPNetConfig.from_json(path / "config.json")
-    if num_layers is not None:
-        if not 1 <= num_layers <= cfg.num_hidden_layers:
-            raise ValueError(f"num_layers={num_layers} outside 1..{cfg.num_hidden_layers}")
-        cfg = dataclasses.replace(cfg, num_hidden_layers=num_layers)
+    weights_lib.safetensors_files(path)  # a clear error before parsing anything
+    cfg = bert.truncated(config or MPNetConfig.from_json(path / "config.json"), num_layers)
     param_dtype = dtype if param_dtype is None else param_dtype
-
-    # Build abstractly (no random init of 110M parameters), then fill in.
-    abstract = nnx.eval_shape(lambda: MPNetEncoder(
-        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    names = _checkpoint_names(cfg)
-    with safe_open(str(weights), framework="np") as f:
-        keys = set(f.keys())
-        prefix = "mpnet." if "mpnet.embeddings.word_embeddings.weight" in keys else ""
-
-        def read(name: str) -> np.ndarray:
-            if prefix + name not in keys:
-                raise KeyError(f"{weights}: no tensor {prefix + name!r}; not an MPNet checkpoint?")
-            return f.get_tensor(prefix + name)
-
-        return weights_lib.fill(abstract, weights_lib.torch_reader(names, read), param_dtype=param_dtype)
+    build = lambda c: MPNetEncoder(c, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    return bert.load_encoder(path, cfg, build, _checkpoint_names(cfg), anchor="embeddings.word_embeddings.weight",
+                             prefixes=("mpnet.",), param_dtype=param_dtype, mesh=mesh)
 
 
-def load_mpnet_tokenizer(path: str | Path) -> BertTokenizer:
+def load_hf(path: str | Path, config: dict, *, dtype=jnp.float32, param_dtype=None,
+            num_layers: int | None = None, mesh=None) -> MPNetEncoder:
+    """`w2sjax.models.hf.load`'s entry: an MPNet directory with its parsed config."""
+    return load_mpnet_encoder(path, num_layers=num_layers, dtype=dtype, param_dtype=param_dtype,
+                              config=MPNetConfig.from_dict(config), mesh=mesh)
+
+
+def load_mpnet_tokenizer(path: str | Path) -> HFTokenizer:
     """The WordPiece tokenizer of an MPNet directory (``<s> ... </s>``, pad id from config)."""
-    path = Path(path)
-    tok = BertTokenizer(path / "tokenizer.json")
     # MPNet's vocabulary also holds a "[PAD]" (id 4); the model's pad is "<pad>" (id 1),
     # and position ids are derived from it, so take it from the config.
-    tok.pad_id = MPNetConfig.from_json(path / "config.json").pad_token_id
-    return tok
+    return load_tokenizer(path, pad_id=MPNetConfig.from_json(Path(path) / "config.json").pad_token_id)
 
 
 def load_mpnet(path: str | Path, *, num_layers: int | None = None, dtype=jnp.float32
-               ) -> tuple[MPNetEncoder, BertTokenizer]:
+               ) -> tuple[MPNetEncoder, HFTokenizer]:
     """Load an MPNet checkpoint directory -> ``(encoder, tokenizer)``.
 
     Args:
@@ -326,8 +247,47 @@ def load_mpnet(path: str | Path, *, num_layers: int | None = None, dtype=jnp.flo
             load_mpnet_tokenizer(path))
 
 
-def model_spec(name: str, **options):
-    """Registry hook for ``mpnet-base`` (see `w2sjax.models.ladder.mpnet_spec` for the options)."""
-    from w2sjax.models import ladder
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, dtype_name: str):
+    # Cached: the specs (one per get_model call) share one copy of the weights.
+    return load_mpnet(path, dtype=jnp.dtype(dtype_name))
 
-    return ladder.mpnet_spec(name, **options)
+
+class MPNetFeaturizer(embed.BucketedFeaturizer):
+    """Mean-pooled last hidden state of all-mpnet-base-v2: float32 ``[N, 768]``.
+
+    ``normalize`` L2-normalises, as sentence-transformers does; off by
+    default, like the MiniLM probes, so all students see raw pooled vectors.
+    """
+
+    pooling = "mean"
+    asset = "mpnet-base-v2"
+
+    def __init__(self, name: str = "mpnet-base", *, normalize: bool = False, **kw):
+        super().__init__(name, **kw)
+        self.normalize = normalize
+
+    def load(self):
+        return _load_cached(str(self.checkpoint()), self.dtype)
+
+    def _max_positions(self, module) -> int:
+        return module.config.max_len
+
+
+def model_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool = False,
+               tokens_per_batch: int = 8192, dtype: str = "float32", path=None,
+               progress: bool = True) -> ModelSpec:
+    """``mpnet-base``: frozen mean-pooled features + linear head; finetunes as a mean-pooled
+    `heads.PooledClassifier`."""
+    featurizer = MPNetFeaturizer(name, path=path, max_len=max_len, normalize=normalize,
+                                 tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
+
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
+        # float32 master weights whatever the compute dtype: AdamW updates are lost in bf16.
+        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
+        return bert.classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
+
+    return ModelSpec(name=name, modalities=("text",), num_params=count_mpnet_params(MPNetConfig()),
+                     featurizer=featurizer, head="linear", finetune=finetune,
+                     tokenize=text_tokenizer(featurizer))

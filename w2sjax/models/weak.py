@@ -1,4 +1,5 @@
-"""Featurizers for weak models: TF-IDF, mean GloVe vectors, raw inputs.
+"""Weak models: TF-IDF and mean GloVe vectors with a linear head, and heads trained from
+scratch on raw inputs (``linear``, ``mlp``, ``cnn``); their featurizers and specs.
 
 Every featurizer has the same small interface, which `w2sjax.features`
 relies on:
@@ -20,7 +21,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["words", "TfidfFeaturizer", "GloveBowFeaturizer", "RawFeaturizer"]
+from w2sjax.models.spec import ModelSpec
+
+__all__ = ["words", "TfidfFeaturizer", "GloveBowFeaturizer", "RawFeaturizer", "model_spec", "NAMES"]
 
 _WORD = re.compile(r"[^\W_]+")  # runs of letters/digits, any script
 
@@ -119,12 +122,23 @@ class GloveBowFeaturizer:
     ``glove-6b-50d`` asset on first use.
     """
 
-    key = "glove-6b-50d-bow-v1"
     dim = 50
     num_params = 400_000 * 50  # the frozen embedding table
 
     def __init__(self, path: str | Path | None = None):
         self.path = path
+        self._table_hash: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Names the features, including the vectors' content (a repaired table never meets
+        features computed from a damaged one)."""
+        if self._table_hash is None:
+            from w2sjax import assets, hashes
+
+            self._table_hash = (assets.content_hash("glove-6b-50d") if self.path is None
+                                else hashes.content_hash(self.path))
+        return f"glove-6b-50d-bow-v1-w{self._table_hash[:16]}"
 
     def fit(self, split) -> "GloveBowFeaturizer":
         return self
@@ -165,3 +179,23 @@ class RawFeaturizer:
     def __call__(self, split) -> np.ndarray:
         x = np.asarray(split["x"], dtype=np.float32)
         return x.reshape(len(x), -1) if self.flatten else x
+
+
+# ---------------------------------------------------------------- specs
+
+# Raw-input heads and the task kinds they read.
+_RAW = {"linear": ("image", "tabular"), "mlp": ("image", "tabular"), "cnn": ("image",)}
+NAMES = ("glove-bow", "tfidf", *_RAW)
+
+
+def model_spec(name: str, **options) -> ModelSpec:
+    """``glove-bow`` (option ``path``), ``tfidf`` (``max_features``), or a raw-input head
+    ``linear`` / ``mlp`` / ``cnn`` (options go to the head class, e.g. ``hidden=(512,)``)."""
+    if name == "glove-bow":
+        f = GloveBowFeaturizer(options.pop("path", None), **options)
+        return ModelSpec("glove-bow", ("text",), f.num_params, f, "linear")
+    if name == "tfidf":
+        return ModelSpec("tfidf", ("text",), 0, TfidfFeaturizer(**options), "linear")
+    if name in _RAW:
+        return ModelSpec(name, _RAW[name], None, None, name, head_options=dict(options))
+    raise ValueError(f"{name!r} is not a weak model of this module; known: {', '.join(NAMES)}")

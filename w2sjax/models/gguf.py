@@ -1,23 +1,35 @@
-"""Read GGUF files: metadata, dequantized tensors, and the byte-level BPE tokenizer.
+"""GGUF files as another source of the same architectures: metadata, dequantized tensors, the
+tokenizer, and `load`, which hands the file to its architecture's module.
 
 GGUF (llama.cpp's format) stores the tokenizer as metadata: the token strings
 (already in GPT-2's byte-to-unicode spelling), the merges, token types and
 special-token ids. `GGUFTokenizer` rebuilds it with the ``tokenizers``
 package, so no ``tokenizer.json`` is needed.
 
-Needs the ``gguf`` package (pure Python + numpy; it dequantizes Q4/Q8 blocks).
+Needs the ``gguf`` package (pure Python + numpy; it dequantizes every block
+type llama.cpp writes, the K-quants included).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from w2sjax.models.bert import pad_ids
+from w2sjax.models import embed
+from w2sjax.models.tokenizer import pad_ids
 
-__all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer"]
+__all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer", "build_spm_tokenizer", "find_gguf", "load",
+           "ARCHITECTURES"]
+
+# general.architecture -> the module whose ``load_gguf(GGUFFile, dtype=...)`` builds it.
+ARCHITECTURES = {
+    "llama": "w2sjax.models.llama",
+    "gemma3": "w2sjax.models.gemma3",
+}
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
 _CONTROL, _USER_DEFINED = 3, 4
@@ -101,8 +113,58 @@ def build_bpe_tokenizer(g: GGUFFile):
     return tok
 
 
+_SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def spm_merges(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary that lists none (Gemma's GGUF).
+
+    Every token that splits into two tokens of the vocabulary gives a merge; merges are ranked
+    by the merged token's position in the file (earlier first), then by a longer left piece.
+    This is the order transformers' GGUF loader uses for Gemma, whose scores do not follow the
+    merge order.
+    """
+    index = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, t in enumerate(tokens):
+        for cut in range(1, len(t)):
+            left, right = t[:cut], t[cut:]
+            if left in index and right in index:
+                ranked.append((i, -cut, left, right))
+    ranked.sort()
+    return [(left, right) for _, _, left, right in ranked]
+
+
+def build_spm_tokenizer(g: GGUFFile):
+    """A ``tokenizers.Tokenizer`` for a SentencePiece-BPE GGUF vocabulary (``tokenizer.ggml.model``
+    "llama"; Gemma): spaces become "▁", no prefix space, byte fallback for unknown characters."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    # Runs of spaces are stored as real spaces; the BPE looks them up as "▁▁...".
+    raw = g.field("tokenizer.ggml.tokens")
+    tokens = [_SPACE * len(t) if t and not t.strip(" ") else t for t in raw]
+    types: list[int] = g.field("tokenizer.ggml.token_type") or [1] * len(tokens)
+    unk = g.field("tokenizer.ggml.unknown_token_id")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    bpe = models.BPE(vocab=vocab, merges=spm_merges(tokens), byte_fallback=True, fuse_unk=True,
+                     unk_token=None if unk is None else tokens[int(unk)])
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Replace(" ", _SPACE)
+    tok.decoder = decoders.Sequence([decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    # Control tokens stay whole in text; user-defined ones too, unless respelled above.
+    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(raw, types) if k == _CONTROL]
+    added = [AddedToken(t, special=False, normalized=False) for t, k in zip(raw, types)
+             if k == _USER_DEFINED and t in vocab]
+    if special:
+        tok.add_special_tokens(special)
+    if added:
+        tok.add_tokens(added)
+    return tok
+
+
 class GGUFTokenizer:
-    """Batch tokenisation for a GGUF decoder: the same interface as `BertTokenizer`.
+    """Batch tokenisation for a GGUF decoder (byte-level BPE, or SentencePiece BPE for Gemma):
+    the same interface as `tokenizer.HFTokenizer`.
 
     ``encode(texts, max_len)`` truncates each text to ``max_len`` tokens (keeping
     the beginning) and right-pads with ``pad_id``. A BOS token is prepended only
@@ -110,7 +172,8 @@ class GGUFTokenizer:
     """
 
     def __init__(self, g: GGUFFile):
-        self._tok = build_bpe_tokenizer(g)
+        kind = g.field("tokenizer.ggml.model")
+        self._tok = build_spm_tokenizer(g) if kind == "llama" else build_bpe_tokenizer(g)
         self.vocab_size = len(g.field("tokenizer.ggml.tokens"))
         self.bos_id = g.field("tokenizer.ggml.bos_token_id")
         self.eos_id = g.field("tokenizer.ggml.eos_token_id")
@@ -142,3 +205,58 @@ class GGUFTokenizer:
 
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(int(i))
+
+
+def find_gguf(path: str | Path) -> Path:
+    """``path`` itself, or the one ``.gguf`` file in the directory ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one .gguf file, found {len(found)}")
+        return found[0]
+    if not path.exists():
+        raise FileNotFoundError(path)
+    return path
+
+
+def load(path: str | Path, *, dtype="float32", param_dtype=None, mesh=None):
+    """``(module, tokenizer)`` of a GGUF file (or a directory holding one), whatever its
+    architecture: ``module(input_ids, attention_mask) -> hidden [B, T, D]``; with a ``mesh``
+    the parameters load straight into their fsdp shardings."""
+    import jax.numpy as jnp
+
+    g = GGUFFile(find_gguf(path))
+    arch = g.field("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{g.path}: GGUF architecture {arch!r} is not supported; "
+                         f"supported: {', '.join(sorted(ARCHITECTURES))}")
+    return importlib.import_module(ARCHITECTURES[arch]).load_gguf(
+        g, dtype=jnp.dtype(dtype), param_dtype=None if param_dtype is None else jnp.dtype(param_dtype), mesh=mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, dtype_name: str):
+    # One copy of the frozen weights per process, however many specs name the file.
+    return load(path, dtype=dtype_name)
+
+
+class GGUFFeaturizer(embed.BucketedFeaturizer):
+    """Final hidden state of the last real token of a GGUF decoder: float32 ``[N, hidden]``.
+
+    In a causal model only that token has read the whole text. Right padding does not change
+    it (real tokens never attend to later positions), so the length buckets leave the features
+    as they are for the unpadded text. ``asset`` names the file fetched when ``path`` is None.
+    """
+
+    pooling = "last"
+
+    def __init__(self, name: str, *, asset: str = "", **kw):
+        super().__init__(name, **kw)
+        self.asset = asset or self.asset
+
+    def load(self):
+        return _load_cached(str(self.checkpoint()), self.dtype)
+
+    def _max_positions(self, module) -> int:
+        return module.config.max_position_embeddings

@@ -1,0 +1,80 @@
+"""Pieces several architectures share: activations, rotary embeddings, masked attention.
+
+Numerics: scores, softmax and rotary are float32 whatever the compute dtype; masks are applied
+with ``where`` (masked keys get exactly zero weight, a fully masked row gets uniform weights
+instead of NaN).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ACTIVATIONS", "activation", "rotary", "apply_rotary", "attend"]
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU (BERT)
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh GELU (GPT-2)
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str):
+    """The activation a config names; ValueError listing the known ones otherwise."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+def rotary(positions, head_dim: int, theta: float, scale: float = 1.0):
+    """cos, sin ``[B, T, 1, head_dim]`` of the rotate-half rotary embedding (float32).
+
+    ``scale`` > 1 is linear position interpolation (positions divided by it).
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def attend(q, k, v, keep, scale: float, softcap: float | None = None):
+    """Grouped-query attention: ``q [B,T,H,d]``, ``k, v [B,S,KV,d]``, ``keep [B,T,S]`` bool
+    -> context ``[B, T, H*d]``. Query head ``h`` reads KV head ``h // (H // KV)``.
+    ``softcap`` bounds the scores to ``(-softcap, softcap)`` with tanh (Gemma 2)."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d).astype(v.dtype)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(v.dtype)).astype(jnp.float32) * scale
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h * d)
+
+
+def decoder_mask(attention_mask, sliding_window: int | None = None):
+    """``keep [B, q, k]`` for causal attention over real tokens; with ``sliding_window`` W a
+    query also ignores keys W or more positions back (``q - k < W``, as transformers does)."""
+    t = attention_mask.shape[1]
+    q = jnp.arange(t)[:, None]
+    k = jnp.arange(t)[None, :]
+    allowed = k <= q
+    if sliding_window is not None:
+        allowed = allowed & (q - k < sliding_window)
+    return allowed[None] & attention_mask.astype(bool)[:, None, :]
+
+
+def real_positions(attention_mask):
+    """Position ids that count real tokens (``cumsum(mask) - 1``), so a left- or right-padded
+    example sees the same positions as the unpadded one."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
