@@ -119,6 +119,8 @@ class Inputs:
         options = {"name": name, "mode": mode}
         if mode == "finetune":
             options["trainable"] = self.config.train.trainable
+            if self.config.train.trainable == "lora":
+                options["lora"] = dataclasses.asdict(self.config.train.lora)
         if spec.tokenize is not None:  # a text backbone: its token budget and matmul precision
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
         if mode == "probe" and spec.featurizer is not None:
