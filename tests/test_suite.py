@@ -39,7 +39,9 @@ def test_task_rows_and_median_by_hand():
     assert 0.0 <= lo <= m["median_pgr"] <= hi <= 0.75
     text = suite.format_markdown(list(rows.values()), [m])
     assert "| c | glove-bow | minilm-l6 | xent | per example | 0.700 | 0.700 | 0.600 | undefined |" in text
-    assert "3 of 4" in text
+    assert "| glove-bow | minilm-l6 | xent | all | 0.50" in text and "3 of 4" in text
+    (strict,) = suite.medians(list(rows.values()), min_gap=0.25)  # a (0.2) and d (0.2) drop out
+    assert strict["median_pgr"] == pytest.approx(0.0) and strict["tasks_with_pgr"] == 1
     assert "| task | scored | glove-bow | minilm-l6 probe (ceiling) |" in text
     assert "| a | per example | 0.600 | 0.800 |" in text and "| d | per question | 0.400 | 0.600 |" in text
 
@@ -62,7 +64,7 @@ def test_tiny_suite_end_to_end(tmp_path):
     assert mod["main"](argv) == 0
     summary = json.loads((tmp_path / "suite.json").read_text())
     assert {r["task"] for r in summary["per_task"]} == {"vader_tweets", "social_iqa"}
-    assert len(summary["medians"]) == 2  # glove-bow and tfidf supervisors
+    assert len(summary["medians"]) == 4  # glove-bow and tfidf supervisors; all tasks and gap >= 0.03
     if any(r["pgr"] is not None for r in summary["per_task"]):  # the figure needs a defined PGR
         assert (tmp_path / "task_spread.png").stat().st_size > 0
     assert "NaN" not in (tmp_path / "suite.json").read_text()

@@ -398,7 +398,7 @@ def task_spread(rows: list[dict], medians: list[dict]):
     students = _ordered(r["strong_model"] for r in rows)
     series = _ordered((r["weak_model"], r["loss"]) for r in rows)
     colours = [f"C{i}" for i in range(len(series))]
-    med = {(m["weak_model"], m["strong_model"], m["loss"]): m["median_pgr"] for m in medians}
+    med = {(m["weak_model"], m["strong_model"], m["loss"]): m["median_pgr"] for m in medians if not m.get("min_gap")}
     fig = _figure(4.2 * len(students) + 0.6, 0.45 * len(tasks) + 1.8)
     axes = np.atleast_1d(fig.subplots(1, len(students), squeeze=False, sharey=True).ravel())
     offsets = (np.arange(len(series)) - (len(series) - 1) / 2) * (0.7 / max(len(series), 1))

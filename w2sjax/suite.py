@@ -45,14 +45,19 @@ def task_rows(results_by_task: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def medians(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """The median PGR across tasks per (supervisor, student, loss), with a task-bootstrap interval."""
+def medians(rows: list[dict], *, min_gap: float = 0.0, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """The median PGR across tasks per (supervisor, student, loss), with a task-bootstrap interval.
+
+    ``min_gap`` > 0 keeps only tasks whose ceiling beats the supervisor by at least that much:
+    PGR divides by the gap, so a gap of a point or two turns test noise into PGRs of +-5.
+    The filter looks at weak and ceiling accuracy only, never at the student.
+    """
     by_pair: dict[tuple, list[float]] = defaultdict(list)
     counts: dict[tuple, int] = defaultdict(int)
     for r in rows:
         key = tuple(r[k] for k in PAIR_KEYS)
         counts[key] += 1
-        if np.isfinite(r["pgr"]):
+        if np.isfinite(r["pgr"]) and r["ceiling_acc"] - r["weak_acc"] >= min_gap:
             by_pair[key].append(r["pgr"])
     rng = np.random.default_rng(seed)
     out = []
@@ -65,7 +70,7 @@ def medians(rows: list[dict], *, n_boot: int = 2000, seed: int = 0) -> list[dict
         else:
             ci, med = (float("nan"), float("nan")), float("nan")
         out.append({**dict(zip(PAIR_KEYS, key)), "median_pgr": med, "median_ci95": ci,
-                    "tasks_with_pgr": len(values), "tasks": n_tasks})
+                    "tasks_with_pgr": len(values), "tasks": n_tasks, "min_gap": min_gap})
     return out
 
 
@@ -85,7 +90,8 @@ def _fmt(x: float) -> str:
 
 
 def format_markdown(rows: list[dict], meds: list[dict]) -> str:
-    """The gap table, the per-task table and the median table, as Markdown."""
+    """The gap table, the per-task table and the median table(s), as Markdown (``meds`` may hold
+    medians for several ``min_gap`` values)."""
     table = gaps(rows)
     weak = list(dict.fromkeys(w for g in table for w in g["weak"]))
     strong = list(dict.fromkeys(s for g in table for s in g["ceiling"]))
@@ -102,11 +108,12 @@ def format_markdown(rows: list[dict], meds: list[dict]) -> str:
         ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(r["pgr"]) else ""
         lines.append(f"| {r['task']} | {r['weak_model']} | {r['strong_model']} | {r['loss']} | {r['scored']} | "
                      f"{r['weak_acc']:.3f} | {r['w2s_acc']:.3f} | {r['ceiling_acc']:.3f} | {_fmt(r['pgr'])}{ci} |")
-    lines += ["", "| supervisor | student | loss | median PGR [95% CI over tasks] | tasks with a PGR |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| supervisor | student | loss | tasks | median PGR [95% CI over tasks] | tasks with a PGR |",
+              "|---|---|---|---|---|---|"]
     for m in meds:
+        which = "all" if not m.get("min_gap") else f"gap >= {m['min_gap']:.2f}"
         lo, hi = m["median_ci95"]
         ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else ""
-        lines.append(f"| {m['weak_model']} | {m['strong_model']} | {m['loss']} | {_fmt(m['median_pgr'])}{ci} | "
+        lines.append(f"| {m['weak_model']} | {m['strong_model']} | {m['loss']} | {which} | {_fmt(m['median_pgr'])}{ci} | "
                      f"{m['tasks_with_pgr']} of {m['tasks']} |")
     return "\n".join(lines)
