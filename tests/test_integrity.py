@@ -76,6 +76,12 @@ def copy(reference, tmp_path):
     return out
 
 
+def stage_dir(ckpts: pathlib.Path, stage: str, outputs: bool = False) -> pathlib.Path:
+    """A stage's checkpoint folder (``NAME--FINGERPRINT``, ``.out`` for its outputs)."""
+    [found] = ckpts.glob(f"{stage}--*{'.out' if outputs else ''}")
+    return found
+
+
 def state_files(stage_dir: pathlib.Path, step: int) -> list[pathlib.Path]:
     """The Orbax data files of one saved step's state."""
     files = [p for p in (stage_dir / str(step) / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
@@ -104,13 +110,14 @@ def _empty_metadata(stage: pathlib.Path):
 @pytest.mark.parametrize("damage", [_garbage, _truncate, _empty_metadata], ids=lambda f: f.__name__[1:])
 def test_damaged_finished_stage_is_set_aside_and_retrained(reference, copy, damage):
     stage = "weak__linear__seed0"
-    damage(copy / "checkpoints" / f"{stage}.out")
+    damage(stage_dir(copy / "checkpoints", stage, outputs=True))
     proc = cli(copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = lines(proc.stderr, "w2sjax: warning: ")
     assert len(warnings) == 1 and repr(stage) in warnings[0] and "Traceback" not in proc.stderr, proc.stderr
     assert runs(copy) == runs(reference)
-    aside = sorted(p.name.split(".2")[0] for p in (copy / "checkpoints" / "damaged").iterdir())
+    aside = sorted(p.name.split("--")[0] + (".out" if ".out." in p.name else "")
+                   for p in (copy / "checkpoints" / "damaged").iterdir())
     assert aside == [stage, f"{stage}.out"]
     # Retrained and saved with a checksum: the next run reuses it silently.
     again = cli(copy)
@@ -150,13 +157,14 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capfd):
 
 def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, copy):
     ckpts = copy / "checkpoints"
-    steps = sorted(int(p.name) for p in (ckpts / W2S).iterdir() if p.name.isdigit())
+    w2s, w2s_out = stage_dir(ckpts, W2S), stage_dir(ckpts, W2S, outputs=True)
+    steps = sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit())
     final = steps[-1]
     assert len(steps) >= 2, steps  # in-stage steps kept next to the final one
     # As if killed inside the stage: no final step, no outputs; then the newest step truncated.
-    shutil.rmtree(ckpts / W2S / str(final))
-    shutil.rmtree(ckpts / f"{W2S}.out")
-    for f in state_files(ckpts / W2S, steps[-2]):
+    shutil.rmtree(w2s / str(final))
+    shutil.rmtree(w2s_out)
+    for f in state_files(w2s, steps[-2]):
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
     proc = cli(copy)
@@ -433,7 +441,7 @@ def test_diverging_stage_fails_naming_stage_step_and_lr(reference, copy, section
     stage = "ceiling__mlp__seed0" if section == "train" else "weak__linear__seed0"
     assert proc.returncode == 1 and f"stage {stage}" in line and "at step" in line and "lr=1e+09" in line
     assert not (out / "results.json").exists()
-    assert not (out / "checkpoints" / f"{stage}.out").exists()  # the failed stage is not kept as done
+    assert not list((out / "checkpoints").glob(f"{stage}--*.out"))  # the failed stage is not kept as done
     assert (copy / "results.json").read_text() == before
 
 
