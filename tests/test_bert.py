@@ -122,10 +122,16 @@ def test_loads_checkpoint_with_bert_prefix(minilm_dir, tok, tmp_path):
                                   _embed(plain, tok, texts, 32)[0])
 
 
-def test_classifier_logits(minilm_dir, tok):
+def test_classifier_logits(full, tok, ref):
+    """Logits are the head applied to the mean-pooled sentence vector that sentence-transformers
+    computed (the reference), in numpy."""
     from flax import nnx
 
-    model = bert.classifier(bert.load_bert(minilm_dir, num_layers=1), 3, rngs=nnx.Rngs(0))
-    ids, mask = tok.encode(["good", "bad taste", "fine I guess"], 24)
+    model = bert.classifier(full, 3, rngs=nnx.Rngs(0))
+    texts = slice(0, 4)
+    ids, mask = tok.encode(ref["sentences"][texts], int(ref["max_seq_length"]))
     logits = model({"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)})
-    assert logits.shape == (3, 3) and logits.dtype == jnp.float32
+    assert logits.dtype == jnp.float32
+    want = (ref["mean_pooled"][texts].astype(np.float64) @ np.asarray(model.head.kernel[...])
+            + np.asarray(model.head.bias[...]))
+    np.testing.assert_allclose(np.asarray(logits), want, atol=1e-4)

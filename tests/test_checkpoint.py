@@ -1,11 +1,9 @@
 """Stage checkpoints with real Orbax: round trips, 8 <-> 1 device restores in
 a fresh process, retention, stage names, kill -9 mid-save, and 2 processes."""
 
-import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,34 +13,17 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from _multiprocess import ckpt_worker as worker  # the state builders: both sides build the same thing
+from _multiprocess.launch import process_env, result, run_processes
 from w2sjax import checkpoint, parallel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "_multiprocess", "ckpt_worker.py")
-
-# The state builders live in the worker so both sides build the same thing.
-_spec = importlib.util.spec_from_file_location("_ckpt_worker", WORKER)
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)
-
-
-def _env(n_devices, **extra):
-    env = dict(os.environ)
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(var, None)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}",
-        PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
-        **extra,
-    )
-    return env
+WORKER = worker.__file__
 
 
 def _run_worker(mode, ckpt_dir, out, n_devices):
     proc = subprocess.run(
         [sys.executable, WORKER, mode, str(ckpt_dir), str(out)],
-        env=_env(n_devices), capture_output=True, text=True, timeout=120,
+        env=process_env(n_devices), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -169,7 +150,7 @@ def test_stage_names_are_sanitized(tmp_path):
 def test_kill_9_mid_save_keeps_last_good_step(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, WORKER, "save_big", str(tmp_path), "-"],
-        env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=process_env(1), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "SAVING", "worker failed before the big save"
@@ -205,37 +186,10 @@ def test_kill_9_mid_save_keeps_last_good_step(tmp_path):
     assert checkpoint.is_done(tmp_path, "kill")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_save_and_restore(tmp_path):
     """Collective save/restore of a global array split over 2 processes."""
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
-        log = open(tmp_path / f"proc{pid}.log", "w+")
-        procs.append((subprocess.Popen([sys.executable, WORKER, "dist", str(tmp_path / "ck"), "-"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    results = []
-    deadline = time.time() + 90
-    try:
-        for proc, log in procs:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-            log.seek(0)
-            text = log.read()
-            assert proc.returncode == 0, text[-3000:]
-            line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")][-1]
-            results.append(json.loads(line[len("RESULT "):]))
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
+    outputs = run_processes([sys.executable, WORKER, "dist", str(tmp_path / "ck"), "-"], tmp_path)
+    results = [result(out) for out in outputs]
     for pid, r in enumerate(results):
         assert r["process_index"] == pid
         assert r["meta"] == {"step": 1}

@@ -5,10 +5,8 @@ devices and between 1 and 2 processes, and clean one-line errors for bad input.
 """
 
 import json
-import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +14,16 @@ import time
 import numpy as np
 import pytest
 
+from _multiprocess.launch import process_env, run_processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
 ACC_KEYS = ("weak_acc", "w2s_acc", "ceiling_acc", "pgr", "misfit")
 
 
-def cli_env(devices: int = 8, **extra) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["JAX_PLATFORMS"] = "cpu"
-    env.update(extra)
-    return env
-
-
 def run_cli(args, *, devices=8, check=True, **env):
     proc = subprocess.run(
-        [sys.executable, "-m", "w2sjax.cli", *args], env=cli_env(devices, **env), capture_output=True, text=True,
+        [sys.executable, "-m", "w2sjax.cli", *args], env=process_env(devices, **env), capture_output=True, text=True,
         timeout=600,
     )
     if check and proc.returncode != 0:
@@ -122,7 +114,7 @@ def test_resume_after_kill_9_matches_uninterrupted_run(reference, tmp_path):
     ]
     killed = 0
     for point in kill_points:
-        proc = subprocess.Popen(args, env=cli_env(8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, env=process_env(8), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         reached = _wait_for(point, proc)
         if reached and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -160,25 +152,10 @@ def test_one_device_agrees_with_eight(reference, tmp_path):
             assert r[field] == pytest.approx(want[key_of(r)][field], abs=3 / 256), field
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_agree_with_one(reference, tmp_path):
     out = tmp_path / "two"
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = cli_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "w2sjax.cli", "run", "--config", SMOKE, "--out", str(out), "--no-progress"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    run_processes([sys.executable, "-m", "w2sjax.cli", "run", "--config", SMOKE, "--out", str(out), "--no-progress"],
+                  tmp_path, devices=4, timeout=600)
     want = {key_of(r): r for r in load_runs(reference)}
     for r in load_runs(out):
         for field in ("weak_acc", "w2s_acc", "ceiling_acc"):

@@ -83,11 +83,17 @@ def test_tiny_encoder_ignores_padding_and_counts_params(tiny):
     np.testing.assert_allclose(jnp.linalg.norm(short, axis=-1), 1.0, atol=1e-6)
 
 
-def test_tiny_classifier_logits_shape(tiny):
+def test_tiny_classifier_is_a_linear_head_on_the_mean_of_real_tokens(tiny):
     clf = bert.classifier(tiny, 3, rngs=nnx.Rngs(1))
     ids = jnp.array([[0, 11, 2, 1], [0, 11, 12, 2]])
-    out = _jit(clf, lambda m, i, k: m({"input_ids": i, "attention_mask": k}))(ids, (ids != 1).astype(jnp.int32))
-    assert out.shape == (2, 3) and bool(jnp.isfinite(out).all())
+    mask = (ids != 1).astype(jnp.int32)
+    out = _jit(clf, lambda m, i, k: m({"input_ids": i, "attention_mask": k}))(ids, mask)
+    # numpy reference: average the encoder's hidden states over the real tokens, then W x + b.
+    hidden = np.asarray(_jit(tiny, lambda m, i, k: m(i, k))(ids, mask), np.float64)
+    keep = np.asarray(mask, np.float64)[..., None]
+    pooled = (hidden * keep).sum(1) / keep.sum(1)
+    want = pooled @ np.asarray(clf.head.kernel[...]) + np.asarray(clf.head.bias[...])
+    np.testing.assert_allclose(np.asarray(out), want, atol=1e-5)
 
 
 def test_too_long_sequence_is_rejected(tiny):

@@ -1,12 +1,8 @@
 """Meshes, shardings and global batches on 8 fake CPU devices, plus a real
 2-process run on localhost with gloo collectives."""
 
-import json
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from _multiprocess.launch import result, run_processes
 from w2sjax import parallel
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "_multiprocess", "parallel_worker.py")
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_multiprocess", "parallel_worker.py")
 
 
 def test_fake_devices_present():
@@ -111,44 +107,9 @@ def test_param_shardings_on_nnx_state():
     assert state["bias"][...].sharding.spec == P()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_on_localhost(tmp_path):
     """Two real JAX processes, 2 CPU devices each, gloo collectives."""
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ)
-        env.update(
-            JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
-            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-            JAX_NUM_PROCESSES="2",
-            JAX_PROCESS_ID=str(pid),
-            PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
-        )
-        log = open(tmp_path / f"proc{pid}.log", "w+")
-        procs.append((subprocess.Popen([sys.executable, WORKER], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
-    deadline = time.time() + 60
-    results = []
-    try:
-        for proc, log in procs:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-            log.seek(0)
-            text = log.read()
-            assert proc.returncode == 0, text[-3000:]
-            line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")][-1]
-            results.append(json.loads(line[len("RESULT "):]))
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
+    results = [result(out) for out in run_processes([sys.executable, WORKER], tmp_path, timeout=60)]
 
     n = 8
     x = np.arange(n * 3, dtype=np.float32).reshape(n, 3) / 7.0

@@ -88,7 +88,7 @@ def test_test_bootstrap_widens_the_seed_interval(monkeypatch, tmp_path):
                    np.arange(400)) for s in range(3)}
     key = ("fine_foods", "glove-bow", "mpnet-base", "xent")
     monkeypatch.setattr(plots_ladder, "_correct", lambda d, r: {key: by_seed})
-    lo, hi = plots_ladder.test_bootstrap_pgr(tmp_path, {"runs": []})[key]
+    lo, hi = plots_ladder.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []})[key]
     runs = [{"task": key[0], "weak_model": key[1], "strong_model": key[2], "loss": key[3], "seed": s,
              "weak_acc": c[0].mean(), "w2s_acc": c[1].mean(), "ceiling_acc": c[2].mean()}
             for s, c in by_seed.items()]

@@ -14,9 +14,10 @@ Run it as ``python -m w2sjax.plots_ladder DIR``.
 
 Intervals. The standard report's PGR interval resamples *seeds*. Every seed is scored on the
 same test split, so that interval leaves out the noise of the test draw itself, which with 1000
-examples and a weak–ceiling gap of a few points is the larger part. `test_bootstrap_pgr` reads
-each stage's saved test predictions from ``DIR/checkpoints`` and resamples seeds and test
-examples together; the tables report both intervals.
+examples and a weak–ceiling gap of a few points is the larger part.
+`seed_and_example_bootstrap_pgr` reads each stage's saved test predictions from
+``DIR/checkpoints`` and resamples seeds and test examples together; the tables report both
+intervals.
 
 Ordering. Supervisors and students are placed by their position on the ladder, which is the
 order the config lists them (weakest first), not by parameter count: GloVe's 20M parameters are
@@ -38,7 +39,7 @@ from w2sjax import atomic, plots, report
 from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
 from w2sjax.stages import StageKey
 
-__all__ = ["ladder_order", "model_sizes", "test_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
+__all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
 
 
@@ -108,7 +109,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
     return {k: v for k, v in out.items() if set(v) == expected[k]}
 
 
-def test_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
+def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
                        n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
     """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
     strong, loss), from the saved test predictions.
@@ -171,8 +172,8 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
     """Markdown PGR matrix per (task, loss): supervisors as rows, students as columns.
 
     Cells read ``PGR [95% CI]``, the interval over seeds and test examples where ``test_ci``
-    (from `test_bootstrap_pgr`) has the pair, else over seeds; pairs that are not upward are in
-    parentheses; ``—`` did not run.
+    (from `seed_and_example_bootstrap_pgr`) has the pair, else over seeds; pairs that are not
+    upward are in parentheses; ``—`` did not run.
     """
     rows = _rows(summary)
     out = []
@@ -326,7 +327,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     summary = report.summarize(results)
     order = ladder_order(results)
     sizes = model_sizes(order)
-    test_ci = test_bootstrap_pgr(directory, results)
+    test_ci = seed_and_example_bootstrap_pgr(directory, results)
     written = []
     fig = accuracy_vs_size(summary, order, sizes, test_ci)
     if fig is not None:
