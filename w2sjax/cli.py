@@ -160,7 +160,7 @@ def _list() -> int:
 
     groups = {
         "tasks (data.task)": data.known_tasks() + ["csv:PATH", "jsonl:PATH", "tfds:NAME"],
-        "models (weak_models, strong_models)": models.known_models(),
+        "models (weak_models, strong_models)": models.known_models() + ["hf:PATH", "hf:PATH#LAYER"],
         "losses (losses)": list(LOSS_NAMES),
         "methods (method)": [f"{name}: {line}" for name, line in METHODS.items()],
     }

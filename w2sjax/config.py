@@ -41,6 +41,7 @@ class TrainConfig:
     # stages; 0 = none
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
+    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length); false pads every batch to max_len
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -82,6 +83,7 @@ class StudentTrainConfig(TrainConfig):
     trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head
     loss: LossConfig = LossConfig()
     lora: LoraConfig = LoraConfig()
+    remat: bool = False  # finetune mode: recompute each block's activations in the backward pass (less memory, ~1 more forward)
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,8 +101,13 @@ class DataConfig:
     n_test: int | None = None  # subsample of the test split; None = all of it
     balance: bool = False  # equalise classes by downsampling
     max_len: int = 128  # token budget for text backbones
+    prompt: str = ""  # template for pretrained text backbones, e.g. "{text}\nIs the review positive?"; "" = the bare text
     text_field: str = "text"  # csv:/jsonl: files: the column holding the text
     label_field: str = "label"  # csv:/jsonl: files: the column holding the label
+
+    def __post_init__(self):
+        if self.prompt and "{text}" not in self.prompt:
+            raise ConfigError(f"data.prompt: expected a template containing {{text}}, got {self.prompt!r}")
 
 
 @dataclasses.dataclass(frozen=True)

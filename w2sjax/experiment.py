@@ -104,10 +104,11 @@ class Inputs:
             if spec.tokenize is not None:  # a text backbone: honour the config's token budget
                 spec = models.get_model(name, max_len=self.config.data.max_len, dtype=self.config.precision,
                                         progress=self.progress)
+            prompt = self.config.data.prompt if spec.tokenize is not None else ""
             if mode == "finetune" and spec.finetune is not None:
-                self._cache[key] = self._finetune(spec)
+                self._cache[key] = self._finetune(spec, prompt)
             else:
-                self._cache[key] = self._probe(spec)
+                self._cache[key] = self._probe(spec, prompt)
         return self._cache[key]
 
     def options(self, name: str, role: str) -> dict:
@@ -121,17 +122,28 @@ class Inputs:
             options["trainable"] = self.config.train.trainable
             if self.config.train.trainable == "lora":
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
-        if spec.tokenize is not None:  # a text backbone: its token budget and matmul precision
+        if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
+            if self.config.data.prompt:
+                options["prompt"] = self.config.data.prompt
+        if name.startswith(models.registry.HF_PREFIX):  # a checkpoint of the user's: by content, not path
+            from w2sjax.models import hf
+
+            options["checkpoint_sha256"] = hf.checkpoint_hash(hf.parse_name(name)[0])
         if mode == "probe" and spec.featurizer is not None:
             options["standardize"] = self.config.standardize_features
         return options
 
-    def _split(self, split_name: str, rows: np.ndarray) -> dict:
+    def _split(self, split_name: str, rows: np.ndarray, prompt: str = "") -> dict:
+        """The inputs of ``rows``; with a ``prompt`` template each text becomes ``prompt`` with
+        ``{text}`` replaced by it (pretrained text backbones only, e.g. to ask a decoder)."""
         split = self.task.train if split_name == "train" else self.task.test
-        return {k: v[rows] for k, v in split.items() if k in ("text", "x")}
+        out = {k: v[rows] for k, v in split.items() if k in ("text", "x")}
+        if prompt and "text" in out:
+            out["text"] = np.array([prompt.replace("{text}", str(t)) for t in out["text"]], dtype=object)
+        return out
 
-    def _finetune(self, spec) -> ModelInputs:
+    def _finetune(self, spec, prompt: str = "") -> ModelInputs:
         n_classes = self.task.num_classes
         train_cfg = self.config.train
 
@@ -142,15 +154,19 @@ class Inputs:
 
                 lora.add_adapters(module, rank=train_cfg.lora.rank, alpha=train_cfg.lora.alpha,
                                   targets=train_cfg.lora.targets, rngs=nnx.Rngs(seed + 1))
+            if train_cfg.remat:
+                from w2sjax.models import remat
+
+                remat.checkpoint_blocks(module)
             return module
 
         return ModelInputs(
-            inputs=lambda split, rows: spec.tokenize(self._split(split, rows)),
+            inputs=lambda split, rows: spec.tokenize(self._split(split, rows, prompt)),
             build=build,
             trainable=train_cfg.trainable,
         )
 
-    def _probe(self, spec) -> ModelInputs:
+    def _probe(self, spec, prompt: str = "") -> ModelInputs:
         from w2sjax import assets, features
 
         task, n_classes = self.task, self.task.num_classes
@@ -163,8 +179,9 @@ class Inputs:
             root = assets.cache_dir() / "features"
 
             def raw(split, rows):
-                feats = features.cached_features(featurizer, task.source or task.name, split, self._split(split, rows),
-                                                 cache_dir=root)
+                # Example ids hash the (prompted) text, so each prompt has its own cache entries.
+                feats = features.cached_features(featurizer, task.source or task.name, split,
+                                                 self._split(split, rows, prompt), cache_dir=root)
                 return np.asarray(feats, np.float32)
 
             inputs = raw
