@@ -33,11 +33,15 @@ def test_registered_with_runner_options():
         assert spec.modalities == ("text",) and spec.head == "linear"
         assert spec.featurizer.max_len == 64 and spec.featurizer.progress is False
         assert spec.tokenize is not None  # so the runner passes data.max_len through
-    # Keys name the model, pooling and length, and stay fixed (they address the on-disk cache).
-    assert m.featurizer.key == "mpnet-base-mean-len64-v1"
-    assert s.featurizer.key == "smollm2-135m-last-len64-v1"
-    assert get_model("mpnet-base", max_len=128).featurizer.key == "mpnet-base-mean-len128-v1"
-    assert get_model("mpnet-base", normalize=True).featurizer.key.endswith("-l2-v1")
+    # Keys name the model, pooling and length, then the weights' content (they address the on-disk
+    # cache); a packaged asset's content hash comes from its pins, so nothing is fetched here.
+    from w2sjax import assets
+
+    mpnet_w = "-w" + assets.content_hash("mpnet-base-v2")[:16]
+    assert m.featurizer.key == "mpnet-base-mean-len64-v1" + mpnet_w
+    assert s.featurizer.key == "smollm2-135m-last-len64-v1-w" + assets.content_hash("smollm2-135m")[:16]
+    assert get_model("mpnet-base", max_len=128).featurizer.key == "mpnet-base-mean-len128-v1" + mpnet_w
+    assert get_model("mpnet-base", normalize=True).featurizer.key.endswith("-l2-v1" + mpnet_w)
     assert m.num_params == 108_895_872 and s.num_params == 134_515_008
     assert callable(m.finetune) and s.finetune is None
 

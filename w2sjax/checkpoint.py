@@ -12,6 +12,15 @@ done; it is never deleted by the retention policy.
     is_done(ckpt_dir, stage) -> bool
     latest(ckpt_dir, stage) -> (step, meta) | None
     restore(ckpt_dir, stage, target, step=None) -> (state, meta)
+    restore_newest_good(ckpt_dir, stage, target) -> (state, meta) | None
+    move_aside(ckpt_dir, stage, step=None) -> path
+
+Damage is an error of its own, :class:`DamagedCheckpoint`, never a raw Orbax
+traceback: a step whose files Orbax cannot read, or whose state does not match
+the sha256 recorded at save time (``save(..., checksum=True)``, used for stage
+outputs). Callers recover by moving the damaged step or stage aside (into
+``ckpt_dir/damaged/``, kept for inspection) and falling back to an older step
+or retraining.
 
 Saves are synchronous and atomic: Orbax writes into a temporary folder and
 renames it when complete, so a process killed mid-save leaves the previous
@@ -32,6 +41,8 @@ import hashlib
 import json
 import os
 import re
+import sys
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -39,11 +50,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["save", "is_done", "latest", "restore", "stage_dirname"]
+from w2sjax import signals
+
+__all__ = [
+    "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_newest_good", "move_aside",
+    "stage_dirname", "state_sha256",
+]
 
 _STATE = "state"
 _META = "meta"
 _FINAL_KEY = "w2sjax_final"
+_SHA_KEY = "w2sjax_sha256"  # in meta: the checksum of the saved state, when asked for
+_DAMAGED = "damaged"
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A saved step cannot be restored, or restores to other bytes than were saved."""
+
+    def __init__(self, stage: str, step: int | None, reason: str):
+        super().__init__(f"checkpoint step {step} of stage {stage!r} is damaged ({reason})")
+        self.stage, self.step, self.reason = stage, step, reason
 _DEFAULT_KEEP = 2
 
 
@@ -132,9 +158,20 @@ def _reader(path: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(path, options=options, item_handlers=_handlers())
 
 
+def _final_flag(mngr: ocp.CheckpointManager, step: int) -> bool | None:
+    """Whether ``step`` was saved as final; None when its step metadata is unreadable."""
+    # The step's own metadata file alone: mngr.metadata() also parses the items' metadata,
+    # and a damaged item must not make a finished stage look unfinished.
+    try:
+        step_path = ocp.step.standard_name_format().find_step(mngr.directory, step).path
+        custom = json.loads((step_path / "_CHECKPOINT_METADATA").read_text()).get("custom_metadata")
+        return bool((custom or {}).get(_FINAL_KEY, False))
+    except Exception:
+        return None
+
+
 def _step_is_final(mngr: ocp.CheckpointManager, step: int) -> bool:
-    custom = mngr.metadata(step).custom_metadata or {}
-    return bool(custom.get(_FINAL_KEY, False))
+    return bool(_final_flag(mngr, step))
 
 
 def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -169,6 +206,7 @@ def save(
     meta: dict | None = None,
     final: bool = False,
     keep: int = _DEFAULT_KEEP,
+    checksum: bool = False,
 ) -> None:
     """Saves ``state`` and ``meta`` as ``step`` of ``stage``; returns when on disk.
 
@@ -183,10 +221,20 @@ def save(
       final: marks the stage complete (``is_done`` becomes True); final steps
         are kept forever.
       keep: how many of the newest steps to keep besides final ones.
+      checksum: record ``state_sha256(state)`` in the meta, checked by ``restore``
+        (the state must be addressable from this process: numpy or replicated arrays).
 
     Saving a step that already exists replaces it. Call on every process.
     """
     path = _stage_path(ckpt_dir, stage)
+    meta = _jsonable(meta)
+    if checksum:
+        meta[_SHA_KEY] = state_sha256(state)
+    with signals.deferred():  # Ctrl-C waits for the save to finish, then stops the run
+        _save(path, step, state, meta, final, keep)
+
+
+def _save(path: str, step: int, state: Any, meta: dict, final: bool, keep: int) -> None:
     mngr = _writer(path, keep)
     try:
         if step in mngr.all_steps():
@@ -198,7 +246,7 @@ def save(
             args=ocp.args.Composite(
                 **{
                     _STATE: ocp.args.StandardSave(state),
-                    _META: ocp.args.JsonSave(_jsonable(meta)),
+                    _META: ocp.args.JsonSave(meta),
                 }
             ),
             custom_metadata={_FINAL_KEY: bool(final)},
@@ -217,22 +265,37 @@ def latest(ckpt_dir: str | os.PathLike, stage: str) -> tuple[int, dict] | None:
     mngr = _reader(path)
     try:
         step = mngr.latest_step()
-        return None if step is None else (step, _read_meta(mngr, step))
+        if step is None:
+            return None
+        try:
+            meta = _read_meta(mngr, step)
+        except Exception:  # damaged; restoring the step reports it and recovers
+            meta = {}
+        return step, meta
     finally:
         mngr.close()
 
 
 def is_done(ckpt_dir: str | os.PathLike, stage: str) -> bool:
-    """True when some step of ``stage`` was saved with ``final=True``."""
+    """True when some step of ``stage`` was saved with ``final=True``.
+
+    Raises DamagedCheckpoint when no step is final and some step's metadata is unreadable.
+    """
     path = _stage_path(ckpt_dir, stage)
     if not _exists(path):
         return False
     mngr = _reader(path)
     try:
         # Newest first: the final step is normally the last one saved.
-        return any(_step_is_final(mngr, s) for s in sorted(mngr.all_steps(), reverse=True))
+        flags = {s: _final_flag(mngr, s) for s in sorted(mngr.all_steps(), reverse=True)}
     finally:
         mngr.close()
+    if any(flags.values()):
+        return True
+    unreadable = [s for s, flag in flags.items() if flag is None]
+    if unreadable:
+        raise DamagedCheckpoint(stage, unreadable[0], "its _CHECKPOINT_METADATA is unreadable")
+    return False
 
 
 def _replicated_everywhere() -> NamedSharding:
@@ -297,15 +360,128 @@ def restore(
             raise FileNotFoundError(
                 f"stage {stage!r} has no step {step} in {ckpt_dir} (has {sorted(steps)})"
             )
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardRestore(_restore_target(target)),
-                    _META: ocp.args.JsonRestore(),
-                }
-            ),
-        )
-        return restored[_STATE], dict(restored[_META] or {})
+        _ignore_late_reads()
+        try:
+            with signals.deferred():  # no Orbax threads left behind by a Ctrl-C
+                restored = mngr.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            _STATE: ocp.args.StandardRestore(_restore_target(target)),
+                            _META: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
+        except Exception as e:  # Orbax and TensorStore raise many kinds; all mean "unreadable"
+            raise DamagedCheckpoint(stage, step, _one_line(e)) from None
+        state, meta = restored[_STATE], dict(restored[_META] or {})
+        expected = meta.pop(_SHA_KEY, None)
+        if expected is not None and state_sha256(state) != expected:
+            raise DamagedCheckpoint(stage, step, "its content differs from the sha256 recorded when saved")
+        return state, meta
     finally:
         mngr.close()
+
+
+def restore_newest_good(
+    ckpt_dir: str | os.PathLike, stage: str, target: Any
+) -> tuple[Any, dict] | None:
+    """Like ``restore`` of the newest step, but a damaged step is moved aside and the next older
+    one is tried; None when no step is left. Prints one warning line when it fell back."""
+    path = _stage_path(ckpt_dir, stage)
+    if not _exists(path):
+        return None
+    damaged: list[DamagedCheckpoint] = []
+    result, good = None, None
+    for step in sorted(_all_steps(path), reverse=True):
+        try:
+            result, good = restore(ckpt_dir, stage, target, step=step), step
+            break
+        except DamagedCheckpoint as e:
+            damaged.append(e)
+            move_aside(ckpt_dir, stage, step)
+    if damaged:
+        then = f"resuming from step {good}" if result else "restarting the stage"
+        steps = ", ".join(str(e.step) for e in damaged)
+        _warn(f"stage {stage!r}: checkpoint step {steps} damaged ({damaged[0].reason}); moved to "
+              f"{os.path.join(os.fspath(ckpt_dir), _DAMAGED)}; {then}")
+    return result
+
+
+def _all_steps(path: str) -> list[int]:
+    mngr = _reader(path)
+    try:
+        return list(mngr.all_steps())
+    finally:
+        mngr.close()
+
+
+def move_aside(ckpt_dir: str | os.PathLike, stage: str, step: int | None = None) -> str | None:
+    """Move a damaged ``step`` of ``stage`` (or the whole stage) into ``ckpt_dir/damaged/``.
+
+    Returns the new path, or None when there was nothing to move. Only process 0 moves; the
+    others wait for it. Local folders only.
+    """
+    src = _stage_path(ckpt_dir, stage)
+    if not _exists(src):
+        return None
+    name = stage_dirname(stage)
+    if step is not None:
+        mngr = _reader(src)
+        try:
+            src = os.fspath(ocp.step.standard_name_format().find_step(mngr.directory, step).path)
+        finally:
+            mngr.close()
+        name = f"{name}.step{step}"
+    dest_dir = os.path.join(os.path.dirname(_stage_path(ckpt_dir, stage)), _DAMAGED)
+    dest = os.path.join(dest_dir, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}")
+    if jax.process_index() == 0:
+        os.makedirs(dest_dir, exist_ok=True)
+        os.replace(src, dest)
+    _sync(f"w2sjax_move_aside_{name}")
+    return dest
+
+
+def state_sha256(state: Any) -> str:
+    """sha256 over a state's leaves: their tree paths, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        a = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _ignore_late_reads() -> None:
+    """When a restore fails, TensorStore reads still in flight complete on Orbax's event loop,
+    which is closed by then; each reports "RuntimeError: Event loop is closed" through
+    ``sys.unraisablehook``, possibly before the failure reaches us. They are leftovers of a damage
+    that is reported anyway: keep them quiet (that one message only)."""
+    if getattr(sys.unraisablehook, "_w2sjax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._w2sjax = True
+    sys.unraisablehook = hook
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"w2sjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -14,11 +14,14 @@ Bad input (config, key, value, task, model, path) prints one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pathlib
 import sys
 
 EXIT_BAD_INPUT = 2
+# A full disk or quota, a file too large, a read-only file system: one line, not a traceback.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def _default_xla_flags() -> None:
@@ -97,9 +100,10 @@ def _run(args) -> int:
         return _fail(str(exc))
 
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
-    from w2sjax import experiment, preemption, report
+    from w2sjax import experiment, preemption, report, signals
     from w2sjax.assets import AssetError
 
+    signals.install()  # so that no callback can swallow Ctrl-C
     try:
         preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
@@ -109,6 +113,11 @@ def _run(args) -> int:
         return _fail(str(exc))
     except FloatingPointError as exc:
         return _fail(str(exc), code=1)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # Whatever was being written was written to a temporary file, now removed.
+        return _fail(f"cannot write {exc.filename or out}: {exc.strerror}", code=1)
     except KeyboardInterrupt:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))

@@ -37,18 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import checkpoint, metrics, parallel, preemption, results, rundir, stages, train
+from w2sjax import atomic, checkpoint, metrics, parallel, preemption, results, rundir, signals, stages, train
 from w2sjax.config import Config, ConfigError, to_dict
 
 
 # ---- small I/O helpers ----------------------------------------------------------------------
-
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
@@ -73,7 +66,9 @@ class _OrbaxStage(train.StageCheckpoint):
         return None if found is None else found[0]
 
     def restore(self, abstract_state):
-        return checkpoint.restore(self.ckpt_dir, self.stage, abstract_state)[0]
+        # A damaged newest step falls back to an older one, then to the stage's start (None).
+        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state)
+        return None if found is None else found[0]
 
     def save(self, step, state):
         checkpoint.save(self.ckpt_dir, self.stage, step, state, meta={"step": step})
@@ -125,6 +120,8 @@ class Inputs:
         options = {"name": name, "mode": mode}
         if mode == "finetune":
             options["trainable"] = self.config.train.trainable
+            if self.config.train.trainable == "lora":
+                options["lora"] = dataclasses.asdict(self.config.train.lora)
         if spec.tokenize is not None:  # a text backbone: its token budget and matmul precision
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
         if mode == "probe" and spec.featurizer is not None:
@@ -273,25 +270,22 @@ class Runner:
         key = key.bind(settings)
         if key.checkpoint_name in self._outputs_this_process:
             return self._outputs_this_process[key.checkpoint_name]
+        signals.check()
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
-        done = checkpoint.is_done(self.ckpt_dir, key.outputs_name)
         if self.planning:
-            self.planned[key.checkpoint_name] = done
+            try:
+                self.planned[key.checkpoint_name] = checkpoint.is_done(self.ckpt_dir, key.outputs_name)
+            except checkpoint.DamagedCheckpoint:
+                self.planned[key.checkpoint_name] = False  # will be set aside and trained again
             uniform = {k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}
             result = StageOutput(uniform, 0.0, 0, key)
             self._outputs_this_process[key.checkpoint_name] = result
             return result
-        if done:
-            preds, meta = checkpoint.restore(self.ckpt_dir, key.outputs_name, target)
-            if meta.get("fingerprint") == key.fingerprint:
-                result = StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
-                self._outputs_this_process[key.checkpoint_name] = result
-                return result
-            raise RuntimeError(
-                f"{self.ckpt_dir / key.outputs_name}: saved under fingerprint {meta.get('fingerprint')!r}, "
-                f"expected {key.fingerprint!r}; move the folder away and run again"
-            )
+        result = self._finished(key, target)
+        if result is not None:
+            self._outputs_this_process[key.checkpoint_name] = result
+            return result
 
         if preemption.requested():  # a SIGTERM between stages: stop before loading anything
             raise preemption.Preempted(key.name, 0, saved=False)
@@ -317,22 +311,54 @@ class Runner:
             log=self.log,
             progress=self.progress,
         )
-        stamp = {"fingerprint": key.fingerprint, "settings": settings}
-        checkpoint.save(self.ckpt_dir, key.checkpoint_name, fitted.steps, fitted.state,
-                        meta={"steps": fitted.steps, **stamp}, final=True)
         preds = {}
         for name, (split, idx) in evals.items():
             preds[name] = train.predict(
                 fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256)
             )
+        # A collapsed model is a failed stage: raised before it is saved as finished.
+        if "val" in evals:
+            split, idx = evals["val"]
+            truth = (self.task.train if split == "train" else self.task.test)["label"][idx]
+            train.check_not_collapsed(preds["val"], truth, key.name, fitted.steps)
+        stamp = {"fingerprint": key.fingerprint, "settings": settings}
+        checkpoint.save(self.ckpt_dir, key.checkpoint_name, fitted.steps, fitted.state,
+                        meta={"steps": fitted.steps, **stamp}, final=True)
         seconds = round(time.perf_counter() - started, 3)
         checkpoint.save(
             self.ckpt_dir, key.outputs_name, 0, preds, meta={"seconds": seconds, "steps": fitted.steps, **stamp},
-            final=True,
+            final=True, checksum=True,
         )
         result = StageOutput(preds, seconds, fitted.steps, key)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
+
+    def _finished(self, key: stages.StageKey, target: dict) -> StageOutput | None:
+        """The saved outputs of stage ``key``; None when it has not finished, or when they fail their
+        check (the stage is then set aside, to be trained again)."""
+        try:
+            if not checkpoint.is_done(self.ckpt_dir, key.outputs_name):
+                return None
+            preds, meta = checkpoint.restore(self.ckpt_dir, key.outputs_name, target)
+        except checkpoint.DamagedCheckpoint as exc:
+            self._set_aside(key, exc)
+            return None
+        if meta.get("fingerprint") != key.fingerprint:
+            raise RuntimeError(
+                f"{self.ckpt_dir / key.outputs_name}: saved under fingerprint {meta.get('fingerprint')!r}, "
+                f"expected {key.fingerprint!r}; move the folder away and run again"
+            )
+        return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
+
+    def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
+        """A finished stage whose outputs fail their check: move it (model and outputs) aside and
+        say so once; the caller then trains it again."""
+        names = (key.outputs_name, key.checkpoint_name)
+        moved = [p for p in (checkpoint.move_aside(self.ckpt_dir, n) for n in names) if p]
+        if parallel.is_main_process():
+            print(f"w2sjax: warning: finished stage {key.name!r} has damaged outputs ({exc}); moved to "
+                  f"{pathlib.Path(moved[0]).parent if moved else self.ckpt_dir}; training it again",
+                  file=sys.stderr, flush=True)
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -390,6 +416,8 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     out = pathlib.Path(out_dir)
     rundir.check(out)
     rundir.lock(out, process=jax.process_index())  # one run per directory, before anything is written
+    if parallel.is_main_process():
+        atomic.remove_stale(out)  # left by a run killed while writing results.json
     task = _load_task(config)
     names = set(config.weak_models) | set(config.strong_models) if models_used is None else set(models_used)
     for model_name in sorted(names):
@@ -627,11 +655,12 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
     of other settings already there are kept beside it under a printed name."""
     payload = {"config": to_dict(config), "runs": rows, **extra}
+    signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
         kept = rundir.keep_previous_results(out, payload)
         if kept is not None:
             print(f"kept the previous results (other settings) as {kept}", flush=True)
-        write_json_atomic(out / "results.json", payload)
+        atomic.write_json(out / "results.json", payload)
     rundir.release(out)
     return payload
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from w2sjax import atomic
 
 __all__ = ["cached_features", "example_ids"]
 
@@ -71,6 +71,8 @@ class _Store:
         self.root = root
 
     def chunks(self) -> list[Path]:
+        if self.root.is_dir():
+            atomic.remove_stale(self.root)  # chunks of a writer killed mid-write
         return sorted(self.root.glob("chunk-*.npz"))
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -100,7 +102,8 @@ class _Store:
     def add(self, ids: np.ndarray, feats: np.ndarray) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path_for(ids)
-        _atomic_savez(path, ids=ids, features=feats)
+        with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=ids, features=feats)
         return path
 
     def compact(self) -> None:
@@ -115,17 +118,21 @@ class _Store:
                 p.unlink(missing_ok=True)
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _check_finite(new: np.ndarray, featurizer, task_name: str, split_name: str,
+                  split: Mapping[str, Any], rows: np.ndarray) -> None:
+    """Non-finite features are never cached: they mean damaged weights or inputs."""
+    bad = np.flatnonzero(~np.isfinite(new.reshape(len(new), -1)).all(axis=1))
+    if not len(bad):
+        return
+    first = int(rows[bad[0]])
+    shown = ""
+    if "text" in split:
+        text = " ".join(str(split["text"][first]).split())
+        shown = f" ({text[:40]!r}{'...' if len(text) > 40 else ''})"
+    raise FloatingPointError(
+        f"model {featurizer.key!r} gave NaN or infinite features for {len(bad)} of {len(new)} examples, "
+        f"first {task_name} {split_name} example {first}{shown}; its weights or this input are "
+        "damaged (nothing was cached)")
 
 
 def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[str, Any], *,
@@ -160,6 +167,7 @@ def cached_features(featurizer, task_name: str, split_name: str, split: Mapping[
         if new.shape[0] != len(rows):
             raise ValueError(f"featurizer {featurizer.key!r} returned {new.shape[0]} rows "
                              f"for {len(rows)} examples")
+        _check_finite(new, featurizer, task_name, split_name, split, rows)
         store.add(ids[rows], new)
         store.compact()
         base = 0 if known is None else known.shape[0]

@@ -23,6 +23,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from w2sjax import atomic
 from w2sjax.results import finite, interval, number
 
 # Panel order for training curves; unknown stage kinds follow in sorted order.
@@ -66,12 +67,8 @@ def _figure(width: float, height: float):
 
 def _save_atomic(fig, path: pathlib.Path) -> pathlib.Path:
     """Render to a temporary file in the same folder, then rename: readers never see half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic.replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -35,7 +35,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import plots, report
+from w2sjax import atomic, plots, report
 from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
 from w2sjax.stages import StageKey
 
@@ -335,9 +335,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     text = (pgr_matrix_md(summary, order, sizes, test_ci) + "\n"
             + accuracy_md(summary, order, sizes, test_ci))
     path = directory / "ladder.md"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     written.append(path)
     return written
 

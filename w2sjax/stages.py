@@ -121,7 +121,9 @@ def train_settings(cfg: Any, loss: str) -> dict:
     """The fields of a ``TrainConfig`` (or a student's, with its ``LossConfig``) that determine a
     stage trained with ``loss``."""
     settings = dataclasses.asdict(cfg)
-    settings.pop("trainable", None)  # the model's own (probes train "all"), which the model options hold
+    # The model options hold these, when they apply: trainable (probes train "all") and LoRA's.
+    settings.pop("trainable", None)
+    settings.pop("lora", None)
     loss_settings = settings.pop("loss", None) or {}  # a student's LossConfig; supervisors have none
     for field in list(settings):
         if field in _NOT_OUTPUT:

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import losses, metrics, parallel, preemption
+from w2sjax import losses, metrics, parallel, preemption, signals
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -131,6 +131,8 @@ class TrainState(flax.struct.PyTreeNode):
     best_score: jax.Array
     evals_since_best: jax.Array
     first_nonfinite_step: jax.Array  # -1 while every loss so far was finite
+    first_loss: jax.Array  # the loss of step 0 (NaN before it ran)
+    blowup_step: jax.Array  # first step whose loss exceeded DIVERGENCE_FACTOR x first_loss; -1 if none
     finished: jax.Array  # True once the stage ran to its end or stopped early; a resume then trains no more
 
 
@@ -186,6 +188,8 @@ def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformat
         best_score=jnp.full((), -jnp.inf, jnp.float32),
         evals_since_best=jnp.zeros((), jnp.int32),
         first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        first_loss=jnp.full((), jnp.nan, jnp.float32),
+        blowup_step=jnp.full((), -1, jnp.int32),
         finished=jnp.zeros((), jnp.bool_),
     )
     return model, state
@@ -222,13 +226,16 @@ def make_train_step(model: Model, tx: optax.GradientTransformation):
         first_bad = jnp.where(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         )
+        first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
+        blowup = (state.blowup_step < 0) & (loss > DIVERGENCE_FACTOR * first_loss)
         step_metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "label_agreement": metrics.accuracy(logits, batch["labels"]),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad
+            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad,
+            first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
         )
         return new_state, step_metrics
 
@@ -443,7 +450,8 @@ class StageCheckpoint:
     def latest_step(self) -> int | None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def restore(self, abstract_state: TrainState) -> TrainState:  # pragma: no cover - interface
+    def restore(self, abstract_state: TrainState) -> TrainState | None:  # pragma: no cover - interface
+        """The newest restorable state, or None when no saved step can be restored."""
         raise NotImplementedError
 
     def save(self, step: int, state: TrainState) -> None:  # pragma: no cover - interface
@@ -530,7 +538,7 @@ def fit(
         bar.update(done - step)
         step = done
         if itstime(step, cfg.log_every, total):
-            _check_finite(state, stage)  # loss health; divergence checks belong next to this NaN check
+            check_divergence(state, stage, cfg.lr)
             if log is not None:
                 log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
         if itstime(step, eval_every, total):
@@ -548,11 +556,13 @@ def fit(
             if preempted:
                 bar.close()
                 raise preemption.Preempted(stage, step)
-        # stop: early stopping ends the stage here; a SIGINT flag would be checked here too
+        # stop: early stopping ends the stage here; a Ctrl-C (even one whose first raise a
+        # callback swallowed) ends the run here, after the checkpoint
+        signals.check()
         if stopped_early:
             break
     bar.close()
-    _check_finite(state, stage)
+    check_divergence(state, stage, cfg.lr)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), replicated))
@@ -578,7 +588,8 @@ def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
     )
-    return ckpt.restore(abstract), resumed_from
+    restored = ckpt.restore(abstract)  # None: no saved step could be restored, so start over
+    return (place(state, shardings), None) if restored is None else (restored, resumed_from)
 
 
 class HostFeed:
@@ -665,7 +676,52 @@ def place(tree: PyTree, shardings) -> PyTree:
     return jax.tree.map(lambda leaf: one(leaf, shardings), tree)
 
 
-def _check_finite(state: TrainState, stage: str) -> None:
-    bad = int(state.first_nonfinite_step)
-    if bad >= 0:
-        raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; lower train.lr?")
+# ---- divergence -----------------------------------------------------------------------------
+
+DIVERGENCE_FACTOR = 100.0  # a loss this many times its step-0 value means the stage diverged
+
+
+def check_divergence(state: TrainState, stage: str, lr: float) -> None:
+    """FloatingPointError naming the stage and step if its loss went non-finite or blew up.
+
+    A non-finite loss at step 0 comes before any update, so it points at the inputs (damaged
+    weights or data), not at the learning rate.
+    """
+    bad, blowup = int(state.first_nonfinite_step), int(state.blowup_step)
+    if bad == 0:
+        raise FloatingPointError(f"stage {stage}: the loss is NaN or infinite at step 0, before any update: "
+                                 "a damaged input (model weights or data) is likely")
+    if bad > 0:
+        raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; "
+                                 f"lower its learning rate (lr={lr:g})")
+    if blowup >= 0:
+        raise FloatingPointError(
+            f"stage {stage}: the loss diverged at step {blowup} (over {DIVERGENCE_FACTOR:g}x its starting "
+            f"value {float(state.first_loss):.4g}); lower its learning rate (lr={lr:g})")
+
+
+COLLAPSE_CONFIDENCE = 0.99  # mean top probability of a model that has collapsed onto one class
+
+
+def check_not_collapsed(probs: np.ndarray, labels: np.ndarray, stage: str, step: int) -> None:
+    """FloatingPointError if the model predicts one class, with near certainty, on all of a
+    class-balanced slice of the validation rows (as many of each class as the rarest has).
+
+    That is what a diverged model looks like (saturated logits, one answer for every input). A
+    model that merely learned little, e.g. a few steps on a small or hard task, also predicts the
+    majority class everywhere, but unsure of it: that is a weak result, not a failure, so the
+    mean top probability must reach ``COLLAPSE_CONFIDENCE`` too. Skipped when some class is
+    missing from ``labels``.
+    """
+    classes = probs.shape[1]
+    counts = np.bincount(labels, minlength=classes)
+    if classes < 2 or counts.min() == 0:
+        return
+    slice_rows = np.concatenate([np.flatnonzero(labels == c)[: counts.min()] for c in range(classes)])
+    predicted = np.unique(np.argmax(probs[slice_rows], axis=1))
+    confidence = float(np.max(probs[slice_rows], axis=1).mean())
+    if len(predicted) == 1 and confidence >= COLLAPSE_CONFIDENCE:
+        raise FloatingPointError(
+            f"stage {stage}: after step {step} the model predicts class {int(predicted[0])} for all "
+            f"{len(slice_rows)} examples of a balanced validation slice (mean probability {confidence:.3f}): "
+            "it diverged; lower its learning rate")

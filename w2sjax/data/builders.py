@@ -13,7 +13,9 @@ or float32 values stored as they will be returned.
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
+import shutil
 import sys
 from collections.abc import Iterator
 from typing import ClassVar
@@ -21,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from w2sjax import assets
+from w2sjax import assets, atomic, hashes
 from w2sjax.data import sources
 from w2sjax.data.task import Split, Task
 
@@ -147,21 +149,84 @@ def progress_to_stderr():
 
 
 def load(task: str, data_dir: pathlib.Path) -> Task:
-    """Build ``task`` into ``data_dir`` if needed, then read it back as a Task."""
+    """Build ``task`` into ``data_dir`` if needed, then read it back as a Task.
+
+    A prepared data set that is damaged (a shard missing or differing from the sha256 recorded
+    when it was built, or unreadable) is rebuilt from its source asset, with one warning line.
+    """
     cls = BUILDERS[task]
     data_dir = pathlib.Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     builder = cls(data_dir=str(data_dir), file_format="array_record")
+    prepared = pathlib.Path(builder.data_dir)
     # (builder.is_prepared() would log a warning for every dataset not built yet.)
-    if not (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
-        # Two processes preparing the same dataset would race on TFDS's final rename.
-        with assets.file_lock(data_dir / f".{cls.name}.lock"):
-            # No GCS lookup: these datasets exist only here, and we may be offline.
-            # A no-op if another process finished the build while we waited.
-            config = tfds.download.DownloadConfig(try_download_gcs=False)
-            with progress_to_stderr():
-                builder.download_and_prepare(download_config=config)
-    stored = tfds.builder_from_directory(builder.data_dir)
+    if not (prepared / "dataset_info.json").is_file():
+        _build(builder, data_dir)
+    problem = _damage(prepared)
+    if problem is None:
+        try:
+            found = _read(cls, task, prepared)
+        except Exception as e:  # TFDS and array_record raise many kinds for a damaged shard
+            problem = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        else:
+            _record_hashes(prepared)  # built before hashes were recorded, and read fine
+            return found
+    print(f"w2sjax: warning: prepared data set {prepared} is damaged ({problem}); rebuilding it "
+          f"from asset {cls.ASSET or cls.TASK!r}", file=sys.stderr, flush=True)
+    _build(builder, data_dir, replace=True)
+    return _read(cls, task, prepared)
+
+
+_HASHES = ".w2sjax-sha256.json"  # beside the shards: each file's sha256 when it was built
+
+
+def _build(builder: _SourceBuilder, data_dir: pathlib.Path, *, replace: bool = False) -> None:
+    # Two processes preparing the same dataset would race on TFDS's final rename.
+    with assets.file_lock(data_dir / f".{builder.name}.lock"):
+        prepared = pathlib.Path(builder.data_dir)
+        if replace:
+            shutil.rmtree(prepared, ignore_errors=True)
+        # No GCS lookup: these datasets exist only here, and we may be offline.
+        # A no-op if another process finished the build while we waited.
+        config = tfds.download.DownloadConfig(try_download_gcs=False)
+        with progress_to_stderr():
+            builder.download_and_prepare(download_config=config)
+        _record_hashes(prepared)
+
+
+def _record_hashes(prepared: pathlib.Path) -> None:
+    if (prepared / _HASHES).is_file():
+        return
+    files = sorted(p for p in prepared.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        atomic.write_json(prepared / _HASHES, {p.name: hashes.file_sha256(p) for p in files})
+    except OSError:
+        pass  # a read-only cache: no record, the shards are still read and checked by TFDS
+
+
+def _damage(prepared: pathlib.Path) -> str | None:
+    """What is wrong with a prepared data set, or None if nothing is seen."""
+    try:
+        splits = tfds.builder_from_directory(str(prepared)).info.splits
+        shards = [pathlib.Path(f) for split in splits.values() for f in split.filepaths]
+    except Exception as e:
+        return f"unreadable dataset_info.json ({type(e).__name__})"
+    missing = [f.name for f in shards if not f.is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        recorded = json.loads((prepared / _HASHES).read_text())
+    except (OSError, ValueError):
+        return None
+    for name, sha in recorded.items():
+        path = prepared / name
+        if not path.is_file() or hashes.file_sha256(path) != sha:
+            return f"{name} differs from the sha256 recorded when it was built"
+    return None
+
+
+def _read(cls: type[_SourceBuilder], task: str, prepared: pathlib.Path) -> Task:
+    stored = tfds.builder_from_directory(str(prepared))
     key = "text" if cls.KIND == "text" else "x"
     parts = {
         split: read_split(stored.as_data_source(split=split), cls.KIND, key)

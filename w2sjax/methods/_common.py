@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 import time
 import warnings
 
 import numpy as np
+
+from w2sjax import atomic
 
 
 def r2(mse: float, variance: float) -> float:
@@ -49,11 +49,7 @@ def figure(width: float = 6.0, height: float = 4.0, ncols: int = 1):
 def save(fig, path: pathlib.Path) -> pathlib.Path:
     """Write a figure atomically (a temporary file, then rename)."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    with warnings.catch_warnings():
+    with atomic.replacing(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fig.savefig(tmp)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for everyone to read
-    os.replace(tmp, path)
     return path

@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from w2sjax import signals
+
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
            "last_token", "pooled_features"]
 
@@ -159,10 +161,11 @@ class BucketedFeaturizer:
     """A frozen text backbone as a featurizer: float32 ``[N, hidden]`` per split, in input order.
 
     Tokenises once and runs `embed_in_buckets`. ``key`` (the feature-cache key) is
-    ``name-pooling-len<max_len>[-extras][-dtype]-v<version>``. Subclasses set ``pooling`` and
-    ``asset`` (fetched when ``path`` is None) and implement `load` -> (module, tokenizer) and
-    `_max_positions(module)`; `_key_parts` adds settings that change the features. The module is
-    called as ``module(input_ids, attention_mask) -> hidden [B, T, D]`` and pooled by `pool`.
+    ``name-pooling-len<max_len>[-extras][-dtype]-v<version>-w<weights sha256 prefix>``. Subclasses
+    set ``pooling`` and ``asset`` (fetched when ``path`` is None) and implement `load` -> (module,
+    tokenizer) and `_max_positions(module)`; `_key_parts` adds settings that change the features.
+    The module is called as ``module(input_ids, attention_mask) -> hidden [B, T, D]`` and pooled by
+    `pool`.
     """
 
     pooling = ""
@@ -183,11 +186,22 @@ class BucketedFeaturizer:
 
     @property
     def key(self) -> str:
-        """Cache key: changes whenever the features would change (not with batch size)."""
+        """Cache key: changes whenever the features would change (not with batch size), including
+        the weights' content, so a repaired or replaced checkpoint never meets stale features."""
         parts = self._key_parts()
         if self.dtype != "float32":
             parts.append(self.dtype)
-        return "-".join(parts + [f"v{_FEATURE_VERSION}"])
+        return "-".join(parts + [f"v{_FEATURE_VERSION}", f"w{self.weights_hash()[:16]}"])
+
+    def weights_hash(self) -> str:
+        """sha256 of the checkpoint's files (`w2sjax.hashes.content_hash`; a packaged asset's comes
+        from its pins), computed once per object."""
+        if getattr(self, "_weights_hash", None) is None:
+            from w2sjax import assets, hashes
+
+            self._weights_hash = (assets.content_hash(self.asset) if self.path is None
+                                  else hashes.content_hash(self.path))
+        return self._weights_hash
 
     def fit(self, split):
         """Frozen: nothing to fit."""
@@ -243,6 +257,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
             mask = _pad_rows(mask, batch_rows, 0)
             feats = run(input_ids, mask, row_blocks(batch_rows, length, ndev))
             out[rows] = np.asarray(feats)[: len(rows)]
+            signals.check()
             bar.update(len(rows))
     return out
 

@@ -19,7 +19,6 @@ probes the output of block ``L`` instead of the last layer.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
+from w2sjax import hashes
 from w2sjax.models import embed, heads, weights
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 from w2sjax.models.tokenizer import load_tokenizer
@@ -115,16 +115,6 @@ def pooling_of(path: str | Path) -> str:
 # ---------------------------------------------------------------- content hash
 
 
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed by size and mtime as well as the path: a rewritten file is hashed again.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_hash(path: str | Path) -> str:
     """sha256 over the files that determine a checkpoint's outputs (config, tokenizer, weights;
     for GGUF the one file), by relative name and content: the cache key of its features, so a
@@ -138,12 +128,8 @@ def checkpoint_hash(path: str | Path) -> str:
     else:
         root = path
         files = [path / "config.json", path / "tokenizer.json", *weights.safetensors_files(path)]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f.relative_to(root).as_posix().encode() + b"\0"
-                 + _file_sha256(str(f.resolve()), st.st_size, st.st_mtime_ns).encode() + b"\n")
-    return h.hexdigest()
+    # Each file's hash is remembered with its size and times (w2sjax.hashes): hashed once per version.
+    return hashes.directory_hash({f.relative_to(root).as_posix(): hashes.file_sha256(f) for f in files})
 
 
 # ---------------------------------------------------------------- hf:PATH as a model name
@@ -172,7 +158,7 @@ def _load_cached(path: str, dtype_name: str, num_layers: int | None):
 class HFFeaturizer(embed.BucketedFeaturizer):
     """Pooled features of a checkpoint (mean for encoders, last real token for decoders).
 
-    The cache key names the checkpoint by content (``hf-<sha256[:16]>``), not by path.
+    The cache key names the checkpoint by content (``hf-...-w<sha256[:16]>``), not by path.
     """
 
     def __init__(self, name: str, *, path: Path, layer: int | None = None, **kw):
@@ -181,8 +167,12 @@ class HFFeaturizer(embed.BucketedFeaturizer):
         self.pooling = pooling_of(path)
 
     def _key_parts(self) -> list[str]:
-        parts = [f"hf-{checkpoint_hash(self.path)[:16]}", self.pooling, f"len{self.max_len}"]
+        parts = ["hf", self.pooling, f"len{self.max_len}"]
         return parts + ([f"layer{self.layer}"] if self.layer is not None else [])
+
+    def weights_hash(self) -> str:
+        """`checkpoint_hash`: only the files that determine the outputs, wherever they are."""
+        return checkpoint_hash(self.path)
 
     def load(self):
         return _load_cached(str(Path(self.path).resolve()), self.dtype, self.layer)

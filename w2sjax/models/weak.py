@@ -122,12 +122,23 @@ class GloveBowFeaturizer:
     ``glove-6b-50d`` asset on first use.
     """
 
-    key = "glove-6b-50d-bow-v1"
     dim = 50
     num_params = 400_000 * 50  # the frozen embedding table
 
     def __init__(self, path: str | Path | None = None):
         self.path = path
+        self._table_hash: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Names the features, including the vectors' content (a repaired table never meets
+        features computed from a damaged one)."""
+        if self._table_hash is None:
+            from w2sjax import assets, hashes
+
+            self._table_hash = (assets.content_hash("glove-6b-50d") if self.path is None
+                                else hashes.content_hash(self.path))
+        return f"glove-6b-50d-bow-v1-w{self._table_hash[:16]}"
 
     def fit(self, split) -> "GloveBowFeaturizer":
         return self

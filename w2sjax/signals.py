@@ -1,0 +1,107 @@
+"""Ctrl-C (SIGINT) that always stops a run, even when a callback swallows the interrupt.
+
+Python runs a signal handler in the main thread at the next bytecode, wherever that is. When that
+is inside a callback whose exceptions are ignored (a ``gc`` callback such as XLA's, a
+``__del__``, a weakref finaliser), the default handler's ``KeyboardInterrupt`` is printed as
+"Exception ignored" and lost, and the run goes on to exit 0. So the handler installed here also
+*remembers* the signal, and the long-running loops poll :func:`check` at safe points (each train
+chunk, each embedding batch, each stage, before results are written): a remembered interrupt is
+raised there again as :class:`Interrupted`, a ``KeyboardInterrupt``.
+
+SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is remembered; inside
+:func:`deferred` (a checkpoint save or restore) it is only remembered until the block ends.
+SIGTERM (preemption: save, then stop) is handled by the stage-safety code of issue #12, which
+keeps its own flag and needs no raise from a handler, so nothing can swallow it.
+
+Only an application installs the handler (the ``w2sjax`` command does, in its main thread); the
+library only polls, which costs one global read when no signal came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+__all__ = ["Interrupted", "install", "pending", "check", "clear", "deferred"]
+
+_received: int | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by signal ``signum`` (SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT
+
+
+def _on_sigint(signum, frame):
+    global _received
+    _received = signum
+    if not _deferring:
+        raise Interrupted(signum)
+
+
+_deferring = 0
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within this block a SIGINT is only remembered, and raised when the block ends.
+
+    For work that must not be cut in half by an exception, e.g. a checkpoint save whose
+    background threads would otherwise outlive the interpreter and print tracebacks.
+    """
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if not _deferring:
+        check()
+
+
+def install() -> None:
+    """Install the SIGINT handler (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, _on_sigint)
+    if sys.unraisablehook is not _quiet_about_lost_interrupts:
+        global _previous_hook
+        _previous_hook = sys.unraisablehook
+        sys.unraisablehook = _quiet_about_lost_interrupts
+
+
+_previous_hook = sys.unraisablehook
+
+
+def _quiet_about_lost_interrupts(unraisable) -> None:
+    # A swallowed Interrupted is remembered and raised again by check(): no "Exception ignored"
+    # traceback for it, so the run still ends with its one line.
+    if not isinstance(unraisable.exc_value, Interrupted):
+        _previous_hook(unraisable)
+
+
+def pending() -> int | None:
+    """The signal received and not yet acted on, if any."""
+    return _received
+
+
+def check() -> None:
+    """Raise :class:`Interrupted` if Ctrl-C came, even one whose first raise was lost."""
+    if _received is not None:
+        raise Interrupted(_received)
+
+
+def clear() -> None:
+    """Forget a received signal (for a process that handled it and goes on, e.g. a notebook)."""
+    global _received
+    _received = None
