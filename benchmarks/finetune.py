@@ -211,11 +211,12 @@ def torch_model(model: str, path, layers: int | None = None):
                                                      attn_implementation="sdpa", **kw)
     elif model == "mpnet-base":  # transformers has no SDPA path for MPNet: its eager attention
         net = transformers.MPNetModel.from_pretrained(str(path), add_pooling_layer=False, **kw)
-    else:
+    else:  # dequantised to float32 on load; transformers then refuses .float() on it
         gguf = _gguf(path)
         net = transformers.LlamaModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                       attn_implementation="sdpa", torch_dtype=torch.float32)
-    net = net.float()
+    if model != "smollm2-135m":
+        net = net.float()
 
     def mean(hidden, mask):
         m = mask.unsqueeze(-1).to(hidden.dtype)
