@@ -258,3 +258,44 @@ def test_fsdp_load_places_shards_and_matches_unsharded(case):
     assert split >= 6
     ids, mask, _ = _padded(_ref(case)["rows"], 32, tok.pad_id, "right")
     np.testing.assert_allclose(_hidden(sharded, ids, mask), _hidden(plain, ids, mask), atol=1e-5)
+
+
+def _tiny_task():
+    from w2sjax.data.task import Task
+
+    texts = np.array(["great coffee", "stale box", "dog food again", "never again"], dtype=object)
+    split = {"text": texts, "label": np.array([1, 0, 1, 0], np.int32)}
+    return Task(name="tiny", kind="text", num_classes=2, class_names=("neg", "pos"), train=split, test=split)
+
+
+def test_prompt_template_reaches_the_tokenizer_and_the_fingerprint():
+    from w2sjax.config import Config, ConfigError, DataConfig
+    from w2sjax.experiment import Inputs
+
+    name = f"hf:{FIXTURES / 'gpt2'}"
+    prompt = "Review: {text}\nIs it positive?"
+    cfg = Config(data=DataConfig(max_len=24, prompt=prompt), strong_mode="finetune")
+    inputs = Inputs(_tiny_task(), cfg, progress=False)
+    got = inputs.get(name, "strong").inputs("train", np.arange(4))
+    _, tok = hf.load(FIXTURES / "gpt2")
+    want_ids, want_mask = tok.encode([prompt.replace("{text}", t) for t in _tiny_task().train["text"]], 24)
+    np.testing.assert_array_equal(got["input_ids"], want_ids)
+    np.testing.assert_array_equal(got["attention_mask"], want_mask)
+    options = inputs.options(name, "strong")
+    assert options["prompt"] == prompt and options["checkpoint_sha256"] == hf.checkpoint_hash(FIXTURES / "gpt2")
+    assert "prompt" not in Inputs(_tiny_task(), cfg, progress=False).options("tfidf", "weak")
+    with pytest.raises(ConfigError, match=r"data.prompt: expected a template containing \{text\}"):
+        DataConfig(prompt="no placeholder")
+
+
+def test_lora_settings_are_part_of_the_fingerprint():
+    import dataclasses as dc
+
+    from w2sjax.config import Config, LoraConfig
+    from w2sjax.experiment import Inputs
+
+    name = f"hf:{FIXTURES / 'bert'}"
+    cfg = Config(strong_mode="finetune")
+    cfg = dc.replace(cfg, train=dc.replace(cfg.train, trainable="lora", lora=LoraConfig(rank=4)))
+    options = Inputs(_tiny_task(), cfg, progress=False).options(name, "strong")
+    assert options["trainable"] == "lora" and options["lora"]["rank"] == 4

@@ -104,10 +104,11 @@ class Inputs:
             if spec.tokenize is not None:  # a text backbone: honour the config's token budget
                 spec = models.get_model(name, max_len=self.config.data.max_len, dtype=self.config.precision,
                                         progress=self.progress)
+            prompt = self.config.data.prompt if spec.tokenize is not None else ""
             if mode == "finetune" and spec.finetune is not None:
-                self._cache[key] = self._finetune(spec)
+                self._cache[key] = self._finetune(spec, prompt)
             else:
-                self._cache[key] = self._probe(spec)
+                self._cache[key] = self._probe(spec, prompt)
         return self._cache[key]
 
     def options(self, name: str, role: str) -> dict:
@@ -121,17 +122,28 @@ class Inputs:
             options["trainable"] = self.config.train.trainable
             if self.config.train.trainable == "lora":
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
-        if spec.tokenize is not None:  # a text backbone: its token budget and matmul precision
+        if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
+            if self.config.data.prompt:
+                options["prompt"] = self.config.data.prompt
+        if name.startswith(models.registry.HF_PREFIX):  # a checkpoint of the user's: by content, not path
+            from w2sjax.models import hf
+
+            options["checkpoint_sha256"] = hf.checkpoint_hash(hf.parse_name(name)[0])
         if mode == "probe" and spec.featurizer is not None:
             options["standardize"] = self.config.standardize_features
         return options
 
-    def _split(self, split_name: str, rows: np.ndarray) -> dict:
+    def _split(self, split_name: str, rows: np.ndarray, prompt: str = "") -> dict:
+        """The inputs of ``rows``; with a ``prompt`` template each text becomes ``prompt`` with
+        ``{text}`` replaced by it (pretrained text backbones only, e.g. to ask a decoder)."""
         split = self.task.train if split_name == "train" else self.task.test
-        return {k: v[rows] for k, v in split.items() if k in ("text", "x")}
+        out = {k: v[rows] for k, v in split.items() if k in ("text", "x")}
+        if prompt and "text" in out:
+            out["text"] = np.array([prompt.replace("{text}", str(t)) for t in out["text"]], dtype=object)
+        return out
 
-    def _finetune(self, spec) -> ModelInputs:
+    def _finetune(self, spec, prompt: str = "") -> ModelInputs:
         n_classes = self.task.num_classes
         train_cfg = self.config.train
 
@@ -142,15 +154,19 @@ class Inputs:
 
                 lora.add_adapters(module, rank=train_cfg.lora.rank, alpha=train_cfg.lora.alpha,
                                   targets=train_cfg.lora.targets, rngs=nnx.Rngs(seed + 1))
+            if train_cfg.remat:
+                from w2sjax.models import remat
+
+                remat.checkpoint_blocks(module)
             return module
 
         return ModelInputs(
-            inputs=lambda split, rows: spec.tokenize(self._split(split, rows)),
+            inputs=lambda split, rows: spec.tokenize(self._split(split, rows, prompt)),
             build=build,
             trainable=train_cfg.trainable,
         )
 
-    def _probe(self, spec) -> ModelInputs:
+    def _probe(self, spec, prompt: str = "") -> ModelInputs:
         from w2sjax import assets, features
 
         task, n_classes = self.task, self.task.num_classes
@@ -163,8 +179,9 @@ class Inputs:
             root = assets.cache_dir() / "features"
 
             def raw(split, rows):
-                feats = features.cached_features(featurizer, task.source or task.name, split, self._split(split, rows),
-                                                 cache_dir=root)
+                # Example ids hash the (prompted) text, so each prompt has its own cache entries.
+                feats = features.cached_features(featurizer, task.source or task.name, split,
+                                                 self._split(split, rows, prompt), cache_dir=root)
                 return np.asarray(feats, np.float32)
 
             inputs = raw
@@ -464,8 +481,11 @@ def shift_task(task, shift: str):
 
     ``"length"``: the training split keeps the texts of at most the median training length (in
     words), the test split keeps those longer than it: supervisors and student learn on short
-    reviews and are judged on long ones.
+    reviews and are judged on long ones. ``"domain:NAME"`` (tasks whose rows carry a ``domain``,
+    such as multiemo): train on every other domain, test on NAME.
     """
+    if shift.startswith("domain:"):
+        return _domain_shift(task, shift[len("domain:"):])
     if shift != "length":
         raise ConfigError(f"options.shift: unknown shift {shift!r}")
     if task.kind != "text":
@@ -476,6 +496,20 @@ def shift_task(task, shift: str):
     cut = np.median(length(task.train))
     train = take(task.train, np.flatnonzero(length(task.train) <= cut))
     test = take(task.test, np.flatnonzero(length(task.test) > cut))
+    return dataclasses.replace(task, train=train, test=test)
+
+
+def _domain_shift(task, domain: str):
+    from w2sjax.data import builders
+    from w2sjax.data.task import take
+
+    names = builders.BUILDERS[task.name].DOMAINS if task.name in builders.BUILDERS else ()
+    if "domain" not in task.train or domain not in names:
+        known = f"one of {', '.join(names)}" if names else f"a task with domains; {task.name!r} has none"
+        raise ConfigError(f"options.shift=domain:{domain}: expected {known}")
+    d = names.index(domain)
+    train = take(task.train, np.flatnonzero(task.train["domain"] != d))
+    test = take(task.test, np.flatnonzero(task.test["domain"] == d))
     return dataclasses.replace(task, train=train, test=test)
 
 
@@ -548,7 +582,7 @@ class SeedRun:
         if self.runner.planning:
             return {}
         return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
-                    self.test["label"], self.b["label"])
+                    self.test["label"], self.b["label"], self.test.get("group"))
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -703,7 +737,8 @@ def _check_modality(name: str, task) -> None:
         )
 
 
-def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels) -> dict:
+def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+         test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
     agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
     return results.row(
@@ -720,7 +755,22 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},
+        **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
     )
+
+
+def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
+    """Multiple-choice tasks (one row per choice): accuracy per question beside the per-pair
+    accuracy, and the PGR computed from it."""
+    acc = {
+        name: float(metrics.question_accuracy(stage.preds["test"], test_labels, test_groups))
+        for name, stage in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+    }
+    return {
+        **{f"{name}_acc_question": round(value, 6) for name, value in acc.items()},
+        "pgr_question": results.pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
+        "n_test_questions": int(len(np.unique(test_groups))),
+    }
 
 
 def _maybe(x) -> float | None:

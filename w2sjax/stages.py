@@ -30,7 +30,7 @@ FINGERPRINT_CHARS = 20  # hex digits of the fingerprint in checkpoint names (80 
 
 # TrainConfig fields that never change a stage's outputs (logging and checkpoint timing: a
 # resumed stage equals an uninterrupted one whatever they are).
-_NOT_OUTPUT = frozenset({"log_every", "checkpoint_every", "checkpoint_minutes"})
+_NOT_OUTPUT = frozenset({"log_every", "checkpoint_every", "checkpoint_minutes", "remat"})
 # Loss hyper-parameters (``LossConfig`` fields), per loss: a loss ignores every other one.
 LOSS_FIELDS = {
     "logconf": ("alpha_max", "conf_warmup_frac"),
