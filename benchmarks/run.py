@@ -1,44 +1,55 @@
-"""CPU throughput benchmarks for the MiniLM paths of w2sjax, with an optional PyTorch baseline.
+"""CPU throughput benchmarks of w2sjax against PyTorch + transformers, with interleaved repeats.
 
-    python -m benchmarks.run [--cases matmul embed finetune fine_foods torch] [--quick]
+    python -m benchmarks.run [--cases matmul embed finetune finetune_lengths fine_foods torch sweep]
+                             [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
                              [--precision float32 bfloat16] [--ynn dot|off|all]
 
-Each JAX case runs once per ``--precision``: ``float32``, and ``bfloat16`` matmul operands with
-float32 accumulation (`w2sjax.models.precision`); records say ``impl: jax`` / ``jax_bf16``.
-PyTorch runs the plain float32 way (``torch``) and, for bfloat16, under CPU autocast
-(``torch_bf16``), so each precision has a same-run baseline.
+Every case runs its sides in interleaved rounds (`benchmarks.interleave`): JAX float32 (``jax``),
+JAX bfloat16 matmuls with float32 sums (``jax_bf16``), PyTorch float32 (``torch``) and PyTorch
+under CPU bf16 autocast (``torch_bf16``), A B C D then D C B A, after one untimed warm-up call
+each. Each side reports the minimum and the median of its timed calls, every record carries the
+load average before and after its case, and the JAX/PyTorch ratios (by minimum and by median) come
+from those same rounds. The PyTorch sides need the ``bench`` extra
+(``pip install -e ".[bench]"``) and the ``torch`` case; without them only JAX sides run.
 
 Prints one JSON object per line. XLA flags must be set before JAX initialises, so this
 script (an application, like the ``w2sjax`` command) sets them first and prints them.
-FLOPs per example use the dense-transformer count
-``forward = 2 L (4 d^2 + 2 d d_ff) T + 4 L T^2 d`` and ``train = 3 x forward``.
+FLOPs per example use the dense-transformer count (`benchmarks.finetune.Shape`), train = 3 x
+forward; for real-length batches only the real tokens count.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import gc
 import json
 import os
-import statistics
 import sys
 import time
 
-ALL_CASES = ("matmul", "embed", "finetune", "fine_foods", "torch", "sweep")
+from benchmarks import finetune as ft
+from benchmarks.interleave import loadavg, run_case
+
+ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "bucketing", "fine_foods", "torch", "sweep")
+DEFAULT_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "fine_foods", "torch")
 
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.run")
-    p.add_argument("--cases", nargs="+", default=list(ALL_CASES), choices=ALL_CASES)
+    p.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES), choices=ALL_CASES)
+    p.add_argument("--models", nargs="+", default=["minilm-l6"], choices=ft.MODELS,
+                   help="backbones of the finetune cases")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds): for tests, not for numbers")
     p.add_argument("--devices", type=int, default=os.cpu_count() or 1,
-                   help="host devices (--xla_force_host_platform_device_count)")
+                   help="host devices (--xla_force_host_platform_device_count); PyTorch threads")
     p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot",
                    help="YNNPACK for individual dots only (default), not at all, or XLA's default fusions")
     p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--fsdp", action="store_true",
-                   help="finetune with params/optimizer sharded over the devices instead of replicated")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
+    p.add_argument("--length-batches", type=int, default=4,
+                   help="finetune_lengths and bucketing: batches of real reviews per timed call")
     return p.parse_args(argv)
 
 
@@ -61,141 +72,75 @@ def flops_forward(L: int, d: int, d_ff: int, T: int) -> float:
     return 2 * L * (4 * d * d + 2 * d * d_ff) * T + 4 * L * T * T * d
 
 
-LAST_TIMES: list[float] = []
+def _sizes(quick: bool) -> dict:
+    if quick:
+        return dict(layers=1, matmul=256, embed_b=4, embed_t=16, ft_b=4, ft_t=16, foods=64, foods_rounds=1)
+    return dict(layers=None, matmul=4096, embed_b=64, embed_t=128, ft_b=ft.BATCH, ft_t=ft.SEQ, foods=None,
+                foods_rounds=2)
 
 
-def timed(fn, repeats: int) -> float:
-    """Fastest of ``repeats`` calls of ``fn()`` after one warm-up call (which also compiles).
-
-    The minimum, not the median: on a shared machine other jobs only ever add time, so the
-    fastest call is the best estimate of the uncontended speed. All times stay in LAST_TIMES.
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    LAST_TIMES[:] = times
-    return min(times)
+# ---------------------------------------------------------------- matmul and embedding
 
 
-def record(case, impl, *, examples, seconds, flops_per_example, peak, **extra):
-    rate = examples / seconds
-    gflops = rate * flops_per_example / 1e9 if flops_per_example else None
-    out = {"case": case, "impl": impl, "examples_per_s": round(rate, 2), "seconds": round(seconds, 4),
-           "gflops": None if gflops is None else round(gflops, 1),
-           "peak_gflops": None if peak is None else round(peak, 1),
-           "ratio_to_peak": None if (gflops is None or not peak) else round(gflops / peak, 3)}
-    if LAST_TIMES and seconds in LAST_TIMES:
-        out["median_s"] = round(statistics.median(LAST_TIMES), 4)
-    out.update(extra)
-    return out
-
-
-# ---------------------------------------------------------------- JAX cases
-
-
-def jax_matmul_peak(n: int, repeats: int, dtype: str = "float32") -> float:
-    """``jit(jnp.dot)`` on n x n; for bfloat16 the operands are bf16 and the result float32."""
+def matmul_sides(n: int, precisions, with_torch: bool) -> dict:
+    """``jit(jnp.dot)`` on n x n (bf16 operands, float32 result for bfloat16) and ``torch.mm``."""
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    sides = {}
     dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    s = timed(lambda: dot(a, b).block_until_ready(), repeats)
-    return 2 * n**3 / s / 1e9
+    for dtype in precisions:
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+        sides[_impl("jax", dtype)] = lambda a=a, b=b: dot(a, b).block_until_ready()
+    if with_torch:
+        import torch
+
+        for dtype in precisions:
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            if dtype != "float32":
+                a, b = a.bfloat16(), b.bfloat16()
+            sides[_impl("torch", dtype)] = lambda a=a, b=b: torch.mm(a, b)
+    return sides
 
 
-def _sizes(quick: bool) -> dict:
-    if quick:
-        return dict(layers=1, matmul=256, embed_b=4, embed_t=16, ft_b=4, ft_t=16, foods=64, steps=2)
-    return dict(layers=None, matmul=4096, embed_b=64, embed_t=128, ft_b=32, ft_t=128, foods=None, steps=5)
-
-
-def jax_embed(path, sz, peak, repeats, dtype="float32"):
-    import jax
+def embed_sides(path, sz, precisions, with_torch: bool):
+    """MiniLM-L6 mean-pooled embedding of one fixed ``[b, t]`` batch, the library's row-blocked path."""
     import numpy as np
     from flax import nnx
 
     from w2sjax.models import bert, embed
 
-    enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
-    cfg = enc.config
     b, t = sz["embed_b"], sz["embed_t"]
-    graphdef, state = nnx.split(enc)
-    put, state = embed._placement(state)
-    rng = np.random.default_rng(0)
-    ids = put(rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32))
-    mask = put(np.ones((b, t), np.int32))
-    # The library's path: row blocks of ~embed.BLOCK_TOKENS tokens (as BertFeaturizer runs it).
-    blocks = embed.row_blocks(b, t, embed._local_devices_for_batch())
-    run = lambda: embed.pooled_features(graphdef, state, ids, mask, pooling="mean", blocks=blocks).block_until_ready()
-    s = timed(run, repeats)
-    f = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-    return record("embed", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
-                  batch=b, seq=t, devices=jax.device_count(), row_blocks=blocks)
+    sides, extra = {}, {"batch": b, "seq": t}
+    cfg = None
+    for dtype in precisions:
+        enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
+        cfg = enc.config
+        graphdef, state = nnx.split(enc)
+        put, state = embed._placement(state)
+        rng = np.random.default_rng(0)
+        ids = put(rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32))
+        mask = put(np.ones((b, t), np.int32))
+        blocks = embed.row_blocks(b, t, embed._local_devices_for_batch())
+        extra["row_blocks"] = blocks
+        sides[_impl("jax", dtype)] = (lambda g=graphdef, s=state, i=ids, m=mask, k=blocks:
+                                      embed.pooled_features(g, s, i, m, pooling="mean", blocks=k).block_until_ready())
+    if with_torch:
+        import torch
 
+        net, pool = ft.torch_model("minilm-l6", path, sz["layers"])
+        net.eval()
+        ids = torch.from_numpy(np.random.default_rng(0).integers(1000, cfg.vocab_size, (b, t)))
+        mask = torch.ones(b, t, dtype=torch.long)
+        for dtype in precisions:
+            def run(dtype=dtype):
+                with torch.inference_mode(), ft.autocast(dtype):
+                    pool(net(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
-def jax_finetune(path, sz, peak, repeats, fsdp=False, dtype="float32"):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from w2sjax import parallel, train
-    from w2sjax.models import bert
-
-    enc = bert.load_bert(path, num_layers=sz["layers"], dtype=dtype)
-    cfg = enc.config
-    module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
-    b, t = sz["ft_b"], sz["ft_t"]
-    tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
-    steps = 1000
-    tx = train.make_optimizer()
-    mesh = parallel.make_mesh(data=1, fsdp=-1) if fsdp else parallel.make_mesh()
-    model, state = train.init_state(module, "all", tx)
-    shardings = train.state_shardings(mesh, state)
-    state = train.place(state, shardings)
-    traces = [0]
-    step_fn = train.make_train_step(model, tx)
-    settings = train.place(train.step_settings(tcfg, steps, "xent"), parallel.replicated(mesh))
-
-    def counted(*a):
-        traces[0] += 1  # runs only while tracing: counts (re)compilations
-        return step_fn(*a)
-
-    jitted = train.jit_train_step(counted, mesh, shardings)
-    rng = np.random.default_rng(0)
-    rng_key = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
-    # Fresh host batches each step, as in `fit`, so host->device transfer is in the timing.
-    lengths = rng.integers(t // 2, t + 1, size=(8, b))
-    batches = []
-    for lens in lengths:
-        mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int32)
-        batches.append({
-            "inputs": {"input_ids": rng.integers(1000, cfg.vocab_size, (b, t)).astype(np.int32) * mask,
-                       "attention_mask": mask},
-            "labels": np.eye(2, dtype=np.float32)[rng.integers(0, 2, b)],
-            "weights": np.ones(b, np.float32),
-        })
-    holder = {"state": state, "i": 0}
-
-    def one_step():
-        batch = train.to_global(mesh, batches[holder["i"] % len(batches)])
-        holder["i"] += 1
-        holder["state"], m = jitted(holder["state"], batch, rng_key, settings)
-        jax.block_until_ready(m)
-
-    s = timed(one_step, max(repeats, sz["steps"]))
-    f = 3 * flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-    return [
-        record("finetune", _impl("jax", dtype), examples=b, seconds=s, flops_per_example=f, peak=peak,
-               batch=b, seq=t, devices=jax.device_count(), mesh=dict(mesh.shape), steps=holder["i"]),
-        {"case": "trace_count", "impl": _impl("jax", dtype), "fn": "train_step", "traces": traces[0],
-         "steps": holder["i"], "ok": traces[0] == 1},
-    ]
+            sides[_impl("torch", dtype)] = run
+    flops = flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
+    return sides, flops, extra
 
 
 def fine_foods_texts(limit):
@@ -208,127 +153,146 @@ def fine_foods_texts(limit):
     return list(texts[:limit] if limit else texts)
 
 
-def jax_fine_foods(path, sz, texts, peak, max_len, dtype="float32"):
-    import jax
+def fine_foods_sides(path, sz, texts, precisions, max_len, with_torch: bool):
+    """Embed every text: JAX in fitted length buckets (tokenising included), PyTorch padded to max_len."""
+    from w2sjax.models import bert
 
-    from w2sjax.models import bert, embed
+    sides, compiles = {}, {}
+    tok = None
+    for dtype in precisions:
+        feat = bert.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
+                                   dtype=dtype, progress=False)
+        enc, tok = feat.load()
+        cfg = enc.config
+        sides[_impl("jax", dtype)] = functools.partial(_count_compiles, compiles, _impl("jax", dtype),
+                                                       lambda feat=feat: feat.embed_texts(texts))
+    if with_torch:
+        import torch
+        import transformers
 
-    feat = bert.BertFeaturizer("bench", path=path, num_layers=sz["layers"], max_len=max_len,
-                               dtype=dtype, progress=False)
-    enc, tok = feat.load()
-    cfg = enc.config
-    before = embed.pooled_features._cache_size()
-    t0 = time.perf_counter()
-    out = feat.embed_texts(texts)
-    s = time.perf_counter() - t0
-    compiles = embed.pooled_features._cache_size() - before
+        net, pool = ft.torch_model("minilm-l6", path, sz["layers"])
+        net.eval()
+        hf_tok = transformers.AutoTokenizer.from_pretrained(str(path))
+        for dtype in precisions:
+            def run(dtype=dtype):
+                with torch.inference_mode(), ft.autocast(dtype):
+                    for i in range(0, len(texts), 64):
+                        enc = hf_tok(texts[i:i + 64], padding="max_length", truncation=True, max_length=max_len,
+                                     return_tensors="pt")
+                        pool(net(**enc).last_hidden_state, enc["attention_mask"])
+
+            sides[_impl("torch", dtype)] = run
     # Useful FLOPs only: each text at its own token length, no padding.
     lengths = [len(r) for r in tok.token_ids(texts, max_len)]
-    f = sum(flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, n)
-            for n in lengths) / len(lengths)
-    rec = record("fine_foods", _impl("jax", dtype), examples=len(texts), seconds=s, flops_per_example=f, peak=peak,
-                 max_len=max_len, compiles=compiles, devices=jax.device_count(),
-                 tokens_per_batch=feat.tokens_per_batch, note="wall time includes tokenising and compiles")
-    return rec, out
+    flops = sum(flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, n)
+                for n in lengths) / len(lengths)
+    return sides, flops, compiles
 
 
-# ---------------------------------------------------------------- PyTorch baseline
+def _count_compiles(counts: dict, key: str, fn):
+    from w2sjax.models import embed
+
+    before = embed.pooled_features._cache_size()
+    fn()
+    counts[key] = counts.get(key, 0) + embed.pooled_features._cache_size() - before
 
 
-def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except Exception:
-        return False
-    return True
+# ---------------------------------------------------------------- finetune
 
 
-def torch_cases(path, sz, cases, texts, peaks, repeats, max_len, threads, precisions):
-    """The same cases the plain PyTorch way; bfloat16 runs under CPU autocast (oneDNN, AMX)."""
+def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
+    """The ``finetune`` (fixed shape) and ``finetune_lengths`` (real reviews) cases of one backbone,
+    yielding each case's records as soon as it is done.
+
+    Both reuse one set of sides' models: loading (above all the decoder's GGUF into transformers)
+    costs more than a timed round.
+    """
+    path = ft.asset_path(model)
+    layers = sz["layers"] if model != "smollm2-135m" else None
+    shape = ft.shape_of(model, path, layers)
+    tok = ft.tokenizer_of(model, path)
+    b, t = sz["ft_b"], sz["ft_t"]
+    modules = {_impl("jax", d): ft.jax_module(model, path, d, layers) for d in args.precision}
+    shared = ft.TorchFinetune.shared(model, path, layers) if with_torch else None
+    extra = {"model": model, "batch": b}
+
+    def run(case, jax_batches, torch_batches, examples, flops, **more):
+        sides = {impl: ft.JaxFinetune(m, jax_batches) for impl, m in modules.items()}
+        if shared is not None:
+            sides.update({_impl("torch", d): ft.TorchFinetune(shared, torch_batches, d) for d in args.precision})
+        recs = run_case(case, sides, args.repeats, examples=examples, flops_per_example=flops, peaks=peaks,
+                        extra={**extra, **more})
+        shapes = len({ids.shape for ids, _ in jax_batches})
+        for impl, side in sides.items():
+            if impl.startswith("jax"):
+                recs.append({"case": "trace_count", "impl": impl, "for_case": case, "model": model,
+                             "fn": "train_step", "traces": side.traces, "steps": side.steps,
+                             "shapes": shapes, "ok": side.traces == shapes})
+        return recs
+
+    if "finetune" in args.cases:
+        batches = ft.fixed_batches(shape.vocab, tok.pad_id, count=1, b=b, t=t)
+        yield from run("finetune", batches, batches, b, shape.train_flops(t), seq=t)
+    if "finetune_lengths" in args.cases and texts is not None:
+        ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
+        jax_batches = ft.bucketed(tok, ids, t, b=b)
+        torch_batches = ft.padded_to_longest(tok, ids, b=b)
+        useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
+        yield from run("finetune_lengths", jax_batches, torch_batches, len(ids), useful, max_len=t,
+                   task="fine_foods", real_tokens=int(sum(len(r) for r in ids)),
+                   padded_tokens_jax=ft.padded_tokens(jax_batches),
+                   padded_tokens_torch=ft.padded_tokens(torch_batches),
+                   note="gflops count real tokens only")
+    del modules, shared
+    gc.collect()
+
+
+def bucketing_case(args, sz, texts):
+    """`train.fit` on real fine_foods reviews, one epoch, with and without length buckets, interleaved.
+
+    MiniLM-L6 in the last ``--precision``; ``--length-batches`` steps of 32 per fit. Both sides
+    train on the same examples; only the batching differs (`TrainConfig.length_buckets`).
+    """
+    import dataclasses
+
     import numpy as np
-    import torch
-    import transformers
 
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()  # the unused-pooler load report is noise here
-    out = []
-    kw = dict(attn_implementation="sdpa")
-    if sz["layers"]:
-        kw["num_hidden_layers"] = sz["layers"]
-    model = transformers.BertModel.from_pretrained(str(path), add_pooling_layer=False, **kw).float()
-    cfg = model.config
-    fwd = lambda t: flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-    rng = np.random.default_rng(0)
+    from w2sjax import length_buckets, parallel, train
 
-    def pool(hidden, mask):
-        m = mask.unsqueeze(-1).float()
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    dtype, b, t = args.precision[-1], sz["ft_b"], sz["ft_t"]
+    path = ft.asset_path("minilm-l6")
+    tok = ft.tokenizer_of("minilm-l6", path)
+    ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
+    input_ids, mask = tok.pad(ids, t)
+    labels = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, len(ids))]
+    data = train.ArrayData({"input_ids": input_ids, "attention_mask": mask}, labels)
+    module = ft.jax_module("minilm-l6", path, dtype, sz["layers"])
+    mesh = parallel.make_mesh()
+    base = train.TrainConfig(epochs=1, batch_size=b, lr=1e-5, log_every=args.length_batches)
 
-    def autocast(dtype):
-        if dtype == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    def fit(buckets: bool):
+        cfg = dataclasses.replace(base, length_buckets=buckets)
+        return lambda: train.fit(module, data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
 
-    for dtype in precisions:
-        impl, peak = _impl("torch", dtype), peaks[dtype]
-        if "matmul" in cases:
-            n = sz["matmul"]
-            a, b = torch.randn(n, n), torch.randn(n, n)
-            if dtype != "float32":
-                a, b = a.bfloat16(), b.bfloat16()
-            s = timed(lambda: torch.mm(a, b), repeats)
-            out.append({"case": "matmul", "impl": impl, "n": n, "gflops": round(2 * n**3 / s / 1e9, 1)})
-
-        if "embed" in cases:
-            b, t = sz["embed_b"], sz["embed_t"]
-            ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t)))
-            mask = torch.ones(b, t, dtype=torch.long)
-            model.eval()
-
-            def run():
-                with torch.inference_mode(), autocast(dtype):
-                    pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
-
-            out.append(record("embed", impl, examples=b, seconds=timed(run, repeats),
-                              flops_per_example=fwd(t), peak=peak, batch=b, seq=t, threads=threads))
-
-        if "finetune" in cases:
-            b, t = sz["ft_b"], sz["ft_t"]
-            model.train()
-            head = torch.nn.Linear(cfg.hidden_size, 2)
-            opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-5)
-            lens = rng.integers(t // 2, t + 1, size=b)
-            mask = torch.from_numpy((np.arange(t)[None, :] < lens[:, None]).astype(np.int64))
-            ids = torch.from_numpy(rng.integers(1000, cfg.vocab_size, (b, t))) * mask
-            labels = torch.from_numpy(rng.integers(0, 2, b))
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                with autocast(dtype):
-                    logits = head(pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask))
-                    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-                loss.backward()
-                opt.step()
-
-            out.append(record("finetune", impl, examples=b, seconds=timed(step, max(repeats, sz["steps"])),
-                              flops_per_example=3 * fwd(t), peak=peak, batch=b, seq=t, threads=threads))
-            model.eval()
-
-        if "fine_foods" in cases and texts is not None:
-            # The plain way: tokenizer pads every batch to max_len, fixed batch of 64.
-            tok = transformers.AutoTokenizer.from_pretrained(str(path))
-            t0 = time.perf_counter()
-            with torch.inference_mode(), autocast(dtype):
-                for i in range(0, len(texts), 64):
-                    enc = tok(texts[i:i + 64], padding="max_length", truncation=True, max_length=max_len,
-                              return_tensors="pt")
-                    pool(model(**enc).last_hidden_state, enc["attention_mask"])
-            s = time.perf_counter() - t0
-            out.append(record("fine_foods", impl, examples=len(texts), seconds=s,
-                              flops_per_example=fwd(max_len), peak=peak, max_len=max_len, threads=threads,
-                              note="padded to max_len; gflops counts padded tokens"))
-    return out
+    sides = {_impl("jax", dtype) + "_padded": fit(False), _impl("jax", dtype) + "_buckets": fit(True)}
+    # Padded tokens per epoch under each batching (the same plan fit follows for seed 0, epoch 0).
+    order = length_buckets.BucketedOrder(length_buckets.token_lengths(data.inputs), b, 0, t,
+                                         lambda e: train._epoch_permutation(len(ids), 0, e))
+    steps = len(ids) // b
+    bucketed_tokens = sum(order.batch(s)[1] * b for s in range(steps))
+    shape = ft.shape_of("minilm-l6", path, sz["layers"])
+    useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
+    recs = run_case("bucketing", sides, args.repeats, examples=steps * b, flops_per_example=useful,
+                    extra={"model": "minilm-l6", "task": "fine_foods", "batch": b, "max_len": t, "steps": steps,
+                           "real_tokens": int(sum(len(r) for r in ids)), "padded_tokens_padded": steps * b * t,
+                           "padded_tokens_buckets": int(bucketed_tokens),
+                           "note": "each call is a whole fit (setup included); gflops count real tokens"})
+    pad, buck = recs[0], recs[1]
+    recs.append({"case": "bucketing", "impl": "ratio", "buckets_over_padded_min":
+                 round(buck["examples_per_s"] / pad["examples_per_s"], 3),
+                 "buckets_over_padded_median": round(buck["examples_per_s_median"] / pad["examples_per_s_median"], 3),
+                 "token_fraction": round(bucketed_tokens / (steps * b * t), 3)})
+    return recs
 
 
 # ---------------------------------------------------------------- linear-probe sweep
@@ -408,52 +372,93 @@ def main(argv=None) -> int:
 
     from w2sjax import assets
 
+    with_torch = "torch" in args.cases and torch_available()
+    if args.quick:
+        args.repeats = 1
     emit({"case": "setup", "impl": "setup", "xla_flags": flags, "jax": jax.__version__, "devices": jax.device_count(),
-          "quick": args.quick, "cpu_count": os.cpu_count(), "loadavg": list(os.getloadavg())})
-    sz = _sizes(args.quick)
-    repeats = 1 if args.quick else args.repeats
-    path = assets.fetch("minilm-l6-v2")
-    max_len = sz["ft_t"] if args.quick else 128
-    results: dict[tuple, dict] = {}
-
-    def keep(rec):
-        results[(rec["case"], rec["impl"])] = rec
-        emit(rec)
-
-    peaks = {}
-    for dtype in args.precision:
-        peaks[dtype] = jax_matmul_peak(sz["matmul"], repeats, dtype)
-        keep({"case": "matmul", "impl": _impl("jax", dtype), "n": sz["matmul"], "gflops": round(peaks[dtype], 1)})
-    texts = fine_foods_texts(sz["foods"]) if "fine_foods" in args.cases else None
-    for dtype in args.precision:
-        if "embed" in args.cases:
-            keep(jax_embed(path, sz, peaks[dtype], repeats, dtype))
-        if "finetune" in args.cases:
-            for rec in jax_finetune(path, sz, peaks[dtype], repeats, args.fsdp, dtype):
-                keep(rec)
-        if texts is not None:
-            keep(jax_fine_foods(path, sz, texts, peaks[dtype], max_len, dtype)[0])
-    if "torch" in args.cases and torch_available():
-        for rec in torch_cases(path, sz, args.cases, texts, peaks, repeats, max_len, args.devices,
-                               args.precision):
-            keep(rec)
-        # Same precision against same precision, and every JAX figure against the plain
-        # float32 PyTorch way (the issue's baseline).
-        pairs = [(_impl("jax", d), _impl("torch", d)) for d in args.precision]
-        pairs += [(_impl("jax", d), "torch") for d in args.precision if d != "float32"]
-        for case in ("embed", "finetune", "fine_foods"):
-            for jimpl, timpl in pairs:
-                j, t = results.get((case, jimpl)), results.get((case, timpl))
-                if j and t:
-                    speed = j["examples_per_s"] / t["examples_per_s"]
-                    emit({"case": case, "impl": "ratio", "jax": jimpl, "torch": timpl,
-                          "jax_over_torch_speed": round(speed, 3),
-                          "jax_wall_fraction_of_torch": round(1 / speed, 3)})
-    elif "torch" in args.cases:
+          "quick": args.quick, "cpu_count": os.cpu_count(), "cpu": _cpu_model(), "loadavg": loadavg(),
+          "torch": _torch_version() if with_torch else None, "repeats": args.repeats})
+    if "torch" in args.cases and not with_torch:
         emit({"case": "torch", "impl": "torch", "skipped": "torch/transformers not importable"})
+    if with_torch:
+        import torch
+
+        torch.set_num_threads(args.devices)
+    sz = _sizes(args.quick)
+    path = assets.fetch("minilm-l6-v2")
+    max_len = sz["ft_t"]
+    peaks: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    if "matmul" in args.cases:
+        n = sz["matmul"]
+        recs = run_case("matmul", matmul_sides(n, args.precision, with_torch), args.repeats,
+                        examples=1, flops_per_example=2 * n**3, extra={"n": n})
+        for rec in recs:
+            if rec["impl"].startswith("jax"):
+                peaks["bfloat16" if rec["impl"].endswith("_bf16") else "float32"] = rec["gflops"]
+        for rec in recs:
+            if rec["impl"] != "ratio":
+                rec["peak_gflops"] = rec["ratio_to_peak"] = None  # the peak is what this case measures
+            emit(rec)
+    if "embed" in args.cases:
+        sides, flops, extra = embed_sides(path, sz, args.precision, with_torch)
+        for rec in run_case("embed", sides, args.repeats, examples=sz["embed_b"], flops_per_example=flops,
+                            peaks=peaks, extra=extra):
+            emit(rec)
+        del sides
+        gc.collect()
+    texts = (fine_foods_texts(sz["foods"]) if {"fine_foods", "finetune_lengths", "bucketing"} & set(args.cases)
+             else None)
+    for model in args.models:
+        if {"finetune", "finetune_lengths"} & set(args.cases):
+            for rec in finetune_cases(model, args, sz, peaks, texts, with_torch):
+                emit(rec)
+    if "bucketing" in args.cases:
+        for rec in bucketing_case(args, sz, texts):
+            emit(rec)
+        gc.collect()
+    if "fine_foods" in args.cases:
+        sides, flops, compiles = fine_foods_sides(path, sz, texts, args.precision, max_len, with_torch)
+        # No warm-up: the first round is cold (compiles, tokenising), later ones warm; times_s keeps all.
+        for rec in run_case("fine_foods", sides, sz["foods_rounds"], examples=len(texts), flops_per_example=flops,
+                            peaks=peaks, warmup=0, extra={"max_len": max_len, "texts": len(texts)}):
+            if rec["impl"] in compiles:
+                rec["compiles"] = compiles[rec["impl"]]
+            emit(rec)
+        del sides
+        gc.collect()
     if "sweep" in args.cases and not args.quick:
-        keep(jax_sweep())
+        emit(jax_sweep())
+    emit({"case": "done", "impl": "setup", "wall_s": round(time.perf_counter() - t0, 1), "loadavg": loadavg()})
     return 0
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _torch_version() -> str:
+    import torch
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ SMALL_ASSETS = {
     "spambase": ["spam.rda"],
     "digits": ["digits.csv.gz"],
     "mnist5k": ["mnist_5k.csv.gz"],
+    # sdists: only the listed members are kept (bigbench: 358 MB fetched once, 59 MB kept)
+    "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
+    "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
 }
 
 
@@ -57,7 +60,7 @@ def _one_line_error(exc_info, name):
 
 
 def test_known_assets():
-    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2"}
+    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m"}
 
 
 @pytest.mark.parametrize("name", list(SMALL_ASSETS))
@@ -130,6 +133,25 @@ def test_fetch_into_fresh_cache_is_atomic_and_reports(tmp_path, monkeypatch, cap
     with gzip.open(path / "mnist_5k.csv.gz", "rt") as f:
         assert len(f.readline().split(",")) == 785
     assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist5k.lock", "mnist5k"]
+
+
+def test_sdist_fetch_checks_sha256_and_keeps_only_members(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
+    path = assets.fetch("vader", quiet=True)
+    assert sorted(p.name for p in path.iterdir()) == sorted(SMALL_ASSETS["vader"] + [".w2sjax-asset.json"])
+    assert "MIT License" in (path / "LICENSE.txt").read_text()
+    assert (path / "tweets_GroundTruth.txt").read_text(encoding="utf-8").count("\n") >= 4199
+    # A package whose bytes differ from the pin is refused, and nothing is left behind.
+    import dataclasses
+
+    spec = assets._SPECS["vader"]
+    wrong = dataclasses.replace(spec, sha256={**spec.sha256, "tweets_GroundTruth.txt": "0" * 64})
+    monkeypatch.setitem(assets._SPECS, "vader", wrong)
+    other = tmp_path / "other"
+    with pytest.raises(assets.AssetError, match="fetched tweets_GroundTruth.txt does not match its pinned sha256") as e:
+        assets.fetch("vader", cache_dir=other, quiet=True)
+    _one_line_error(e, "vader")
+    assert [p.name for p in other.iterdir()] == [".vader.lock"]
 
 
 def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch, offline_pip):

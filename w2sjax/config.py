@@ -41,6 +41,7 @@ class TrainConfig:
     # stages; 0 = none
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
+    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length); false pads every batch to max_len
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -121,7 +122,7 @@ class MethodConfig:
     labels: tuple[str, ...] = ("soft",)  # weak-label treatments swept in the w2s stage: soft, hard, confident, selective, knn, filter
     keep_frac: float = 0.7  # confident/filter: fraction of half B trained on; selective: fraction keeping the weak label
     knn_k: int = 10  # knn/filter: neighbours in the strong model's frozen feature space
-    shift: str = "none"  # "none", or "length": train on the shorter half of the texts, test on the longer half
+    shift: str = "none"  # "none"; "length": train on the shorter half of the texts, test on the longer half; "domain:NAME": train on the other domains, test on NAME (multiemo)
     epochs_grid: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)  # methods that sweep the students' training length
     weak_sizes: tuple[int, ...] = (0,)  # methods that sweep the supervisors' label budgets (examples of half A); 0 = all
 
@@ -137,8 +138,8 @@ class MethodConfig:
             raise ConfigError(f"options.keep_frac: expected a number in (0, 1], got {self.keep_frac}")
         if self.knn_k < 1:
             raise ConfigError(f"options.knn_k: expected a positive integer, got {self.knn_k}")
-        if self.shift not in ("none", "length"):
-            raise ConfigError(f"options.shift: expected 'none' or 'length', got {self.shift!r}")
+        if self.shift not in ("none", "length") and not (self.shift.startswith("domain:") and len(self.shift) > 7):
+            raise ConfigError(f"options.shift: expected 'none', 'length' or 'domain:NAME', got {self.shift!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -481,8 +481,11 @@ def shift_task(task, shift: str):
 
     ``"length"``: the training split keeps the texts of at most the median training length (in
     words), the test split keeps those longer than it: supervisors and student learn on short
-    reviews and are judged on long ones.
+    reviews and are judged on long ones. ``"domain:NAME"`` (tasks whose rows carry a ``domain``,
+    such as multiemo): train on every other domain, test on NAME.
     """
+    if shift.startswith("domain:"):
+        return _domain_shift(task, shift[len("domain:"):])
     if shift != "length":
         raise ConfigError(f"options.shift: unknown shift {shift!r}")
     if task.kind != "text":
@@ -493,6 +496,20 @@ def shift_task(task, shift: str):
     cut = np.median(length(task.train))
     train = take(task.train, np.flatnonzero(length(task.train) <= cut))
     test = take(task.test, np.flatnonzero(length(task.test) > cut))
+    return dataclasses.replace(task, train=train, test=test)
+
+
+def _domain_shift(task, domain: str):
+    from w2sjax.data import builders
+    from w2sjax.data.task import take
+
+    names = builders.BUILDERS[task.name].DOMAINS if task.name in builders.BUILDERS else ()
+    if "domain" not in task.train or domain not in names:
+        known = f"one of {', '.join(names)}" if names else f"a task with domains; {task.name!r} has none"
+        raise ConfigError(f"options.shift=domain:{domain}: expected {known}")
+    d = names.index(domain)
+    train = take(task.train, np.flatnonzero(task.train["domain"] != d))
+    test = take(task.test, np.flatnonzero(task.test["domain"] == d))
     return dataclasses.replace(task, train=train, test=test)
 
 
@@ -565,7 +582,7 @@ class SeedRun:
         if self.runner.planning:
             return {}
         return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
-                    self.test["label"], self.b["label"])
+                    self.test["label"], self.b["label"], self.test.get("group"))
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -720,7 +737,8 @@ def _check_modality(name: str, task) -> None:
         )
 
 
-def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels) -> dict:
+def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+         test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
     agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
     return results.row(
@@ -737,7 +755,22 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},
+        **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
     )
+
+
+def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
+    """Multiple-choice tasks (one row per choice): accuracy per question beside the per-pair
+    accuracy, and the PGR computed from it."""
+    acc = {
+        name: float(metrics.question_accuracy(stage.preds["test"], test_labels, test_groups))
+        for name, stage in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+    }
+    return {
+        **{f"{name}_acc_question": round(value, 6) for name, value in acc.items()},
+        "pgr_question": results.pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
+        "n_test_questions": int(len(np.unique(test_groups))),
+    }
 
 
 def _maybe(x) -> float | None:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["accuracy", "auroc", "pgr", "misfit", "agreement"]
+__all__ = ["accuracy", "auroc", "pgr", "misfit", "agreement", "question_accuracy"]
 
 
 def _classes(x) -> jax.Array:
@@ -60,6 +60,24 @@ def auroc(scores, labels) -> jax.Array:
     n_neg = s.shape[0] - n_pos
     u = jnp.sum(midrank * is_pos) - n_pos * (n_pos + 1) / 2.0
     return jnp.where((n_pos > 0) & (n_neg > 0), u / jnp.maximum(n_pos * n_neg, 1.0), jnp.nan)
+
+
+def question_accuracy(scores, labels, groups) -> jax.Array:
+    """Accuracy per question of a multiple-choice task stored as one binary row per choice.
+
+    ``scores`` ``[B]`` or ``[B, 2]`` (as for :func:`auroc`), ``labels`` ``[B]`` (1 = a correct
+    choice) and ``groups`` ``[B]`` (the question of each row, any integers). Each question picks
+    its highest-scoring choice; a tie between k choices counts as the expected accuracy of
+    picking one of them at random. Returns the mean over questions.
+    """
+    _, dense = np.unique(np.asarray(groups), return_inverse=True)
+    n = int(dense.max()) + 1 if dense.size else 0
+    score = _positive_scores(scores)
+    labels = _classes(labels)
+    best = jax.ops.segment_max(score, dense, num_segments=n)
+    is_best = (score == best[dense]).astype(jnp.float32)
+    hits = jax.ops.segment_sum(is_best * (labels == 1), dense, num_segments=n)
+    return jnp.mean(hits / jax.ops.segment_sum(is_best, dense, num_segments=n))
 
 
 def _is_concrete(*xs) -> bool:

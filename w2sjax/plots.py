@@ -384,3 +384,47 @@ def gain_vs_misfit(runs: list[dict]):
               title="loss" if len(strong) == 1 else "loss · student", title_fontsize=8)
     fig.suptitle("Gain over the supervisor against misfit (one point per run)", fontsize=11)
     return fig
+
+
+# ---- task spread (benchmark suite) ----------------------------------------------------------
+
+def task_spread(rows: list[dict], medians: list[dict]):
+    """Per-task PGR with its interval, one panel per student, one colour per (supervisor, loss);
+    a dashed line marks each series' median across tasks (``w2sjax.suite``)."""
+    rows = [r for r in rows if finite(r.get("pgr"))]
+    if not rows:
+        return None
+    tasks = _ordered(r["task"] for r in rows)
+    students = _ordered(r["strong_model"] for r in rows)
+    series = _ordered((r["weak_model"], r["loss"]) for r in rows)
+    colours = [f"C{i}" for i in range(len(series))]
+    med = {(m["weak_model"], m["strong_model"], m["loss"]): m["median_pgr"] for m in medians if not m.get("min_gap")}
+    fig = _figure(4.2 * len(students) + 0.6, 0.45 * len(tasks) + 1.8)
+    axes = np.atleast_1d(fig.subplots(1, len(students), squeeze=False, sharey=True).ravel())
+    offsets = (np.arange(len(series)) - (len(series) - 1) / 2) * (0.7 / max(len(series), 1))
+    for ax, student in zip(axes, students):
+        ax.axvline(0.0, color="0.5", lw=0.8)
+        ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+        for (weak, loss), off, colour in zip(series, offsets, colours):
+            pts = [r for r in rows if (r["strong_model"], r["weak_model"], r["loss"]) == (student, weak, loss)]
+            ys = [tasks.index(r["task"]) + off for r in pts]
+            xs = [r["pgr"] for r in pts]
+            lo = [r["pgr"] - r["pgr_ci95"][0] if finite(r["pgr_ci95"][0]) else 0.0 for r in pts]
+            hi = [r["pgr_ci95"][1] - r["pgr"] if finite(r["pgr_ci95"][1]) else 0.0 for r in pts]
+            ax.errorbar(xs, ys, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", ms=4, color=colour,
+                        capsize=2, lw=1, label=f"{weak} · {loss}")
+            m = med.get((weak, student, loss))
+            if finite(m):
+                ax.axvline(m, color=colour, ls="--", lw=1)
+        ax.set_yticks(range(len(tasks)), tasks)
+        ax.invert_yaxis()
+        ax.set_xlabel("PGR (0 = supervisor, 1 = ceiling)")
+        ax.set_title(f"student: {student}")
+        ax.grid(axis="x", alpha=0.3)
+        # Keep wild values (tiny weak-ceiling gaps) from squashing the rest.
+        lowest, highest = min(r["pgr"] for r in rows), max(r["pgr"] for r in rows)
+        ax.set_xlim(max(-2.0, min(-0.5, lowest - 0.1)), min(3.0, max(1.5, highest + 0.1)))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(series), 4), frameon=False)
+    fig.suptitle("PGR per task (95% bootstrap interval over seeds); dashed: median across tasks", fontsize=10)
+    return fig

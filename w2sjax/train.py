@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.struct
 import jax
@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import losses, metrics, parallel, preemption, signals
+from w2sjax import length_buckets, losses, metrics, parallel, preemption, signals
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -524,7 +524,7 @@ def fit(
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
-    feed = HostFeed(data, batch_size, seed, mesh, chunk)
+    feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
     start = total if bool(state.finished) else int(state.step)
     stopped_early = False
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
@@ -533,8 +533,8 @@ def fit(
     while step < total:
         # Run up to the next step where the host has something to do (log, eval, checkpoint).
         done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
-        state, step_metrics = train_loop(state, feed.batches(step, done), place(np.int32(done - step), replicated),
-                                         rng, settings)
+        for count, batches in feed.segments(step, done):  # one segment unless batches change length
+            state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings)
         bar.update(done - step)
         step = done
         if itstime(step, cfg.log_every, total):
@@ -593,16 +593,49 @@ def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None)
 
 
 class HostFeed:
-    """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call."""
+    """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call.
 
-    def __init__(self, data: ArrayData, batch_size: int, seed: int, mesh: Mesh, chunk: int):
+    With ``buckets`` and token inputs (a dict with a 2-D ``attention_mask``), batches come in the
+    length-bucketed order of `w2sjax.length_buckets` (same examples per epoch, each batch cut to
+    the shortest of a few fixed lengths); otherwise every batch is padded as the data is.
+    """
+
+    def __init__(self, data: ArrayData, batch_size: int, seed: int, mesh: Mesh, chunk: int, *,
+                 buckets: bool = False):
         self.data, self.batch_size, self.seed, self.mesh, self.chunk = data, batch_size, seed, mesh, chunk
+        lengths = length_buckets.token_lengths(data.inputs) if buckets else None
+        self.order = None
+        if lengths is not None:
+            self.max_len = int(np.shape(data.inputs["attention_mask"])[1])
+            self.order = length_buckets.BucketedOrder(
+                lengths, batch_size, seed, self.max_len, lambda epoch: _epoch_permutation(len(data), seed, epoch))
 
-    def batches(self, start: int, stop: int) -> PyTree:
-        """Steps ``start .. stop-1``, padded to ``chunk`` with repeats of the last batch (unused)."""
-        idx = np.stack([batch_indices(len(self.data), self.batch_size, self.seed, s) for s in range(start, stop)])
+    def segments(self, start: int, stop: int) -> Iterator[tuple[int, PyTree]]:
+        """Steps ``start .. stop-1`` as ``(count, stacked batches)``: one run per padded length."""
+        if self.order is None:
+            idx = [batch_indices(len(self.data), self.batch_size, self.seed, s) for s in range(start, stop)]
+            yield stop - start, self._stack(idx)
+            return
+        step = start
+        while step < stop:
+            idx, length = self.order.batch(step)
+            run = [idx]
+            while step + len(run) < stop:
+                nxt, nxt_length = self.order.batch(step + len(run))
+                if nxt_length != length:
+                    break
+                run.append(nxt)
+            yield len(run), self._stack(run, length)
+            step += len(run)
+
+    def _stack(self, idx: list[np.ndarray], length: int | None = None) -> PyTree:
+        """Host rows of ``idx`` stacked and padded to ``chunk`` with repeats of the last batch (unused)."""
+        idx = np.stack(idx)
         idx = np.concatenate([idx, np.repeat(idx[-1:], self.chunk - len(idx), 0)])
-        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), self.data.take(idx.reshape(-1)))
+        host = self.data.take(idx.reshape(-1))
+        if length is not None:
+            host["inputs"] = length_buckets.trim(host["inputs"], length, self.max_len)
+        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), host)
         return to_global_stacked(self.mesh, host)
 
 

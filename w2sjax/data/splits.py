@@ -6,6 +6,11 @@ into two equal halves: A (``weak``: the weak supervisor trains on its ground
 truth) and B (``strong``: the weak model labels it for the student; the ceiling
 trains on its ground truth). For one seed, the validation set does not depend
 on ``n_train`` and smaller ``n_train`` pools are prefixes of larger ones.
+
+A task whose rows carry a ``"group"`` (a multiple-choice question stored as
+one row per choice) is shuffled by group, and every cut is moved to the next
+group boundary: a question's choices always stay in one part, so the halves
+may differ by less than one group.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from w2sjax.data.task import Splits, Task, take
 
-__all__ = ["default_n_val", "holdout_mask", "make_splits"]
+__all__ = ["default_n_val", "hashed_holdout", "holdout_mask", "make_splits"]
 
 
 def make_splits(
@@ -49,6 +54,18 @@ def make_splits(
     if n_val is None:
         n_val = default_n_val(n)
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    groups = task.train.get("group")
+    if groups is not None:
+        if balance:
+            raise ValueError(f"task {task.name!r}: balance=True is not supported for grouped (multiple-choice) tasks")
+        weak, strong, val = _grouped_parts(groups, n_val, n_train, train_rng, task.name)
+        test_groups = task.test.get("group")
+        test_idx = _grouped_test(test_groups, n_test, test_rng, task.name)
+        indices = {"weak": weak, "strong": strong, "val": val, "test": test_idx}
+        return Splits(
+            weak=take(task.train, weak), strong=take(task.train, strong), val=take(task.train, val),
+            test=take(task.test, test_idx), indices=indices,
+        )
     perm = train_rng.permutation(n)
     if balance:
         val, weak, strong = _balanced_parts(
@@ -90,6 +107,48 @@ def default_n_val(n: int) -> int:
     never more than a fifth of the data (a 400-row file keeps most of its rows for training;
     4000 rows give 200, which is enough to pick an epoch)."""
     return int(min(VAL_CAP, max(min(VAL_FLOOR, n // 5), int(VAL_FRACTION * n))))
+
+
+def _group_order(groups: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ordered by a random order of their groups, and the group boundaries in it
+    (positions where a new group starts, plus the end)."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    rank = rng.permutation(len(ids))[inverse]
+    perm = np.argsort(rank, kind="stable")
+    starts = np.flatnonzero(np.diff(rank[perm], prepend=-1))
+    return perm, np.append(starts, len(perm))
+
+
+def _snap(bounds: np.ndarray, k: int, lo: int = 0) -> int:
+    """The first group boundary at or after ``lo + k``."""
+    return int(bounds[np.searchsorted(bounds, lo + k)]) if lo + k <= bounds[-1] else int(bounds[-1])
+
+
+def _grouped_parts(groups, n_val, n_train, rng, name):
+    perm, bounds = _group_order(groups, rng)
+    n = len(perm)
+    v = _snap(bounds, n_val)
+    if v > n - 2:
+        raise ValueError(f"task {name!r}: n_val={n_val} leaves no training data out of {n}")
+    end = n
+    if n_train is not None:
+        if not 2 <= n_train <= n - v:
+            raise ValueError(
+                f"task {name!r}: n_train={n_train} must be in [2, {n - v}] "
+                f"(the {n} train examples less n_val={n_val})"
+            )
+        end = _snap(bounds, n_train, v)
+    half = _snap(bounds, (end - v) // 2, v)
+    return perm[v:half], perm[half:end], perm[:v]
+
+
+def _grouped_test(groups, n_test, rng, name):
+    if n_test is None:
+        return np.arange(len(groups))
+    if not 1 <= n_test <= len(groups):
+        raise ValueError(f"task {name!r}: n_test={n_test} must be in [1, {len(groups)}]")
+    perm, bounds = _group_order(groups, rng)
+    return np.sort(perm[: _snap(bounds, n_test)])
 
 
 def _balanced_parts(perm, labels, num_classes, n_val, n_train, rng, name):
@@ -154,3 +213,16 @@ def holdout_mask(labels: np.ndarray, *, frac: float = 0.2, salt: str) -> np.ndar
         order = rows[np.argsort(keys[rows], kind="stable")]
         mask[order[: round(frac * len(rows))]] = True
     return mask
+
+
+def hashed_holdout(keys, *, frac: float, salt: str) -> np.ndarray:
+    """A fixed test mask over rows identified by string ``keys``: the distinct keys are ordered by
+    a hash of ``salt`` and the key, and the first ``round(frac * n_keys)`` become test keys.
+
+    Rows sharing a key (a question's choices, duplicates) always fall on the same side, and the
+    choice depends on the keys alone, not on row order or the numpy version.
+    """
+    keys = [str(k) for k in keys]
+    distinct = sorted(set(keys), key=lambda k: hashlib.blake2b(f"{salt}:{k}".encode(), digest_size=8).digest())
+    test_keys = set(distinct[: round(frac * len(distinct))])
+    return np.array([k in test_keys for k in keys], dtype=bool)

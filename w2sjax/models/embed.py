@@ -23,6 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from w2sjax import signals
+from w2sjax.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
            "last_token", "pooled_features"]
@@ -108,15 +109,6 @@ def pooled_features(graphdef, state, input_ids, attention_mask, *, pooling, norm
         return pool(hidden, mask, pooling, normalize=normalize)
 
     return map_row_blocks(pooled, blocks, input_ids, attention_mask)
-
-
-def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
-    """Padded lengths used for batching: powers of two below ``max_len``, then it."""
-    out, n = [], smallest
-    while n < max_len:
-        out.append(n)
-        n *= 2
-    return out + [max_len]
 
 
 def fit_buckets(lengths: np.ndarray, max_len: int, k: int, step: int = 16) -> list[int]:

@@ -1,0 +1,271 @@
+"""The offline benchmark tasks (bigbench and vaderSentiment sdists), grouped splits and
+per-question accuracy. Builders read the real extracted data in the shared cache; reference
+counts are recomputed here straight from the raw files."""
+
+import collections
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from w2sjax import assets, metrics
+from w2sjax.data import builders, load_task, make_splits
+from w2sjax.data.splits import hashed_holdout
+
+NEW_TASKS = ("multiemo", "social_iqa", "strategyqa", "fever", "vitaminc", "hyperbaton", "vader_movies", "vader_tweets")
+_loaded = {}
+
+
+@pytest.fixture
+def real_cache(monkeypatch):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    for name in ("bigbench", "vader"):
+        monkeypatch.delenv(assets.env_var(name), raising=False)
+
+
+def _task(name):
+    if name not in _loaded:
+        _loaded[name] = load_task(name)
+    return _loaded[name]
+
+
+def _raw(task):
+    return json.loads((assets.fetch("bigbench", quiet=True) / task / "task.json").read_text())["examples"]
+
+
+def _consistent(pairs):
+    """Distinct texts whose every occurrence has one label: {text: label}."""
+    seen = collections.defaultdict(set)
+    for text, label in pairs:
+        seen[text].add(label)
+    return {t: next(iter(ls)) for t, ls in seen.items() if len(ls) == 1}
+
+
+def _all(task):
+    return {k: np.concatenate([task.train[k], task.test[k]]) for k in task.train}
+
+
+def _check_plain(task, expected: dict, test_frac: float):
+    both = _all(task)
+    assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected.items())
+    assert len(task.test["label"]) == round(test_frac * len(expected))
+    assert not set(task.train["text"]) & set(task.test["text"])
+
+
+@pytest.mark.parametrize("name", ["strategyqa", "fever", "vader_tweets", "vader_movies"])
+def test_binary_tasks_match_the_raw_files(real_cache, name):
+    if name == "strategyqa":
+        raw = [(e["input"].strip(), int(e["target_scores"]["Yes"] == 1)) for e in _raw("strategyqa")]
+        frac = 0.44
+    elif name == "fever":
+        raw = []
+        for e in _raw("fact_checker/fever"):
+            claim = e["input"].split("the following claim was made: ", 1)[1].rsplit("\nQ: Was this claim", 1)[0]
+            raw.append((claim.strip(), int(e["target_scores"]["true"] == 1)))
+        frac = 0.3
+    else:
+        stem = "tweets" if name == "vader_tweets" else "movieReviewSnippets"
+        path = assets.fetch("vader", quiet=True) / f"{stem}_GroundTruth.txt"
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
+        # Documented threshold: |mean rating| >= 0.5, sign decides.
+        raw = [(text.strip(), int(float(rating) > 0)) for _, rating, text in rows if abs(float(rating)) >= 0.5]
+        assert len(rows) == {"vader_tweets": 4200, "vader_movies": 10605}[name]
+        frac = {"vader_tweets": 0.35, "vader_movies": 0.3}[name]
+    task = _task(name)
+    assert task.class_names == builders.BUILDERS[name].CLASS_NAMES and task.num_classes == 2
+    _check_plain(task, _consistent(raw), frac)
+    assert len(task.test["label"]) >= 1000
+
+
+def test_multiemo_is_positive_against_negative_with_domains(real_cache):
+    pairs, domain_of = [], {}
+    for d, dom in enumerate(("hotels", "medicine", "products", "reviews")):
+        for e in _raw(f"multiemo/{dom}_sentence_en"):
+            (answer,) = [k for k, v in e["target_scores"].items() if v]
+            if answer in ("positive", "negative"):
+                pairs.append((e["input"].strip(), int(answer == "positive")))
+                domain_of.setdefault(e["input"].strip(), d)
+    task = _task("multiemo")
+    assert task.class_names == ("negative", "positive")
+    _check_plain(task, _consistent(pairs), 0.25)
+    both = _all(task)
+    assert [domain_of[t] for t in both["text"]] == both["domain"].tolist()
+    assert set(both["domain"].tolist()) == {0, 1, 2, 3}
+
+
+def test_vitaminc_drops_neither_and_splits_by_claim(real_cache):
+    raw = _raw("vitaminc_fact_verification")
+    kept = [e for e in raw if e["target_scores"]["Neither"] == 0]
+    assert len(raw) - len(kept) == 7257
+    task = _task("vitaminc")
+    both = _all(task)
+    assert len(both["label"]) == len(kept)
+    assert int(both["label"].sum()) == sum(e["target_scores"]["True"] for e in kept)
+    claims = {part: {t.rsplit("\nClaim: ", 1)[1] for t in getattr(task, part)["text"]} for part in ("train", "test")}
+    assert not claims["train"] & claims["test"]
+    assert len(task.test["label"]) >= 1000
+
+
+def _check_choice_pairs(task, n_questions, choices_per_question):
+    both = _all(task)
+    assert task.class_names == ("incorrect", "correct")
+    groups = collections.Counter(both["group"].tolist())
+    assert len(groups) == n_questions
+    assert sorted(collections.Counter(groups.values()).items()) == sorted(choices_per_question.items())
+    correct = collections.Counter(both["group"][both["label"] == 1].tolist())
+    assert set(correct.values()) == {1} and len(correct) == n_questions  # one right answer each
+    assert not set(task.train["group"].tolist()) & set(task.test["group"].tolist())
+
+
+def test_social_iqa_choice_pairs(real_cache):
+    task = _task("social_iqa")
+    raw = _raw("social_iqa")
+    _check_choice_pairs(task, 1954, collections.Counter(len(e["target_scores"]) for e in raw))
+    first = raw[0]
+    answers = {f"{first['input'].strip()} Answer: {a}": v for a, v in first["target_scores"].items()}
+    both = _all(task)
+    got = {t: int(lbl) for t, lbl in zip(both["text"], both["label"]) if t in answers}
+    assert got == answers
+    assert len(task.test["label"]) >= 1000
+
+
+@pytest.mark.slow  # reads 100,000 rows back from TFDS (~30 s on a busy 2-core machine)
+def test_hyperbaton_choice_pairs(real_cache):
+    task = _task("hyperbaton")
+    _check_choice_pairs(task, 50000, {2: 50000})
+    first = _raw("hyperbaton")[0]
+    a, b = re.findall(r'" (.*?) "', first["input"])
+    both = _all(task)
+    rows = {t: int(lbl) for t, lbl, g in zip(both["text"], both["label"], both["group"]) if g == 0}
+    assert rows == {a: first["target_scores"]["a"], b: first["target_scores"]["b"]}
+
+
+def test_builders_record_source_licence_and_citation(real_cache):
+    for name in NEW_TASKS:
+        cls = builders.BUILDERS[name]
+        assert cls.LICENSE and cls.CITATION and cls.HOMEPAGE, name
+        assert ("bigbench==1.0.0" if cls.ASSET == "bigbench" else "vaderSentiment==3.3.2") in cls.DESCRIPTION
+    stored = builders.tfds.builder_from_directory(assets.cache_dir() / "tfds" / "w2sjax_social_iqa" / "1.0.0")
+    assert "Sap" in stored.info.citation and "CC BY 4.0" in stored.info.description
+    assert stored.info.features["group"].np_dtype == np.int64
+
+
+# --- splits that keep a question's choices together --------------------------
+
+def test_hashed_holdout_is_fixed_and_keeps_keys_together():
+    keys = [f"q{i // 3}" for i in range(300)]  # 100 keys, 3 rows each
+    mask = hashed_holdout(keys, frac=0.25, salt="s")
+    assert mask.sum() == 75
+    for k in set(keys):
+        rows = [m for kk, m in zip(keys, mask) if kk == k]
+        assert len(set(rows)) == 1
+    shuffled = list(reversed(keys))
+    assert list(reversed(hashed_holdout(shuffled, frac=0.25, salt="s"))) == mask.tolist()  # order-free
+    assert hashed_holdout(keys, frac=0.25, salt="t").tolist() != mask.tolist()
+
+
+def test_grouped_splits_keep_questions_whole(real_cache):
+    task = _task("social_iqa")
+    s = make_splits(task, seed=3, n_train=600, n_val=90, n_test=300)
+    parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("weak", "strong", "val")}
+    assert not parts["weak"] & parts["strong"] and not parts["val"] & (parts["weak"] | parts["strong"])
+    sizes = collections.Counter(task.train["group"].tolist())
+    for p, groups in parts.items():  # every question in a part comes with all of its choices
+        assert len(s.indices[p]) == sum(sizes[g] for g in groups)
+    assert 90 <= len(s.indices["val"]) < 90 + 3
+    assert abs(len(s.indices["weak"]) - len(s.indices["strong"])) <= 3
+    test_sizes = collections.Counter(task.test["group"].tolist())
+    test_groups = set(task.test["group"][s.indices["test"]].tolist())
+    assert len(s.indices["test"]) == sum(test_sizes[g] for g in test_groups) >= 300
+    again = make_splits(task, seed=3, n_train=600, n_val=90, n_test=300)
+    assert all(np.array_equal(s.indices[p], again.indices[p]) for p in s.indices)
+    with pytest.raises(ValueError, match="balance=True is not supported for grouped"):
+        make_splits(task, seed=0, balance=True)
+
+
+# --- per-question accuracy ----------------------------------------------------
+
+def test_question_accuracy_against_a_loop():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(rng.permutation(40) * 7, 3)  # arbitrary ids, 3 choices each
+    labels = np.zeros(120, np.int32)
+    labels[np.arange(40) * 3 + rng.integers(0, 3, 40)] = 1
+    probs = rng.random((120, 2)).astype(np.float32)
+    probs[:6] = 0.5  # two questions tie on every choice
+    expected = []
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        score = probs[rows, 1] - probs[rows, 0]
+        best = rows[score == score.max()]
+        expected.append(labels[best].mean())  # a random pick among tied choices
+    got = float(metrics.question_accuracy(probs, labels, groups))
+    assert got == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    assert float(metrics.question_accuracy(np.eye(2)[labels], labels, groups)) == 1.0
+
+
+def test_run_reports_per_question_accuracy(real_cache, tmp_path):
+    from w2sjax import experiment
+    from w2sjax.config import Config, DataConfig
+    from w2sjax.train import TrainConfig
+
+    cfg = Config(
+        name="t", data=DataConfig(task="social_iqa", n_train=150, n_val=30, n_test=90, max_len=32),
+        weak_models=("tfidf",), strong_models=("minilm-l1",), losses=("xent",), seeds=(0,),
+        weak_train=TrainConfig(epochs=2, batch_size=32), train=TrainConfig(epochs=2, batch_size=32),
+    )
+    (row,) = experiment.run(cfg, tmp_path, progress=False)["runs"]
+    assert row["n_test"] >= 90 and row["n_test_questions"] * 3 >= row["n_test"] >= row["n_test_questions"] * 2
+    for k in ("weak", "w2s", "ceiling"):
+        assert 0.0 <= row[f"{k}_acc_question"] <= 1.0
+    gap = row["ceiling_acc_question"] - row["weak_acc_question"]
+    if gap > 0:
+        assert row["pgr_question"] == pytest.approx((row["w2s_acc_question"] - row["weak_acc_question"]) / gap, abs=1e-5)
+
+
+def test_tasks_command_prints_sizes_and_majority(real_cache, capsys):
+    from w2sjax import cli
+
+    assert cli.main(["tasks", "vader_tweets", "social_iqa", "piqa"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    tweets = _task("vader_tweets")
+    test = tweets.test["label"]
+    majority = max(np.mean(test == 0), np.mean(test == 1))
+    assert lines["vader_tweets"].split()[1:4] == [str(len(tweets.train["label"])), str(len(test)), "negative,"]
+    assert f"{majority:.3f}" in lines["vader_tweets"] and "pip vaderSentiment==3.3.2" in lines["vader_tweets"]
+    assert "(975 q)" in lines["social_iqa"] and "(979 q)" in lines["social_iqa"]
+    assert "TFDS piqa (needs network)" in lines["piqa"]
+    assert cli.main(["tasks", "nope"]) == 2
+
+
+@pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
+@pytest.mark.parametrize("name", NEW_TASKS)
+def test_cli_run_on_every_offline_task(real_cache, name, tmp_path):
+    from w2sjax import cli
+
+    sets = [f"data.task={name}", "data.n_train=120", "data.n_val=40", "data.n_test=120", "data.max_len=32",
+            "strong_models=minilm-l1", "losses=xent"]
+    argv = ["run", "--config", "experiments/smoke.py", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    (row,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert row["task"] == name and 0.0 <= row["w2s_acc"] <= 1.0
+    assert ("w2s_acc_question" in row) == builders.BUILDERS[name].GROUPED
+
+
+def test_multiemo_domain_shift(real_cache):
+    from w2sjax import experiment
+    from w2sjax.config import ConfigError, MethodConfig
+
+    task = _task("multiemo")
+    shifted = experiment.shift_task(task, "domain:reviews")  # university reviews = domain 3
+    assert set(shifted.train["domain"].tolist()) == {0, 1, 2} and set(shifted.test["domain"].tolist()) == {3}
+    assert len(shifted.test["label"]) == int((task.test["domain"] == 3).sum()) > 0
+    assert len(shifted.train["label"]) == int((task.train["domain"] != 3).sum())
+    with pytest.raises(ConfigError, match="expected one of hotels, medicine, products, reviews"):
+        experiment.shift_task(task, "domain:school")
+    with pytest.raises(ConfigError, match="has none"):
+        experiment.shift_task(_task("fever"), "domain:x")
+    with pytest.raises(ConfigError, match="domain:NAME"):
+        MethodConfig(shift="domain:")

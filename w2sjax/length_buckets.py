@@ -1,0 +1,105 @@
+"""Length-bucketed batches for finetuning on token inputs.
+
+Tokenised texts arrive padded to ``max_len``, but short texts (reviews, tweets, sentences) are
+mostly padding, and a transformer pays for every padded token. Here each batch is cut to the
+shortest of a small fixed set of lengths (`bucket_lengths`: 16, 32, 64, ..., max_len) that
+holds its longest row, so a stage compiles at most one program per bucket length.
+
+The order, per epoch ``e`` of a stage with seed ``s`` and batch size ``B``:
+
+1. The epoch's examples are the same as without buckets: the first ``steps_per_epoch * B`` of the
+   seeded permutation ``train._epoch_permutation(n, s, e)`` (the rest, fewer than ``B``, sit the
+   epoch out, as before).
+2. Each example goes to the shortest bucket that holds it; within a bucket, examples keep their
+   order in the permutation.
+3. From the shortest bucket to the longest, a bucket's examples (after any carried over from the
+   shorter one) are cut into batches of ``B``; a remainder of fewer than ``B`` is carried to the
+   next longer bucket (padding up is harmless). So every batch is full, and the last bucket's
+   count is a multiple of ``B``.
+4. The epoch's batches are shuffled with the seed ``(s, e, 1)``, so long and short batches mix
+   over the epoch instead of running short to long.
+
+Every step's batch is a pure function of ``(seed, step)``, as without buckets, so a resumed stage
+continues with the batches an uninterrupted one would have used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
+    """Padded lengths used for batching: powers of two below ``max_len``, then it."""
+    out, n = [], smallest
+    while n < max_len:
+        out.append(n)
+        n *= 2
+    return out + [max_len]
+
+__all__ = ["BucketedOrder", "bucket_lengths", "epoch_plan", "token_lengths", "trim"]
+
+
+def token_lengths(inputs) -> np.ndarray | None:
+    """Per-example length up to the last real token, for token inputs; ``None`` for anything else.
+
+    Token inputs are a dict with a 2-D ``attention_mask``. The length is the position of the
+    last non-zero mask entry plus one, so right padding is cut and any other layout is kept whole.
+    """
+    if not isinstance(inputs, dict) or "attention_mask" not in inputs:
+        return None
+    mask = np.asarray(inputs["attention_mask"])
+    if mask.ndim != 2:
+        return None
+    real = mask != 0
+    last = mask.shape[1] - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 1).astype(np.int64)
+
+
+def epoch_plan(perm: np.ndarray, lengths: np.ndarray, batch_size: int, buckets: tuple[int, ...], seed: int,
+               epoch: int) -> list[tuple[np.ndarray, int]]:
+    """The epoch's batches as ``(example indices, padded length)``, in training order.
+
+    ``perm`` is the epoch's permutation of example indices; its first ``len(perm) // batch_size
+    * batch_size`` entries are trained on (see the module docstring for the order).
+    """
+    keep = perm[: len(perm) // batch_size * batch_size]
+    which = np.searchsorted(np.asarray(buckets), lengths[keep])  # shortest bucket >= length
+    batches: list[tuple[np.ndarray, int]] = []
+    carry = np.zeros(0, dtype=keep.dtype)
+    for b, length in enumerate(buckets):
+        rows = np.concatenate([carry, keep[which == b]])
+        full = len(rows) // batch_size * batch_size
+        batches += [(rows[i:i + batch_size], int(length)) for i in range(0, full, batch_size)]
+        carry = rows[full:]
+    assert len(carry) == 0, "the last bucket holds every length, so nothing is left over"
+    order = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+class BucketedOrder:
+    """Step -> ``(example indices, padded length)`` for one stage, one epoch plan cached at a time.
+
+    ``permutation(epoch)`` must return the epoch's seeded permutation of ``range(len(lengths))``
+    (the same one unbucketed batches are drawn from).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, max_len: int, permutation):
+        self.lengths = np.minimum(np.asarray(lengths, np.int64), max_len)
+        self.batch_size, self.seed, self.permutation = batch_size, seed, permutation
+        self.buckets = tuple(bucket_lengths(max_len))
+        self.per_epoch = max(1, len(self.lengths) // batch_size)
+        self._epoch, self._plan = None, None
+
+    def batch(self, step: int) -> tuple[np.ndarray, int]:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._plan = epoch_plan(self.permutation(epoch), self.lengths, self.batch_size, self.buckets,
+                                    self.seed, epoch)
+        idx, length = self._plan[k]
+        return idx.copy(), length
+
+
+def trim(inputs: dict, length: int, max_len: int) -> dict:
+    """Token inputs cut to their first ``length`` positions (every ``[N, max_len]`` array)."""
+    return {k: (v[:, :length] if np.ndim(v) == 2 and np.shape(v)[1] == max_len else v) for k, v in inputs.items()}

@@ -1,0 +1,119 @@
+"""A benchmark suite: the same protocol on many tasks, summarised the way Burns et al. report it.
+
+Per task and (supervisor, student, loss): PGR of the seed means with a bootstrap interval over
+seeds (:func:`w2sjax.results.bootstrap_pgr`). Multiple-choice tasks (stored one row per choice)
+are scored per question (``*_acc_question``): per-pair accuracy there mostly measures the
+share of wrong choices. Across tasks: the median of the per-task PGRs, with a 95% percentile
+interval from resampling the tasks; tasks whose ceiling does not beat the supervisor have no
+PGR and are left out of the median (and counted).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from w2sjax.results import bootstrap_pgr, pgr_of_means
+
+PAIR_KEYS = ("weak_model", "strong_model", "loss")
+
+
+def task_rows(results_by_task: dict[str, dict]) -> list[dict]:
+    """One row per (task, supervisor, student, loss) from each task's ``results.json`` dict."""
+    rows = []
+    for task, results in results_by_task.items():
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for run in results["runs"]:
+            if run.get("chain") or run.get("variant"):
+                continue  # the suite compares plain weak -> strong pairs
+            groups[tuple(run[k] for k in PAIR_KEYS)].append(run)
+        for key, runs in groups.items():
+            per_question = all("weak_acc_question" in r for r in runs)
+            suffix = "_question" if per_question else ""
+            acc = {k: np.array([r[f"{k}_acc{suffix}"] for r in runs], float) for k in ("weak", "w2s", "ceiling")}
+            lo, hi = bootstrap_pgr(acc["weak"], acc["w2s"], acc["ceiling"])
+            rows.append({
+                "task": task, **dict(zip(PAIR_KEYS, key)),
+                "seeds": len(runs),
+                "scored": "per question" if per_question else "per example",
+                **{f"{k}_acc": float(v.mean()) for k, v in acc.items()},
+                "pgr": pgr_of_means(acc["weak"], acc["w2s"], acc["ceiling"]),
+                "pgr_ci95": (lo, hi),
+                "n_test": int(runs[0].get("n_test_questions" if per_question else "n_test", 0)),
+            })
+    return rows
+
+
+def medians(rows: list[dict], *, min_gap: float = 0.0, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """The median PGR across tasks per (supervisor, student, loss), with a task-bootstrap interval.
+
+    ``min_gap`` > 0 keeps only tasks whose ceiling beats the supervisor by at least that much:
+    PGR divides by the gap, so a gap of a point or two turns test noise into PGRs of +-5.
+    The filter looks at weak and ceiling accuracy only, never at the student.
+    """
+    by_pair: dict[tuple, list[float]] = defaultdict(list)
+    counts: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        key = tuple(r[k] for k in PAIR_KEYS)
+        counts[key] += 1
+        if np.isfinite(r["pgr"]) and r["ceiling_acc"] - r["weak_acc"] >= min_gap:
+            by_pair[key].append(r["pgr"])
+    rng = np.random.default_rng(seed)
+    out = []
+    for key, n_tasks in counts.items():
+        values = np.array(by_pair.get(key, []), float)
+        if len(values):
+            boot = np.median(values[rng.integers(0, len(values), size=(n_boot, len(values)))], axis=1)
+            ci = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+            med = float(np.median(values))
+        else:
+            ci, med = (float("nan"), float("nan")), float("nan")
+        out.append({**dict(zip(PAIR_KEYS, key)), "median_pgr": med, "median_ci95": ci,
+                    "tasks_with_pgr": len(values), "tasks": n_tasks, "min_gap": min_gap})
+    return out
+
+
+def gaps(rows: list[dict]) -> list[dict]:
+    """Per task, each supervisor's and each student's ceiling accuracy (means over seeds and
+    over the rows that share them): the weak-ceiling gaps PGR divides by."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = out.setdefault(r["task"], {"task": r["task"], "scored": r["scored"], "weak": {}, "ceiling": {}})
+        entry["weak"].setdefault(r["weak_model"], r["weak_acc"])
+        entry["ceiling"].setdefault(r["strong_model"], r["ceiling_acc"])
+    return list(out.values())
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if np.isfinite(x) else "undefined"
+
+
+def format_markdown(rows: list[dict], meds: list[dict]) -> str:
+    """The gap table, the per-task table and the median table(s), as Markdown (``meds`` may hold
+    medians for several ``min_gap`` values)."""
+    table = gaps(rows)
+    weak = list(dict.fromkeys(w for g in table for w in g["weak"]))
+    strong = list(dict.fromkeys(s for g in table for s in g["ceiling"]))
+    lines = ["| task | scored | " + " | ".join(weak + [f"{s} probe (ceiling)" for s in strong]) + " |",
+             "|---|---|" + "---|" * (len(weak) + len(strong))]
+    for g in table:
+        cells = [g["weak"].get(w) for w in weak] + [g["ceiling"].get(s) for s in strong]
+        lines.append(f"| {g['task']} | {g['scored']} | "
+                     + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines += ["", "| task | supervisor | student | loss | scored | weak | w2s | ceiling | PGR [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["pgr_ci95"]
+        ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) and np.isfinite(r["pgr"]) else ""
+        lines.append(f"| {r['task']} | {r['weak_model']} | {r['strong_model']} | {r['loss']} | {r['scored']} | "
+                     f"{r['weak_acc']:.3f} | {r['w2s_acc']:.3f} | {r['ceiling_acc']:.3f} | {_fmt(r['pgr'])}{ci} |")
+    lines += ["", "| supervisor | student | loss | tasks | median PGR [95% CI over tasks] | tasks with a PGR |",
+              "|---|---|---|---|---|---|"]
+    for m in meds:
+        which = "all" if not m.get("min_gap") else f"gap >= {m['min_gap']:.2f}"
+        lo, hi = m["median_ci95"]
+        ci = f" [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else ""
+        lines.append(f"| {m['weak_model']} | {m['strong_model']} | {m['loss']} | {which} | {_fmt(m['median_pgr'])}{ci} | "
+                     f"{m['tasks_with_pgr']} of {m['tasks']} |")
+    return "\n".join(lines)
