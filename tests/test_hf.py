@@ -276,14 +276,14 @@ def test_prompt_template_reaches_the_tokenizer_and_the_fingerprint():
     prompt = "Review: {text}\nIs it positive?"
     cfg = Config(data=DataConfig(max_len=24, prompt=prompt), strong_mode="finetune")
     inputs = Inputs(_tiny_task(), cfg, progress=False)
-    got = inputs.get(name, "strong").inputs("train", np.arange(4))
+    got = inputs.get(name).inputs("train", np.arange(4))
     _, tok = hf.load(FIXTURES / "gpt2")
     want_ids, want_mask = tok.encode([prompt.replace("{text}", t) for t in _tiny_task().train["text"]], 24)
     np.testing.assert_array_equal(got["input_ids"], want_ids)
     np.testing.assert_array_equal(got["attention_mask"], want_mask)
-    options = inputs.options(name, "strong")
+    options = inputs.options(name)
     assert options["prompt"] == prompt and options["checkpoint_sha256"] == hf.checkpoint_hash(FIXTURES / "gpt2")
-    assert "prompt" not in Inputs(_tiny_task(), cfg, progress=False).options("tfidf", "weak")
+    assert "prompt" not in Inputs(_tiny_task(), cfg, progress=False).options("tfidf", frozen_features=True)
     with pytest.raises(ConfigError, match=r"data.prompt: expected a template containing \{text\}"):
         DataConfig(prompt="no placeholder")
 
@@ -297,5 +297,5 @@ def test_lora_settings_are_part_of_the_fingerprint():
     name = f"hf:{FIXTURES / 'bert'}"
     cfg = Config(strong_mode="finetune")
     cfg = dc.replace(cfg, train=dc.replace(cfg.train, trainable="lora", lora=LoraConfig(rank=4)))
-    options = Inputs(_tiny_task(), cfg, progress=False).options(name, "strong")
+    options = Inputs(_tiny_task(), cfg, progress=False).options(name)
     assert options["trainable"] == "lora" and options["lora"]["rank"] == 4

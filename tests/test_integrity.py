@@ -54,6 +54,11 @@ def lines(stderr: str, prefix: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(prefix)]
 
 
+def damage_warnings(stderr: str) -> list[str]:
+    """The warning lines about damage (a run may also warn about, e.g., few optimizer steps)."""
+    return [w for w in lines(stderr, "w2sjax: warning: ") if "damaged" in w]
+
+
 def one_error_line(proc) -> str:
     """The run failed with exactly one line on stderr, the w2sjax error, and no traceback."""
     assert proc.returncode != 0
@@ -74,6 +79,12 @@ def copy(reference, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
     return out
+
+
+def stage_dir(ckpts: pathlib.Path, stage: str, outputs: bool = False) -> pathlib.Path:
+    """A stage's checkpoint folder (``NAME--FINGERPRINT``, ``.out`` for its outputs)."""
+    [found] = [p for p in ckpts.glob(f"{stage}--*") if p.name.endswith(".out") == outputs]
+    return found
 
 
 def state_files(stage_dir: pathlib.Path, step: int) -> list[pathlib.Path]:
@@ -104,17 +115,18 @@ def _empty_metadata(stage: pathlib.Path):
 @pytest.mark.parametrize("damage", [_garbage, _truncate, _empty_metadata], ids=lambda f: f.__name__[1:])
 def test_damaged_finished_stage_is_set_aside_and_retrained(reference, copy, damage):
     stage = "weak__linear__seed0"
-    damage(copy / "checkpoints" / f"{stage}.out")
+    damage(stage_dir(copy / "checkpoints", stage, outputs=True))
     proc = cli(copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    warnings = lines(proc.stderr, "w2sjax: warning: ")
+    warnings = damage_warnings(proc.stderr)
     assert len(warnings) == 1 and repr(stage) in warnings[0] and "Traceback" not in proc.stderr, proc.stderr
     assert runs(copy) == runs(reference)
-    aside = sorted(p.name.split(".2")[0] for p in (copy / "checkpoints" / "damaged").iterdir())
+    aside = sorted(p.name.split("--")[0] + (".out" if ".out." in p.name else "")
+                   for p in (copy / "checkpoints" / "damaged").iterdir())
     assert aside == [stage, f"{stage}.out"]
     # Retrained and saved with a checksum: the next run reuses it silently.
     again = cli(copy)
-    assert again.returncode == 0 and not lines(again.stderr, "w2sjax: warning: ")
+    assert again.returncode == 0 and not damage_warnings(again.stderr)
 
 
 def test_stage_output_checksum_is_checked_on_restore(tmp_path):
@@ -150,18 +162,19 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capfd):
 
 def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, copy):
     ckpts = copy / "checkpoints"
-    steps = sorted(int(p.name) for p in (ckpts / W2S).iterdir() if p.name.isdigit())
+    w2s, w2s_out = stage_dir(ckpts, W2S), stage_dir(ckpts, W2S, outputs=True)
+    steps = sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit())
     final = steps[-1]
     assert len(steps) >= 2, steps  # in-stage steps kept next to the final one
     # As if killed inside the stage: no final step, no outputs; then the newest step truncated.
-    shutil.rmtree(ckpts / W2S / str(final))
-    shutil.rmtree(ckpts / f"{W2S}.out")
-    for f in state_files(ckpts / W2S, steps[-2]):
+    shutil.rmtree(w2s / str(final))
+    shutil.rmtree(w2s_out)
+    for f in state_files(w2s, steps[-2]):
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
     proc = cli(copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    warnings = lines(proc.stderr, "w2sjax: warning: ")
+    warnings = damage_warnings(proc.stderr)
     assert len(warnings) == 1 and f"step {steps[-2]}" in warnings[0] and "Traceback" not in proc.stderr
     assert runs(copy) == runs(reference)
 
@@ -177,7 +190,7 @@ def test_failed_write_removes_its_temp_file_and_the_run_says_one_line(reference,
     line = one_error_line(proc)
     assert "results.json" in line and proc.returncode == 1
     assert (copy / "results.json").read_text() == before
-    assert not [p.name for p in copy.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in copy.iterdir() if "tmp" in p.name]  # no temporary file left
 
 
 def test_stale_temp_files_are_removed_by_the_next_run(reference, copy):
@@ -418,7 +431,7 @@ def test_run_on_a_damaged_prepared_data_set_gives_the_reference(reference, tmp_p
     _truncate_shard(cache / "tfds" / "w2sjax_spambase" / "1.0.0")
     proc = cli(tmp_path / "run", env={"W2SJAX_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(lines(proc.stderr, "w2sjax: warning: ")) == 1
+    assert len(damage_warnings(proc.stderr)) == 1
     assert runs(tmp_path / "run") == runs(reference)
 
 
@@ -433,7 +446,7 @@ def test_diverging_stage_fails_naming_stage_step_and_lr(reference, copy, section
     stage = "ceiling__mlp__seed0" if section == "train" else "weak__linear__seed0"
     assert proc.returncode == 1 and f"stage {stage}" in line and "at step" in line and "lr=1e+09" in line
     assert not (out / "results.json").exists()
-    assert not (out / "checkpoints" / f"{stage}.out").exists()  # the failed stage is not kept as done
+    assert not list((out / "checkpoints").glob(f"{stage}--*.out"))  # the failed stage is not kept as done
     assert (copy / "results.json").read_text() == before
 
 

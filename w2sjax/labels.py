@@ -1,4 +1,7 @@
-"""Pseudo-labels: what the student is trained on, made from one or several supervisors.
+"""Refining pseudo-labels: what the student is trained on, made from one or several supervisors.
+
+A supervisor's pseudo-labels themselves are its predictions on half B
+(:meth:`w2sjax.experiment.SeedRun.pseudo_labels`); the functions here transform them.
 
 Pure numpy functions of probability arrays ``[N, C]`` (and, for the neighbourhood methods, the
 strong model's frozen features ``[N, D]``). Each returns new labels and/or a boolean ``keep``

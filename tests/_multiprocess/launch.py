@@ -33,16 +33,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def job_envs(processes: int, devices: int) -> list[dict]:
+    """One environment per process of one JAX job with its coordinator on localhost, each
+    process on `devices` fake CPU devices."""
+    port = _free_port()
+    return [process_env(devices, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                        JAX_PROCESS_ID=str(pid)) for pid in range(processes)]
+
+
 def run_processes(argv: list[str], log_dir, *, processes: int = 2, devices: int = 2,
                   timeout: float = 90) -> list[str]:
-    """Run `argv` as `processes` processes of one JAX job (coordinator on localhost), each on
-    `devices` fake CPU devices. Returns each process's output (stdout and stderr, in process
-    order) after all exited 0; fails the test with the output of one that did not."""
-    port = _free_port()
+    """Run `argv` as the processes of one job (`job_envs`) and wait for all. Returns each
+    process's output (stdout and stderr, in process order) after all exited 0; fails the test
+    with the output of one that did not."""
     procs = []
-    for pid in range(processes):
-        env = process_env(devices, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                          JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(pid))
+    for pid, env in enumerate(job_envs(processes, devices)):
         # A file, not a pipe: a process blocked on a full pipe would hang the collective.
         log = open(os.path.join(log_dir, f"proc{pid}.log"), "w+")
         procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log))

@@ -60,18 +60,18 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
     rows = []
     for seed in config.seeds:
         sr = experiment.SeedRun(runner, task, seed)
-        y = {k: sr.b["label"] if k == "b" else sr.val["label"] if k == "val" else sr.test["label"]
+        y = {k: sr.student_half["label"] if k == "b" else sr.val["label"] if k == "val" else sr.test["label"]
              for k in ("b", "val", "test")}
         onehot = {k: np.eye(task.num_classes)[v] for k, v in y.items()}
         supervisors = {}
         for w in config.weak_models:
             for n in config.options.weak_sizes:
                 name = w if n == 0 else f"{w}@{n}"
-                rows_a = sr.a["row"] if n == 0 else sr.a["row"][:n]
+                rows_a = sr.supervisor_half["row"] if n == 0 else sr.supervisor_half["row"][:n]
                 supervisors[name] = sr.weak(w, rows=rows_a, variant="" if n == 0 else f"-n{n}")
         for s in config.strong_models:
             ceiling = sr.ceiling(s)
-            fi = runner.inputs.get(s, "weak")  # frozen features of the strong backbone
+            fi = runner.inputs.get(s, frozen_features=True)  # of the strong backbone
             feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
             pair_rows = []
             for name, weak in supervisors.items():
@@ -83,7 +83,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                     "gain_sq": round(_sq(wt, onehot["test"]) - _sq(st, onehot["test"]), 6),
                     "weak_sq_err_val": round(_sq(weak.preds["val"], onehot["val"]), 6),
                     "misfit_val": round(float(metrics.misfit(student.preds["val"], weak.preds["val"])), 6),
-                    "n_weak_labels": int(len(sr.a["row"]) if "@" not in name else int(name.split("@")[1])),
+                    "n_weak_labels": len(sr.supervisor_half["row"]) if "@" not in name else int(name.split("@")[1]),
                 })
                 p1 = {k: weak.preds[k][:, 1] for k in ("b", "test")}
                 row.update(_regression_check(feats, p1, {k: y[k].astype(np.float64) for k in ("b", "test")}))

@@ -39,9 +39,9 @@ def _finetune_then_embed(sr, s: str, labels: np.ndarray, stage: str):
     from w2sjax.models.bert import mean_pool
 
     runner, cfg = sr.runner, sr.config
-    mi = runner.inputs.get(s, "strong")
+    mi = runner.inputs.get(s)
     fit_cfg = dataclasses.replace(cfg.train, trainable=mi.trainable)
-    inputs_b, inputs_test = mi.inputs("train", sr.b["row"]), mi.inputs("test", sr.test["row"])
+    inputs_b, inputs_test = mi.inputs("train", sr.student_half["row"]), mi.inputs("test", sr.test["row"])
     fitted = train.fit(mi.build(sr.seed), train.ArrayData(inputs_b, labels.astype(np.float32)), cfg=fit_cfg,
                        loss="xent", mesh=runner.mesh, seed=sr.seed, stage=stage, log=runner.log,
                        progress=runner.progress)
@@ -87,18 +87,19 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
         sr = experiment.SeedRun(runner, task, seed)
         for s in config.strong_models:
             ft_gt = sr.ceiling(s)  # finetuned on ground truth (strong_mode=finetune)
-            lp_gt = sr.strong(StageKey("lp-ceiling", (s,), seed), s, sr.gt(sr.b), sr.gt(sr.val), "xent", cfg=PROBE,
-                              role="weak")
+            lp_gt = sr.strong(StageKey("lp-ceiling", (s,), seed), s, sr.gt(sr.student_half), sr.gt(sr.val), "xent",
+                              cfg=PROBE, frozen_features=True)
             for w in config.weak_models:
                 weak = sr.weak(w)
-                lp_weak = sr.strong(StageKey("lp-w2s", (w, s), seed), s, weak.preds["b"], weak.preds["val"], "xent",
-                                    cfg=PROBE, role="weak", sources={"labels": weak.source("b"),
+                lp_weak = sr.strong(StageKey("lp-w2s", (w, s), seed), s, sr.pseudo_labels(weak), weak.preds["val"],
+                                    "xent", cfg=PROBE, frozen_features=True, sources={"labels": weak.source("b"),
                                                                      "val_labels": weak.source("val")})
                 started = time.perf_counter()
-                ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, weak.preds["b"], StageKey("ft-w2s", (w, s), seed).name)
+                ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, sr.pseudo_labels(weak),
+                                                                    StageKey("ft-w2s", (w, s), seed).name)
                 ft_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-                relp = _probe(sr, f_b, sr.gt(sr.b), f_test, StageKey("ft-w2s-lp-gt", (w, s), seed).name)
+                relp = _probe(sr, f_b, sr.gt(sr.student_half), f_test, StageKey("ft-w2s-lp-gt", (w, s), seed).name)
                 outputs = {
                     "lp_weak": lp_weak, "lp_gt": lp_gt,
                     "ft_weak": StageOutput({"test": ft_probs, "b": np.zeros_like(weak.preds["b"])}, ft_seconds, steps),

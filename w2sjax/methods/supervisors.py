@@ -53,14 +53,15 @@ def _combined(parts: list, weights) -> "object":
 
 def _boosted(sr, name: str, rounds: int):
     """EnsemW2S-style boosting of one supervisor family on half A; returns (combined, votes)."""
-    a_rows = sr.a["row"]
-    y_a = sr.a["label"]
+    a_rows = sr.supervisor_half["row"]
+    y_a = sr.supervisor_half["label"]
     evals = dict(sr.evals, a=("train", a_rows))
     weights = np.ones(len(a_rows), np.float32)
     members, votes = [], []
     for t in range(rounds):
         out = sr.runner.stage(
-            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, role="weak", rows=a_rows, labels=sr.gt(sr.a),
+            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, frozen_features=True, rows=a_rows,
+            labels=sr.gt(sr.supervisor_half),
             val_rows=sr.val["row"], val_labels=sr.gt(sr.val), evals=evals, cfg=sr.config.weak_train, loss="xent",
             seed=sr.seed, weights=weights,
         )
@@ -82,11 +83,11 @@ def _raven_student(sr, feats, sups: list, *, uniform: bool):
 
     with Timer() as t:
         if uniform:
-            mixed = labels.combine([s.preds["b"] for s in sups])
+            mixed = labels.combine([sr.pseudo_labels(s) for s in sups])
             weights, head = raven.learned_weights(feats["b"], [mixed], seed=sr.seed)
             weights = np.full(len(sups), 1.0 / len(sups))
         else:
-            weights, head = raven.learned_weights(feats["b"], [s.preds["b"] for s in sups], seed=sr.seed)
+            weights, head = raven.learned_weights(feats["b"], [sr.pseudo_labels(s) for s in sups], seed=sr.seed)
         preds = {}
         for k in ("b", "val", "test"):
             z = np.asarray(feats[k], np.float64) @ head["w"] + head["b"]
@@ -135,7 +136,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                 student = sr.w2s(f"boost{BOOST_ROUNDS}-{real[0]}", s, boost, loss)
                 rows.append({**sr.row(f"{real[0]}x{BOOST_ROUNDS}", s, loss, boost, student, ceiling),
                              "variant": "boost", "supervisor_weights": _r(boost_votes), **extra})
-                fi = runner.inputs.get(s, "weak")
+                fi = runner.inputs.get(s, frozen_features=True)
                 feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
                 for variant, uniform in (("raven_uniform", True), ("raven", False)):
                     student, weights = _raven_student(sr, feats, list(sups.values()), uniform=uniform)
