@@ -582,14 +582,16 @@ def compiled_train_loop(model: Model, tx, mesh: Mesh, shardings, step_wrapper: C
 
 def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
     """The initial state placed on the mesh, or the checkpointed one when ``ckpt`` holds a step."""
-    resumed_from = ckpt.latest_step() if ckpt is not None else None
-    if resumed_from is None:
+    if ckpt is None or ckpt.latest_step() is None:
         return place(state, shardings), None
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s), state, shardings
     )
     restored = ckpt.restore(abstract)  # None: no saved step could be restored, so start over
-    return (place(state, shardings), None) if restored is None else (restored, resumed_from)
+    if restored is None:
+        return place(state, shardings), None
+    # the step actually restored: after a damaged newest step it is an older one, not latest_step()
+    return restored, int(restored.step)
 
 
 class HostFeed:
