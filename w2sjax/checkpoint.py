@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -468,6 +469,20 @@ def _ignore_late_reads() -> None:
 
     hook._w2sjax = True
     sys.unraisablehook = hook
+    # The same leftovers can also surface as asyncio's "Task exception was never retrieved" log
+    # record, when a failed TensorStore read task is garbage-collected: drop those from Orbax only.
+    logging.getLogger("asyncio").addFilter(_not_a_lost_orbax_read)
+
+
+def _not_a_lost_orbax_read(record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
+        return True
+    tb = record.exc_info[2]
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def _one_line(e: BaseException) -> str:
