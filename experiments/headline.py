@@ -13,7 +13,7 @@ The run is a list of **parts**, each one ``w2sjax`` experiment in its own resuma
 curve** (test accuracy against steps of one naive student, to see whether it rises, then falls as
 it learns its supervisor's errors). Then ``headline.json``, ``headline.md`` and the figures are
 written from whatever parts have finished, so a partial run can be written up (``--summary-only``).
-``--publish`` copies them into ``docs/results/`` and ``docs/figures/``::
+``--publish`` copies them into ``docs/headline/`` and ``docs/figures/``::
 
     python experiments/headline.py --out /work/runs/headline/full              # everything (~3 h, 2 cores)
     python experiments/headline.py --out /tmp/hq --quick                       # ~15 minutes
@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import shutil
 import sys
 
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
@@ -81,8 +80,8 @@ class Curve:
     student: str = "minilm-l6"
     loss: str = "xent"
     seed: int = 0
-    epochs: float = 4.0  # twice the parts' schedule
-    eval_every: int = 12
+    epochs: float = 3.0  # half as long again as the parts' schedule
+    eval_every: int = 8
 
 
 def parts(quick: bool = False) -> list[Part]:
@@ -111,7 +110,7 @@ def narrow(part: Part, students=(), supervisors=(), bootstrap: bool = True) -> P
 
 
 def curve_spec(quick: bool = False) -> Curve:
-    return Curve(student="minilm-l2", epochs=3.0) if quick else Curve()
+    return Curve(student="minilm-l2", eval_every=4) if quick else Curve()
 
 
 def base_config(quick: bool = False) -> Config:
@@ -179,54 +178,76 @@ def run_parts(base: Config, chosen: list[Part], out: pathlib.Path, *, progress: 
 
 def training_curve(base: Config, spec: Curve, out: pathlib.Path) -> dict:
     """Train ``spec.student`` on ``spec.supervisor``'s labels for ``spec.epochs`` without early
-    stopping, scoring it every ``spec.eval_every`` steps twice over: on the test split (ground
-    truth) and on the validation slice labelled by the supervisor (what early stopping sees).
+    stopping, scoring it every ``spec.eval_every`` steps on the test split (ground truth) and on the
+    validation slice labelled by the supervisor (what early stopping sees).
 
-    ``train.fit`` scores one evaluation set, so the student is trained twice with the same seed,
-    batches and settings (the same trajectory); the two runs' logs give the two curves. Written to
-    ``out/curve.json``; an existing one is returned as it is.
+    Written to ``out/curve.json``; an existing one is returned as it is.
     """
     import numpy as np
 
-    from w2sjax import atomic, data, experiment, rundir, train
+    from w2sjax import atomic, data, experiment, metrics, rundir, train
 
     path = out / "curve.json"
     if path.is_file():
         return json.loads(path.read_text())
     cfg = dataclasses.replace(base, weak_models=(spec.supervisor,), strong_models=(spec.student,),
                               seeds=(spec.seed,), bootstrap=())
-    cfg = dataclasses.replace(cfg, **{"data": dataclasses.replace(
-        cfg.data, **_capped(cfg, data.load_task(spec.task)))})
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **_capped(cfg, data.load_task(spec.task))))
     runner, task, out = experiment.prepare(cfg, out, progress=False)
     try:
         sr = experiment.SeedRun(runner, task, spec.seed)
         weak = sr.weak(spec.supervisor)
         model = runner.inputs.get(spec.student)
-        fit_cfg = dataclasses.replace(cfg.train, epochs=spec.epochs, early_stopping=False, eval_every=spec.eval_every)
+        # checkpoint_every is when the scorer below runs; no time-based extra calls
+        fit_cfg = dataclasses.replace(cfg.train, epochs=spec.epochs, early_stopping=False,
+                                      checkpoint_every=spec.eval_every, checkpoint_minutes=0.0)
         b_rows = sr.student_half["row"]
         train_data = train.ArrayData(model.inputs("train", b_rows), sr.pseudo_labels(weak).astype(np.float32))
-        sets = {"test_acc": ("test", sr.test["row"], sr.gt(sr.test)),
-                "weak_val_acc": ("train", sr.val["row"], weak.preds["val"])}
-        curves = {}
-        for name, (split, rows, labels) in sets.items():
-            records = []
-            train.fit(model.build(spec.seed), train_data, cfg=fit_cfg, loss=spec.loss, mesh=runner.mesh,
-                      seed=spec.seed, trainable=model.trainable,
-                      val=train.ArrayData(model.inputs(split, rows), np.asarray(labels, np.float32)),
-                      stage=f"curve__{name}", log=records.append, progress=False)
-            curves[name] = [(r["step"], r["val_accuracy"]) for r in records if "val_accuracy" in r]
-        steps = [s for s, _ in curves["test_acc"]]
+        sets = {"test_acc": (model.inputs("test", sr.test["row"]), sr.test["label"]),
+                "weak_val_acc": (model.inputs("train", sr.val["row"]), np.argmax(weak.preds["val"], -1))}
+        structure, _ = train.init_state(model.build(spec.seed), model.trainable, train.make_optimizer())
+        scorer = _Scorer(train.cached_predict_step(structure), sets, runner.mesh)
+        fitted = train.fit(model.build(spec.seed), train_data, cfg=fit_cfg, loss=spec.loss, mesh=runner.mesh,
+                           seed=spec.seed, trainable=model.trainable, ckpt=scorer, stage="curve", progress=False)
+        scorer.save(fitted.steps, fitted.state)  # fit hands its last step to the caller, not to the store
+        per_epoch = train.steps_per_epoch(len(b_rows), train.effective_batch_size(
+            len(b_rows), fit_cfg.batch_size, runner.mesh.size))
         result = {
             **dataclasses.asdict(spec), "n_train": int(len(b_rows)), "n_test": int(len(sr.test["row"])),
-            "steps_per_epoch": train.steps_per_epoch(len(b_rows), train.effective_batch_size(
-                len(b_rows), fit_cfg.batch_size, runner.mesh.size)),
-            "lr": fit_cfg.lr, "weak_test_acc": float(np.mean(np.argmax(weak.preds["test"], -1) == sr.test["label"])),
-            "steps": steps, **{k: [round(float(a), 6) for _, a in v] for k, v in curves.items()},
+            "steps_per_epoch": per_epoch, "lr": fit_cfg.lr,
+            "weak_test_acc": float(metrics.accuracy(weak.preds["test"], sr.test["label"])),
+            "steps": [step for step, _ in scorer.records],
+            **{name: [round(scores[name], 6) for _, scores in scorer.records] for name in sets},
         }
         atomic.write_json(path, result)
     finally:
         rundir.release(out)
     return result
+
+
+class _Scorer:
+    """Scores the student on each evaluation set whenever ``train.fit`` would checkpoint it (every
+    ``checkpoint_every`` steps). An observer in the checkpoint store's place (the interface of
+    ``train.StageCheckpoint``): it stores nothing, so the curve never resumes."""
+
+    def __init__(self, predict_step, sets: dict, mesh):
+        self.predict_step, self.sets, self.mesh = predict_step, sets, mesh
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def latest_step(self):
+        return None
+
+    def restore(self, abstract_state):
+        return None
+
+    def save(self, step: int, state) -> None:
+        from w2sjax import metrics, train
+
+        scores = {}
+        for name, (inputs, labels) in self.sets.items():
+            probs = train.predict(self.predict_step, state, inputs, mesh=self.mesh, batch_size=256)
+            scores[name] = float(metrics.accuracy(probs, labels))
+        self.records.append((int(step), scores))
 
 
 def _capped(cfg: Config, task) -> dict:
@@ -241,7 +262,7 @@ def _capped(cfg: Config, task) -> dict:
 def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | None = None) -> dict:
     """Write ``headline.json``, ``headline.md`` and the figures into ``out`` from the finished
     parts (and the curve, if done); ``publish`` (a repository root) also copies them into its
-    ``docs/results/`` and ``docs/figures/``."""
+    ``docs/headline/`` and ``docs/figures/``."""
     from w2sjax import atomic, plots, plots_headline, report
 
     done = {p.name: p for p in chosen if (out / p.name / "results.json").is_file()}
@@ -255,9 +276,9 @@ def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | 
         written.append(plots._save_atomic(fig, out / f"headline_{name}.png"))
     if publish is not None:
         for path in written:
-            folder = "figures" if path.suffix == ".png" else "results"
+            folder = "figures" if path.suffix == ".png" else "headline"
             (publish / "docs" / folder).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, publish / "docs" / folder / path.name)
+            atomic.write_bytes(publish / "docs" / folder / path.name, path.read_bytes())
     return summary
 
 

@@ -112,3 +112,25 @@ def test_curve_text_and_figure():
     assert set(plots_headline.figures(summary)) == {"curve"}
     json.dumps(curve)
     assert np.isfinite(curve["test_acc"]).all()
+
+
+@pytest.mark.slow  # the quick version with smaller caps: finetunes MiniLM students (minutes on 2 cores)
+def test_quick_headline_end_to_end(headline, tmp_path):
+    argv = ["--out", str(tmp_path), "--quick", "--set", "data.n_train=200", "--set", "data.n_test=100",
+            "--set", "data.n_val=40", "--set", "data.max_len=32"]
+    assert headline["main"](argv) == 0
+    summary = json.loads((tmp_path / "headline.json").read_text())
+    parts = {r["part"] for r in summary["rows"]}
+    assert parts == {"vader_tweets-minilm", "hyperbaton-minilm"}
+    assert any(r["chain"] == "glove-bow>minilm-l2>minilm-l6" for r in summary["rows"])
+    curve = summary["curve"]
+    assert curve["student"] == "minilm-l2" and len(curve["steps"]) == len(curve["test_acc"]) \
+        == len(curve["weak_val_acc"]) > 1
+    assert all(0.0 <= a <= 1.0 for a in curve["test_acc"] + curve["weak_val_acc"])
+    for name in ("size", "pgr", "curve"):
+        assert (tmp_path / f"headline_{name}.png").stat().st_size > 0
+    assert "NaN" not in (tmp_path / "headline.json").read_text()
+    # a rerun trains nothing and writes the same rows
+    assert headline["main"](argv) == 0
+    again = json.loads((tmp_path / "headline.json").read_text())
+    assert again["rows"] == summary["rows"]

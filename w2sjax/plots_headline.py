@@ -252,7 +252,7 @@ def pgr_figure(rows: list[dict]):
                       == (task, weak, student, loss)), None)
             if r is None or not finite(r["pgr"]):
                 continue
-            lo, hi = r["pgr_ci95"]
+            lo, hi = r["pgr_ci95"] if finite(r["pgr_ci95"][0]) else r["pgr_ci95_seeds"]
             y = float(np.clip(r["pgr"], -2, 2))
             err = [[max(0.0, y - max(lo, -2)) if finite(lo) else 0], [max(0.0, min(hi, 2) - y) if finite(hi) else 0]]
             ax.errorbar([i + offset], [y], yerr=err, color=colour, marker=marker, capsize=2,
@@ -268,6 +268,8 @@ def pgr_figure(rows: list[dict]):
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8)
     ax.set_title("PGR of the seed means, 95% bootstrap over seeds and test examples", fontsize=10)
+    ax.set_xlabel("task, supervisor → student (where the test predictions were not readable: over seeds only)",
+                  fontsize=7)
     return fig
 
 
