@@ -57,22 +57,24 @@ def _linear_bf16_wgrad_t():
 
     from w2sjax.models import precision
 
+    plain = precision._linear_bf16  # captured before the variant patches the module's name
+
     @jax.custom_vjp
     def linear(x, w):
-        return precision._linear_bf16(x, w)
+        return plain(x, w)
 
     def fwd(x, w):
         xt = x.astype(jnp.bfloat16).reshape(-1, x.shape[-1]).T  # one transposing convert, bf16
-        return precision._linear_bf16(x, w), (xt, w, x.shape, x.dtype)
+        return plain(x, w), (xt, w, jnp.zeros((), x.dtype))  # the last: x's dtype
 
     def bwd(res, g):
-        xt, w, shape, dtype = res
+        xt, w, x_dtype = res
         g16 = g.astype(jnp.bfloat16)
         dx = lax.dot_general(g16, w.astype(jnp.bfloat16), (((g.ndim - 1,), (1,)), ((), ())),
                              preferred_element_type=jnp.float32)
         g2 = g16.reshape(-1, g.shape[-1])
         dw = lax.dot_general(xt, g2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        return dx.astype(dtype), dw.astype(w.dtype)
+        return dx.astype(x_dtype.dtype), dw.astype(w.dtype)
 
     linear.defvjp(fwd, bwd)
     return linear

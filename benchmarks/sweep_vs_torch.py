@@ -70,20 +70,65 @@ def sweep_config(sz: dict, precision: str):
 # ---------------------------------------------------------------- w2sjax side
 
 
-class JaxSweep:
-    """One call = one ``w2sjax run`` of the sweep (in-process) into a fresh directory, removed after."""
+@contextlib.contextmanager
+def timing(owner, names: tuple[str, ...], into: dict):
+    """Add the seconds spent in each ``owner.<name>`` (a module's function) to ``into[name]``."""
+    saved = {name: getattr(owner, name) for name in names}
 
-    def __init__(self, config):
-        self.config = config
-        self.stage_seconds = self.stage_steps = None
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                into[name] = into.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    for name, fn in saved.items():
+        setattr(owner, name, timed(name, fn))
+    try:
+        yield into
+    finally:
+        for name, fn in saved.items():
+            setattr(owner, name, fn)
+
+
+@contextlib.contextmanager
+def _predictions(buckets: bool):
+    """`train.predict` as it is (``buckets``), or every batch padded to max_len (the lever's baseline)."""
+    from w2sjax import train
+
+    original = train.predict
+    if not buckets:
+        train.predict = lambda *a, **kw: original(*a, **{**kw, "buckets": False})
+    try:
+        yield
+    finally:
+        train.predict = original
+
+
+class JaxSweep:
+    """One call = one ``w2sjax run`` of the sweep (in-process) into a fresh directory, removed after.
+
+    ``breakdown``: seconds of the last call inside `train.fit`, `train.predict` and `checkpoint.save`.
+    """
+
+    def __init__(self, config, *, predict_buckets: bool = True):
+        self.config, self.predict_buckets = config, predict_buckets
+        self.stage_seconds = self.stage_steps = self.breakdown = None
 
     def __call__(self):
-        from w2sjax import experiment
+        from w2sjax import checkpoint, experiment, train
 
         out = pathlib.Path(tempfile.mkdtemp(prefix="w2sjax-sweep-"))
+        breakdown = {}
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # the run's plan lines; stdout stays JSON
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr), _predictions(self.predict_buckets), \
+                    timing(train, ("fit", "predict"), breakdown), \
+                    timing(checkpoint, ("save",), breakdown):  # stdout: JSON lines only
                 results = experiment.run(self.config, out / "run", progress=False)
+            breakdown["total"] = time.perf_counter() - t0
             steps = {}
             for line in (out / "run" / "metrics.jsonl").read_text().splitlines():
                 rec = json.loads(line)
@@ -95,6 +140,7 @@ class JaxSweep:
         self.stage_seconds = {"weak": rows[0]["stage_seconds"]["weak"], "ceiling": rows[0]["stage_seconds"]["ceiling"],
                               **{f"w2s_{row['loss']}": row["stage_seconds"]["w2s"] for row in rows}}
         self.stage_steps = steps
+        self.breakdown = {k: round(v, 3) for k, v in breakdown.items()}
 
 
 # ---------------------------------------------------------------- PyTorch side
@@ -138,7 +184,7 @@ class TorchSweep:
 
     def __init__(self, config, sz: dict, dtype: str):
         self.config, self.sz, self.dtype = config, sz, dtype
-        self.stage_seconds = self.stage_steps = None
+        self.stage_seconds = self.stage_steps = self.breakdown = None
 
     def __call__(self):
         import torch
@@ -146,6 +192,8 @@ class TorchSweep:
         from w2sjax import data
 
         out = pathlib.Path(tempfile.mkdtemp(prefix="torch-sweep-"))
+        self.breakdown = {}
+        t_start = time.perf_counter()
         try:
             task = data.load_task(self.config.data.task)
             seed = self.config.seeds[0]
@@ -164,6 +212,8 @@ class TorchSweep:
                 self.stage_steps[name] = self.student_stage(s.strong["text"], labels, loss, evals, out / name, seed)
                 seconds[name] = time.perf_counter() - t0
             self.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
+            self.breakdown["total"] = time.perf_counter() - t_start
+            self.breakdown = {k: round(v, 3) for k, v in self.breakdown.items()}
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -194,6 +244,7 @@ class TorchSweep:
         import torch
         import transformers
 
+        clock = self._clock()
         path = ft.asset_path("minilm-l6")
         tok = transformers.AutoTokenizer.from_pretrained(str(path))
         net, pool = ft.torch_model("minilm-l6", path, self.sz["layers"])
@@ -202,6 +253,7 @@ class TorchSweep:
         max_len = self.config.data.max_len
         ids = tok(list(texts), truncation=True, max_length=max_len)["input_ids"]
         y = torch.from_numpy(labels)
+        clock("load")
 
         def forward(rows):
             batch = tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
@@ -211,6 +263,7 @@ class TorchSweep:
 
         steps = self.train_loop(forward, list(net.parameters()) + list(head.parameters()), y, len(ids),
                                 self.config.train, loss, seed)
+        clock("fit")
         preds = {}
         with torch.inference_mode():
             for name, part in evals.items():
@@ -222,8 +275,20 @@ class TorchSweep:
                         logits = head(pool(net(**batch).last_hidden_state, batch["attention_mask"]))
                     chunks.append(torch.softmax(logits.float(), -1).numpy())
                 preds[name] = np.concatenate(chunks)
+        clock("predict")
         self.save(out, {**net.state_dict(), **{f"head.{k}": v for k, v in head.state_dict().items()}}, preds)
+        clock("save")
         return steps
+
+    def _clock(self):
+        """``clock(name)`` adds the seconds since the previous call (or this one) to ``breakdown[name]``."""
+        last = [time.perf_counter()]
+
+        def clock(name):
+            now = time.perf_counter()
+            self.breakdown[name] = self.breakdown.get(name, 0.0) + now - last[0]
+            last[0] = now
+        return clock
 
     @staticmethod
     def train_loop(forward, params, y, n: int, cfg, loss: str, seed: int) -> int:
@@ -283,7 +348,9 @@ def sweep_case(sz: dict, precisions, repeats: int, with_torch: bool) -> list[dic
     for impl, t in times.items():
         rec = summarize("sweep_vs_torch", impl, t[1:], examples=1, flops_per_example=None, peak=None, load=load,
                         **extra)
-        rec.update(cold_s=round(t[0], 3), stage_seconds=sides[impl].stage_seconds, stage_steps=sides[impl].stage_steps)
+        side = sides[impl]
+        rec.update(cold_s=round(t[0], 3), stage_seconds=side.stage_seconds, stage_steps=side.stage_steps,
+                   breakdown=side.breakdown)
         for k in ("examples_per_s", "examples_per_s_median", "gflops", "peak_gflops", "ratio_to_peak"):
             rec.pop(k)  # one sweep per call: seconds are the figure
         recs[impl] = rec
@@ -295,3 +362,41 @@ def sweep_case(sz: dict, precisions, repeats: int, with_torch: bool) -> list[dic
                         "jax_wall_over_torch_median": round(recs[j]["median_s"] / recs[t]["median_s"], 3),
                         "jax_wall_over_torch_cold": round(recs[j]["cold_s"] / recs[t]["cold_s"], 3)})
     return out
+
+
+def main(argv=None) -> int:
+    """The predictions lever alone: the w2sjax side with length-bucketed against padded predictions."""
+    import argparse
+
+    from benchmarks import run as bench
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep_vs_torch")
+    p.add_argument("--repeats", type=int, default=2, help="warm rounds after the cold one")
+    p.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot")
+    args = p.parse_args(argv)
+    bench.emit({"case": "setup", "impl": "setup", "xla_flags": bench._set_flags(args), "loadavg": loadavg()})
+    sz = QUICK if args.quick else FULL
+    cfg = sweep_config(sz, args.precision)
+    sides = {"predict_padded": JaxSweep(cfg, predict_buckets=False), "predict_buckets": JaxSweep(cfg)}
+    before = loadavg()
+    times = interleave(sides, args.repeats + 1, warmup=0)
+    load = {"loadavg_before": before, "loadavg_after": loadavg(), "repeats": args.repeats}
+    recs = {}
+    for impl, t in times.items():
+        recs[impl] = summarize("sweep_predict_lever", impl, t[1:], examples=1, flops_per_example=None, peak=None,
+                               load=load, cold_s=round(t[0], 3), breakdown=sides[impl].breakdown,
+                               stage_seconds=sides[impl].stage_seconds)
+        bench.emit(recs[impl])
+    bench.emit({"case": "sweep_predict_lever", "impl": "ratio",
+                "buckets_wall_over_padded_min": round(recs["predict_buckets"]["seconds"]
+                                                      / recs["predict_padded"]["seconds"], 3),
+                "buckets_wall_over_padded_median": round(recs["predict_buckets"]["median_s"]
+                                                         / recs["predict_padded"]["median_s"], 3)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
