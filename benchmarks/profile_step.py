@@ -113,6 +113,42 @@ def _row_block_step(model, tx, blocks: int):
     return step
 
 
+# Op name fragments -> kind, first match wins (XLA:CPU thunk names in a jax.profiler trace).
+_KINDS = (("dots (YNNPACK / XLA dot)", ("ynn_fusion", "dot", "convolution", "custom-call")),
+          ("cross-device sync (all-reduce, waits)", ("all-reduce", "all-gather", "rendezvous", "wait")),
+          ("reductions (LayerNorm/softmax sums)", ("reduce",)),
+          ("layout and data movement (copy, transpose, broadcast, slice)",
+           ("copy", "transpose", "broadcast", "concatenate", "slice", "pad", "gather", "scatter")),
+          ("element-wise fusions (LayerNorm apply, GELU, softmax, AdamW, casts)", ("",)))
+_CONTAINERS = ("threadpoolexecutor", "thunkexecutor", "conditional", "while", "call")
+
+
+def trace_shares(trace_dir) -> dict:
+    """Share of XLA compute-thread time per kind of op, from the newest trace under ``trace_dir``."""
+    import collections
+    import gzip
+    import json
+    import pathlib
+
+    path = sorted(pathlib.Path(trace_dir).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)[-1]
+    events = json.load(gzip.open(path))["traceEvents"]
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    per_kind, per_op = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or "XLAEigen" not in names.get((e["pid"], e.get("tid")), ""):
+            continue
+        op = e["name"].lower()
+        if op.startswith(_CONTAINERS):
+            continue  # its thunks are counted themselves
+        kind = next(k for k, frags in _KINDS if any(f in op for f in frags))
+        per_kind[kind] += e.get("dur", 0)
+        per_op[e["name"].split(".")[0]] += e.get("dur", 0)
+    total = sum(per_kind.values()) or 1
+    return {"shares": {k: round(v / total, 3) for k, v in per_kind.most_common()},
+            "top_ops": {k: round(v / total, 3) for k, v in per_op.most_common(12)}, "trace": str(path)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
     p.add_argument("--batch", type=int, default=32)
@@ -230,7 +266,7 @@ def main(argv=None) -> int:
         for _ in range(2):
             calls[first]()
         jax.profiler.stop_trace()
-        bench.emit({"case": "profile", "impl": "trace", "variant": first, "dir": args.trace})
+        bench.emit({"case": "profile", "impl": "trace", "variant": first, **trace_shares(args.trace)})
     return 0
 
 
