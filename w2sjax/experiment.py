@@ -10,8 +10,8 @@ For every seed:
 
 ``options.labels`` adds, per w2s triple, students trained on refined weak labels
 (:func:`w2sjax.labels.refine`). Other protocols (``config.method``) live in
-:mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :class:`SeedRun`,
-:func:`finish`.
+:mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :func:`plan_then_train`,
+:class:`SeedRun`, :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
 is keyed by a :class:`w2sjax.stages.StageKey` whose fingerprint covers every setting that
@@ -769,7 +769,7 @@ def _check_modality(name: str, task) -> None:
 def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
          test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
-    agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
+    agree_b = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), b_labels)
     return results.row(
         task.name, weak_name, strong_name, loss, seed,
         _acc(weak.preds["test"], test_labels), _acc(w2s.preds["test"], test_labels),
