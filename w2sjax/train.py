@@ -150,14 +150,16 @@ class Model:
     frozen_template: Any  # abstract nnx.State of everything else
 
     def __post_init__(self):
+        # Computed once: jit hashes its static arguments on every call.
         key = (self.graphdef, _abstract_key(self.params_template), _abstract_key(self.frozen_template))
         object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Model) and self._key == other._key
+        return other is self or (isinstance(other, Model) and self._hash == other._hash and self._key == other._key)
 
     def __hash__(self) -> int:
-        return hash(self._key)
+        return self._hash
 
     def bind(self, params: PyTree, frozen: PyTree) -> nnx.Module:
         """Rebuild the module from pure-dict parameters (traceable under jit)."""
