@@ -600,6 +600,16 @@ class SeedRun:
         """The standard student of ``weak_name``'s supervision (the stage :func:`run` trains)."""
         return self.supervised(stages.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
 
+    def pairs(self) -> Iterator[tuple[str, str, str, StageOutput, StageOutput]]:
+        """``(weak_name, strong_name, loss, weak, ceiling)`` for every strong model, supervisor and
+        loss of the config, in that nesting; each ceiling and supervisor stage runs once."""
+        for s in self.config.strong_models:
+            ceiling = self.ceiling(s)
+            for w in self.config.weak_models:
+                weak = self.weak(w)
+                for loss in self.config.losses:
+                    yield w, s, loss, weak, ceiling
+
     def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
         if self.runner.planning:
             return {}
