@@ -17,6 +17,7 @@ Prints one JSON line per variant. Flags are set like benchmarks.run (same --devi
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from benchmarks import run as bench
@@ -77,8 +78,7 @@ def main(argv=None) -> int:
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
         module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
-        tx = train.make_optimizer()
-        model, state = train.init_state(module, "all", tx)
+        model, state = train.init_state(module, "all")
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
         loss_fn = train.make_loss("xent")
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                 call = lambda: jax.block_until_ready(fn(state.params, state.frozen, batch))
                 flops = fwd_flops * (3 if variant == "grad" else 1)
             else:
-                step = train.make_train_step(model, tx)
+                step = functools.partial(train.train_step, model=model)
                 if variant == "step_nodonate":
                     fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
                                                      parallel.replicated(mesh), parallel.replicated(mesh)),
