@@ -82,7 +82,7 @@ class ModelInputs:
 
     inputs: Callable[[str, np.ndarray], Any]  # (split name "train"/"test", rows) -> array or dict of arrays
     build: Callable[[int], nnx.Module]  # seed -> fresh trainable module
-    trainable: str  # "all" or "head"
+    trainable: str  # "all", "head", "lora" or "top:K"
 
 
 class Inputs:
@@ -123,6 +123,8 @@ class Inputs:
             options["trainable"] = self.config.train.trainable
             if self.config.train.trainable == "lora":
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
+            if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
+                options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
@@ -145,11 +147,20 @@ class Inputs:
         return out
 
     def _finetune(self, spec, prompt: str = "") -> ModelInputs:
+        from w2sjax.models import topk
+
         n_classes = self.task.num_classes
         train_cfg = self.config.train
+        top = topk.parse(train_cfg.trainable)  # K of top:K, else None
+        bottom = self._cached_bottom(spec, top) if top and train_cfg.cache_bottom else None
 
         def build(seed):
             module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            if top:
+                try:  # the cached student holds only the top blocks; the recomputing one all of them
+                    topk.cut_bottom(module, top) if bottom else topk.check(module, top)
+                except topk.TopKError as exc:
+                    raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
             if train_cfg.trainable == "lora":
                 from w2sjax.models import lora
 
@@ -161,11 +172,24 @@ class Inputs:
                 remat.checkpoint_blocks(module)
             return module
 
-        return ModelInputs(
-            inputs=lambda split, rows: spec.tokenize(self._split(split, rows, prompt)),
-            build=build,
-            trainable=train_cfg.trainable,
-        )
+        def inputs(split, rows):
+            text = self._split(split, rows, prompt)
+            if bottom is None:
+                return spec.tokenize(text)
+            try:
+                return bottom.inputs(text)
+            except topk.TopKError as exc:
+                raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
+
+        return ModelInputs(inputs=inputs, build=build, trainable=train_cfg.trainable)
+
+    def _cached_bottom(self, spec, k: int):
+        """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.bottoms`)."""
+        from w2sjax import assets, bottoms
+
+        return bottoms.Bottom(spec, k, num_classes=self.task.num_classes, dtype=self.config.precision,
+                              task_name=self.task.source or self.task.name, cache_dir=assets.cache_dir() / "bottoms",
+                              progress=self.progress)
 
     def _probe(self, spec, prompt: str = "") -> ModelInputs:
         from w2sjax import assets, features

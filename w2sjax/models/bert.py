@@ -182,12 +182,14 @@ class PostNormLayer(nnx.Module):
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 
-class BertEncoder(nnx.Module):
+class BertEncoder(layers.Stack, nnx.Module):
     """BERT/RoBERTa body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]``.
 
     Attributes are ``embeddings`` and ``layers`` (an ``nnx.List``); ``config``
     is the (static) `BertConfig`.
     """
+
+    bottom_parts = ("embeddings",)
 
     def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -199,12 +201,14 @@ class BertEncoder(nnx.Module):
             for _ in range(cfg.num_hidden_layers)
         ])
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+        return self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        for layer in self.layers:
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep)
         return x
 
