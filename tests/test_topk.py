@@ -211,3 +211,21 @@ def test_a_sweep_runs_the_bottom_once_per_example(tmp_path):
         assert len({json.dumps(v, sort_keys=True) for v in variants}) == 4  # K and the cache mode are covered
     finally:
         shutil.rmtree(key_dir, ignore_errors=True)
+
+
+def test_chunks_round_trip_bf16_rows_and_drop_a_damaged_file(tmp_path):
+    store = bottoms._Chunks(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(n, 4)).astype(jnp.bfloat16) for n in (3, 1, 5)]
+    ids = [bytes([i + 1]) * 16 for i in range(3)]
+    first = store.add(ids[:2], rows[:2])
+    second = store.add(ids[2:], rows[2:])
+    known = store.load()
+    assert sorted(known) == sorted(ids)
+    for i, r in zip(ids, rows):
+        np.testing.assert_array_equal(known[i].astype(np.float32), r.astype(np.float32))
+    second.write_bytes(second.read_bytes()[:40])  # a torn file
+    assert sorted(store.load()) == sorted(ids[:2]) and not second.exists() and first.exists()
+    batch = bottoms.Rows([known[i] for i in ids[:2]], 6, 4)[[1, 0]]
+    assert batch.shape == (2, 6, 4) and batch.dtype == jnp.bfloat16
+    assert not batch[0, 1:].astype(np.float32).any()  # zero padding after the real token

@@ -26,10 +26,7 @@ their values do not matter.
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,8 +39,6 @@ from w2sjax import atomic, features
 from w2sjax.models import embed, topk
 
 __all__ = ["Bottom", "Rows", "VERSION"]
-
-log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the stored computation changes
 _MAX_CHUNKS = 32  # merge the chunks of one (key, task) beyond this many
@@ -71,46 +66,32 @@ class Rows:
         return out
 
 
-class _Chunks:
-    """The chunk files of one (key, task)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def paths(self) -> list[Path]:
-        if self.root.is_dir():
-            atomic.remove_stale(self.root)  # chunks of a writer killed mid-write
-        return sorted(self.root.glob("chunk-*.npz"))
+class _Chunks(features._Store):
+    """The chunk files of one (key, task): the feature cache's store, holding ragged rows."""
 
     def load(self) -> dict[bytes, np.ndarray]:
+        def read(z):
+            ids, lengths, bits = z["ids"], z["lengths"], z["hidden"]
+            if ids.ndim != 1 or lengths.shape != ids.shape or bits.ndim != 2 or lengths.sum() != len(bits):
+                raise ValueError(f"inconsistent shapes {ids.shape} / {lengths.shape} / {bits.shape}")
+            return zip(ids.tolist(), np.split(bits.view(BF16), np.cumsum(lengths)[:-1]))
+
         known: dict[bytes, np.ndarray] = {}
-        for path in self.paths():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    ids, lengths, bits = z["ids"], z["lengths"], z["hidden"]
-                if ids.ndim != 1 or lengths.shape != ids.shape or bits.ndim != 2 or lengths.sum() != len(bits):
-                    raise ValueError(f"inconsistent shapes {ids.shape} / {lengths.shape} / {bits.shape}")
-            except FileNotFoundError:
-                continue  # merged away by another process meanwhile
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                log.warning("dropping corrupt bottom cache file %s (%s); recomputing", path, e)
-                path.unlink(missing_ok=True)
-                continue
-            states = np.split(bits.view(BF16), np.cumsum(lengths)[:-1])
-            known.update(zip(ids.tolist(), states))
+        for rows in self.readable(read):
+            known.update(rows)
         return known
 
     def add(self, ids: list[bytes], parts: list[np.ndarray]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         id_array = np.array(ids, dtype="S16")
-        path = self.root / f"chunk-{hashlib.blake2b(id_array.tobytes(), digest_size=12).hexdigest()}.npz"
+        path = self.path_for(id_array)
         with atomic.replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=id_array, lengths=np.array([len(p) for p in parts], np.int32),
                      hidden=np.concatenate(parts).view(np.uint16))
         return path
 
     def compact(self, known: dict[bytes, np.ndarray]) -> None:
-        old = self.paths()
+        old = self.chunks()
         if len(old) <= _MAX_CHUNKS:
             return
         keep = self.add(list(known), list(known.values()))
