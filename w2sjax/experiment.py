@@ -24,6 +24,7 @@ an interrupted run ends with the same ``results.json`` as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -89,8 +90,8 @@ class Inputs:
     """Each model's inputs, computed only for the rows a stage uses; frozen features come from the
     on-disk cache, so every example passes through every backbone at most once across a sweep."""
 
-    def __init__(self, task, config: Config, progress: bool):
-        self.task, self.config, self.progress = task, config, progress
+    def __init__(self, task, config: Config, progress: bool, mesh=None):
+        self.task, self.config, self.progress, self.mesh = task, config, progress, mesh
         self._cache: dict[tuple[str, str], ModelInputs] = {}
 
     def get(self, name: str, *, frozen_features: bool = False) -> ModelInputs:
@@ -154,8 +155,11 @@ class Inputs:
         top = topk.parse(train_cfg.trainable)  # K of top:K, else None
         bottom = self._cached_bottom(spec, top) if top and train_cfg.cache_bottom else None
 
+        # a loader that takes the mesh reads each weight straight into its fsdp shard
+        placed = {"mesh": self.mesh} if self.mesh is not None and "mesh" in inspect.signature(spec.finetune).parameters else {}
+
         def build(seed):
-            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision), **placed)
             if top:
                 try:  # the cached student holds only the top blocks; the recomputing one all of them
                     topk.cut_bottom(module, top) if bottom else topk.check(module, top)
@@ -253,7 +257,7 @@ class Runner:
         self.planning = planning
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
-        self.inputs = Inputs(task, config, progress)
+        self.inputs = Inputs(task, config, progress, mesh)
         self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
 

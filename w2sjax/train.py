@@ -708,6 +708,8 @@ def place(tree: PyTree, shardings) -> PyTree:
     works for any sharding, on one host or many.
     """
     def one(leaf, sharding):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf  # already there (weights loaded straight into their shards): no trip through the host
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

@@ -361,10 +361,10 @@ def model_spec(name: str, *, max_len: int = 256, normalize: bool = False, tokens
         name, path=path, num_layers=num_layers, max_len=max_len, normalize=normalize,
         tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: finetuning must not touch the frozen
-        # encoder the featurizer shares.
-        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype)
+        # encoder the featurizer shares. With a mesh, loaded straight into the fsdp shards.
+        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype, mesh=mesh)
         return classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     cfg = dataclasses.replace(MINILM_CONFIG, num_hidden_layers=num_layers)

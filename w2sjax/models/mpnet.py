@@ -286,10 +286,10 @@ def model_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool 
     featurizer = MPNetFeaturizer(name, path=path, max_len=max_len, normalize=normalize,
                                  tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
         # float32 master weights whatever the compute dtype: AdamW updates are lost in bf16.
-        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
+        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32, mesh=mesh)
         return bert.classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     return ModelSpec(name=name, modalities=("text",), num_params=count_mpnet_params(MPNetConfig()),
