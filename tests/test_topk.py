@@ -3,8 +3,6 @@ step or cached on disk once per example (`w2sjax.models.topk`, `w2sjax.bottoms`)
 
 import dataclasses
 import json
-import shutil
-import uuid
 from pathlib import Path
 
 import jax
@@ -14,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from w2sjax import assets, bottoms, experiment, features, losses, parallel, train
+from w2sjax import bottoms, experiment, features, losses, parallel, train
 from w2sjax.config import Config, ConfigError, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.models import heads, hf, topk
 
@@ -153,10 +151,6 @@ def test_cli_rejects_k_at_or_above_the_depth_in_one_line(tmp_path):
                       "model's 3 blocks (at least one block stays frozen; 'all' trains every one)"]
 
 
-def _chunks(root: Path) -> list[Path]:
-    return sorted(root.glob("*/*/chunk-*.npz")) if root.exists() else []
-
-
 def _stored_ids(paths) -> list[bytes]:
     out = []
     for p in paths:
@@ -165,52 +159,42 @@ def _stored_ids(paths) -> list[bytes]:
     return out
 
 
-def test_a_sweep_runs_the_bottom_once_per_example(tmp_path):
+def test_a_sweep_runs_the_bottom_once_per_example(tmp_path, monkeypatch):
     """2 losses x 2 seeds of a top:1 student: each example's bottom is computed and written once;
     a later run with another loss computes nothing; K and the cache mode are in the fingerprint."""
-    # A copy of the fixture with its own content hash, so its cache entries are this test's alone.
-    model_dir = tmp_path / "bert"
-    shutil.copytree(FIXTURES / "bert", model_dir)
-    cfg_json = json.loads((model_dir / "config.json").read_text())
-    cfg_json["_test_run"] = uuid.uuid4().hex
-    (model_dir / "config.json").write_text(json.dumps(cfg_json))
-    name = f"hf:{model_dir}"
+    root = tmp_path / "bottoms"
+    monkeypatch.setenv("W2SJAX_BOTTOM_CACHE", str(root))  # this test's cache alone
+    name = f"hf:{FIXTURES / 'bert'}"
     config = Config(
         name="topk", data=DataConfig(task="fine_foods", n_train=120, n_val=24, n_test=32, max_len=32),
         weak_models=("tfidf",), strong_models=(name,), strong_mode="finetune", losses=("xent", "logconf"),
         seeds=(0, 1), weak_train=TrainConfig(epochs=1, batch_size=32),
         train=StudentTrainConfig(epochs=1, batch_size=16, lr=1e-3, trainable="top:1", early_stopping=False),
     )
-    spec = hf.model_spec(name, max_len=32)
-    root = assets.cache_dir() / "bottoms"
-    key_dir = root / bottoms._safe(f"top1-{spec.featurizer.key}-b{bottoms.VERSION}")
-    try:
-        runs = experiment.run(config, tmp_path / "run", progress=False)["runs"]
-        assert len(runs) == 4
-        written = sorted(key_dir.glob("*/chunk-*.npz"))
-        ids = _stored_ids(written)
-        assert len(ids) == len(set(ids))  # no example's bottom was computed twice
-        task = experiment._load_task(config)
-        texts = set()
-        for seed in config.seeds:  # what the students read: half B, the validation slice, the test split
-            s = experiment.SeedRun.splits_of(config, task, seed)
-            for split in (s.strong, s.val, s.test):
-                texts |= set(features.example_ids({"text": split["text"]}).tolist())
-        assert set(ids) == texts
+    runs = experiment.run(config, tmp_path / "run", progress=False)["runs"]
+    assert len(runs) == 4
+    written = sorted(root.glob("top1-hf-mean-len32-v1-w*/fine_foods/chunk-*.npz"))
+    ids = _stored_ids(written)
+    assert written and len(ids) == len(set(ids))  # no example's bottom was computed twice
+    task = experiment._load_task(config)
+    texts = set()
+    for seed in config.seeds:  # what the students read: half B, the validation slice, the test split
+        s = experiment.SeedRun.splits_of(config, task, seed)
+        for split in (s.strong, s.val, s.test):
+            texts |= set(features.example_ids({"text": split["text"]}).tolist())
+    assert set(ids) == texts
 
-        again = dataclasses.replace(config, losses=("product",), seeds=(1,))
-        experiment.run(again, tmp_path / "run", progress=False)
-        assert sorted(key_dir.glob("*/chunk-*.npz")) == written  # nothing new computed
+    again = dataclasses.replace(config, losses=("product",), seeds=(1,))
+    experiment.run(again, tmp_path / "run", progress=False)
+    assert sorted(root.glob("*/*/chunk-*.npz")) == written  # nothing new computed
 
-        def options(**train_fields):
-            cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, **train_fields))
-            return experiment.Inputs(task, cfg, False).options(name)
+    def options(**train_fields):
+        cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, **train_fields))
+        return experiment.Inputs(task, cfg, False).options(name)
 
-        variants = [options(), options(trainable="top:2"), options(cache_bottom=False), options(trainable="all")]
-        assert variants[0]["trainable"] == "top:1" and variants[0]["bottom"] == "cached-bf16"
-        assert len({json.dumps(v, sort_keys=True) for v in variants}) == 4  # K and the cache mode are covered
-    finally:
-        shutil.rmtree(key_dir, ignore_errors=True)
+    variants = [options(), options(trainable="top:2"), options(cache_bottom=False), options(trainable="all")]
+    assert variants[0]["trainable"] == "top:1" and variants[0]["bottom"] == "cached-bf16"
+    assert len({json.dumps(v, sort_keys=True) for v in variants}) == 4  # K and the cache mode are covered
 
 
 def test_chunks_round_trip_bf16_rows_and_drop_a_damaged_file(tmp_path):

@@ -6,7 +6,8 @@ residual stream entering block L-K, is the same in every stage, loss and seed of
 computed here once per example, in the featurizers' length buckets, and the students train on it:
 their steps never run the bottom.
 
-On disk: ``<cache>/bottoms/<key>/<task>/chunk-<digest>.npz``, each chunk holding ``ids`` (the
+On disk: ``<root>/<key>/<task>/chunk-<digest>.npz`` (`cache_root`: ``$W2SJAX_BOTTOM_CACHE``, else
+``~/.cache/w2sjax/bottoms``), each chunk holding ``ids`` (the
 feature cache's example hashes, `w2sjax.features.example_ids`, of the text as the student reads
 it, prompt included), ``lengths`` (real tokens per example) and ``hidden`` ``[sum(lengths), D]``,
 the bits of the bf16 states of the real tokens only. Chunks are written atomically
@@ -26,6 +27,7 @@ their values do not matter.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,11 +40,19 @@ from flax import nnx
 from w2sjax import atomic, features
 from w2sjax.models import embed, topk
 
-__all__ = ["Bottom", "Rows", "VERSION"]
+__all__ = ["Bottom", "Rows", "VERSION", "cache_root"]
 
 VERSION = 1  # bump when the stored computation changes
 _MAX_CHUNKS = 32  # merge the chunks of one (key, task) beyond this many
 BF16 = jnp.bfloat16
+
+
+def cache_root() -> Path:
+    """Where the bottoms are kept: ``$W2SJAX_BOTTOM_CACHE`` (e.g. a big local disk), else
+    ``bottoms/`` in w2sjax's cache (`w2sjax.assets.cache_dir`)."""
+    from w2sjax import assets
+
+    return Path(os.environ.get("W2SJAX_BOTTOM_CACHE") or assets.cache_dir() / "bottoms").expanduser()
 
 
 class Rows:

@@ -189,10 +189,10 @@ class Inputs:
 
     def _cached_bottom(self, spec, k: int):
         """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.bottoms`)."""
-        from w2sjax import assets, bottoms
+        from w2sjax import bottoms
 
         return bottoms.Bottom(spec, k, num_classes=self.task.num_classes, dtype=self.config.precision,
-                              task_name=self.task.source or self.task.name, cache_dir=assets.cache_dir() / "bottoms",
+                              task_name=self.task.source or self.task.name, cache_dir=bottoms.cache_root(),
                               progress=self.progress)
 
     def _probe(self, spec, prompt: str = "") -> ModelInputs:
