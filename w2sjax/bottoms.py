@@ -128,7 +128,7 @@ class Bottom:
     ``tokenize`` and a `embed.BucketedFeaturizer`), for one task.
 
     ``inputs(split) -> {"hidden": Rows, "attention_mask": [N, max_len]}``: what the classifier
-    cut by `topk.cut_bottom` reads. ``computed`` counts the examples this object ran the bottom on.
+    cut by `topk.cut_bottom` reads.
     """
 
     def __init__(self, spec, k: int, *, num_classes: int, dtype: str, task_name: str, cache_dir: str | Path,
@@ -138,7 +138,6 @@ class Bottom:
         self.chunks = _Chunks(Path(cache_dir) / _safe(self.key) / _safe(task_name))
         self._known: dict[bytes, np.ndarray] | None = None
         self._backbone = None
-        self.computed = 0
 
     def inputs(self, split: Mapping[str, Any]) -> dict:
         tokens = self.spec.tokenize(split)
@@ -149,7 +148,11 @@ class Bottom:
         ids = features.example_ids({"text": split["text"]}).tolist()
         if self._known is None:
             self._known = self.chunks.load()
-        missing = sorted({i: r for r, i in reversed(list(enumerate(ids))) if i not in self._known}.values())
+        first_row: dict[bytes, int] = {}  # each example not cached yet, once
+        for row, example in enumerate(ids):
+            if example not in self._known:
+                first_row.setdefault(example, row)
+        missing = list(first_row.values())
         if missing:
             new = self._compute(np.asarray(tokens["input_ids"])[missing], lengths[missing])
             self.chunks.add([ids[r] for r in missing], new)
@@ -192,5 +195,4 @@ class Bottom:
         embed.embed_in_buckets(rows, tokenizer, run, width=0, max_len=input_ids.shape[1],
                                tokens_per_batch=featurizer.tokens_per_batch, desc=f"bottom of {featurizer.name}",
                                progress=self.progress, collect=collect)
-        self.computed += len(rows)
         return out
