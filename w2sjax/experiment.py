@@ -24,6 +24,7 @@ an interrupted run ends with the same ``results.json`` as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -82,15 +83,15 @@ class ModelInputs:
 
     inputs: Callable[[str, np.ndarray], Any]  # (split name "train"/"test", rows) -> array or dict of arrays
     build: Callable[[int], nnx.Module]  # seed -> fresh trainable module
-    trainable: str  # "all" or "head"
+    trainable: str  # "all", "head", "lora" or "top:K"
 
 
 class Inputs:
     """Each model's inputs, computed only for the rows a stage uses; frozen features come from the
     on-disk cache, so every example passes through every backbone at most once across a sweep."""
 
-    def __init__(self, task, config: Config, progress: bool):
-        self.task, self.config, self.progress = task, config, progress
+    def __init__(self, task, config: Config, progress: bool, mesh=None):
+        self.task, self.config, self.progress, self.mesh = task, config, progress, mesh
         self._cache: dict[tuple[str, str], ModelInputs] = {}
 
     def get(self, name: str, *, frozen_features: bool = False) -> ModelInputs:
@@ -123,6 +124,8 @@ class Inputs:
             options["trainable"] = self.config.train.trainable
             if self.config.train.trainable == "lora":
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
+            if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
+                options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
@@ -145,11 +148,23 @@ class Inputs:
         return out
 
     def _finetune(self, spec, prompt: str = "") -> ModelInputs:
+        from w2sjax.models import topk
+
         n_classes = self.task.num_classes
         train_cfg = self.config.train
+        top = topk.parse(train_cfg.trainable)  # K of top:K, else None
+        bottom = self._cached_bottom(spec, top) if top and train_cfg.cache_bottom else None
+
+        # a loader that takes the mesh reads each weight straight into its fsdp shard
+        placed = {"mesh": self.mesh} if self.mesh is not None and "mesh" in inspect.signature(spec.finetune).parameters else {}
 
         def build(seed):
-            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision), **placed)
+            if top:
+                try:  # the cached student holds only the top blocks; the recomputing one all of them
+                    topk.cut_bottom(module, top) if bottom else topk.check(module, top)
+                except topk.TopKError as exc:
+                    raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
             if train_cfg.trainable == "lora":
                 from w2sjax.models import lora
 
@@ -161,11 +176,24 @@ class Inputs:
                 remat.checkpoint_blocks(module)
             return module
 
-        return ModelInputs(
-            inputs=lambda split, rows: spec.tokenize(self._split(split, rows, prompt)),
-            build=build,
-            trainable=train_cfg.trainable,
-        )
+        def inputs(split, rows):
+            text = self._split(split, rows, prompt)
+            if bottom is None:
+                return spec.tokenize(text)
+            try:
+                return bottom.inputs(text)
+            except topk.TopKError as exc:
+                raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
+
+        return ModelInputs(inputs=inputs, build=build, trainable=train_cfg.trainable)
+
+    def _cached_bottom(self, spec, k: int):
+        """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.bottoms`)."""
+        from w2sjax import bottoms
+
+        return bottoms.Bottom(spec, k, num_classes=self.task.num_classes, dtype=self.config.precision,
+                              task_name=self.task.source or self.task.name, cache_dir=bottoms.cache_root(),
+                              progress=self.progress)
 
     def _probe(self, spec, prompt: str = "") -> ModelInputs:
         from w2sjax import assets, features
@@ -229,7 +257,7 @@ class Runner:
         self.planning = planning
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
-        self.inputs = Inputs(task, config, progress)
+        self.inputs = Inputs(task, config, progress, mesh)
         self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
 

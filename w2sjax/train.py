@@ -170,8 +170,13 @@ class Model:
         return nnx.merge(self.graphdef, trainable, rest)
 
 
-def trainable_filter(trainable: str):
-    """Linear probe versus full finetune is only this filter: which parameters the optimizer sees."""
+def trainable_filter(trainable: str, module: nnx.Module | None = None):
+    """Linear probe versus full finetune is only this filter: which parameters the optimizer sees.
+    ``top:K`` needs the ``module`` (its blocks)."""
+    if trainable.startswith("top:"):
+        from w2sjax.models import topk
+
+        return topk.trainable_filter(module, topk.parse(trainable))
     if trainable == "head":
         return nnx.All(nnx.Param, nnx.PathContains("head"))
     if trainable == "lora":
@@ -188,8 +193,8 @@ OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_deca
 
 def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
     """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
-    ``trainable`` is "all", "head" or "lora" (see :func:`trainable_filter`)."""
-    graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable), ...)
+    ``trainable`` is "all", "head", "lora" or "top:K" (see :func:`trainable_filter`)."""
+    graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable, module), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
     model = Model(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
@@ -496,8 +501,8 @@ def fit(
 ) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
-    A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all" or "head"; the
-    ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
+    A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all", "head", "lora"
+    or "top:K"; the ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
     ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
@@ -690,6 +695,8 @@ def place(tree: PyTree, shardings) -> PyTree:
     works for any sharding, on one host or many.
     """
     def one(leaf, sharding):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf  # already there (weights loaded straight into their shards): no trip through the host
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

@@ -190,12 +190,14 @@ class PostNormLayer(nnx.Module):
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 
-class BertEncoder(nnx.Module):
+class BertEncoder(layers.Stack, nnx.Module):
     """BERT/RoBERTa body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]``.
 
     Attributes are ``embeddings`` and ``layers`` (an ``nnx.List``); ``config``
     is the (static) `BertConfig`.
     """
+
+    bottom_parts = ("embeddings",)
 
     def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -207,12 +209,14 @@ class BertEncoder(nnx.Module):
             for _ in range(cfg.num_hidden_layers)
         ])
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+        return self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        for layer in self.layers:
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep)
         return x
 
@@ -386,10 +390,10 @@ def model_spec(name: str, *, max_len: int = 256, normalize: bool = False, tokens
         name, path=path, num_layers=num_layers, max_len=max_len, normalize=normalize,
         tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: finetuning must not touch the frozen
-        # encoder the featurizer shares.
-        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype)
+        # encoder the featurizer shares. With a mesh, loaded straight into the fsdp shards.
+        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype, mesh=mesh)
         return classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     cfg = dataclasses.replace(MINILM_CONFIG, num_hidden_layers=num_layers)

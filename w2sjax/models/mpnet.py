@@ -122,12 +122,14 @@ class MPNetEmbeddings(nnx.Module):
         return self.norm(x.astype(jnp.float32))
 
 
-class MPNetEncoder(nnx.Module):
+class MPNetEncoder(layers.Stack, nnx.Module):
     """MPNet body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]`` (float32).
 
     Submodules: ``embeddings``, ``layers`` (an ``nnx.List``) and the shared
     ``relative_bias`` table ``[num_buckets, num_heads]``.
     """
+
+    bottom_parts = ("embeddings",)  # the relative bias stays: every block reads it (frozen)
 
     def __init__(self, cfg: MPNetConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -147,15 +149,17 @@ class MPNetEncoder(nnx.Module):
         bias = self.relative_bias(jnp.asarray(buckets, dtype=jnp.int32))  # [q, k, n]
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
-        """Last hidden state; ``token_type_ids`` is accepted for BERT's signature and unused."""
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
+        """``token_type_ids`` is accepted for BERT's signature and unused."""
         t = input_ids.shape[1]
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} > {self.config.max_len} positions")
-        x = self.embeddings(input_ids)
+        return self.embeddings(input_ids)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        bias = self.position_bias(t)
-        for layer in self.layers:
+        bias = self.position_bias(x.shape[1])  # depends on the length only, not on padding
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep, bias)
         return x
 
@@ -256,10 +260,10 @@ def model_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool 
     featurizer = MPNetFeaturizer(name, path=path, max_len=max_len, normalize=normalize,
                                  tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
         # float32 master weights whatever the compute dtype: AdamW updates are lost in bf16.
-        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
+        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32, mesh=mesh)
         return bert.classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     return ModelSpec(name=name, modalities=("text",), num_params=count_mpnet_params(MPNetConfig()),
