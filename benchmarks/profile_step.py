@@ -29,6 +29,7 @@ Flags are set like benchmarks.run (same --devices/--ynn).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 
@@ -80,7 +81,7 @@ def _linear_bf16_wgrad_t():
     return linear
 
 
-def _row_block_step(model, tx, blocks: int):
+def _row_block_step(model, blocks: int):
     """The train step with its gradient summed over ``blocks`` interleaved row blocks (xent only)."""
     import jax
     import jax.numpy as jnp
@@ -106,7 +107,7 @@ def _row_block_step(model, tx, blocks: int):
         grads, block_losses = jax.lax.scan(block_grad, zeros, parts)
         hyper = {**state.opt_state.hyperparams, "learning_rate": train.learning_rate(state.step, settings),
                  "weight_decay": settings.weight_decay}
-        updates, opt_state = tx.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
+        updates, opt_state = train.OPTIMIZER.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": block_losses.sum()}
 
@@ -197,8 +198,7 @@ def main(argv=None) -> int:
         module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
         if "remat" in variant:
             remat.checkpoint_blocks(module)
-        tx = train.make_optimizer()
-        model, state = train.init_state(module, "all", tx)
+        model, state = train.init_state(module, "all")
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
         loss_fn = train.make_loss("xent")
@@ -213,7 +213,8 @@ def main(argv=None) -> int:
             calls[variant] = lambda fn=fn, state=state: jax.block_until_ready(fn(state.params, state.frozen, batch))
             flops[variant] = fwd_flops * (3 if variant == "grad" else 1)
             continue
-        step = (_row_block_step(model, tx, 4) if variant == "step_bf16_rows4" else train.make_train_step(model, tx))
+        step = (_row_block_step(model, 4) if variant == "step_bf16_rows4"
+                else functools.partial(train.train_step, model=model))
         if variant == "step_nodonate":
             fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
                                              parallel.replicated(mesh), parallel.replicated(mesh)),

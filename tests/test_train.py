@@ -195,16 +195,14 @@ def test_train_loop_donates_the_state():
     parameters and optimizer state per call; benchmarks/RESULTS.md, levers)."""
     x, onehot, _ = separable(n=64)
     mesh = parallel.make_mesh()
-    tx = train.make_optimizer()
-    model, state = train.init_state(Probe(10, 2, rngs=nnx.Rngs(0)), "all", tx)
-    shardings = train.state_shardings(mesh, state)
-    state = train.place(state, shardings)
-    loop = train.compiled_train_loop(model, tx, mesh, shardings)
+    model, state = train.init_state(Probe(10, 2, rngs=nnx.Rngs(0)), "all")
+    state = train.place(state, train.state_shardings(mesh, state))
     feed = train.HostFeed(train.ArrayData(x, onehot), 16, 0, mesh, 2)
     settings = train.place(train.step_settings(train.TrainConfig(), 4), parallel.replicated(mesh))
     rng = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
     (count, batches), = feed.segments(0, 2)
-    new_state, _ = loop(state, batches, train.place(np.int32(count), parallel.replicated(mesh)), rng, settings)
+    new_state, _ = train.train_loop(state, batches, train.place(np.int32(count), parallel.replicated(mesh)), rng,
+                                    settings, model=model, mesh=mesh)
     assert int(new_state.step) == 2
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.opt_state) if isinstance(leaf, jax.Array))
