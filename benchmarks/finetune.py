@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -154,7 +155,7 @@ def jax_module(model: str, path, dtype: str, layers: int | None = None):
 
 
 class JaxFinetune:
-    """The library's train step (`train.make_train_step`, jitted with donation) on host batches.
+    """The library's train step (`train.train_step`, jitted with donation) on host batches.
 
     Calling it runs one step on each of ``batches`` in turn, moving each host batch to the devices
     first, as `fit` does. ``traces`` counts how often the step was traced (compiles).
@@ -168,13 +169,12 @@ class JaxFinetune:
         self.train, self.jax = train, jax
         b = batches[0][0].shape[0]
         cfg = train.TrainConfig(batch_size=b, lr=lr)
-        tx = train.make_optimizer()
         self.mesh = parallel.make_mesh()
-        model, state = train.init_state(module, "all", tx)
+        model, state = train.init_state(module, "all")
         shardings = train.state_shardings(self.mesh, state)
         self.state = train.place(state, shardings)
         self.settings = train.place(train.step_settings(cfg, 1000, "xent"), parallel.replicated(self.mesh))
-        step_fn = train.make_train_step(model, tx)
+        step_fn = functools.partial(train.train_step, model=model)
         self.traces = 0
 
         def counted(*a):

@@ -57,3 +57,40 @@ def test_describe_reads_types_and_comments():
     assert rows["data.n_test"][0] == "int | None"
     assert rows["data.task"][1]  # a trailing source comment
     assert rows["train.loss.alpha_max"][1]  # the comment heading its block
+
+
+def test_the_documented_call_path_is_the_code_path():
+    """docs/internals.md lists the calls from `w2sjax run` to the loss line; each caller must call
+    the next function by name, the first be the console script and the last hold `loss = ...`."""
+    import ast
+    import importlib
+    import inspect
+    import re
+    import textwrap
+    import tomllib
+
+    section = (ROOT / "docs" / "internals.md").read_text().split("## Data flow")[1].split("\n## ")[0]
+    hops = re.findall(r"^\d+\. `([\w.]+)` → `([\w.]+)` \(`(w2sjax/[\w/]+\.py)`\)", section, re.M)
+    assert 1 <= len(hops) <= 6, hops
+
+    def resolve(name):
+        module, *attrs = name.split(".")
+        obj = importlib.import_module(f"w2sjax.{module}")
+        for attr in attrs:
+            obj = getattr(obj, attr)
+        return inspect.unwrap(obj)
+
+    script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["w2sjax"]
+    assert script == f"w2sjax.{hops[0][0].rsplit('.', 1)[0]}:{hops[0][0].rsplit('.', 1)[1]}"
+    for (caller, callee, path), following in zip(hops, hops[1:] + [None]):
+        function = resolve(caller)
+        assert pathlib.Path(inspect.getsourcefile(function)) == ROOT / path, caller
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        called = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                  for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        assert callee.rsplit(".", 1)[-1] in called, f"{caller} does not call {callee}"
+        assert callable(resolve(callee))
+        if following is not None:
+            assert following[0] == callee, (caller, callee, following)
+    loss_line = re.compile(r"^\s*loss = ", re.M)
+    assert loss_line.search(inspect.getsource(resolve(hops[-1][1]))), hops[-1][1]

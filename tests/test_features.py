@@ -5,7 +5,7 @@ import pytest
 
 from w2sjax.features import cached_features, example_ids
 from w2sjax.models import get_model
-from w2sjax.models.weak import RawFeaturizer
+from w2sjax.models.shallow import RawFeaturizer
 
 TEXTS = [
     "Great crunchy granola, not too sweet.",

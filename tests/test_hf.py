@@ -299,3 +299,51 @@ def test_lora_settings_are_part_of_the_fingerprint():
     cfg = dc.replace(cfg, train=dc.replace(cfg.train, trainable="lora", lora=LoraConfig(rank=4)))
     options = Inputs(_tiny_task(), cfg, progress=False).options(name)
     assert options["trainable"] == "lora" and options["lora"]["rank"] == 4
+
+
+def test_num_params_counts_the_checkpoint_tensors(tmp_path):
+    from safetensors.numpy import load_file
+
+    for case in ("bert", "llama3_untied_bias"):
+        tensors = load_file(FIXTURES / case / "model.safetensors")
+        assert hf.model_spec(f"hf:{FIXTURES / case}").num_params == sum(t.size for t in tensors.values())
+    # a GGUF: its tensor table, skipping metadata of every kind (a string array like a vocabulary)
+    import gguf
+
+    path = tmp_path / "tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.name", "tiny")
+    w.add_array("tokenizer.ggml.tokens", ["a", "bc", "def"])
+    w.add_array("tokenizer.ggml.scores", [0.5, 1.5, 2.5])
+    w.add_uint32("llama.block_count", 1)
+    w.add_tensor("token_embd.weight", np.zeros((3, 4), np.float32))
+    w.add_tensor("output_norm.weight", np.ones((4,), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    want = sum(int(t.n_elements) for t in gguf.GGUFReader(str(path)).tensors)
+    assert want == 16 and hf.count_params(path) == want
+
+
+def test_runner_loads_a_finetuned_hf_student_into_fsdp_shards(tmp_path):
+    """With parallel.fsdp=4 the runner hands its mesh to hf.load: the student's matrices arrive
+    split four ways, and train.fit trains them where they are."""
+    from w2sjax import experiment, parallel, train
+    from w2sjax.config import Config, DataConfig, ParallelConfig, StudentTrainConfig
+
+    name = f"hf:{FIXTURES / 'llama3_untied_bias'}"
+    cfg = Config(data=DataConfig(task="fine_foods", max_len=16), strong_models=(name,), strong_mode="finetune",
+                 parallel=ParallelConfig(data=2, fsdp=4), train=StudentTrainConfig(epochs=1, batch_size=8))
+    mesh = parallel.make_mesh(data=2, fsdp=4)
+    task = experiment._load_task(cfg)
+    mi = experiment.Inputs(task, cfg, False, mesh).get(name)
+    module = mi.build(0)
+    kernel = module.encoder.layers[0].mlp.up_proj.kernel[...]
+    assert len(kernel.addressable_shards) == 8
+    assert all(s.data.size * 4 == kernel.size for s in kernel.addressable_shards)
+    rows = np.arange(16)
+    labels = np.eye(2, dtype=np.float32)[task.train["label"][rows]]
+    fitted = train.fit(module, train.ArrayData(mi.inputs("train", rows), labels), cfg=cfg.train, loss="xent", mesh=mesh,
+                       seed=0, progress=False)
+    assert fitted.steps == 2

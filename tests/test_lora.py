@@ -71,7 +71,7 @@ def test_lora_training_moves_only_adapters_and_head():
 
 def test_trainable_values_are_checked():
     assert StudentTrainConfig(trainable="lora").lora == LoraConfig()
-    with pytest.raises(ConfigError, match="train.trainable: expected 'all', 'head' or 'lora'"):
-        StudentTrainConfig(trainable="top:2")
+    with pytest.raises(ConfigError, match="train.trainable: expected 'all', 'head', 'lora' or 'top:K'"):
+        StudentTrainConfig(trainable="adapters")
     with pytest.raises(ConfigError, match="train.lora.rank"):
         LoraConfig(rank=0)

@@ -91,6 +91,22 @@ def test_refinement_rows_leave_the_soft_rows_unchanged(tmp_path):
     assert swept[1]["variant"] == "hard"
 
 
+def test_a_method_prints_its_plan_before_training(tmp_path, capsys):
+    """imitation: 1 ceiling + 1 supervisor + one student per training length, keyed before any trains."""
+    cfg = digits(method="imitation", options=MethodConfig(epochs_grid=(1.0, 2.0)), strong_models=("linear",),
+                 data=DataConfig(task="digits", n_train=256, n_val=64, n_test=64),
+                 train=StudentTrainConfig(epochs=1, batch_size=64, lr=1e-2, log_every=50))
+    experiment.run(cfg, tmp_path, progress=False)
+    printed = capsys.readouterr().out
+    plan = [line for line in printed.splitlines() if line.startswith("plan: ")]
+    names = "ceiling__linear__seed0, weak__linear__seed0, w2s__linear__linear__xent__ep1__seed0, " \
+            "w2s__linear__linear__xent__ep2__seed0"
+    assert plan == [f"plan: 4 of 4 stages to train ({names}), 0 reused"]
+    again = experiment.run(cfg, tmp_path, progress=False)
+    assert "plan: 0 of 4 stages to train, 4 reused" in capsys.readouterr().out
+    assert [r["epochs"] for r in again["runs"]] == [1.0, 2.0]
+
+
 def test_length_shift_trains_short_and_tests_long():
     from w2sjax import data
 

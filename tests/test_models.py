@@ -11,7 +11,7 @@ from flax import nnx
 
 from w2sjax import assets
 from w2sjax.models import bert, embed, get_model, heads, known_models
-from w2sjax.models.weak import RawFeaturizer, TfidfFeaturizer
+from w2sjax.models.shallow import RawFeaturizer, TfidfFeaturizer
 
 TEXTS = np.array([
     "The cookies were great, great value!",

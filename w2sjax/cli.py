@@ -80,31 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
         return _tasks(args.names)
+
+    # w2sjax run
     _default_xla_flags()
-    return _run(args)
-
-
-def _run(args) -> int:
-    from w2sjax import config as config_lib
+    from w2sjax import config as config_lib, rundir
 
     try:
-        config = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
-        config = config_lib.apply_overrides(config, args.overrides)
-    except config_lib.ConfigError as exc:
+        config, out = _config_and_run_dir(args)  # before JAX starts, and writing nothing
+    except (config_lib.ConfigError, rundir.RunDirError) as exc:
         return _fail(str(exc))
-    out = pathlib.Path(args.out or f"runs/{config.name}")
-    from w2sjax import rundir
-
-    try:
-        rundir.check(out)  # before any model loads, and writing nothing
-        # One writer per directory: a second run stops here, before JAX starts. Processes of a
-        # job that only jax.distributed can number take their lock in experiment.prepare.
-        process = rundir.process_hint(config.parallel.distributed)
-        if process is not None:
-            rundir.lock(out, process=process)
-    except rundir.RunDirError as exc:
-        return _fail(str(exc))
-
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
     from w2sjax import experiment, preemption, report, signals
     from w2sjax.assets import AssetError
@@ -129,6 +113,23 @@ def _run(args) -> int:
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
     return 0
+
+
+def _config_and_run_dir(args):
+    """The config with its ``--set`` overrides and the output directory, checked (and locked when
+    the process index is known) before any model loads. Raises ConfigError or RunDirError."""
+    from w2sjax import config as config_lib, rundir
+
+    config = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
+    config = config_lib.apply_overrides(config, args.overrides)
+    out = pathlib.Path(args.out or f"runs/{config.name}")
+    rundir.check(out)
+    # One writer per directory: a second run stops here, before JAX starts. Processes of a
+    # job that only jax.distributed can number take their lock in experiment.prepare.
+    process = rundir.process_hint(config.parallel.distributed)
+    if process is not None:
+        rundir.lock(out, process=process)
+    return config, out
 
 
 def _tasks(names: list[str]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
+import re
 import types
 import typing
 from typing import Any
@@ -41,7 +42,7 @@ class TrainConfig:
     # stages; 0 = none
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
-    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length); false pads every batch to max_len
+    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length), in training and in predictions; false pads every batch to max_len
 
     def __post_init__(self):
         if self.batch_size <= 0:
@@ -80,15 +81,21 @@ class StudentTrainConfig(TrainConfig):
     """A student stage (w2s, ceiling, bootstrap): it may finetune, and its loss has settings.
     The supervisors (``weak_train``) are always linear probes trained with ``xent``."""
 
-    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head
+    trainable: str = "all"  # finetune mode only: "all" trains every weight, "head" is a linear probe on the frozen backbone, "lora" trains adapters + head, "top:K" the last K blocks + final norm + head
     loss: LossConfig = LossConfig()
     lora: LoraConfig = LoraConfig()
     remat: bool = False  # finetune mode: recompute each block's activations in the backward pass (less memory, ~1 more forward)
+    cache_bottom: bool = True  # top:K: run the frozen blocks once per example and train on their output, cached on disk in bf16; false runs them every step
 
     def __post_init__(self):
         super().__post_init__()
-        if self.trainable not in ("all", "head", "lora"):
-            raise ConfigError(f"train.trainable: expected 'all', 'head' or 'lora', got {self.trainable!r}")
+        if self.trainable not in ("all", "head", "lora") and not _is_top_k(self.trainable):
+            raise ConfigError("train.trainable: expected 'all', 'head', 'lora' or 'top:K' (K a positive integer), "
+                              f"got {self.trainable!r}")
+
+
+def _is_top_k(trainable: str) -> bool:
+    return re.fullmatch(r"top:[1-9][0-9]*", trainable) is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ For every seed:
 
 ``options.labels`` adds, per w2s triple, students trained on refined weak labels
 (:func:`w2sjax.labels.refine`). Other protocols (``config.method``) live in
-:mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :class:`SeedRun`,
-:func:`finish`.
+:mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :func:`plan_then_train`,
+:class:`SeedRun`, :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
 is keyed by a :class:`w2sjax.stages.StageKey` whose fingerprint covers every setting that
@@ -24,13 +24,14 @@ an interrupted run ends with the same ``results.json`` as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -82,15 +83,15 @@ class ModelInputs:
 
     inputs: Callable[[str, np.ndarray], Any]  # (split name "train"/"test", rows) -> array or dict of arrays
     build: Callable[[int], nnx.Module]  # seed -> fresh trainable module
-    trainable: str  # "all" or "head"
+    trainable: str  # "all", "head", "lora" or "top:K"
 
 
 class Inputs:
     """Each model's inputs, computed only for the rows a stage uses; frozen features come from the
     on-disk cache, so every example passes through every backbone at most once across a sweep."""
 
-    def __init__(self, task, config: Config, progress: bool):
-        self.task, self.config, self.progress = task, config, progress
+    def __init__(self, task, config: Config, progress: bool, mesh=None):
+        self.task, self.config, self.progress, self.mesh = task, config, progress, mesh
         self._cache: dict[tuple[str, str], ModelInputs] = {}
 
     def get(self, name: str, *, frozen_features: bool = False) -> ModelInputs:
@@ -123,6 +124,8 @@ class Inputs:
             options["trainable"] = self.config.train.trainable
             if self.config.train.trainable == "lora":
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
+            if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
+                options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
@@ -145,11 +148,23 @@ class Inputs:
         return out
 
     def _finetune(self, spec, prompt: str = "") -> ModelInputs:
+        from w2sjax.models import topk
+
         n_classes = self.task.num_classes
         train_cfg = self.config.train
+        top = topk.parse(train_cfg.trainable)  # K of top:K, else None
+        bottom = self._cached_bottom(spec, top) if top and train_cfg.cache_bottom else None
+
+        # a loader that takes the mesh reads each weight straight into its fsdp shard
+        placed = {"mesh": self.mesh} if self.mesh is not None and "mesh" in inspect.signature(spec.finetune).parameters else {}
 
         def build(seed):
-            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision))
+            module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision), **placed)
+            if top:
+                try:  # the cached student holds only the top blocks; the recomputing one all of them
+                    topk.cut_bottom(module, top) if bottom else topk.check(module, top)
+                except topk.TopKError as exc:
+                    raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
             if train_cfg.trainable == "lora":
                 from w2sjax.models import lora
 
@@ -161,11 +176,24 @@ class Inputs:
                 remat.checkpoint_blocks(module)
             return module
 
-        return ModelInputs(
-            inputs=lambda split, rows: spec.tokenize(self._split(split, rows, prompt)),
-            build=build,
-            trainable=train_cfg.trainable,
-        )
+        def inputs(split, rows):
+            text = self._split(split, rows, prompt)
+            if bottom is None:
+                return spec.tokenize(text)
+            try:
+                return bottom.inputs(text)
+            except topk.TopKError as exc:
+                raise ConfigError(f"train.trainable: {spec.name}: {exc}") from None
+
+        return ModelInputs(inputs=inputs, build=build, trainable=train_cfg.trainable)
+
+    def _cached_bottom(self, spec, k: int):
+        """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.bottoms`)."""
+        from w2sjax import bottoms
+
+        return bottoms.Bottom(spec, k, num_classes=self.task.num_classes, dtype=self.config.precision,
+                              task_name=self.task.source or self.task.name, cache_dir=bottoms.cache_root(),
+                              progress=self.progress)
 
     def _probe(self, spec, prompt: str = "") -> ModelInputs:
         from w2sjax import assets, features
@@ -229,7 +257,7 @@ class Runner:
         self.planning = planning
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
-        self.inputs = Inputs(task, config, progress)
+        self.inputs = Inputs(task, config, progress, mesh)
         self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
 
@@ -331,7 +359,8 @@ class Runner:
         preds = {}
         for name, (split, idx) in evals.items():
             preds[name] = train.predict(
-                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256)
+                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256),
+                buckets=cfg.length_buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.
         if "val" in evals:
@@ -589,12 +618,26 @@ class SeedRun:
         """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
         are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given."""
         sources = {"labels": sup.source("b"), "val_labels": sup.source("val") if val_labels is None else None}
-        return self.strong(key, strong_name, self.pseudo_labels(sup),
-                           sup.preds["val"] if val_labels is None else val_labels, loss, cfg=cfg, sources=sources)
+        return self.runner.stage(
+            key, model=strong_name, frozen_features=False, rows=self.student_half["row"],
+            labels=self.pseudo_labels(sup), val_rows=self.val["row"],
+            val_labels=sup.preds["val"] if val_labels is None else val_labels, evals=self.evals,
+            cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed, sources=sources,
+        )
 
     def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str) -> StageOutput:
-        """The standard student of ``weak_name``'s supervision (the stage :func:`_protocol` trains)."""
+        """The standard student of ``weak_name``'s supervision (the stage :func:`run` trains)."""
         return self.supervised(stages.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
+
+    def pairs(self) -> Iterator[tuple[str, str, str, StageOutput, StageOutput]]:
+        """``(weak_name, strong_name, loss, weak, ceiling)`` for every strong model, supervisor and
+        loss of the config, in that nesting; each ceiling and supervisor stage runs once."""
+        for s in self.config.strong_models:
+            ceiling = self.ceiling(s)
+            for w in self.config.weak_models:
+                weak = self.weak(w)
+                for loss in self.config.losses:
+                    yield w, s, loss, weak, ceiling
 
     def row(self, weak_name, strong_name, loss, weak, w2s, ceiling) -> dict:
         if self.runner.planning:
@@ -615,42 +658,49 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
         return methods.run(config, out_dir, progress=progress)
     runner, task, out = prepare(config, out_dir, progress=progress)
-    planner = Runner(config, out, runner.mesh, task, progress, planning=True)
-    _protocol(planner, task, config)
-    announce_plan(planner, config, out)
-    return finish(config, out, _protocol(runner, task, config))
+    for current in plan_then_train(runner, out):  # the protocol twice: its stages keyed only, then trained
+        rows = []
+        for seed in config.seeds:
+            sr = SeedRun(current, task, seed)
+            ceilings = {s: sr.ceiling(s) for s in config.strong_models}
+            for w in config.weak_models:
+                weak = sr.weak(w)
+                for s in config.strong_models:
+                    for loss in config.losses:
+                        w2s = sr.supervised(stages.StageKey.w2s(w, s, loss, seed), s, weak, loss)
+                        rows += [sr.row(w, s, loss, weak, w2s, ceilings[s]) if refinement == "soft"
+                                 else _refined_row(sr, w, s, loss, weak, w2s, ceilings[s], refinement)
+                                 for refinement in config.options.labels]
+            rows += _bootstrap_rows(sr, ceilings)
+    return finish(config, out, rows)
 
 
-def _protocol(runner: Runner, task, config: Config) -> list[dict]:
-    """The standard protocol's stages and rows, for every seed."""
-    rows_out = []
-    for seed in config.seeds:
-        sr = SeedRun(runner, task, seed)
-        ceilings = {s: sr.ceiling(s) for s in config.strong_models}
-        for w in config.weak_models:
-            weak = sr.weak(w)
-            for s in config.strong_models:
-                for loss in config.losses:
-                    w2s = sr.supervised(stages.StageKey.w2s(w, s, loss, seed), s, weak, loss)
-                    for refinement in config.options.labels:
-                        if refinement == "soft":
-                            rows_out.append(sr.row(w, s, loss, weak, w2s, ceilings[s]))
-                        else:
-                            rows_out.append(_refined_row(sr, w, s, loss, weak, w2s, ceilings[s], refinement))
-        for chain in config.bootstrap:
-            models_in_chain = tuple(chain.split(">"))
-            first = sr.weak(models_in_chain[0])
-            for loss in config.losses:
-                current = first
-                for depth, student in enumerate(models_in_chain[1:], start=1):
-                    key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, seed)
-                    current = sr.supervised(key, student, current, loss)
-                last = models_in_chain[-1]
-                ceiling = ceilings.get(last) or sr.ceiling(last)
-                row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
-                row["chain"] = chain
-                rows_out.append(row)
-    return rows_out
+def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
+    """The bootstrap chains (``a>b>c``) of one seed: each model supervises the next on half B."""
+    rows = []
+    for chain in sr.config.bootstrap:
+        models_in_chain = tuple(chain.split(">"))
+        first = sr.weak(models_in_chain[0])
+        for loss in sr.config.losses:
+            current = first
+            for depth, student in enumerate(models_in_chain[1:], start=1):
+                key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
+                current = sr.supervised(key, student, current, loss)
+            last = models_in_chain[-1]
+            ceiling = ceilings.get(last) or sr.ceiling(last)
+            row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
+            row["chain"] = chain
+            rows.append(row)
+    return rows
+
+
+def plan_then_train(runner: Runner, out: pathlib.Path) -> Iterator[Runner]:
+    """A planning copy of ``runner``, then ``runner``: a protocol run once with each first keys its
+    stages without training any, then the plan is printed (:func:`announce_plan`), then it trains."""
+    planner = Runner(runner.config, out, runner.mesh, runner.task, runner.progress, planning=True)
+    yield planner
+    announce_plan(planner, runner.config, out)
+    yield runner
 
 
 def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
@@ -758,7 +808,7 @@ def _check_modality(name: str, task) -> None:
 def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
          test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
-    agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
+    agree_b = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), b_labels)
     return results.row(
         task.name, weak_name, strong_name, loss, seed,
         _acc(weak.preds["test"], test_labels), _acc(w2s.preds["test"], test_labels),

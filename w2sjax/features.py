@@ -75,21 +75,31 @@ class _Store:
             atomic.remove_stale(self.root)  # chunks of a writer killed mid-write
         return sorted(self.root.glob("chunk-*.npz"))
 
-    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        ids, feats = [], []
+    def readable(self, read):
+        """``read(npz)`` of every chunk, in name order; a chunk that fails to read (or whose
+        ``read`` raises ValueError) is deleted, so its examples are computed again."""
         for path in self.chunks():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    i, f = z["ids"], z["features"]
-                if i.ndim != 1 or f.shape[0] != i.shape[0] or (
-                        feats and f.shape[1:] != feats[0].shape[1:]):
-                    raise ValueError(f"inconsistent shapes {i.shape} / {f.shape}")
+                    value = read(z)
             except FileNotFoundError:
                 continue  # merged away by another process meanwhile
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                log.warning("dropping corrupt feature cache file %s (%s); recomputing", path, e)
+                log.warning("dropping corrupt cache file %s (%s); recomputing", path, e)
                 path.unlink(missing_ok=True)
                 continue
+            yield value
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        ids, feats = [], []
+
+        def read(z):
+            i, f = z["ids"], z["features"]
+            if i.ndim != 1 or f.shape[0] != i.shape[0] or (feats and f.shape[1:] != feats[0].shape[1:]):
+                raise ValueError(f"inconsistent shapes {i.shape} / {f.shape}")
+            return i, f
+
+        for i, f in self.readable(read):
             ids.append(i)
             feats.append(f)
         if not ids:

@@ -101,5 +101,6 @@ class BucketedOrder:
 
 
 def trim(inputs: dict, length: int, max_len: int) -> dict:
-    """Token inputs cut to their first ``length`` positions (every ``[N, max_len]`` array)."""
-    return {k: (v[:, :length] if np.ndim(v) == 2 and np.shape(v)[1] == max_len else v) for k, v in inputs.items()}
+    """Token inputs cut to their first ``length`` positions (every ``[N, max_len, ...]`` array:
+    token ids, masks, and a top:K student's cached hidden states)."""
+    return {k: (v[:, :length] if np.ndim(v) >= 2 and np.shape(v)[1] == max_len else v) for k, v in inputs.items()}

@@ -121,9 +121,10 @@ def train_settings(cfg: Any, loss: str) -> dict:
     """The fields of a ``TrainConfig`` (or a student's, with its ``LossConfig``) that determine a
     stage trained with ``loss``."""
     settings = dataclasses.asdict(cfg)
-    # The model options hold these, when they apply: trainable (probes train "all") and LoRA's.
+    # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's cache.
     settings.pop("trainable", None)
     settings.pop("lora", None)
+    settings.pop("cache_bottom", None)
     loss_settings = settings.pop("loss", None) or {}  # a student's LossConfig; supervisors have none
     for field in list(settings):
         if field in _NOT_OUTPUT:

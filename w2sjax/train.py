@@ -8,7 +8,8 @@ parameters and optimizer state, so it jits, shards and checkpoints without any f
 inside. The NNX module's structure (its ``GraphDef``) stays outside as static data, following
 Flax's advice to use ``nnx.split``/``nnx.merge`` around ``jax.jit`` in hot loops.
 
-``fit`` reads top to bottom as its jobs: compile (:func:`compiled_train_loop`), feed
+``fit`` reads top to bottom as its jobs: compile (:func:`train_loop`, jitted, calling
+:func:`train_step`, whose ``loss = ...`` line is the loss), feed
 (:class:`HostFeed`), evaluate (:func:`evaluate`), checkpoint, and stop (:func:`itstime` decides
 when each periodic job runs).
 """
@@ -136,13 +137,29 @@ class TrainState(flax.struct.PyTreeNode):
     finished: jax.Array  # True once the stage ran to its end or stopped early; a resume then trains no more
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Model:
-    """The static half of a split NNX module: its structure and abstract parameter layout."""
+    """The static half of a split NNX module: its structure and abstract parameter layout.
+
+    Two models of the same structure are equal whatever their parameter values, so the jitted
+    :func:`train_loop`, which takes the model as a static argument, compiles once per structure.
+    """
 
     graphdef: Any
     params_template: Any  # abstract nnx.State of the trainable params
     frozen_template: Any  # abstract nnx.State of everything else
+
+    def __post_init__(self):
+        # Computed once: jit hashes its static arguments on every call.
+        key = (self.graphdef, _abstract_key(self.params_template), _abstract_key(self.frozen_template))
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __eq__(self, other) -> bool:
+        return other is self or (isinstance(other, Model) and self._hash == other._hash and self._key == other._key)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def bind(self, params: PyTree, frozen: PyTree) -> nnx.Module:
         """Rebuild the module from pure-dict parameters (traceable under jit)."""
@@ -153,8 +170,13 @@ class Model:
         return nnx.merge(self.graphdef, trainable, rest)
 
 
-def trainable_filter(trainable: str):
-    """Linear probe versus full finetune is only this filter: which parameters the optimizer sees."""
+def trainable_filter(trainable: str, module: nnx.Module | None = None):
+    """Linear probe versus full finetune is only this filter: which parameters the optimizer sees.
+    ``top:K`` needs the ``module`` (its blocks)."""
+    if trainable.startswith("top:"):
+        from w2sjax.models import topk
+
+        return topk.trainable_filter(module, topk.parse(trainable))
     if trainable == "head":
         return nnx.All(nnx.Param, nnx.PathContains("head"))
     if trainable == "lora":
@@ -164,16 +186,15 @@ def trainable_filter(trainable: str):
     return nnx.Param
 
 
-def make_optimizer() -> optax.GradientTransformation:
-    """AdamW whose learning rate and weight decay are set by each step from its :class:`StepSettings`
-    (``inject_hyperparams`` keeps them in the optimizer state, as arrays, not in the program)."""
-    return optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
+# AdamW whose learning rate and weight decay each step sets from its StepSettings
+# (``inject_hyperparams`` keeps them in the optimizer state, as arrays, not in the program).
+OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
 
 
-def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformation) -> tuple[Model, TrainState]:
+def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
     """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
-    ``trainable`` is "all", "head" or "lora" (see :func:`trainable_filter`)."""
-    graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable), ...)
+    ``trainable`` is "all", "head", "lora" or "top:K" (see :func:`trainable_filter`)."""
+    graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable, module), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
     model = Model(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
@@ -182,7 +203,7 @@ def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformat
         step=jnp.zeros((), jnp.int32),
         params=params,
         frozen=nnx.to_pure_dict(rest),
-        opt_state=tx.init(params),
+        opt_state=OPTIMIZER.init(params),
         # A distinct copy: the step donates its input state, and XLA refuses one buffer donated twice.
         best_params=jax.tree.map(lambda a: jnp.array(a, copy=True), params),
         best_score=jnp.full((), -jnp.inf, jnp.float32),
@@ -197,49 +218,75 @@ def init_state(module: nnx.Module, trainable: str, tx: optax.GradientTransformat
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def make_train_step(model: Model, tx: optax.GradientTransformation):
-    """``train_step(state, batch, rng, settings) -> (state, metrics)``, pure and not yet jitted.
+def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: Model):
+    """One optimizer step, pure and not jitted: ``(state, metrics)``.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
     ``rng`` is the stage's base key; the step folds in its own step number, so every step draws
     fresh randomness reproducibly without the host doing anything per step. ``settings``
     (:class:`StepSettings`) picks the loss and sets the schedules.
     """
+    step_frac = state.step.astype(jnp.float32) / settings.total_steps.astype(jnp.float32)
+    rng = jax.random.fold_in(rng, state.step)
+    del rng  # no stochastic layers in the built-in models; kept for dropout or augmentation
 
-    def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings):
-        step_frac = state.step.astype(jnp.float32) / settings.total_steps.astype(jnp.float32)
-        rng = jax.random.fold_in(rng, state.step)
-        del rng  # no stochastic layers in the built-in models; kept for dropout or augmentation
+    def objective(params):
+        logits = model.bind(params, state.frozen)(batch["inputs"])
+        loss = stage_loss(logits, batch["labels"], step_frac=step_frac, weights=batch["weights"], settings=settings)
+        return loss, logits
 
-        def objective(params):
-            logits = model.bind(params, state.frozen)(batch["inputs"])
-            loss = stage_loss(logits, batch["labels"], step_frac=step_frac, weights=batch["weights"],
-                              settings=settings)
-            return loss, logits
+    (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    hyper = {**state.opt_state.hyperparams, "learning_rate": learning_rate(state.step, settings),
+             "weight_decay": settings.weight_decay}
+    updates, opt_state = OPTIMIZER.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step)
+    first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
+    blowup = (state.blowup_step < 0) & (loss > DIVERGENCE_FACTOR * first_loss)
+    step_metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "label_agreement": metrics.accuracy(logits, batch["labels"]),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad,
+        first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
+    )
+    return new_state, step_metrics
 
-        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        hyper = {**state.opt_state.hyperparams, "learning_rate": learning_rate(state.step, settings),
-                 "weight_decay": settings.weight_decay}
-        updates, opt_state = tx.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss)
-        first_bad = jnp.where(
-            (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
-        )
-        first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
-        blowup = (state.blowup_step < 0) & (loss > DIVERGENCE_FACTOR * first_loss)
-        step_metrics = {
-            "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "label_agreement": metrics.accuracy(logits, batch["labels"]),
-        }
-        new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, first_nonfinite_step=first_bad,
-            first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
-        )
-        return new_state, step_metrics
 
-    return train_step
+@functools.partial(jax.jit, static_argnames=("model", "mesh", "step_wrapper"), donate_argnums=(0,))
+def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array, settings: StepSettings, *,
+               model: Model, mesh: Mesh, step_wrapper: Callable | None = None):
+    """``count`` calls of :func:`train_step` in one compiled program: ``(state, metrics)``.
+
+    ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
+    of them are used, in order, so one compiled program serves every chunk length up to ``K``.
+    Running many steps per call keeps the host out of the inner loop: for a linear probe the
+    per-call dispatch and transfer cost far more than the step itself. The returned metrics are
+    those of the last step run. ``model``, ``mesh`` and ``step_wrapper`` are static: one compile
+    per model structure and mesh (equal :class:`Model` s share it), whatever the stage's settings.
+    ``step_wrapper`` wraps the step before tracing (tests pass a trace counter); each wrapper
+    object gets its own program. The state is donated (updated in place) and keeps its layout.
+    """
+    def step(state, batch, rng, settings):
+        return train_step(state, batch, rng, settings, model=model)
+
+    run_step = step if step_wrapper is None else step_wrapper(step)
+    rows = parallel.batch_sharding(mesh)
+
+    def batch_at(i):
+        batch = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), batches)
+        return jax.lax.with_sharding_constraint(batch, rows)
+
+    out_shapes = jax.eval_shape(step, state, batch_at(0), rng, settings)[1]
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+    state, step_metrics = jax.lax.fori_loop(
+        0, count, lambda i, carry: run_step(carry[0], batch_at(i), rng, settings), (state, zeros))
+    # Parameters stay replicated (or fsdp-sharded, as they came in); the metrics are replicated.
+    return (jax.lax.with_sharding_constraint(state, parallel.param_shardings(mesh, state)),
+            jax.lax.with_sharding_constraint(step_metrics, parallel.replicated(mesh)))
 
 
 def make_predict_step(model: Model):
@@ -270,10 +317,12 @@ def state_shardings(mesh: Mesh, state: TrainState):
     return parallel.param_shardings(mesh, jax.eval_shape(lambda: state))
 
 
-def jit_train_step(train_step, mesh: Mesh, state_sharding):
+def jit_train_step(step, mesh: Mesh, state_sharding):
+    """One step (e.g. ``functools.partial(train_step, model=model)``) jitted on its own, state donated:
+    for benchmarks that time single steps; stages run :func:`train_loop`."""
     replicated = parallel.replicated(mesh)
     return jax.jit(
-        train_step,
+        step,
         in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=(0,),
@@ -285,49 +334,9 @@ def stacked_batch_sharding(mesh: Mesh):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *parallel.batch_sharding(mesh).spec))
 
 
-def make_train_loop(train_step, mesh: Mesh, *, shape_step=None):
-    """``loop(state, batches, count, rng, settings) -> (state, metrics)``: ``count`` train steps in one call.
-
-    ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
-    of them are used, in order, so one compiled program serves every chunk length up to ``K``.
-    Running many steps per call keeps the host out of the inner loop: for a linear probe the
-    per-call dispatch and transfer cost far more than the step itself. The returned metrics are
-    those of the last step run. ``shape_step`` (default ``train_step``) is traced once abstractly
-    for the metrics' shapes; pass the unwrapped step when ``train_step`` counts its traces.
-    """
-    shape_step = train_step if shape_step is None else shape_step
-    rows = parallel.batch_sharding(mesh)
-
-    def loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array, settings: StepSettings):
-        def batch_at(i):
-            batch = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), batches)
-            return jax.lax.with_sharding_constraint(batch, rows)
-
-        out_shapes = jax.eval_shape(shape_step, state, batch_at(0), rng, settings)[1]
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
-
-        def body(i, carry):
-            return train_step(carry[0], batch_at(i), rng, settings)
-
-        return jax.lax.fori_loop(0, count, body, (state, zeros))
-
-    return loop
-
-
-def jit_train_loop(train_loop, mesh: Mesh, state_sharding):
-    """The loop of `make_train_loop` jitted with the state donated (updated in place)."""
-    replicated = parallel.replicated(mesh)
-    return jax.jit(
-        train_loop,
-        in_shardings=(state_sharding, stacked_batch_sharding(mesh), replicated, replicated, replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(0,),
-    )
-
-
 # A sweep runs the same kind of stage many times (seeds, losses, lengths, ceilings and w2s
 # students). Handing jax.jit the same function object for the same model structure lets its
-# cache reuse the compiled program instead of compiling once per stage.
+# cache reuse the compiled program (prediction, evaluation) instead of compiling once per stage.
 _COMPILED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _COMPILED_MAX = 64
 
@@ -349,14 +358,9 @@ def _abstract_key(tree: PyTree) -> tuple:
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
 
 
-def _model_key(model: Model) -> tuple:
-    """Equal for two models of the same structure, whatever their parameter values."""
-    return model.graphdef, _abstract_key(model.params_template), _abstract_key(model.frozen_template)
-
-
 def cached_predict_step(model: Model):
     """`make_predict_step`, one function object per model structure (so `predict` compiles once)."""
-    return _jitted_function_for(("predict", _model_key(model)), lambda: make_predict_step(model))
+    return _jitted_function_for(("predict", model), lambda: make_predict_step(model))
 
 
 # ---- batching -------------------------------------------------------------------------------
@@ -420,21 +424,38 @@ def to_global(mesh: Mesh, host_batch: PyTree) -> PyTree:
 
 # ---- prediction over a dataset --------------------------------------------------------------
 
-def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False) -> np.ndarray:
-    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles."""
+def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
+            buckets: bool = True) -> np.ndarray:
+    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
+
+    With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first and
+    each batch is cut to the shortest bucket length that holds its longest row (one compile per
+    length, as in training); the probabilities come back in the input order.
+    """
     n = int(jax.tree.leaves(inputs)[0].shape[0])
     b = max(mesh.size, batch_size - batch_size % mesh.size)
+    lengths = length_buckets.token_lengths(inputs) if buckets else None
+    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
     out = []
     for start in range(0, n, b):
-        idx = np.arange(start, min(start + b, n))
+        idx = order[start:start + b]
         chunk = jax.tree.map(lambda a: a[idx], inputs)
+        if lengths is not None:
+            max_len = int(np.shape(inputs["attention_mask"])[1])
+            cut = length_buckets.bucket_lengths(max_len)
+            chunk = length_buckets.trim(chunk, cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))],
+                                        max_len)
         pad = b - len(idx)
         if pad:  # repeat the last row; the padded outputs are dropped below
             chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), chunk)
         global_chunk = to_global(mesh, chunk)
         probs = _predict_jit(predict_step, use_best)(state, global_chunk)
         out.append(parallel.host_gather(probs)[: len(idx)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    probs = np.concatenate(out)
+    probs[order] = probs.copy()  # back to the input order
+    return probs
 
 
 @functools.lru_cache(maxsize=64)
@@ -497,8 +518,8 @@ def fit(
 ) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
-    A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all" or "head"; the
-    ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
+    A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all", "head", "lora"
+    or "top:K"; the ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
     ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
@@ -513,12 +534,10 @@ def fit(
     eval_every = (cfg.eval_every or per_epoch) if val is not None else 0
     replicated = parallel.replicated(mesh)
 
-    # compile: one program per model structure, whatever the loss, length or settings
-    tx = make_optimizer()
-    model, state = init_state(module, trainable, tx)
+    # compile: train_loop compiles once per model structure, whatever the loss, length or settings
+    model, state = init_state(module, trainable)
     shardings = state_shardings(mesh, state)
     chunk = _chunk_size(cfg)
-    train_loop = compiled_train_loop(model, tx, mesh, shardings, step_wrapper)
     settings = place(step_settings(cfg, total, loss, cfg.loss if student else None), replicated)
     predict_step = cached_predict_step(model)
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
@@ -534,7 +553,8 @@ def fit(
         # Run up to the next step where the host has something to do (log, eval, checkpoint).
         done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
         for count, batches in feed.segments(step, done):  # one segment unless batches change length
-            state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings)
+            state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
+                                             model=model, mesh=mesh, step_wrapper=step_wrapper)
         bar.update(done - step)
         step = done
         if itstime(step, cfg.log_every, total):
@@ -543,7 +563,7 @@ def fit(
                 log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
         if itstime(step, eval_every, total):
             state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
-                             step=step, log=log)
+                             step=step, log=log, buckets=cfg.length_buckets)
             stopped_early = _patience_ran_out(state, cfg)
         if ckpt is not None and step < total:
             # the final state is saved by the caller, with the stage's outputs
@@ -567,17 +587,6 @@ def fit(
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), replicated))
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
-
-
-def compiled_train_loop(model: Model, tx, mesh: Mesh, shardings, step_wrapper: Callable | None = None):
-    """The jitted multi-step loop for ``model``, one function object per model structure (and
-    wrapper), so jax.jit's cache serves every stage of that structure from one compile."""
-    def build():
-        raw = make_train_step(model, tx)
-        step = raw if step_wrapper is None else step_wrapper(raw)
-        return jit_train_loop(make_train_loop(step, mesh, shape_step=raw), mesh, shardings)
-
-    return _jitted_function_for(("train_loop", _model_key(model), _sharding_key(shardings), step_wrapper), build)
 
 
 def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
@@ -642,11 +651,11 @@ class HostFeed:
 
 
 def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
-             step: int, log: Callable[[dict], None] | None = None) -> TrainState:
+             step: int, log: Callable[[dict], None] | None = None, buckets: bool = True) -> TrainState:
     """Score the current parameters on ``val`` and keep them if they are the best so far."""
     remember = _jitted_function_for(("record_eval", _sharding_key(shardings)),
                                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
-    probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size)
+    probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size, buckets=buckets)
     score = float(metrics.accuracy(probs, val.labels))
     if log is not None:
         log({"stage": stage, "step": step, "val_accuracy": score})
@@ -703,6 +712,8 @@ def place(tree: PyTree, shardings) -> PyTree:
     works for any sharding, on one host or many.
     """
     def one(leaf, sharding):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf  # already there (weights loaded straight into their shards): no trip through the host
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 

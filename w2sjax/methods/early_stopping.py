@@ -28,25 +28,21 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
 
     runner, task, out = experiment.prepare(config, out_dir, progress=progress)
     stop_cfg = dataclasses.replace(config.train, early_stopping=True, patience=PATIENCE)
-    rows = []
-    for seed in config.seeds:
-        sr = experiment.SeedRun(runner, task, seed)
-        for s in config.strong_models:
-            ceiling = sr.ceiling(s)
-            for w in config.weak_models:
-                weak = sr.weak(w)
-                for loss in config.losses:
-                    key = lambda variant: StageKey.w2s(w, s, loss, seed, variant=variant)
-                    variants = {
-                        "end": sr.w2s(w, s, weak, loss),
-                        "weak_val": sr.supervised(key("stop-weak"), s, weak, loss, cfg=stop_cfg),
-                        "oracle": sr.supervised(key("stop-oracle"), s, weak, loss, cfg=stop_cfg,
-                                                val_labels=sr.gt(sr.val)),
-                    }
-                    for variant, student in variants.items():
-                        row = sr.row(w, s, loss, weak, student, ceiling)
-                        row.update(variant=variant, steps=student.steps)
-                        rows.append(row)
+    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
+        rows = []
+        for seed in config.seeds:
+            sr = experiment.SeedRun(current, task, seed)
+            for w, s, loss, weak, ceiling in sr.pairs():
+                key = lambda variant: StageKey.w2s(w, s, loss, seed, variant=variant)
+                variants = {
+                    "end": sr.w2s(w, s, weak, loss),
+                    "weak_val": sr.supervised(key("stop-weak"), s, weak, loss, cfg=stop_cfg),
+                    "oracle": sr.supervised(key("stop-oracle"), s, weak, loss, cfg=stop_cfg, val_labels=sr.gt(sr.val)),
+                }
+                for variant, student in variants.items():
+                    row = sr.row(w, s, loss, weak, student, ceiling)
+                    row.update(variant=variant, steps=student.steps)
+                    rows.append(row)
     _figure(out, rows)
     return experiment.finish(config, out, rows)
 

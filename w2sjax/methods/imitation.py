@@ -22,21 +22,18 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax import experiment
 
     runner, task, out = experiment.prepare(config, out_dir, progress=progress)
-    rows = []
-    for seed in config.seeds:
-        sr = experiment.SeedRun(runner, task, seed)
-        for s in config.strong_models:
-            ceiling = sr.ceiling(s)
-            for w in config.weak_models:
-                weak = sr.weak(w)
-                for loss in config.losses:
-                    for epochs in config.options.epochs_grid:
-                        cfg = dataclasses.replace(config.train, epochs=epochs)
-                        key = StageKey.w2s(w, s, loss, seed, variant=f"ep{epochs:g}")
-                        student = sr.supervised(key, s, weak, loss, cfg=cfg)
-                        row = sr.row(w, s, loss, weak, student, ceiling)
-                        row.update(variant=f"epochs={epochs:g}", epochs=epochs, steps=student.steps)
-                        rows.append(row)
+    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
+        rows = []
+        for seed in config.seeds:
+            sr = experiment.SeedRun(current, task, seed)
+            for w, s, loss, weak, ceiling in sr.pairs():
+                for epochs in config.options.epochs_grid:
+                    cfg = dataclasses.replace(config.train, epochs=epochs)
+                    key = StageKey.w2s(w, s, loss, seed, variant=f"ep{epochs:g}")
+                    student = sr.supervised(key, s, weak, loss, cfg=cfg)
+                    row = sr.row(w, s, loss, weak, student, ceiling)
+                    row.update(variant=f"epochs={epochs:g}", epochs=epochs, steps=student.steps)
+                    rows.append(row)
     _figure(out, rows, list(config.strong_models))
     return experiment.finish(config, out, rows)
 

@@ -57,50 +57,61 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
 
     runner, task, out = experiment.prepare(config, out_dir, progress=progress)
     loss = config.losses[0]
-    rows = []
-    for seed in config.seeds:
-        sr = experiment.SeedRun(runner, task, seed)
-        y = {k: sr.student_half["label"] if k == "b" else sr.val["label"] if k == "val" else sr.test["label"]
-             for k in ("b", "val", "test")}
-        onehot = {k: np.eye(task.num_classes)[v] for k, v in y.items()}
-        supervisors = {}
-        for w in config.weak_models:
-            for n in config.options.weak_sizes:
-                name = w if n == 0 else f"{w}@{n}"
-                rows_a = sr.supervisor_half["row"] if n == 0 else sr.supervisor_half["row"][:n]
-                supervisors[name] = sr.weak(w, rows=rows_a, variant="" if n == 0 else f"-n{n}")
-        for s in config.strong_models:
-            ceiling = sr.ceiling(s)
-            fi = runner.inputs.get(s, frozen_features=True)  # of the strong backbone
-            feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
-            pair_rows = []
-            for name, weak in supervisors.items():
-                student = sr.w2s(name.replace("@", "-n"), s, weak, loss) if "@" in name else sr.w2s(name, s, weak, loss)
-                row = sr.row(name, s, loss, weak, student, ceiling)
-                wt, st = weak.preds["test"], student.preds["test"]
-                row.update({
-                    "gain_acc": round(row["w2s_acc"] - row["weak_acc"], 6),
-                    "gain_sq": round(_sq(wt, onehot["test"]) - _sq(st, onehot["test"]), 6),
-                    "weak_sq_err_val": round(_sq(weak.preds["val"], onehot["val"]), 6),
-                    "misfit_val": round(float(metrics.misfit(student.preds["val"], weak.preds["val"])), 6),
-                    "n_weak_labels": len(sr.supervisor_half["row"]) if "@" not in name else int(name.split("@")[1]),
-                })
-                p1 = {k: weak.preds[k][:, 1] for k in ("b", "test")}
-                row.update(_regression_check(feats, p1, {k: y[k].astype(np.float64) for k in ("b", "test")}))
-                pair_rows.append(row)
-            # The bound err(student) <= err(weak) - misfit, estimated on validation, picks a supervisor.
-            bound = [r["weak_sq_err_val"] - r["misfit_val"] for r in pair_rows]
-            chosen = int(np.argmin(bound))
-            best = max(r["w2s_acc"] for r in pair_rows)
-            by_weak_acc = int(np.argmin([r["weak_sq_err_val"] for r in pair_rows]))
-            for i, r in enumerate(pair_rows):
-                r["selection_bound_val"] = round(bound[i], 6)
-                r["selected_by_misfit"] = i == chosen
-                r["selected_by_weak_error"] = i == by_weak_acc
-                r["best_student_acc"] = best
-            rows.extend(pair_rows)
+    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
+        rows = []
+        for seed in config.seeds:
+            rows += _seed_rows(experiment.SeedRun(current, task, seed), config, loss)
     _figures(out, rows)
     return experiment.finish(config, out, rows, selection=_selection_summary(rows))
+
+
+def _seed_rows(sr, config, loss: str) -> list[dict]:
+    """One seed's rows: every supervisor with every student. With a planning runner, only the
+    stages are keyed (no features, no rows)."""
+    task, rows = sr.task, []
+    y = {k: sr.student_half["label"] if k == "b" else sr.val["label"] if k == "val" else sr.test["label"]
+         for k in ("b", "val", "test")}
+    onehot = {k: np.eye(task.num_classes)[v] for k, v in y.items()}
+    supervisors = {}
+    for w in config.weak_models:
+        for n in config.options.weak_sizes:
+            name = w if n == 0 else f"{w}@{n}"
+            rows_a = sr.supervisor_half["row"] if n == 0 else sr.supervisor_half["row"][:n]
+            supervisors[name] = sr.weak(w, rows=rows_a, variant="" if n == 0 else f"-n{n}")
+    for s in config.strong_models:
+        ceiling = sr.ceiling(s)
+        students = {name: sr.w2s(name.replace("@", "-n"), s, weak, loss) for name, weak in supervisors.items()}
+        if sr.runner.planning:
+            continue
+        fi = sr.runner.inputs.get(s, frozen_features=True)  # of the strong backbone
+        feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
+        pair_rows = []
+        for name, weak in supervisors.items():
+            student = students[name]
+            row = sr.row(name, s, loss, weak, student, ceiling)
+            wt, st = weak.preds["test"], student.preds["test"]
+            row.update({
+                "gain_acc": round(row["w2s_acc"] - row["weak_acc"], 6),
+                "gain_sq": round(_sq(wt, onehot["test"]) - _sq(st, onehot["test"]), 6),
+                "weak_sq_err_val": round(_sq(weak.preds["val"], onehot["val"]), 6),
+                "misfit_val": round(float(metrics.misfit(student.preds["val"], weak.preds["val"])), 6),
+                "n_weak_labels": len(sr.supervisor_half["row"]) if "@" not in name else int(name.split("@")[1]),
+            })
+            p1 = {k: weak.preds[k][:, 1] for k in ("b", "test")}
+            row.update(_regression_check(feats, p1, {k: y[k].astype(np.float64) for k in ("b", "test")}))
+            pair_rows.append(row)
+        # The bound err(student) <= err(weak) - misfit, estimated on validation, picks a supervisor.
+        bound = [r["weak_sq_err_val"] - r["misfit_val"] for r in pair_rows]
+        chosen = int(np.argmin(bound))
+        best = max(r["w2s_acc"] for r in pair_rows)
+        by_weak_acc = int(np.argmin([r["weak_sq_err_val"] for r in pair_rows]))
+        for i, r in enumerate(pair_rows):
+            r["selection_bound_val"] = round(bound[i], 6)
+            r["selected_by_misfit"] = i == chosen
+            r["selected_by_weak_error"] = i == by_weak_acc
+            r["best_student_acc"] = best
+        rows.extend(pair_rows)
+    return rows
 
 
 def _selection_summary(rows) -> list[dict]:

@@ -48,12 +48,28 @@ __all__ = [
     "count_bert_params",
     "MINILM_CONFIG",
     "BertFeaturizer",
+    "EncoderConfigFile",
+    "MeanPooledFeaturizer",
+    "post_norm_names",
     "model_spec",
 ]
 
 
+class EncoderConfigFile:
+    """What BERT's and MPNet's config dataclasses share: reading ``config.json`` (each keeps the
+    fields it uses, in ``from_dict``) and the attention head width."""
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(EncoderConfigFile):
     """The architecture fields of a Hugging Face ``config.json`` that we use.
 
     Defaults are BERT-base's, as in Hugging Face, for fields a file omits. ``position_style``
@@ -81,14 +97,6 @@ class BertConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"position_style"}
         style = "padded" if d.get("model_type") in ("roberta", "xlm-roberta", "camembert") else "absolute"
         return cls(position_style=style, **{k: d[k] for k in names if k in d})
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "BertConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     @property
     def max_len(self) -> int:
@@ -182,12 +190,14 @@ class PostNormLayer(nnx.Module):
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 
-class BertEncoder(nnx.Module):
+class BertEncoder(layers.Stack, nnx.Module):
     """BERT/RoBERTa body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]``.
 
     Attributes are ``embeddings`` and ``layers`` (an ``nnx.List``); ``config``
     is the (static) `BertConfig`.
     """
+
+    bottom_parts = ("embeddings",)
 
     def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -199,12 +209,14 @@ class BertEncoder(nnx.Module):
             for _ in range(cfg.num_hidden_layers)
         ])
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+        return self.embeddings(input_ids, token_type_ids).astype(jnp.float32)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        for layer in self.layers:
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep)
         return x
 
@@ -243,24 +255,36 @@ def load_encoder(path: str | Path, cfg, build, names: weights_lib.TorchNames, *,
                                 mesh=mesh)
 
 
-def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
-    """Map each NNX parameter path to (checkpoint tensor name, transpose?)."""
+def post_norm_names(num_layers: int, attention: dict[str, str]) -> weights_lib.TorchNames:
+    """Map each NNX parameter path of a post-norm encoder to (checkpoint tensor name, transpose?).
+
+    BERT's and MPNet's checkpoints name the embeddings and the feed-forward half of each
+    `PostNormLayer` alike; ``attention`` gives the rest of a layer: ``query``, ``key``, ``value``,
+    ``attn_out`` (linear) and ``attn_norm`` (LayerNorm) -> the name under ``encoder.layer.<i>.``.
+    """
     names = weights_lib.TorchNames()
     e = ("embeddings",)
     names.tensor(e + ("word", "embedding"), "embeddings.word_embeddings.weight")
     names.tensor(e + ("position", "embedding"), "embeddings.position_embeddings.weight")
-    names.tensor(e + ("token_type", "embedding"), "embeddings.token_type_embeddings.weight")
     names.norm(e + ("norm",), "embeddings.LayerNorm")
-    for i in range(cfg.num_hidden_layers):
+    for i in range(num_layers):
         p, n = ("layers", i), f"encoder.layer.{i}"
-        names.linear(p + ("query",), f"{n}.attention.self.query")
-        names.linear(p + ("key",), f"{n}.attention.self.key")
-        names.linear(p + ("value",), f"{n}.attention.self.value")
-        names.linear(p + ("attn_out",), f"{n}.attention.output.dense")
-        names.norm(p + ("attn_norm",), f"{n}.attention.output.LayerNorm")
+        for part in ("query", "key", "value", "attn_out"):
+            names.linear(p + (part,), f"{n}.{attention[part]}")
+        names.norm(p + ("attn_norm",), f"{n}.{attention['attn_norm']}")
         names.linear(p + ("ffn_in",), f"{n}.intermediate.dense")
         names.linear(p + ("ffn_out",), f"{n}.output.dense")
         names.norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
+    return names
+
+
+_ATTENTION_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm"}
+
+
+def _checkpoint_names(cfg: BertConfig) -> weights_lib.TorchNames:
+    names = post_norm_names(cfg.num_hidden_layers, _ATTENTION_NAMES)
+    names.tensor(("embeddings", "token_type", "embedding"), "embeddings.token_type_embeddings.weight")
     return names
 
 
@@ -315,7 +339,21 @@ def _load_cached(path: str, num_layers: int | None, dtype_name: str):
     return enc, load_tokenizer(path)
 
 
-class BertFeaturizer(embed.BucketedFeaturizer):
+class MeanPooledFeaturizer(embed.BucketedFeaturizer):
+    """A frozen post-norm encoder's mean-pooled last hidden state (BERT's and MPNet's featurizers);
+    ``normalize`` L2-normalises it, as sentence-transformers does."""
+
+    pooling = "mean"
+
+    def __init__(self, name: str, *, normalize: bool = False, **kw):
+        super().__init__(name, **kw)
+        self.normalize = normalize
+
+    def _max_positions(self, module) -> int:
+        return module.config.max_len
+
+
+class BertFeaturizer(MeanPooledFeaturizer):
     """Mean-pooled embeddings of ``split["text"]`` from a frozen BERT.
 
     Args:
@@ -331,21 +369,16 @@ class BertFeaturizer(embed.BucketedFeaturizer):
     Calling it on a split returns float32 ``[N, hidden]`` in input order.
     """
 
-    pooling = "mean"
     asset = "minilm-l6-v2"
 
     def __init__(self, name: str, *, num_layers: int | None = None, max_len: int = 256,
                  normalize: bool = False, **kw):
-        super().__init__(name, max_len=max_len, **kw)
+        super().__init__(name, max_len=max_len, normalize=normalize, **kw)
         self.num_layers = num_layers
-        self.normalize = normalize
 
     def load(self):
         """(encoder, tokenizer), loaded once per process."""
         return _load_cached(str(self.checkpoint()), self.num_layers, self.dtype)
-
-    def _max_positions(self, module) -> int:
-        return module.config.max_len
 
 
 def model_spec(name: str, *, max_len: int = 256, normalize: bool = False, tokens_per_batch: int = 8192,
@@ -357,10 +390,10 @@ def model_spec(name: str, *, max_len: int = 256, normalize: bool = False, tokens
         name, path=path, num_layers=num_layers, max_len=max_len, normalize=normalize,
         tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: finetuning must not touch the frozen
-        # encoder the featurizer shares.
-        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype)
+        # encoder the featurizer shares. With a mesh, loaded straight into the fsdp shards.
+        encoder = load_bert(featurizer.checkpoint(), num_layers=num_layers, dtype=dtype, mesh=mesh)
         return classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     cfg = dataclasses.replace(MINILM_CONFIG, num_hidden_layers=num_layers)

@@ -230,15 +230,18 @@ class BucketedFeaturizer:
 
 
 def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int, max_len: int,
-                     tokens_per_batch: int, desc: str = "embed", progress: bool = True) -> np.ndarray:
+                     tokens_per_batch: int, desc: str = "embed", progress: bool = True,
+                     collect=None) -> np.ndarray | None:
     """Features of token lists ``ids`` as float32 ``[N, width]``, in input order.
 
     Texts are grouped into fitted length buckets (`fit_buckets`), each bucket's batches padded
     to one shape (one compile per bucket; filler rows are dropped), and every batch is passed
     to ``run(input_ids, mask, blocks)`` with its `row_blocks` count. ``tokenizer`` supplies
     ``pad(ids, length)`` and ``pad_id``. Every featurizer of a text backbone uses this loop.
+    With ``collect``, each batch's output goes to ``collect(rows, outputs)`` instead (any shape,
+    e.g. per-token states), and None is returned.
     """
-    out = np.zeros((len(ids), width), np.float32)
+    out = np.zeros((len(ids), width), np.float32) if collect is None else None
     lengths = np.array([len(r) for r in ids], dtype=np.int64)
     buckets = fit_buckets(lengths, max_len, len(bucket_lengths(max_len)))
     ndev = _local_devices_for_batch()
@@ -247,8 +250,11 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
             input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
             input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
             mask = _pad_rows(mask, batch_rows, 0)
-            feats = run(input_ids, mask, row_blocks(batch_rows, length, ndev))
-            out[rows] = np.asarray(feats)[: len(rows)]
+            feats = np.asarray(run(input_ids, mask, row_blocks(batch_rows, length, ndev)))[: len(rows)]
+            if collect is None:
+                out[rows] = feats
+            else:
+                collect(rows, feats)
             signals.check()
             bar.update(len(rows))
     return out

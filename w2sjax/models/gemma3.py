@@ -195,9 +195,12 @@ class Gemma3Block(nnx.Module):
         return x + self.post_ffn_norm(y)
 
 
-class Gemma3Model(nnx.Module):
+class Gemma3Model(layers.Stack, nnx.Module):
     """``model(input_ids, attention_mask) -> hidden [B, T, D]`` after the final norm;
     ``model.logits(...)`` projects with the tied embedding."""
+
+    final_norm_name = "norm"
+    bottom_parts = ("embed",)
 
     def __init__(self, cfg: Gemma3Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         layers.activation(cfg.hidden_act)
@@ -212,20 +215,25 @@ class Gemma3Model(nnx.Module):
         inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d)) / scale
         return jnp.asarray(inv, jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None):
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
+        table = self.embed.embedding[...]
+        scale = jnp.asarray(math.sqrt(self.config.hidden_size), table.dtype).astype(jnp.float32)
+        return self.embed(input_ids).astype(jnp.float32) * scale
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         cfg = self.config
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         positions = layers.real_positions(attention_mask)
         rope = {"full_attention": rotary(positions, self._frequencies(cfg.rope_theta, cfg.rope_scaling_factor)),
                 "sliding_attention": rotary(positions, self._frequencies(cfg.rope_local_base_freq))}
         masks = {"full_attention": layers.decoder_mask(attention_mask),
                  "sliding_attention": layers.decoder_mask(attention_mask, cfg.sliding_window)}
-        table = self.embed.embedding[...]
-        x = self.embed(input_ids).astype(jnp.float32) * jnp.asarray(math.sqrt(cfg.hidden_size), table.dtype).astype(jnp.float32)
-        for kind, layer in zip(cfg.layer_types, self.layers):
+        for i, layer in self.held_blocks(start, stop):
+            kind = cfg.layer_types[i]
             x = layer(x, masks[kind], *rope[kind])
-        return self.norm(x) if cfg.final_norm else x
+        return x
+
+    def finish(self, x):
+        return self.norm(x) if self.config.final_norm else x
 
     def logits(self, input_ids, attention_mask=None):
         hidden = self(input_ids, attention_mask)

@@ -81,8 +81,11 @@ class GPT2Block(nnx.Module):
         return x + y.astype(jnp.float32)
 
 
-class GPT2Model(nnx.Module):
+class GPT2Model(layers.Stack, nnx.Module):
     """``model(input_ids, attention_mask) -> hidden [B, T, D]`` after the final LayerNorm."""
+
+    final_norm_name = "ln_f"
+    bottom_parts = ("wte", "wpe")
 
     def __init__(self, cfg: GPT2Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         layers.activation(cfg.hidden_act)
@@ -94,13 +97,16 @@ class GPT2Model(nnx.Module):
                                 for i in range(cfg.num_hidden_layers)])
         self.ln_f = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, **kw)
 
-    def __call__(self, input_ids, attention_mask=None):
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = (self.wte(input_ids) + self.wpe(layers.real_positions(attention_mask))).astype(jnp.float32)
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
+        return (self.wte(input_ids) + self.wpe(layers.real_positions(attention_mask))).astype(jnp.float32)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = layers.decoder_mask(attention_mask)
-        for layer in self.layers:
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep)
+        return x
+
+    def finish(self, x):
         return self.ln_f(x) if self.config.final_norm else x
 
 

@@ -85,7 +85,8 @@ class PooledClassifier(nnx.Module):
     """Text backbone + pooling + linear head: ``module(inputs) -> logits [B, C]``.
 
     ``inputs`` is ``{"input_ids": int [B, T], "attention_mask": int [B, T]}`` (and optionally
-    ``token_type_ids``). ``pooling`` is "mean" (encoders: BERT, RoBERTa, MPNet) or "last"
+    ``token_type_ids``), or ``{"hidden": [B, T, D], "attention_mask"}`` for a backbone whose
+    bottom blocks were cut off (`topk.cut_bottom`). ``pooling`` is "mean" (encoders: BERT, RoBERTa, MPNet) or "last"
     (decoders: in a causal model only the last real token has seen the whole text).
     ``features(inputs) -> [B, D]`` is the pooled vector the probe of the same backbone sees.
     Submodules are ``encoder`` (the backbone, whatever its architecture) and ``head``, so a
@@ -101,8 +102,11 @@ class PooledClassifier(nnx.Module):
 
     def features(self, inputs):
         mask = inputs["attention_mask"]
-        extra = (inputs["token_type_ids"],) if inputs.get("token_type_ids") is not None else ()
-        hidden = self.encoder(inputs["input_ids"], mask, *extra)
+        if "hidden" in inputs:  # a top:K student on its frozen bottom's cached output (models/topk.py)
+            hidden = self.encoder.top(inputs["hidden"], mask)
+        else:
+            extra = (inputs["token_type_ids"],) if inputs.get("token_type_ids") is not None else ()
+            hidden = self.encoder(inputs["input_ids"], mask, *extra)
         return embed.pool(hidden, mask, self.pooling, normalize=self.normalize)
 
     def __call__(self, inputs):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import math
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -132,6 +133,39 @@ def checkpoint_hash(path: str | Path) -> str:
     return hashes.directory_hash({f.relative_to(root).as_posix(): hashes.file_sha256(f) for f in files})
 
 
+# ---------------------------------------------------------------- parameter count
+
+
+def count_params(path: str | Path) -> int:
+    """Parameters stored in a checkpoint (every tensor, a task head or pooler included), read from
+    the safetensors headers or the GGUF tensor table without loading any weight."""
+    path = Path(path).expanduser().resolve()
+    if _is_gguf(path):
+        from w2sjax.models import gguf
+
+        file = gguf.find_gguf(path)
+    else:
+        file = path
+    stat = file.stat()
+    return _count_params(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _count_params(path: str, _mtime_ns: int, _size: int) -> int:
+    # keyed by the file's time and size too: a replaced checkpoint is counted again
+    if _is_gguf(Path(path)):
+        from w2sjax.models import gguf
+
+        return gguf.count_params(gguf.find_gguf(path))
+    total = 0
+    for file in weights.safetensors_files(path):
+        with open(file, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    return total
+
+
 # ---------------------------------------------------------------- hf:PATH as a model name
 
 
@@ -195,9 +229,14 @@ def model_spec(name: str, *, max_len: int = 128, tokens_per_batch: int = 8192, d
     except (FileNotFoundError, json.JSONDecodeError) as exc:
         raise ValueError(f"{name!r}: {exc}") from None
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        module, _ = load(path, dtype=dtype, param_dtype=jnp.float32, num_layers=layer)
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
+        # with a mesh, each weight is read straight into its fsdp shard (hf.load)
+        module, _ = load(path, dtype=dtype, param_dtype=jnp.float32, num_layers=layer, mesh=mesh)
         return heads.PooledClassifier(module, num_classes, pooling=featurizer.pooling, rngs=rngs)
 
-    return ModelSpec(name=name, modalities=("text",), num_params=None, featurizer=featurizer,
+    try:
+        num_params = count_params(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{name!r}: {exc}") from None
+    return ModelSpec(name=name, modalities=("text",), num_params=num_params, featurizer=featurizer,
                      head="linear", finetune=finetune, tokenize=text_tokenizer(featurizer))

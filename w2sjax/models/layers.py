@@ -78,3 +78,46 @@ def real_positions(attention_mask):
     """Position ids that count real tokens (``cumsum(mask) - 1``), so a left- or right-padded
     example sees the same positions as the unpadded one."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+class Stack:
+    """What every text backbone here is: token embeddings, a list of blocks (``layers``), and a
+    final step (a norm for decoders, nothing for encoders). Splitting the forward pass so lets a
+    student train only its top blocks on the cached output of the frozen ones below
+    (`w2sjax.models.topk`).
+
+    A backbone implements ``embed_tokens(input_ids, attention_mask, token_type_ids)`` (the residual
+    stream entering block 0, float32), ``run_blocks(x, attention_mask, start, stop)`` (the blocks
+    ``layers[start:stop]``, with whatever each needs from the mask: causal or sliding masks,
+    rotary tables, relative-position bias) and ``finish(x)``. ``first_block`` is the index of
+    ``layers[0]`` in the whole model: 0, or L-K once `topk.cut_bottom` dropped the bottom.
+    ``final_norm_name`` names the final norm a top:K student trains; ``bottom_parts`` the
+    submodules only the bottom (or the LM head) uses.
+    """
+
+    first_block = 0
+    final_norm_name: str | None = None
+    bottom_parts: tuple[str, ...] = ()
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        x = self.embed_tokens(input_ids, attention_mask, token_type_ids)
+        return self.finish(self.run_blocks(x, attention_mask))
+
+    def bottom(self, input_ids, attention_mask, token_type_ids=None, *, blocks: int):
+        """The residual stream leaving block ``blocks`` (float32 ``[B, T, D]``), before any final norm."""
+        x = self.embed_tokens(input_ids, attention_mask, token_type_ids)
+        return self.run_blocks(x, attention_mask, 0, blocks)
+
+    def top(self, x, attention_mask):
+        """The held blocks and the final step on a residual stream ``x`` entering ``layers[0]``."""
+        return self.finish(self.run_blocks(x.astype(jnp.float32), attention_mask))
+
+    def finish(self, x):
+        return x
+
+    def held_blocks(self, start: int = 0, stop: int | None = None):
+        """``(index in the whole model, block)`` for ``layers[start:stop]``."""
+        blocks = list(self.layers)[start:stop]
+        return [(self.first_block + start + i, b) for i, b in enumerate(blocks)]

@@ -272,7 +272,7 @@ class LlamaBlock(nnx.Module):
         return x + self.mlp(self.post_attn_norm(x)).astype(jnp.float32)
 
 
-class LlamaModel(nnx.Module):
+class LlamaModel(layers.Stack, nnx.Module):
     """Decoder: ``model(input_ids, attention_mask) -> hidden [B, T, D]`` (after the final norm).
 
     ``model.logits(input_ids, attention_mask) -> [B, T, vocab]`` adds the
@@ -280,6 +280,9 @@ class LlamaModel(nnx.Module):
     separate one). Submodules: ``embed``, ``layers`` (an ``nnx.List``),
     ``norm`` and, when untied, ``lm_head``.
     """
+
+    final_norm_name = "norm"
+    bottom_parts = ("embed", "lm_head")  # a classifier never uses the LM head
 
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         layers.activation(cfg.hidden_act)
@@ -293,19 +296,21 @@ class LlamaModel(nnx.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nnx.Linear(
             cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask=None):
-        b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
+        return self.embed(input_ids).astype(jnp.float32)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         cfg = self.config
         # Positions count real tokens, so left or right padding leaves them unchanged.
         cos, sin = rotary(layers.real_positions(attention_mask), rope_frequencies(cfg))
         full = layers.decoder_mask(attention_mask)
         sliding = layers.decoder_mask(attention_mask, cfg.sliding_window) if cfg.layer_types else None
-        x = self.embed(input_ids).astype(jnp.float32)
-        for i, layer in enumerate(self.layers):
+        for i, layer in self.held_blocks(start, stop):
             x = layer(x, sliding if cfg.is_sliding(i) else full, cos, sin)
-        return self.norm(x) if cfg.final_norm else x
+        return x
+
+    def finish(self, x):
+        return self.norm(x) if self.config.final_norm else x
 
     def project(self, hidden):
         """Vocabulary logits of hidden states ``[..., D] -> [..., vocab]`` (float32)."""

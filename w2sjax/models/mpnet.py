@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax.models import bert, embed, layers
+from w2sjax.models import bert, layers
 from w2sjax.models import weights as weights_lib
 from w2sjax.models.embed import mean_pool
 from w2sjax.models.spec import ModelSpec, text_tokenizer
@@ -53,7 +52,7 @@ POSITION_PAD = 1
 
 
 @dataclasses.dataclass(frozen=True)
-class MPNetConfig:
+class MPNetConfig(bert.EncoderConfigFile):
     """The fields of an MPNet ``config.json`` that the forward pass uses."""
 
     vocab_size: int = 30527
@@ -71,14 +70,6 @@ class MPNetConfig:
     def from_dict(cls, d: dict[str, Any]) -> "MPNetConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: d[k] for k in names if k in d})
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "MPNetConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     @property
     def max_len(self) -> int:
@@ -131,12 +122,14 @@ class MPNetEmbeddings(nnx.Module):
         return self.norm(x.astype(jnp.float32))
 
 
-class MPNetEncoder(nnx.Module):
+class MPNetEncoder(layers.Stack, nnx.Module):
     """MPNet body: ``(input_ids, attention_mask) -> last hidden state [B, T, H]`` (float32).
 
     Submodules: ``embeddings``, ``layers`` (an ``nnx.List``) and the shared
     ``relative_bias`` table ``[num_buckets, num_heads]``.
     """
+
+    bottom_parts = ("embeddings",)  # the relative bias stays: every block reads it (frozen)
 
     def __init__(self, cfg: MPNetConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -156,15 +149,17 @@ class MPNetEncoder(nnx.Module):
         bias = self.relative_bias(jnp.asarray(buckets, dtype=jnp.int32))  # [q, k, n]
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None):
-        """Last hidden state; ``token_type_ids`` is accepted for BERT's signature and unused."""
+    def embed_tokens(self, input_ids, attention_mask, token_type_ids=None):
+        """``token_type_ids`` is accepted for BERT's signature and unused."""
         t = input_ids.shape[1]
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} > {self.config.max_len} positions")
-        x = self.embeddings(input_ids)
+        return self.embeddings(input_ids)
+
+    def run_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        bias = self.position_bias(t)
-        for layer in self.layers:
+        bias = self.position_bias(x.shape[1])  # depends on the length only, not on padding
+        for _, layer in self.held_blocks(start, stop):
             x = layer(x, keep, bias)
         return x
 
@@ -180,24 +175,13 @@ class MPNetEncoder(nnx.Module):
 # ---------------------------------------------------------------- loading
 
 
+_ATTENTION_NAMES = {"query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v",
+                    "attn_out": "attention.attn.o", "attn_norm": "attention.LayerNorm"}
+
+
 def _checkpoint_names(cfg: MPNetConfig) -> weights_lib.TorchNames:
-    """NNX parameter path -> (checkpoint tensor name, transpose?)."""
-    names = weights_lib.TorchNames()
-    e = ("embeddings",)
-    names.tensor(e + ("word", "embedding"), "embeddings.word_embeddings.weight")
-    names.tensor(e + ("position", "embedding"), "embeddings.position_embeddings.weight")
-    names.norm(e + ("norm",), "embeddings.LayerNorm")
+    names = bert.post_norm_names(cfg.num_hidden_layers, _ATTENTION_NAMES)
     names.tensor(("relative_bias", "embedding"), "encoder.relative_attention_bias.weight")
-    for i in range(cfg.num_hidden_layers):
-        p, n = ("layers", i), f"encoder.layer.{i}"
-        names.linear(p + ("query",), f"{n}.attention.attn.q")
-        names.linear(p + ("key",), f"{n}.attention.attn.k")
-        names.linear(p + ("value",), f"{n}.attention.attn.v")
-        names.linear(p + ("attn_out",), f"{n}.attention.attn.o")
-        names.norm(p + ("attn_norm",), f"{n}.attention.LayerNorm")
-        names.linear(p + ("ffn_in",), f"{n}.intermediate.dense")
-        names.linear(p + ("ffn_out",), f"{n}.output.dense")
-        names.norm(p + ("ffn_norm",), f"{n}.output.LayerNorm")
     return names
 
 
@@ -253,25 +237,19 @@ def _load_cached(path: str, dtype_name: str):
     return load_mpnet(path, dtype=jnp.dtype(dtype_name))
 
 
-class MPNetFeaturizer(embed.BucketedFeaturizer):
+class MPNetFeaturizer(bert.MeanPooledFeaturizer):
     """Mean-pooled last hidden state of all-mpnet-base-v2: float32 ``[N, 768]``.
 
-    ``normalize`` L2-normalises, as sentence-transformers does; off by
-    default, like the MiniLM probes, so all students see raw pooled vectors.
+    ``normalize`` is off by default, like the MiniLM probes, so all students see raw pooled vectors.
     """
 
-    pooling = "mean"
     asset = "mpnet-base-v2"
 
-    def __init__(self, name: str = "mpnet-base", *, normalize: bool = False, **kw):
+    def __init__(self, name: str = "mpnet-base", **kw):
         super().__init__(name, **kw)
-        self.normalize = normalize
 
     def load(self):
         return _load_cached(str(self.checkpoint()), self.dtype)
-
-    def _max_positions(self, module) -> int:
-        return module.config.max_len
 
 
 def model_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool = False,
@@ -282,10 +260,10 @@ def model_spec(name: str = "mpnet-base", *, max_len: int = 128, normalize: bool 
     featurizer = MPNetFeaturizer(name, path=path, max_len=max_len, normalize=normalize,
                                  tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
 
-    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def finetune(num_classes: int, *, rngs: nnx.Rngs, dtype=jnp.float32, mesh=None):
         # A fresh copy of the weights: training must not touch the featurizer's frozen encoder.
         # float32 master weights whatever the compute dtype: AdamW updates are lost in bf16.
-        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32)
+        encoder = load_mpnet_encoder(featurizer.checkpoint(), dtype=dtype, param_dtype=jnp.float32, mesh=mesh)
         return bert.classifier(encoder, num_classes, normalize=normalize, rngs=rngs)
 
     return ModelSpec(name=name, modalities=("text",), num_params=count_mpnet_params(MPNetConfig()),

@@ -7,8 +7,8 @@ Names:
   ``smollm2-135m``                 SmolLM2-135M-Instruct, GGUF (`llama`)
   ``gemma3-270m``                  Gemma-3-270M base, Q4_K_M GGUF (`gemma3`)
   ``hf:PATH``                      any supported Hugging Face directory or GGUF file (`hf`)
-  ``glove-bow``, ``tfidf``         mean GloVe 6B 50d vectors / TF-IDF + linear head (`weak`)
-  ``linear``, ``mlp``, ``cnn``     trained from scratch on raw image/tabular ``x`` (`weak`)
+  ``glove-bow``, ``tfidf``         mean GloVe 6B 50d vectors / TF-IDF + linear head (`shallow`)
+  ``linear``, ``mlp``, ``cnn``     trained from scratch on raw image/tabular ``x`` (`shallow`)
 
 ``get_model(name, **options)`` passes options to the module's ``model_spec``, e.g.
 ``get_model("minilm-l4", max_len=128)`` or ``get_model("mlp", hidden=(512,))``.
@@ -32,11 +32,11 @@ MODULES: dict[str, str] = {
     "mpnet-base": "mpnet",
     "smollm2-135m": "llama",
     "gemma3-270m": "gemma3",
-    "glove-bow": "weak",
-    "tfidf": "weak",
-    "linear": "weak",
-    "mlp": "weak",
-    "cnn": "weak",
+    "glove-bow": "shallow",
+    "tfidf": "shallow",
+    "linear": "shallow",
+    "mlp": "shallow",
+    "cnn": "shallow",
 }
 
 _FACTORIES: dict[str, Callable[..., ModelSpec]] = {}

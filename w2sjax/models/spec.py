@@ -33,8 +33,9 @@ class ModelSpec:
         output `w2sjax.features.cached_features` caches, or ``None`` when the
         head reads raw inputs.
       head: "linear" | "mlp" | "cnn", built by `make_head`.
-      finetune: ``finetune(num_classes, *, rngs, dtype=jnp.float32)`` -> a
-        full trainable model called on `tokenize`'s output, or ``None``.
+      finetune: ``finetune(num_classes, *, rngs, dtype=jnp.float32[, mesh])`` -> a
+        full trainable model called on `tokenize`'s output, or ``None``. One that takes
+        ``mesh`` loads its weights straight into their shardings on it.
       tokenize: ``tokenize(split) -> {"input_ids", "attention_mask"}`` (int32
         ``[N, max_len]``) for `finetune` models, else ``None``.
       head_options: keyword arguments of the head class (e.g. MLP ``hidden``).

@@ -1,5 +1,6 @@
-"""Weak models: TF-IDF and mean GloVe vectors with a linear head, and heads trained from
-scratch on raw inputs (``linear``, ``mlp``, ``cnn``); their featurizers and specs.
+"""Shallow models, the usual supervisors: TF-IDF and mean GloVe vectors (bags of words) with a
+linear head, and heads trained from scratch on raw inputs (``linear``, ``mlp``, ``cnn``); their
+featurizers and specs.
 
 Every featurizer has the same small interface, which `w2sjax.features`
 relies on:
@@ -198,4 +199,4 @@ def model_spec(name: str, **options) -> ModelSpec:
         return ModelSpec("tfidf", ("text",), 0, TfidfFeaturizer(**options), "linear")
     if name in _RAW:
         return ModelSpec(name, _RAW[name], None, None, name, head_options=dict(options))
-    raise ValueError(f"{name!r} is not a weak model of this module; known: {', '.join(NAMES)}")
+    raise ValueError(f"{name!r} is not a model of this module; known: {', '.join(NAMES)}")
