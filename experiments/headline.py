@@ -148,18 +148,31 @@ def part_config(base: Config, part: Part, task) -> Config:
 
 def stage_plan(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str, tuple[int, int]]:
     """Per part: (stages still to train, stages in all), computed without training anything."""
-    from w2sjax import data, experiment
+    return {name: (sum(not done for done in planned.values()), len(planned))
+            for name, planned in planned_stages(base, chosen, out).items()}
+
+
+def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str, dict[str, bool]]:
+    """Per part: each stage's checkpoint name (readable name and fingerprint) and whether it is
+    already done in ``out``; the standard protocol keyed by a planning runner, nothing trained."""
+    from w2sjax import data, experiment, rundir
 
     plan = {}
     for part in chosen:
         cfg = part_config(base, part, data.load_task(part.task))
         runner, task, _ = experiment.prepare(cfg, out / part.name, progress=False)
-        planner = experiment.Runner(cfg, out / part.name, runner.mesh, task, False, planning=True)
-        experiment._protocol(planner, task, cfg)
-        from w2sjax import rundir
-
-        rundir.release(out / part.name)
-        plan[part.name] = (sum(not done for done in planner.planned.values()), len(planner.planned))
+        try:
+            planner = experiment.Runner(cfg, out / part.name, runner.mesh, task, False, planning=True)
+            for seed in cfg.seeds:  # the stages experiment.run trains (headline uses soft labels only)
+                sr = experiment.SeedRun(planner, task, seed)
+                ceilings = {}
+                for w, s, loss, weak, ceiling in sr.pairs():
+                    ceilings[s] = ceiling
+                    sr.w2s(w, s, weak, loss)
+                experiment._bootstrap_rows(sr, ceilings)
+        finally:
+            rundir.release(out / part.name)
+        plan[part.name] = dict(planner.planned)
     return plan
 
 
@@ -205,7 +218,7 @@ def training_curve(base: Config, spec: Curve, out: pathlib.Path) -> dict:
         train_data = train.ArrayData(model.inputs("train", b_rows), sr.pseudo_labels(weak).astype(np.float32))
         sets = {"test_acc": (model.inputs("test", sr.test["row"]), sr.test["label"]),
                 "weak_val_acc": (model.inputs("train", sr.val["row"]), np.argmax(weak.preds["val"], -1))}
-        structure, _ = train.init_state(model.build(spec.seed), model.trainable, train.make_optimizer())
+        structure, _ = train.init_state(model.build(spec.seed), model.trainable)
         scorer = _Scorer(train.cached_predict_step(structure), sets, runner.mesh)
         fitted = train.fit(model.build(spec.seed), train_data, cfg=fit_cfg, loss=spec.loss, mesh=runner.mesh,
                            seed=spec.seed, trainable=model.trainable, ckpt=scorer, stage="curve", progress=False)
