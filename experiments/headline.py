@@ -276,10 +276,10 @@ def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | 
     """Write ``headline.json``, ``headline.md`` and the figures into ``out`` from the finished
     parts (and the curve, if done); ``publish`` (a repository root) also copies them into its
     ``docs/headline/`` and ``docs/figures/``."""
-    from w2sjax import atomic, plots, plots_headline, report
+    from w2sjax import atomic, plots, plots_headline
 
     done = {p.name: p for p in chosen if (out / p.name / "results.json").is_file()}
-    results = {name: report.load_results(out / name) for name in done}
+    results = {name: part_results(out / name) for name in done}
     curve = json.loads((out / "curve" / "curve.json").read_text()) if (out / "curve" / "curve.json").is_file() else None
     summary = plots_headline.summary(out, done, results, curve)
     atomic.write_json(out / "headline.json", _nan_to_null(summary))
@@ -293,6 +293,21 @@ def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | 
             (publish / "docs" / folder).mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(publish / "docs" / folder / path.name, path.read_bytes())
     return summary
+
+
+def part_results(folder: pathlib.Path) -> list[dict]:
+    """A part's ``results.json`` and, before it, the results of earlier passes that ``w2sjax`` kept
+    beside it (``results.TIME.json``, e.g. a pass with other students or seeds), oldest first."""
+    from w2sjax import report
+
+    latest = report.load_results(folder)
+    kept = []
+    for path in sorted(folder.glob("results.*.json")):
+        try:
+            kept.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # w2sjax kept it because it may be someone's only copy; it is not a summary input
+    return [k for k in kept if isinstance(k, dict) and isinstance(k.get("runs"), list)] + [latest]
 
 
 def _nan_to_null(x):

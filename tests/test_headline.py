@@ -77,15 +77,19 @@ def test_summary_targets_and_tables_by_hand(tmp_path):
                  _run("a", "glove-bow", "minilm-l6", "xent", seed, (0.6, 0.70, 0.80),
                       chain="glove-bow>minilm-l2>minilm-l6",
                       stages={"w2s": "boot__glove-bow__minilm-l2__minilm-l6__xent__seed0--0"})]
-    summary = plots_headline.summary(tmp_path, {"p": part}, {"p": {"config": {}, "runs": runs}}, None)
+    # an earlier pass with one seed of minilm-l6 and another student: the pass with more seeds wins
+    earlier = {"config": {}, "runs": [_run("a", "glove-bow", "minilm-l6", "xent", 0, (0.6, 0.6, 0.8)),
+                                      _run("a", "glove-bow", "minilm-l3", "xent", 0, (0.6, 0.7, 0.72))]}
+    summary = plots_headline.summary(tmp_path, {"p": part}, {"p": [earlier, {"config": {}, "runs": runs}]}, None)
     rows = {(r["strong_model"], r["loss"], r["chain"]): r for r in summary["rows"]}
     assert rows[("minilm-l6", "xent", None)]["pgr"] == pytest.approx(0.75)
+    assert rows[("minilm-l6", "xent", None)]["seeds"] == 2 and rows[("minilm-l3", "xent", None)]["seeds"] == 1
     chain = rows[("minilm-l6", "xent", "glove-bow>minilm-l2>minilm-l6")]
     assert chain["pgr"] == pytest.approx(0.5)
     assert rows[("minilm-l2", "xent", None)]["params"] < rows[("minilm-l4", "xent", None)]["params"] \
         < rows[("minilm-l6", "xent", None)]["params"]
     t = summary["targets"]
-    assert t["ceiling_rungs_rising"] == {"a": 3}
+    assert t["ceiling_rungs_rising"] == {"a": 4}  # l2 0.70 < l3 0.72 < l4 0.75 < l6 0.80
     # cells with a gap >= 0.05 and both losses: (a, l2) logconf wins, (a, l6) xent wins
     assert t["logconf_at_least_xent"] == [1, 2]
     assert t["tasks_with_pgr_above_0"] == []  # no interval over test examples without checkpoints

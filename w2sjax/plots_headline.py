@@ -31,28 +31,19 @@ GAP = 0.05  # "a gap of 5 points or more" (issue 18's third target)
 MIN_GAP = 0.03  # the suite's median over tasks with a real gap
 
 
-def summary(out: pathlib.Path, parts: dict, results: dict[str, dict], curve: dict | None) -> dict:
+def summary(out: pathlib.Path, parts: dict, results: dict[str, list[dict]], curve: dict | None) -> dict:
     """The summary dict written as ``headline.json``; ``parts`` maps a finished part's name to its
-    :class:`Part`, ``results`` to its ``results.json``."""
-    rows = []
-    for name, res in results.items():
-        part = parts[name]
-        res = _chains_as_students(res)
-        test_ci = plots_ladder.seed_and_example_bootstrap_pgr(out / name, res)
-        question = _question_means(res)
-        for r in report.summarize(res):
-            key = (r["task"], r["weak_model"], r["strong_model"], r["loss"])
-            lo, hi = test_ci.get(key, (math.nan, math.nan))
-            chain = r["strong_model"] if ">" in r["strong_model"] else None
-            rows.append({
-                "part": name, "task": r["task"], "weak_model": r["weak_model"],
-                "strong_model": r["strong_model"].split(">")[-1], "chain": chain, "loss": r["loss"], "trainable": part.trainable, "lr": part.lr,
-                "seeds": r["seeds"],
-                **{k: r[k] for k in ("weak_acc", "w2s_acc", "ceiling_acc", "weak_acc_ci95", "w2s_acc_ci95",
-                                     "ceiling_acc_ci95")},
-                "pgr": r["pgr"], "pgr_ci95_seeds": list(r["pgr_ci95"]), "pgr_ci95": [lo, hi],
-                **question.get(key, {}),
-            })
+    :class:`Part`, ``results`` to its results: ``results.json`` and those of earlier, narrower
+    passes kept beside it (``results.TIME.json``), oldest first. A pair in several of them is
+    taken from the one with the most seeds (the newest among equals)."""
+    rows = {}
+    for name, passes in results.items():
+        for res in passes:
+            for row in _rows(out / name, parts[name], res):
+                key = (row["task"], row["weak_model"], row["strong_model"], row["loss"], row["chain"])
+                if key not in rows or row["seeds"] >= rows[key]["seeds"]:
+                    rows[key] = row
+    rows = list(rows.values())
     sizes = plots_ladder.model_sizes(sorted({r["strong_model"] for r in rows}))
     for r in rows:
         r["params"] = sizes.get(r["strong_model"])
@@ -60,6 +51,28 @@ def summary(out: pathlib.Path, parts: dict, results: dict[str, dict], curve: dic
     # suite.medians reads weak_acc / ceiling_acc / pgr per (supervisor, student, loss) row.
     meds = suite.medians(direct) + suite.medians(direct, min_gap=MIN_GAP)
     return {"rows": rows, "medians": meds, "targets": targets(direct, meds), "curve": curve}
+
+
+def _rows(folder: pathlib.Path, part, res: dict) -> list[dict]:
+    """One row per (task, supervisor, student, loss[, chain]) of one results dict of a part."""
+    res = _chains_as_students(res)
+    test_ci = plots_ladder.seed_and_example_bootstrap_pgr(folder, res)
+    question = _question_means(res)
+    rows = []
+    for r in report.summarize(res):
+        key = (r["task"], r["weak_model"], r["strong_model"], r["loss"])
+        lo, hi = test_ci.get(key, (math.nan, math.nan))
+        chain = r["strong_model"] if ">" in r["strong_model"] else None
+        rows.append({
+            "part": folder.name, "task": r["task"], "weak_model": r["weak_model"],
+            "strong_model": r["strong_model"].split(">")[-1], "chain": chain, "loss": r["loss"],
+            "trainable": part.trainable, "lr": part.lr, "seeds": r["seeds"],
+            **{k: r[k] for k in ("weak_acc", "w2s_acc", "ceiling_acc", "weak_acc_ci95", "w2s_acc_ci95",
+                                 "ceiling_acc_ci95")},
+            "pgr": r["pgr"], "pgr_ci95_seeds": list(r["pgr_ci95"]), "pgr_ci95": [lo, hi],
+            **question.get(key, {}),
+        })
+    return rows
 
 
 def _chains_as_students(results: dict) -> dict:
