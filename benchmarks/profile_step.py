@@ -1,28 +1,43 @@
-"""Where a MiniLM finetune step spends its time, and what the cheap levers buy.
+"""Where a MiniLM finetune step spends its time, and what the levers buy (issue 16, item 5).
 
-    python -m benchmarks.profile_step [--batch 32] [--seq 128] [--variants ...]
+    python -m benchmarks.profile_step [--batch 32] [--seq 128] [--variants ...] [--repeats 3]
+                                      [--trace DIR]
 
-Times, at one shape, on a data-parallel mesh over the host devices:
-  forward      logits only (jit)
-  grad         loss + gradients (jit of value_and_grad)
-  step         the library's full train step (grad + AdamW + bookkeeping), donated state
-  step_nodonate  the same without donating the state
-  step_sdpa    attention via jax.nn.dot_product_attention instead of the explicit einsums
-  step_bf16    matmuls with bf16 operands and float32 accumulation (models/precision.py);
-               parameters, optimizer and residual stream stay float32
-  forward_bf16 the forward pass with those matmuls
-Prints one JSON line per variant. Flags are set like benchmarks.run (same --devices/--ynn).
+Builds every variant at one shape on a data-parallel mesh over the host devices, then times
+them in interleaved rounds (`benchmarks.interleave`), so the ratios between variants hold on a
+shared machine. Variants:
+
+  forward, forward_bf16   logits only (jit)
+  grad                    loss + gradients (jit of value_and_grad)
+  step, step_bf16         the library's train step (grad + AdamW + bookkeeping), state donated
+  step_nodonate           step_bf16 without donating the state
+  step_sdpa               step with attention via jax.nn.dot_product_attention
+  step_bf16_remat         step_bf16 with every block rematerialised (`models.remat`)
+  step_bf16_remat_dots    the same, but keeping matmul outputs (policy dots_with_no_batch_dims_saveable):
+                          only LayerNorm/GELU/softmax work is recomputed
+  step_bf16_wgrad_t       the weight-gradient dot with its token-major operand stored transposed
+                          (``[features, tokens]`` bf16, written by the forward's convert) so the dot
+                          contracts the left operand's last axis, the layout YNNPACK takes
+  step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
+                          exact for losses that are means over examples)
+
+Prints one JSON line per variant (minimum and median of its rounds, ``ratio_to_step_bf16``).
+``--trace DIR`` writes a ``jax.profiler`` trace of two calls of the first variant afterwards.
+Flags are set like benchmarks.run (same --devices/--ynn).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import sys
 
 from benchmarks import run as bench
+from benchmarks.interleave import interleave, loadavg
 
-VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16")
+VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16",
+            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4")
 
 
 def _sdpa_attention(self, x, keep, bias=None):
@@ -35,6 +50,106 @@ def _sdpa_attention(self, x, keep, bias=None):
     return self.attn_out(ctx.reshape(b, t, h))
 
 
+def _linear_bf16_wgrad_t():
+    """`precision._linear_bf16` whose backward reads ``x`` as a stored ``[features, tokens]`` bf16 copy."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from w2sjax.models import precision
+
+    plain = precision._linear_bf16  # captured before the variant patches the module's name
+
+    @jax.custom_vjp
+    def linear(x, w):
+        return plain(x, w)
+
+    def fwd(x, w):
+        xt = x.astype(jnp.bfloat16).reshape(-1, x.shape[-1]).T  # one transposing convert, bf16
+        return plain(x, w), (xt, w, jnp.zeros((), x.dtype))  # the last: x's dtype
+
+    def bwd(res, g):
+        xt, w, x_dtype = res
+        g16 = g.astype(jnp.bfloat16)
+        dx = lax.dot_general(g16, w.astype(jnp.bfloat16), (((g.ndim - 1,), (1,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+        g2 = g16.reshape(-1, g.shape[-1])
+        dw = lax.dot_general(xt, g2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        return dx.astype(x_dtype.dtype), dw.astype(w.dtype)
+
+    linear.defvjp(fwd, bwd)
+    return linear
+
+
+def _row_block_step(model, blocks: int):
+    """The train step with its gradient summed over ``blocks`` interleaved row blocks (xent only)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from w2sjax import losses, train
+
+    def step(state, batch, rng, settings):
+        b = batch["labels"].shape[0]
+        # Row r goes to block r % blocks: each device keeps its own rows (the batch is split on axis 0).
+        split = lambda a: jnp.swapaxes(a.reshape(b // blocks, blocks, *a.shape[1:]), 0, 1)
+        parts = jax.tree.map(split, batch)
+
+        def block_grad(grads, part):
+            def objective(params):
+                logits = model.bind(params, state.frozen)(part["inputs"])
+                return losses.xent(logits, part["labels"], weights=part["weights"]) / blocks
+
+            loss, g = jax.value_and_grad(objective)(state.params)
+            return jax.tree.map(jnp.add, grads, g), loss
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, block_losses = jax.lax.scan(block_grad, zeros, parts)
+        hyper = {**state.opt_state.hyperparams, "learning_rate": train.learning_rate(state.step, settings),
+                 "weight_decay": settings.weight_decay}
+        updates, opt_state = train.OPTIMIZER.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": block_losses.sum()}
+
+    return step
+
+
+# Op name fragments -> kind, first match wins (XLA:CPU thunk names in a jax.profiler trace).
+_KINDS = (("dots (YNNPACK / XLA dot)", ("ynn_fusion", "dot", "convolution", "custom-call")),
+          ("cross-device sync (all-reduce, waits)", ("all-reduce", "all-gather", "rendezvous", "wait")),
+          ("reductions (LayerNorm/softmax sums)", ("reduce",)),
+          ("layout and data movement (copy, transpose, broadcast, slice)",
+           ("copy", "transpose", "broadcast", "concatenate", "slice", "pad", "gather", "scatter")),
+          ("element-wise fusions (LayerNorm apply, GELU, softmax, AdamW, casts)", ("",)))
+_CONTAINERS = ("threadpoolexecutor", "thunkexecutor", "conditional", "while", "call")
+
+
+def trace_shares(trace_dir) -> dict:
+    """Share of XLA compute-thread time per kind of op, from the newest trace under ``trace_dir``."""
+    import collections
+    import gzip
+    import json
+    import pathlib
+
+    path = sorted(pathlib.Path(trace_dir).rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)[-1]
+    events = json.load(gzip.open(path))["traceEvents"]
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    per_kind, per_op = collections.Counter(), collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or "XLAEigen" not in names.get((e["pid"], e.get("tid")), ""):
+            continue
+        op = e["name"].lower()
+        if op.startswith(_CONTAINERS):
+            continue  # its thunks are counted themselves
+        kind = next(k for k, frags in _KINDS if any(f in op for f in frags))
+        per_kind[kind] += e.get("dur", 0)
+        per_op[e["name"].split(".")[0]] += e.get("dur", 0)
+    total = sum(per_kind.values()) or 1
+    return {"shares": {k: round(v / total, 3) for k, v in per_kind.most_common()},
+            "top_ops": {k: round(v / total, 3) for k, v in per_op.most_common(12)}, "trace": str(path)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
     p.add_argument("--batch", type=int, default=32)
@@ -45,7 +160,8 @@ def main(argv=None) -> int:
     p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot")
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters and optimizer state over the devices (fsdp axis) instead of replicating")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=["step", "step_bf16"], choices=VARIANTS)
+    p.add_argument("--trace", help="write a jax.profiler trace of the first variant here")
     args = p.parse_args(argv)
     bench.emit({"case": "setup", "impl": "setup", "xla_flags": bench._set_flags(args)})
 
@@ -55,7 +171,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from w2sjax import assets, parallel, train
-    from w2sjax.models import bert
+    from w2sjax.models import bert, precision, remat
 
     path = assets.fetch("minilm-l6-v2")
     b, t = args.batch, args.seq
@@ -71,60 +187,87 @@ def main(argv=None) -> int:
     batch = train.to_global(mesh, host)
     key = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
-    base_loss = None
+    original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
+                                                           remat._remat_call)
+    calls, flops, holders = {}, {}, {}
 
     for variant in args.variants:
-        dtype = jnp.bfloat16 if variant.endswith("bf16") else jnp.float32
+        dtype = jnp.bfloat16 if ("bf16" in variant or variant == "step_nodonate") else jnp.float32
         enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
         cfg = enc.config
         module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
+        if "remat" in variant:
+            remat.checkpoint_blocks(module)
         model, state = train.init_state(module, "all")
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
         loss_fn = train.make_loss("xent")
         settings = train.place(train.step_settings(tcfg, 1000, "xent"), parallel.replicated(mesh))
         fwd_flops = bench.flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
-        original = bert.PostNormLayer._attention
+        if variant in ("forward", "forward_bf16", "grad"):
+            def objective(params, frozen, batch, model=model, loss_fn=loss_fn):
+                logits = model.bind(params, frozen)(batch["inputs"])
+                return loss_fn(logits, batch["labels"], step_frac=0.0, weights=batch["weights"])
+
+            fn = jax.jit(jax.value_and_grad(objective) if variant == "grad" else objective)
+            calls[variant] = lambda fn=fn, state=state: jax.block_until_ready(fn(state.params, state.frozen, batch))
+            flops[variant] = fwd_flops * (3 if variant == "grad" else 1)
+            continue
+        step = (_row_block_step(model, 4) if variant == "step_bf16_rows4"
+                else functools.partial(train.train_step, model=model))
+        if variant == "step_nodonate":
+            fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
+                                             parallel.replicated(mesh), parallel.replicated(mesh)),
+                         out_shardings=(shardings, parallel.replicated(mesh)))
+        else:
+            fn = train.jit_train_step(step, mesh, shardings)
+        # Patch what this variant changes for its trace (the first call), then restore.
         if variant == "step_sdpa":
             bert.PostNormLayer._attention = _sdpa_attention
+        if variant == "step_bf16_wgrad_t":
+            precision._linear_bf16 = _linear_bf16_wgrad_t()
+        if variant == "step_bf16_remat_dots":
+            remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
-            if variant in ("forward", "forward_bf16", "grad"):
-                def objective(params, frozen, batch):
-                    logits = model.bind(params, frozen)(batch["inputs"])
-                    return loss_fn(logits, batch["labels"], step_frac=0.0, weights=batch["weights"])
-
-                fn = jax.jit(jax.value_and_grad(objective) if variant == "grad" else objective)
-                call = lambda: jax.block_until_ready(fn(state.params, state.frozen, batch))
-                flops = fwd_flops * (3 if variant == "grad" else 1)
-            else:
-                step = functools.partial(train.train_step, model=model)
-                if variant == "step_nodonate":
-                    fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
-                                                     parallel.replicated(mesh), parallel.replicated(mesh)),
-                                 out_shardings=(shardings, parallel.replicated(mesh)))
-                else:
-                    fn = train.jit_train_step(step, mesh, shardings)
-                holder = {"s": state}
-
-                def call():
-                    holder["s"], m = fn(holder["s"], batch, key, settings)
-                    jax.block_until_ready(m)
-                    holder["m"] = m
-                flops = 3 * fwd_flops
-            sec = bench.timed(call, args.repeats)
+            fn = fn.lower(state, batch, key, settings).compile()
         finally:
-            bert.PostNormLayer._attention = original
-        rec = {"case": "profile", "impl": "jax", "variant": variant, "batch": b, "seq": t,
-               "mesh": dict(mesh.shape),
-               "seconds": round(sec, 4), "examples_per_s": round(b / sec, 2),
-               "gflops": round(b * flops / sec / 1e9, 1)}
-        if variant.startswith("step"):
-            loss = float(holder["m"]["loss"])
-            base_loss = loss if variant == "step" else base_loss
-            rec["loss_after_steps"] = loss
-            if base_loss is not None and variant != "step":
-                rec["loss_diff_vs_fp32"] = abs(loss - base_loss)
+            bert.PostNormLayer._attention = original_attention
+            precision._linear_bf16 = original_linear
+            remat._remat_call = original_remat
+        holder = holders[variant] = {"s": state}
+
+        def call(fn=fn, holder=holder):
+            holder["s"], m = fn(holder["s"], batch, key, settings)
+            holder["m"] = jax.block_until_ready(m)
+
+        calls[variant] = call
+        flops[variant] = 3 * fwd_flops
+
+    before = loadavg()
+    times = interleave(calls, args.repeats)
+    after = loadavg()
+    base = times.get("step_bf16")
+    for variant, ts in times.items():
+        sec, med = min(ts), statistics.median(ts)
+        rec = {"case": "profile", "impl": "jax", "variant": variant, "batch": b, "seq": t, "mesh": dict(mesh.shape),
+               "seconds": round(sec, 4), "median_s": round(med, 4), "times_s": [round(x, 4) for x in ts],
+               "examples_per_s": round(b / sec, 2), "gflops": round(b * flops[variant] / sec / 1e9, 1),
+               "loadavg_before": before, "loadavg_after": after}
+        if base is not None:
+            rec["speed_vs_step_bf16_min"] = round(min(base) / sec, 3)
+            rec["speed_vs_step_bf16_median"] = round(statistics.median(base) / med, 3)
+        if variant in holders:  # every step variant ran the same steps on the same batch
+            rec["loss_after_steps"] = float(holders[variant]["m"]["loss"])
+            if "step_bf16" in holders:
+                rec["loss_diff_vs_step_bf16"] = abs(rec["loss_after_steps"] - float(holders["step_bf16"]["m"]["loss"]))
         bench.emit(rec)
+    if args.trace:
+        first = args.variants[0]
+        jax.profiler.start_trace(args.trace)
+        for _ in range(2):
+            calls[first]()
+        jax.profiler.stop_trace()
+        bench.emit({"case": "profile", "impl": "trace", "variant": first, **trace_shares(args.trace)})
     return 0
 
 

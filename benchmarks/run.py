@@ -1,6 +1,7 @@
 """CPU throughput benchmarks of w2sjax against PyTorch + transformers, with interleaved repeats.
 
-    python -m benchmarks.run [--cases matmul embed finetune finetune_lengths fine_foods torch sweep topk]
+    python -m benchmarks.run [--cases matmul embed finetune finetune_lengths fine_foods torch sweep topk
+                                      sweep_vs_torch]
                              [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
                              [--precision float32 bfloat16] [--ynn dot|off|all]
 
@@ -32,7 +33,8 @@ import time
 from benchmarks import finetune as ft
 from benchmarks.interleave import loadavg, run_case
 
-ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "bucketing", "fine_foods", "torch", "sweep", "topk")
+ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "bucketing", "fine_foods", "torch", "sweep", "topk",
+             "sweep_vs_torch")
 DEFAULT_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "fine_foods", "torch")
 
 
@@ -428,6 +430,11 @@ def main(argv=None) -> int:
             emit(rec)
         del sides
         gc.collect()
+    if "sweep_vs_torch" in args.cases:  # the W2S finetune sweep against a plain PyTorch loop
+        from benchmarks import sweep_vs_torch as svt
+
+        for rec in svt.sweep_case(svt.QUICK if args.quick else svt.FULL, args.precision, args.repeats, with_torch):
+            emit(rec)
     if "sweep" in args.cases and not args.quick:
         emit(jax_sweep())
     if "topk" in args.cases:  # benchmarks/topk.py: a top:K sweep with cached bottoms vs full finetuning

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -82,3 +84,46 @@ def test_flop_count_of_a_bert_shape_matches_the_formula():
     shape = Shape(L, d, f, d, 2, 30522)
     assert shape.forward_flops(t) == 2 * L * (4 * d * d + 2 * d * f) * t + 4 * L * t * t * d
     assert shape.train_flops(t) == 3 * shape.forward_flops(t)
+
+
+def test_sweep_baseline_loss_and_schedule_match_the_library():
+    """The PyTorch loop of `benchmarks.sweep_vs_torch` trains with the library's logconf and schedule."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    from benchmarks.sweep_vs_torch import torch_logconf, warmup_cosine
+    from w2sjax import losses, train
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(32, 2)).astype(np.float32)
+    weak = rng.dirichlet([1.0, 1.0], size=32).astype(np.float32)
+    for frac in (0.0, 0.1, 0.7):
+        ours = float(torch_logconf(torch.from_numpy(logits), torch.from_numpy(weak), frac))
+        ref = float(losses.logconf(jnp.asarray(logits), jnp.asarray(weak), step_frac=frac))
+        assert abs(ours - ref) < 1e-5, (frac, ours, ref)
+    settings = train.step_settings(train.TrainConfig(lr=1.0), 40)
+    for step in range(41):
+        assert abs(warmup_cosine(step, 40) - float(train.learning_rate(step, settings))) < 1e-6, step
+
+
+@pytest.mark.slow
+def test_quick_sweep_against_torch_runs_the_same_stages_and_steps():
+    pytest.importorskip("torch")
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "sweep_vs_torch", "torch",
+         "--precision", "bfloat16"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    sides = {r["impl"]: r for r in records if r["case"] == "sweep_vs_torch" and r["impl"] != "ratio"}
+    assert set(sides) == {"jax_bf16", "torch", "torch_bf16"}
+    jax_steps = sorted(sides["jax_bf16"]["stage_steps"].values())
+    assert len(jax_steps) == 4 and jax_steps == sorted(sides["torch"]["stage_steps"].values())
+    assert set(sides["torch"]["stage_seconds"]) == {"weak", "ceiling", "w2s_xent", "w2s_logconf"}
+    ratios = [r for r in records if r["case"] == "sweep_vs_torch" and r["impl"] == "ratio"]
+    assert len(ratios) == 2 and all(r["jax_wall_over_torch_min"] > 0 for r in ratios)

@@ -188,3 +188,45 @@ def test_length_buckets_bound_compiles_and_cut_padding(buckets):
     assert res.steps == 3 * (256 // 32)
     assert sorted(seen) == ([16, 32, 64] if buckets else [64])  # each length traced exactly once
     assert np.isfinite(np.asarray(res.state.params["head"]["kernel"])).all()
+
+
+def test_train_loop_donates_the_state():
+    """The loop updates the state in place: its input buffers are given to the output (no copy of
+    parameters and optimizer state per call; benchmarks/RESULTS.md, levers)."""
+    x, onehot, _ = separable(n=64)
+    mesh = parallel.make_mesh()
+    model, state = train.init_state(Probe(10, 2, rngs=nnx.Rngs(0)), "all")
+    state = train.place(state, train.state_shardings(mesh, state))
+    feed = train.HostFeed(train.ArrayData(x, onehot), 16, 0, mesh, 2)
+    settings = train.place(train.step_settings(train.TrainConfig(), 4), parallel.replicated(mesh))
+    rng = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
+    (count, batches), = feed.segments(0, 2)
+    new_state, _ = train.train_loop(state, batches, train.place(np.int32(count), parallel.replicated(mesh)), rng,
+                                    settings, model=model, mesh=mesh)
+    assert int(new_state.step) == 2
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params))
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.opt_state) if isinstance(leaf, jax.Array))
+
+
+def test_predict_in_length_buckets_matches_padded_predictions_in_input_order():
+    """Token inputs are predicted shortest first, each batch cut to a bucket length: the same
+    probabilities, in the input order, with one compile per length used."""
+    inputs, onehot = token_data(n=100, max_len=64, seed=3)
+    inputs["attention_mask"][:40, 20:] = 0  # 40 rows of at most 20 tokens: a 32-token batch
+    inputs["input_ids"] *= inputs["attention_mask"]
+    mesh = parallel.make_mesh()
+    cfg = train.TrainConfig(epochs=1, batch_size=32, lr=1e-2)
+    res = train.fit(TokenBag(50, 8, 2, rngs=nnx.Rngs(0)), train.ArrayData(inputs, onehot), cfg=cfg, loss="xent",
+                    mesh=mesh, seed=0, progress=False)
+    jitted = train._predict_jit(res.predict_step, False)
+    before = jitted._cache_size()
+    bucketed = train.predict(res.predict_step, res.state, inputs, mesh=mesh, batch_size=32)
+    shortest_first = np.sort(inputs["attention_mask"].sum(1))  # masks are contiguous: length = sum
+    used = {next(cut for cut in (16, 32, 64) if cut >= shortest_first[i:i + 32].max()) for i in range(0, 100, 32)}
+    assert len(used) >= 2 and jitted._cache_size() - before == len(used)
+    padded = train.predict(res.predict_step, res.state, inputs, mesh=mesh, batch_size=32, buckets=False)
+    np.testing.assert_allclose(bucketed, padded, atol=1e-6)
+    # the reference: the model applied row by row in numpy order
+    model = res.model.bind(res.state.params, res.state.frozen)
+    direct = np.asarray(jax.nn.softmax(model(inputs), axis=-1))
+    np.testing.assert_allclose(bucketed, direct, atol=1e-6)

@@ -42,7 +42,7 @@ class TrainConfig:
     # stages; 0 = none
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
-    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length); false pads every batch to max_len
+    length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length), in training and in predictions; false pads every batch to max_len
 
     def __post_init__(self):
         if self.batch_size <= 0:

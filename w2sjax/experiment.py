@@ -359,7 +359,8 @@ class Runner:
         preds = {}
         for name, (split, idx) in evals.items():
             preds[name] = train.predict(
-                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256)
+                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256),
+                buckets=cfg.length_buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.
         if "val" in evals:

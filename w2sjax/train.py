@@ -424,21 +424,38 @@ def to_global(mesh: Mesh, host_batch: PyTree) -> PyTree:
 
 # ---- prediction over a dataset --------------------------------------------------------------
 
-def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False) -> np.ndarray:
-    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles."""
+def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
+            buckets: bool = True) -> np.ndarray:
+    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
+
+    With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first and
+    each batch is cut to the shortest bucket length that holds its longest row (one compile per
+    length, as in training); the probabilities come back in the input order.
+    """
     n = int(jax.tree.leaves(inputs)[0].shape[0])
     b = max(mesh.size, batch_size - batch_size % mesh.size)
+    lengths = length_buckets.token_lengths(inputs) if buckets else None
+    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
     out = []
     for start in range(0, n, b):
-        idx = np.arange(start, min(start + b, n))
+        idx = order[start:start + b]
         chunk = jax.tree.map(lambda a: a[idx], inputs)
+        if lengths is not None:
+            max_len = int(np.shape(inputs["attention_mask"])[1])
+            cut = length_buckets.bucket_lengths(max_len)
+            chunk = length_buckets.trim(chunk, cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))],
+                                        max_len)
         pad = b - len(idx)
         if pad:  # repeat the last row; the padded outputs are dropped below
             chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), chunk)
         global_chunk = to_global(mesh, chunk)
         probs = _predict_jit(predict_step, use_best)(state, global_chunk)
         out.append(parallel.host_gather(probs)[: len(idx)])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    probs = np.concatenate(out)
+    probs[order] = probs.copy()  # back to the input order
+    return probs
 
 
 @functools.lru_cache(maxsize=64)
@@ -546,7 +563,7 @@ def fit(
                 log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
         if itstime(step, eval_every, total):
             state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
-                             step=step, log=log)
+                             step=step, log=log, buckets=cfg.length_buckets)
             stopped_early = _patience_ran_out(state, cfg)
         if ckpt is not None and step < total:
             # the final state is saved by the caller, with the stage's outputs
@@ -634,11 +651,11 @@ class HostFeed:
 
 
 def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
-             step: int, log: Callable[[dict], None] | None = None) -> TrainState:
+             step: int, log: Callable[[dict], None] | None = None, buckets: bool = True) -> TrainState:
     """Score the current parameters on ``val`` and keep them if they are the best so far."""
     remember = _jitted_function_for(("record_eval", _sharding_key(shardings)),
                                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))
-    probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size)
+    probs = predict(predict_step, state, val.inputs, mesh=mesh, batch_size=batch_size, buckets=buckets)
     score = float(metrics.accuracy(probs, val.labels))
     if log is not None:
         log({"stage": stage, "step": step, "val_accuracy": score})
