@@ -21,11 +21,11 @@ Every ``--set`` applies to every task; ``data.n_train`` / ``data.n_test`` are th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 
 from w2sjax.config import Config, DataConfig
+from w2sjax.suite import task_config  # noqa: F401  (the caps, shared with experiments/headline.py)
 
 MIN_GAP = 0.03  # the second median keeps tasks whose ceiling beats the supervisor by this much
 TASKS = ("vader_tweets", "fever", "strategyqa", "vader_movies", "multiemo", "social_iqa", "vitaminc", "hyperbaton")
@@ -40,17 +40,6 @@ def get_config() -> Config:
         losses=("xent", "logconf"),
         seeds=(0, 1, 2),
     )
-
-
-def task_config(base: Config, task) -> Config:
-    """``base`` for ``task``, its caps clipped to the task's size."""
-    n_train_rows, n_test_rows = len(task.train["label"]), len(task.test["label"])
-    # Grouped tasks move the validation cut to the next question boundary; leave room for it.
-    room = n_train_rows - base.data.n_val - (8 if "group" in task.train else 0)
-    n_train = room if base.data.n_train is None else min(base.data.n_train, room)
-    n_test = None if base.data.n_test is None or base.data.n_test >= n_test_rows else base.data.n_test
-    data = dataclasses.replace(base.data, task=task.name, n_train=n_train, n_test=n_test)
-    return dataclasses.replace(base, name=f"{base.name}-{task.name}", data=data)
 
 
 def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False) -> dict:

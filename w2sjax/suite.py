@@ -10,6 +10,7 @@ PGR and are left out of the median (and counted).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 import numpy as np
@@ -17,6 +18,17 @@ import numpy as np
 from w2sjax.results import bootstrap_pgr, pgr_of_means
 
 PAIR_KEYS = ("weak_model", "strong_model", "loss")
+
+
+def task_config(base, task):
+    """``base`` (a :class:`w2sjax.config.Config`) for ``task``, its caps clipped to the task's size."""
+    n_train_rows, n_test_rows = len(task.train["label"]), len(task.test["label"])
+    # Grouped tasks move the validation cut to the next question boundary; leave room for it.
+    room = n_train_rows - base.data.n_val - (8 if "group" in task.train else 0)
+    n_train = room if base.data.n_train is None else min(base.data.n_train, room)
+    n_test = None if base.data.n_test is None or base.data.n_test >= n_test_rows else base.data.n_test
+    data = dataclasses.replace(base.data, task=task.name, n_train=n_train, n_test=n_test)
+    return dataclasses.replace(base, name=f"{base.name}-{task.name}", data=data)
 
 
 def task_rows(results_by_task: dict[str, dict]) -> list[dict]:
