@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import pathlib
 import re
+import sys
 import types
 import typing
 from typing import Any
@@ -206,9 +207,13 @@ def load_config_file(path: str | pathlib.Path) -> Config:
         raise ConfigError(f"--config: no such file {str(path)!r}")
     spec = importlib.util.spec_from_file_location(f"w2sjax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    # Registered while it runs, as a normal import would be: a config file that defines a
+    # dataclass needs its own module in sys.modules (dataclasses looks the module up by name).
+    sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a user's file: report it in one line
+        del sys.modules[spec.name]
         raise ConfigError(f"--config: {path} failed to load: {type(exc).__name__}: {exc}") from exc
     if not hasattr(module, "get_config"):
         raise ConfigError(f"--config: {path} defines no get_config()")
