@@ -277,12 +277,13 @@ def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | 
     parts (and the curve, if done); ``publish`` (a repository root) also copies them into its
     ``docs/headline/`` and ``docs/figures/``."""
     from w2sjax import atomic, plots, plots_headline
+    from w2sjax.results import nan_to_null
 
     done = {p.name: p for p in chosen if (out / p.name / "results.json").is_file()}
     results = {name: part_results(out / name) for name in done}
     curve = json.loads((out / "curve" / "curve.json").read_text()) if (out / "curve" / "curve.json").is_file() else None
     summary = plots_headline.summary(out, done, results, curve)
-    atomic.write_json(out / "headline.json", _nan_to_null(summary))
+    atomic.write_json(out / "headline.json", nan_to_null(summary))
     atomic.write_text(out / "headline.md", plots_headline.markdown(summary) + "\n")
     written = [out / "headline.json", out / "headline.md"]
     for name, fig in plots_headline.figures(summary).items():
@@ -308,15 +309,6 @@ def part_results(folder: pathlib.Path) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue  # w2sjax kept it because it may be someone's only copy; it is not a summary input
     return [k for k in kept if isinstance(k, dict) and isinstance(k.get("runs"), list)] + [latest]
-
-
-def _nan_to_null(x):
-    """Undefined PGRs are NaN in memory and null in JSON (NaN is not valid JSON)."""
-    if isinstance(x, dict):
-        return {k: _nan_to_null(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_null(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
 
 
 def main(argv=None) -> int:

@@ -58,27 +58,19 @@ def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False)
 def summarize(base: Config, out: pathlib.Path, results: dict[str, dict]) -> dict:
     """Write ``suite.json``, ``suite.md`` and ``task_spread.png`` from each task's results."""
     from w2sjax import atomic, config as config_lib, plots, suite
+    from w2sjax.results import nan_to_null
 
     out.mkdir(parents=True, exist_ok=True)
     rows = suite.task_rows(results)
     # Also the median over tasks with a real gap to recover (at least 3 points).
     meds = suite.medians(rows) + suite.medians(rows, min_gap=MIN_GAP)
     summary = {"config": config_lib.to_dict(base), "tasks": list(results), "per_task": rows, "medians": meds}
-    atomic.write_json(out / "suite.json", _nan_to_null(summary))
+    atomic.write_json(out / "suite.json", nan_to_null(summary))
     atomic.write_text(out / "suite.md", suite.format_markdown(rows, meds) + "\n")
     fig = plots.task_spread(rows, meds)
     if fig is not None:
         plots._save_atomic(fig, out / "task_spread.png")
     return summary
-
-
-def _nan_to_null(x):
-    """Undefined PGRs are NaN in memory and null in JSON (NaN is not valid JSON)."""
-    if isinstance(x, dict):
-        return {k: _nan_to_null(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_null(v) for v in x]
-    return None if isinstance(x, float) and x != x else x
 
 
 def main(argv=None) -> int:

@@ -99,6 +99,16 @@ def bootstrap_pgr(weak, w2s, ceiling, *, n_boot: int = 2000, seed: int = 0) -> t
     return percentile_interval(pgr_values(weak[idx].mean(1), w2s[idx].mean(1), ceiling[idx].mean(1)))
 
 
+def nan_to_null(x):
+    """``x`` with every NaN float replaced by None, through dicts, lists and tuples: undefined PGRs
+    are NaN in memory and null in JSON (NaN is not valid JSON)."""
+    if isinstance(x, dict):
+        return {k: nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [nan_to_null(v) for v in x]
+    return None if isinstance(x, float) and x != x else x
+
+
 # ---- text -----------------------------------------------------------------------------------
 
 def finite(x) -> bool:
