@@ -56,6 +56,13 @@ class MetricsLog:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
+# Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
+# length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
+# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, session 5), and a
+# 64-row validation slice is no longer padded to 256.
+PREDICT_ROWS = 64
+
+
 class _OrbaxStage(train.StageCheckpoint):
     """In-stage checkpoints of one stage's ``TrainState`` through ``checkpoint.py``."""
 
@@ -359,7 +366,7 @@ class Runner:
         preds = {}
         for name, (split, idx) in evals.items():
             preds[name] = train.predict(
-                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, 256),
+                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, PREDICT_ROWS),
                 buckets=cfg.length_buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.
