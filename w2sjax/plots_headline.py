@@ -239,8 +239,8 @@ def size_figure(rows: list[dict], supervisor: str = "glove-bow"):
                             label=f"weak-to-strong, {loss}")
         ax.axhline(np.mean([r["weak_acc"] for r in sel]), color="0.4", ls="--", label=f"supervisor ({supervisor})")
         ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{s}\n{p / 1e6:.0f}M" + ("\n(LoRA)" if pick(s, "xent") and pick(s, "xent")["trainable"]
-                                                       == "lora" else "") for (p, s) in students], fontsize=7)
+        ax.set_xticks(xs, [f"{s}\n{p / 1e6:.0f}M" + _trainable_note(pick(s, "xent") or pick(s, "logconf"))
+                           for (p, s) in students], fontsize=7)
         ax.minorticks_off()
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("student parameters")
@@ -251,6 +251,14 @@ def size_figure(rows: list[dict], supervisor: str = "glove-bow"):
     fig.suptitle(f"Finetuned students on weak labels: accuracy against size ({'/'.join(map(str, seeds))} seeds; "
                  "bars: 95% t-interval over seeds)", fontsize=10)
     return fig
+
+
+def _trainable_note(row: dict | None) -> str:
+    """A tick-label line for students not finetuned end to end: ``(LoRA)``, ``(top 4 blocks)``."""
+    mode = (row or {}).get("trainable", "all")
+    if mode == "all":
+        return ""
+    return "\n(LoRA)" if mode == "lora" else f"\n(top {mode.split(':')[1]} blocks)" if mode.startswith("top:") else f"\n({mode})"
 
 
 def pgr_figure(rows: list[dict]):
