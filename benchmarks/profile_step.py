@@ -1,7 +1,11 @@
-"""Where a MiniLM finetune step spends its time, and what the levers buy (issue 16, item 5).
+"""Where a finetune step spends its time, and what the levers buy (issue 16, item 5).
 
-    python -m benchmarks.profile_step [--batch 32] [--seq 128] [--variants ...] [--repeats 3]
-                                      [--trace DIR]
+    python -m benchmarks.profile_step [--model minilm-l6|mpnet-base] [--batch 32] [--seq 128]
+                                      [--variants ...] [--repeats 3] [--trace DIR]
+
+The backbone, its tokenizer's padding id and its FLOP count come from `benchmarks.finetune`, as in
+the finetune case of `benchmarks.run` (MiniLM-L6 by default; MPNet-base adds its relative-position
+attention bias to the same post-norm blocks).
 
 Builds every variant at one shape on a data-parallel mesh over the host devices, then times
 them in interleaved rounds (`benchmarks.interleave`), so the ratios between variants hold on a
@@ -11,7 +15,7 @@ shared machine. Variants:
   grad                    loss + gradients (jit of value_and_grad)
   step, step_bf16         the library's train step (grad + AdamW + bookkeeping), state donated
   step_nodonate           step_bf16 without donating the state
-  step_sdpa               step with attention via jax.nn.dot_product_attention
+  step_sdpa               step with attention via jax.nn.dot_product_attention (MPNet's bias passed on)
   step_bf16_remat         step_bf16 with every block rematerialised (`models.remat`)
   step_bf16_remat_dots    the same, but keeping matmul outputs (policy dots_with_no_batch_dims_saveable):
                           only LayerNorm/GELU/softmax work is recomputed
@@ -33,6 +37,7 @@ import functools
 import statistics
 import sys
 
+from benchmarks import finetune as ft
 from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
@@ -46,7 +51,7 @@ def _sdpa_attention(self, x, keep, bias=None):
     b, t, h = x.shape
     split = lambda y: y.reshape(b, t, self.num_heads, h // self.num_heads)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    ctx = jax.nn.dot_product_attention(q, k, v, mask=keep, implementation="xla")
+    ctx = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=keep, implementation="xla")
     return self.attn_out(ctx.reshape(b, t, h))
 
 
@@ -152,6 +157,7 @@ def trace_shares(trace_dir) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
+    p.add_argument("--model", choices=("minilm-l6", "mpnet-base"), default="minilm-l6")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--layers", type=int, default=None)
@@ -166,23 +172,20 @@ def main(argv=None) -> int:
     bench.emit({"case": "setup", "impl": "setup", "xla_flags": bench._set_flags(args)})
 
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from w2sjax import assets, parallel, train
+    from w2sjax import parallel, train
     from w2sjax.models import bert, precision, remat
 
-    path = assets.fetch("minilm-l6-v2")
+    path = ft.asset_path(args.model)
+    shape = ft.shape_of(args.model, path, args.layers)
     b, t = args.batch, args.seq
     # Replicated params make every host device run the whole AdamW update; fsdp splits it.
     mesh = parallel.make_mesh(data=1, fsdp=-1) if args.fsdp else parallel.make_mesh()
-    rng = np.random.default_rng(0)
-    lens = rng.integers(t // 2, t + 1, size=b)
-    mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int32)
-    host = {"inputs": {"input_ids": rng.integers(1000, 30000, (b, t)).astype(np.int32) * mask,
-                       "attention_mask": mask},
-            "labels": np.eye(2, dtype=np.float32)[rng.integers(0, 2, b)],
+    (ids, mask), = ft.fixed_batches(shape.vocab, ft.tokenizer_of(args.model, path).pad_id, count=1, b=b, t=t)
+    host = {"inputs": {"input_ids": ids, "attention_mask": mask},
+            "labels": np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, b)],
             "weights": np.ones(b, np.float32)}
     batch = train.to_global(mesh, host)
     key = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
@@ -192,10 +195,8 @@ def main(argv=None) -> int:
     calls, flops, holders = {}, {}, {}
 
     for variant in args.variants:
-        dtype = jnp.bfloat16 if ("bf16" in variant or variant == "step_nodonate") else jnp.float32
-        enc = bert.load_bert(path, num_layers=args.layers, dtype=dtype)
-        cfg = enc.config
-        module = bert.classifier(enc, 2, rngs=nnx.Rngs(0))
+        dtype = "bfloat16" if ("bf16" in variant or variant == "step_nodonate") else "float32"
+        module = ft.jax_module(args.model, path, dtype, args.layers)
         if "remat" in variant:
             remat.checkpoint_blocks(module)
         model, state = train.init_state(module, "all")
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
         state = train.place(state, shardings)
         loss_fn = train.make_loss("xent")
         settings = train.place(train.step_settings(tcfg, 1000, "xent"), parallel.replicated(mesh))
-        fwd_flops = bench.flops_forward(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, t)
+        fwd_flops = shape.forward_flops(t)
         if variant in ("forward", "forward_bf16", "grad"):
             def objective(params, frozen, batch, model=model, loss_fn=loss_fn):
                 logits = model.bind(params, frozen)(batch["inputs"])
@@ -249,7 +250,8 @@ def main(argv=None) -> int:
     base = times.get("step_bf16")
     for variant, ts in times.items():
         sec, med = min(ts), statistics.median(ts)
-        rec = {"case": "profile", "impl": "jax", "variant": variant, "batch": b, "seq": t, "mesh": dict(mesh.shape),
+        rec = {"case": "profile", "impl": "jax", "model": args.model, "variant": variant, "batch": b, "seq": t,
+               "mesh": dict(mesh.shape),
                "seconds": round(sec, 4), "median_s": round(med, 4), "times_s": [round(x, 4) for x in ts],
                "examples_per_s": round(b / sec, 2), "gflops": round(b * flops[variant] / sec / 1e9, 1),
                "loadavg_before": before, "loadavg_after": after}
@@ -267,7 +269,8 @@ def main(argv=None) -> int:
         for _ in range(2):
             calls[first]()
         jax.profiler.stop_trace()
-        bench.emit({"case": "profile", "impl": "trace", "variant": first, **trace_shares(args.trace)})
+        bench.emit({"case": "profile", "impl": "trace", "model": args.model, "variant": first,
+                    **trace_shares(args.trace)})
     return 0
 
 

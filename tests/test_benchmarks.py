@@ -127,3 +127,28 @@ def test_quick_sweep_against_torch_runs_the_same_stages_and_steps():
     assert set(sides["torch"]["stage_seconds"]) == {"weak", "ceiling", "w2s_xent", "w2s_logconf"}
     ratios = [r for r in records if r["case"] == "sweep_vs_torch" and r["impl"] == "ratio"]
     assert len(ratios) == 2 and all(r["jax_wall_over_torch_min"] > 0 for r in ratios)
+
+
+@pytest.mark.slow
+def test_profile_step_on_tiny_mpnet_counts_its_flops_and_traces(tmp_path):
+    """`benchmarks.profile_step --model mpnet-base` at one layer, 4 x 16: records, FLOPs, trace shares."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile_step", "--model", "mpnet-base", "--layers", "1", "--batch", "4",
+         "--seq", "16", "--variants", "step_bf16", "step_sdpa", "--repeats", "1", "--trace", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    runs = {r["variant"]: r for r in records if r["case"] == "profile" and r["impl"] == "jax"}
+    assert set(runs) == {"step_bf16", "step_sdpa"} and all(r["model"] == "mpnet-base" for r in runs.values())
+    # MPNet-base's widths (768, FFN 3072), one layer, 16 tokens: 3x the forward's matmul + score FLOPs.
+    L, d, f, t = 1, 768, 3072, 16
+    step_flops = 3 * (2 * L * (4 * d * d + 2 * d * f) * t + 4 * L * t * t * d)
+    r = runs["step_bf16"]
+    assert r["gflops"] * 1e9 * r["seconds"] / 4 == pytest.approx(step_flops, rel=0.05)
+    # Attention through jax.nn.dot_product_attention (with MPNet's relative bias) trains the same model.
+    assert runs["step_sdpa"]["loss_diff_vs_step_bf16"] < 1e-2
+    trace = next(r for r in records if r["impl"] == "trace")
+    assert trace["variant"] == "step_bf16" and sum(trace["shares"].values()) == pytest.approx(1.0, abs=0.01)
