@@ -50,6 +50,8 @@ def _parse(argv):
                    help="YNNPACK for individual dots only (default), not at all, or XLA's default fusions")
     p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
+    p.add_argument("--length-task", default="fine_foods", choices=("fine_foods", "vader_tweets", "vader_movies"),
+                   help="finetune_lengths and bucketing: the task whose real texts are batched")
     p.add_argument("--length-batches", type=int, default=4,
                    help="finetune_lengths and bucketing: batches of real reviews per timed call")
     return p.parse_args(argv)
@@ -145,12 +147,13 @@ def embed_sides(path, sz, precisions, with_torch: bool):
     return sides, flops, extra
 
 
-def fine_foods_texts(limit):
+def task_texts(name: str, limit):
+    """The texts of task ``name`` (train then test split), the first ``limit`` of them."""
     import numpy as np
 
     from w2sjax.data.registry import load_task
 
-    task = load_task("fine_foods")
+    task = load_task(name)
     texts = np.concatenate([task.train["text"], task.test["text"]])
     return list(texts[:limit] if limit else texts)
 
@@ -241,7 +244,7 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
         torch_batches = ft.padded_to_longest(tok, ids, b=b)
         useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
         yield from run("finetune_lengths", jax_batches, torch_batches, len(ids), useful, max_len=t,
-                   task="fine_foods", real_tokens=int(sum(len(r) for r in ids)),
+                   task=args.length_task, real_tokens=int(sum(len(r) for r in ids)),
                    padded_tokens_jax=ft.padded_tokens(jax_batches),
                    padded_tokens_torch=ft.padded_tokens(torch_batches),
                    note="gflops count real tokens only")
@@ -250,7 +253,7 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
 
 
 def bucketing_case(args, sz, texts):
-    """`train.fit` on real fine_foods reviews, one epoch, with and without length buckets, interleaved.
+    """`train.fit` on real texts of ``--length-task``, one epoch, with and without length buckets, interleaved.
 
     MiniLM-L6 in the last ``--precision``; ``--length-batches`` steps of 32 per fit. Both sides
     train on the same examples; only the batching differs (`TrainConfig.length_buckets`).
@@ -285,7 +288,7 @@ def bucketing_case(args, sz, texts):
     shape = ft.shape_of("minilm-l6", path, sz["layers"])
     useful = sum(shape.train_flops(len(r)) for r in ids) / len(ids)
     recs = run_case("bucketing", sides, args.repeats, examples=steps * b, flops_per_example=useful,
-                    extra={"model": "minilm-l6", "task": "fine_foods", "batch": b, "max_len": t, "steps": steps,
+                    extra={"model": "minilm-l6", "task": args.length_task, "batch": b, "max_len": t, "steps": steps,
                            "real_tokens": int(sum(len(r) for r in ids)), "padded_tokens_padded": steps * b * t,
                            "padded_tokens_buckets": int(bucketed_tokens),
                            "note": "each call is a whole fit (setup included); gflops count real tokens"})
@@ -410,14 +413,16 @@ def main(argv=None) -> int:
             emit(rec)
         del sides
         gc.collect()
-    texts = (fine_foods_texts(sz["foods"]) if {"fine_foods", "finetune_lengths", "bucketing"} & set(args.cases)
-             else None)
+    # The fine_foods case always embeds reviews; the length cases read --length-task's texts.
+    texts = task_texts("fine_foods", sz["foods"]) if "fine_foods" in args.cases else None
+    length_texts = (task_texts(args.length_task, sz["foods"]) if {"finetune_lengths", "bucketing"} & set(args.cases)
+                    else None)
     for model in args.models:
         if {"finetune", "finetune_lengths"} & set(args.cases):
-            for rec in finetune_cases(model, args, sz, peaks, texts, with_torch):
+            for rec in finetune_cases(model, args, sz, peaks, length_texts, with_torch):
                 emit(rec)
     if "bucketing" in args.cases:
-        for rec in bucketing_case(args, sz, texts):
+        for rec in bucketing_case(args, sz, length_texts):
             emit(rec)
         gc.collect()
     if "fine_foods" in args.cases:
