@@ -239,11 +239,11 @@ def size_figure(rows: list[dict], supervisor: str = "glove-bow"):
                             label=f"weak-to-strong, {loss}")
         ax.axhline(np.mean([r["weak_acc"] for r in sel]), color="0.4", ls="--", label=f"supervisor ({supervisor})")
         ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{s}\n{p / 1e6:.0f}M" + _trainable_note(pick(s, "xent") or pick(s, "logconf"))
+        ax.set_xticks(xs, [f"{_short(s)}\n{p / 1e6:.0f}M" + _trainable_note(pick(s, "xent") or pick(s, "logconf"))
                            for (p, s) in students], fontsize=7)
         ax.minorticks_off()
         ax.set_title(task, fontsize=10)
-        ax.set_xlabel("student parameters")
+        ax.set_xlabel("student parameters (L2, L4, L6: MiniLM layers)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(fontsize=7, loc="lower right")
@@ -251,6 +251,11 @@ def size_figure(rows: list[dict], supervisor: str = "glove-bow"):
     fig.suptitle(f"Finetuned students on weak labels: accuracy against size ({'/'.join(map(str, seeds))} seeds; "
                  "bars: 95% t-interval over seeds)", fontsize=10)
     return fig
+
+
+def _short(model: str) -> str:
+    """A tick label narrow enough for neighbouring sizes on a log axis (MiniLM-L2 at 15M, L4 at 19M)."""
+    return model.replace("minilm-l", "L").replace("mpnet-base", "MPNet")
 
 
 def _trainable_note(row: dict | None) -> str:
