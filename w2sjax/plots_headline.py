@@ -66,7 +66,7 @@ def _rows(folder: pathlib.Path, part, res: dict) -> list[dict]:
         rows.append({
             "part": folder.name, "task": r["task"], "weak_model": r["weak_model"],
             "strong_model": r["strong_model"].split(">")[-1], "chain": chain, "loss": r["loss"],
-            "trainable": part.trainable, "lr": part.lr, "seeds": r["seeds"],
+            "trainable": part.trainable, "lr": res.get("config", {}).get("train", {}).get("lr"), "seeds": r["seeds"],
             **{k: r[k] for k in ("weak_acc", "w2s_acc", "ceiling_acc", "weak_acc_ci95", "w2s_acc_ci95",
                                  "ceiling_acc_ci95")},
             "pgr": r["pgr"], "pgr_ci95_seeds": list(r["pgr_ci95"]), "pgr_ci95": [lo, hi],
@@ -154,7 +154,7 @@ def markdown(summary: dict) -> str:
     order = lambda r: (r["task"], r["weak_model"], r["params"] or 0, r["chain"] or "", r["loss"])
     for r in sorted(rows, key=order):
         student = r["chain"] or f"{r['strong_model']} ({_size(r['params'])})"
-        mode = r["trainable"] + ("" if r["trainable"] == "all" else f", lr {r['lr']:g}")
+        mode = r["trainable"] + ("" if r["trainable"] == "all" or r["lr"] is None else f", lr {r['lr']:g}")
         lines.append(
             f"| {r['task']} | {r['weak_model']} | {student} | {mode} | {r['loss']} | {r['seeds']} | "
             f"{r['weak_acc']:.3f} | {r['w2s_acc']:.3f} ± {r['w2s_acc_ci95']:.3f} | "
