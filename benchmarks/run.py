@@ -147,7 +147,8 @@ def embed_sides(path, sz, precisions, with_torch: bool):
     return sides, flops, extra
 
 
-def task_texts(name: str, limit):
+@functools.lru_cache(maxsize=None)  # fine_foods can be both the embedding texts and --length-task's
+def task_texts(name: str, limit) -> tuple[str, ...]:
     """The texts of task ``name`` (train then test split), the first ``limit`` of them."""
     import numpy as np
 
@@ -155,7 +156,7 @@ def task_texts(name: str, limit):
 
     task = load_task(name)
     texts = np.concatenate([task.train["text"], task.test["text"]])
-    return list(texts[:limit] if limit else texts)
+    return tuple(texts[:limit] if limit else texts)
 
 
 def fine_foods_sides(path, sz, texts, precisions, max_len, with_torch: bool):
