@@ -314,6 +314,26 @@ def part_results(folder: pathlib.Path) -> list[dict]:
     return [k for k in kept if isinstance(k, dict) and isinstance(k.get("runs"), list)] + [latest]
 
 
+def unavailable_parts(chosen: list[Part], *, models: bool = True) -> dict[str, str]:
+    """Each part whose data (and, with ``models``, model weights) cannot be had here, with the
+    one-line reason; found by fetching every part's assets before anything trains, so a run
+    never dies halfway."""
+    from w2sjax import assets, data
+    from w2sjax.models import get_model
+
+    reasons: dict[str, str] = {}
+    for part in chosen:
+        try:
+            data.load_task(part.task)
+            for name in sorted({*part.students, *part.supervisors}) if models else ():
+                asset = getattr(get_model(name).featurizer, "asset", "")  # a pretrained backbone's weights
+                if asset:
+                    assets.fetch(asset)
+        except assets.AssetError as exc:
+            reasons[part.name] = " ".join(str(exc).split())
+    return reasons
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (resumable)")
@@ -353,10 +373,18 @@ def main(argv=None) -> int:
         if not chosen:
             raise config_lib.ConfigError("--students/--supervisors: no part has any of them")
         base = config_lib.apply_overrides(base_config(args.quick), args.overrides)
+        missing = {} if args.summary_only else unavailable_parts(chosen, models=not args.list)
         if args.list:
-            for name, (todo, total) in stage_plan(base, chosen, out).items():
+            available = [p for p in chosen if p.name not in missing]
+            for name, (todo, total) in stage_plan(base, available, out).items():
                 print(f"{name}: {todo} of {total} stages to train")
+            for name, reason in missing.items():
+                print(f"{name}: unavailable: {reason}")
             return 0
+        if missing:
+            raise config_lib.ConfigError(
+                f"{len(missing)} part(s) cannot run here, nothing trained: "
+                + "; ".join(f"{n}: {r}" for n, r in missing.items()))
         if not args.summary_only:
             if not args.curve_only:
                 run_parts(base, chosen, out, progress=args.progress)

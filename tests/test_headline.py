@@ -50,6 +50,21 @@ def test_quick_plan_counts_every_stage_without_training(headline, tmp_path):
     assert cfg.bootstrap == ("glove-bow>minilm-l2>minilm-l6",) and cfg.train.trainable == "all"
 
 
+def test_parts_whose_data_is_missing_are_listed_and_stop_a_run_before_training(headline, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from w2sjax import assets
+
+    monkeypatch.setenv(assets.env_var("vader"), str(tmp_path / "empty"))  # a copy lacking every file
+    argv = ["--out", str(tmp_path / "run"), "--parts", "vader_tweets-minilm", "--no-curve"]
+    assert headline["main"](argv + ["--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vader_tweets-minilm: unavailable: asset 'vader' unavailable")
+    assert headline["main"](argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 part(s) cannot run here, nothing trained: vader_tweets-minilm" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_part_is_one_line_exit_2(headline, tmp_path, capsys):
     assert headline["main"](["--out", str(tmp_path), "--parts", "nope", "--list"]) == 2
     err = capsys.readouterr().err.strip()
