@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--no-figures", action="store_true", help="write no figures (`w2sjax report DIR` makes them later)")
     report = sub.add_parser("report", help="print the results table and write plots")
     report.add_argument("dir", help="an experiment output directory holding results.json")
     sub.add_parser("list", help="list the tasks, models, losses and methods")
@@ -114,7 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
-    print(f"\nresults: {out / 'results.json'}")
+    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'})")
+    from w2sjax import parallel
+
+    if not parallel.is_main_process():  # process 0 alone writes into the run directory
+        return 0
+    if args.no_figures:
+        print(f"figures: none written; `w2sjax report {out}` makes them")
+        return 0
+    try:
+        figures = report.write_plots(results, out)
+    except (OSError, ValueError) as exc:  # the results stand; only the pictures are missing
+        print(f"figures: not written ({exc}); `w2sjax report {out}` retries", file=sys.stderr)
+        return 0
+    print("figures: " + (", ".join(str(f) for f in figures) if figures else "none for this run"))
     return 0
 
 

@@ -524,7 +524,7 @@ def fit(
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
     """
-    from tqdm.auto import tqdm
+    from w2sjax import progress as progress_lib
 
     student = isinstance(cfg, StudentTrainConfig)
     trainable = trainable or (cfg.trainable if student else "all")
@@ -546,7 +546,7 @@ def fit(
     feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
     start = total if bool(state.finished) else int(state.step)
     stopped_early = False
-    bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
+    bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step = start
     last_save = time.monotonic()
     while step < total:

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from w2sjax import signals
+from w2sjax.progress import bar as progress_bar
 from w2sjax.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
@@ -245,7 +245,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
     lengths = np.array([len(r) for r in ids], dtype=np.int64)
     buckets = fit_buckets(lengths, max_len, len(bucket_lengths(max_len)))
     ndev = _local_devices_for_batch()
-    with tqdm(total=len(ids), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+    with progress_bar(len(ids), desc, enabled=progress, unit="ex") as bar:
         for rows, length, batch_rows in _plan(lengths, buckets, tokens_per_batch):
             input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
             input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
