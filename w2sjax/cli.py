@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'})")
+    if "compile" in results:
+        from w2sjax import compile_stats
+
+        print(f"compiling: {compile_stats.describe(results['compile'])}")
     from w2sjax import parallel
 
     if not parallel.is_main_process():  # process 0 alone writes into the run directory

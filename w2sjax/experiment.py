@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import atomic, checkpoint, metrics, parallel, preemption, results, rundir, signals, stages, train
+from w2sjax import (
+    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages, train,
+)
 from w2sjax.config import Config, ConfigError, to_dict
 
 
@@ -453,6 +455,10 @@ def _load_task(config: Config):
 
 # ---- the protocol ---------------------------------------------------------------------------
 
+# Compile counters at the start of each run (by output directory), so `finish` reports the run's own.
+_COMPILES_AT_START: dict[str, dict] = {}
+
+
 def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True, models_used=None):
     """Everything before the first stage, shared by the standard protocol and ``w2sjax.methods``:
     join other processes, check names, build the mesh, load (and maybe shift) the task, create
@@ -461,6 +467,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     # First, before anything touches a JAX backend: join the other processes, if any are configured
     # (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or cluster auto-detection).
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
+    _COMPILES_AT_START[str(out_dir)] = compile_stats.install()
     validate(config, models_used)
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
@@ -745,6 +752,7 @@ def _earlier_seconds(ckpt_dir: pathlib.Path, todo: list[str]) -> float | None:
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
     of other settings already there are kept beside it under a printed name."""
+    extra.setdefault("compile", compile_stats.since(_COMPILES_AT_START.get(str(out), {})))
     payload = {"config": to_dict(config), "runs": rows, **extra}
     signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():

@@ -270,13 +270,15 @@ def _plan(lengths: np.ndarray, buckets: list[int], tokens_per_batch: int):
         rows = order[which == b]
         if len(rows) == 0:
             continue
-        per = max(1, tokens_per_batch // length)
-        per = max(ndev, per - per % ndev)  # divisible over the devices
+        most = max(1, tokens_per_batch // length)
+        most = max(ndev, most - most % ndev)  # divisible over the devices
         # Spread the rows evenly over the batches this bucket needs anyway, so the last batch
-        # is not mostly padding rows; still one shape per bucket.
-        nbatch = -(-len(rows) // per)
-        per = -(-len(rows) // nbatch)
-        per = -(-per // ndev) * ndev
+        # is not mostly padding rows; still one shape per bucket. The rows per batch are rounded
+        # up to one of 8 sizes per bucket, so another seed's or task's rows reuse the compiled
+        # programs instead of compiling one per row count.
+        step = -(-most // (8 * ndev)) * ndev
+        nbatch = -(-len(rows) // most)
+        per = min(most, -(-(-(-len(rows) // nbatch)) // step) * step)
         for start in range(0, len(rows), per):
             plan.append((rows[start:start + per], length, per))
     return plan
