@@ -20,7 +20,8 @@ Layouts (what each asset directory holds):
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
 ``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses, taken from
                    the 358 MB ``bigbench`` source tarball (w2sjax.data.bigbench)
-``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
+``vader``          {movieReviewSnippets,tweets,nytEditorialSnippets,amazonReviewSnippets}
+                   _GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
@@ -398,6 +399,8 @@ _SPECS: dict[str, _Spec] = {
             required=(
                 "movieReviewSnippets_GroundTruth.txt",
                 "tweets_GroundTruth.txt",
+                "nytEditorialSnippets_GroundTruth.txt",
+                "amazonReviewSnippets_GroundTruth.txt",
                 "_README_.txt",
                 "LICENSE.txt",
             ),
@@ -406,6 +409,8 @@ _SPECS: dict[str, _Spec] = {
             sha256={
                 "movieReviewSnippets_GroundTruth.txt": "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
                 "tweets_GroundTruth.txt": "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f",
+                "nytEditorialSnippets_GroundTruth.txt": "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e",
+                "amazonReviewSnippets_GroundTruth.txt": "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
                 "_README_.txt": "583d6381c04a4b342ac6e7268066128467785f1f4801c4f7d44afb1ccbaad939",
                 "LICENSE.txt": "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118",
             },

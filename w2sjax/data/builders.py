@@ -283,11 +283,42 @@ class VaderTweets(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(vader.tweets)
 
 
+class VaderNyt(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_nyt"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_nyt", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Sentences of 500 New York Times opinion articles rated -4..4 by 20 people "
+        "(vaderSentiment==3.3.2, hutto_ICWSM_2014 nytEditorialSnippets): mean >= 0.5 positive, "
+        "<= -0.5 negative, others dropped; 35% of the articles held out by hash."
+    )
+    HOMEPAGE = VaderMovies.HOMEPAGE
+    LICENSE = "vaderSentiment: MIT; sentences quoted from New York Times articles"
+    CITATION = _VADER_CITATION
+    source_reader = staticmethod(vader.nyt_editorials)
+
+
+class VaderAmazon(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_amazon"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_amazon", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Sentences of 309 Amazon product reviews (Hu & Liu 2004) rated -4..4 by 20 people "
+        "(vaderSentiment==3.3.2, hutto_ICWSM_2014 amazonReviewSnippets): mean >= 0.5 positive, "
+        "<= -0.5 negative, others dropped; 35% of the reviews held out by hash."
+    )
+    HOMEPAGE = VaderMovies.HOMEPAGE
+    LICENSE = "vaderSentiment: MIT; review sentences from Hu & Liu (2004)"
+    CITATION = (
+        _VADER_CITATION + "\nHu, Liu. Mining and Summarizing Customer Reviews. KDD 2004."
+    )
+    source_reader = staticmethod(vader.amazon_reviews)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
+        VaderNyt, VaderAmazon,
     )
 }
 
