@@ -32,6 +32,7 @@ SMALL_ASSETS = {
     "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
     "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
     "bbc_news": ["bbc_news.jsonl", "LICENSE.md"],
+    "fortunes": ["computers", "politics", "songs-poems", "copyright"],
 }
 
 

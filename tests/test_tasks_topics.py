@@ -120,3 +120,29 @@ def test_bbc_headlines_are_first_lines_by_topic(real_cache):
     expected = _consistent([(text.split("\n", 1)[0].strip(), topic) for text, topic in _bbc_raw()])
     _check(task, expected, min_test=600)
     assert max(len(t.split()) for t in task.train["text"]) < 15  # headlines, not bodies
+
+
+# --- fortune files by theme -------------------------------------------------------------------
+
+def test_fortunes_are_entries_labelled_by_file(real_cache):
+    directory = assets.fetch("fortunes", quiet=True)
+    names = ["computers", "men-women", "politics", "science", "songs-poems", "work"]
+    pairs = []
+    for label, name in enumerate(names):
+        raw = (directory / name).read_bytes().decode("utf-8")
+        n_entries = 0
+        for chunk in raw.split("\n%\n"):
+            while "\b" in chunk:  # overstrike: drop each backspace with the character before it
+                i = chunk.index("\b")
+                chunk = chunk[: i - 1] + chunk[i + 1 :]
+            text = " ".join(chunk.split()).removesuffix(" %").removesuffix("%").strip()
+            if text:
+                pairs.append((text, label))
+                n_entries += 1
+        assert n_entries == raw.count("\n%\n") + (not raw.endswith("\n%\n"))
+    task = _task("fortunes")
+    expected = _consistent(pairs)
+    _check(task, expected, min_test=1000)
+    assert len(task.test["label"]) == round(0.3 * len(expected))
+    assert not any("\b" in t for t in task.train["text"])
+    assert "A man may be so much of everything that he is nothing of anything. -- Samuel Johnson" in expected

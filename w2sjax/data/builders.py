@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bbc, bigbench, sources, vader
+from w2sjax.data import bbc, bigbench, fortunes, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -347,12 +347,26 @@ class BbcHeadlines(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(bbc.headlines)
 
 
+class Fortunes(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_fortunes"
+    TASK, KIND, CLASS_NAMES = "fortunes", "text", fortunes.TOPICS
+    DESCRIPTION = (
+        "Fortune-cookie entries (Debian fortunes=1:1.99.1-7.3, /usr/share/games/fortunes): which "
+        "of six files (computers, men-women, politics, science, songs-poems, work) an entry comes "
+        "from; entries in two files dropped; 30% held out by hash."
+    )
+    HOMEPAGE = "https://packages.debian.org/bookworm/fortunes"
+    LICENSE = "BSD (fortune-mod, per the package's debian/copyright); quotations by their authors"
+    CITATION = "Arnold and others. fortune(6) data files, fortune-mod 1.99.1 (Debian package fortunes)."
+    source_reader = staticmethod(fortunes.topics)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
-        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes,
     )
 }
 
