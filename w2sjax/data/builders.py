@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bbc, bigbench, fortunes, sources, vader
+from w2sjax.data import bbc, bigbench, dslabs, fortunes, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -361,12 +361,30 @@ class Fortunes(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(fortunes.topics)
 
 
+class TrumpTweets(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_trump_tweets"
+    TASK, ASSET, KIND, CLASS_NAMES = "trump_tweets", "dslabs", "text", dslabs.PHONES
+    DESCRIPTION = (
+        "@realDonaldTrump tweets of the 2016 campaign (2015-06-17 to 2016-11-08, UTC; Debian "
+        "r-cran-dslabs=0.7.4-1, trump_tweets): sent from Android (Trump) or iPhone (mostly staff); "
+        "retweets excluded, links removed; 30% held out by hash."
+    )
+    HOMEPAGE = "https://cran.r-project.org/package=dslabs"
+    LICENSE = "dslabs: Artistic-2.0; tweets from the Trump Twitter Archive"
+    CITATION = (
+        "Irizarry, Gill. dslabs: Data Science Labs, R package 0.7.4.\n"
+        "Robinson. Text analysis of Trump's tweets confirms he writes only the (angrier) Android "
+        "half. Variance Explained, 2016."
+    )
+    source_reader = staticmethod(dslabs.trump_phones)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
-        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets,
     )
 }
 
