@@ -34,6 +34,7 @@ SMALL_ASSETS = {
     "bbc_news": ["bbc_news.jsonl", "LICENSE.md"],
     "fortunes": ["computers", "politics", "songs-poems", "copyright"],
     "dslabs": ["Rdata.rdb", "Rdata.rdx", "copyright"],
+    "janeaustenr": ["Rdata.rdb", "Rdata.rdx", "copyright"],
 }
 
 

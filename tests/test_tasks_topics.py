@@ -180,3 +180,35 @@ def test_trump_tweets_are_campaign_tweets_by_phone(real_cache):
     expected = _consistent(pairs)
     _check(task, expected, min_test=1000)
     assert not any("http" in t for t in task.train["text"])
+
+
+# --- which Austen novel a paragraph comes from ------------------------------------------------
+
+def test_austen_paragraphs_by_novel_with_whole_chapters_held_out(real_cache):
+    import re
+
+    from w2sjax.data.sources import read_r_lazyload
+
+    objects = ["sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion"]
+    lines = read_r_lazyload(assets.fetch("janeaustenr", quiet=True) / "Rdata", objects)
+    pairs, chapter_of, n_chapters = [], {}, {}
+    for label, name in enumerate(objects):
+        # Split the text at chapter headings, then each chapter at blank lines.
+        chapters = re.split(r"(?im)^\s*chapter\s+(?:[0-9]+|[IVXLC]+)\b.*$", "\n".join(map(str, lines[name])))
+        n_chapters[name] = len(chapters) - 1
+        for c, chapter in enumerate(chapters):
+            for block in re.split(r"\n\s*\n", chapter):
+                text = " ".join(block.split())
+                if len(text.split()) >= 8:
+                    pairs.append((text, label))
+                    chapter_of.setdefault(text, (name, c))
+    assert n_chapters == {"sensesensibility": 50, "prideprejudice": 61, "mansfieldpark": 48,
+                          "emma": 55, "northangerabbey": 31, "persuasion": 24}
+    task = _task("austen")
+    _check(task, _consistent(pairs), min_test=2000)
+    side = collections.defaultdict(set)
+    for part in ("train", "test"):
+        for text in getattr(task, part)["text"]:
+            side[chapter_of[text]].add(part)
+    assert all(len(s) == 1 for s in side.values())
+    assert sum(s == {"test"} for s in side.values()) == round(0.3 * len(side))

@@ -29,6 +29,8 @@ Layouts (what each asset directory holds):
                    files of Debian ``fortunes``) and its copyright file
 ``dslabs``         Rdata.rdb, Rdata.rdx (R lazy-load database of dslabs: trump_tweets, ...)
                    and its copyright file
+``janeaustenr``    Rdata.rdb, Rdata.rdx (R lazy-load database: the lines of Jane Austen's six
+                   novels) and its copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -500,6 +502,23 @@ _SPECS: dict[str, _Spec] = {
                 "Rdata.rdb": "7f740c8802abcf5de56096417560b2d5be317c59f30d50c9d37548695952aa3b",
                 "Rdata.rdx": "97e59cc21906407fe85a369cd92a765ea050e69346d4043545471972bd02a6b3",
                 "copyright": "c9b2b7b1c07a8064c982121ad9f99601820281aa5b6ea9b849978837ac2a988d",
+            },
+        ),
+        _Spec(
+            name="janeaustenr",
+            source="apt",
+            packages=("r-cran-janeaustenr=1.0.0-1",),
+            members={
+                "Rdata.rdb": "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
+                "Rdata.rdx": "usr/lib/R/site-library/janeaustenr/data/Rdata.rdx",
+                "copyright": "usr/share/doc/r-cran-janeaustenr/copyright",
+            },
+            required=("Rdata.rdb", "Rdata.rdx", "copyright"),
+            size_mb=2,
+            sha256={
+                "Rdata.rdb": "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
+                "Rdata.rdx": "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
+                "copyright": "794125a4daa8179106fd86596096de4485ac56a0f615988c24a961cd0571586e",
             },
         ),
     ]

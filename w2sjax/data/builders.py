@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bbc, bigbench, dslabs, fortunes, sources, vader
+from w2sjax.data import austen, bbc, bigbench, dslabs, fortunes, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -379,12 +379,25 @@ class TrumpTweets(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(dslabs.trump_phones)
 
 
+class Austen(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_austen"
+    TASK, ASSET, KIND, CLASS_NAMES = "austen", "janeaustenr", "text", austen.NOVELS
+    DESCRIPTION = (
+        "Paragraphs (8 words or more) of Jane Austen's six novels (Debian "
+        "r-cran-janeaustenr=1.0.0-1): which novel; 30% of the chapters held out by hash."
+    )
+    HOMEPAGE = "https://cran.r-project.org/package=janeaustenr"
+    LICENSE = "janeaustenr: MIT; the novels (Project Gutenberg texts) are in the public domain"
+    CITATION = "Silge. janeaustenr: Jane Austen's Complete Novels, R package 1.0.0."
+    source_reader = staticmethod(austen.novels)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
-        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen,
     )
 }
 
