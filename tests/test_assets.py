@@ -35,6 +35,7 @@ SMALL_ASSETS = {
     "fortunes": ["computers", "politics", "songs-poems", "copyright"],
     "dslabs": ["Rdata.rdb", "Rdata.rdx", "copyright"],
     "janeaustenr": ["Rdata.rdb", "Rdata.rdx", "copyright"],
+    "wordnet": ["data.noun", "copyright"],
 }
 
 

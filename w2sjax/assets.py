@@ -31,6 +31,7 @@ Layouts (what each asset directory holds):
                    and its copyright file
 ``janeaustenr``    Rdata.rdb, Rdata.rdx (R lazy-load database: the lines of Jane Austen's six
                    novels) and its copyright file
+``wordnet``        data.noun (WordNet 3.0 noun synsets with glosses) and its copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -519,6 +520,21 @@ _SPECS: dict[str, _Spec] = {
                 "Rdata.rdb": "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
                 "Rdata.rdx": "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
                 "copyright": "794125a4daa8179106fd86596096de4485ac56a0f615988c24a961cd0571586e",
+            },
+        ),
+        _Spec(
+            name="wordnet",
+            source="apt",
+            packages=("wordnet-base=1:3.0-37",),
+            members={
+                "data.noun": "usr/share/wordnet/data.noun",
+                "copyright": "usr/share/doc/wordnet-base/copyright",
+            },
+            required=("data.noun", "copyright"),
+            size_mb=7,
+            sha256={
+                "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
+                "copyright": "f461bac9a5a1810c4fe1e3cec0a980f79406e3a8c1c147f3874979fb00e2cc0e",
             },
         ),
     ]

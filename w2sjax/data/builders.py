@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import austen, bbc, bigbench, dslabs, fortunes, sources, vader
+from w2sjax.data import austen, bbc, bigbench, dslabs, fortunes, sources, vader, wordnet
 from w2sjax.data.task import Split, Task
 
 
@@ -392,12 +392,29 @@ class Austen(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(austen.novels)
 
 
+class WordnetNouns(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_wordnet_nouns"
+    TASK, ASSET, KIND, CLASS_NAMES = "wordnet_nouns", "wordnet", "text", wordnet.CLASSES
+    DESCRIPTION = (
+        "WordNet 3.0 noun definitions (Debian wordnet-base=1:3.0-37, data.noun; the gloss before "
+        "its examples, without the synset's words) -> lexicographer file: act, animal, artifact, "
+        "communication, person or plant; 20% held out by hash."
+    )
+    HOMEPAGE = "https://wordnet.princeton.edu/"
+    LICENSE = "WordNet 3.0 licence (Princeton University; permissive, keep the copyright notice)"
+    CITATION = (
+        "Miller. WordNet: A Lexical Database for English. Communications of the ACM 38(11), 1995.\n"
+        "Fellbaum (ed.). WordNet: An Electronic Lexical Database. MIT Press, 1998."
+    )
+    source_reader = staticmethod(wordnet.nouns)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
-        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen, WordnetNouns,
     )
 }
 
