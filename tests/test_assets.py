@@ -29,7 +29,8 @@ SMALL_ASSETS = {
     "digits": ["digits.csv.gz"],
     "mnist5k": ["mnist_5k.csv.gz"],
     # sdists: only the listed members are kept (bigbench: 358 MB fetched once, 59 MB kept)
-    "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
+    "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "nytEditorialSnippets_GroundTruth.txt",
+              "amazonReviewSnippets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
     "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
     "bbc_news": ["bbc_news.jsonl", "LICENSE.md"],
     "fortunes": ["computers", "politics", "songs-poems", "copyright"],
