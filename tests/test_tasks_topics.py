@@ -239,3 +239,17 @@ def test_wordnet_definitions_by_lexicographer_file(real_cache):
     _check(task, expected, min_test=5000)
     assert len(task.test["label"]) == round(0.2 * len(expected))
     assert "a wooden pin pushed or driven into a surface" in expected
+
+
+@pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
+@pytest.mark.parametrize("name", ["vader_nyt", "vader_amazon", "bbc_news", "bbc_headlines", "fortunes",
+                                  "trump_tweets", "austen", "wordnet_nouns"])
+def test_cli_run_on_each_task(real_cache, name, tmp_path):
+    from w2sjax import cli
+
+    sets = [f"data.task={name}", "data.n_train=120", "data.n_val=40", "data.n_test=120", "data.max_len=32",
+            "strong_models=minilm-l1", "losses=xent"]
+    argv = ["run", "--config", "experiments/smoke.py", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    (row,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert row["task"] == name and 0.0 <= row["w2s_acc"] <= 1.0
