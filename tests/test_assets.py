@@ -30,7 +30,13 @@ SMALL_ASSETS = {
     "digits": ["digits.csv.gz"],
     "mnist5k": ["mnist_5k.csv.gz"],
     # an sdist: only the listed members are kept
-    "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
+    "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "nytEditorialSnippets_GroundTruth.txt",
+              "amazonReviewSnippets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
+    "bbc_news": ["bbc_news.jsonl", "LICENSE.md"],
+    "fortunes": ["computers", "politics", "songs-poems", "copyright"],
+    "dslabs": ["Rdata.rdb", "Rdata.rdx", "copyright"],
+    "janeaustenr": ["Rdata.rdb", "Rdata.rdx", "copyright"],
+    "wordnet": ["data.noun", "copyright"],
 }
 
 

