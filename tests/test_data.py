@@ -27,7 +27,6 @@ _loaded: dict[str, Task] = {}
 
 @pytest.fixture
 def task(request, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)  # the real, shared cache
     name = request.param
     if name not in _loaded:
         _loaded[name] = load_task(name)
@@ -82,7 +81,6 @@ def test_counts_match_the_source_files():
 
 
 def test_built_as_array_record_and_reused(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     load_task("digits")
     path = assets.cache_dir() / "tfds" / "w2sjax_digits" / "1.0.0"
     info = json.loads((path / "dataset_info.json").read_text())
@@ -96,7 +94,6 @@ def test_built_as_array_record_and_reused(monkeypatch):
 
 
 def test_fresh_build_matches_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     fresh, cached = load_task("digits", data_dir=tmp_path), load_task("digits")
     assert (tmp_path / "w2sjax_digits" / "1.0.0" / "dataset_info.json").is_file()
     for part in ("train", "test"):

@@ -244,7 +244,6 @@ def _same_size_garbage(path: pathlib.Path, start: int = 0) -> bytes:
 
 
 def test_garbage_in_a_fetched_asset_is_one_line_and_exit_2(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     cache = _cache_with_copies(tmp_path, "glove-6b-50d")
     env = {"W2SJAX_CACHE": str(cache)}
     emb = cache / "glove-6b-50d" / "embeddings.npy"
@@ -263,7 +262,6 @@ def test_garbage_in_a_fetched_asset_is_one_line_and_exit_2(tmp_path, monkeypatch
 def test_feature_cache_key_follows_the_weights_content(tmp_path, monkeypatch):
     from w2sjax.models import get_model
 
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     glove = assets.fetch("glove-6b-50d", quiet=True)
     mine = tmp_path / "glove"
     shutil.copytree(glove, mine)
@@ -296,7 +294,6 @@ def test_user_asset_is_hashed_once_per_file_version(tmp_path, monkeypatch):
 
 
 def test_pins_cover_every_file_of_the_fetched_assets(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     for name in assets.known_assets():
         if name == "mpnet-base-v2":
             continue  # 400 MB; its pins were taken from a fetch like the others
@@ -315,7 +312,6 @@ def _nan_safetensors(path: pathlib.Path) -> None:
 
 
 def test_damaged_model_weights(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     text_minilm = TEXT[:4] + ["--set", "strong_models=minilm-l1"] + TEXT[6:]
     # The packaged model: its pin catches the damage before anything runs.
     cache = _cache_with_copies(tmp_path, "minilm-l6-v2")
@@ -409,7 +405,6 @@ def _delete_shard(prepared):
 def test_damaged_prepared_data_set_is_rebuilt(tmp_path, monkeypatch, capfd, damage):
     from w2sjax import data
 
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     first = data.load_task("spambase", data_dir=tmp_path)
     prepared = tmp_path / "w2sjax_spambase" / "1.0.0"
     damage(prepared)
@@ -423,7 +418,6 @@ def test_damaged_prepared_data_set_is_rebuilt(tmp_path, monkeypatch, capfd, dama
 
 
 def test_run_on_a_damaged_prepared_data_set_gives_the_reference(reference, tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     cache = _cache_with_copies(tmp_path, linked=("spambase",))
     from w2sjax import data
 

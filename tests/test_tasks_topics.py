@@ -16,12 +16,6 @@ from w2sjax.data import builders, load_task
 _loaded = {}
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    for name in assets.known_assets():
-        monkeypatch.delenv(assets.env_var(name), raising=False)
-
 
 def _task(name):
     if name not in _loaded:
