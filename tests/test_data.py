@@ -393,9 +393,15 @@ def test_unknown_tfds_dataset_is_a_value_error():
         load_task("tfds:no_such_dataset_w2sjax")
 
 
-def test_building_a_packaged_task_keeps_tfds_chatter_off_stdout(tmp_path, capsys):
+def test_building_a_packaged_task_keeps_tfds_chatter_off_the_terminal(tmp_path, capsys):
+    from w2sjax import assets
     from w2sjax.data import builders
 
+    log = assets.log_path("tfds-digits")
+    before = log.stat().st_size if log.is_file() else 0
     builders.load("digits", tmp_path)  # a fresh data_dir: TFDS builds it and reports progress
     out, err = capsys.readouterr()
-    assert "Downloading and preparing" in err and "Downloading and preparing" not in out
+    assert "Downloading and preparing" not in out + err and "Generating" not in out + err
+    with open(log, encoding="utf-8") as f:
+        f.seek(before)
+        assert "Downloading and preparing" in f.read()  # kept in the log the fetch messages name
