@@ -165,6 +165,6 @@ def test_accelerator_script_asks_benchmarks_run_for_what_it_offers():
     script = (ROOT / "benchmarks" / "accelerator.sh").read_text()
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "accelerator.sh")]).returncode == 0
     line = " ".join(script.rsplit("python -m benchmarks.run", 1)[1].split("|", 1)[0].split("\\\n"))
-    args = [a for a in shlex.split(line) if a != '"$@"']
+    args = [a for a in shlex.split(line) if a != "$@"]
     parsed = run._parse(args)
     assert set(parsed.models) == {"minilm-l6", "mpnet-base", "smollm2-135m"} and "finetune" in parsed.cases
