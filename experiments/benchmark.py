@@ -114,14 +114,17 @@ def base_config(protocol):
 class Plan:
     """The parts of a run: one per (task, group), each with the config it trains under."""
 
-    def __init__(self, protocol, tasks: list[str]):
+    def __init__(self, protocol, tasks: list[str], students=()):
         self.protocol, self.tasks, self.base = protocol, tasks, base_config(protocol)
         headline = _headline()
         self.headline = headline
         self.group_of_part: dict[str, Group] = {}
         self.parts = []
+        chosen = [g for g in groups(protocol) if not students or set(g.students) & set(students)]
+        chosen = [dataclasses.replace(g, students=tuple(s for s in g.students if not students or s in students))
+                  if not g.bootstrap else g for g in chosen]
         for task in tasks:
-            for g in groups(protocol):
+            for g in chosen:
                 part = headline.Part(f"{task}-{g.name}", task, g.students, g.supervisors,
                                      "all" if g.trainable == "probe" else g.trainable, g.bootstrap)
                 self.parts.append(part)
@@ -227,6 +230,8 @@ def main(argv=None) -> int:
     parser.add_argument("--artefacts", default="", help=f"artefact folder (default: OUT/artefacts; with --publish or "
                         f"--summary-only {DEFAULT_ARTEFACTS.relative_to(ROOT)})")
     parser.add_argument("--tasks", default="", help="comma-separated: only these tasks (recorded as a restriction)")
+    parser.add_argument("--students", default="", help="comma-separated: only the groups with these students "
+                        "(a partial run: the others' cells are reported as not run)")
     parser.add_argument("--list", action="store_true", help="print the plan and its estimated cost, train nothing")
     parser.add_argument("--summary-only", action="store_true", help="regenerate the summary and docs from the artefacts")
     parser.add_argument("--publish", action="store_true", help="export into docs/benchmark/ and write the docs")
@@ -265,7 +270,13 @@ def main(argv=None) -> int:
         if not resolution["tasks"]:
             raise config_lib.ConfigError("tasks: no task resolved; " + "; ".join(
                 f"{k}: {v}" for k, v in resolution["left_out"].items()))
-        plan = Plan(protocol, resolution["tasks"])
+        students = [t.strip() for t in args.students.split(",") if t.strip()]
+        known = {st["name"] for st in protocol["students"]} | {m for c in protocol.get("bootstrap", [])
+                                                                for m in c["chain"].split(">")[1:]}
+        if set(students) - known:
+            raise config_lib.ConfigError(f"--students: not in the protocol: {', '.join(sorted(set(students) - known))}")
+        resolution["students_restricted_to"] = sorted(students) if students else None
+        plan = Plan(protocol, resolution["tasks"], students)
         if args.list:
             stages = plan.stages(out)
             cost = estimate(plan, stages)
