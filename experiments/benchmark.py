@@ -184,8 +184,7 @@ def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pa
         if plan.group_of_part[part.name].bootstrap:  # its plain rows are the primary parts' cells
             results = {**results, "runs": [r for r in results["runs"] if r.get("chain")]}
         part_rows, part_arrays = artefacts.collect(out / part.name, results, splits, task.num_classes)
-        rows += part_rows
-        arrays.update(part_arrays)
+        artefacts.merge(rows, arrays, part_rows, part_arrays, tag=part.name)
     scored = "per question" if "group" in task.test else "per example"
     artefacts.write_task(artefacts_dir, plan.protocol.sha256, task_name, scored, rows, arrays)
 

@@ -223,9 +223,16 @@ def _table_lines(text):
             and not line.startswith("| supervisor")]
 
 
-def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_path, capsys):
+def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_path, monkeypatch):
     """From synthetic artefacts of 6 tasks: every table line of the generated results.md section
-    and the README sentence equal an independent recomputation; the rest of each file is kept."""
+    and the README sentence equal an independent recomputation; the rest of each file is kept.
+    No task is loaded."""
+    from w2sjax import data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--summary-only loaded a task")
+
+    monkeypatch.setattr(data, "load_task", no_loading)
     proto = protocol_lib.load(_tiny_protocol(tmp_path))
     folder = tmp_path / "artefacts"
     tasks = ["fine_foods", "vader_tweets", "bbc_news", "t_three", "t_four", "t_five"]
@@ -317,6 +324,25 @@ def test_unit_scores_per_example_and_per_question():
     assert artefacts.unit_scores(probs, labels, groups).mean() == pytest.approx(
         float(metrics.question_accuracy(probs, labels, groups)))
     assert artefacts.unit_scores(probs, labels, None).mean() == pytest.approx(float(metrics.accuracy(probs, labels)))
+
+
+def test_merge_keeps_each_rows_own_predictions():
+    rows, arrays = [], {}
+    first = {"score/weak__a--1": np.array([1.0, 0.0]), "score/w2s__b--2": np.array([1.0, 1.0]),
+             "test_label/seed0": np.array([0, 1])}
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__b--2"}}], first, tag="p1")
+    # the same supervisor stage trained again in another part: equal predictions are stored once
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__c--3"}}],
+                    {"score/weak__a--1": np.array([1.0, 0.0]), "score/w2s__c--3": np.array([0.0, 1.0])}, tag="p2")
+    assert sorted(arrays) == ["score/w2s__b--2", "score/w2s__c--3", "score/weak__a--1", "test_label/seed0"]
+    # ... different predictions are kept apart, and the row reads its own
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__d--4"}, "direct_stage": "weak__a--1"}],
+                    {"score/weak__a--1": np.array([0.0, 0.0]), "score/w2s__d--4": np.array([1.0, 0.0])}, tag="p3")
+    assert rows[2]["stages"]["weak"] == rows[2]["direct_stage"] == "weak__a--1@p3"
+    np.testing.assert_array_equal(arrays["score/weak__a--1@p3"], [0.0, 0.0])
+    np.testing.assert_array_equal(arrays["score/weak__a--1"], [1.0, 0.0])
+    with pytest.raises(ValueError, match="test_label/seed0"):
+        artefacts.merge(rows, arrays, [], {"test_label/seed0": np.array([1, 1])}, tag="p4")
 
 
 def test_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):

@@ -112,6 +112,33 @@ def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_clas
     return rows, arrays
 
 
+def merge(rows: list[dict], arrays: dict, new_rows: list[dict], new_arrays: dict, tag: str) -> None:
+    """Add one experiment's ``new_rows``/``new_arrays`` (:func:`collect`) to a task's ``rows``/``arrays``.
+
+    Two experiments (run folders) of a task can each train the same stage (same checkpoint name,
+    e.g. a supervisor both need). When both copies predicted the same, one is kept; when they
+    differ (a non-deterministic kernel), the new copy is kept as ``NAME@tag`` and its rows point
+    at it, so every row still reads the predictions that made it."""
+    renamed = {}
+    for key, value in new_arrays.items():
+        kind, _, name = key.partition("/")
+        if key in arrays and kind in ("probs", "score", "val_score") and not np.array_equal(arrays[key], value):
+            renamed[name] = f"{name}@{tag}"
+    for key, value in new_arrays.items():
+        kind, _, name = key.partition("/")
+        if name in renamed:
+            key = f"{kind}/{renamed[name]}"
+        if kind in ("test_row", "test_label", "test_group", "val_label") and key in arrays \
+                and not np.array_equal(arrays[key], value):
+            raise ValueError(f"artefacts: {key} differs between the experiments of one task ({tag})")
+        arrays.setdefault(key, value)
+    for row in new_rows:
+        row = {**row, "stages": {role: renamed.get(n, n) for role, n in row["stages"].items()}}
+        if row.get("direct_stage"):
+            row["direct_stage"] = renamed.get(row["direct_stage"], row["direct_stage"])
+        rows.append(row)
+
+
 def write_task(folder: pathlib.Path, sha256: str, task: str, scored: str, rows: list[dict], arrays: dict) -> None:
     """Write ``TASK.json`` and ``TASK.npz`` into ``folder`` (stamped with ``sha256``)."""
     check_stamp(folder, sha256)
