@@ -155,14 +155,15 @@ def stage_plan(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str,
             for name, planned in planned_stages(base, chosen, out).items()}
 
 
-def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str, dict[str, bool]]:
+def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path, config_of=None) -> dict[str, dict[str, bool]]:
     """Per part: each stage's checkpoint name (readable name and fingerprint) and whether it is
-    already done in ``out``; the standard protocol keyed by a planning runner, nothing trained."""
+    already done in ``out``; the standard protocol keyed by a planning runner, nothing trained.
+    ``config_of(base, part, task)`` makes a part's config (default :func:`part_config`)."""
     from w2sjax import data, experiment, rundir
 
     plan = {}
     for part in chosen:
-        cfg = part_config(base, part, data.load_task(part.task))
+        cfg = (config_of or part_config)(base, part, data.load_task(part.task))
         runner, task, _ = experiment.prepare(cfg, out / part.name, progress=False)
         try:
             planner = experiment.Runner(cfg, out / part.name, runner.mesh, task, False, planning=True)
@@ -179,13 +180,15 @@ def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[
     return plan
 
 
-def run_parts(base: Config, chosen: list[Part], out: pathlib.Path, *, progress: bool = False) -> dict[str, dict]:
-    """Run (or resume) each part into ``out/PART``; returns each part's results."""
+def run_parts(base: Config, chosen: list[Part], out: pathlib.Path, *, progress: bool = False,
+              config_of=None) -> dict[str, dict]:
+    """Run (or resume) each part into ``out/PART``; returns each part's results. ``config_of``:
+    as for :func:`planned_stages`."""
     from w2sjax import data, experiment
 
     results = {}
     for part in chosen:
-        cfg = part_config(base, part, data.load_task(part.task))
+        cfg = (config_of or part_config)(base, part, data.load_task(part.task))
         print(f"headline: {part.name}: students {', '.join(part.students)} ({part.trainable}, lr {cfg.train.lr:g}), "
               f"n_train={cfg.data.n_train} n_test={cfg.data.n_test}", file=sys.stderr, flush=True)
         results[part.name] = experiment.run(cfg, out / part.name, progress=progress)

@@ -40,9 +40,10 @@ def test_quick_plan_counts_every_stage_without_training(headline, tmp_path):
     quick = headline["parts"](quick=True)
     plan = headline["stage_plan"](base, quick, tmp_path)
     # vader_tweets: 2 ceilings + 1 supervisor + 2 students x 2 losses
-    # + the chain glove-bow>minilm-l2>minilm-l6 (2 stages per loss) = 11
+    # + the chain glove-bow>minilm-l2>minilm-l6 (2 rungs per loss) and its direct student on the
+    # last rung's rows (1 per loss) = 13
     # hyperbaton: 1 ceiling + 1 supervisor + 1 student x 2 losses = 4
-    assert plan == {"vader_tweets-minilm": (11, 11), "hyperbaton-minilm": (4, 4)}
+    assert plan == {"vader_tweets-minilm": (13, 13), "hyperbaton-minilm": (4, 4)}
     from w2sjax import data
 
     cfg = headline["part_config"](base, quick[0], data.load_task("vader_tweets"))

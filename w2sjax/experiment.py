@@ -628,13 +628,18 @@ class SeedRun:
         return supervisor.preds["b"]
 
     def supervised(self, key: stages.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
-                   val_labels=None) -> StageOutput:
+                   val_labels=None, part: np.ndarray | None = None) -> StageOutput:
         """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
-        are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given."""
-        sources = {"labels": sup.source("b"), "val_labels": sup.source("val") if val_labels is None else None}
+        are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given.
+        ``part``: positions in half B to train on instead of all of it (a bootstrap rung's share)."""
+        labels, rows, named = self.pseudo_labels(sup), self.student_half["row"], sup.source("b")
+        if part is not None:
+            labels, rows = labels[part], rows[part]
+            named = None if named is None else f"{named}[{stages.digest(part)}]"
+        sources = {"labels": named, "val_labels": sup.source("val") if val_labels is None else None}
         return self.runner.stage(
-            key, model=strong_name, frozen_features=False, rows=self.student_half["row"],
-            labels=self.pseudo_labels(sup), val_rows=self.val["row"],
+            key, model=strong_name, frozen_features=False, rows=rows,
+            labels=labels, val_rows=self.val["row"],
             val_labels=sup.preds["val"] if val_labels is None else val_labels, evals=self.evals,
             cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed, sources=sources,
         )
@@ -690,22 +695,46 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
 
 def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
-    """The bootstrap chains (``a>b>c``) of one seed: each model supervises the next on half B."""
+    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: half B is cut into
+    one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
+    that the model before it predicted for rows *it* never trained on (the supervisor never saw
+    half B at all). A rung that labelled its own training rows would mostly hand its supervisor's
+    labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
+    the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
     rows = []
     for chain in sr.config.bootstrap:
         models_in_chain = tuple(chain.split(">"))
-        first = sr.weak(models_in_chain[0])
+        first, last = sr.weak(models_in_chain[0]), models_in_chain[-1]
+        parts = chain_parts(sr.student_half, len(models_in_chain) - 1, sr.seed)
         for loss in sr.config.losses:
             current = first
             for depth, student in enumerate(models_in_chain[1:], start=1):
                 key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
-                current = sr.supervised(key, student, current, loss)
-            last = models_in_chain[-1]
+                current = sr.supervised(key, student, current, loss, part=parts[depth - 1])
+            direct_key = stages.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
+                                             variant=f"part{len(parts)}of{len(parts)}")
+            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1])
             ceiling = ceilings.get(last) or sr.ceiling(last)
             row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
-            row["chain"] = chain
+            if sr.runner.planning:
+                continue
+            direct_row = sr.row(models_in_chain[0], last, loss, first, direct, ceiling)
+            row.update(chain=chain, n_trained=int(len(parts[-1])), direct_w2s_acc=direct_row["w2s_acc"],
+                       direct_pgr=direct_row["pgr"], direct_stage=direct.key.checkpoint_name if direct.key else None)
             rows.append(row)
     return rows
+
+
+def chain_parts(half: dict, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` disjoint parts of half B, as sorted positions into it, of (nearly) equal size, drawn
+    by a stream of their own (``seed``); a multiple-choice question's rows stay in one part."""
+    groups = half.get("group")
+    ids = np.arange(len(half["label"])) if groups is None else np.asarray(groups)
+    unique = np.unique(ids)
+    order = np.random.default_rng([seed, 0xB0075]).permutation(unique)
+    if len(order) < n:
+        raise ConfigError(f"bootstrap: half B has {len(order)} examples, fewer than the chain's {n} rungs")
+    return [np.flatnonzero(np.isin(ids, share)) for share in np.array_split(order, n)]
 
 
 def plan_then_train(runner: Runner, out: pathlib.Path) -> Iterator[Runner]:

@@ -36,7 +36,7 @@ from collections import defaultdict
 import numpy as np
 
 from w2sjax import atomic, plots, report
-from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
+from w2sjax.results import finite, interval, mean_pm, number
 from w2sjax.stages import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
@@ -112,28 +112,23 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
 def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
                        n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
     """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
-    strong, loss), from the saved test predictions.
+    strong, loss), from the saved test predictions (:func:`w2sjax.intervals.cell_interval`).
 
-    When every seed was scored on the same test rows, one resample of the test rows is shared
-    by all seeds in a draw (they share one test draw in reality too); otherwise each seed's
-    test rows are resampled on their own.
+    Each cell draws from a stream seeded by its own key (and ``seed``), so adding a cell changes
+    no other cell's interval. When every seed was scored on the same test rows, one resample of
+    the test rows is shared by all seeds in a draw (they share one test draw in reality too);
+    otherwise each seed's test rows are resampled on their own.
     """
+    from w2sjax import intervals
+
     directory = pathlib.Path(directory)
     results = report.load_results(directory) if results is None else results
-    rng = np.random.default_rng(seed)
     out = {}
     for key, by_seed in _correct(directory, results).items():
         seeds = sorted(by_seed)
-        weak, w2s, ceil = (np.stack([by_seed[s][i] for s in seeds]).astype(float) for i in range(3))
-        n_seeds, n_test = weak.shape
+        weak, w2s, ceil = (np.stack([by_seed[s][i] for s in seeds]) for i in range(3))
         shared = all(np.array_equal(by_seed[s][3], by_seed[seeds[0]][3]) for s in seeds)
-        # A resample of the test rows as multinomial counts: accuracy = counts @ correct / n.
-        counts = rng.multinomial(n_test, np.full(n_test, 1 / n_test), size=(n_boot, 1 if shared else n_seeds))
-        counts = np.broadcast_to(counts, (n_boot, n_seeds, n_test))
-        acc = [np.einsum("bst,st->bs", counts, a) / n_test for a in (weak, w2s, ceil)]
-        pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-        wk, ws, cl = (np.take_along_axis(a, pick, 1).mean(1) for a in acc)
-        out[key] = percentile_interval(pgr_values(wk, ws, cl))
+        out[key], _ = intervals.cell_interval(weak, w2s, ceil, key=(*key, seed), n_boot=n_boot, shared_test=shared)
     return out
 
 
