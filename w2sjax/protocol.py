@@ -101,10 +101,11 @@ def resolve_tasks(protocol: Protocol, *, only=()) -> dict:
         if name in rule.get("exclude", {}):
             left_out[name] = f"excluded by the protocol: {rule['exclude'][name]}"
             continue
-        asset = builders.BUILDERS[name].ASSET or name
-        named = set(assets.source_of(asset).split()[1:]) if asset in assets.known_assets() else set()
-        if named and named <= withdrawn:
-            left_out[name] = f"its only source ({', '.join(sorted(named))}) is withdrawn"
+        cls = builders.BUILDERS[name]
+        asset = cls.ASSET or name
+        named = {s.packages[0] for s in assets._SPECS[asset].sources()} if asset in assets.known_assets() else set()
+        if not cls.OFFLINE or (named and named <= withdrawn):
+            left_out[name] = f"every source ({', '.join(sorted(named))}) is withdrawn from its registry"
             continue
         try:
             data.load_task(name)
