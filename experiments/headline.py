@@ -35,11 +35,14 @@ import sys
 
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
-# The offline tasks with the widest weak-ceiling gaps under frozen probes (docs/tasks.md), then
-# the control: hyperbaton, where a bag of bigrams sees the word order the students' mean-pooled
-# features are blind to (docs/tasks.md).
-GAP_TASKS = ("vader_tweets", "multiemo", "vader_movies")
-CONTROL_TASK = "hyperbaton"
+# The sentiment tasks this run was tuned on (picked after their frozen-probe results were seen:
+# experiments/benchmark_protocol.json records it; the pre-registered benchmark, which covers
+# every offline task, is experiments/benchmark.py). multiemo and the hyperbaton control of the
+# published run came from the withdrawn bigbench sdist and cannot be rebuilt on a fresh machine,
+# so the control is now winogrande_dev: each row is a sentence with one candidate filled into its
+# blank, the two rows of a question share every other word, so a bag of words sees almost nothing.
+GAP_TASKS = ("vader_tweets", "vader_movies")
+CONTROL_TASK = "winogrande_dev"
 SUPERVISORS = ("glove-bow", "tfidf")
 # Students finetuned end to end, smallest first. MiniLM-L2 and -L4 are the first 2 and 4 layers of
 # all-MiniLM-L6-v2 (same embeddings and width), so the three MiniLM rungs differ only in depth.
@@ -91,7 +94,7 @@ def parts(quick: bool = False) -> list[Part]:
     if quick:
         return [Part("vader_tweets-minilm", "vader_tweets", ("minilm-l2", "minilm-l6"), ("glove-bow",),
                      bootstrap=(BOOTSTRAP_CHAIN,)),
-                Part("hyperbaton-minilm", CONTROL_TASK, ("minilm-l2",), ("glove-bow",))]
+                Part(f"{CONTROL_TASK}-minilm", CONTROL_TASK, ("minilm-l2",), ("glove-bow",))]
     out = [Part(f"{t}-minilm", t, MINILM_STUDENTS, bootstrap=(BOOTSTRAP_CHAIN,)) for t in GAP_TASKS]
     out.append(Part(f"{CONTROL_TASK}-minilm", CONTROL_TASK, ("minilm-l2", "minilm-l6")))
     # The fourth rung of the size ladder, under the GloVe supervisor only (a stage costs about as

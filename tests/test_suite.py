@@ -60,10 +60,10 @@ def test_tiny_suite_end_to_end(tmp_path):
     mod = runpy.run_path(str(ROOT / "experiments" / "suite.py"))
     sets = ["data.n_train=100", "data.n_val=40", "data.n_test=100", "seeds=0,1", "strong_models=minilm-l1",
             "data.max_len=32", "losses=xent"]
-    argv = ["--out", str(tmp_path), "--tasks", "vader_tweets,social_iqa"] + [a for s in sets for a in ("--set", s)]
+    argv = ["--out", str(tmp_path), "--tasks", "vader_tweets,siqa"] + [a for s in sets for a in ("--set", s)]
     assert mod["main"](argv) == 0
     summary = json.loads((tmp_path / "suite.json").read_text())
-    assert {r["task"] for r in summary["per_task"]} == {"vader_tweets", "social_iqa"}
+    assert {r["task"] for r in summary["per_task"]} == {"vader_tweets", "siqa"}
     assert len(summary["medians"]) == 4  # glove-bow and tfidf supervisors; all tasks and gap >= 0.03
     if any(r["pgr"] is not None for r in summary["per_task"]):  # the figure needs a defined PGR
         assert (tmp_path / "task_spread.png").stat().st_size > 0
