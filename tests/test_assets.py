@@ -37,6 +37,7 @@ SMALL_ASSETS = {
     "dslabs": ["Rdata.rdb", "Rdata.rdx", "copyright"],
     "janeaustenr": ["Rdata.rdb", "Rdata.rdx", "copyright"],
     "wordnet": ["data.noun", "copyright"],
+    "bible_web": ["engWEB2015eb/ot.bzz", "engWEB2015eb/nt.bzv", "engWEB2015eb.conf", "copyright"],
 }
 
 
