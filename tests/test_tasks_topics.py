@@ -235,9 +235,59 @@ def test_wordnet_definitions_by_lexicographer_file(real_cache):
     assert "a wooden pin pushed or driven into a surface" in expected
 
 
+# --- World English Bible verses by division ----------------------------------------------------
+
+def test_bible_genres_verses_by_division(real_cache):
+    from w2sjax.data import bible
+
+    directory = assets.fetch("bible_web", quiet=True)
+    # The module's verse index: one (block, offset, size) record of 10 bytes per verse slot.
+    slots = sum(len((directory / f"engWEB2015eb/{t}.bzv").read_bytes()) // 10 for t in ("ot", "nt"))
+    verses = list(bible.verses(directory / "engWEB2015eb"))
+    assert len(verses) < slots
+    assert not any("<" in t or "strong:" in t or "Glossary" in t for _, _, t in verses)
+    division = {}
+    for name, books in [("law", "Gen Exod Lev Num Deut"),
+                        ("history", "Josh Judg Ruth 1Sam 2Sam 1Kgs 2Kgs 1Chr 2Chr Ezra Neh Esth"),
+                        ("wisdom", "Job Ps Prov Eccl Song"),
+                        ("prophets", "Isa Jer Lam Ezek Dan Hos Joel Amos Obad Jonah Mic Nah Hab Zeph Hag Zech Mal"),
+                        ("gospels", "Matt Mark Luke John"),
+                        ("epistles", "Rom 1Cor 2Cor Gal Eph Phil Col 1Thess 2Thess 1Tim 2Tim Titus Phlm Heb Jas "
+                                     "1Pet 2Pet 1John 2John 3John Jude")]:
+        for book in books.split():
+            division[book] = name
+    counts = collections.Counter(division.get(book) for book, _, _ in verses)
+    # The Protestant canon's verse counts (KJV versification); this module's NRSVA versification
+    # and its omitted verses move a few in wisdom, gospels and epistles.
+    standard = {"law": 5852, "history": 7018, "prophets": 5490, "wisdom": 4785, "gospels": 3779, "epistles": 2767}
+    for name, n in standard.items():
+        assert abs(counts[name] - n) <= 5, (name, counts[name])
+    assert counts["law"] == 5852 and counts["history"] == 7018 and counts["prophets"] == 5490
+    task = _task("bible_genres")
+    assert task.class_names == ("law", "history", "wisdom", "prophets", "gospels", "epistles")
+    classes = list(task.class_names)
+    expected = _consistent([(t, classes.index(division[b])) for b, _, t in verses if b in division])
+    _check(task, expected, min_test=5000)
+    for text, name in [("In the beginning, God created the heavens and the earth.", "law"),
+                       ("Yahweh is my shepherd; I shall lack nothing.", "wisdom"),
+                       ("Jesus wept.", "gospels"),
+                       ("for all have sinned, and fall short of the glory of God;", "epistles")]:
+        assert expected[text] == classes.index(name)
+    # whole chapters are held out
+    side = collections.defaultdict(set)
+    chapter_of = {}
+    for _, chapter, text in verses:
+        chapter_of.setdefault(text, chapter)
+    for part in ("train", "test"):
+        for text in getattr(task, part)["text"]:
+            side[chapter_of[text]].add(part)
+    assert all(len(s) == 1 for s in side.values())
+    assert sum(s == {"test"} for s in side.values()) == round(0.2 * len(side))
+
+
 @pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
 @pytest.mark.parametrize("name", ["vader_nyt", "vader_amazon", "bbc_news", "bbc_headlines", "fortunes",
-                                  "trump_tweets", "austen", "wordnet_nouns"])
+                                  "trump_tweets", "austen", "wordnet_nouns", "bible_genres"])
 def test_cli_run_on_each_task(real_cache, name, tmp_path):
     from w2sjax import cli
 

@@ -39,6 +39,8 @@ Layouts (what each asset directory holds):
 ``janeaustenr``    Rdata.rdb, Rdata.rdx (R lazy-load database: the lines of Jane Austen's six
                    novels) and its copyright file
 ``wordnet``        data.noun (WordNet 3.0 noun synsets with glosses) and its copyright file
+``bible_web``      engWEB2015eb/{ot,nt}.{bzs,bzv,bzz} (the World English Bible as a SWORD
+                   zText module), engWEB2015eb.conf and the copyright file
 ``fashion_mnist``  {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 ``spambase``       spam.rda
 ``digits``         digits.csv.gz (64 pixels in 0..16, then the label)
@@ -628,6 +630,33 @@ _SPECS: dict[str, _Spec] = {
             sha256={
                 "data.noun": "fea17d2f9656611334eac790e5d69e47645fa180c4aa481fb4cd9b3520754ca2",
                 "copyright": "f461bac9a5a1810c4fe1e3cec0a980f79406e3a8c1c147f3874979fb00e2cc0e",
+            },
+        ),
+        _Spec(
+            name="bible_web",
+            source="apt",
+            packages=("sword-text-web=426.0-1",),
+            members={
+                **{f"engWEB2015eb/{t}.{x}": f"usr/share/sword/modules/texts/ztext/engWEB2015eb/{t}.{x}"
+                   for t in ("ot", "nt") for x in ("bzs", "bzv", "bzz")},
+                "engWEB2015eb.conf": "usr/share/sword/mods.d/engWEB2015eb.conf",
+                "copyright": "usr/share/doc/sword-text-web/copyright",
+            },
+            required=(
+                *(f"engWEB2015eb/{t}.{x}" for t in ("ot", "nt") for x in ("bzs", "bzv", "bzz")),
+                "engWEB2015eb.conf",
+                "copyright",
+            ),
+            size_mb=4,
+            sha256={
+                "engWEB2015eb/nt.bzs": "bec87a360bbc6bfbcd7de513edf928ceebb428dd2baff813aebf521bb0c6cc83",
+                "engWEB2015eb/nt.bzv": "bb7a522d8323ccd7be462fca4dcd53c06d966c140fe260a6295e05393d259338",
+                "engWEB2015eb/nt.bzz": "5429389d9331b7a86901a73afa74f32d089cae3d5bd8dfe304b11808714a69ba",
+                "engWEB2015eb/ot.bzs": "2c16645bb829c05b20f39769e1fa23212743335143833a819f29e412c6def8ce",
+                "engWEB2015eb/ot.bzv": "dbd3b762b7159c5dd4b535f75b6ab643fb62ae44f4655aff3c5098a955a1ae57",
+                "engWEB2015eb/ot.bzz": "4633066d3872f1a3e600d2d10e667a13cd6c32bf116ca971d3c8f288bc3ea453",
+                "engWEB2015eb.conf": "cee96a54c0240a73f6328163d454285f2947bc23449106db6c08a952e28fdcd6",
+                "copyright": "82147ad33c17e70f9e315f11e92a261fcf3b8e1bf2c75a5cd84ef5f52e5241a2",
             },
         ),
     ]

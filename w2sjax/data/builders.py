@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 
 from w2sjax import assets, atomic, hashes
 from w2sjax.data import (
-    austen, bbc, bigbench, conventions, dslabs, fortunes, olmo_eval, openai_evals, sources, vader, wordnet,
+    austen, bbc, bible, bigbench, conventions, dslabs, fortunes, olmo_eval, openai_evals, sources, vader, wordnet,
 )
 from w2sjax.data.task import Split, Task
 
@@ -611,6 +611,21 @@ class Conventions(_SourceBuilder, skip_registration=True):
     source_reader = staticmethod(conventions.party_paragraphs)
 
 
+class BibleGenres(_SourceBuilder, skip_registration=True):
+    name = "w2sjax_bible_genres"
+    TASK, ASSET, KIND, CLASS_NAMES = "bible_genres", "bible_web", "text", bible.CLASSES
+    DESCRIPTION = (
+        "Verses of the World English Bible (Debian sword-text-web=426.0-1, SWORD module "
+        "engWEB2015eb) -> division: law, history, wisdom, prophets, gospels or epistles (Acts, "
+        "Revelation and the deuterocanon left out); footnotes and titles removed; 20% of the "
+        "chapters held out by hash."
+    )
+    HOMEPAGE = "https://ebible.org/web/"
+    LICENSE = "public domain (World English Bible); SWORD packaging GPL-2+"
+    CITATION = "World English Bible, 2020 stable text edition (eBible.org), SWORD module engWEB2015eb 426.0."
+    source_reader = staticmethod(bible.genres)
+
+
 BUILDERS: dict[str, type[_SourceBuilder]] = {
     b.TASK: b
     for b in (
@@ -619,6 +634,7 @@ BUILDERS: dict[str, type[_SourceBuilder]] = {
         VaderNyt, VaderAmazon, BbcNews, BbcHeadlines, Fortunes, TrumpTweets, Austen, WordnetNouns,
         Siqa, PiqaDev, CommonsenseQa, Sciq, WinograndeDev, HellaswagDev, Boolq,
         Sarcasm, Quartz, Corr2Cause, Conventions,
+        BibleGenres,
     )
 }
 
