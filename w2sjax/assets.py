@@ -754,12 +754,17 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
         record = json.loads((dest / _MARKER).read_text())
     except (OSError, ValueError):
         record = None
-    if record is not None and record.get("packages") not in [list(s.packages) for s in spec.sources()]:
-        # Fetched by a release that pinned other packages: replace it (under the lock).
+    files = record.get("files", {}) if record else {}
+    fetched_intact = record is not None and all(_has_size(dest / f, size) for f, size in files.items())
+    if record is not None and (
+        record.get("packages") not in [list(s.packages) for s in spec.sources()]
+        # Fetched intact by a release that kept fewer of the package's files than this one pins.
+        or (fetched_intact and not set(spec.required) | set(spec.sha256) <= set(files))
+    ):
+        # Made under other pins: replace it (under the lock).
         if locked:
             shutil.rmtree(dest)
         return False
-    files = record.get("files", {}) if record else {}
     missing = [f for f in spec.required if f not in files]
     missing += [f for f, size in files.items() if not _has_size(dest / f, size)]
     if record is None or missing:
