@@ -70,13 +70,9 @@ def _figures(tmp_path) -> dict:
     """name -> figure, for every figure builder the commands and experiments call."""
     results = _results()
     _metrics(tmp_path)
-    summary = report.summarize(results)
-    figs = {
-        "pgr_heatmap": plots.pgr_heatmap(summary),
-        "accuracy_bars": plots.accuracy_bars(summary),
-        "training_curves": plots.training_curves(plots.read_metrics(tmp_path / "metrics.jsonl")),
-        "gain_vs_misfit": plots.gain_vs_misfit(results["runs"]),
-    }
+    # What `w2sjax run` and `w2sjax report` write (report.write_plots -> plots.write_all).
+    figs = {name.removesuffix(".png"): fig
+            for name, fig in plots.figures(results, report.summarize(results), tmp_path)}
     ladder = {**results, "runs": [r for r in results["runs"] if not r.get("chain")]}
     order = plots_ladder.ladder_order(ladder)
     sizes = {SMALL: 20_000_000, WEAK: 110_000_000, "minilm-l6": 22_713_216, STRONG: 1_300_000_000}

@@ -37,21 +37,26 @@ _STAGE_TITLES = {
 _DPI = 120
 
 
-def write_all(results: dict, summary: list[dict], directory: str | os.PathLike) -> list[pathlib.Path]:
-    """Write every figure that has data into ``directory``; returns the paths written, in order."""
+def figures(results: dict, summary: list[dict], directory: str | os.PathLike):
+    """``(file name, figure)`` for every standard figure that has data, in order, built one at a
+    time (a figure is drawn and dropped before the next is built)."""
     directory = pathlib.Path(directory)
-    figures = [
+    builders = [
         ("pgr_heatmap.png", lambda: pgr_heatmap(summary)),
         ("accuracy_bars.png", lambda: accuracy_bars(summary)),
         ("training_curves.png", lambda: training_curves(read_metrics(directory / "metrics.jsonl"))),
         ("gain_vs_misfit.png", lambda: gain_vs_misfit(results.get("runs", []))),
     ]
-    written = []
-    for name, build in figures:
+    for name, build in builders:
         fig = build()
         if fig is not None:
-            written.append(_save_atomic(fig, directory / name))
-    return written
+            yield name, fig
+
+
+def write_all(results: dict, summary: list[dict], directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Write every figure that has data into ``directory``; returns the paths written, in order."""
+    directory = pathlib.Path(directory)
+    return [_save_atomic(fig, directory / name) for name, fig in figures(results, summary, directory)]
 
 
 # ---- helpers --------------------------------------------------------------------------------
