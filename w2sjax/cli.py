@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
-    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'})")
+    board = out / "tensorboard"
+    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
+          + (f"; TensorBoard: {board}" if board.is_dir() else "") + ")")
     from w2sjax import parallel
 
     if not parallel.is_main_process():  # process 0 alone writes into the run directory

@@ -396,7 +396,9 @@ def training_curves(records: list[dict]):
     stages = sorted({*loss, *val})
     split = {s: _split_stage(s) for s in stages}
     rank = lambda k: (_STAGE_ORDER.index(k) if k in _STAGE_ORDER else len(_STAGE_ORDER), k)
-    panels = sorted({(kind, lo) for kind, _, lo in split.values()}, key=lambda p: (rank(p[0]), p[1]))
+    # Losses in the order they first trained (the config's order), not alphabetically.
+    loss_order = _ordered(split[r["stage"]][2] for r in records if r["stage"] in split)
+    panels = sorted({(kind, lo) for kind, _, lo in split.values()}, key=lambda p: (rank(p[0]), loss_order.index(p[1])))
     labels = model_labels(m for _, models, _ in split.values() for m in models)
     line_of = {s: " → ".join(model_label(m, labels) for m in models) or kind for s, (kind, models, _) in split.items()}
     rows = [(name, data) for name, data in (("training loss", loss), ("validation accuracy", val)) if data]
