@@ -138,6 +138,16 @@ def text_inches(text: str, fontsize: float) -> float:
     return max((len(line) for line in str(text).split("\n")), default=0) * fontsize * 0.6 / 72
 
 
+def fit_label(text: str, width_in: float, fontsize: float) -> str:
+    """A tick label broken after hyphens (or anywhere, if it must) so that no line is wider than
+    ``width_in`` inches: long model names stack instead of running into their neighbours."""
+    import textwrap
+
+    chars = max(6, int(width_in * 72 / (fontsize * 0.6)))
+    return "\n".join(out for line in str(text).split("\n")
+                     for out in (textwrap.wrap(line, chars, break_on_hyphens=True) or [""]))
+
+
 def wrap(text: str, width_in: float, fontsize: float) -> str:
     """``text`` broken into lines no wider than ``width_in`` inches; paths break anywhere."""
     import textwrap
@@ -188,14 +198,15 @@ def pgr_heatmap(summary: list[dict]):
     n_panels = len(tasks) * len(losses)
     ncols = min(len(losses), 3) if len(tasks) == 1 else len(losses)
     nrows = math.ceil(n_panels / ncols)
-    # Cells are wide enough for their column's label (and the "undefined" note); the row labels
-    # take what their longest name needs.
-    cell_w = max(1.25, max(text_inches(labels[s], 9) for s in strong) + 0.15)
-    cell_h = 0.85
+    # Column labels wider than a cell are slanted rather than widening every cell; the row
+    # labels take what their longest name needs.
+    cell_w, cell_h = 1.25, 0.85
+    x_ticks = [fit_label(labels[s], cell_w - 0.15, 9) for s in strong]
+    tick_lines = max(t.count("\n") + 1 for t in x_ticks)
     y_labels = max(text_inches(labels[w], 9) for w in weak)
     width = max(5.5, ncols * (1.0 + y_labels + cell_w * len(strong)) + 1.2)
     note_lines = name_note(labels).count("\n") + 1 if name_note(labels) else 0
-    height = max(3.0, nrows * (1.6 + cell_h * len(weak)) + 0.6 + 0.15 * note_lines)
+    height = max(3.0, nrows * (1.6 + 0.15 * (tick_lines - 1) + cell_h * len(weak)) + 0.6 + 0.15 * note_lines)
     fig = _figure(width, height)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     image, any_ci = None, False
@@ -227,7 +238,7 @@ def pgr_heatmap(summary: list[dict]):
                     any_ci = True
                 dark = abs(norm(v) - 0.5) > 0.3  # white text on saturated cells
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
-        ax.set_xticks(range(len(strong)), [labels[s] for s in strong])
+        ax.set_xticks(range(len(strong)), x_ticks)
         ax.set_yticks(range(len(weak)), [labels[w] for w in weak])
         ax.set_xlabel("strong model (student)")
         if ax.get_subplotspec().is_first_col():
@@ -257,7 +268,8 @@ def accuracy_bars(summary: list[dict]):
     panels = _ordered((r["task"], r["loss"]) for r in rows)
     labels = model_labels([r.get("chain") or r["weak_model"] for r in rows] + [r["strong_model"] for r in rows])
     pairs = _ordered(_pair_label(r, labels) for r in rows)
-    ticks = [p.replace(" → ", "\n→ ") for p in pairs]
+    slot = 1.1  # inches per pair; longer names are broken over lines, not allowed to widen it
+    ticks = [fit_label(p.replace(" → ", "\n→ "), slot - 0.2, 8) for p in pairs]
     kinds = [("weak_acc", "weak supervisor", "#9e9e9e"), ("w2s_acc", "weak-to-strong", "#1f77b4"),
              ("ceiling_acc", "strong ceiling", "#2ca02c")]
 
@@ -269,11 +281,11 @@ def accuracy_bars(summary: list[dict]):
 
     ncols = 1 if len(pairs) > 4 else min(len(panels), 3)  # many pairs: stack panels, don't widen
     nrows = math.ceil(len(panels) / ncols)
-    slot = max(1.1, max(text_inches(t, 8) for t in ticks) + 0.2)  # tick labels must not touch
     width = max(5.0, ncols * (1.2 + slot * len(pairs)) + 0.5) + 1.6  # the legend, on the right
     note = name_note(labels)
     tick_lines = max(t.count("\n") + 1 for t in ticks)
-    fig = _figure(width, 3.4 * nrows + 0.6 + 0.15 * (tick_lines - 2) * nrows + (0.15 * (note.count("\n") + 1) if note else 0))
+    note_h = 0.15 * (note.count("\n") + 1) if note else 0.0
+    fig = _figure(width, (3.4 + 0.15 * (tick_lines - 2)) * nrows + 0.6 + note_h)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel())
     bar_w = 0.8 / len(kinds)
     annotate = len(pairs) * len(kinds) <= 9
@@ -400,7 +412,8 @@ def training_curves(records: list[dict]):
     loss_order = _ordered(split[r["stage"]][2] for r in records if r["stage"] in split)
     panels = sorted({(kind, lo) for kind, _, lo in split.values()}, key=lambda p: (rank(p[0]), loss_order.index(p[1])))
     labels = model_labels(m for _, models, _ in split.values() for m in models)
-    line_of = {s: " → ".join(model_label(m, labels) for m in models) or kind for s, (kind, models, _) in split.items()}
+    line_of = {s: " → ".join(model_label(m, labels) for m in models) or kind
+               for s, (kind, models, _) in split.items()}
     rows = [(name, data) for name, data in (("training loss", loss), ("validation accuracy", val)) if data]
 
     # Lines of one panel: one colour per label (seeds of a label share it). A sweep has too many
@@ -416,7 +429,10 @@ def training_curves(records: list[dict]):
     ncols = min(len(panels), 4)
     nblocks = math.ceil(len(panels) / ncols)
     legend_h = 0.2 * n_labels + 0.3
-    note = name_note(labels)
+    # The note names the models whose short names are drawn (not those folded into "all pairs").
+    named = {link for panel in lines.values() for s, label in panel.items() if label != "all pairs"
+             for m in split[s][1] for link in m.split(">")}
+    note = name_note(labels, named)
     fig = _figure(max(5.0, 4.2 * ncols + 0.4),
                   nblocks * (2.8 * len(rows) + legend_h) + 0.9 + (0.15 * (note.count("\n") + 1) if note else 0))
     axes = fig.subplots(nblocks * len(rows), ncols, squeeze=False)
@@ -471,7 +487,7 @@ def training_curves(records: list[dict]):
             axes[block * len(rows) + r, c].set_visible(False)
     note_text = "; bold = smoothed (EMA), faint = as logged" if smoothed else ""
     suptitle(fig, f"Training curves from metrics.jsonl (one line per stage and seed{note_text})", fontsize=11)
-    footnote(fig, labels)
+    footnote(fig, labels, named)
     return fig
 
 
