@@ -77,6 +77,7 @@ def test_report_writes_one_self_contained_page(tmp_path):
     results = _results()
     (tmp_path / "results.json").write_text(json.dumps(results))
     (tmp_path / "notes.md").write_text("Tried <b>lr 1e-4</b> first.\n")
+    (tmp_path / ".gain.png.w2sjax-tmp.1.ab12cd34.png").write_bytes(b"half a PNG")  # another writer's temporary file
     proc = _cli("report", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {tmp_path / 'report.html'}" in proc.stdout
@@ -100,7 +101,7 @@ def test_report_writes_one_self_contained_page(tmp_path):
             assert row[8] == "undefined"
 
     # Every figure `report` wrote is embedded, decodes to a PNG, and nothing is fetched from elsewhere.
-    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    written = sorted(p.name for p in tmp_path.glob("*.png") if not p.name.startswith("."))
     assert len(page.images) == len(written) >= 3
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -125,4 +126,4 @@ def test_page_without_figures_still_has_table_and_config(tmp_path):
     page.feed(text)
     assert len(page.rows) == 1 + len(GROUPS) and page.images == []
     assert json.loads(page.pre["config"]) == results["config"]
-    assert not [p for p in pathlib.Path(tmp_path).iterdir() if ".tmp" in p.name]
+    assert [p.name for p in pathlib.Path(tmp_path).iterdir()] == ["report.html"]  # no temporary file left

@@ -36,7 +36,8 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 def figures_in(directory: pathlib.Path) -> list[pathlib.Path]:
     """The PNG figures in ``directory``: the standard ones first, then the rest by name."""
-    pngs = sorted(p for p in directory.glob("*.png") if p.is_file() and ".tmp" not in p.name)
+    # Hidden files are left out: a figure being written is a hidden temporary file (w2sjax.atomic).
+    pngs = sorted(p for p in directory.glob("*.png") if p.is_file() and not p.name.startswith("."))
     rank = {name: i for i, name in enumerate(_FIRST)}
     return sorted(pngs, key=lambda p: (rank.get(p.name, len(rank)), p.name))
 
