@@ -198,7 +198,7 @@ def pgr_heatmap(summary: list[dict]):
     n_panels = len(tasks) * len(losses)
     ncols = min(len(losses), 3) if len(tasks) == 1 else len(losses)
     nrows = math.ceil(n_panels / ncols)
-    # Column labels wider than a cell are slanted rather than widening every cell; the row
+    # Column labels wider than a cell break over lines rather than widening every cell; the row
     # labels take what their longest name needs.
     cell_w, cell_h = 1.25, 0.85
     x_ticks = [fit_label(labels[s], cell_w - 0.15, 9) for s in strong]
