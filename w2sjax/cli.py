@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--no-figures", action="store_true", help="write no figures (`w2sjax report DIR` makes them later)")
-    report = sub.add_parser("report", help="print the results table and write plots")
+    report = sub.add_parser("report", help="print the results table, write plots and report.html")
     report.add_argument("dir", help="an experiment output directory holding results.json")
     sub.add_parser("list", help="list the tasks, models, losses and methods")
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
     print(report.format_table(results))
-    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'})")
+    board = out / "tensorboard"
+    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
+          + (f"; TensorBoard: {board}" if board.is_dir() else "") + ")")
     if "compile" in results:
         from w2sjax import compile_stats
 
@@ -230,6 +232,7 @@ def _report(directory: pathlib.Path) -> int:
         print(report.format_table(results))
         for path in report.write_plots(results, directory):
             print(f"wrote {path}")
+        print(f"wrote {report.write_html(results, directory)} (the table, figures, config and notes in one page)")
     except ValueError as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a read-only directory: the table printed, the plots could not be written

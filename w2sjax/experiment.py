@@ -39,7 +39,8 @@ import numpy as np
 from flax import nnx
 
 from w2sjax import (
-    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages, train,
+    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages,
+    tensorboard_log, train,
 )
 from w2sjax.config import Config, ConfigError, to_dict
 
@@ -47,15 +48,19 @@ from w2sjax.config import Config, ConfigError, to_dict
 # ---- small I/O helpers ----------------------------------------------------------------------
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only), and the same numbers
+    to TensorBoard event files beside it when tensorboardX is installed (`w2sjax.tensorboard_log`)."""
 
     def __init__(self, path: pathlib.Path | None):
         self.path = path if parallel.is_main_process() else None
+        self.tensorboard = tensorboard_log.TensorBoardLog(None if self.path is None else self.path.parent)
 
     def __call__(self, record: dict) -> None:
         if self.path is not None:
+            record = {"time": round(time.time(), 3), **record}
             with self.path.open("a") as f:
-                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            self.tensorboard(record)
 
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
@@ -789,6 +794,7 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
         if kept is not None:
             print(f"kept the previous results (other settings) as {kept}", flush=True)
         atomic.write_json(out / "results.json", payload)
+        tensorboard_log.flush_all()
     rundir.release(out)
     return payload
 

@@ -202,7 +202,7 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
 
 
 def _seeds(seeds: list[int]) -> str:
-    return f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    return plots.seeds_text(seeds)
 
 
 def _pm(r: dict, key: str) -> str:
@@ -254,7 +254,12 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
     supervisors = [m for m in order if any(r["weak_model"] == m for r in rows)]
     x_of = {m: i for i, m in enumerate(students)}
     colours = matplotlib.colormaps["viridis"](np.linspace(0.1, 0.85, max(len(supervisors), 2)))
-    fig = plots._figure(11.0, 4.0 * len(panels) + 0.8)
+    labels = plots.model_labels(students + supervisors)
+    name = lambda m: plots.model_label(m, labels)
+    note = plots.name_note(labels)
+    slot = max(plots.text_inches(name(s), 8) for s in students) + 0.15
+    fig = plots._figure(max(11.0, 2 * slot * len(students) + 3.0),
+                        4.0 * len(panels) + 0.8 + (0.15 * (note.count("\n") + 1) if note else 0))
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for (ax_acc, ax_pgr), (task, loss) in zip(axes, panels):
         sel = [r for r in rows if r["task"] == task and r["loss"] == loss]
@@ -281,18 +286,18 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
             ax_acc.axhline(weak_acc, color=colour, ls="--", lw=1)
             ax_acc.errorbar(px, [r["w2s_acc"] for r in up], yerr=[r["w2s_acc_ci95"] for r in up],
                             color=colour, marker="o", capsize=3,
-                            label=f"{w} supervises (dashed: {w} itself)")
+                            label=f"{name(w)} supervises (dashed: {name(w)} itself)")
             pgr = np.array([r["pgr"] if finite(r["pgr"]) else np.nan for r in up])
             ivs = [_interval(r, test_ci) for r in up]
             lo = np.array([a if finite(a) else np.nan for a, _ in ivs])
             hi = np.array([b if finite(b) else np.nan for _, b in ivs])
             err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
             ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
-                            marker="o", capsize=3, label=f"supervisor {w}")
+                            marker="o", capsize=3, label=f"supervisor {name(w)}")
             # An undefined PGR (ceiling not above the supervisor) is a result too: mark it.
             for x in px[~np.isfinite(pgr)]:
                 ax_pgr.plot([x], [0], marker="x", color=colour, ms=8, ls="none")
-        ticks = [f"{s}\n{_size(sizes.get(s))}" for s in students]
+        ticks = [f"{name(s)}\n{_size(sizes.get(s))}" for s in students]
         for ax in (ax_acc, ax_pgr):
             ax.set_xticks(range(len(students)), ticks, fontsize=8)
             ax.set_xlim(-0.5, len(students) - 0.5)
@@ -309,8 +314,9 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
         ax_acc.legend(fontsize=7, loc="lower right")
         ax_pgr.legend(fontsize=7, loc="best")
     n_seeds = sorted({r["seeds"] for r in rows})
-    fig.suptitle("Weak-to-strong along a ladder of students (only students above their "
-                 f"supervisor; {_seeds(n_seeds)}; accuracy bars: 95% t-interval)", fontsize=10)
+    plots.suptitle(fig, "Weak-to-strong along a ladder of students (only students above their "
+                        f"supervisor; {_seeds(n_seeds)}; accuracy bars: 95% t-interval)")
+    plots.footnote(fig, labels)
     return fig
 
 

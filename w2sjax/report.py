@@ -82,8 +82,9 @@ def summarize(results: dict) -> list[dict]:
     return summary
 
 
-def format_table(results: dict) -> str:
-    """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
+def table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The results table as ``(header, rows of cells)``: accuracies as mean ± std over seeds,
+    PGR of the means with its interval. The text table and the HTML page both print it."""
     rows = summarize(results)
     header = ["task", "weak", "strong", "loss", "seeds", "weak acc", "w2s acc", "ceiling acc", "PGR [95% CI]"]
     with_variant = any(r.get("variant") for r in rows)
@@ -100,6 +101,12 @@ def format_table(results: dict) -> str:
         ])
         if with_variant:
             lines[-1].insert(4, r.get("variant") or "-")
+    return header, lines
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
+    header, lines = table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
@@ -110,3 +117,10 @@ def write_plots(results: dict, directory: str | pathlib.Path) -> list[pathlib.Pa
     from w2sjax import plots
 
     return plots.write_all(results, summarize(results), pathlib.Path(directory))
+
+
+def write_html(results: dict, directory: str | pathlib.Path) -> pathlib.Path:
+    """Write ``DIR/report.html``: one self-contained page of the table, figures, config and notes."""
+    from w2sjax import report_html
+
+    return report_html.write(results, pathlib.Path(directory))
