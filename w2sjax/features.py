@@ -84,6 +84,13 @@ def check_chunk(z) -> None:
         raise ValueError(f"{int((~np.isfinite(values)).sum())} NaN or infinite values")
 
 
+def read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a chunk, each member read (and its zip CRC checked) once. The file is opened
+    here, so a damaged zip does not leave it open (np.load hands its file to the zip reader first)."""
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def _bf16_bits_as_float(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) as float32, exactly: bf16 is the top half of float32."""
     return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
@@ -111,8 +118,7 @@ class _Store:
         so its examples are computed again."""
         for path in self.chunks():
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in z.files}  # each member read (and CRC-checked) once
+                arrays = read_chunk(path)
                 check_chunk(arrays)
                 value = read(arrays)
             except FileNotFoundError:
