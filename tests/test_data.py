@@ -497,3 +497,21 @@ def test_a_run_on_mixed_1_and_1_0_labels_is_a_2_class_task_and_prints_its_classe
     # Read as 4 classes ('0', '0.0', '1', '1.0'), every other row would be a class of its own, and
     # the ceiling could not tell them apart (about 0.5).
     assert results["runs"][0]["ceiling_acc"] > 0.9
+
+
+@pytest.mark.parametrize("name", ["dataset_info.json", "features.json"])
+def test_a_truncated_tfds_metadata_file_is_rebuilt_with_one_line_naming_it(tmp_path, monkeypatch, capfd, name):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    first = load_task("spambase", data_dir=tmp_path)
+    info = tmp_path / "w2sjax_spambase" / "1.0.0" / name
+    info.write_bytes(info.read_bytes()[:150])
+    capfd.readouterr()
+    again = load_task("spambase", data_dir=tmp_path)
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("w2sjax: warning: ")]
+    assert len(warnings) == 1 and str(info) in warnings[0] and "rebuilding" in warnings[0], err
+    assert "Traceback" not in err
+    for part in ("train", "test"):
+        for k in ("x", "label"):
+            np.testing.assert_array_equal(getattr(again, part)[k], getattr(first, part)[k])
+    json.loads(info.read_text())  # rebuilt whole

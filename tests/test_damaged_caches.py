@@ -1,6 +1,6 @@
-"""Bit rot cannot poison the caches: assets are re-hashed from their bytes before anything is
-computed from them, damaged cache chunks (NaN included) are dropped when read, and ``w2sjax verify``
-checks and repairs a whole cache.
+"""Damage cannot poison the caches: assets are re-hashed from their bytes before anything is
+computed from them (bit rot), damaged cache chunks (NaN included) are dropped when read, damaged
+XLA compile-cache entries are dropped once, and ``w2sjax verify`` checks and repairs a whole cache.
 
 Bit rot changes a file's bytes but not its size, times or inode, so the remembered hash
 (`w2sjax.hashes`) still describes the file. The tests flip a bit in a private copy of a real
@@ -210,3 +210,40 @@ def test_a_stale_record_of_a_users_own_weights_discards_what_was_cached_from_the
     else:
         assert assets.fetch("glove-6b-50d") == mine
         assert derived.exists()
+
+
+_JIT_TWICE = """
+import sys
+from w2sjax import xla_flags
+xla_flags.enable_compilation_cache(sys.argv[1])
+import jax, jax.numpy as jnp
+print(jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.ones(3)))
+print(jax.jit(lambda x: jnp.cos(x) @ x)(jnp.ones((3, 3))))
+"""
+
+
+def test_damaged_xla_compile_cache_entries_are_dropped_once_with_one_line(tmp_path):
+    xla = tmp_path / "xla"
+
+    def jit():
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        proc = subprocess.run([sys.executable, "-c", _JIT_TWICE, str(xla)], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    intact = jit().stdout
+    entries = sorted(xla.glob("*-cache"))
+    assert len(entries) >= 2
+    for p in entries:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])  # torn writes
+    damaged = jit()
+    assert damaged.stdout == intact
+    assert damaged.stderr.strip().splitlines() == [
+        f"w2sjax: warning: the XLA compile cache {xla} had damaged entries; dropped {len(entries)}, their programs "
+        "are compiled again"]
+    from w2sjax import xla_flags
+
+    assert sorted(xla.glob("*-cache")) == entries and xla_flags.drop_damaged_entries(xla) == []  # stored whole again
+    assert jit().stderr == ""  # and the next run is quiet
