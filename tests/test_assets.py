@@ -232,3 +232,19 @@ def test_mpnet(real_cache):
         header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
     assert any(k.startswith("encoder.layer.11.") for k in header)
     assert not list(path.rglob("desktop.ini"))
+
+
+def test_a_full_cache_disk_during_a_fetch_names_the_cache(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    def disk_full(*args, **kwargs):  # every copy into the cache hits a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    with pytest.raises(assets.AssetError) as info:
+        assets.fetch("mnist5k", cache_dir=tmp_path / "cache", quiet=True)
+    message = str(info.value)
+    assert f"the asset cache {tmp_path / 'cache'} is full (No space left on device" in message
+    assert "W2SJAX_CACHE" in message and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".mnist5k.lock"]  # nothing half-written

