@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
@@ -487,10 +488,23 @@ def fetch(
     with file_lock(root / f".{name}.lock"):
         if _check_cache(spec, dest, locked=True):  # another process finished it meanwhile
             return dest
-        for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed fetch
+        _remove_abandoned(root, name)
         _download_into(spec, dest, quiet=quiet)
     return dest
+
+
+def _remove_abandoned(root: pathlib.Path, name: str) -> None:
+    """Remove the work folders of killed fetches of ``name``: this host's (we hold the lock, so no
+    fetch here is running), and another host's only when a day old (the lock may not reach
+    across hosts on shared storage, so one could be running there)."""
+    mine = f"-{atomic.host()}-"
+    for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
+        try:
+            old = time.time() - stale.stat().st_mtime > atomic.STALE_AFTER
+        except FileNotFoundError:
+            continue
+        if stale.name.split(name, 1)[1].startswith(mine) or old:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
@@ -626,8 +640,8 @@ def _fetch_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     root = dest.parent
     # Written beside the final directory and renamed into place only when
     # complete, so a killed fetch never leaves something that looks valid.
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".work-{spec.name}-", dir=root))
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{spec.name}-", dir=root))
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".work-{spec.name}-{atomic.host()}-", dir=root))
+    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{spec.name}-{atomic.host()}-", dir=root))
     partial.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
     try:
         _say(quiet, f"fetching asset {spec.name!r} (~{spec.size_mb} MB): {spec.command()}")
