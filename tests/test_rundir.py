@@ -179,3 +179,24 @@ def test_results_are_kept_by_copy_where_hard_links_are_refused(tmp_path, monkeyp
     kept = rundir.write_results(tmp_path, {"config": {"a": 2}, "runs": []})
     assert json.loads(kept.read_text())["config"] == {"a": 1}
     assert json.loads((tmp_path / "results.json").read_text())["config"] == {"a": 2}
+
+
+def test_a_full_disk_after_the_plan_with_a_settings_change_keeps_results_json(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("--out", str(out), *SPAMBASE, "--set", "losses=xent", "--set", "data.n_train=300",
+               "--set", "weak_train.epochs=2", "--set", "train.epochs=2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    before = (out / "results.json").read_text()
+    # Another name: the same stages (all reused), but results from other settings, so the old file
+    # is kept; then the disk is full for anything over 1 KiB (results.json is larger).
+    small_files = ["bash", "-c", "trap '' XFSZ; ulimit -f 1; exec \"$@\"", "bash"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    again = subprocess.run(
+        [*small_files, sys.executable, "-m", "w2sjax.cli", "run", "--no-progress", "--out", str(out), *SPAMBASE,
+         "--set", "losses=xent", "--set", "data.n_train=300", "--set", "weak_train.epochs=2",
+         "--set", "train.epochs=2", "--set", "name=renamed"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "results.json" in one_error_line(
+        "\n".join(line for line in again.stderr.splitlines() if not line.startswith("w2sjax: warning:")))
+    assert (out / "results.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("results", ".results"))) == ["results.json"]
