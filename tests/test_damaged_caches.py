@@ -247,3 +247,21 @@ def test_damaged_xla_compile_cache_entries_are_dropped_once_with_one_line(tmp_pa
 
     assert sorted(xla.glob("*-cache")) == entries and xla_flags.drop_damaged_entries(xla) == []  # stored whole again
     assert jit().stderr == ""  # and the next run is quiet
+
+
+def test_bit_rot_in_an_hf_checkpoint_discards_its_features_and_stops_before_loading(tmp_path, monkeypatch):
+    from w2sjax.models import hf
+
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "bert"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "bert", mine)
+    key_hash = hf.checkpoint_hash(mine)  # remembered, as when a run first keyed its features
+    derived = tmp_path / "cache" / "features" / f"hf-mean-len64-v1-w{key_hash[:16]}" / "task"
+    derived.mkdir(parents=True)
+    hf.load(mine)  # intact: loads
+    rot(mine / "model.safetensors", 5000)
+    monkeypatch.setattr(hashes, "_FRESH", {})  # a later run: the bytes are read again
+    with pytest.raises(assets.AssetError, match=r"model\.safetensors changed on disk .*bit rot"):
+        hf.load(mine)
+    assert not derived.parent.exists()
+    assert hf.checkpoint_hash(mine) != key_hash

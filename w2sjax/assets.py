@@ -543,20 +543,9 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
 def _check_override(spec: _Spec, path: pathlib.Path) -> None:
     """A user's directory has no pins; but if a file's bytes no longer match the hash remembered
     for it (which named the caches built from it), those caches are discarded and the run stops."""
-    files = hashes.data_files(path)
-    fresh, old, changed = {}, {}, []
-    for rel, f in files.items():
-        fresh[rel], stale = hashes.rehash(f)
-        old[rel] = stale or fresh[rel]
-        if stale:
-            changed.append(f)
-    if changed:
-        from w2sjax import verify
+    from w2sjax import verify
 
-        verify.discard_derived(hashes.directory_hash(old), because=f"{changed[0]} changed on disk")
-        raise AssetError(f"{env_var(spec.name)}: {changed[0]} changed on disk while its size and times stayed the "
-                         "same (bit rot?); what was cached from its old content was discarded; check the file and "
-                         "run again")
+    verify.check_unchanged(hashes.data_files(path), owner=env_var(spec.name))
 
 
 def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool, stale: list | None = None) -> list[str]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from w2sjax import assets, features, hashes
 
-__all__ = ["discard_derived", "verify"]
+__all__ = ["check_unchanged", "discard_derived", "verify"]
 
 
 def _cache_roots() -> list[pathlib.Path]:
@@ -64,6 +64,24 @@ def discard_derived(content_hash: str, *, because: str) -> list[pathlib.Path]:
               f"{len(gone)} cache folder(s) computed under the old hash: {', '.join(p.name for p in gone)}",
               file=sys.stderr, flush=True)
     return gone
+
+
+def check_unchanged(files: dict[str, pathlib.Path], *, owner: str) -> None:
+    """Re-hash ``files`` (relative name -> path, one checkpoint or asset directory) from their bytes
+    (once per process). If a file's bytes differ from the hash remembered for its unchanged size and
+    times, the caches keyed by the directory's old hash are discarded and AssetError says so: the
+    next run keys its caches by the new content. ``owner`` names the files in the message."""
+    old, changed = {}, []
+    for rel, path in files.items():
+        digest, stale = hashes.rehash(path)
+        old[rel] = stale or digest
+        if stale:
+            changed.append(path)
+    if changed:
+        discard_derived(hashes.directory_hash(old), because=f"{changed[0]} changed on disk")
+        raise assets.AssetError(
+            f"{owner}: {changed[0]} changed on disk while its size and times stayed the same (bit rot?); what "
+            "was cached from its old content was discarded; check the file and run again")
 
 
 def verify(*, repair: bool = True, say: Callable[[str], None] = print) -> int:
