@@ -552,7 +552,8 @@ def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool, stale: li
     """The files of ``directory`` that are missing or whose content is not the pinned one.
 
     With ``stale`` (a list to fill) each file is hashed from its bytes (`hashes.rehash`), and the
-    files whose remembered hash was out of date are added to it."""
+    files whose remembered hash said "pinned" for bytes that are not are added to it (what was
+    computed from them while the record was trusted is suspect)."""
     bad = []
     for rel, pinned in spec.sha256.items():
         path = directory / rel
@@ -563,7 +564,7 @@ def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool, stale: li
             digest = hashes.file_sha256(path, remember=remember)
         else:
             digest, was = hashes.rehash(path)
-            if was is not None:
+            if was == pinned:
                 stale.append(rel)
         if digest != pinned:
             bad.append(rel)
