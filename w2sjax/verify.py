@@ -145,10 +145,13 @@ def _asset(name: str, repair: bool, say) -> int:
 
 
 def _prepared(prepared: pathlib.Path, repair: bool, say) -> int:
-    recorded = json.loads((prepared / ".w2sjax-sha256.json").read_text())
-    bad = [n for n, sha in recorded.items()
-           if not (prepared / n).is_file() or hashes.file_sha256(prepared / n, fresh=True) != sha]
     shown = prepared.relative_to(prepared.parent.parent.parent)
+    try:
+        recorded = json.loads((prepared / ".w2sjax-sha256.json").read_text())
+        bad = [n for n, sha in recorded.items()
+               if not (prepared / n).is_file() or hashes.file_sha256(prepared / n, fresh=True) != sha]
+    except (OSError, ValueError, AttributeError) as exc:  # the record itself is damaged
+        recorded, bad = {}, [f".w2sjax-sha256.json ({type(exc).__name__})"]
     if not bad:
         say(f"data set {shown}: ok, {len(recorded)} files match the sha256 recorded when it was built")
         return 0
