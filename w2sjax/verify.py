@@ -159,7 +159,8 @@ def _prepared(prepared: pathlib.Path, repair: bool, say) -> int:
     if not repair:
         say(f"data set {shown}: {what}")
         return 1
-    shutil.rmtree(prepared, ignore_errors=True)
+    with assets.file_lock(prepared.parent.parent / f".{prepared.parent.name}.lock"):  # the builders' lock
+        shutil.rmtree(prepared, ignore_errors=True)
     say(f"data set {shown}: {what}; removed, it is rebuilt from its asset on next use")
     return 0
 
