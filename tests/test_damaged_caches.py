@@ -265,3 +265,38 @@ def test_bit_rot_in_an_hf_checkpoint_discards_its_features_and_stops_before_load
         hf.load(mine)
     assert not derived.parent.exists()
     assert hf.checkpoint_hash(mine) != key_hash
+
+
+def test_verify_removes_a_damaged_prepared_data_set_which_is_then_rebuilt(tmp_path, monkeypatch):
+    from w2sjax import data
+
+    cache = private_cache(tmp_path, linked=("spambase",))
+    monkeypatch.setenv("W2SJAX_CACHE", str(cache))
+    first = data.load_task("spambase", data_dir=cache / "tfds")
+    prepared = cache / "tfds" / "w2sjax_spambase" / "1.0.0"
+    [shard] = prepared.glob("w2sjax_spambase-train.array_record-*")
+    rot(shard, shard.stat().st_size // 2)
+    check = cli("verify", "--no-repair", cache=cache)
+    assert check.returncode == 1
+    [line] = [x for x in check.stdout.splitlines() if x.startswith("data set")]
+    assert line == f"data set tfds/w2sjax_spambase/1.0.0: {shard.name} differ from the sha256 recorded when it was built"
+    repair = cli("verify", cache=cache)
+    assert repair.returncode == 0 and not prepared.exists(), repair.stdout
+    again = data.load_task("spambase", data_dir=cache / "tfds")
+    np.testing.assert_array_equal(again.train["x"], first.train["x"])
+
+
+def test_bit_rot_in_a_prepared_data_set_is_seen_by_the_next_load_and_rebuilt(tmp_path, monkeypatch, capfd):
+    from w2sjax import data
+
+    cache = private_cache(tmp_path, linked=("spambase",))
+    monkeypatch.setenv("W2SJAX_CACHE", str(cache))
+    first = data.load_task("spambase", data_dir=cache / "tfds")
+    [shard] = (cache / "tfds" / "w2sjax_spambase" / "1.0.0").glob("w2sjax_spambase-train.array_record-*")
+    rot(shard, shard.stat().st_size // 2)
+    monkeypatch.setattr(hashes, "_FRESH", {})  # a later run: the bytes are read again
+    capfd.readouterr()
+    again = data.load_task("spambase", data_dir=cache / "tfds")
+    [warning] = warnings(capfd.readouterr().err)
+    assert shard.name in warning and "rebuilding" in warning
+    np.testing.assert_array_equal(again.train["x"], first.train["x"])
