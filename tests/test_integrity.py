@@ -196,13 +196,24 @@ def test_failed_write_removes_its_temp_file_and_the_run_says_one_line(reference,
 def test_stale_temp_files_are_removed_by_the_next_run(reference, copy):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [copy / f".results.json.w2sjax-tmp.{dead.pid}.0a1b2c3d.json", copy / f".results.json.tmp{dead.pid}"]
-    live = copy / f".results.json.w2sjax-tmp.{os.getpid()}.0a1b2c3d.json"
-    for p in [*stale, live]:
+    here = atomic.host()
+    stale = [copy / f".results.json.w2sjax-tmp.{dead.pid}@{here}.0a1b2c3d.json"]
+    live = copy / f".results.json.w2sjax-tmp.{os.getpid()}@{here}.0a1b2c3d.json"
+    # Another host's (shared storage), or one named before host names were recorded: its writer's
+    # pid means nothing here, so only its age tells that it was abandoned.
+    elsewhere = [copy / f".results.json.w2sjax-tmp.{dead.pid}@other-host.0a1b2c3d.json",
+                 copy / f".results.json.w2sjax-tmp.{dead.pid}.0a1b2c3d.json", copy / f".results.json.tmp{dead.pid}"]
+    abandoned = [copy / f".results.json.w2sjax-tmp.{os.getpid()}@other-host.1a1b2c3d.json",
+                 copy / f".results.json.tmp{os.getpid()}"]
+    for p in [*stale, live, *elsewhere, *abandoned]:
         p.write_text("")
+    two_days_ago = time.time() - 2 * 86400
+    for p in abandoned:
+        os.utime(p, (two_days_ago, two_days_ago))
     cli(copy, check=True)
-    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in stale + abandoned] == [False] * 3
     assert live.exists()  # a live process's temp file is not touched
+    assert all(p.exists() for p in elsewhere)  # nor a recent one of another host
 
 
 def test_atomic_write_failure_leaves_no_temp_file(tmp_path):

@@ -47,11 +47,13 @@ Layouts (what each asset directory holds):
 ``mnist5k``        mnist_5k.csv.gz (784 pixels in 0..255, then the label)
 =================  ===========================================================
 
-Every file of a fetched asset is checked against the sha256 pinned below, once
-after the fetch and again whenever the file has changed since it was last
-checked (``w2sjax.hashes`` remembers each file's hash with its size and times,
-so an unchanged file is not re-read). A mismatch is an :class:`AssetError`
-naming the file and how to refetch it.
+Every file of a fetched asset is checked against the sha256 pinned below, after
+the fetch and again, from its bytes, by every process that fetches it to compute
+from it (``w2sjax.hashes.rehash``: bit rot keeps a file's size and times, so the
+remembered hash cannot be trusted there). A mismatch is an :class:`AssetError`
+naming the file and how to refetch it (``w2sjax verify`` does it); when the
+remembered hash was stale, what was cached under it is discarded first
+(`w2sjax.verify.discard_derived`).
 
 ``W2SJAX_ASSET_<NAME>`` (upper case, ``-`` -> ``_``) points an asset at a
 directory of your own with the same layout; it is used as is (no pins), and
@@ -62,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -71,6 +74,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
@@ -721,6 +725,7 @@ def fetch(
         missing = [f for f in spec.required if not (path / f).is_file()]
         if missing:
             raise _error(spec, f"{env_var(name)}={path} lacks {', '.join(missing)}")
+        _check_override(spec, path)
         return path
 
     root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
@@ -733,8 +738,7 @@ def fetch(
     with file_lock(root / f".{name}.lock"):
         if _check_cache(spec, dest, locked=True):  # another process finished it meanwhile
             return dest
-        for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed fetch
+        _remove_abandoned(root, name)
         try:
             _download_into(spec, dest, quiet=quiet)
         except AssetError as e:
@@ -744,6 +748,20 @@ def fetch(
 
 
 _FAILED: dict[tuple[str, pathlib.Path], AssetError] = {}
+
+
+def _remove_abandoned(root: pathlib.Path, name: str) -> None:
+    """Remove the work folders of killed fetches of ``name``: this host's (we hold the lock, so no
+    fetch here is running), and another host's only when a day old (the lock may not reach
+    across hosts on shared storage, so one could be running there)."""
+    mine = f"-{atomic.host()}-"
+    for stale in [*root.glob(f".partial-{name}-*"), *root.glob(f".work-{name}-*")]:
+        try:
+            old = time.time() - stale.stat().st_mtime > atomic.STALE_AFTER
+        except FileNotFoundError:
+            continue
+        if stale.name.split(name, 1)[1].startswith(mine) or old:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
@@ -772,19 +790,45 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
             f"missing or damaged {', '.join(sorted(set(missing)))}" if record else f"no {_MARKER}"
         )
         raise _error(spec, f"cache {dest} is incomplete ({what}); delete it to refetch")
-    damaged = _unpinned(spec, dest, remember=True)
+    stale: list[str] = []
+    damaged = _unpinned(spec, dest, remember=True, stale=stale)
+    if stale:  # the remembered hashes said "pinned" for other bytes: caches made meanwhile are suspect
+        from w2sjax import verify
+
+        verify.discard_derived(hashes.directory_hash(spec.sha256), because=f"{dest / stale[0]} changed on disk")
     if damaged:
         raise _error(spec, f"{dest / damaged[0]} is damaged (its sha256 is not the pinned one); "
-                           f"delete {dest} and run again to refetch it")
+                           f"run `w2sjax verify`, or delete {dest} and run again, to refetch it")
     return True
 
 
-def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool) -> list[str]:
-    """The files of ``directory`` that are missing or whose content is not the pinned one."""
+def _check_override(spec: _Spec, path: pathlib.Path) -> None:
+    """A user's directory has no pins; but if a file's bytes no longer match the hash remembered
+    for it (which named the caches built from it), those caches are discarded and the run stops."""
+    from w2sjax import verify
+
+    verify.check_unchanged(hashes.data_files(path), owner=env_var(spec.name))
+
+
+def _unpinned(spec: _Spec, directory: pathlib.Path, *, remember: bool, stale: list | None = None) -> list[str]:
+    """The files of ``directory`` that are missing or whose content is not the pinned one.
+
+    With ``stale`` (a list to fill) each file is hashed from its bytes (`hashes.rehash`), and the
+    files whose remembered hash said "pinned" for bytes that are not are added to it (what was
+    computed from them while the record was trusted is suspect)."""
     bad = []
     for rel, pinned in spec.sha256.items():
         path = directory / rel
-        if not path.is_file() or hashes.file_sha256(path, remember=remember) != pinned:
+        if not path.is_file():
+            bad.append(rel)
+            continue
+        if stale is None:
+            digest = hashes.file_sha256(path, remember=remember)
+        else:
+            digest, was = hashes.rehash(path)
+            if was == pinned:
+                stale.append(rel)
+        if digest != pinned:
             bad.append(rel)
     return bad
 
@@ -837,7 +881,30 @@ def _say(quiet: bool, msg: str) -> None:
         print(f"w2sjax: {msg}", file=sys.stderr, flush=True)
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def _download_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
+    """Fetch into ``dest``; a full disk is an AssetError naming the cache (not the run's --out)."""
+    root = dest.parent
+    full = f"the asset cache {root} is full"
+    hint = "free space there, or point W2SJAX_CACHE at another disk"
+    free = shutil.disk_usage(root).free
+    if free < 2 * spec.size_mb * 1e6:  # the package and the unpacked files side by side
+        raise _error(spec, f"{full}: {free / 2**20:.0f} MiB free, fetching needs ~{2 * spec.size_mb} MB; {hint}")
+    try:
+        _fetch_into(spec, dest, quiet=quiet)
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        raise _error(spec, f"{full} ({e.strerror} writing {e.filename or root}); {hint}") from None
+    except AssetError as e:
+        if "No space left on device" not in str(e):  # said by pip or dpkg-deb
+            raise
+        raise AssetError(f"{full}; {hint} ({e})") from None
+
+
+def _fetch_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     """Fetch ``spec`` from its first source that works; raise one error naming all that failed."""
     failures: list[tuple[_Spec, AssetError]] = []
     for source in spec.sources():
@@ -855,8 +922,8 @@ def _download_from(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
     root = dest.parent
     # Written beside the final directory and renamed into place only when
     # complete, so a killed fetch never leaves something that looks valid.
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".work-{spec.name}-", dir=root))
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{spec.name}-", dir=root))
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".work-{spec.name}-{atomic.host()}-", dir=root))
+    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".partial-{spec.name}-{atomic.host()}-", dir=root))
     partial.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
     try:
         log = log_path(spec.name, root)

@@ -4,6 +4,7 @@
     w2sjax report DIR
     w2sjax list
     w2sjax tasks [NAME ...] [--check]
+    w2sjax verify [--no-repair]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--check", action="store_true",
                        help="build each offline task (default: all of them) from nothing in a scratch cache, "
                             "one line per task; exit 1 if any fails")
+    verify = sub.add_parser(
+        "verify", help="re-hash every fetched asset, prepared data set and cache chunk; repair what is damaged",
+        description="Read every fetched asset, prepared data set and feature/bottom cache chunk from its bytes and "
+                    "print one line for each; refetch a damaged asset, remove a damaged data set (rebuilt on next "
+                    "use) and drop a damaged chunk (recomputed on next use). Exit 1 if damage is left.")
+    verify.add_argument("--no-repair", action="store_true", help="only report")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
         return _check_tasks(args.names) if args.check else _tasks(args.names)
+    if args.command == "verify":
+        from w2sjax import verify
+
+        return 1 if verify.verify(repair=not args.no_repair) else 0
 
     # w2sjax run
     _default_xla_flags()

@@ -453,7 +453,7 @@ def _load_task(config: Config):
 
     try:
         return data.load_task(config.data.task, text_field=config.data.text_field,
-                              label_field=config.data.label_field)
+                              label_field=config.data.label_field, label_map=config.data.label_map)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"data.task: {exc}") from None
 
@@ -509,6 +509,10 @@ def announce_data(config: Config, task) -> None:
              "test": len(splits.test["label"])}
     print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
           flush=True)
+    if task.name.startswith(("csv:", "jsonl:")):  # what the file's labels were read as
+        from w2sjax.data import user
+
+        print(f"data: {task.num_classes} classes in the file (rows per class): {user.class_counts(task)}", flush=True)
     small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
     if small:
         _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
@@ -790,10 +794,9 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     payload = {"config": to_dict(config), "runs": rows, **extra}
     signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
-        kept = rundir.keep_previous_results(out, payload)
+        kept = rundir.write_results(out, payload)
         if kept is not None:
             print(f"kept the previous results (other settings) as {kept}", flush=True)
-        atomic.write_json(out / "results.json", payload)
         tensorboard_log.flush_all()
     rundir.release(out)
     return payload
@@ -870,6 +873,8 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
+        # the accuracy of always answering the test split's most common class
+        majority_acc=round(float(np.bincount(test_labels).max() / max(len(test_labels), 1)), 6),
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},

@@ -88,7 +88,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
         expected[(t, w, s, loss)].add(seed)
         try:
             task = tasks.get(t) or tasks.setdefault(t, data.load_task(
-                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label")))
+                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label"),
+                label_map=tuple(d.get("label_map", ()))))
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))

@@ -659,6 +659,12 @@ def load(task: str, data_dir: pathlib.Path) -> Task:
     cls = BUILDERS[task]
     data_dir = pathlib.Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # TFDS reads these when the builder is made, and a damaged one would be a traceback there.
+    unreadable = _unreadable_metadata(data_dir / cls.name / str(cls.VERSION))
+    if unreadable:
+        _warn_damaged(data_dir / cls.name / str(cls.VERSION), unreadable, cls)
+        with assets.file_lock(data_dir / f".{cls.name}.lock"):
+            shutil.rmtree(data_dir / cls.name / str(cls.VERSION), ignore_errors=True)
     builder = cls(data_dir=str(data_dir), file_format="array_record")
     prepared = pathlib.Path(builder.data_dir)
     # (builder.is_prepared() would log a warning for every dataset not built yet.)
@@ -673,10 +679,30 @@ def load(task: str, data_dir: pathlib.Path) -> Task:
         else:
             _record_hashes(prepared)  # built before hashes were recorded, and read fine
             return found
-    print(f"w2sjax: warning: prepared data set {prepared} is damaged ({problem}); rebuilding it "
-          f"from asset {cls.ASSET or cls.TASK!r}", file=sys.stderr, flush=True)
+    _warn_damaged(prepared, problem, cls)
     _build(builder, data_dir, replace=True)
     return _read(cls, task, prepared)
+
+
+def _warn_damaged(prepared: pathlib.Path, problem: str, cls: type[_SourceBuilder]) -> None:
+    print(f"w2sjax: warning: prepared data set {prepared} is damaged ({problem}); rebuilding it "
+          f"from asset {cls.ASSET or cls.TASK!r}", file=sys.stderr, flush=True)
+
+
+_METADATA = ("dataset_info.json", "features.json")  # what TFDS parses when a builder is made
+
+
+def _unreadable_metadata(prepared: pathlib.Path) -> str | None:
+    """Which of a prepared data set's metadata files is not valid JSON (truncated, garbage), or None."""
+    for name in _METADATA:
+        path = prepared / name
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            return f"{path} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
+    return None
 
 
 _HASHES = ".w2sjax-sha256.json"  # beside the shards: each file's sha256 when it was built
@@ -724,7 +750,9 @@ def _damage(prepared: pathlib.Path) -> str | None:
         return None
     for name, sha in recorded.items():
         path = prepared / name
-        if not path.is_file() or hashes.file_sha256(path) != sha:
+        # From the bytes (once per process): the shards are read whole right after, so this is cheap,
+        # and a remembered hash would not see bit rot.
+        if not path.is_file() or hashes.file_sha256(path, fresh=True) != sha:
             return f"{name} differs from the sha256 recorded when it was built"
     return None
 

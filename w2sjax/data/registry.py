@@ -45,20 +45,21 @@ def default_data_dir() -> pathlib.Path:
 
 
 def load_task(name: str, *, data_dir: str | os.PathLike | None = None, text_field: str = "text",
-              label_field: str = "label") -> Task:
+              label_field: str = "label", label_map: tuple[str, ...] = ()) -> Task:
     """Load task ``name`` with its train and test splits as numpy arrays.
 
     Args:
       name: one of :func:`known_tasks`, ``csv:PATH``, ``jsonl:PATH`` or ``tfds:NAME``.
       data_dir: TFDS data directory; defaults to ``cache_dir()/tfds``.
       text_field, label_field: a user file's text and label columns.
+      label_map: a user file's ``RAW:CLASS`` label map (`w2sjax.data.user`).
 
     Raises:
       ValueError: unknown name or malformed user file.
       w2sjax.assets.AssetError: the task's source data cannot be fetched.
     """
     if name.startswith(("csv:", "jsonl:")):
-        return user.load(name, text_field=text_field, label_field=label_field)
+        return user.load(name, text_field=text_field, label_field=label_field, label_map=label_map)
     root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name in builders.BUILDERS:
         return builders.load(name, root)
