@@ -128,8 +128,9 @@ def test_second_fetch_is_a_cache_hit(real_cache, monkeypatch, capfd):
 def test_fetch_into_fresh_cache_is_atomic_and_reports(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path))
     # Leftovers of a killed fetch must be neither used nor kept.
-    (tmp_path / ".partial-mnist5k-dead").mkdir()
-    (tmp_path / ".partial-mnist5k-dead" / "mnist_5k.csv.gz").write_bytes(b"half")
+    left = tmp_path / f".partial-mnist5k-{assets.atomic.host()}-dead"  # a killed fetch on this host
+    left.mkdir()
+    (left / "mnist_5k.csv.gz").write_bytes(b"half")
     path = assets.fetch("mnist5k")
     err = capfd.readouterr().err
     assert "fetching asset 'mnist5k'" in err and "fetched 'mnist5k'" in err
