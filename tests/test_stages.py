@@ -157,6 +157,29 @@ def test_train_settings_keep_only_what_changes_outputs():
     assert train_settings(dataclasses.replace(cfg, early_stopping=True), "xent")["patience"] == 0
 
 
+# Fingerprints of the default student settings, recorded on 2026-12-06 before the losses moved to
+# one registry (w2sjax.losses.LOSSES): a change here orphans every saved checkpoint of that loss.
+PINNED_FINGERPRINTS = {
+    ("default", "xent"): "f433e970d9a53b6b3dc882bb734989d4fa75d66b679035b55c229469d702ea1a",
+    ("default", "logconf"): "16ddf27a38b318400c4456163b5feceb2e858c987766755b8c3d9ba1ddd95f34",
+    ("default", "product"): "8ee99c77a54a898930ef334a0ac1bef57048aa7588a16a89bbc89a5e05471416",
+    ("default", "entropy_conf"): "16ddf27a38b318400c4456163b5feceb2e858c987766755b8c3d9ba1ddd95f34",
+    ("default", "reverse_xent"): "f433e970d9a53b6b3dc882bb734989d4fa75d66b679035b55c229469d702ea1a",
+    ("custom", "logconf"): "f15a25aff3f1f72f6abb09c67473336a7b15fe0a45b4f69f3739df90619981d7",
+    ("custom", "product"): "5576a5a2312dd038c6bd405f71c561b59dbab8bff5bfebac07f589779bbb1332",
+    ("weak", "xent"): "ca3131fbeff4733c566b734bd6781eb7fd41e4ad0e545353b548c1ef0f862470",
+}
+
+
+def test_fingerprints_of_existing_losses_are_unchanged():
+    from w2sjax.stages import fingerprint
+
+    cfgs = {"default": Config().train, "weak": Config().weak_train,
+            "custom": StudentTrainConfig(loss=LossConfig(alpha_max=0.3, product_alpha=2.0))}
+    for (cfg, loss), want in PINNED_FINGERPRINTS.items():
+        assert fingerprint(train_settings(cfgs[cfg], loss)) == want, (cfg, loss)
+
+
 # ---- the issue's own commands ---------------------------------------------------------------
 
 ISSUE_RUN = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp"]
