@@ -152,3 +152,19 @@ def test_profile_step_on_tiny_mpnet_counts_its_flops_and_traces(tmp_path):
     assert runs["step_sdpa"]["loss_diff_vs_step_bf16"] < 1e-2
     trace = next(r for r in records if r["impl"] == "trace")
     assert trace["variant"] == "step_bf16" and sum(trace["shares"].values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_benchmark_records_are_dated_and_parse():
+    """Raw records live in benchmarks/results/DATE_WHAT.jsonl, one JSON object a line."""
+    import json
+    import pathlib
+    import re
+
+    bench = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    assert not list(bench.glob("*.jsonl")), "records belong in benchmarks/results/"
+    records = sorted((bench / "results").glob("*"))
+    assert records
+    for path in records:
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_[a-z0-9_]+\.jsonl", path.name), path.name
+        for line in path.read_text().splitlines():
+            assert isinstance(json.loads(line), dict), path.name
