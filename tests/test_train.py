@@ -234,7 +234,7 @@ def test_predict_in_length_buckets_matches_padded_predictions_in_input_order():
 
 TOY_LOSS = '''
 
-@register(Param("toy_scale", "weight of the squared error"))
+@register(Param("toy_scale", "weight of the squared error", keyword="scale"))
 def toy(logits, labels, *, scale=3.0, weights=None, where=None, reduction="mean"):
     """Squared distance between the student's probabilities and the labels, times ``scale``."""
     logits, labels, where = _prepare("toy", logits, labels, weights, where)
@@ -247,11 +247,12 @@ import numpy as np
 from flax import nnx
 from w2sjax import config, parallel, stages, train
 
+assert config.__file__.startswith(%r), config.__file__
 assert config.LOSS_NAMES[-1] == "toy" and config.LossConfig().toy_scale == 3.0
 cfg = config.apply_overrides(config.Config(), ["losses=xent,toy", "train.loss.toy_scale=2"])
 assert cfg.losses == ("xent", "toy") and cfg.train.loss.toy_scale == 2.0
 assert stages.train_settings(cfg.train, "toy")["loss"] == {"toy_scale": 2.0}
-assert "loss" not in stages.train_settings(cfg.train, "logconf") or "toy_scale" not in stages.train_settings(cfg.train, "logconf")["loss"]
+assert "toy_scale" not in stages.train_settings(cfg.train, "logconf")["loss"]
 assert {k: c for k, _, _, c in config.describe()}["train.loss.toy_scale"] == "toy: weight of the squared error"
 
 rng = np.random.default_rng(0)
@@ -285,8 +286,8 @@ def test_adding_a_loss_is_one_decorated_function_in_losses_py(tmp_path):
     shutil.copytree(root / "w2sjax", tmp_path / "w2sjax", ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "w2sjax" / "losses.py", "a") as f:
         f.write(TOY_LOSS)
-    out = subprocess.run([sys.executable, "-c", TOY_CHECKS], env=dict(os.environ, PYTHONPATH=str(tmp_path)),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", TOY_CHECKS % str(tmp_path)], env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     steps, accuracy = out.stdout.split()
-    assert int(steps) == 5 * (128 // 32) and float(accuracy) > 0.9, out.stdout
+    assert int(steps) == 5 * (128 // 32) and float(accuracy) > 0.75, out.stdout  # it learns (chance: 0.5)
