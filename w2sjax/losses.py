@@ -447,8 +447,9 @@ def entropy_conf(
     logits, weak, where = _prepare("entropy_conf", logits, weak_labels, weights, where, "weak_labels")
     alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
+    ce_weak = _cross_entropy(log_probs, weak)  # before the entropy: the order its gradient sums in
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-    return _reduce((1.0 - alpha) * _cross_entropy(log_probs, weak) + alpha * entropy, weights, where, reduction)
+    return _reduce((1.0 - alpha) * ce_weak + alpha * entropy, weights, where, reduction)
 
 
 @register()
