@@ -205,7 +205,7 @@ def test_train_loop_does_not_recompile_as_step_frac_changes():
 
 @pytest.mark.parametrize("name", ["xent", "logconf", "product", "entropy_conf", "reverse_xent"])
 def test_integer_labels_are_a_clear_error_at_trace_time(name):
-    """The issue's case: integer labels [B] used to fail with 'Too many indices' deep in jax."""
+    """Integer labels [B] used to fail with 'Too many indices' deep in jax."""
     fn = getattr(losses, name)
     kwargs = {"step_frac": 0.5} if name in ("logconf", "entropy_conf") else {}
     ids = jnp.array([0, 1, 1, 0])

@@ -180,9 +180,9 @@ def test_fingerprints_of_existing_losses_are_unchanged():
         assert fingerprint(train_settings(cfgs[cfg], loss)) == want, (cfg, loss)
 
 
-# ---- the issue's own commands ---------------------------------------------------------------
+# ---- the documented commands: rerun, change a setting, resume ---------------------------------
 
-ISSUE_RUN = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp"]
+SMALL_RUN = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp"]
 
 
 def _cli(args, cwd):
@@ -195,9 +195,9 @@ def _cli(args, cwd):
 @pytest.mark.slow
 def test_issue_stale_results_command(tmp_path):
     """``train.epochs=0.2`` then ``train.epochs=5`` on one --out reports the 5-epoch numbers."""
-    _cli(["--out", "r", *ISSUE_RUN, "--set", "train.epochs=0.2"], tmp_path)
-    second = _cli(["--out", "r", *ISSUE_RUN, "--set", "train.epochs=5"], tmp_path)
+    _cli(["--out", "r", *SMALL_RUN, "--set", "train.epochs=0.2"], tmp_path)
+    second = _cli(["--out", "r", *SMALL_RUN, "--set", "train.epochs=5"], tmp_path)
     assert "changed since the last run: train.epochs 0.2 -> 5.0" in second.stdout
-    _cli(["--out", "fresh", *ISSUE_RUN, "--set", "train.epochs=5"], tmp_path)
+    _cli(["--out", "fresh", *SMALL_RUN, "--set", "train.epochs=5"], tmp_path)
     load = lambda d: comparable(json.loads((tmp_path / d / "results.json").read_text()))
     assert load("r") == load("fresh")
