@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
-kind=$(python -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_'))")
+kind=$(python -c "import jax, re; print(re.sub('[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()).strip('_'))")
 file="$out/$(date -u +%Y-%m-%d)_accelerator_${kind}.jsonl"
 echo "benchmarks/accelerator.sh: $(python -c 'import jax; print(jax.devices())') -> $file" >&2
 python -m benchmarks.run --cases matmul finetune sweep_vs_torch torch \

@@ -1,4 +1,4 @@
-"""The headline experiment (issue 18): Burns et al.'s protocol with *finetuned* students.
+"""The headline experiment: Burns et al.'s protocol with *finetuned* students.
 
 Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on half A's ground
 truth; students are pretrained text encoders finetuned (MiniLM end to end, ``train.trainable=all``;

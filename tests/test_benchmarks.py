@@ -168,3 +168,19 @@ def test_accelerator_script_asks_benchmarks_run_for_what_it_offers():
     args = [a for a in shlex.split(line) if a != "$@"]
     parsed = run._parse(args)
     assert set(parsed.models) == {"minilm-l6", "mpnet-base", "smollm2-135m"} and "finetune" in parsed.cases
+
+
+def test_benchmark_records_are_dated_and_parse():
+    """Raw records live in benchmarks/results/DATE_WHAT.jsonl, one JSON object a line."""
+    import json
+    import pathlib
+    import re
+
+    bench = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    assert not list(bench.glob("*.jsonl")), "records belong in benchmarks/results/"
+    records = sorted((bench / "results").glob("*"))
+    assert records
+    for path in records:
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_[a-z0-9_]+\.jsonl", path.name), path.name
+        for line in path.read_text().splitlines():
+            assert isinstance(json.loads(line), dict), path.name

@@ -296,7 +296,7 @@ def test_user_file_errors_name_the_row(tmp_path, name, body, expected):
 
 
 def test_user_csv_with_other_column_names(tmp_path):
-    """The issue's file: columns ``sentence,label``. The error names what is expected and what was
+    """A user's file: columns ``sentence,label``. The error names what is expected and what was
     found; ``text_field`` / ``label_field`` (data.text_field / data.label_field) pick the columns."""
     rows = [("a fine film", "1"), ("dull and long", "0")] * 10
     path = _write(tmp_path, "s.csv", "sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))

@@ -80,7 +80,7 @@ def _run(task, weak, strong, loss, seed, accs, **extra):
 
 
 def test_summary_targets_and_tables_by_hand(tmp_path):
-    """Rows, medians and the issue's targets from hand-made results (no checkpoints: the
+    """Rows, medians and the experiment's targets from hand-made results (no checkpoints: the
     seed-and-test interval is then missing and the seed interval stands)."""
     part = type("P", (), {"trainable": "all", "lr": 1e-4})
     runs = []

@@ -1,4 +1,4 @@
-"""Damaged files and diverged models (issue #17): each is detected, never turned into results.
+"""Damaged files and diverged models: each is detected, never turned into results.
 
 Every test damages real files that the real code wrote (checkpoints, fetched assets, TFDS data)
 and reruns the real ``w2sjax`` command. The outcome is either the reference results after a

@@ -19,12 +19,14 @@ import types
 import typing
 from typing import Any
 
+from w2sjax import losses
+
 class ConfigError(ValueError):
     """A bad config file, key or value. The message is one line meant for the user."""
 
 
-# The losses a student can train with (``w2sjax.losses``); ``w2sjax.train`` maps each name to its function.
-LOSS_NAMES = ("xent", "logconf", "product", "entropy_conf", "reverse_xent")
+# The losses a student can train with, as ``w2sjax.losses`` registers them.
+LOSS_NAMES = tuple(losses.LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +55,16 @@ class TrainConfig:
             raise ConfigError(f"train.epochs: expected a positive number, got {self.epochs}")
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Settings of the student losses; each loss reads only its own."""
-
-    alpha_max: float = 0.5  # logconf / entropy_conf: final weight of the confidence term
-    conf_warmup_frac: float = 0.2  # logconf / entropy_conf: fraction of training over which alpha ramps up
-    product_alpha: float = 1.0  # product loss: exponent on the weak labels
-    product_beta: float = 1.0  # product loss: exponent on the student's probabilities
+# Settings of the student losses, one field per hyper-parameter that ``w2sjax.losses`` registers
+# (its default and description come from there); each loss reads only its own.
+LossConfig = dataclasses.make_dataclass(
+    "LossConfig",
+    [(field, type(default), dataclasses.field(default=default, metadata={"doc": doc}))
+     for field, (default, doc) in losses.hyper_parameters().items()],
+    frozen=True,
+    namespace={"__module__": __name__,
+               "__doc__": "Settings of the student losses; each loss reads only its own (``w2sjax.losses.LOSSES``)."},
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +375,8 @@ def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, 
     """``(key, type, default, comment)`` for every leaf: the source of the generated config docs.
 
     Keys are dotted as ``--set`` takes them; the type is written as declared (``int | None``,
-    ``tuple[str, ...]``); the comment is the field's source comment (see :func:`_field_comments`).
+    ``tuple[str, ...]``); the comment is the field's ``doc`` metadata (the loss settings, declared
+    in ``w2sjax.losses``) or its source comment (see :func:`_field_comments`).
     """
     comments = {}
     for cls in reversed(config_type.__mro__):  # a subclass's comments win over its base's
@@ -383,12 +388,13 @@ def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, 
     for field in dataclasses.fields(config_type):
         value = getattr(default, field.name)
         key = f"{prefix}{field.name}"
+        comment = field.metadata.get("doc") or comments.get(field.name, "")
         if dataclasses.is_dataclass(value):
             for sub_key, typ, _, comment in describe(type(value), key + "."):
                 # A section's default here can differ from its class's own (weak_train vs train).
                 rows.append((sub_key, typ, _get(value, sub_key[len(key) + 1 :]), comment))
         else:
-            rows.append((key, _type_name(hints[field.name]), value, comments.get(field.name, "")))
+            rows.append((key, _type_name(hints[field.name]), value, comment))
     return rows
 
 
