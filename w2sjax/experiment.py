@@ -65,7 +65,7 @@ class MetricsLog:
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
 # length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
-# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, session 5), and a
+# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, the quiet runs of 2026-11-29), and a
 # 64-row validation slice is no longer padded to 256.
 PREDICT_ROWS = 64
 

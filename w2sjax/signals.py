@@ -10,7 +10,7 @@ raised there again as :class:`Interrupted`, a ``KeyboardInterrupt``.
 
 SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is remembered; inside
 :func:`deferred` (a checkpoint save or restore) it is only remembered until the block ends.
-SIGTERM (preemption: save, then stop) is handled by the stage-safety code of issue #12, which
+SIGTERM (preemption: save, then stop) is handled by the stage-safety code (`preemption.py`, `checkpoint.py`), which
 keeps its own flag and needs no raise from a handler, so nothing can swallow it.
 
 Only an application installs the handler (the ``w2sjax`` command does, in its main thread); the
