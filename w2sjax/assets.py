@@ -85,7 +85,8 @@ try:  # POSIX only; without it concurrent first fetches just duplicate work.
 except ImportError:  # pragma: no cover
     fcntl = None
 
-__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets", "log_path", "source_of"]
+__all__ = ["AssetError", "cache_dir", "content_hash", "env_var", "fetch", "known_assets", "log_path",
+           "offline_assets", "source_of"]
 
 _MARKER = ".w2sjax-asset.json"
 
@@ -128,6 +129,8 @@ class _Spec:
     alternatives: tuple[dict, ...] = ()
     # Why the pinned sources may fail, said once in the error (e.g. a version withdrawn from the index).
     note: str = ""
+    # True when no registry serves any of its sources any more: only a user's copy can provide it.
+    withdrawn: bool = False
 
     def sources(self) -> list[_Spec]:
         """This spec, then each alternative as a spec of its own (same name, files and pins)."""
@@ -474,6 +477,7 @@ _SPECS: dict[str, _Spec] = {
             required=tuple(f"{t}/task.json" for t in _BIGBENCH_TASKS),
             size_mb=358,
             pip_flags=_SDIST,
+            withdrawn=True,
             note="The index withdrew bigbench 1.0.0 (it serves only a 0.0.1 stub since 2026-12); "
                  "a copy fetched earlier still works",
             sha256={f"{t}/task.json": digest for t, digest in _BIGBENCH_TASKS.items()},
@@ -670,6 +674,11 @@ _SPECS: dict[str, _Spec] = {
 def known_assets() -> list[str]:
     """Names accepted by :func:`fetch`."""
     return sorted(_SPECS)
+
+
+def offline_assets() -> list[str]:
+    """The assets today's registries still serve (every known one but the withdrawn)."""
+    return sorted(name for name, spec in _SPECS.items() if not spec.withdrawn)
 
 
 def source_of(name: str) -> str:
