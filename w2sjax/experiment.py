@@ -508,6 +508,20 @@ def announce_data(config: Config, task) -> None:
             few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
     if few:
         _warn(f"few optimizer steps (< {FEW_STEPS}): {'; '.join(few)}; raise epochs or lower batch_size")
+    warn_probed_students(config)
+
+
+def warn_probed_students(config: Config) -> None:
+    """One warning line per student that ``strong_mode="finetune"`` cannot finetune (it is probed)."""
+    from w2sjax import models
+
+    if config.strong_mode != "finetune":
+        return
+    students = dict.fromkeys(list(config.strong_models) + [m for c in config.bootstrap for m in c.split(">")[1:]])
+    for name in students:
+        if models.get_model(name).finetune is None:
+            _warn(f"strong_mode=finetune: {name} has no finetune model; it is probed (a linear head on its "
+                  "frozen features)")
 
 
 def _warn(message: str) -> None:

@@ -1,0 +1,102 @@
+"""Decoders as finetuned students: the registered GGUF decoders really finetune, and a ``top:K``
+student on cached bottoms reads each text's last real token in every length bucket, as the whole
+model does on the text alone (left or right padded)."""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2sjax import bottoms, experiment, length_buckets, parallel, train
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.models import get_model, hf, topk
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]
+MAX_LEN = 40  # buckets 16, 32, 40: rows of every bucket below
+
+
+def _texts(n=12):
+    rng = np.random.default_rng(1)
+    words = ["great", "coffee", "dog", "food", "terrible", "box", "again", "never", "tasty", "late"]
+    # 1 to 30 words: token lengths spread over all three buckets, some truncated at MAX_LEN
+    return [" ".join(rng.choice(words, size=int(k))) for k in np.linspace(1, 30, n).round()]
+
+
+def _alone(clf, ids):
+    """Pooled features of one unpadded text, run by itself: the reference."""
+    inputs = {"input_ids": jnp.asarray(ids[None]), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
+    return np.asarray(clf.features(inputs))[0]
+
+
+def _left_padded(ids, mask, pad_id):
+    out_ids, out_mask = np.full_like(ids, pad_id), np.zeros_like(mask)
+    for i, n in enumerate(mask.sum(1)):
+        out_ids[i, ids.shape[1] - n:], out_mask[i, ids.shape[1] - n:] = ids[i, :n], 1
+    return out_ids, out_mask
+
+
+@pytest.mark.parametrize("case", DECODERS)
+def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case, tmp_path):
+    """The whole decoder on a left- or right-padded batch, and the cut top:1 student on its cached
+    bf16 bottom cut to each length bucket, pool the same states as the decoder on each text alone."""
+    spec = hf.model_spec(f"hf:{FIXTURES / case}", max_len=MAX_LEN, progress=False)
+    full = spec.finetune(2, rngs=nnx.Rngs(0))
+    assert full.pooling == "last"
+    texts = _texts()
+    tokens = spec.tokenize({"text": texts})
+    ids, mask = np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
+    lengths = mask.sum(1)
+    buckets = length_buckets.bucket_lengths(MAX_LEN)
+    assert {int(np.searchsorted(buckets, n)) for n in lengths} == {0, 1, 2}, lengths
+    want = np.stack([_alone(full, ids[i, :n]) for i, n in enumerate(lengths)])
+    assert np.abs(want[1:] - want[:-1]).max() > 0.1  # texts differ: a wrong position would show
+
+    for batch_ids, batch_mask in ((ids, mask), _left_padded(ids, mask, pad_id=0)):
+        got = np.asarray(full.features({"input_ids": jnp.asarray(batch_ids), "attention_mask": jnp.asarray(batch_mask)}))
+        np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+    cut = spec.finetune(2, rngs=nnx.Rngs(0))
+    topk.cut_bottom(cut, 1)
+    cached = bottoms.Bottom(spec, 1, num_classes=2, dtype="float32", task_name="t", cache_dir=tmp_path,
+                            progress=False).inputs({"text": texts})
+    tol = 3e-2 * max(1.0, np.abs(want).max())  # the cached bottom is rounded to bf16
+    for b, length in enumerate(buckets):
+        rows = np.flatnonzero(np.searchsorted(buckets, lengths) == b)
+        batch = length_buckets.trim({"hidden": cached["hidden"][rows], "attention_mask": mask[rows]}, length, MAX_LEN)
+        assert batch["hidden"].shape[1] == length
+        got = np.asarray(cut.features({k: jnp.asarray(v) for k, v in batch.items()}))
+        np.testing.assert_allclose(got, want[rows], atol=tol, err_msg=f"bucket {length}")
+
+    # and through the trainer's bucketed prediction loop: the same probabilities as the whole model
+    model, state = train.init_state(cut, "top:1")
+    probs = train.predict(train.make_predict_step(model), state, cached, mesh=parallel.make_mesh(), batch_size=4)
+    ref = np.asarray(jax.nn.softmax(full.head(jnp.asarray(want)), axis=-1))
+    np.testing.assert_allclose(probs, ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_registered_decoders_finetune_when_asked(name):
+    """``strong_mode=finetune`` finetunes the registered GGUF decoders (they were silently probed,
+    so a top:K student trained a linear head on raw features instead). Nothing is fetched."""
+    spec = get_model(name, max_len=32, progress=False)
+    assert callable(spec.finetune) and spec.featurizer.pooling == "last"
+    config = Config(data=DataConfig(task="fine_foods"), strong_models=(name,), strong_mode="finetune",
+                    train=StudentTrainConfig(trainable="top:2"))
+    options = experiment.Inputs(None, config, False).options(name)
+    assert options["mode"] == "finetune" and options["trainable"] == "top:2"
+    assert options["bottom"] == "cached-bf16"
+
+
+def test_a_model_without_finetune_says_it_is_probed(capsys):
+    """A student that cannot be finetuned is probed, and the run says so in one line."""
+    config = Config(weak_models=("tfidf",), strong_models=("glove-bow",), strong_mode="finetune")
+    experiment.warn_probed_students(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["w2sjax: warning: strong_mode=finetune: glove-bow has no finetune model; it is probed "
+                   "(a linear head on its frozen features)"]
