@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax import bottoms, experiment, length_buckets, parallel, train
+from w2sjax import bottoms, experiment, length_buckets, parallel, report, train
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.models import get_model, hf, topk
 
@@ -100,3 +100,48 @@ def test_a_model_without_finetune_says_it_is_probed(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["w2sjax: warning: strong_mode=finetune: glove-bow has no finetune model; it is probed "
                    "(a linear head on its frozen features)"]
+
+
+def test_stage_seconds_cover_the_stage_and_rows_carry_the_majority_rate(tmp_path, monkeypatch):
+    """A finetuned decoder student's stage_seconds hold at least its training (the span of its
+    metrics.jsonl lines) and together fit in the run's wall time; each row has the test split's
+    majority rate, as numpy counts it."""
+    import time
+
+    monkeypatch.setenv("W2SJAX_BOTTOM_CACHE", str(tmp_path / "bottoms"))
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    config = Config(
+        name="seconds", data=DataConfig(task="fine_foods", n_train=96, n_val=16, n_test=32, max_len=32),
+        weak_models=("tfidf",), strong_models=(name,), strong_mode="finetune", losses=("xent",), seeds=(0,),
+        weak_train=TrainConfig(epochs=1, batch_size=32),
+        train=StudentTrainConfig(epochs=2, batch_size=8, lr=1e-3, trainable="top:1", log_every=1),
+    )
+    started = time.time()
+    results = experiment.run(config, tmp_path / "run", progress=False)
+    wall = time.time() - started
+    (row,) = results["runs"]
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for role in ("w2s", "ceiling"):
+        stage = row["stages"][role].split("--")[0]
+        times = [r["time"] for r in logs if r.get("stage") == stage and "loss" in r]
+        assert len(times) >= 10, stage  # 48 examples, batch 8, 2 epochs: every step logged
+        assert row["stage_seconds"][role] >= times[-1] - times[0] > 0
+    assert sum(row["stage_seconds"].values()) <= wall
+
+    task = experiment._load_task(config)
+    test = experiment.SeedRun.splits_of(config, task, 0).test["label"]
+    assert row["majority_acc"] == pytest.approx(max(np.bincount(test)) / len(test), abs=1e-6)
+
+
+def test_table_warns_when_a_student_ends_below_the_majority_rate_its_ceiling_beats():
+    def run(w2s, ceiling, strong="s"):
+        return {"task": "t", "weak_model": "w", "strong_model": strong, "loss": "xent", "seed": 0, "weak_acc": 0.7,
+                "w2s_acc": w2s, "ceiling_acc": ceiling, "misfit": 0.1, "majority_acc": 0.68}
+
+    table = report.format_table({"runs": [run(0.64, 0.80, "a"), run(0.60, 0.66, "b"), run(0.70, 0.80, "c")]})
+    warnings = [line for line in table.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: t w -> a (xent): w2s acc 0.640 is below the majority rate 0.680 that its "
+                        "ceiling (0.800) beats"]
+    old = run(0.5, 0.9)
+    del old["majority_acc"]  # results written before rows carried it: no warning, no error
+    assert "warning" not in report.format_table({"runs": [old]})

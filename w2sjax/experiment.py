@@ -841,6 +841,8 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
+        # always answering the test split's most common class: the floor a trained student must beat
+        majority_acc=round(float(np.bincount(np.asarray(test_labels, int)).max() / max(1, len(test_labels))), 6),
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},

@@ -78,6 +78,8 @@ def summarize(results: dict) -> list[dict]:
         row["pgr_ci95"] = bootstrap_pgr(cols["weak_acc"], cols["w2s_acc"], cols["ceiling_acc"])
         misfits = [r["misfit"] for r in runs if r.get("misfit") is not None]
         row["misfit"] = float(np.mean(misfits)) if misfits else float("nan")
+        majority = [r["majority_acc"] for r in runs if isinstance(r.get("majority_acc"), (int, float))]
+        row["majority_acc"] = float(np.mean(majority)) if len(majority) == len(runs) else None
         summary.append(row)
     return summary
 
@@ -102,7 +104,22 @@ def format_table(results: dict) -> str:
             lines[-1].insert(4, r.get("variant") or "-")
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), *below_majority(rows)])
+
+
+def below_majority(rows: list[dict]) -> list[str]:
+    """One warning line per `summarize` row whose student ends below the test split's majority rate
+    while its ceiling does not: the same model learned the task from true labels, so a student
+    below always-the-majority-class points to its training (steps, learning rate, labels), not
+    to the data."""
+    out = []
+    for r in rows:
+        majority = r.get("majority_acc")
+        if majority is not None and r["w2s_acc"] < majority <= r["ceiling_acc"]:
+            strong = r.get("chain") or r["strong_model"]
+            out.append(f"warning: {r['task']} {r['weak_model']} -> {strong} ({r['loss']}): w2s acc {r['w2s_acc']:.3f} "
+                       f"is below the majority rate {majority:.3f} that its ceiling ({r['ceiling_acc']:.3f}) beats")
+    return out
 
 
 def write_plots(results: dict, directory: str | pathlib.Path) -> list[pathlib.Path]:
