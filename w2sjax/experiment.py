@@ -133,6 +133,8 @@ class Inputs:
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
             if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
+            if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
+                options["head_init"] = "zeros"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
