@@ -114,6 +114,8 @@ def test_classifier_reads_last_real_token_under_padding(loaded, ref):
     """Per-example logits agree for an unpadded batch, right padding and left padding."""
     model, _ = loaded
     clf = llama.DecoderClassifier(model, 3, rngs=nnx.Rngs(0))
+    assert not np.asarray(clf.head.kernel[...]).any()  # a decoder's head starts at zero (heads.PooledClassifier)
+    clf.head.kernel[...] = jax.random.normal(jax.random.key(0), clf.head.kernel.shape) * 0.1
     rows = _ref_ids(ref)
     n = min(len(r) for r in rows)
     same_len = [rows[0][:n], rows[1][:n]]

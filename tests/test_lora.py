@@ -18,7 +18,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 def _clf(case, seed=0):
     module, tok = hf.load(FIXTURES / case)
     pooling = hf.pooling_of(FIXTURES / case)
-    return heads.PooledClassifier(module, 2, pooling=pooling, rngs=nnx.Rngs(seed)), tok
+    clf = heads.PooledClassifier(module, 2, pooling=pooling, rngs=nnx.Rngs(seed))
+    # decoders' heads start at zero; a random one lets gradients and logits reach the blocks
+    clf.head.kernel[...] = jax.random.normal(jax.random.key(seed), clf.head.kernel.shape) * 0.1
+    return clf, tok
 
 
 def _inputs(tok, n=16):

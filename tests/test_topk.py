@@ -25,7 +25,10 @@ FAMILIES = ["bert", "mpnet", "gemma3_sliding", pytest.param("llama_gqa_tied", ma
 
 def _clf(case, seed=0):
     module, tok = hf.load(FIXTURES / case)
-    return heads.PooledClassifier(module, 2, pooling=hf.pooling_of(FIXTURES / case), rngs=nnx.Rngs(seed)), tok
+    clf = heads.PooledClassifier(module, 2, pooling=hf.pooling_of(FIXTURES / case), rngs=nnx.Rngs(seed))
+    # decoders' heads start at zero; a random one lets gradients and logits reach the blocks
+    clf.head.kernel[...] = jax.random.normal(jax.random.key(seed), clf.head.kernel.shape) * 0.1
+    return clf, tok
 
 
 def _batch(tok, n=8, max_len=12):

@@ -140,6 +140,8 @@ class Inputs:
                 options["lora"] = dataclasses.asdict(self.config.train.lora)
             if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
+            if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
+                options["head_init"] = "zeros"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
@@ -524,6 +526,20 @@ def announce_data(config: Config, task) -> None:
             few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
     if few:
         _warn(f"few optimizer steps (< {FEW_STEPS}): {'; '.join(few)}; raise epochs or lower batch_size")
+    warn_probed_students(config)
+
+
+def warn_probed_students(config: Config) -> None:
+    """One warning line per student that ``strong_mode="finetune"`` cannot finetune (it is probed)."""
+    from w2sjax import models
+
+    if config.strong_mode != "finetune":
+        return
+    students = dict.fromkeys(list(config.strong_models) + [m for c in config.bootstrap for m in c.split(">")[1:]])
+    for name in students:
+        if models.get_model(name).finetune is None:
+            _warn(f"strong_mode=finetune: {name} has no finetune model; it is probed (a linear head on its "
+                  "frozen features)")
 
 
 def _warn(message: str) -> None:
@@ -873,8 +889,8 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
-        # the accuracy of always answering the test split's most common class
-        majority_acc=round(float(np.bincount(test_labels).max() / max(len(test_labels), 1)), 6),
+        # always answering the test split's most common class: the floor a trained student must beat
+        majority_acc=round(float(np.bincount(np.asarray(test_labels, int)).max() / max(1, len(test_labels))), 6),
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},

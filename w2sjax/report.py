@@ -80,6 +80,8 @@ def summarize(results: dict) -> list[dict]:
         row["majority_acc"] = float(np.mean(majority)) if majority else None
         misfits = [r["misfit"] for r in runs if r.get("misfit") is not None]
         row["misfit"] = float(np.mean(misfits)) if misfits else float("nan")
+        majority = [r["majority_acc"] for r in runs if isinstance(r.get("majority_acc"), (int, float))]
+        row["majority_acc"] = float(np.mean(majority)) if len(majority) == len(runs) else None
         summary.append(row)
     return summary
 
@@ -111,7 +113,8 @@ def format_table(results: dict) -> str:
     header, lines = table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    warnings = ceiling_warnings(summarize(results))
+    summary = summarize(results)
+    warnings = [*ceiling_warnings(summary), *below_majority(summary)]
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), *warnings])
 
 
@@ -138,6 +141,21 @@ def ceiling_warnings(rows: list[dict]) -> list[str]:
             strong = r.get("chain") or r["strong_model"]
             out.append(f"warning: {r['task']} {strong}: ceiling {ceiling:.3f} is {' and '.join(what)}; the strong "
                        "model did not learn the task (check train.lr and train.epochs)")
+    return out
+
+
+def below_majority(rows: list[dict]) -> list[str]:
+    """One warning line per `summarize` row whose student ends below the test split's majority rate
+    while its ceiling does not: the same model learned the task from true labels, so a student
+    below always-the-majority-class points to its training (steps, learning rate, labels), not
+    to the data."""
+    out = []
+    for r in rows:
+        majority = r.get("majority_acc")
+        if majority is not None and r["w2s_acc"] < majority <= r["ceiling_acc"]:
+            strong = r.get("chain") or r["strong_model"]
+            out.append(f"warning: {r['task']} {r['weak_model']} -> {strong} ({r['loss']}): w2s acc {r['w2s_acc']:.3f} "
+                       f"is below the majority rate {majority:.3f} that its ceiling ({r['ceiling_acc']:.3f}) beats")
     return out
 
 

@@ -317,9 +317,10 @@ def load_gemma3_270m(path: str | Path, *, dtype=jnp.float32) -> tuple[Gemma3Mode
 
 def model_spec(name: str = "gemma3-270m", *, max_len: int = 128, tokens_per_batch: int = 8192,
                dtype: str = "float32", path=None, progress: bool = True) -> ModelSpec:
-    """``gemma3-270m``: frozen last-token features + linear head; like ``smollm2-135m`` it has
-    no finetune model on CPU (``hf:PATH`` finetunes any checkpoint when asked)."""
+    """``gemma3-270m``: frozen last-token features + linear head, or (``strong_mode="finetune"``)
+    the decoder itself with a linear head on its last real token, as ``smollm2-135m``."""
     featurizer = GGUFFeaturizer(name, asset="gemma3-270m", path=path, max_len=max_len,
                                 tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
     return ModelSpec(name=name, modalities=("text",), num_params=count_gemma3_params(Gemma3Config()),
-                     featurizer=featurizer, head="linear", finetune=None, tokenize=text_tokenizer(featurizer))
+                     featurizer=featurizer, head="linear", finetune=featurizer.finetune,
+                     tokenize=text_tokenizer(featurizer))

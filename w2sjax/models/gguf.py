@@ -311,3 +311,14 @@ class GGUFFeaturizer(embed.BucketedFeaturizer):
 
     def _max_positions(self, module) -> int:
         return module.config.max_position_embeddings
+
+    def finetune(self, num_classes: int, *, rngs, dtype=None, mesh=None):
+        """A trainable copy of the decoder with a linear head on its last real token (float32
+        master weights whatever the compute ``dtype``): what ``strong_mode="finetune"`` trains
+        with ``train.trainable`` "all", "lora" or "top:K"."""
+        import jax.numpy as jnp
+
+        from w2sjax.models import heads
+
+        module, _ = load(self.checkpoint(), dtype=dtype or jnp.float32, param_dtype=jnp.float32, mesh=mesh)
+        return heads.PooledClassifier(module, num_classes, pooling=self.pooling, rngs=rngs)

@@ -98,7 +98,12 @@ class PooledClassifier(nnx.Module):
         self.encoder = backbone
         self.pooling = pooling
         self.normalize = normalize
-        self.head = nnx.Linear(backbone.config.hidden_size, num_classes, rngs=rngs)
+        # A decoder's last-token state is large (norm ~50 for SmolLM2-135M, ~100 for Gemma-3-270M,
+        # a few dimensions above 10), so a randomly initialised head starts with logits of std 2-4:
+        # confidently wrong (loss 0.9-4.6 against ln 2) and slow to unlearn. Starting at zero, as
+        # openai/weak-to-strong's classification head does, predicts uniform probabilities instead.
+        init = {"kernel_init": nnx.initializers.zeros_init()} if pooling == "last" else {}
+        self.head = nnx.Linear(backbone.config.hidden_size, num_classes, rngs=rngs, **init)
 
     def features(self, inputs):
         mask = inputs["attention_mask"]

@@ -455,15 +455,11 @@ class DecoderFeaturizer(GGUFFeaturizer):
 
 def model_spec(name: str = "smollm2-135m", *, max_len: int = 128, tokens_per_batch: int = 8192,
                dtype: str = "float32", path=None, progress: bool = True) -> ModelSpec:
-    """``smollm2-135m``: frozen last-token features + linear head; no finetune.
-
-    Full finetuning of 135M parameters on a CPU is impractically slow, so
-    ``finetune`` is ``None`` and ``strong_mode="finetune"`` probes it instead.
-    ``tokenize`` is still given: it marks a text backbone, so the runner
-    passes ``data.max_len`` through.
-    """
+    """``smollm2-135m``: frozen last-token features + linear head, or (``strong_mode="finetune"``)
+    the decoder itself with a linear head on its last real token, trained as ``train.trainable``
+    says ("top:K" and "lora" are what a CPU affords; "all" trains all 135M weights)."""
     featurizer = DecoderFeaturizer(name, path=path, max_len=max_len,
                                    tokens_per_batch=tokens_per_batch, dtype=dtype, progress=progress)
     return ModelSpec(name=name, modalities=("text",), num_params=count_llama_params(LlamaConfig()),
-                     featurizer=featurizer, head="linear", finetune=None,
+                     featurizer=featurizer, head="linear", finetune=featurizer.finetune,
                      tokenize=text_tokenizer(featurizer))

@@ -1,0 +1,184 @@
+"""Decoders as finetuned students: the registered GGUF decoders really finetune, and a ``top:K``
+student on cached bottoms reads each text's last real token in every length bucket, as the whole
+model does on the text alone (left or right padded)."""
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2sjax import bottoms, experiment, length_buckets, parallel, report, train
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.models import get_model, hf, topk
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
+DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]
+MAX_LEN = 40  # buckets 16, 32, 40: rows of every bucket below
+
+
+def _texts(n=12):
+    rng = np.random.default_rng(1)
+    words = ["great", "coffee", "dog", "food", "terrible", "box", "again", "never", "tasty", "late"]
+    # 1 to 30 words: token lengths spread over all three buckets, some truncated at MAX_LEN
+    return [" ".join(rng.choice(words, size=int(k))) for k in np.linspace(1, 30, n).round()]
+
+
+def _alone(clf, ids):
+    """Pooled features of one unpadded text, run by itself: the reference."""
+    inputs = {"input_ids": jnp.asarray(ids[None]), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
+    return np.asarray(clf.features(inputs))[0]
+
+
+def _left_padded(ids, mask, pad_id):
+    out_ids, out_mask = np.full_like(ids, pad_id), np.zeros_like(mask)
+    for i, n in enumerate(mask.sum(1)):
+        out_ids[i, ids.shape[1] - n:], out_mask[i, ids.shape[1] - n:] = ids[i, :n], 1
+    return out_ids, out_mask
+
+
+@pytest.mark.parametrize("case", DECODERS)
+def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case, tmp_path):
+    """The whole decoder on a left- or right-padded batch, and the cut top:1 student on its cached
+    bf16 bottom cut to each length bucket, pool the same states as the decoder on each text alone."""
+    spec = hf.model_spec(f"hf:{FIXTURES / case}", max_len=MAX_LEN, progress=False)
+    full = spec.finetune(2, rngs=nnx.Rngs(0))
+    assert full.pooling == "last"
+    texts = _texts()
+    tokens = spec.tokenize({"text": texts})
+    ids, mask = np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
+    lengths = mask.sum(1)
+    buckets = length_buckets.bucket_lengths(MAX_LEN)
+    assert {int(np.searchsorted(buckets, n)) for n in lengths} == {0, 1, 2}, lengths
+    want = np.stack([_alone(full, ids[i, :n]) for i, n in enumerate(lengths)])
+    assert np.abs(want[1:] - want[:-1]).max() > 0.1  # texts differ: a wrong position would show
+
+    for batch_ids, batch_mask in ((ids, mask), _left_padded(ids, mask, pad_id=0)):
+        got = np.asarray(full.features({"input_ids": jnp.asarray(batch_ids), "attention_mask": jnp.asarray(batch_mask)}))
+        np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+    cut = spec.finetune(2, rngs=nnx.Rngs(0))
+    topk.cut_bottom(cut, 1)
+    cached = bottoms.Bottom(spec, 1, num_classes=2, dtype="float32", task_name="t", cache_dir=tmp_path,
+                            progress=False).inputs({"text": texts})
+    tol = 3e-2 * max(1.0, np.abs(want).max())  # the cached bottom is rounded to bf16
+    for b, length in enumerate(buckets):
+        rows = np.flatnonzero(np.searchsorted(buckets, lengths) == b)
+        batch = length_buckets.trim({"hidden": cached["hidden"][rows], "attention_mask": mask[rows]}, length, MAX_LEN)
+        assert batch["hidden"].shape[1] == length
+        got = np.asarray(cut.features({k: jnp.asarray(v) for k, v in batch.items()}))
+        np.testing.assert_allclose(got, want[rows], atol=tol, err_msg=f"bucket {length}")
+
+    # and through the trainer's bucketed prediction loop: the same probabilities as the whole model
+    # (with a random head: a decoder's starts at zero, which would predict 0.5 everywhere)
+    for clf in (full, cut):
+        clf.head.kernel[...] = jax.random.normal(jax.random.key(0), clf.head.kernel.shape)
+    model, state = train.init_state(cut, "top:1")
+    probs = train.predict(train.make_predict_step(model), state, cached, mesh=parallel.make_mesh(), batch_size=4)
+    ref = np.asarray(jax.nn.softmax(full.head(jnp.asarray(want)), axis=-1))
+    np.testing.assert_allclose(probs, ref, atol=2e-2)
+
+
+@pytest.mark.parametrize("case", DECODERS)
+def test_a_decoder_classifier_starts_at_the_uniform_guess(case):
+    """A decoder's last-token states are large, so a random head would start confidently wrong;
+    its head starts at zero: probabilities 1/C, loss ln C, on any input."""
+    spec = hf.model_spec(f"hf:{FIXTURES / case}", max_len=16, progress=False)
+    clf = spec.finetune(3, rngs=nnx.Rngs(0))
+    tokens = spec.tokenize({"text": _texts(4)})
+    logits = np.asarray(clf({k: jnp.asarray(v) for k, v in tokens.items()}))
+    np.testing.assert_array_equal(logits, np.zeros((4, 3), np.float32))
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    loss = -np.mean(np.sum(labels * np.asarray(jax.nn.log_softmax(logits)), axis=1))
+    assert loss == pytest.approx(math.log(3), abs=1e-6)
+    # encoders keep their random start (their pooled features are small)
+    encoder = hf.model_spec(f"hf:{FIXTURES / 'bert'}", max_len=16, progress=False).finetune(3, rngs=nnx.Rngs(0))
+    assert np.asarray(encoder.head.kernel[...]).any()
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_registered_decoders_finetune_when_asked(name):
+    """``strong_mode=finetune`` finetunes the registered GGUF decoders (they were silently probed,
+    so a top:K student trained a linear head on raw features instead). Nothing is fetched."""
+    spec = get_model(name, max_len=32, progress=False)
+    assert callable(spec.finetune) and spec.featurizer.pooling == "last"
+    config = Config(data=DataConfig(task="fine_foods"), strong_models=(name,), strong_mode="finetune",
+                    train=StudentTrainConfig(trainable="top:2"))
+    options = experiment.Inputs(None, config, False).options(name)
+    assert options["mode"] == "finetune" and options["trainable"] == "top:2"
+    assert options["bottom"] == "cached-bf16" and options["head_init"] == "zeros"
+
+
+def test_a_model_without_finetune_says_it_is_probed(capsys):
+    """A student that cannot be finetuned is probed, and the run says so in one line."""
+    config = Config(weak_models=("tfidf",), strong_models=("glove-bow",), strong_mode="finetune")
+    experiment.warn_probed_students(config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["w2sjax: warning: strong_mode=finetune: glove-bow has no finetune model; it is probed "
+                   "(a linear head on its frozen features)"]
+
+
+def test_stage_seconds_cover_the_stage_and_rows_carry_the_majority_rate(tmp_path, monkeypatch):
+    """A finetuned decoder student's stage_seconds hold at least its training (the span of its
+    metrics.jsonl lines) and together fit in the run's wall time; each row has the test split's
+    majority rate, as numpy counts it."""
+    import time
+
+    monkeypatch.setenv("W2SJAX_BOTTOM_CACHE", str(tmp_path / "bottoms"))
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    config = Config(
+        name="seconds", data=DataConfig(task="fine_foods", n_train=96, n_val=16, n_test=32, max_len=32),
+        weak_models=("tfidf",), strong_models=(name,), strong_mode="finetune", losses=("xent",), seeds=(0,),
+        weak_train=TrainConfig(epochs=1, batch_size=32),
+        train=StudentTrainConfig(epochs=2, batch_size=8, lr=1e-3, trainable="top:1", log_every=1),
+    )
+    started = time.time()
+    results = experiment.run(config, tmp_path / "run", progress=False)
+    wall = time.time() - started
+    (row,) = results["runs"]
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for role in ("w2s", "ceiling"):
+        stage = row["stages"][role].split("--")[0]
+        times = [r["time"] for r in logs if r.get("stage") == stage and "loss" in r]
+        assert len(times) >= 10, stage  # 48 examples, batch 8, 2 epochs: every step logged
+        assert row["stage_seconds"][role] >= times[-1] - times[0] > 0
+    assert sum(row["stage_seconds"].values()) <= wall
+
+    task = experiment._load_task(config)
+    test = experiment.SeedRun.splits_of(config, task, 0).test["label"]
+    assert row["majority_acc"] == pytest.approx(max(np.bincount(test)) / len(test), abs=1e-6)
+
+
+def test_table_warns_when_a_student_ends_below_the_majority_rate_its_ceiling_beats():
+    def run(w2s, ceiling, strong="s"):
+        return {"task": "t", "weak_model": "w", "strong_model": strong, "loss": "xent", "seed": 0, "weak_acc": 0.7,
+                "w2s_acc": w2s, "ceiling_acc": ceiling, "misfit": 0.1, "majority_acc": 0.68}
+
+    table = report.format_table({"runs": [run(0.64, 0.80, "a"), run(0.60, 0.66, "b"), run(0.70, 0.80, "c")]})
+    warnings = [line for line in table.splitlines() if line.startswith("warning:") and "w2s acc" in line]
+    assert warnings == ["warning: t w -> a (xent): w2s acc 0.640 is below the majority rate 0.680 that its "
+                        "ceiling (0.800) beats"]
+    old = run(0.5, 0.9)
+    del old["majority_acc"]  # results written before rows carried it: no warning, no error
+    assert "warning" not in report.format_table({"runs": [old]})
+
+
+@pytest.mark.slow
+def test_smollm2_top_k_ceiling_beats_the_majority_rate(tmp_path):
+    """The real SmolLM2-135M as a top:2 student on 300 tweets: its ceiling beats always answering
+    the majority class by a clear margin (before the fix it was probed with lr 1e-4 and did not).
+    About 3 minutes on 2 cores the first time (the asset and its bottoms are cached after)."""
+    config = Config(
+        name="smollm2-top2", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
+        weak_models=("glove-bow",), strong_models=("smollm2-135m",), strong_mode="finetune", losses=("xent",),
+        seeds=(0,), precision="bfloat16",
+        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-3, trainable="top:2"),
+    )
+    (row,) = experiment.run(config, tmp_path / "run", progress=False)["runs"]
+    assert row["strong_mode"] == "finetune"
+    assert row["ceiling_acc"] >= row["majority_acc"] + 0.05, row
+    assert row["ceiling_acc"] > row["weak_acc"], row
