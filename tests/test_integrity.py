@@ -123,7 +123,7 @@ def test_damaged_finished_stage_is_set_aside_and_retrained(reference, copy, dama
     assert runs(copy) == runs(reference)
     aside = sorted(p.name.split("--")[0] + (".out" if ".out." in p.name else "")
                    for p in (copy / "checkpoints" / "damaged").iterdir())
-    assert aside == [stage, f"{stage}.out"]
+    assert aside == [f"{stage}.out"]  # a finished stage is its .out folder alone
     # Retrained and saved with a checksum: the next run reuses it silently.
     again = cli(copy)
     assert again.returncode == 0 and not damage_warnings(again.stderr)
@@ -160,23 +160,44 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capfd):
     assert "restarting the stage" in capfd.readouterr().err
 
 
-def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, copy):
-    ckpts = copy / "checkpoints"
-    w2s, w2s_out = stage_dir(ckpts, W2S), stage_dir(ckpts, W2S, outputs=True)
-    steps = sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit())
-    final = steps[-1]
-    assert len(steps) >= 2, steps  # in-stage steps kept next to the final one
-    # As if killed inside the stage: no final step, no outputs; then the newest step truncated.
-    shutil.rmtree(w2s / str(final))
-    shutil.rmtree(w2s_out)
-    for f in state_files(w2s, steps[-2]):
+# Runs the real command and kills it (exit 137, no clean-up) right after the in-stage save of
+# sys.argv[2] at step sys.argv[3]: a kill -9 at a chosen point, so the test is not a race.
+_KILLED_AFTER_SAVE = """
+import os, runpy, sys
+from w2sjax import experiment
+stage, step = sys.argv[2], int(sys.argv[3])
+original = experiment._OrbaxStage.save
+def save(self, at, state):
+    original(self, at, state)
+    if self.stage.startswith(stage + "--") and at == step:
+        os._exit(137)
+experiment._OrbaxStage.save = save
+sys.argv = ["w2sjax", "run", "--out", sys.argv[1], "--no-progress", *sys.argv[4:]]
+runpy.run_module("w2sjax.cli", run_name="__main__")
+"""
+
+
+def kill_after_save(out, stage: str, step: int):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_SAVE, str(out), stage, str(step), *SPAMBASE], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, proc.stderr[-3000:]
+
+
+def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, tmp_path):
+    out = tmp_path / "killed"
+    kill_after_save(out, W2S, 10)
+    w2s = stage_dir(out / "checkpoints", W2S)
+    assert sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit()) == [5, 10]
+    for f in state_files(w2s, 10):
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
-    proc = cli(copy)
+    proc = cli(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = damage_warnings(proc.stderr)
-    assert len(warnings) == 1 and f"step {steps[-2]}" in warnings[0] and "Traceback" not in proc.stderr
-    assert runs(copy) == runs(reference)
+    assert len(warnings) == 1 and "step 10" in warnings[0] and "Traceback" not in proc.stderr
+    assert runs(out) == runs(reference)
 
 
 # ---- temporary files ------------------------------------------------------------------------

@@ -108,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Whatever was being written was written to a temporary file, now removed.
         return _fail(f"cannot write {exc.filename or out}: {exc.strerror}", code=1)
-    except KeyboardInterrupt:
-        return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "step", None) is not None:
+            return _fail(f"interrupted in stage {exc.stage} at step {exc.step}, after saving an in-stage checkpoint; "
+                         f"run the same command again to resume from {out}", code=130)
+        return _fail(f"interrupted; run the same command again to resume from {out} (finished stages are reused)",
+                     code=130)
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
     return 0

@@ -55,6 +55,26 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
+    def rewind(self, stage: str, step: int) -> None:
+        """Drop the lines of ``stage`` after ``step``: a stage that resumes from ``step`` (or starts
+        over, from 0) logs its later steps again, and each step must appear once."""
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines if not _logged_after(line, stage, step)]
+        if len(kept) != len(lines):
+            atomic.write_text(self.path, "".join(kept))
+
+
+def _logged_after(line: str, stage: str, step: int) -> bool:
+    if f'"stage": {json.dumps(stage)}' not in line:  # cheap test first: most lines are other stages'
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return True  # a line cut short by a kill: the resumed stage writes it again
+    return record.get("stage") == stage and isinstance(record.get("step"), int) and record["step"] > step
+
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
 # length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
@@ -63,23 +83,56 @@ class MetricsLog:
 PREDICT_ROWS = 64
 
 
-class _OrbaxStage(train.StageCheckpoint):
-    """In-stage checkpoints of one stage's ``TrainState`` through ``checkpoint.py``."""
+def mesh_identity(mesh) -> dict:
+    """What an in-stage checkpoint records of the mesh that trained it. The batch size (a multiple
+    of the device count) and the order of sharded sums depend on it, so a stage resumed on another
+    mesh would end with numbers that neither mesh gives uninterrupted: it starts over instead."""
+    return {"devices": int(mesh.size), "axes": {str(k): int(v) for k, v in mesh.shape.items()},
+            "processes": jax.process_count()}
 
-    def __init__(self, ckpt_dir: pathlib.Path, stage: str):
+
+def _describe_mesh(identity: dict) -> str:
+    axes = ", ".join(f"{k}={v}" for k, v in (identity.get("axes") or {}).items())
+    return f"{identity.get('devices')} devices ({axes})" if axes else f"{identity.get('devices')} devices"
+
+
+class _OrbaxStage(train.StageCheckpoint):
+    """In-stage checkpoints of one stage's ``TrainState`` through ``checkpoint.py``: each step with
+    the sha256 of its state and the mesh it was trained on, both checked before it is used."""
+
+    def __init__(self, ckpt_dir: pathlib.Path, stage: str, mesh=None):
         self.ckpt_dir, self.stage = ckpt_dir, stage
+        self.mesh = None if mesh is None else mesh_identity(mesh)
 
     def latest_step(self):
         found = checkpoint.latest(self.ckpt_dir, self.stage)
         return None if found is None else found[0]
 
     def restore(self, abstract_state):
-        # A damaged newest step falls back to an older one, then to the stage's start (None).
-        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state)
-        return None if found is None else found[0]
+        # A damaged newest step (unreadable, or not the bytes saved) falls back to an older one,
+        # then to the stage's start (None).
+        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state, require_checksum=True)
+        if found is None:
+            return None
+        state, meta = found
+        saved_on = meta.get("mesh")
+        if self.mesh is not None and saved_on is not None and saved_on != self.mesh:
+            if parallel.is_main_process():
+                print(f"w2sjax: warning: stage {train_name(self.stage)!r}: its in-stage checkpoint (step "
+                      f"{meta.get('step')}) was saved on {_describe_mesh(saved_on)} and this run has "
+                      f"{_describe_mesh(self.mesh)}; restarting the stage", file=sys.stderr, flush=True)
+            checkpoint.remove(self.ckpt_dir, self.stage)
+            return None
+        return state
 
     def save(self, step, state):
-        checkpoint.save(self.ckpt_dir, self.stage, step, state, meta={"step": step})
+        meta = {"step": step} if self.mesh is None else {"step": step, "mesh": self.mesh}
+        checkpoint.save(self.ckpt_dir, self.stage, step, state, meta=meta, checksum=True)
+
+
+def train_name(checkpoint_name: str) -> str:
+    """The readable stage name of a checkpoint name (``NAME--FINGERPRINT``)."""
+    return stages.StageKey.parse(checkpoint_name).name
 
 
 # ---- model inputs ---------------------------------------------------------------------------
@@ -359,7 +412,7 @@ class Runner:
             trainable=mi.trainable,
             val=val,
             stage=key.name,
-            ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name),
+            ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
             log=self.log,
             progress=self.progress,
         )
@@ -374,14 +427,16 @@ class Runner:
             split, idx = evals["val"]
             truth = (self.task.train if split == "train" else self.task.test)["label"][idx]
             train.check_not_collapsed(preds["val"], truth, key.name, fitted.steps)
-        stamp = {"fingerprint": key.fingerprint, "settings": settings}
-        checkpoint.save(self.ckpt_dir, key.checkpoint_name, fitted.steps, fitted.state,
-                        meta={"steps": fitted.steps, **stamp}, final=True)
         seconds = round(time.perf_counter() - started, 3)
-        checkpoint.save(
-            self.ckpt_dir, key.outputs_name, 0, preds, meta={"seconds": seconds, "steps": fitted.steps, **stamp},
-            final=True, checksum=True,
-        )
+        # One final step holds what a finished stage needs: its predictions (the pseudo-labels of its
+        # students among them) and its trained parameters (the best on validation with early
+        # stopping), each checksummed. Optimizer moments and a frozen base stay out: the settings
+        # and the base's hash say how to rebuild the rest (`trained_module`).
+        meta = {"seconds": seconds, "steps": fitted.steps, "fingerprint": key.fingerprint, "settings": settings,
+                "trainable": mi.trainable, "frozen_sha256": checkpoint.state_sha256(fitted.state.frozen)}
+        checkpoint.save(self.ckpt_dir, key.outputs_name, 0, preds, meta=meta, final=True, checksum=True,
+                        model=fitted.state.params)
+        checkpoint.remove(self.ckpt_dir, key.checkpoint_name)  # the in-stage steps are not needed any more
         result = StageOutput(preds, seconds, fitted.steps, key)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
@@ -401,7 +456,24 @@ class Runner:
                 f"{self.ckpt_dir / key.outputs_name}: saved under fingerprint {meta.get('fingerprint')!r}, "
                 f"expected {key.fingerprint!r}; move the folder away and run again"
             )
+        if "frozen_sha256" in meta and checkpoint.exists(self.ckpt_dir, key.checkpoint_name):
+            checkpoint.remove(self.ckpt_dir, key.checkpoint_name)  # in-stage steps left by a kill right after it finished
         return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
+
+    def trained_module(self, checkpoint_name: str, model: str, *, seed: int, frozen_features: bool = False) -> nnx.Module:
+        """The module of the finished stage ``checkpoint_name`` (as ``results.json`` rows name them in
+        ``stages``), trained on ``model`` with ``seed``: rebuilt as the stage built it, then given
+        its saved parameters. Both halves are checked: the parameters against the sha256 saved with
+        them, the rebuilt frozen part (a LoRA or ``top:K`` stage's base) against the hash of the one
+        it was trained on. Raises ``checkpoint.DamagedCheckpoint`` when either differs."""
+        mi = self.inputs.get(model, frozen_features=frozen_features)
+        structure, fresh = train.init_state(mi.build(seed), mi.trainable)
+        outputs = stages.StageKey.parse(checkpoint_name).outputs_name
+        params, meta = checkpoint.restore_model(self.ckpt_dir, outputs, fresh.params)
+        if meta.get("frozen_sha256") != checkpoint.state_sha256(fresh.frozen):
+            raise checkpoint.DamagedCheckpoint(outputs, 0, "the frozen part rebuilt from the model's settings differs "
+                                                          "from the one the stage was trained on")
+        return structure.bind(params, fresh.frozen)
 
     def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
         """A finished stage whose outputs fail their check: move it (model and outputs) aside and

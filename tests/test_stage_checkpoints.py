@@ -1,0 +1,206 @@
+"""In-stage and finished-stage checkpoints as the runner uses them: every one verified before use,
+tied to the mesh that trained it, a finished stage kept small, Ctrl-C and repeated kills.
+
+The damage is real (bits flipped in the files Orbax wrote, runs stopped right after a real
+in-stage save) and the reference is always the same experiment run uninterrupted.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from _multiprocess.launch import process_env
+from w2sjax import checkpoint, experiment
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+W2S = "w2s__linear__mlp__xent__seed0"
+
+
+def tiny(**train) -> Config:
+    """digits, a linear supervisor and an MLP student: a second per stage; the student saves an
+    in-stage checkpoint every 10 of its 42 steps."""
+    return Config(
+        data=DataConfig(task="digits", n_val=64, n_test=256), weak_models=("linear",), strong_models=("mlp",),
+        losses=("xent",), seeds=(0,), weak_train=TrainConfig(epochs=3, batch_size=64, lr=1e-2),
+        train=StudentTrainConfig(**{"epochs": 2, "batch_size": 32, "lr": 1e-2, "log_every": 5, "checkpoint_every": 10,
+                                    **train}),
+    )
+
+
+def rows(results: dict) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "stage_seconds"} for r in results["runs"]]
+
+
+class Killed(BaseException):
+    """Stands for kill -9 right after an in-stage save: nothing of the run's own clean-up runs."""
+
+
+def run_killed_after(config: Config, out: pathlib.Path, stage: str, step: int, monkeypatch) -> None:
+    """Run ``config`` into ``out`` and stop it dead right after ``stage`` saved in-stage ``step``."""
+    original = experiment._OrbaxStage.save
+
+    def save(self, at, state):
+        original(self, at, state)
+        if self.stage.startswith(stage + "--") and at == step:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(experiment._OrbaxStage, "save", save)
+        with pytest.raises(Killed):
+            experiment.run(config, out, progress=False)
+
+
+def stage_folder(out: pathlib.Path, stage: str) -> pathlib.Path:
+    [found] = [p for p in (out / "checkpoints").glob(f"{stage}--*") if not p.name.endswith(".out")]
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return rows(experiment.run(tiny(), out, progress=False))
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory, reference):
+    """The run stopped dead inside the student right after its in-stage step 20 (10 is kept too)."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    with pytest.MonkeyPatch.context() as m:
+        run_killed_after(tiny(), out, W2S, 20, m)
+    steps = sorted(int(p.name) for p in stage_folder(out, W2S).iterdir() if p.name.isdigit())
+    assert steps == [10, 20]
+    return out
+
+
+def test_resume_after_a_kill_gives_the_reference(killed, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(killed, out)
+    assert rows(experiment.run(tiny(), out, progress=False)) == reference
+
+
+def _flip_one_bit(step_dir: pathlib.Path, rng: np.random.Generator) -> str:
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size)
+    target = files[rng.integers(len(files))]
+    raw = bytearray(target.read_bytes())
+    bit = int(rng.integers(len(raw) * 8))
+    raw[bit // 8] ^= 1 << (bit % 8)
+    target.write_bytes(bytes(raw))
+    return f"{target.relative_to(step_dir)} bit {bit}"
+
+
+FLIPS = 24
+
+
+def test_bit_flips_in_the_newest_in_stage_checkpoint_never_change_the_numbers(killed, reference, tmp_path, capfd):
+    """Each of 24 random single-bit flips anywhere in the newest in-stage step's files: the resumed
+    run ends with the reference numbers (the damage caught, one warning line, or harmless), or
+    stops with an error; never with other numbers."""
+    rng = np.random.default_rng(20261206)
+    caught = 0
+    for i in range(FLIPS):
+        out = tmp_path / f"flip{i}"
+        shutil.copytree(killed, out)
+        where = _flip_one_bit(stage_folder(out, W2S) / "20", rng)
+        capfd.readouterr()
+        got = rows(experiment.run(tiny(), out, progress=False))
+        assert got == reference, where
+        warnings = [line for line in capfd.readouterr().err.splitlines() if line.startswith("w2sjax: warning")]
+        warnings = [w for w in warnings if "damaged" in w or "restarting" in w]
+        assert len(warnings) <= 1, (where, warnings)
+        caught += bool(warnings)
+        shutil.rmtree(out)
+    assert caught >= FLIPS // 4  # most flips land in the state's data, and each of those is caught
+
+
+def test_restore_checks_the_in_stage_checksum(tmp_path):
+    state = {"w": np.arange(4, dtype=np.float32)}
+    for step in (5, 10):
+        checkpoint.save(tmp_path, "s", step, {"w": state["w"] + step}, meta={"step": step}, checksum=True)
+    meta_file = tmp_path / "s" / "10" / "meta" / "metadata"
+    record = json.loads(meta_file.read_text())
+    record["w2sjax_sha256"] = "0" * 64
+    meta_file.write_text(json.dumps(record))
+    restored, meta = checkpoint.restore_newest_good(tmp_path, "s", state, require_checksum=True)
+    assert meta["step"] == 5 and restored["w"].tolist() == [5, 6, 7, 8]
+    # A step saved without a checksum is not trusted when one is required.
+    checkpoint.save(tmp_path, "s", 15, state, meta={"step": 15})
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="no sha256"):
+        checkpoint.restore(tmp_path, "s", state, require_checksum=True)
+
+
+def test_nan_right_after_a_resume_points_at_the_checkpoint():
+    from w2sjax import train
+
+    state = train.TrainState(step=np.int32(11), params={}, frozen={}, opt_state=(), best_params={},
+                             best_score=np.float32(0), evals_since_best=np.int32(0),
+                             first_nonfinite_step=np.int32(10), first_loss=np.float32(1), blowup_step=np.int32(-1),
+                             finished=np.bool_(False))
+    with pytest.raises(FloatingPointError, match="first step after resuming from its in-stage checkpoint"):
+        train.check_divergence(state, "s", 1e-2, resumed_from=10)
+    with pytest.raises(FloatingPointError, match="lower its learning rate"):
+        train.check_divergence(state, "s", 1e-2, resumed_from=5)
+
+
+# ---- a finished stage ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, reference):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    experiment.run(tiny(), out, progress=False)
+    return out
+
+
+def test_a_finished_stage_keeps_its_outputs_and_trained_parameters_only(finished):
+    ckpts = finished / "checkpoints"
+    # no in-stage steps left (they held the optimizer's moments): one .out folder per stage, one step each
+    assert all(p.name.endswith(".out") for p in ckpts.iterdir()), sorted(p.name for p in ckpts.iterdir())
+    for stage in ckpts.iterdir():
+        assert sorted(p.name for p in stage.iterdir() if p.name.isdigit()) == ["0"]
+        assert sorted(p.name for p in (stage / "0").iterdir() if p.is_dir()) == ["meta", "model", "state"]
+
+
+def test_a_finished_stage_rebuilds_the_model_that_made_its_predictions(finished):
+    import jax
+
+    results = json.loads((finished / "results.json").read_text())
+    stage = results["runs"][0]["stages"]["w2s"]
+    runner, task, _ = experiment.prepare(tiny(), finished, progress=False)
+    try:
+        module = runner.trained_module(stage, "mlp", seed=0)
+        sr = experiment.SeedRun(runner, task, 0)
+        x = np.asarray(task.test["x"][sr.test["row"]], np.float32)
+        probs = np.asarray(jax.nn.softmax(module(x), axis=-1))
+        target = {k: np.zeros((len(idx), task.num_classes), np.float32) for k, (_, idx) in sr.evals.items()}
+        saved, _ = checkpoint.restore(finished / "checkpoints", f"{stage}.out", target)
+        np.testing.assert_allclose(probs, saved["test"], atol=1e-5)
+    finally:
+        experiment.rundir.release(finished)
+
+
+def test_a_damaged_finished_model_is_caught_when_loaded(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    stage = json.loads((out / "results.json").read_text())["runs"][0]["stages"]["w2s"]
+    data = [p for p in (out / "checkpoints" / f"{stage}.out" / "0" / "model").rglob("*")
+            if p.is_file() and p.parent.name == "d"]
+    assert data
+    for f in data:
+        raw = bytearray(f.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        f.write_bytes(bytes(raw))
+    runner, _, _ = experiment.prepare(tiny(), out, progress=False)
+    try:
+        with pytest.raises(checkpoint.DamagedCheckpoint, match="model"):
+            runner.trained_module(stage, "mlp", seed=0)
+    finally:
+        experiment.rundir.release(out)
