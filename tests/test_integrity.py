@@ -160,28 +160,12 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capfd):
     assert "restarting the stage" in capfd.readouterr().err
 
 
-# Runs the real command and kills it (exit 137, no clean-up) right after the in-stage save of
-# sys.argv[2] at step sys.argv[3]: a kill -9 at a chosen point, so the test is not a race.
-_KILLED_AFTER_SAVE = """
-import os, runpy, sys
-from w2sjax import experiment
-stage, step = sys.argv[2], int(sys.argv[3])
-original = experiment._OrbaxStage.save
-def save(self, at, state):
-    original(self, at, state)
-    if self.stage.startswith(stage + "--") and at == step:
-        os._exit(137)
-experiment._OrbaxStage.save = save
-sys.argv = ["w2sjax", "run", "--out", sys.argv[1], "--no-progress", *sys.argv[4:]]
-runpy.run_module("w2sjax.cli", run_name="__main__")
-"""
-
-
 def kill_after_save(out, stage: str, step: int):
+    """Run the command into ``out`` and kill it right after ``stage``'s in-stage save of ``step``."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_SAVE, str(out), stage, str(step), *SPAMBASE], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_multiprocess" / "kill_after_save.py"), stage,
+                           str(step), str(out), *SPAMBASE], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 137, proc.stderr[-3000:]
 
 

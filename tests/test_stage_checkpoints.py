@@ -204,3 +204,38 @@ def test_a_damaged_finished_model_is_caught_when_loaded(finished, tmp_path):
             runner.trained_module(stage, "mlp", seed=0)
     finally:
         experiment.rundir.release(out)
+
+
+# ---- another mesh ----------------------------------------------------------------------------
+
+KILLER = str(ROOT / "tests" / "_multiprocess" / "kill_after_save.py")
+TINY_ARGS = ["--set", "data.task=digits", "--set", "weak_models=linear", "--set", "strong_models=mlp",
+             "--set", "losses=xent", "--set", "seeds=0", "--set", "data.n_val=64", "--set", "data.n_test=256",
+             "--set", "weak_train.epochs=3", "--set", "weak_train.batch_size=64", "--set", "weak_train.lr=1e-2",
+             "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "train.lr=1e-2",
+             "--set", "train.log_every=5", "--set", "train.checkpoint_every=10"]
+
+
+def cli(out, devices: int, *, killer=()) -> subprocess.CompletedProcess:
+    command = [*killer, str(out)] if killer else ["-m", "w2sjax.cli", "run", "--out", str(out), "--no-progress"]
+    return subprocess.run([sys.executable, *command, *TINY_ARGS], env=process_env(devices), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_stage_checkpointed_on_2_devices_restarts_on_1(tmp_path):
+    """The device count decides the batch size's rounding and the order of sharded sums, so an
+    in-stage checkpoint is used only on the mesh that saved it: on another one the stage starts
+    over, saying so, and ends as a fresh start of that stage on the new mesh would."""
+    killed = tmp_path / "killed"
+    proc = cli(killed, 2, killer=(KILLER, W2S, "20"))
+    assert proc.returncode == 137, proc.stderr[-3000:]
+    fresh = tmp_path / "fresh"  # the same directory with the interrupted stage's steps deleted
+    shutil.copytree(killed, fresh)
+    shutil.rmtree(stage_folder(fresh, W2S))
+
+    resumed = cli(killed, 1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [line] = [w for w in resumed.stderr.splitlines() if "restarting the stage" in w]
+    assert W2S in line and "saved on 2 devices" in line and "this run has 1 device " in line
+    assert cli(fresh, 1).returncode == 0
+    assert rows(json.loads((killed / "results.json").read_text())) == rows(json.loads((fresh / "results.json").read_text()))

@@ -92,8 +92,9 @@ def mesh_identity(mesh) -> dict:
 
 
 def _describe_mesh(identity: dict) -> str:
+    n = identity.get("devices")
     axes = ", ".join(f"{k}={v}" for k, v in (identity.get("axes") or {}).items())
-    return f"{identity.get('devices')} devices ({axes})" if axes else f"{identity.get('devices')} devices"
+    return f"{n} device{'' if n == 1 else 's'}" + (f" ({axes})" if axes else "")
 
 
 class _OrbaxStage(train.StageCheckpoint):
