@@ -238,4 +238,22 @@ def test_a_stage_checkpointed_on_2_devices_restarts_on_1(tmp_path):
     [line] = [w for w in resumed.stderr.splitlines() if "restarting the stage" in w]
     assert W2S in line and "saved on 2 devices" in line and "this run has 1 device " in line
     assert cli(fresh, 1).returncode == 0
-    assert rows(json.loads((killed / "results.json").read_text())) == rows(json.loads((fresh / "results.json").read_text()))
+    results = [json.loads((out / "results.json").read_text()) for out in (killed, fresh)]
+    assert rows(results[0]) == rows(results[1])
+
+
+# ---- metrics.jsonl after repeated kills ------------------------------------------------------
+
+def logged_steps(out: pathlib.Path, stage: str) -> list[int]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if r["stage"] == stage and "loss" in r]
+
+
+def test_metrics_hold_each_step_once_after_repeated_kills(killed, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(killed, out)
+    run_killed_after(tiny(), out, W2S, 30, monkeypatch)  # resumed from 20, killed again after saving 30
+    shutil.rmtree(stage_folder(out, W2S) / "30")  # as if killed after logging 25 and 30 but before saving 30
+    assert logged_steps(out, W2S) == [5, 10, 15, 20, 25, 30]
+    assert rows(experiment.run(tiny(), out, progress=False)) == reference
+    assert logged_steps(out, W2S) == [5, 10, 15, 20, 25, 30, 35, 40, 42]

@@ -458,10 +458,12 @@ class Runner:
                 f"expected {key.fingerprint!r}; move the folder away and run again"
             )
         if "frozen_sha256" in meta and checkpoint.exists(self.ckpt_dir, key.checkpoint_name):
-            checkpoint.remove(self.ckpt_dir, key.checkpoint_name)  # in-stage steps left by a kill right after it finished
+            # in-stage steps left by a kill between the outputs' save and their removal
+            checkpoint.remove(self.ckpt_dir, key.checkpoint_name)
         return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
 
-    def trained_module(self, checkpoint_name: str, model: str, *, seed: int, frozen_features: bool = False) -> nnx.Module:
+    def trained_module(self, checkpoint_name: str, model: str, *, seed: int,
+                       frozen_features: bool = False) -> nnx.Module:
         """The module of the finished stage ``checkpoint_name`` (as ``results.json`` rows name them in
         ``stages``), trained on ``model`` with ``seed``: rebuilt as the stage built it, then given
         its saved parameters. Both halves are checked: the parameters against the sha256 saved with

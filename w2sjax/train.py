@@ -550,62 +550,49 @@ def fit(
     if rewind is not None:  # lines logged after the restored step (by a killed run) are logged again below
         rewind(stage, int(state.step))
     bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
-    with signals.safe_points():  # a Ctrl-C stops the loop at its next stop, after a checkpoint
-        state, stopped_early = _train_until(
-            state, start, total, cfg=cfg, feed=feed, rng=rng, settings=settings, model=model, mesh=mesh,
-            step_wrapper=step_wrapper, bar=bar, stage=stage, log=log, val=val, predict_step=predict_step,
-            shardings=shardings, eval_every=eval_every, ckpt=ckpt, resumed_from=resumed_from)
+    step, stopped_early, last_save = start, False, time.monotonic()
+    with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
+        while step < total:
+            # Run up to the next step where the host has something to do (log, eval, checkpoint).
+            done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
+            for count, batches in feed.segments(step, done):  # one segment unless batches change length
+                state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
+                                                 model=model, mesh=mesh, step_wrapper=step_wrapper)
+            bar.update(done - step)
+            step = done
+            if itstime(step, cfg.log_every, total):
+                check_divergence(state, stage, cfg.lr, resumed_from)
+                if log is not None:
+                    log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
+            if itstime(step, eval_every, total):
+                state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
+                                 step=step, log=log, buckets=cfg.length_buckets)
+                stopped_early = _patience_ran_out(state, cfg)
+            if step >= total or stopped_early:
+                break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
+            interrupted = signals.pending()
+            if ckpt is not None:
+                due = itstime(step, cfg.checkpoint_every, total, last=False)
+                due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
+                preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
+                stopping = preemption.agree(interrupted is not None)  # process 0's Ctrl-C stops every process
+                if due or preempted or stopping:
+                    ckpt.save(step, state)
+                    last_save = time.monotonic()
+                if preempted:
+                    bar.close()
+                    raise preemption.Preempted(stage, step)
+                if stopping:
+                    bar.close()
+                    raise signals.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+            # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
+            signals.check()
     bar.close()
     check_divergence(state, stage, cfg.lr, resumed_from)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), replicated))
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
-
-
-def _train_until(state, step, total, *, cfg, feed, rng, settings, model, mesh, step_wrapper, bar, stage, log, val,
-                 predict_step, shardings, eval_every, ckpt, resumed_from):
-    """The steps ``step .. total-1`` of :func:`fit`, stopping on the host for its periodic jobs:
-    ``(state, stopped_early)``."""
-    replicated = parallel.replicated(mesh)
-    stopped_early = False
-    last_save = time.monotonic()
-    while step < total:
-        # Run up to the next step where the host has something to do (log, eval, checkpoint).
-        done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
-        for count, batches in feed.segments(step, done):  # one segment unless batches change length
-            state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
-                                             model=model, mesh=mesh, step_wrapper=step_wrapper)
-        bar.update(done - step)
-        step = done
-        if itstime(step, cfg.log_every, total):
-            check_divergence(state, stage, cfg.lr, resumed_from)
-            if log is not None:
-                log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
-        if itstime(step, eval_every, total):
-            state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
-                             step=step, log=log, buckets=cfg.length_buckets)
-            stopped_early = _patience_ran_out(state, cfg)
-        if step >= total or stopped_early:
-            break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
-        interrupted = signals.pending()
-        if ckpt is not None:
-            due = itstime(step, cfg.checkpoint_every, total, last=False)
-            due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
-            preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
-            stopping = preemption.agree(interrupted is not None)  # process 0's Ctrl-C stops every process
-            if due or preempted or stopping:
-                ckpt.save(step, state)
-                last_save = time.monotonic()
-            if preempted:
-                bar.close()
-                raise preemption.Preempted(stage, step)
-            if stopping:
-                bar.close()
-                raise signals.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
-        # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
-        signals.check()
-    return state, stopped_early
 
 
 def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
