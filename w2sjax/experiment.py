@@ -321,6 +321,9 @@ class Runner:
         self.inputs = Inputs(task, config, progress, mesh)
         self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
+        self.disk: dict[str, tuple[int, int]] = {}  # checkpoint name -> (finished, in-stage) bytes, of stages to train
+        if not planning:  # `finish` lists every stage this run used in results.json (what `w2sjax prune` keeps)
+            _USED[str(out_dir.absolute())] = self._outputs_this_process
 
     def settings(self, *, model, frozen_features, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
@@ -384,6 +387,8 @@ class Runner:
                 self.planned[key.checkpoint_name] = checkpoint.is_done(self.ckpt_dir, key.outputs_name)
             except checkpoint.DamagedCheckpoint:
                 self.planned[key.checkpoint_name] = False  # will be set aside and trained again
+            if not self.planned[key.checkpoint_name]:
+                self.disk[key.checkpoint_name] = _disk_estimate(settings["model"], target)
             uniform = {k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}
             result = StageOutput(uniform, 0.0, 0, key)
             self._outputs_this_process[key.checkpoint_name] = result
@@ -487,6 +492,19 @@ class Runner:
             print(f"w2sjax: warning: finished stage {key.name!r} has damaged outputs ({exc}); moved to "
                   f"{pathlib.Path(moved[0]).parent if moved else self.ckpt_dir}; training it again",
                   file=sys.stderr, flush=True)
+
+
+_USED: dict[str, dict] = {}  # run directory -> the stages its (training) runner used, by checkpoint name
+
+
+def _disk_estimate(model_options: dict, target: dict) -> tuple[int, int]:
+    """``(finished, in_stage)`` bytes of a stage to train (:func:`w2sjax.disk.stage_bytes`)."""
+    from w2sjax import disk, models
+
+    spec = models.get_model(model_options["name"])
+    return disk.stage_bytes(spec.num_params, finetune=model_options["mode"] == "finetune",
+                            trainable=model_options.get("trainable", "all"),
+                            pred_values=sum(int(np.size(v)) for v in target.values()))
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -793,6 +811,12 @@ def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
     names = ", ".join(stages.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
     line = f"plan: {len(todo)} of {len(planner.planned)} stages to train" + (f" ({names})" if todo else "")
     line += f", {reused} reused"
+    if planner.disk:  # finished stages stay; each stage's in-stage steps go when it ends
+        from w2sjax import disk
+
+        finished = sum(f for f, _ in planner.disk.values())
+        in_stage = max(i for _, i in planner.disk.values())
+        line += f"; checkpoints ~{disk.human(finished)} (up to {disk.human(in_stage)} more while a stage trains)"
     estimate = _earlier_seconds(planner.ckpt_dir, todo)
     if estimate is not None:
         line += f"; ~{estimate:.0f} s of training by earlier runs of these stages"
@@ -821,6 +845,9 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
     of other settings already there are kept beside it under a printed name."""
     payload = {"config": to_dict(config), "runs": rows, **extra}
+    used = _USED.pop(str(out.absolute()), None)
+    if used is not None:
+        payload.setdefault("checkpoints", sorted(used))
     signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
         kept = rundir.keep_previous_results(out, payload)
