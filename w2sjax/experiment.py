@@ -55,25 +55,46 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
-    def rewind(self, stage: str, step: int) -> None:
-        """Drop the lines of ``stage`` after ``step``: a stage that resumes from ``step`` (or starts
-        over, from 0) logs its later steps again, and each step must appear once."""
+    def rewind(self, checkpoint_name: str, step: int) -> None:
+        """Drop the lines of stage ``checkpoint_name`` (these settings only) after ``step``: a stage
+        that resumes from ``step`` (or starts over, from 0) logs its later steps again, and each step
+        must appear once."""
         if self.path is None or not self.path.exists():
             return
         lines = self.path.read_text().splitlines(keepends=True)
-        kept = [line if line.endswith("\n") else line + "\n" for line in lines if not _logged_after(line, stage, step)]
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines
+                if not _logged_after(line, checkpoint_name, step)]
         if len(kept) != len(lines):
             atomic.write_text(self.path, "".join(kept))
 
+    def of_stage(self, checkpoint_name: str) -> "_StageLog":
+        return _StageLog(self, checkpoint_name)
 
-def _logged_after(line: str, stage: str, step: int) -> bool:
-    if f'"stage": {json.dumps(stage)}' not in line:  # cheap test first: most lines are other stages'
+
+class _StageLog:
+    """One stage's lines of ``metrics.jsonl``, each tagged with the stage's checkpoint name, so that
+    a resume drops exactly the lines it will write again (``train.fit`` calls ``rewind``)."""
+
+    def __init__(self, log: MetricsLog, checkpoint_name: str):
+        self.log, self.checkpoint_name = log, checkpoint_name
+
+    def __call__(self, record: dict) -> None:
+        self.log({"checkpoint": self.checkpoint_name, **record})
+
+    def rewind(self, stage: str, step: int) -> None:
+        del stage  # the readable name; the checkpoint name also says which settings
+        self.log.rewind(self.checkpoint_name, step)
+
+
+def _logged_after(line: str, checkpoint_name: str, step: int) -> bool:
+    if f'"checkpoint": {json.dumps(checkpoint_name)}' not in line:  # cheap test first: most lines are others'
         return False
     try:
         record = json.loads(line)
     except ValueError:
         return True  # a line cut short by a kill: the resumed stage writes it again
-    return record.get("stage") == stage and isinstance(record.get("step"), int) and record["step"] > step
+    return (record.get("checkpoint") == checkpoint_name and isinstance(record.get("step"), int)
+            and record["step"] > step)
 
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
@@ -419,7 +440,7 @@ class Runner:
             val=val,
             stage=key.name,
             ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
-            log=self.log,
+            log=self.log.of_stage(key.checkpoint_name),
             progress=self.progress,
         )
         preds = {}
