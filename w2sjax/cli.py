@@ -101,22 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     except (config_lib.ConfigError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
-    from w2sjax import signals
-
-    signals.install()  # so that no callback can swallow Ctrl-C
-    code = _run(config, out, args)
-    if code:
-        rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
-    return code
-
-
-def _run(config, out: pathlib.Path, args) -> int:
-    from w2sjax import config as config_lib, experiment, preemption, report, rundir
+    from w2sjax import experiment, preemption, report, signals
     from w2sjax.assets import AssetError
 
+    signals.install()  # so that no callback can swallow Ctrl-C
+    finished = False
     try:
         preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
+        finished = True
     except preemption.Preempted as exc:
         return _fail(f"{exc}; run the same command again to resume from {out}", code=preemption.EXIT_PREEMPTED)
     except (config_lib.ConfigError, AssetError, rundir.RunDirError) as exc:
@@ -134,6 +127,9 @@ def _run(config, out: pathlib.Path, args) -> int:
                          f"run the same command again to resume from {out}", code=130)
         return _fail(f"interrupted; run the same command again to resume from {out} (finished stages are reused)",
                      code=130)
+    finally:
+        if not finished:
+            rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
     print(report.format_table(results))
     print(f"\nresults: {out / 'results.json'}")
     return 0
