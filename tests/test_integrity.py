@@ -484,3 +484,28 @@ def test_collapsed_model_is_caught_on_a_balanced_slice():
     train.check_not_collapsed(mixed, labels, "s", 7)
     train.check_not_collapsed(one_class, np.zeros(36, np.int64), "s", 7)
     train.check_not_collapsed(np.tile([0.6, 0.4], (36, 1)), labels, "s", 7)
+
+
+@pytest.mark.slow  # a dozen runs of the command
+def test_bit_flips_in_the_newest_in_stage_checkpoint_through_the_command(reference, tmp_path):
+    """The command's side of the promise: after each single-bit flip in the newest in-stage step of
+    a killed run, the rerun exits 0 with the reference numbers, or non-zero with one line."""
+    killed = tmp_path / "killed"
+    kill_after_save(killed, W2S, 10)
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        out = tmp_path / f"flip{i}"
+        shutil.copytree(killed, out)
+        step = stage_dir(out / "checkpoints", W2S) / "10"
+        files = sorted(p for p in step.rglob("*") if p.is_file() and p.stat().st_size)
+        target = files[rng.integers(len(files))]
+        raw = bytearray(target.read_bytes())
+        bit = int(rng.integers(len(raw) * 8))
+        raw[bit // 8] ^= 1 << (bit % 8)
+        target.write_bytes(bytes(raw))
+        proc = cli(out)
+        if proc.returncode == 0:
+            assert runs(out) == runs(reference), (target, bit)
+        else:
+            one_error_line(proc)
+        shutil.rmtree(out)

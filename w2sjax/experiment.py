@@ -498,6 +498,12 @@ class Runner:
         mi = self.inputs.get(model, frozen_features=frozen_features)
         structure, fresh = train.init_state(mi.build(seed), mi.trainable)
         outputs = stages.StageKey.parse(checkpoint_name).outputs_name
+        found = checkpoint.latest(self.ckpt_dir, outputs)
+        if found is None or not checkpoint.is_done(self.ckpt_dir, outputs):
+            raise FileNotFoundError(f"stage {checkpoint_name!r} has not finished in {self.ckpt_dir}")
+        if "frozen_sha256" not in found[1]:
+            raise FileNotFoundError(f"stage {checkpoint_name!r} was saved by an older w2sjax, without its model; "
+                                    f"move {self.ckpt_dir / outputs} away and run again to retrain it")
         params, meta = checkpoint.restore_model(self.ckpt_dir, outputs, fresh.params)
         if meta.get("frozen_sha256") != checkpoint.state_sha256(fresh.frozen):
             raise checkpoint.DamagedCheckpoint(outputs, 0, "the frozen part rebuilt from the model's settings differs "
