@@ -140,7 +140,8 @@ class _OrbaxStage(train.StageCheckpoint):
         saved_on = meta.get("mesh")
         if self.mesh is not None and saved_on is not None and saved_on != self.mesh:
             if parallel.is_main_process():
-                print(f"w2sjax: warning: stage {train_name(self.stage)!r}: its in-stage checkpoint (step "
+                name = stages.StageKey.parse(self.stage).name
+                print(f"w2sjax: warning: stage {name!r}: its in-stage checkpoint (step "
                       f"{meta.get('step')}) was saved on {_describe_mesh(saved_on)} and this run has "
                       f"{_describe_mesh(self.mesh)}; restarting the stage", file=sys.stderr, flush=True)
             checkpoint.remove(self.ckpt_dir, self.stage)
@@ -150,11 +151,6 @@ class _OrbaxStage(train.StageCheckpoint):
     def save(self, step, state):
         meta = {"step": step} if self.mesh is None else {"step": step, "mesh": self.mesh}
         checkpoint.save(self.ckpt_dir, self.stage, step, state, meta=meta, checksum=True)
-
-
-def train_name(checkpoint_name: str) -> str:
-    """The readable stage name of a checkpoint name (``NAME--FINGERPRINT``)."""
-    return stages.StageKey.parse(checkpoint_name).name
 
 
 # ---- model inputs ---------------------------------------------------------------------------
