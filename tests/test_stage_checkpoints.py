@@ -326,3 +326,36 @@ def test_prune_lists_then_removes_other_settings_and_empty_run_folders(finished,
     assert {p.name.removesuffix(".out") for p in (run / "checkpoints").iterdir()} == used
     # The run still reuses everything it has.
     assert rows(experiment.run(tiny(), run, progress=False)) == rows(json.loads((finished / "results.json").read_text()))
+
+
+def test_a_lora_stage_keeps_its_adapters_and_rebuilds_on_its_base(tmp_path):
+    """MiniLM-L2 with LoRA adapters: the finished stage holds the adapters and the head (well under
+    10 MB; the frozen base is ~60 MB of float32) and the hash of the base, from which the model that
+    made its predictions comes back."""
+    import dataclasses
+
+    import jax
+
+    from w2sjax import disk
+    from w2sjax.config import LoraConfig
+
+    config = dataclasses.replace(
+        tiny(), data=DataConfig(task="fine_foods", n_train=96, n_val=32, n_test=32, max_len=32),
+        weak_models=("glove-bow",), strong_models=("minilm-l2",), strong_mode="finetune",
+        train=StudentTrainConfig(epochs=1, batch_size=16, lr=1e-3, trainable="lora", lora=LoraConfig()))
+    out = tmp_path / "lora"
+    results = experiment.run(config, out, progress=False)
+    stage = results["runs"][0]["stages"]["ceiling"]
+    size = disk.folder_bytes(out / "checkpoints" / f"{stage}.out")
+    assert size < 10 * 2**20, size
+    runner, task, _ = experiment.prepare(config, out, progress=False)
+    try:
+        module = runner.trained_module(stage, "minilm-l2", seed=0)
+        sr = experiment.SeedRun(runner, task, 0)
+        inputs = runner.inputs.get("minilm-l2").inputs("test", sr.test["row"])
+        probs = np.asarray(jax.nn.softmax(module(inputs), axis=-1))
+        target = {k: np.zeros((len(idx), task.num_classes), np.float32) for k, (_, idx) in sr.evals.items()}
+        saved, _ = checkpoint.restore(out / "checkpoints", f"{stage}.out", target)
+        np.testing.assert_allclose(probs, saved["test"], atol=1e-5)
+    finally:
+        experiment.rundir.release(out)

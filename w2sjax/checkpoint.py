@@ -402,7 +402,8 @@ def _restore_item(ckpt_dir, stage: str, target: Any, step: int | None, item: str
                 )
             state, meta = restored[item], dict(restored[_META] or {})
         except Exception as e:  # Orbax and TensorStore raise many kinds; all mean "unreadable"
-            raise DamagedCheckpoint(stage, step, _one_line(e)) from None
+            reason = _one_line(e) if item == _STATE else f"its {item} is unreadable: {_one_line(e)}"
+            raise DamagedCheckpoint(stage, step, reason) from None
         expected = meta.get(sha_key)
         for key in (_SHA_KEY, _MODEL_SHA_KEY):
             meta.pop(key, None)

@@ -500,11 +500,15 @@ class Runner:
         if "frozen_sha256" not in found[1]:
             raise FileNotFoundError(f"stage {checkpoint_name!r} was saved by an older w2sjax, without its model; "
                                     f"move {self.ckpt_dir / outputs} away and run again to retrain it")
-        params, meta = checkpoint.restore_model(self.ckpt_dir, outputs, fresh.params)
+        # placed as a stage places them (replicated, or fsdp-sharded), so the module runs on the mesh
+        shardings = train.state_shardings(self.mesh, fresh)
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s),
+                                fresh.params, shardings.params)
+        params, meta = checkpoint.restore_model(self.ckpt_dir, outputs, abstract)
         if meta.get("frozen_sha256") != checkpoint.state_sha256(fresh.frozen):
             raise checkpoint.DamagedCheckpoint(outputs, 0, "the frozen part rebuilt from the model's settings differs "
                                                           "from the one the stage was trained on")
-        return structure.bind(params, fresh.frozen)
+        return structure.bind(params, train.place(fresh.frozen, shardings.frozen))
 
     def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
         """A finished stage whose outputs fail their check: move it (model and outputs) aside and
