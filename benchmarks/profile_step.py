@@ -1,4 +1,4 @@
-"""Where a finetune step spends its time, and what the levers buy (issue 16, item 5).
+"""Where a finetune step spends its time, and what the levers buy (benchmarks/RESULTS.md, "Levers").
 
     python -m benchmarks.profile_step [--model minilm-l6|mpnet-base] [--batch 32] [--seq 128]
                                       [--variants ...] [--repeats 3] [--trace DIR]

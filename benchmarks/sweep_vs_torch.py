@@ -329,7 +329,7 @@ def sweep_case(sz: dict, precisions, repeats: int, with_torch: bool) -> list[dic
     """Interleaved calls of every side; the first round cold, ``repeats`` warm rounds after it.
 
     Records: one per side (warm min/median, ``cold_s``, per-stage seconds of its last call), then
-    the wall-time ratios w2sjax / PyTorch (the issue's target is <= 0.5) by warm min, warm median
+    the wall-time ratios w2sjax / PyTorch (the target is <= 0.5) by warm min, warm median
     and cold.
     """
     cfgs = {p: sweep_config(sz, p) for p in precisions}

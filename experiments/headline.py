@@ -1,4 +1,4 @@
-"""The headline experiment (issue 18): Burns et al.'s protocol with *finetuned* students.
+"""The headline experiment: Burns et al.'s protocol with *finetuned* students.
 
 Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on half A's ground
 truth; students are pretrained text encoders finetuned (MiniLM end to end, ``train.trainable=all``;
@@ -35,11 +35,14 @@ import sys
 
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
-# The offline tasks with the widest weak-ceiling gaps under frozen probes (docs/tasks.md), then
-# the control: hyperbaton, where a bag of bigrams sees the word order the students' mean-pooled
-# features are blind to (docs/tasks.md).
-GAP_TASKS = ("vader_tweets", "multiemo", "vader_movies")
-CONTROL_TASK = "hyperbaton"
+# The sentiment tasks this run was tuned on (picked after their frozen-probe results were seen:
+# experiments/benchmark_protocol.json records it; the pre-registered benchmark, which covers
+# every offline task, is experiments/benchmark.py). multiemo and the hyperbaton control of the
+# published run came from the withdrawn bigbench sdist and cannot be rebuilt on a fresh machine,
+# so the control is now winogrande_dev: each row is a sentence with one candidate filled into its
+# blank, the two rows of a question share every other word, so a bag of words sees almost nothing.
+GAP_TASKS = ("vader_tweets", "vader_movies")
+CONTROL_TASK = "winogrande_dev"
 SUPERVISORS = ("glove-bow", "tfidf")
 # Students finetuned end to end, smallest first. MiniLM-L2 and -L4 are the first 2 and 4 layers of
 # all-MiniLM-L6-v2 (same embeddings and width), so the three MiniLM rungs differ only in depth.
@@ -91,7 +94,7 @@ def parts(quick: bool = False) -> list[Part]:
     if quick:
         return [Part("vader_tweets-minilm", "vader_tweets", ("minilm-l2", "minilm-l6"), ("glove-bow",),
                      bootstrap=(BOOTSTRAP_CHAIN,)),
-                Part("hyperbaton-minilm", CONTROL_TASK, ("minilm-l2",), ("glove-bow",))]
+                Part(f"{CONTROL_TASK}-minilm", CONTROL_TASK, ("minilm-l2",), ("glove-bow",))]
     out = [Part(f"{t}-minilm", t, MINILM_STUDENTS, bootstrap=(BOOTSTRAP_CHAIN,)) for t in GAP_TASKS]
     out.append(Part(f"{CONTROL_TASK}-minilm", CONTROL_TASK, ("minilm-l2", "minilm-l6")))
     # The fourth rung of the size ladder, under the GloVe supervisor only (a stage costs about as
@@ -155,14 +158,15 @@ def stage_plan(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str,
             for name, planned in planned_stages(base, chosen, out).items()}
 
 
-def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[str, dict[str, bool]]:
+def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path, config_of=None) -> dict[str, dict[str, bool]]:
     """Per part: each stage's checkpoint name (readable name and fingerprint) and whether it is
-    already done in ``out``; the standard protocol keyed by a planning runner, nothing trained."""
+    already done in ``out``; the standard protocol keyed by a planning runner, nothing trained.
+    ``config_of(base, part, task)`` makes a part's config (default :func:`part_config`)."""
     from w2sjax import data, experiment, rundir
 
     plan = {}
     for part in chosen:
-        cfg = part_config(base, part, data.load_task(part.task))
+        cfg = (config_of or part_config)(base, part, data.load_task(part.task))
         runner, task, _ = experiment.prepare(cfg, out / part.name, progress=False)
         try:
             planner = experiment.Runner(cfg, out / part.name, runner.mesh, task, False, planning=True)
@@ -179,13 +183,15 @@ def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path) -> dict[
     return plan
 
 
-def run_parts(base: Config, chosen: list[Part], out: pathlib.Path, *, progress: bool = False) -> dict[str, dict]:
-    """Run (or resume) each part into ``out/PART``; returns each part's results."""
+def run_parts(base: Config, chosen: list[Part], out: pathlib.Path, *, progress: bool = False,
+              config_of=None) -> dict[str, dict]:
+    """Run (or resume) each part into ``out/PART``; returns each part's results. ``config_of``:
+    as for :func:`planned_stages`."""
     from w2sjax import data, experiment
 
     results = {}
     for part in chosen:
-        cfg = part_config(base, part, data.load_task(part.task))
+        cfg = (config_of or part_config)(base, part, data.load_task(part.task))
         print(f"headline: {part.name}: students {', '.join(part.students)} ({part.trainable}, lr {cfg.train.lr:g}), "
               f"n_train={cfg.data.n_train} n_test={cfg.data.n_test}", file=sys.stderr, flush=True)
         results[part.name] = experiment.run(cfg, out / part.name, progress=progress)
@@ -314,6 +320,26 @@ def part_results(folder: pathlib.Path) -> list[dict]:
     return [k for k in kept if isinstance(k, dict) and isinstance(k.get("runs"), list)] + [latest]
 
 
+def unavailable_parts(chosen: list[Part], *, models: bool = True) -> dict[str, str]:
+    """Each part whose data (and, with ``models``, model weights) cannot be had here, with the
+    one-line reason; found by fetching every part's assets before anything trains, so a run
+    never dies halfway."""
+    from w2sjax import assets, data
+    from w2sjax.models import get_model
+
+    reasons: dict[str, str] = {}
+    for part in chosen:
+        try:
+            data.load_task(part.task)
+            for name in sorted({*part.students, *part.supervisors}) if models else ():
+                asset = getattr(get_model(name).featurizer, "asset", "")  # a pretrained backbone's weights
+                if asset:
+                    assets.fetch(asset)
+        except assets.AssetError as exc:
+            reasons[part.name] = " ".join(str(exc).split())
+    return reasons
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (resumable)")
@@ -353,10 +379,18 @@ def main(argv=None) -> int:
         if not chosen:
             raise config_lib.ConfigError("--students/--supervisors: no part has any of them")
         base = config_lib.apply_overrides(base_config(args.quick), args.overrides)
+        missing = {} if args.summary_only else unavailable_parts(chosen, models=not args.list)
         if args.list:
-            for name, (todo, total) in stage_plan(base, chosen, out).items():
+            available = [p for p in chosen if p.name not in missing]
+            for name, (todo, total) in stage_plan(base, available, out).items():
                 print(f"{name}: {todo} of {total} stages to train")
+            for name, reason in missing.items():
+                print(f"{name}: unavailable: {reason}")
             return 0
+        if missing:
+            raise config_lib.ConfigError(
+                f"{len(missing)} part(s) cannot run here, nothing trained: "
+                + "; ".join(f"{n}: {r}" for n, r in missing.items()))
         if not args.summary_only:
             if not args.curve_only:
                 run_parts(base, chosen, out, progress=args.progress)

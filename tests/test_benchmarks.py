@@ -152,3 +152,35 @@ def test_profile_step_on_tiny_mpnet_counts_its_flops_and_traces(tmp_path):
     assert runs["step_sdpa"]["loss_diff_vs_step_bf16"] < 1e-2
     trace = next(r for r in records if r["impl"] == "trace")
     assert trace["variant"] == "step_bf16" and sum(trace["shares"].values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_accelerator_script_asks_benchmarks_run_for_what_it_offers():
+    """benchmarks/accelerator.sh is run by hand on a GPU machine: its cases and models must be
+    ones benchmarks.run accepts, and the script must be valid bash."""
+    import shlex
+    import subprocess
+
+    from benchmarks import run
+
+    script = (ROOT / "benchmarks" / "accelerator.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "accelerator.sh")]).returncode == 0
+    line = " ".join(script.rsplit("python -m benchmarks.run", 1)[1].split("|", 1)[0].split("\\\n"))
+    args = [a for a in shlex.split(line) if a != "$@"]
+    parsed = run._parse(args)
+    assert set(parsed.models) == {"minilm-l6", "mpnet-base", "smollm2-135m"} and "finetune" in parsed.cases
+
+
+def test_benchmark_records_are_dated_and_parse():
+    """Raw records live in benchmarks/results/DATE_WHAT.jsonl, one JSON object a line."""
+    import json
+    import pathlib
+    import re
+
+    bench = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    assert not list(bench.glob("*.jsonl")), "records belong in benchmarks/results/"
+    records = sorted((bench / "results").glob("*"))
+    assert records
+    for path in records:
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_[a-z0-9_]+\.jsonl", path.name), path.name
+        for line in path.read_text().splitlines():
+            assert isinstance(json.loads(line), dict), path.name

@@ -108,3 +108,54 @@ def test_student_loss_settings_are_a_section():
     plain = Config(train=cfg_lib.TrainConfig(epochs=3))
     assert isinstance(plain.train, cfg_lib.StudentTrainConfig)
     assert plain.train.epochs == 3 and plain.train.loss == cfg_lib.LossConfig()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lr=0", r"^train\.lr: expected a positive finite number, got 0\.0$"),
+        ("train.lr=nan", r"^train\.lr: expected a positive finite number, got nan$"),
+        ("train.lr=inf", r"^train\.lr: expected a positive finite number, got inf$"),
+        ("weak_train.lr=-1", r"^weak_train\.lr: expected a positive finite number, got -1\.0$"),
+        ("train.epochs=inf", r"^train\.epochs: expected a positive finite number"),
+        ("train.weight_decay=-0.1", r"^train\.weight_decay: expected a finite number >= 0"),
+        ("train.lr_warmup_frac=1.5", r"^train\.lr_warmup_frac: expected a number in \[0, 1\]"),
+        ("train.checkpoint_minutes=nan", r"^train\.checkpoint_minutes: expected a finite number >= 0"),
+        ("train.patience=-1", r"^train\.patience: expected an integer >= 0"),
+        ("train.loss.alpha_max=1.5", r"^train\.loss\.alpha_max: expected a number in \[0, 1\]"),
+        ("train.loss.conf_warmup_frac=nan", r"^train\.loss\.conf_warmup_frac: expected a number in \[0, 1\]"),
+        ("train.loss.product_beta=-2", r"^train\.loss\.product_beta: expected a finite number >= 0"),
+        ("train.lora.alpha=0", r"^train\.lora\.alpha: expected a positive finite number"),
+        ("data.n_test=0", r"^data\.n_test: expected a positive integer, got 0$"),
+        ("data.n_train=1", r"^data\.n_train: expected an integer >= 2"),
+        ("data.max_len=0", r"^data\.max_len: expected a positive integer"),
+        ("parallel.data=0", r"^parallel\.data: expected -1 \(all devices\) or a positive integer"),
+        ("options.epochs_grid=1,nan", r"^options\.epochs_grid: expected a positive finite number, got nan$"),
+        ("data.label_map=0-neg", r"^data\.label_map: expected RAW:CLASS items"),
+    ],
+)
+def test_out_of_range_settings_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg_lib.apply_overrides(Config(), [override])
+
+
+def test_ranges_are_checked_in_config_files_too(tmp_path):
+    (tmp_path / "zero.py").write_text(
+        "from w2sjax.config import Config, TrainConfig\n"
+        "def get_config():\n    return Config(weak_train=TrainConfig(lr=0.0))\n")
+    with pytest.raises(ConfigError, match=r"^weak_train\.lr: expected a positive finite number, got 0\.0$"):
+        cfg_lib.load_config_file(tmp_path / "zero.py")
+
+
+def test_lr_zero_from_the_command_line_exits_2_with_one_line(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "w2sjax.cli", "run", "--out", str(tmp_path / "r"), "--set", "train.lr=0"],
+                          env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["w2sjax: error: train.lr: expected a positive finite number, got 0.0"]
+    assert not (tmp_path / "r").exists()

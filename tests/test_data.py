@@ -27,7 +27,6 @@ _loaded: dict[str, Task] = {}
 
 @pytest.fixture
 def task(request, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)  # the real, shared cache
     name = request.param
     if name not in _loaded:
         _loaded[name] = load_task(name)
@@ -82,7 +81,6 @@ def test_counts_match_the_source_files():
 
 
 def test_built_as_array_record_and_reused(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     load_task("digits")
     path = assets.cache_dir() / "tfds" / "w2sjax_digits" / "1.0.0"
     info = json.loads((path / "dataset_info.json").read_text())
@@ -96,7 +94,6 @@ def test_built_as_array_record_and_reused(monkeypatch):
 
 
 def test_fresh_build_matches_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     fresh, cached = load_task("digits", data_dir=tmp_path), load_task("digits")
     assert (tmp_path / "w2sjax_digits" / "1.0.0" / "dataset_info.json").is_file()
     for part in ("train", "test"):
@@ -282,7 +279,7 @@ def test_user_jsonl(tmp_path):
         (
             "float.jsonl",
             '{"text": "a", "label": 0}\n\n{"text": "b", "label": 0.5}\n',
-            r"float\.jsonl: row 2 \(line 3\): bad label",
+            r"float\.jsonl: row 2 \(line 3\): label '0\.5' is not a whole number",
         ),
         (
             "miss.jsonl",
@@ -299,7 +296,7 @@ def test_user_file_errors_name_the_row(tmp_path, name, body, expected):
 
 
 def test_user_csv_with_other_column_names(tmp_path):
-    """The issue's file: columns ``sentence,label``. The error names what is expected and what was
+    """A user's file: columns ``sentence,label``. The error names what is expected and what was
     found; ``text_field`` / ``label_field`` (data.text_field / data.label_field) pick the columns."""
     rows = [("a fine film", "1"), ("dull and long", "0")] * 10
     path = _write(tmp_path, "s.csv", "sentence,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
@@ -317,6 +314,80 @@ def test_user_csv_with_other_column_names(tmp_path):
     assert renamed.fingerprint != task.fingerprint
     with pytest.raises(ValueError, match=r"no 'body' column \(data.text_field\); found columns review, stars"):
         load_task(f"csv:{other}", text_field="body", label_field="stars")
+
+
+def _tabular(labels) -> str:
+    """A tabular CSV whose one feature is the row number, with these label texts."""
+    return "f,label\n" + "".join(f"{i},{y}\n" for i, y in enumerate(labels))
+
+
+def test_user_labels_are_values_so_1_and_1_0_are_one_class(tmp_path):
+    # pandas writes a float column with missing values as 1.0 / 0.0; mixed with 1 / 0 elsewhere.
+    ints = [i % 2 for i in range(100)]
+    mixed = [f"{y}.0" if i % 3 == 0 else str(y) for i, y in enumerate(ints)]
+    plain = load_task(f"csv:{_write(tmp_path, 'ints.csv', _tabular(ints))}")
+    task = load_task(f"csv:{_write(tmp_path, 'mixed.csv', _tabular(mixed))}")
+    assert task.num_classes == 2 and task.class_names == ("0", "1")
+    for part in ("train", "test"):
+        np.testing.assert_array_equal(getattr(task, part)["label"], getattr(plain, part)["label"])
+        np.testing.assert_array_equal(getattr(task, part)["label"], np.asarray(getattr(task, part)["x"][:, 0]) % 2)
+    # JSON numbers too: 1 and 1.0 (and 1e0 in a CSV) are class 1.
+    lines = [json.dumps({"text": f"t{i}", "label": [0, 1.0, 1][i % 3]}) for i in range(30)]
+    js = load_task(f"jsonl:{_write(tmp_path, 'm.jsonl', chr(10).join(lines))}")
+    assert js.class_names == ("0", "1")
+    assert np.bincount(np.concatenate([js.train["label"], js.test["label"]])).tolist() == [10, 20]
+    from w2sjax.data import user
+
+    assert user.class_counts(task) == "0: 50, 1: 50"
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("nan", r"row 7 \(line 8\): label 'nan' is missing or not a number"),
+    ("NaN", r"row 7 \(line 8\): label 'NaN' is missing or not a number"),
+    ("inf", r"row 7 \(line 8\): label 'inf' is missing or not a number"),
+    ("1.5", r"row 7 \(line 8\): label '1\.5' is not a whole number"),
+    ("", r"row 7 \(line 8\): empty label"),
+])
+def test_a_missing_or_fractional_label_names_its_row(tmp_path, bad, expected):
+    labels = [str(i % 2) for i in range(600)]
+    labels[6] = bad
+    with pytest.raises(ValueError, match=expected + r".*data\.label_map") as e:
+        load_task(f"csv:{_write(tmp_path, 'one_bad.csv', _tabular(labels))}")
+    assert "\n" not in str(e.value)
+
+
+def test_a_label_map_maps_labels_and_can_drop_rows(tmp_path):
+    labels = ["great", "other", "1.0", "nan"] * 25
+    path = _write(tmp_path, "m.csv", _tabular(labels))
+    with pytest.raises(ValueError, match=r"row 4 \(line 5\): label 'nan' is missing"):
+        load_task(f"csv:{path}")  # as strings, 'nan' is still no class
+    task = load_task(f"csv:{path}", label_map=("great:1", "1.0:1", "other:0", "nan:"))
+    assert task.class_names == ("0", "1") and len(task.train["label"]) + len(task.test["label"]) == 75
+    x = np.concatenate([task.train["x"][:, 0], task.test["x"][:, 0]]).astype(int)
+    y = np.concatenate([task.train["label"], task.test["label"]])
+    np.testing.assert_array_equal(y, [{0: 1, 1: 0, 2: 1}[i % 4] for i in x])  # rows 3, 7, ... dropped
+    assert task.fingerprint != load_task(f"csv:{path}", label_map=("great:0", "1.0:0", "other:1", "nan:")).fingerprint
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\): label 'other' is not in data.label_map"):
+        load_task(f"csv:{path}", label_map=("great:1", "1.0:1", "nan:"))
+
+
+def test_a_nan_label_stops_the_run_with_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    labels = [str(i % 2) for i in range(600)]
+    labels[99] = "nan"
+    path = _write(tmp_path, "nan_label.csv", _tabular(labels))
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "w2sjax.cli", "run", "--out", str(tmp_path / "r"), "--no-progress",
+         "--set", f"data.task=csv:{path}", "--set", "weak_models=linear", "--set", "strong_models=linear"],
+        env=dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"w2sjax: error: data.task: {path}: row 100 (line 101): label 'nan' is missing or not a number "
+        "(fix the row, or map labels with data.label_map)"]
 
 
 def test_user_file_missing(tmp_path):
@@ -396,9 +467,54 @@ def test_unknown_tfds_dataset_is_a_value_error():
         load_task("tfds:no_such_dataset_w2sjax")
 
 
-def test_building_a_packaged_task_keeps_tfds_chatter_off_stdout(tmp_path, capsys):
+def test_building_a_packaged_task_keeps_tfds_chatter_off_the_terminal(tmp_path, capsys):
+    from w2sjax import assets
     from w2sjax.data import builders
 
+    log = assets.log_path("tfds-digits")
+    before = log.stat().st_size if log.is_file() else 0
     builders.load("digits", tmp_path)  # a fresh data_dir: TFDS builds it and reports progress
     out, err = capsys.readouterr()
-    assert "Downloading and preparing" in err and "Downloading and preparing" not in out
+    assert "Downloading and preparing" not in out + err and "Generating" not in out + err
+    with open(log, encoding="utf-8") as f:
+        f.seek(before)
+        assert "Downloading and preparing" in f.read()  # kept in the log the fetch messages name
+
+
+def test_a_run_on_mixed_1_and_1_0_labels_is_a_2_class_task_and_prints_its_classes(tmp_path, capsys):
+    from w2sjax import experiment
+    from w2sjax.config import Config, DataConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 3))
+    y = (x[:, 0] > 0).astype(int)
+    text = "a,b,c,label\n" + "".join(
+        f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{t}{'.0' if i % 2 else ''}\n" for i, (r, t) in enumerate(zip(x, y)))
+    path = _write(tmp_path, "mixed.csv", text)
+    config = Config(data=DataConfig(task=f"csv:{path}"), weak_models=("linear",), strong_models=("mlp",),
+                    losses=("xent",), seeds=(0,))
+    results = experiment.run(config, tmp_path / "out", progress=False)
+    out = capsys.readouterr().out
+    counts = np.bincount(y)
+    assert f"data: 2 classes in the file (rows per class): 0: {counts[0]}, 1: {counts[1]}" in out.splitlines()
+    # Read as 4 classes ('0', '0.0', '1', '1.0'), every other row would be a class of its own, and
+    # the ceiling could not tell them apart (about 0.5).
+    assert results["runs"][0]["ceiling_acc"] > 0.9
+
+
+@pytest.mark.parametrize("name", ["dataset_info.json", "features.json"])
+def test_a_truncated_tfds_metadata_file_is_rebuilt_with_one_line_naming_it(tmp_path, monkeypatch, capfd, name):
+    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
+    first = load_task("spambase", data_dir=tmp_path)
+    info = tmp_path / "w2sjax_spambase" / "1.0.0" / name
+    info.write_bytes(info.read_bytes()[:150])
+    capfd.readouterr()
+    again = load_task("spambase", data_dir=tmp_path)
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("w2sjax: warning: ")]
+    assert len(warnings) == 1 and str(info) in warnings[0] and "rebuilding" in warnings[0], err
+    assert "Traceback" not in err
+    for part in ("train", "test"):
+        for k in ("x", "label"):
+            np.testing.assert_array_equal(getattr(again, part)[k], getattr(first, part)[k])
+    json.loads(info.read_text())  # rebuilt whole

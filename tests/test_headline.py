@@ -21,7 +21,7 @@ def test_parts_follow_the_protocol(headline):
     full = headline["parts"]()
     names = [p.name for p in full]
     assert len(names) == len(set(names))
-    assert {p.task for p in full} == {"vader_tweets", "multiemo", "vader_movies", "hyperbaton"}
+    assert {p.task for p in full} == {"vader_tweets", "vader_movies", "winogrande_dev"}
     # the large student trains its top blocks on cached bottoms, the MiniLM ones every weight
     assert {p.trainable for p in full if "mpnet-base" in p.students} == {"top:4"}
     assert {p.trainable for p in full if "minilm-l6" in p.students} == {"all"}
@@ -40,14 +40,31 @@ def test_quick_plan_counts_every_stage_without_training(headline, tmp_path):
     quick = headline["parts"](quick=True)
     plan = headline["stage_plan"](base, quick, tmp_path)
     # vader_tweets: 2 ceilings + 1 supervisor + 2 students x 2 losses
-    # + the chain glove-bow>minilm-l2>minilm-l6 (2 stages per loss) = 11
-    # hyperbaton: 1 ceiling + 1 supervisor + 1 student x 2 losses = 4
-    assert plan == {"vader_tweets-minilm": (11, 11), "hyperbaton-minilm": (4, 4)}
+    # + the chain glove-bow>minilm-l2>minilm-l6 (2 rungs per loss) and its direct student on the
+    # last rung's rows (1 per loss) = 13
+    # winogrande_dev: 1 ceiling + 1 supervisor + 1 student x 2 losses = 4
+    assert plan == {"vader_tweets-minilm": (13, 13), "winogrande_dev-minilm": (4, 4)}
     from w2sjax import data
 
     cfg = headline["part_config"](base, quick[0], data.load_task("vader_tweets"))
     assert (cfg.data.n_train, cfg.data.n_test, cfg.data.task) == (60, 40, "vader_tweets")
     assert cfg.bootstrap == ("glove-bow>minilm-l2>minilm-l6",) and cfg.train.trainable == "all"
+
+
+def test_parts_whose_data_is_missing_are_listed_and_stop_a_run_before_training(headline, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from w2sjax import assets
+
+    monkeypatch.setenv("W2SJAX_CACHE", str(tmp_path / "cache"))  # nothing built yet
+    monkeypatch.setenv(assets.env_var("vader"), str(tmp_path / "empty"))  # a copy lacking every file
+    argv = ["--out", str(tmp_path / "run"), "--parts", "vader_tweets-minilm", "--no-curve"]
+    assert headline["main"](argv + ["--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vader_tweets-minilm: unavailable: asset 'vader' unavailable")
+    assert headline["main"](argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 part(s) cannot run here, nothing trained: vader_tweets-minilm" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_part_is_one_line_exit_2(headline, tmp_path, capsys):
@@ -63,7 +80,7 @@ def _run(task, weak, strong, loss, seed, accs, **extra):
 
 
 def test_summary_targets_and_tables_by_hand(tmp_path):
-    """Rows, medians and the issue's targets from hand-made results (no checkpoints: the
+    """Rows, medians and the experiment's targets from hand-made results (no checkpoints: the
     seed-and-test interval is then missing and the seed interval stands)."""
     part = type("P", (), {"trainable": "all", "lr": 1e-4})
     runs = []
@@ -125,7 +142,7 @@ def test_quick_headline_end_to_end(headline, tmp_path):
     assert headline["main"](argv) == 0
     summary = json.loads((tmp_path / "headline.json").read_text())
     parts = {r["part"] for r in summary["rows"]}
-    assert parts == {"vader_tweets-minilm", "hyperbaton-minilm"}
+    assert parts == {"vader_tweets-minilm", "winogrande_dev-minilm"}
     assert any(r["chain"] == "glove-bow>minilm-l2>minilm-l6" for r in summary["rows"])
     curve = summary["curve"]
     assert curve["student"] == "minilm-l2" and len(curve["steps"]) == len(curve["test_acc"]) \

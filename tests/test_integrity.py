@@ -1,4 +1,4 @@
-"""Damaged files and diverged models (issue #17): each is detected, never turned into results.
+"""Damaged files and diverged models: each is detected, never turned into results.
 
 Every test damages real files that the real code wrote (checkpoints, fetched assets, TFDS data)
 and reruns the real ``w2sjax`` command. The outcome is either the reference results after a
@@ -201,13 +201,24 @@ def test_failed_write_removes_its_temp_file_and_the_run_says_one_line(reference,
 def test_stale_temp_files_are_removed_by_the_next_run(reference, copy):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [copy / f".results.json.w2sjax-tmp.{dead.pid}.0a1b2c3d.json", copy / f".results.json.tmp{dead.pid}"]
-    live = copy / f".results.json.w2sjax-tmp.{os.getpid()}.0a1b2c3d.json"
-    for p in [*stale, live]:
+    here = atomic.host()
+    stale = [copy / f".results.json.w2sjax-tmp.{dead.pid}@{here}.0a1b2c3d.json"]
+    live = copy / f".results.json.w2sjax-tmp.{os.getpid()}@{here}.0a1b2c3d.json"
+    # Another host's (shared storage), or one named before host names were recorded: its writer's
+    # pid means nothing here, so only its age tells that it was abandoned.
+    elsewhere = [copy / f".results.json.w2sjax-tmp.{dead.pid}@other-host.0a1b2c3d.json",
+                 copy / f".results.json.w2sjax-tmp.{dead.pid}.0a1b2c3d.json", copy / f".results.json.tmp{dead.pid}"]
+    abandoned = [copy / f".results.json.w2sjax-tmp.{os.getpid()}@other-host.1a1b2c3d.json",
+                 copy / f".results.json.tmp{os.getpid()}"]
+    for p in [*stale, live, *elsewhere, *abandoned]:
         p.write_text("")
+    two_days_ago = time.time() - 2 * 86400
+    for p in abandoned:
+        os.utime(p, (two_days_ago, two_days_ago))
     cli(copy, check=True)
-    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in stale + abandoned] == [False] * 3
     assert live.exists()  # a live process's temp file is not touched
+    assert all(p.exists() for p in elsewhere)  # nor a recent one of another host
 
 
 def test_atomic_write_failure_leaves_no_temp_file(tmp_path):
@@ -249,7 +260,6 @@ def _same_size_garbage(path: pathlib.Path, start: int = 0) -> bytes:
 
 
 def test_garbage_in_a_fetched_asset_is_one_line_and_exit_2(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     cache = _cache_with_copies(tmp_path, "glove-6b-50d")
     env = {"W2SJAX_CACHE": str(cache)}
     emb = cache / "glove-6b-50d" / "embeddings.npy"
@@ -268,7 +278,6 @@ def test_garbage_in_a_fetched_asset_is_one_line_and_exit_2(tmp_path, monkeypatch
 def test_feature_cache_key_follows_the_weights_content(tmp_path, monkeypatch):
     from w2sjax.models import get_model
 
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     glove = assets.fetch("glove-6b-50d", quiet=True)
     mine = tmp_path / "glove"
     shutil.copytree(glove, mine)
@@ -301,8 +310,8 @@ def test_user_asset_is_hashed_once_per_file_version(tmp_path, monkeypatch):
 
 
 def test_pins_cover_every_file_of_the_fetched_assets(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    for name in assets.known_assets():
+    assert set(assets.known_assets()) - set(assets.offline_assets()) == {"bigbench"}  # withdrawn from the index
+    for name in assets.offline_assets():
         if name == "mpnet-base-v2":
             continue  # 400 MB; its pins were taken from a fetch like the others
         path = assets.fetch(name, quiet=True)
@@ -320,7 +329,6 @@ def _nan_safetensors(path: pathlib.Path) -> None:
 
 
 def test_damaged_model_weights(tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     text_minilm = TEXT[:4] + ["--set", "strong_models=minilm-l1"] + TEXT[6:]
     # The packaged model: its pin catches the damage before anything runs.
     cache = _cache_with_copies(tmp_path, "minilm-l6-v2")
@@ -414,7 +422,6 @@ def _delete_shard(prepared):
 def test_damaged_prepared_data_set_is_rebuilt(tmp_path, monkeypatch, capfd, damage):
     from w2sjax import data
 
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     first = data.load_task("spambase", data_dir=tmp_path)
     prepared = tmp_path / "w2sjax_spambase" / "1.0.0"
     damage(prepared)
@@ -428,7 +435,6 @@ def test_damaged_prepared_data_set_is_rebuilt(tmp_path, monkeypatch, capfd, dama
 
 
 def test_run_on_a_damaged_prepared_data_set_gives_the_reference(reference, tmp_path, monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     cache = _cache_with_copies(tmp_path, linked=("spambase",))
     from w2sjax import data
 

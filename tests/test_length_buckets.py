@@ -58,3 +58,23 @@ def test_trim_cuts_every_token_array_to_the_bucket():
     assert out["input_ids"].shape == (3, 4) and out["attention_mask"].shape == (3, 4)
     assert np.array_equal(out["input_ids"], inputs["input_ids"][:, :4])
     assert out["weights"].shape == (3,)
+
+
+def test_embedding_batches_take_few_shapes_across_data_subsets():
+    """Another seed's or task's rows must reuse the compiled embedding programs: at most 8 row
+    counts per bucket length, every batch divisible over the devices, no row lost or repeated."""
+    from w2sjax.models import embed
+
+    rng = np.random.default_rng(0)
+    ndev = embed._local_devices_for_batch()
+    shapes = set()
+    for n in rng.integers(5, 3000, size=40):
+        lengths = rng.integers(3, 128, size=n)
+        plan = embed._plan(lengths, [16, 32, 64, 128], tokens_per_batch=8192)
+        rows = np.concatenate([r for r, _, _ in plan])
+        assert sorted(rows.tolist()) == list(range(n))
+        for r, length, per in plan:
+            assert len(r) <= per and per % ndev == 0 and lengths[r].max() <= length
+            shapes.add((length, per))
+    for length in (16, 32, 64, 128):
+        assert len({per for ln, per in shapes if ln == length}) <= 8

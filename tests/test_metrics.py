@@ -84,3 +84,14 @@ def test_losses_and_metrics_import_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_docstring_examples_run():
+    """Every public function shows an example, and every example holds."""
+    import doctest
+    import inspect
+
+    for name in metrics.__all__:
+        assert ">>>" in (inspect.getdoc(getattr(metrics, name)) or ""), f"metrics.{name} has no example"
+    result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 20, result

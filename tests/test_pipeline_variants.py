@@ -45,9 +45,62 @@ def test_bootstrap_chain_and_shared_stages(tmp_path):
     assert chain[0]["stages"]["w2s"].startswith("boot__linear>mlp>cnn__xent__seed0--")
     assert checkpoint.is_done(ckpt, chain[0]["stages"]["w2s"] + ".out")
     assert len(list(ckpt.glob("boot__linear_mlp__xent__seed0--*.out-*"))) == 1
+    # Each rung trains on its own half of half B; the direct student on the last rung's rows.
+    assert chain[0]["n_trained"] == len(config_b_half(config)) // 2
+    assert chain[0]["direct_stage"].startswith("w2s__linear__cnn__xent__part2of2__seed0--")
+    assert 0.3 < chain[0]["direct_w2s_acc"] <= 1.0
     for r in runs:
         assert 0.3 < r["weak_acc"] <= 1.0 and 0.3 < r["ceiling_acc"] <= 1.0  # 10 classes: chance is 0.1
     assert json.loads((tmp_path / "results.json").read_text())["runs"] == runs
+
+
+def config_b_half(config):
+    from w2sjax import data
+
+    return experiment.SeedRun.splits_of(config, data.load_task(config.data.task), 0).strong["label"]
+
+
+def test_no_chain_stage_learns_from_labels_of_its_own_training_rows(tmp_path, monkeypatch):
+    """Every student's labels come from a model that never trained on the rows it labelled: the
+    supervisor (half A) and each rung of a bootstrap chain (its own part of half B). Recorded from
+    the real stages as they run."""
+    trained, taught = {}, []
+    real_stage = experiment.Runner.stage
+
+    def recording_stage(self, key, **kw):
+        out = real_stage(self, key, **kw)
+        if self.planning:  # the planning pass keys the stages without training them
+            return out
+        trained[out.key.fingerprint] = (out.key.name, set(np.asarray(kw["rows"]).tolist()))
+        label_source = (kw.get("sources") or {}).get("labels")
+        if label_source:
+            taught.append((out.key.name, label_source.split("/")[0], set(np.asarray(kw["rows"]).tolist())))
+        return out
+
+    monkeypatch.setattr(experiment.Runner, "stage", recording_stage)
+    config = digits_config(strong_models=("mlp", "cnn"), bootstrap=("linear>mlp>cnn",), losses=("xent",))
+    experiment.run(config, tmp_path, progress=False)
+    chain_stages = [name for name, _, _ in taught if name.startswith("boot")]
+    assert len(chain_stages) == 2
+    for name, teacher, rows in taught:
+        teacher_name, teacher_rows = trained[teacher]
+        assert rows and not rows & teacher_rows, (name, teacher_name)
+    # the two rungs split half B between them
+    rung_rows = [rows for name, _, rows in taught if name.startswith("boot")]
+    assert not rung_rows[0] & rung_rows[1]
+    assert len(rung_rows[0] | rung_rows[1]) == len(config_b_half(config))
+
+
+def test_chain_parts_are_disjoint_and_keep_questions_whole():
+    half = {"label": np.zeros(10, int), "group": np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])}
+    parts = experiment.chain_parts(half, 2, seed=3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10))
+    for part in parts:
+        assert all(set(half["group"][part]).isdisjoint(half["group"][other]) for other in parts if other is not part)
+    plain = experiment.chain_parts({"label": np.zeros(7, int)}, 3, seed=0)
+    assert sorted(len(p) for p in plain) == [2, 2, 3]
+    with pytest.raises(cfg_lib.ConfigError, match="bootstrap"):
+        experiment.chain_parts({"label": np.zeros(2, int)}, 3, seed=0)
 
 
 def test_fsdp_mesh_matches_data_parallel(tmp_path):

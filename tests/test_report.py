@@ -237,3 +237,22 @@ def test_variants_of_one_pair_are_separate_rows():
     assert sorted((r["variant"], r["w2s_acc"]) for r in rows) == [("selective", 0.8), ("soft", 0.7)]
     table = report.format_table({"runs": runs})
     assert "variant" in table.splitlines()[0] and "selective" in table and "soft" in table
+
+
+def test_a_ceiling_below_its_supervisor_or_the_majority_rate_gets_one_warning_line():
+    def run(loss, weak, ceiling, majority=0.6):
+        return {"task": "spam", "weak_model": "linear", "strong_model": "mlp", "loss": loss, "seed": 0,
+                "weak_acc": weak, "w2s_acc": 0.5, "ceiling_acc": ceiling, "pgr": None, "misfit": 0.1,
+                "majority_acc": majority}
+
+    # lr=0: the ceiling never trained (0.41 under a supervisor of 0.93); two losses share it.
+    lines = report.format_table({"runs": [run("xent", 0.93, 0.41), run("logconf", 0.93, 0.41)]}).splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == ["warning: spam mlp: ceiling 0.410 is below its supervisor's 0.930 and not above the "
+                        "majority rate 0.600; the strong model did not learn the task (check train.lr and "
+                        "train.epochs)"]
+    assert lines[-1] == warnings[0] and len(lines) == 2 + 2 + 1  # header, rule, two rows, the warning
+    # A ceiling slightly under its supervisor is a finding, not a failure; one above the majority is fine.
+    assert not [x for x in report.format_table({"runs": [run("xent", 0.80, 0.76)]}).splitlines() if "warning" in x]
+    only_majority = report.format_table({"runs": [run("xent", 0.55, 0.58)]}).splitlines()[-1]
+    assert only_majority.startswith("warning: spam mlp: ceiling 0.580 is not above the majority rate 0.600")

@@ -1,8 +1,10 @@
 """The run directory: one writer at a time, and one-line errors before any work for a bad --out."""
 
+import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,3 +115,88 @@ def test_unreadable_previous_results_are_kept(tmp_path):
     (tmp_path / "results.json").write_text("{ torn")
     kept = rundir.keep_previous_results(tmp_path, {"config": {}, "runs": []})
     assert kept is not None and kept.read_text() == "{ torn"
+
+
+class _DiskFillsAt:
+    """Each file-system call that can run out of space counts as one step; step ``k`` fails with
+    ENOSPC, as a disk that fills right there would."""
+
+    def __init__(self, k: int):
+        self.k, self.calls = k, 0
+
+    def wrap(self, fn):
+        def step(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.k:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return fn(*args, **kwargs)
+        return step
+
+
+def test_results_json_survives_a_disk_that_fills_at_any_step_of_the_write(tmp_path, monkeypatch):
+    old = {"config": {"train": {"lr": 0.01}}, "runs": [{"task": "t", "stages": {"w2s": "a"}}]}
+    new = {"config": {"train": {"lr": 0.02}}, "runs": [{"task": "t", "stages": {"w2s": "b"}}]}
+    write_text = pathlib.Path.write_text
+    k, outcomes = 0, []
+    while True:
+        k += 1
+        out = tmp_path / f"k{k}"
+        out.mkdir()
+        (out / "results.json").write_text(json.dumps(old))
+        disk = _DiskFillsAt(k)
+        with monkeypatch.context() as m:
+            for name in ("link", "replace", "fsync", "open", "write"):
+                m.setattr(os, name, disk.wrap(getattr(os, name)))
+            m.setattr(pathlib.Path, "write_text", disk.wrap(write_text))
+            m.setattr(shutil, "copyfile", disk.wrap(shutil.copyfile))
+            try:
+                kept = rundir.write_results(out, new)
+                failed = False
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                failed = True
+        # Whatever step failed, a complete results.json is there: the old one or the new one.
+        assert json.loads((out / "results.json").read_text()) in (old, new)
+        others = sorted(p.name for p in out.iterdir() if p.name != "results.json")
+        if failed:
+            assert json.loads((out / "results.json").read_text()) == old
+            assert not others  # no temporary file, no second copy of the old results
+            outcomes.append("old")
+        else:
+            assert json.loads((out / "results.json").read_text()) == new
+            assert others == [kept.name] and json.loads(kept.read_text()) == old
+            break
+    assert k >= 4 and outcomes == ["old"] * (k - 1)  # link, temp file, its write, fsync, rename
+
+
+def test_results_are_kept_by_copy_where_hard_links_are_refused(tmp_path, monkeypatch):
+    (tmp_path / "results.json").write_text('{"config": {"a": 1}, "runs": []}')
+
+    def no_links(*args):
+        raise OSError(errno.EPERM, "links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    kept = rundir.write_results(tmp_path, {"config": {"a": 2}, "runs": []})
+    assert json.loads(kept.read_text())["config"] == {"a": 1}
+    assert json.loads((tmp_path / "results.json").read_text())["config"] == {"a": 2}
+
+
+def test_a_full_disk_after_the_plan_with_a_settings_change_keeps_results_json(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("--out", str(out), *SPAMBASE, "--set", "losses=xent", "--set", "data.n_train=300",
+               "--set", "weak_train.epochs=2", "--set", "train.epochs=2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    before = (out / "results.json").read_text()
+    # Another name: the same stages (all reused), but results from other settings, so the old file
+    # is kept; then the disk is full for anything over 1 KiB (results.json is larger).
+    small_files = ["bash", "-c", "trap '' XFSZ; ulimit -f 1; exec \"$@\"", "bash"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    again = subprocess.run(
+        [*small_files, sys.executable, "-m", "w2sjax.cli", "run", "--no-progress", "--out", str(out), *SPAMBASE,
+         "--set", "losses=xent", "--set", "data.n_train=300", "--set", "weak_train.epochs=2",
+         "--set", "train.epochs=2", "--set", "name=renamed"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "results.json" in one_error_line(
+        "\n".join(line for line in again.stderr.splitlines() if not line.startswith("w2sjax: warning:")))
+    assert (out / "results.json").read_text() == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("results", ".results"))) == ["results.json"]

@@ -1,5 +1,5 @@
 """Small data: the validation slice scales with the data, split sizes are printed, and a small half
-or a short stage is a one-line warning (the issue's 400-row file lost 200 rows to validation)."""
+or a short stage is a one-line warning (a 400-row file once lost 200 rows to validation)."""
 
 import numpy as np
 

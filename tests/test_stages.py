@@ -157,9 +157,32 @@ def test_train_settings_keep_only_what_changes_outputs():
     assert train_settings(dataclasses.replace(cfg, early_stopping=True), "xent")["patience"] == 0
 
 
-# ---- the issue's own commands ---------------------------------------------------------------
+# Fingerprints of the default student settings, recorded on 2026-12-06 before the losses moved to
+# one registry (w2sjax.losses.LOSSES): a change here orphans every saved checkpoint of that loss.
+PINNED_FINGERPRINTS = {
+    ("default", "xent"): "f433e970d9a53b6b3dc882bb734989d4fa75d66b679035b55c229469d702ea1a",
+    ("default", "logconf"): "16ddf27a38b318400c4456163b5feceb2e858c987766755b8c3d9ba1ddd95f34",
+    ("default", "product"): "8ee99c77a54a898930ef334a0ac1bef57048aa7588a16a89bbc89a5e05471416",
+    ("default", "entropy_conf"): "16ddf27a38b318400c4456163b5feceb2e858c987766755b8c3d9ba1ddd95f34",
+    ("default", "reverse_xent"): "f433e970d9a53b6b3dc882bb734989d4fa75d66b679035b55c229469d702ea1a",
+    ("custom", "logconf"): "f15a25aff3f1f72f6abb09c67473336a7b15fe0a45b4f69f3739df90619981d7",
+    ("custom", "product"): "5576a5a2312dd038c6bd405f71c561b59dbab8bff5bfebac07f589779bbb1332",
+    ("weak", "xent"): "ca3131fbeff4733c566b734bd6781eb7fd41e4ad0e545353b548c1ef0f862470",
+}
 
-ISSUE_RUN = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp"]
+
+def test_fingerprints_of_existing_losses_are_unchanged():
+    from w2sjax.stages import fingerprint
+
+    cfgs = {"default": Config().train, "weak": Config().weak_train,
+            "custom": StudentTrainConfig(loss=LossConfig(alpha_max=0.3, product_alpha=2.0))}
+    for (cfg, loss), want in PINNED_FINGERPRINTS.items():
+        assert fingerprint(train_settings(cfgs[cfg], loss)) == want, (cfg, loss)
+
+
+# ---- the documented commands: rerun, change a setting, resume ---------------------------------
+
+SMALL_RUN = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp"]
 
 
 def _cli(args, cwd):
@@ -172,9 +195,9 @@ def _cli(args, cwd):
 @pytest.mark.slow
 def test_issue_stale_results_command(tmp_path):
     """``train.epochs=0.2`` then ``train.epochs=5`` on one --out reports the 5-epoch numbers."""
-    _cli(["--out", "r", *ISSUE_RUN, "--set", "train.epochs=0.2"], tmp_path)
-    second = _cli(["--out", "r", *ISSUE_RUN, "--set", "train.epochs=5"], tmp_path)
+    _cli(["--out", "r", *SMALL_RUN, "--set", "train.epochs=0.2"], tmp_path)
+    second = _cli(["--out", "r", *SMALL_RUN, "--set", "train.epochs=5"], tmp_path)
     assert "changed since the last run: train.epochs 0.2 -> 5.0" in second.stdout
-    _cli(["--out", "fresh", *ISSUE_RUN, "--set", "train.epochs=5"], tmp_path)
+    _cli(["--out", "fresh", *SMALL_RUN, "--set", "train.epochs=5"], tmp_path)
     load = lambda d: comparable(json.loads((tmp_path / d / "results.json").read_text()))
     assert load("r") == load("fresh")

@@ -230,3 +230,64 @@ def test_predict_in_length_buckets_matches_padded_predictions_in_input_order():
     model = res.model.bind(res.state.params, res.state.frozen)
     direct = np.asarray(jax.nn.softmax(model(inputs), axis=-1))
     np.testing.assert_allclose(bucketed, direct, atol=1e-6)
+
+
+TOY_LOSS = '''
+
+@register(Param("toy_scale", "weight of the squared error", keyword="scale"))
+def toy(logits, labels, *, scale=3.0, weights=None, where=None, reduction="mean"):
+    """Squared distance between the student's probabilities and the labels, times ``scale``."""
+    logits, labels, where = _prepare("toy", logits, labels, weights, where)
+    per_example = scale * jnp.sum((jax.nn.softmax(logits, axis=-1) - labels) ** 2, axis=-1)
+    return _reduce(per_example, weights, where, reduction)
+'''
+
+TOY_CHECKS = '''
+import numpy as np
+from flax import nnx
+from w2sjax import config, parallel, stages, train
+
+assert config.__file__.startswith(%r), config.__file__
+assert config.LOSS_NAMES[-1] == "toy" and config.LossConfig().toy_scale == 3.0
+cfg = config.apply_overrides(config.Config(), ["losses=xent,toy", "train.loss.toy_scale=2"])
+assert cfg.losses == ("xent", "toy") and cfg.train.loss.toy_scale == 2.0
+assert stages.train_settings(cfg.train, "toy")["loss"] == {"toy_scale": 2.0}
+assert "toy_scale" not in stages.train_settings(cfg.train, "logconf")["loss"]
+assert {k: c for k, _, _, c in config.describe()}["train.loss.toy_scale"] == "toy: weight of the squared error"
+
+rng = np.random.default_rng(0)
+z = rng.normal(size=(8, 2)).astype(np.float32)
+y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
+p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+want = 2.0 * ((p - y) ** 2).sum(-1).mean()
+settings = train.step_settings(cfg.train, 10, "toy", cfg.train.loss)
+got = train.stage_loss(z, y, step_frac=0.0, weights=np.ones(8, np.float32), settings=settings)
+assert abs(float(got) - want) < 1e-5, (float(got), want)
+
+x = rng.normal(size=(128, 4)).astype(np.float32)
+labels = np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)]
+res = train.fit(nnx.Linear(4, 2, rngs=nnx.Rngs(0)), train.ArrayData(x, labels), loss="toy", cfg=train.StudentTrainConfig(
+    epochs=5, batch_size=32, lr=0.1, loss=cfg.train.loss), mesh=parallel.make_mesh(), seed=0, progress=False)
+probs = train.predict(res.predict_step, res.state, x, mesh=parallel.make_mesh(), batch_size=64)
+print(res.steps, (probs.argmax(-1) == labels.argmax(-1)).mean())
+'''
+
+
+def test_adding_a_loss_is_one_decorated_function_in_losses_py(tmp_path):
+    """The one edit: a copy of the package with a toy loss appended to losses.py. Config parsing,
+    the stage fingerprint, the docs and the compiled train step all take it up."""
+    import os
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "w2sjax", tmp_path / "w2sjax", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "w2sjax" / "losses.py", "a") as f:
+        f.write(TOY_LOSS)
+    out = subprocess.run([sys.executable, "-c", TOY_CHECKS % str(tmp_path)], env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps, accuracy = out.stdout.split()
+    assert int(steps) == 5 * (128 // 32) and float(accuracy) > 0.75, out.stdout  # it learns (chance: 0.5)

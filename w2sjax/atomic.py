@@ -7,28 +7,42 @@ chunks, asset records) goes through :func:`replacing`, so
 * a write that fails (a full disk, an exception, Ctrl-C) removes its temporary
   file on the way out;
 * a temporary file left by a killed process (``kill -9``) is recognisable by its
-  name, ``.NAME.w2sjax-tmp.PID.RANDOM[.suffix]``, and :func:`remove_stale` deletes
-  it once that process is gone.
+  name, ``.NAME.w2sjax-tmp.PID@HOST.RANDOM[.suffix]``, and :func:`remove_stale` deletes
+  it once that process is gone. Whether a process is alive can only be asked on its own
+  host, and caches and run directories may sit on storage that several hosts share, so
+  a temporary file of another host (or of a name without one) is only deleted when it
+  is over a day old: no write takes that long.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
+import re
 import secrets
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["replacing", "write_bytes", "write_json", "write_text", "remove_stale"]
+__all__ = ["host", "replacing", "write_bytes", "write_json", "write_text", "remove_stale"]
 
 _TAG = ".w2sjax-tmp."
+STALE_AFTER = 24 * 3600  # seconds after which another host's temporary file is surely abandoned
+
+
+@functools.cache
+def host() -> str:
+    """This host's name as it appears in temporary names: letters, digits and ``-`` only."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname())[:40] or "host"
 
 
 def _temp_name(path: pathlib.Path) -> pathlib.Path:
     # The suffix stays last so tools that infer a format from it (savefig, np.savez) keep working.
-    return path.with_name(f".{path.name}{_TAG}{os.getpid()}.{secrets.token_hex(4)}{path.suffix}")
+    return path.with_name(f".{path.name}{_TAG}{os.getpid()}@{host()}.{secrets.token_hex(4)}{path.suffix}")
 
 
 @contextlib.contextmanager
@@ -81,30 +95,40 @@ def _writer_alive(pid: int) -> bool:
     return True
 
 
-def _writer_pid(name: str) -> str | None:
-    """The writer's pid in a temporary file's name, or None if it is not one of ours.
+def _writer(name: str) -> tuple[int, str | None] | None:
+    """``(pid, host)`` of a temporary file's writer from its name (host None for names written
+    before host names were recorded), or None if it is not one of ours.
 
     Also recognises ``.NAME.tmpPID``, the name used before this module existed.
     """
     if _TAG in name:
-        pid = name.split(_TAG, 1)[1].split(".", 1)[0]
+        token = name.split(_TAG, 1)[1].split(".", 1)[0]
     else:
-        pid = name.rsplit(".tmp", 1)[1] if ".tmp" in name else ""
-    return pid if pid.isdigit() else None
+        token = name.rsplit(".tmp", 1)[1] if ".tmp" in name else ""
+    pid, _, writer_host = token.partition("@")
+    return (int(pid), writer_host or None) if pid.isdigit() else None
 
 
-def remove_stale(directory: str | os.PathLike) -> list[pathlib.Path]:
-    """Delete temporary files in ``directory`` (not below it) whose writer process is gone.
+def remove_stale(directory: str | os.PathLike, *, max_age: float = STALE_AFTER) -> list[pathlib.Path]:
+    """Delete temporary files in ``directory`` (not below it) whose writer is gone: a process of
+    this host that is no longer alive, or, for another host's file (or one whose name holds no
+    host), one not modified for ``max_age`` seconds.
 
     Returns the removed paths. A temporary file of a live process (another run writing into the
-    same folder right now) is left alone.
+    same folder right now, here or on another host) is left alone.
     """
     removed = []
     for tmp in pathlib.Path(directory).glob(".*.*tmp*"):
-        pid_text = _writer_pid(tmp.name)
-        if pid_text is None or _writer_alive(int(pid_text)):
+        writer = _writer(tmp.name)
+        if writer is None:
             continue
+        pid, writer_host = writer
         try:
+            if writer_host == host():
+                if _writer_alive(pid):
+                    continue
+            elif time.time() - tmp.stat().st_mtime < max_age:
+                continue
             tmp.unlink()
         except FileNotFoundError:
             continue

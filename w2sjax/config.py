@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import pathlib
 import re
 import sys
@@ -18,12 +19,14 @@ import types
 import typing
 from typing import Any
 
+from w2sjax import losses
+
 class ConfigError(ValueError):
     """A bad config file, key or value. The message is one line meant for the user."""
 
 
-# The losses a student can train with (``w2sjax.losses``); ``w2sjax.train`` maps each name to its function.
-LOSS_NAMES = ("xent", "logconf", "product", "entropy_conf", "reverse_xent")
+# The losses a student can train with, as ``w2sjax.losses`` registers them.
+LOSS_NAMES = tuple(losses.LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +55,16 @@ class TrainConfig:
             raise ConfigError(f"train.epochs: expected a positive number, got {self.epochs}")
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Settings of the student losses; each loss reads only its own."""
-
-    alpha_max: float = 0.5  # logconf / entropy_conf: final weight of the confidence term
-    conf_warmup_frac: float = 0.2  # logconf / entropy_conf: fraction of training over which alpha ramps up
-    product_alpha: float = 1.0  # product loss: exponent on the weak labels
-    product_beta: float = 1.0  # product loss: exponent on the student's probabilities
+# Settings of the student losses, one field per hyper-parameter that ``w2sjax.losses`` registers
+# (its default and description come from there); each loss reads only its own.
+LossConfig = dataclasses.make_dataclass(
+    "LossConfig",
+    [(field, type(default), dataclasses.field(default=default, metadata={"doc": doc}))
+     for field, (default, doc) in losses.hyper_parameters().items()],
+    frozen=True,
+    namespace={"__module__": __name__,
+               "__doc__": "Settings of the student losses; each loss reads only its own (``w2sjax.losses.LOSSES``)."},
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +117,15 @@ class DataConfig:
     prompt: str = ""  # template for pretrained text backbones, e.g. "{text}\nIs the review positive?"; "" = the bare text
     text_field: str = "text"  # csv:/jsonl: files: the column holding the text
     label_field: str = "label"  # csv:/jsonl: files: the column holding the label
+    # csv:/jsonl: files: RAW:CLASS pairs mapping label texts to classes, e.g. "0:neg,1:pos,1.0:pos,nan:" (an empty class drops the row); () = labels read as values (whole numbers are class ids, else class names), and an empty, nan or fractional label is an error
+    label_map: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.prompt and "{text}" not in self.prompt:
             raise ConfigError(f"data.prompt: expected a template containing {{text}}, got {self.prompt!r}")
+        for item in self.label_map:
+            if ":" not in item:
+                raise ConfigError(f"data.label_map: expected RAW:CLASS items (e.g. 0:neg,1.0:pos,nan:), got {item!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +158,66 @@ class MethodConfig:
             raise ConfigError(f"options.knn_k: expected a positive integer, got {self.knn_k}")
         if self.shift not in ("none", "length") and not (self.shift.startswith("domain:") and len(self.shift) > 7):
             raise ConfigError(f"options.shift: expected 'none', 'length' or 'domain:NAME', got {self.shift!r}")
+
+
+# ---- value ranges -----------------------------------------------------------------------------
+# Checked when a Config is made (a config file or --set), so a bad value stops the run before any
+# work with one line naming its dotted key, instead of training to a meaningless result (lr=0
+# trains nothing; lr=nan diverges at once and is misread as "lower the learning rate").
+
+def _positive(v) -> bool:
+    return math.isfinite(v) and v > 0
+
+
+def _non_negative(v) -> bool:
+    return math.isfinite(v) and v >= 0
+
+
+def _fraction(v) -> bool:
+    return 0 <= v <= 1
+
+
+_RULES = {  # rule, what the error says was expected
+    "positive": (_positive, "a positive finite number"),
+    "non_negative": (_non_negative, "a finite number >= 0"),
+    "fraction": (_fraction, "a number in [0, 1]"),
+    "count": (lambda v: v >= 1, "a positive integer"),
+    "count0": (lambda v: v >= 0, "an integer >= 0"),
+    "pair": (lambda v: v >= 2, "an integer >= 2 (or none)"),
+    "devices": (lambda v: v == -1 or v >= 1, "-1 (all devices) or a positive integer"),
+}
+_RANGES = {  # class name -> field -> rule; None values (``int | None``) are always allowed
+    "TrainConfig": {"epochs": "positive", "batch_size": "count", "lr": "positive", "weight_decay": "non_negative",
+                    "lr_warmup_frac": "fraction", "eval_every": "count0", "patience": "count0",
+                    "checkpoint_every": "count0", "checkpoint_minutes": "non_negative", "log_every": "count0"},
+    "LossConfig": {"alpha_max": "fraction", "conf_warmup_frac": "fraction", "product_alpha": "non_negative",
+                   "product_beta": "non_negative"},
+    "LoraConfig": {"rank": "count", "alpha": "positive"},
+    "DataConfig": {"n_train": "pair", "n_val": "count0", "n_test": "count", "max_len": "count"},
+    "ParallelConfig": {"data": "devices", "fsdp": "count"},
+    "MethodConfig": {"keep_frac": "fraction", "knn_k": "count", "epochs_grid": "positive", "weak_sizes": "count0"},
+}
+
+
+def check_ranges(node, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` naming the first leaf of ``node`` (a config section) outside its range."""
+    for cls in type(node).__mro__:
+        rules = _RANGES.get(cls.__name__)
+        if rules:
+            break
+    else:
+        rules = {}
+    for field in dataclasses.fields(node):
+        value, key = getattr(node, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+            continue
+        if field.name not in rules:
+            continue
+        test, expected = _RULES[rules[field.name]]
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is not None and (isinstance(v, bool) or not test(v)):
+                raise ConfigError(f"{key}: expected {expected}, got {v}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +266,7 @@ class Config:
         for chain in self.bootstrap:
             if len(chain.split(">")) < 2:
                 raise ConfigError(f"bootstrap: expected a chain like 'weak>mid>strong', got {chain!r}")
+        check_ranges(self)
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -304,7 +375,8 @@ def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, 
     """``(key, type, default, comment)`` for every leaf: the source of the generated config docs.
 
     Keys are dotted as ``--set`` takes them; the type is written as declared (``int | None``,
-    ``tuple[str, ...]``); the comment is the field's source comment (see :func:`_field_comments`).
+    ``tuple[str, ...]``); the comment is the field's ``doc`` metadata (the loss settings, declared
+    in ``w2sjax.losses``) or its source comment (see :func:`_field_comments`).
     """
     comments = {}
     for cls in reversed(config_type.__mro__):  # a subclass's comments win over its base's
@@ -316,12 +388,13 @@ def describe(config_type=Config, prefix: str = "") -> list[tuple[str, str, Any, 
     for field in dataclasses.fields(config_type):
         value = getattr(default, field.name)
         key = f"{prefix}{field.name}"
+        comment = field.metadata.get("doc") or comments.get(field.name, "")
         if dataclasses.is_dataclass(value):
             for sub_key, typ, _, comment in describe(type(value), key + "."):
                 # A section's default here can differ from its class's own (weak_train vs train).
                 rows.append((sub_key, typ, _get(value, sub_key[len(key) + 1 :]), comment))
         else:
-            rows.append((key, _type_name(hints[field.name]), value, comments.get(field.name, "")))
+            rows.append((key, _type_name(hints[field.name]), value, comment))
     return rows
 
 

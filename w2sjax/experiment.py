@@ -38,22 +38,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import atomic, checkpoint, metrics, parallel, preemption, results, rundir, signals, stages, train
+from w2sjax import (
+    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages,
+    tensorboard_log, train,
+)
 from w2sjax.config import Config, ConfigError, to_dict
 
 
 # ---- small I/O helpers ----------------------------------------------------------------------
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only), and the same numbers
+    to TensorBoard event files beside it when tensorboardX is installed (`w2sjax.tensorboard_log`)."""
 
     def __init__(self, path: pathlib.Path | None):
         self.path = path if parallel.is_main_process() else None
+        self.tensorboard = tensorboard_log.TensorBoardLog(None if self.path is None else self.path.parent)
 
     def __call__(self, record: dict) -> None:
         if self.path is not None:
+            record = {"time": round(time.time(), 3), **record}
             with self.path.open("a") as f:
-                f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+                f.write(json.dumps(record) + "\n")
+            self.tensorboard(record)
 
     def rewind(self, checkpoint_name: str, step: int) -> None:
         """Drop the lines of stage ``checkpoint_name`` (these settings only) after ``step``: a stage
@@ -99,7 +106,7 @@ def _logged_after(line: str, checkpoint_name: str, step: int) -> bool:
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
 # length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
-# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, session 5), and a
+# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, the quiet runs of 2026-11-29), and a
 # 64-row validation slice is no longer padded to 256.
 PREDICT_ROWS = 64
 
@@ -566,12 +573,16 @@ def _load_task(config: Config):
 
     try:
         return data.load_task(config.data.task, text_field=config.data.text_field,
-                              label_field=config.data.label_field)
+                              label_field=config.data.label_field, label_map=config.data.label_map)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"data.task: {exc}") from None
 
 
 # ---- the protocol ---------------------------------------------------------------------------
+
+# Compile counters at the start of each run (by output directory), so `finish` reports the run's own.
+_COMPILES_AT_START: dict[str, dict] = {}
+
 
 def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True, models_used=None):
     """Everything before the first stage, shared by the standard protocol and ``w2sjax.methods``:
@@ -581,6 +592,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     # First, before anything touches a JAX backend: join the other processes, if any are configured
     # (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or cluster auto-detection).
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
+    _COMPILES_AT_START[str(out_dir)] = compile_stats.install()
     validate(config, models_used)
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
@@ -617,6 +629,10 @@ def announce_data(config: Config, task) -> None:
              "test": len(splits.test["label"])}
     print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
           flush=True)
+    if task.name.startswith(("csv:", "jsonl:")):  # what the file's labels were read as
+        from w2sjax.data import user
+
+        print(f"data: {task.num_classes} classes in the file (rows per class): {user.class_counts(task)}", flush=True)
     small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
     if small:
         _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
@@ -741,13 +757,18 @@ class SeedRun:
         return supervisor.preds["b"]
 
     def supervised(self, key: stages.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
-                   val_labels=None) -> StageOutput:
+                   val_labels=None, part: np.ndarray | None = None) -> StageOutput:
         """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
-        are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given."""
-        sources = {"labels": sup.source("b"), "val_labels": sup.source("val") if val_labels is None else None}
+        are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given.
+        ``part``: positions in half B to train on instead of all of it (a bootstrap rung's share)."""
+        labels, rows, named = self.pseudo_labels(sup), self.student_half["row"], sup.source("b")
+        if part is not None:
+            labels, rows = labels[part], rows[part]
+            named = None if named is None else f"{named}[{stages.digest(part)}]"
+        sources = {"labels": named, "val_labels": sup.source("val") if val_labels is None else None}
         return self.runner.stage(
-            key, model=strong_name, frozen_features=False, rows=self.student_half["row"],
-            labels=self.pseudo_labels(sup), val_rows=self.val["row"],
+            key, model=strong_name, frozen_features=False, rows=rows,
+            labels=labels, val_rows=self.val["row"],
             val_labels=sup.preds["val"] if val_labels is None else val_labels, evals=self.evals,
             cfg=self.config.train if cfg is None else cfg, loss=loss, seed=self.seed, sources=sources,
         )
@@ -803,22 +824,46 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
 
 def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
-    """The bootstrap chains (``a>b>c``) of one seed: each model supervises the next on half B."""
+    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: half B is cut into
+    one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
+    that the model before it predicted for rows *it* never trained on (the supervisor never saw
+    half B at all). A rung that labelled its own training rows would mostly hand its supervisor's
+    labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
+    the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
     rows = []
     for chain in sr.config.bootstrap:
         models_in_chain = tuple(chain.split(">"))
-        first = sr.weak(models_in_chain[0])
+        first, last = sr.weak(models_in_chain[0]), models_in_chain[-1]
+        parts = chain_parts(sr.student_half, len(models_in_chain) - 1, sr.seed)
         for loss in sr.config.losses:
             current = first
             for depth, student in enumerate(models_in_chain[1:], start=1):
                 key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
-                current = sr.supervised(key, student, current, loss)
-            last = models_in_chain[-1]
+                current = sr.supervised(key, student, current, loss, part=parts[depth - 1])
+            direct_key = stages.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
+                                             variant=f"part{len(parts)}of{len(parts)}")
+            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1])
             ceiling = ceilings.get(last) or sr.ceiling(last)
             row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
-            row["chain"] = chain
+            if sr.runner.planning:
+                continue
+            direct_row = sr.row(models_in_chain[0], last, loss, first, direct, ceiling)
+            row.update(chain=chain, n_trained=int(len(parts[-1])), direct_w2s_acc=direct_row["w2s_acc"],
+                       direct_pgr=direct_row["pgr"], direct_stage=direct.key.checkpoint_name if direct.key else None)
             rows.append(row)
     return rows
+
+
+def chain_parts(half: dict, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` disjoint parts of half B, as sorted positions into it, of (nearly) equal size, drawn
+    by a stream of their own (``seed``); a multiple-choice question's rows stay in one part."""
+    groups = half.get("group")
+    ids = np.arange(len(half["label"])) if groups is None else np.asarray(groups)
+    unique = np.unique(ids)
+    order = np.random.default_rng([seed, 0xB0075]).permutation(unique)
+    if len(order) < n:
+        raise ConfigError(f"bootstrap: half B has {len(order)} examples, fewer than the chain's {n} rungs")
+    return [np.flatnonzero(np.isin(ids, share)) for share in np.array_split(order, n)]
 
 
 def plan_then_train(runner: Runner, out: pathlib.Path) -> Iterator[Runner]:
@@ -871,16 +916,17 @@ def _earlier_seconds(ckpt_dir: pathlib.Path, todo: list[str]) -> float | None:
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
     """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
     of other settings already there are kept beside it under a printed name."""
+    extra.setdefault("compile", compile_stats.since(_COMPILES_AT_START.get(str(out), {})))
     payload = {"config": to_dict(config), "runs": rows, **extra}
     used = _USED.pop(str(out.absolute()), None)
     if used is not None:
         payload.setdefault("checkpoints", sorted(used))
     signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
-        kept = rundir.keep_previous_results(out, payload)
+        kept = rundir.write_results(out, payload)
         if kept is not None:
             print(f"kept the previous results (other settings) as {kept}", flush=True)
-        atomic.write_json(out / "results.json", payload)
+        tensorboard_log.flush_all()
     rundir.release(out)
     return payload
 
@@ -956,6 +1002,8 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
+        # the accuracy of always answering the test split's most common class
+        majority_acc=round(float(np.bincount(test_labels).max() / max(len(test_labels), 1)), 6),
         # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
         stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
                 if out.key is not None},

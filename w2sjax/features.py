@@ -11,7 +11,9 @@ chunk holding ``ids`` (16-byte example hashes) and ``features``. The
 featurizer key names the model, its settings and the maximum length. Chunks
 are written to a temporary file and renamed into place, so a crash never
 leaves a half-written chunk visible; the zip CRC of each member detects a
-corrupted chunk, which is then dropped and its examples recomputed.
+corrupted chunk, and NaN or infinite values are caught when a chunk is read (they
+are never written, so they mean damage): such a chunk is dropped, with one warning
+line, and its examples recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +30,7 @@ import numpy as np
 
 from w2sjax import atomic
 
-__all__ = ["cached_features", "example_ids"]
+__all__ = ["cached_features", "check_chunk", "example_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,40 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def check_chunk(z) -> None:
+    """Raise ValueError unless the arrays of a cache chunk (``np.load``'s, or a dict of them;
+    features' or bottoms') are consistent and finite: a chunk is only ever written finite, so NaN is damage."""
+    ids = z["ids"]
+    if "features" in z:
+        values = z["features"]
+        if ids.ndim != 1 or values.shape[0] != ids.shape[0]:
+            raise ValueError(f"inconsistent shapes {ids.shape} / {values.shape}")
+    else:  # a bottoms chunk: ragged bf16 rows, stored as their bits
+        lengths, bits = z["lengths"], z["hidden"]
+        if ids.ndim != 1 or lengths.shape != ids.shape or bits.ndim != 2 or lengths.sum() != len(bits):
+            raise ValueError(f"inconsistent shapes {ids.shape} / {lengths.shape} / {bits.shape}")
+        values = _bf16_bits_as_float(bits)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"{int((~np.isfinite(values)).sum())} NaN or infinite values")
+
+
+def read_chunk(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a chunk, each member read (and its zip CRC checked) once. The file is opened
+    here, so a damaged zip does not leave it open (np.load hands its file to the zip reader first)."""
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _bf16_bits_as_float(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) as float32, exactly: bf16 is the top half of float32."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def warn_dropped(path: Path, problem) -> None:
+    print(f"w2sjax: warning: damaged cache chunk {path} ({problem}); dropped it, its examples are computed again",
+          file=sys.stderr, flush=True)
+
+
 class _Store:
     """The chunk files of one (featurizer, task)."""
 
@@ -77,15 +114,17 @@ class _Store:
 
     def readable(self, read):
         """``read(npz)`` of every chunk, in name order; a chunk that fails to read (or whose
-        ``read`` raises ValueError) is deleted, so its examples are computed again."""
+        ``read`` raises ValueError, or that `check_chunk` rejects) is deleted, with one warning line,
+        so its examples are computed again."""
         for path in self.chunks():
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    value = read(z)
+                arrays = read_chunk(path)
+                check_chunk(arrays)
+                value = read(arrays)
             except FileNotFoundError:
                 continue  # merged away by another process meanwhile
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-                log.warning("dropping corrupt cache file %s (%s); recomputing", path, e)
+                warn_dropped(path, e)
                 path.unlink(missing_ok=True)
                 continue
             yield value
@@ -95,7 +134,7 @@ class _Store:
 
         def read(z):
             i, f = z["ids"], z["features"]
-            if i.ndim != 1 or f.shape[0] != i.shape[0] or (feats and f.shape[1:] != feats[0].shape[1:]):
+            if feats and f.shape[1:] != feats[0].shape[1:]:
                 raise ValueError(f"inconsistent shapes {i.shape} / {f.shape}")
             return i, f
 

@@ -37,21 +37,26 @@ _STAGE_TITLES = {
 _DPI = 120
 
 
-def write_all(results: dict, summary: list[dict], directory: str | os.PathLike) -> list[pathlib.Path]:
-    """Write every figure that has data into ``directory``; returns the paths written, in order."""
+def figures(results: dict, summary: list[dict], directory: str | os.PathLike):
+    """``(file name, figure)`` for every standard figure that has data, in order, built one at a
+    time (a figure is drawn and dropped before the next is built)."""
     directory = pathlib.Path(directory)
-    figures = [
+    builders = [
         ("pgr_heatmap.png", lambda: pgr_heatmap(summary)),
         ("accuracy_bars.png", lambda: accuracy_bars(summary)),
         ("training_curves.png", lambda: training_curves(read_metrics(directory / "metrics.jsonl"))),
         ("gain_vs_misfit.png", lambda: gain_vs_misfit(results.get("runs", []))),
     ]
-    written = []
-    for name, build in figures:
+    for name, build in builders:
         fig = build()
         if fig is not None:
-            written.append(_save_atomic(fig, directory / name))
-    return written
+            yield name, fig
+
+
+def write_all(results: dict, summary: list[dict], directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Write every figure that has data into ``directory``; returns the paths written, in order."""
+    directory = pathlib.Path(directory)
+    return [_save_atomic(fig, directory / name) for name, fig in figures(results, summary, directory)]
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -77,8 +82,97 @@ def _ordered(values) -> list:
     return list(dict.fromkeys(values))
 
 
-def _pair_label(row: dict) -> str:
-    return row["chain"].replace(">", " → ") if row.get("chain") else f"{row['weak_model']} → {row['strong_model']}"
+# ---- labels ---------------------------------------------------------------------------------
+# A model named by its path (``hf:/a/very/long/path/to/a/model``) is drawn as its folder name
+# (``model``), and the figure carries one note line giving the full path: long paths crowd axes
+# and overlap their neighbours.
+
+def short_model(name: str, depth: int = 1) -> str:
+    """``hf:/path/to/model#4`` -> ``model#4`` (the last ``depth`` folders); other names unchanged."""
+    if not name.startswith("hf:"):
+        return name
+    path, hash_, layer = name[3:].partition("#")
+    folders = [f for f in path.replace("\\", "/").split("/") if f]
+    return "/".join(folders[-depth:]) + hash_ + layer if folders else name
+
+
+def model_labels(names) -> dict[str, str]:
+    """A short, distinct label per model name: folder names, with parent folders added only where
+    two paths end in the same folder. Chains (``a>b>c``) are split into their links."""
+    models = _ordered(m for name in names for m in str(name).split(">"))
+    depth = {m: 1 for m in models}
+    while True:
+        label = {m: short_model(m, depth[m]) for m in models}
+        clash = {m for m in models if sum(label[m] == label[o] for o in models) > 1 and m.startswith("hf:")}
+        grown = {m for m in clash if short_model(m, depth[m] + 1) != label[m]}
+        if not grown:
+            return label
+        for m in grown:
+            depth[m] += 1
+
+
+def model_label(name: str, labels: dict[str, str]) -> str:
+    """``name`` (a model or an ``a>b>c`` chain) as drawn, links joined by arrows."""
+    return " → ".join(labels.get(m, m) for m in str(name).split(">"))
+
+
+def name_note(labels: dict[str, str], shown=None) -> str:
+    """One ``label = full name`` line per shortened model (those in ``shown``, if given)."""
+    lines = [f"{short} = {full}" for full, short in labels.items()
+             if short != full and (shown is None or full in shown)]
+    return "\n".join(lines)
+
+
+def seeds_text(counts) -> str:
+    """``1 seed``, ``3 seeds``, ``2–3 seeds``, from the seed counts of a figure's rows."""
+    counts = sorted(set(counts))
+    if not counts:
+        return "no seeds"
+    lo, hi = counts[0], counts[-1]
+    return f"{lo} seed" if lo == hi == 1 else f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds"
+
+
+def text_inches(text: str, fontsize: float) -> float:
+    """Rough width of ``text``'s longest line at ``fontsize`` points (DejaVu Sans averages about
+    0.6 em per character), for sizing figures before they are drawn."""
+    return max((len(line) for line in str(text).split("\n")), default=0) * fontsize * 0.6 / 72
+
+
+def fit_label(text: str, width_in: float, fontsize: float) -> str:
+    """A tick label broken after hyphens (or anywhere, if it must) so that no line is wider than
+    ``width_in`` inches: long model names stack instead of running into their neighbours."""
+    import textwrap
+
+    chars = max(6, int(width_in * 72 / (fontsize * 0.6)))
+    return "\n".join(out for line in str(text).split("\n")
+                     for out in (textwrap.wrap(line, chars, break_on_hyphens=True) or [""]))
+
+
+def wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` broken into lines no wider than ``width_in`` inches; paths break anywhere."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (fontsize * 0.62)))
+    return "\n".join(out for line in str(text).split("\n")
+                     for out in (textwrap.wrap(line, chars, break_on_hyphens=False) or [""]))
+
+
+def suptitle(fig, text: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the figure's width, so it is never cut off at the sides."""
+    fig.suptitle(wrap(text, fig.get_figwidth() - 0.3, fontsize), fontsize=fontsize)
+
+
+def footnote(fig, labels: dict[str, str], shown=None, fontsize: float = 7) -> None:
+    """The full names of shortened models, in small grey text under the figure."""
+    note = name_note(labels, shown)
+    if note:
+        fig.supxlabel(wrap(note, fig.get_figwidth() - 0.3, fontsize), fontsize=fontsize, color="0.3",
+                      ha="left", x=0.01)
+
+
+def _pair_label(row: dict, labels: dict[str, str] | None = None) -> str:
+    name = row["chain"] if row.get("chain") else f"{row['weak_model']}>{row['strong_model']}"
+    return model_label(name, labels or {})
 
 
 # ---- PGR heatmap ----------------------------------------------------------------------------
@@ -100,12 +194,19 @@ def pgr_heatmap(summary: list[dict]):
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     clipped = any(abs(v) > limit for v in values)
 
+    labels = model_labels(weak + strong)
     n_panels = len(tasks) * len(losses)
     ncols = min(len(losses), 3) if len(tasks) == 1 else len(losses)
     nrows = math.ceil(n_panels / ncols)
+    # Column labels wider than a cell break over lines rather than widening every cell; the row
+    # labels take what their longest name needs.
     cell_w, cell_h = 1.25, 0.85
-    width = max(5.5, ncols * (1.6 + cell_w * len(strong)) + 1.2)
-    height = max(3.0, nrows * (1.4 + cell_h * len(weak)) + 0.3)
+    x_ticks = [fit_label(labels[s], cell_w - 0.15, 9) for s in strong]
+    tick_lines = max(t.count("\n") + 1 for t in x_ticks)
+    y_labels = max(text_inches(labels[w], 9) for w in weak)
+    width = max(5.5, ncols * (1.0 + y_labels + cell_w * len(strong)) + 1.2)
+    note_lines = name_note(labels).count("\n") + 1 if name_note(labels) else 0
+    height = max(3.0, nrows * (1.6 + 0.15 * (tick_lines - 1) + cell_h * len(weak)) + 0.6 + 0.15 * note_lines)
     fig = _figure(width, height)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     image, any_ci = None, False
@@ -137,8 +238,8 @@ def pgr_heatmap(summary: list[dict]):
                     any_ci = True
                 dark = abs(norm(v) - 0.5) > 0.3  # white text on saturated cells
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
-        ax.set_xticks(range(len(strong)), strong, rotation=20 if len(strong) > 3 else 0)
-        ax.set_yticks(range(len(weak)), weak)
+        ax.set_xticks(range(len(strong)), x_ticks)
+        ax.set_yticks(range(len(weak)), [labels[w] for w in weak])
         ax.set_xlabel("strong model (student)")
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("weak model (supervisor)")
@@ -151,7 +252,8 @@ def pgr_heatmap(summary: list[dict]):
     notes = ["PGR of the seed means: 0 = weak model, 1 = ceiling"]
     if any_ci:
         notes.append("[95% bootstrap interval over seeds]")
-    fig.suptitle("\n".join([title, *notes]), fontsize=10)
+    suptitle(fig, "\n".join([title, *notes]))
+    footnote(fig, labels)
     return fig
 
 
@@ -164,7 +266,10 @@ def accuracy_bars(summary: list[dict]):
         return None
     tasks = _ordered(r["task"] for r in rows)
     panels = _ordered((r["task"], r["loss"]) for r in rows)
-    pairs = _ordered(_pair_label(r) for r in rows)
+    labels = model_labels([r.get("chain") or r["weak_model"] for r in rows] + [r["strong_model"] for r in rows])
+    pairs = _ordered(_pair_label(r, labels) for r in rows)
+    slot = 1.1  # inches per pair; longer names are broken over lines, not allowed to widen it
+    ticks = [fit_label(p.replace(" → ", "\n→ "), slot - 0.2, 8) for p in pairs]
     kinds = [("weak_acc", "weak supervisor", "#9e9e9e"), ("w2s_acc", "weak-to-strong", "#1f77b4"),
              ("ceiling_acc", "strong ceiling", "#2ca02c")]
 
@@ -176,13 +281,16 @@ def accuracy_bars(summary: list[dict]):
 
     ncols = 1 if len(pairs) > 4 else min(len(panels), 3)  # many pairs: stack panels, don't widen
     nrows = math.ceil(len(panels) / ncols)
-    width = max(5.0, ncols * (1.2 + 1.1 * len(pairs)) + 0.5)
-    fig = _figure(width, 3.4 * nrows + 0.6)
+    width = max(5.0, ncols * (1.2 + slot * len(pairs)) + 0.5) + 1.6  # the legend, on the right
+    note = name_note(labels)
+    tick_lines = max(t.count("\n") + 1 for t in ticks)
+    note_h = 0.15 * (note.count("\n") + 1) if note else 0.0
+    fig = _figure(width, (3.4 + 0.15 * (tick_lines - 2)) * nrows + 0.6 + note_h)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel())
     bar_w = 0.8 / len(kinds)
     annotate = len(pairs) * len(kinds) <= 9
     for ax, (task, loss) in zip(axes, panels):
-        by_pair = {_pair_label(r): r for r in rows if r["task"] == task and r["loss"] == loss}
+        by_pair = {_pair_label(r, labels): r for r in rows if r["task"] == task and r["loss"] == loss}
         for k, (key, label, colour) in enumerate(kinds):
             xs, means, stds = [], [], []
             for p, pair in enumerate(pairs):
@@ -199,7 +307,7 @@ def accuracy_bars(summary: list[dict]):
         for p, pair in enumerate(pairs):
             if pair not in by_pair:
                 ax.text(p, y_lo + 0.01, "not run", ha="center", va="bottom", fontsize=8, color="0.4")
-        ax.set_xticks(range(len(pairs)), [p.replace(" → ", "\n→ ") for p in pairs], fontsize=8)
+        ax.set_xticks(range(len(pairs)), ticks, fontsize=8)
         ax.set_xlim(-0.5, len(pairs) - 0.5)  # the same slots in every panel, even where a pair is missing
         ax.set_ylim(y_lo, y_hi + (0.04 if annotate else 0))
         ax.set_title(f"{task} · loss: {loss}" if len(tasks) > 1 else f"loss: {loss}")
@@ -211,15 +319,11 @@ def accuracy_bars(summary: list[dict]):
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     n_seeds = sorted({r["seeds"] for r in rows})
-    if n_seeds == [1]:
-        spread = "1 seed, so no error bars"
-    elif len(n_seeds) == 1:
-        spread = f"mean ± std over {n_seeds[0]} seeds"
-    else:
-        spread = f"mean ± std over {n_seeds[0]}–{n_seeds[-1]} seeds"
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
-    fig.suptitle(f"Test accuracy ({spread})" + (f" on {tasks[0]}" if len(tasks) == 1 else ""), fontsize=11)
+    spread = "1 seed, so no error bars" if n_seeds == [1] else f"mean ± std over {seeds_text(n_seeds)}"
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", frameon=False)
+    suptitle(fig, f"Test accuracy ({spread})" + (f" on {tasks[0]}" if len(tasks) == 1 else ""), fontsize=11)
+    footnote(fig, labels)
     return fig
 
 
@@ -243,20 +347,22 @@ def read_metrics(path: pathlib.Path) -> list[dict]:
     return records
 
 
-def _split_stage(stage: str) -> tuple[str, str, str]:
-    """``w2s__glove-bow__minilm-l2__logconf__seed0`` -> ("w2s", "glove-bow → minilm-l2 · logconf", "logconf")."""
+def _split_stage(stage: str) -> tuple[str, tuple[str, ...], str]:
+    """``w2s__glove-bow__minilm-l2__logconf__seed0`` -> ("w2s", ("glove-bow", "minilm-l2"), "logconf"):
+    the stage kind, the models it involves (supervisor first) and the loss it minimises. The
+    supervisors and ceilings minimise cross-entropy on ground truth; a kind this module does not
+    know keeps all its parts and no loss."""
     from w2sjax.stages import StageKey
 
     key = StageKey.parse(stage)
-    kind, body = key.kind, list(key.parts)
-    loss = ""
-    if kind == "w2s" and len(body) == 3:
-        label, loss = f"{body[0]} → {body[1]} · {body[2]}", body[2]
-    elif kind == "boot" and len(body) == 2:
-        label, loss = f"{body[0].replace('>', ' → ')} · {body[1]}", body[1]
-    else:
-        label = " · ".join(body) or kind
-    return kind, label, loss
+    kind, body = key.kind, tuple(key.parts)
+    if kind in ("weak", "ceiling") and len(body) == 1:
+        return kind, body, "xent"
+    if kind == "w2s" and len(body) >= 3:  # a fourth part names a variant (knn, ep3, ...)
+        return kind, body[:2] + body[3:], body[2]
+    if kind == "boot" and len(body) == 2:
+        return kind, (body[0],), body[1]
+    return kind, body, ""
 
 
 def _series(records: list[dict], field: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -287,38 +393,63 @@ def _ema(values: np.ndarray, decay: float = 0.85) -> np.ndarray:
 
 
 def training_curves(records: list[dict]):
-    """Loss against step (top row) and validation accuracy (bottom row, if any), per stage kind."""
+    """Training loss (top) and validation accuracy (below, where logged) against step.
+
+    One panel per stage kind *and* loss: a student trained with ``logconf`` minimises another
+    objective than one trained with ``xent``, so their losses never share an axis. The panels
+    wrap after four columns.
+    """
     loss = _series(records, "loss")
     val = _series(records, "val_accuracy")
     if not loss and not val:
         return None
-    stages = sorted({*loss, *val})
-    kinds = sorted({_split_stage(s)[0] for s in stages},
-                   key=lambda k: (_STAGE_ORDER.index(k) if k in _STAGE_ORDER else len(_STAGE_ORDER), k))
-    rows = [(name, data) for name, data in (("training loss", loss), ("validation accuracy", val)) if data]
-    fig = _figure(max(5.0, 4.6 * len(kinds)), 3.3 * len(rows) + 1.0)
-    axes = fig.subplots(len(rows), len(kinds), squeeze=False)
     import matplotlib
 
+    stages = sorted({*loss, *val})
+    split = {s: _split_stage(s) for s in stages}
+    rank = lambda k: (_STAGE_ORDER.index(k) if k in _STAGE_ORDER else len(_STAGE_ORDER), k)
+    # Losses in the order they first trained (the config's order), not alphabetically.
+    loss_order = _ordered(split[r["stage"]][2] for r in records if r["stage"] in split)
+    panels = sorted({(kind, lo) for kind, _, lo in split.values()}, key=lambda p: (rank(p[0]), loss_order.index(p[1])))
+    labels = model_labels(m for _, models, _ in split.values() for m in models)
+    line_of = {s: " → ".join(model_label(m, labels) for m in models) or kind
+               for s, (kind, models, _) in split.items()}
+    rows = [(name, data) for name, data in (("training loss", loss), ("validation accuracy", val)) if data]
+
+    # Lines of one panel: one colour per label (seeds of a label share it). A sweep has too many
+    # pairs to tell apart, and then its students share one colour.
+    lines = {}
+    for panel in panels:
+        members = [s for s in stages if (split[s][0], split[s][2]) == panel]
+        if len(_ordered(line_of[s] for s in members)) > _MAX_LABELS:
+            lines[panel] = {s: "all pairs" for s in members}
+        else:
+            lines[panel] = {s: line_of[s] for s in members}
+    n_labels = max(len(set(v.values())) for v in lines.values())
+    ncols = min(len(panels), 4)
+    nblocks = math.ceil(len(panels) / ncols)
+    legend_h = 0.2 * n_labels + 0.3
+    # The note names the models whose short names are drawn (not those folded into "all pairs").
+    named = {link for panel in lines.values() for s, label in panel.items() if label != "all pairs"
+             for m in split[s][1] for link in m.split(">")}
+    note = name_note(labels, named)
+    fig = _figure(max(5.0, 4.2 * ncols + 0.4),
+                  nblocks * (2.8 * len(rows) + legend_h) + 0.9 + (0.15 * (note.count("\n") + 1) if note else 0))
+    axes = fig.subplots(nblocks * len(rows), ncols, squeeze=False)
     cmap = matplotlib.colormaps["tab10"]
     smoothed = False
-    for c, kind in enumerate(kinds):
-        # One colour per line label (model, or pair and loss); seeds of a label share its colour.
-        # A sweep has too many pairs to tell apart, so then students are coloured by loss alone.
-        split = {s: _split_stage(s) for s in stages if _split_stage(s)[0] == kind}
-        line_label = {s: label for s, (_, label, _) in split.items()}
-        if len(set(line_label.values())) > _MAX_LABELS and all(loss_name for _, _, loss_name in split.values()):
-            line_label = {s: f"all pairs · {loss_name}" for s, (_, _, loss_name) in split.items()}
-        labels = _ordered(line_label[s] for s in sorted(split))
-        colour = {label: cmap(i % 10) for i, label in enumerate(labels)}
-        legend_drawn = False
-        for r, (ylabel, data) in enumerate(rows):
-            ax = axes[r, c]
+    for i, panel in enumerate(panels):
+        block, c = divmod(i, ncols)
+        kind, loss_name = panel
+        labels_here = _ordered(lines[panel][s] for s in sorted(lines[panel]))
+        colour = {label: cmap(j % 10) for j, label in enumerate(labels_here)}
+        for r, (what, data) in enumerate(rows):
+            ax = axes[block * len(rows) + r, c]
             shown = set()
-            for stage in sorted(split):
+            for stage in sorted(lines[panel]):
                 if stage not in data:
                     continue
-                label = line_label[stage]
+                label = lines[panel][stage]
                 steps, values = data[stage]
                 name = None if label in shown else label
                 if len(steps) >= _SMOOTH_MIN_POINTS:  # per-batch losses are noisy: faint raw, bold trend
@@ -335,20 +466,28 @@ def training_curves(records: list[dict]):
                 ax.set_yticks([])
             else:
                 ax.grid(alpha=0.3)
-                ax.set_xlabel("optimizer step")
-                if not legend_drawn:  # colours are shared down the column: one legend is enough
-                    if len(labels) <= 3:
-                        ax.legend(fontsize=7, loc="best", frameon=False)
-                    else:  # a long legend would hide the curves
-                        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,
-                                  ncols=2 if len(labels) > 3 else 1)
-                    legend_drawn = True
-            if c == 0:
-                ax.set_ylabel(ylabel)
+                ax.margins(x=0.03, y=0.08)
+            ax.set_ylabel(f"training loss ({loss_name})" if what == "training loss" and loss_name else what,
+                          fontsize=9)
             if r == 0:
-                ax.set_title(_STAGE_TITLES.get(kind, kind), fontsize=10)
-    note = "; bold = smoothed (EMA), faint = as logged" if smoothed else ""
-    fig.suptitle(f"Training curves (metrics.jsonl; one line per stage and seed{note})", fontsize=11)
+                title = _STAGE_TITLES.get(kind, kind)
+                ax.set_title(title + (f"\nloss: {loss_name}" if kind not in ("weak", "ceiling") and loss_name else ""),
+                             fontsize=9)
+            if r == len(rows) - 1:  # colours are shared down the column: one legend, under it
+                ax.set_xlabel("optimizer step", fontsize=9)
+                handles, names = ax.get_legend_handles_labels()
+                if not names and r > 0:
+                    handles, names = axes[block * len(rows), c].get_legend_handles_labels()
+                if names:
+                    ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                              frameon=False, ncols=1)
+    for i in range(len(panels), nblocks * ncols):
+        block, c = divmod(i, ncols)
+        for r in range(len(rows)):
+            axes[block * len(rows) + r, c].set_visible(False)
+    note_text = "; bold = smoothed (EMA), faint = as logged" if smoothed else ""
+    suptitle(fig, f"Training curves from metrics.jsonl (one line per stage and seed{note_text})", fontsize=11)
+    footnote(fig, labels, named)
     return fig
 
 
@@ -365,7 +504,10 @@ def gain_vs_misfit(runs: list[dict]):
     markers = "osD^vP*X"
     losses = _ordered(r["loss"] for r in points)
     strong = _ordered(r.get("chain") or r.get("strong_model") for r in points)
-    fig = _figure(7.5, 4.4)
+    labels = model_labels(strong)
+    note = name_note(labels)
+    fig = _figure(7.5 + max([0.0] + [text_inches(model_label(s, labels), 8) - 1.0 for s in strong]),
+                  4.4 + (0.15 * (note.count("\n") + 1) if note else 0))
     ax = fig.subplots()
     ax.axhline(0.0, color="0.4", lw=1, ls="--", zorder=0)
     for i, loss in enumerate(losses):
@@ -373,16 +515,18 @@ def gain_vs_misfit(runs: list[dict]):
             sel = [r for r in points if r["loss"] == loss and (r.get("chain") or r.get("strong_model")) == s]
             if not sel:
                 continue
-            label = loss if len(strong) == 1 else f"{loss} · {s}"
+            label = loss if len(strong) == 1 else f"{loss} · {model_label(s, labels)}"
             ax.scatter([r["misfit"] for r in sel], [r["w2s_acc"] - r["weak_acc"] for r in sel], s=36,
                        color=cmap(i % 10), marker=markers[j % len(markers)], alpha=0.85, label=label,
                        edgecolors="white", linewidths=0.5)
-    ax.set_xlabel("misfit (mean squared distance of student and supervisor probabilities)")
+    ax.set_xlabel("misfit\n(mean squared difference of student and supervisor probabilities)")
+    ax.margins(0.08)
     ax.set_ylabel("gain (w2s acc − weak acc)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0),
               title="loss" if len(strong) == 1 else "loss · student", title_fontsize=8)
-    fig.suptitle("Gain over the supervisor against misfit (one point per run)", fontsize=11)
+    suptitle(fig, "Gain over the supervisor against misfit (one point per run)", fontsize=11)
+    footnote(fig, labels)
     return fig
 
 
@@ -399,7 +543,12 @@ def task_spread(rows: list[dict], medians: list[dict]):
     series = _ordered((r["weak_model"], r["loss"]) for r in rows)
     colours = [f"C{i}" for i in range(len(series))]
     med = {(m["weak_model"], m["strong_model"], m["loss"]): m["median_pgr"] for m in medians if not m.get("min_gap")}
-    fig = _figure(4.2 * len(students) + 0.6, 0.45 * len(tasks) + 1.8)
+    labels = model_labels(students + [w for w, _ in series])
+    names = [f"{model_label(w, labels)} · {loss}" for w, loss in series]
+    width = 4.2 * len(students) + 0.6 + max(text_inches(t, 10) for t in tasks) + max(text_inches(n, 10) for n in names)
+    note = name_note(labels)
+    height = max(0.45 * len(tasks) + 1.8, 0.3 * len(series) + 1.0) + (0.15 * (note.count("\n") + 1) if note else 0)
+    fig = _figure(width, height)
     axes = np.atleast_1d(fig.subplots(1, len(students), squeeze=False, sharey=True).ravel())
     offsets = (np.arange(len(series)) - (len(series) - 1) / 2) * (0.7 / max(len(series), 1))
     for ax, student in zip(axes, students):
@@ -412,19 +561,20 @@ def task_spread(rows: list[dict], medians: list[dict]):
             lo = [r["pgr"] - r["pgr_ci95"][0] if finite(r["pgr_ci95"][0]) else 0.0 for r in pts]
             hi = [r["pgr_ci95"][1] - r["pgr"] if finite(r["pgr_ci95"][1]) else 0.0 for r in pts]
             ax.errorbar(xs, ys, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", ms=4, color=colour,
-                        capsize=2, lw=1, label=f"{weak} · {loss}")
+                        capsize=2, lw=1, label=f"{model_label(weak, labels)} · {loss}")
             m = med.get((weak, student, loss))
             if finite(m):
                 ax.axvline(m, color=colour, ls="--", lw=1)
         ax.set_yticks(range(len(tasks)), tasks)
         ax.invert_yaxis()
         ax.set_xlabel("PGR (0 = supervisor, 1 = ceiling)")
-        ax.set_title(f"student: {student}")
+        ax.set_title(f"student: {model_label(student, labels)}")
         ax.grid(axis="x", alpha=0.3)
         # Keep wild values (tiny weak-ceiling gaps) from squashing the rest.
         lowest, highest = min(r["pgr"] for r in rows), max(r["pgr"] for r in rows)
         ax.set_xlim(max(-2.0, min(-0.5, lowest - 0.1)), min(3.0, max(1.5, highest + 0.1)))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(series), 4), frameon=False)
-    fig.suptitle("PGR per task (95% bootstrap interval over seeds); dashed: median across tasks", fontsize=10)
+    handles, shown = axes[0].get_legend_handles_labels()
+    fig.legend(handles, shown, loc="outside right upper", frameon=False)
+    suptitle(fig, "PGR per task (95% bootstrap interval over seeds); dashed: median across tasks")
+    footnote(fig, labels)
     return fig

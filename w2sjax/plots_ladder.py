@@ -36,7 +36,7 @@ from collections import defaultdict
 import numpy as np
 
 from w2sjax import atomic, plots, report
-from w2sjax.results import finite, interval, mean_pm, number, percentile_interval, pgr_values
+from w2sjax.results import finite, interval, mean_pm, number
 from w2sjax.stages import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
@@ -88,7 +88,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
         expected[(t, w, s, loss)].add(seed)
         try:
             task = tasks.get(t) or tasks.setdefault(t, data.load_task(
-                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label")))
+                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label"),
+                label_map=tuple(d.get("label_map", ()))))
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
@@ -112,28 +113,23 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
 def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
                        n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
     """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
-    strong, loss), from the saved test predictions.
+    strong, loss), from the saved test predictions (:func:`w2sjax.intervals.cell_interval`).
 
-    When every seed was scored on the same test rows, one resample of the test rows is shared
-    by all seeds in a draw (they share one test draw in reality too); otherwise each seed's
-    test rows are resampled on their own.
+    Each cell draws from a stream seeded by its own key (and ``seed``), so adding a cell changes
+    no other cell's interval. When every seed was scored on the same test rows, one resample of
+    the test rows is shared by all seeds in a draw (they share one test draw in reality too);
+    otherwise each seed's test rows are resampled on their own.
     """
+    from w2sjax import intervals
+
     directory = pathlib.Path(directory)
     results = report.load_results(directory) if results is None else results
-    rng = np.random.default_rng(seed)
     out = {}
     for key, by_seed in _correct(directory, results).items():
         seeds = sorted(by_seed)
-        weak, w2s, ceil = (np.stack([by_seed[s][i] for s in seeds]).astype(float) for i in range(3))
-        n_seeds, n_test = weak.shape
+        weak, w2s, ceil = (np.stack([by_seed[s][i] for s in seeds]) for i in range(3))
         shared = all(np.array_equal(by_seed[s][3], by_seed[seeds[0]][3]) for s in seeds)
-        # A resample of the test rows as multinomial counts: accuracy = counts @ correct / n.
-        counts = rng.multinomial(n_test, np.full(n_test, 1 / n_test), size=(n_boot, 1 if shared else n_seeds))
-        counts = np.broadcast_to(counts, (n_boot, n_seeds, n_test))
-        acc = [np.einsum("bst,st->bs", counts, a) / n_test for a in (weak, w2s, ceil)]
-        pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-        wk, ws, cl = (np.take_along_axis(a, pick, 1).mean(1) for a in acc)
-        out[key] = percentile_interval(pgr_values(wk, ws, cl))
+        out[key], _ = intervals.cell_interval(weak, w2s, ceil, key=(*key, seed), n_boot=n_boot, shared_test=shared)
     return out
 
 
@@ -207,7 +203,7 @@ def pgr_matrix_md(summary: list[dict], order: list[str], sizes: dict,
 
 
 def _seeds(seeds: list[int]) -> str:
-    return f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    return plots.seeds_text(seeds)
 
 
 def _pm(r: dict, key: str) -> str:
@@ -259,7 +255,12 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
     supervisors = [m for m in order if any(r["weak_model"] == m for r in rows)]
     x_of = {m: i for i, m in enumerate(students)}
     colours = matplotlib.colormaps["viridis"](np.linspace(0.1, 0.85, max(len(supervisors), 2)))
-    fig = plots._figure(11.0, 4.0 * len(panels) + 0.8)
+    labels = plots.model_labels(students + supervisors)
+    name = lambda m: plots.model_label(m, labels)
+    note = plots.name_note(labels)
+    slot = max(plots.text_inches(name(s), 8) for s in students) + 0.15
+    fig = plots._figure(max(11.0, 2 * slot * len(students) + 3.0),
+                        4.0 * len(panels) + 0.8 + (0.15 * (note.count("\n") + 1) if note else 0))
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for (ax_acc, ax_pgr), (task, loss) in zip(axes, panels):
         sel = [r for r in rows if r["task"] == task and r["loss"] == loss]
@@ -286,18 +287,18 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
             ax_acc.axhline(weak_acc, color=colour, ls="--", lw=1)
             ax_acc.errorbar(px, [r["w2s_acc"] for r in up], yerr=[r["w2s_acc_ci95"] for r in up],
                             color=colour, marker="o", capsize=3,
-                            label=f"{w} supervises (dashed: {w} itself)")
+                            label=f"{name(w)} supervises (dashed: {name(w)} itself)")
             pgr = np.array([r["pgr"] if finite(r["pgr"]) else np.nan for r in up])
             ivs = [_interval(r, test_ci) for r in up]
             lo = np.array([a if finite(a) else np.nan for a, _ in ivs])
             hi = np.array([b if finite(b) else np.nan for _, b in ivs])
             err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
             ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
-                            marker="o", capsize=3, label=f"supervisor {w}")
+                            marker="o", capsize=3, label=f"supervisor {name(w)}")
             # An undefined PGR (ceiling not above the supervisor) is a result too: mark it.
             for x in px[~np.isfinite(pgr)]:
                 ax_pgr.plot([x], [0], marker="x", color=colour, ms=8, ls="none")
-        ticks = [f"{s}\n{_size(sizes.get(s))}" for s in students]
+        ticks = [f"{name(s)}\n{_size(sizes.get(s))}" for s in students]
         for ax in (ax_acc, ax_pgr):
             ax.set_xticks(range(len(students)), ticks, fontsize=8)
             ax.set_xlim(-0.5, len(students) - 0.5)
@@ -314,8 +315,9 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
         ax_acc.legend(fontsize=7, loc="lower right")
         ax_pgr.legend(fontsize=7, loc="best")
     n_seeds = sorted({r["seeds"] for r in rows})
-    fig.suptitle("Weak-to-strong along a ladder of students (only students above their "
-                 f"supervisor; {_seeds(n_seeds)}; accuracy bars: 95% t-interval)", fontsize=10)
+    plots.suptitle(fig, "Weak-to-strong along a ladder of students (only students above their "
+                        f"supervisor; {_seeds(n_seeds)}; accuracy bars: 95% t-interval)")
+    plots.footnote(fig, labels)
     return fig
 
 

@@ -76,14 +76,17 @@ def summarize(results: dict) -> list[dict]:
             row[k + "_ci95"] = t_interval(v)
         row["pgr"] = pgr_of_means(cols["weak_acc"], cols["w2s_acc"], cols["ceiling_acc"])
         row["pgr_ci95"] = bootstrap_pgr(cols["weak_acc"], cols["w2s_acc"], cols["ceiling_acc"])
+        majority = [r["majority_acc"] for r in runs if isinstance(r.get("majority_acc"), (int, float))]
+        row["majority_acc"] = float(np.mean(majority)) if majority else None
         misfits = [r["misfit"] for r in runs if r.get("misfit") is not None]
         row["misfit"] = float(np.mean(misfits)) if misfits else float("nan")
         summary.append(row)
     return summary
 
 
-def format_table(results: dict) -> str:
-    """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
+def table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """The results table as ``(header, rows of cells)``: accuracies as mean ± std over seeds,
+    PGR of the means with its interval. The text table and the HTML page both print it."""
     rows = summarize(results)
     header = ["task", "weak", "strong", "loss", "seeds", "weak acc", "w2s acc", "ceiling acc", "PGR [95% CI]"]
     with_variant = any(r.get("variant") for r in rows)
@@ -100,9 +103,41 @@ def format_table(results: dict) -> str:
         ])
         if with_variant:
             lines[-1].insert(4, r.get("variant") or "-")
+    return header, lines
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: accuracies as mean ± std over seeds, PGR of the means with its interval."""
+    header, lines = table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), *ceiling_warnings(rows)])
+
+
+CEILING_MARGIN = 0.10  # a ceiling this far below its supervisor did not learn the task
+
+
+def ceiling_warnings(rows: list[dict]) -> list[str]:
+    """One line per (task, weak, strong) whose ceiling (the strong model on ground truth) ends
+    below its supervisor by more than `CEILING_MARGIN`, or at or below the test split's majority
+    rate: PGR is then meaningless, and the usual cause is the students' training settings."""
+    out, seen = [], set()
+    for r in rows:
+        pair = (r["task"], r["weak_model"], r["strong_model"], r.get("chain"))
+        if pair in seen:
+            continue  # every loss and variant shares the pair's ceiling
+        ceiling, weak, majority = r["ceiling_acc"], r["weak_acc"], r.get("majority_acc")
+        what = []
+        if weak - ceiling > CEILING_MARGIN:
+            what.append(f"below its supervisor's {weak:.3f}")
+        if majority is not None and ceiling <= majority:
+            what.append(f"not above the majority rate {majority:.3f}")
+        if what:
+            seen.add(pair)
+            strong = r.get("chain") or r["strong_model"]
+            out.append(f"warning: {r['task']} {strong}: ceiling {ceiling:.3f} is {' and '.join(what)}; the strong "
+                       "model did not learn the task (check train.lr and train.epochs)")
+    return out
 
 
 def write_plots(results: dict, directory: str | pathlib.Path) -> list[pathlib.Path]:
@@ -110,3 +145,10 @@ def write_plots(results: dict, directory: str | pathlib.Path) -> list[pathlib.Pa
     from w2sjax import plots
 
     return plots.write_all(results, summarize(results), pathlib.Path(directory))
+
+
+def write_html(results: dict, directory: str | pathlib.Path) -> pathlib.Path:
+    """Write ``DIR/report.html``: one self-contained page of the table, figures, config and notes."""
+    from w2sjax import report_html
+
+    return report_html.write(results, pathlib.Path(directory))

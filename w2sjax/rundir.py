@@ -9,8 +9,10 @@
   (``.lock`` for process 0, ``.lock.<i>`` for process i), so two jobs collide but one job's
   processes do not.
 * :func:`process_hint` says which process this is before JAX starts, when the environment tells.
-* :func:`keep_previous_results` moves a ``results.json`` made under other settings aside before
-  a new one replaces it.
+* :func:`write_results` writes ``results.json``; one made under other settings is first kept as
+  ``results.<time>.json`` (:func:`keep_previous_results`), and the old ``results.json`` stays in
+  place until the new one is complete, so a full disk or a kill at any step leaves a
+  ``results.json``.
 * :func:`discard_if_empty` removes the directory a failed run created and left holding only its
   lock; :func:`holder` says which process runs in a directory, without creating anything.
 """
@@ -24,6 +26,8 @@ import os
 import pathlib
 import shutil
 import time
+
+from w2sjax import atomic
 
 RESULTS = "results.json"
 MIN_FREE_BYTES = 100 * 2**20  # a stage's checkpoint (a finetuned MiniLM with its optimizer) is ~100 MB
@@ -182,8 +186,12 @@ def _stage_names(results: dict) -> set:
 
 def keep_previous_results(out: str | os.PathLike, results: dict) -> pathlib.Path | None:
     """Before ``results`` replaces ``out/results.json``: when that file came from other settings
-    (another config, or stages with other fingerprints), rename it to ``results.<time>.json``
-    and return the new path; a plain resume of the same run keeps nothing."""
+    (another config, or stages with other fingerprints), keep it also as ``results.<time>.json``
+    and return that path; a plain resume of the same run keeps nothing.
+
+    ``results.json`` itself is left in place (the new one replaces it atomically): the copy is a
+    hard link, which writes no data and so works on a full disk, or a copy where links are not
+    supported."""
     out = pathlib.Path(out)
     if not (out / RESULTS).is_file():
         return None
@@ -197,5 +205,26 @@ def keep_previous_results(out: str | os.PathLike, results: dict) -> pathlib.Path
     while target.exists():
         n += 1
         target = out / f"results.{stamp}-{n}.json"
-    os.replace(out / RESULTS, target)
+    try:
+        os.link(out / RESULTS, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EEXIST):
+            raise
+        with atomic.replacing(target) as tmp:  # no hard links here (some network file systems)
+            shutil.copyfile(out / RESULTS, tmp)
     return target
+
+
+def write_results(out: str | os.PathLike, results: dict) -> pathlib.Path | None:
+    """Write ``out/results.json`` atomically, keeping one from other settings first
+    (:func:`keep_previous_results`, whose path is returned). If the write fails, the old
+    ``results.json`` is still there, and the extra copy of it is removed again."""
+    out = pathlib.Path(out)
+    kept = keep_previous_results(out, results)
+    try:
+        atomic.write_json(out / RESULTS, results)
+    except BaseException:
+        if kept is not None and (out / RESULTS).is_file():
+            kept.unlink(missing_ok=True)  # results.json is still the old one; it needs no second name
+        raise
+    return kept

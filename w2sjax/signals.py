@@ -13,7 +13,7 @@ SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is rememb
 Inside :func:`safe_points` (the train loop) the first one is only remembered, with one line saying
 so: the loop saves an in-stage checkpoint at its next stop and raises there; a second Ctrl-C
 raises at once.
-SIGTERM (preemption: save, then stop) is handled by the stage-safety code of issue #12, which
+SIGTERM (preemption: save, then stop) is handled by the stage-safety code (`preemption.py`, `checkpoint.py`), which
 keeps its own flag and needs no raise from a handler, so nothing can swallow it.
 
 Only an application installs the handler (the ``w2sjax`` command does, in its main thread); the

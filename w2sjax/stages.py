@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from w2sjax import losses
+
 _SEP = "__"
 _FP_SEP = "--"
 FINGERPRINT_CHARS = 20  # hex digits of the fingerprint in checkpoint names (80 bits)
@@ -31,12 +33,9 @@ FINGERPRINT_CHARS = 20  # hex digits of the fingerprint in checkpoint names (80 
 # TrainConfig fields that never change a stage's outputs (logging and checkpoint timing: a
 # resumed stage equals an uninterrupted one whatever they are).
 _NOT_OUTPUT = frozenset({"log_every", "checkpoint_every", "checkpoint_minutes", "remat"})
-# Loss hyper-parameters (``LossConfig`` fields), per loss: a loss ignores every other one.
-LOSS_FIELDS = {
-    "logconf": ("alpha_max", "conf_warmup_frac"),
-    "entropy_conf": ("alpha_max", "conf_warmup_frac"),
-    "product": ("product_alpha", "product_beta"),
-}
+# Loss hyper-parameters (``LossConfig`` fields), per loss, as ``w2sjax.losses`` registers them:
+# a loss ignores every other one, so only its own enter its stages' fingerprints.
+LOSS_FIELDS = {loss.name: tuple(p.field for p in loss.params) for loss in losses.LOSSES.values() if loss.params}
 # Fields that only matter when early stopping is on.
 _STOPPING_FIELDS = ("eval_every", "patience")
 

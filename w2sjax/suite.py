@@ -57,30 +57,37 @@ def task_rows(results_by_task: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def medians(rows: list[dict], *, min_gap: float = 0.0, n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """The median PGR across tasks per (supervisor, student, loss), with a task-bootstrap interval.
+def medians(rows: list[dict], *, min_gap: float = 0.0, draws: dict | None = None, n_boot: int = 2000) -> list[dict]:
+    """The median PGR across tasks per (supervisor, student, loss).
 
     ``min_gap`` > 0 keeps only tasks whose ceiling beats the supervisor by at least that much:
     PGR divides by the gap, so a gap of a point or two turns test noise into PGRs of +-5.
     The filter looks at weak and ceiling accuracy only, never at the student.
+
+    The interval resamples tasks, then seeds and test examples inside each task
+    (:func:`w2sjax.intervals.median_interval`), from ``draws``: each row's seed-and-example
+    bootstrap draws, keyed by (task, supervisor, student, loss). Without draws for every task kept,
+    or with fewer than ``intervals.MIN_TASKS`` tasks, there is no interval (``nan``): resampling a
+    handful of per-task values only returns their range.
     """
-    by_pair: dict[tuple, list[float]] = defaultdict(list)
+    from w2sjax import intervals
+
+    by_pair: dict[tuple, list[dict]] = defaultdict(list)
     counts: dict[tuple, int] = defaultdict(int)
     for r in rows:
         key = tuple(r[k] for k in PAIR_KEYS)
         counts[key] += 1
         if np.isfinite(r["pgr"]) and r["ceiling_acc"] - r["weak_acc"] >= min_gap:
-            by_pair[key].append(r["pgr"])
-    rng = np.random.default_rng(seed)
+            by_pair[key].append(r)
     out = []
     for key, n_tasks in counts.items():
-        values = np.array(by_pair.get(key, []), float)
-        if len(values):
-            boot = np.median(values[rng.integers(0, len(values), size=(n_boot, len(values)))], axis=1)
-            ci = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
-            med = float(np.median(values))
-        else:
-            ci, med = (float("nan"), float("nan")), float("nan")
+        kept = by_pair.get(key, [])
+        values = np.array([r["pgr"] for r in kept], float)
+        med = float(np.median(values)) if len(values) else float("nan")
+        ci = (float("nan"), float("nan"))
+        task_draws = [(draws or {}).get((r["task"], *key)) for r in kept]
+        if kept and all(d is not None for d in task_draws):
+            ci = intervals.median_interval(task_draws, key=(*key, min_gap), n_boot=n_boot)
         out.append({**dict(zip(PAIR_KEYS, key)), "median_pgr": med, "median_ci95": ci,
                     "tasks_with_pgr": len(values), "tasks": n_tasks, "min_gap": min_gap})
     return out

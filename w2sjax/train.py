@@ -54,10 +54,7 @@ class StepSettings(flax.struct.PyTreeNode):
     lr: jax.Array
     weight_decay: jax.Array
     loss_index: jax.Array  # int32: position of the loss in LOSS_NAMES
-    alpha_max: jax.Array
-    conf_warmup_frac: jax.Array
-    product_alpha: jax.Array
-    product_beta: jax.Array
+    loss_params: dict[str, jax.Array]  # float32 per LossConfig field: every loss's hyper-parameters
 
 
 def step_settings(cfg: TrainConfig, total_steps: int, loss: str = "xent", loss_cfg: LossConfig | None = None) -> StepSettings:
@@ -70,8 +67,7 @@ def step_settings(cfg: TrainConfig, total_steps: int, loss: str = "xent", loss_c
     return StepSettings(
         total_steps=np.int32(total_steps), warmup_steps=np.int32(warmup), lr=f32(cfg.lr),
         weight_decay=f32(cfg.weight_decay), loss_index=np.int32(LOSS_NAMES.index(loss)),
-        alpha_max=f32(loss_cfg.alpha_max), conf_warmup_frac=f32(loss_cfg.conf_warmup_frac),
-        product_alpha=f32(loss_cfg.product_alpha), product_beta=f32(loss_cfg.product_beta),
+        loss_params={field: f32(value) for field, value in dataclasses.asdict(loss_cfg).items()},
     )
 
 
@@ -91,32 +87,23 @@ def learning_rate(step: jax.Array, s: StepSettings) -> jax.Array:
 
 LossFn = Callable[..., jax.Array]  # (logits, labels, *, step_frac, weights) -> scalar
 
-# Each loss in one signature, reading its settings from ``s`` (a StepSettings or a LossConfig).
-_LOSSES: dict[str, Callable] = {
-    "xent": lambda z, y, step_frac, weights, s: losses.xent(z, y, weights=weights),
-    "logconf": lambda z, y, step_frac, weights, s: losses.logconf(
-        z, y, step_frac=step_frac, alpha_max=s.alpha_max, warmup_frac=s.conf_warmup_frac, weights=weights),
-    "product": lambda z, y, step_frac, weights, s: losses.product(
-        z, y, alpha=s.product_alpha, beta=s.product_beta, weights=weights),
-    "entropy_conf": lambda z, y, step_frac, weights, s: losses.entropy_conf(
-        z, y, step_frac=step_frac, alpha_max=s.alpha_max, warmup_frac=s.conf_warmup_frac, weights=weights),
-    "reverse_xent": lambda z, y, step_frac, weights, s: losses.reverse_xent(z, y, weights=weights),
-}
-assert tuple(_LOSSES) == LOSS_NAMES, "config.LOSS_NAMES and train._LOSSES must list the same losses in order"
-
 
 def make_loss(name: str, loss_cfg: LossConfig | None = None) -> LossFn:
     """The named loss with ``loss_cfg``'s settings bound, as ``loss(logits, labels, *, step_frac, weights)``."""
-    if name not in _LOSSES:
+    if name not in losses.LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSS_NAMES)}")
-    settings = LossConfig() if loss_cfg is None else loss_cfg
-    return lambda z, y, *, step_frac, weights: _LOSSES[name](z, y, step_frac, weights, settings)
+    settings = dataclasses.asdict(LossConfig() if loss_cfg is None else loss_cfg)
+    return functools.partial(losses.LOSSES[name], settings=settings)
 
 
 def stage_loss(logits, labels, *, step_frac, weights, settings: StepSettings) -> jax.Array:
     """The loss ``settings.loss_index`` names, picked at run time (``lax.switch``): every loss is
     compiled into the one program, and only the chosen one runs."""
-    branches = [functools.partial(fn, s=settings) for fn in _LOSSES.values()]
+    def branch(loss: losses.Loss) -> Callable:
+        return lambda z, y, frac, w: loss(z, y, settings=settings.loss_params, step_frac=frac, weights=w)
+
+    # LOSS_NAMES lists the registry in its order, so loss_index picks the branch of its name.
+    branches = [branch(loss) for loss in losses.LOSSES.values()]
     return jax.lax.switch(settings.loss_index, branches, logits, labels, step_frac, weights)
 
 
@@ -525,7 +512,7 @@ def fit(
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
     """
-    from tqdm.auto import tqdm
+    from w2sjax import progress as progress_lib
 
     student = isinstance(cfg, StudentTrainConfig)
     trainable = trainable or (cfg.trainable if student else "all")
@@ -549,7 +536,7 @@ def fit(
     rewind = getattr(log, "rewind", None)
     if rewind is not None:  # lines logged after the restored step (by a killed run) are logged again below
         rewind(stage, int(state.step))
-    bar = tqdm(total=total, initial=start, desc=stage, leave=False, disable=not (progress and parallel.is_main_process()))
+    bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
     with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
         while step < total:

@@ -13,12 +13,19 @@ The choices, measured in ``benchmarks/RESULTS.md``:
     every core busy.
 
 `enable_compilation_cache` is the application's other default: a persistent cache of
-compiled programs, so a rerun, or a preempted job resuming, skips XLA compiles.
+compiled programs, so a rerun, or a preempted job resuming, skips XLA compiles. A damaged entry
+(a torn write, a disk error) makes JAX warn and recompile on every run without replacing it, so
+the first such warning drops every entry that no longer decompresses, with one line.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pathlib
+import re
+import sys
+import warnings
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 DEVICE_FLAG = "xla_force_host_platform_device_count"
@@ -54,4 +61,51 @@ def enable_compilation_cache(path, *, min_compile_secs: float = 0.0) -> bool:
 
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    _drop_damaged_entries_on_first_warning(pathlib.Path(path))
     return True
+
+
+_READ_ERROR = "Error reading persistent compilation cache entry"  # JAX's warning for an unreadable entry
+
+
+def drop_damaged_entries(path: pathlib.Path) -> list[pathlib.Path]:
+    """Delete the entries of the compile cache at ``path`` that do not decompress; returns them."""
+    from jax._src import compilation_cache  # the entry format is JAX's own
+
+    dropped = []
+    for entry in sorted(path.glob("*-cache")):
+        try:
+            compilation_cache.decompress_executable(entry.read_bytes())
+        except FileNotFoundError:
+            continue
+        except Exception:  # zlib.error, zstd's errors, OSError: all mean the entry is unusable
+            entry.unlink(missing_ok=True)
+            dropped.append(entry)
+    return dropped
+
+
+def _drop_damaged_entries_on_first_warning(path: pathlib.Path) -> None:
+    """Replace JAX's warning per damaged entry (on every run, the entry never being rewritten) by
+    one line, once, after dropping every damaged entry: the programs compile again and are stored
+    whole."""
+    shown = warnings.showwarning
+    handled = []
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if not text.startswith(_READ_ERROR):
+            return shown(message, category, filename, lineno, file, line)
+        dropped = [] if handled else drop_damaged_entries(path)
+        found = re.search(r"entry for '([^']+)'", text)
+        if found and not any(p.name.startswith(found.group(1) + "-") for p in dropped):
+            # It decompressed but did not load: drop that program's entries (a few recompiles).
+            for entry in path.glob(f"{glob.escape(found.group(1))}-*-cache"):
+                entry.unlink(missing_ok=True)
+                dropped.append(entry)
+        if not handled:
+            handled.append(True)
+            print(f"w2sjax: warning: the XLA compile cache {path} had damaged entries; dropped {len(dropped)}, "
+                  "their programs are compiled again", file=sys.stderr, flush=True)
+        return None
+
+    warnings.showwarning = showwarning

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from w2sjax.assets import AssetError
-from w2sjax.data.builders import progress_to_stderr, read_split
+from w2sjax.data.builders import read_split, tfds_output_to_log
 from w2sjax.data.task import Split, Task, take
 
 CHOICE_CLASSES = ("incorrect", "correct")
@@ -186,7 +186,7 @@ def _prepared(task: str, tfds_name: str, data_dir: pathlib.Path, module: str = "
         builder = tfds.builder(tfds_name, data_dir=str(data_dir), **_BUILDER_KWARGS)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"task {task!r}: TFDS has no dataset {tfds_name!r}") from None
-    with progress_to_stderr():
+    with tfds_output_to_log(f"tfds-{tfds_name.replace('/', '_')}"):
         try:
             builder.download_and_prepare()  # split names are known only once prepared
         except OSError as exc:  # requests' and urllib3's connection errors are OSErrors

@@ -7,8 +7,12 @@ network access on first use), or a user's file (``csv:PATH`` / ``jsonl:PATH``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
+import shutil
+import tempfile
+import time
 
 import numpy as np
 
@@ -24,26 +28,38 @@ def known_tasks() -> list[str]:
     return sorted(builders.BUILDERS) + sorted(catalog.ALIASES)
 
 
+def offline_tasks() -> list[str]:
+    """The packaged tasks whose sources the package registries serve today: the offline suite,
+    which ``w2sjax tasks --check`` builds from nothing."""
+    return sorted(name for name, cls in builders.BUILDERS.items() if cls.OFFLINE)
+
+
+def offline_text_tasks() -> list[str]:
+    """The text tasks of :func:`offline_tasks` (the benchmark suite)."""
+    return [name for name in offline_tasks() if builders.BUILDERS[name].KIND == "text"]
+
+
 def default_data_dir() -> pathlib.Path:
     """Where TFDS datasets are built: ``cache_dir()/tfds``."""
     return assets.cache_dir() / "tfds"
 
 
 def load_task(name: str, *, data_dir: str | os.PathLike | None = None, text_field: str = "text",
-              label_field: str = "label") -> Task:
+              label_field: str = "label", label_map: tuple[str, ...] = ()) -> Task:
     """Load task ``name`` with its train and test splits as numpy arrays.
 
     Args:
       name: one of :func:`known_tasks`, ``csv:PATH``, ``jsonl:PATH`` or ``tfds:NAME``.
       data_dir: TFDS data directory; defaults to ``cache_dir()/tfds``.
       text_field, label_field: a user file's text and label columns.
+      label_map: a user file's ``RAW:CLASS`` label map (`w2sjax.data.user`).
 
     Raises:
       ValueError: unknown name or malformed user file.
       w2sjax.assets.AssetError: the task's source data cannot be fetched.
     """
     if name.startswith(("csv:", "jsonl:")):
-        return user.load(name, text_field=text_field, label_field=label_field)
+        return user.load(name, text_field=text_field, label_field=label_field, label_map=label_map)
     root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if name in builders.BUILDERS:
         return builders.load(name, root)
@@ -83,3 +99,53 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> dict:
         return {"task": name, "source": f"TFDS {entry.tfds_name} (needs network)", "train": f"split {entry.train}",
                 "test": f"split {entry.test}", "classes": ", ".join(entry.class_names), "majority": None}
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(known_tasks())}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One line of ``w2sjax tasks --check``."""
+
+    task: str
+    ok: bool
+    detail: str  # sizes when it built, the one-line reason when it did not
+    seconds: float
+
+
+def check(names: list[str] | None = None, *, scratch: str | os.PathLike | None = None,
+          on_result=None) -> list[CheckResult]:
+    """Build each task from nothing, as a fresh machine would: in an empty scratch cache, with
+    every ``W2SJAX_ASSET_<NAME>`` override ignored, so only today's registries can answer.
+
+    Args:
+      names: tasks to check; defaults to :func:`offline_tasks`.
+      scratch: the scratch cache (emptied and kept if given; a temporary folder, removed after,
+        if not).
+      on_result: called with each :class:`CheckResult` as soon as it is known.
+    """
+    names = list(names or offline_tasks())
+    owned = scratch is None
+    root = pathlib.Path(tempfile.mkdtemp(prefix="w2sjax-check-") if owned else scratch)
+    saved = {k: v for k, v in os.environ.items() if k == "W2SJAX_CACHE" or k.startswith("W2SJAX_ASSET_")}
+    results = []
+    try:
+        for key in saved:
+            del os.environ[key]
+        os.environ["W2SJAX_CACHE"] = str(root)
+        for name in names:
+            start = time.perf_counter()
+            try:
+                task = load_task(name)
+            except Exception as exc:  # noqa: BLE001 - any failure is this task's line, not the end
+                detail, ok = " ".join(f"{exc}".split()) or type(exc).__name__, False
+            else:
+                detail, ok = f"train {len(task.train['label'])}, test {len(task.test['label'])}", True
+            result = CheckResult(name, ok, detail, time.perf_counter() - start)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        os.environ.pop("W2SJAX_CACHE", None)
+        os.environ.update(saved)
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
+    return results

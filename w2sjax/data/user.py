@@ -2,8 +2,12 @@
 
 Columns (CSV header, or JSON keys):
 
-- ``label``: integers ``0..C-1``, or strings, which become classes in sorted
-  order.
+- ``label``: the values are read, not their spelling: when every label is a whole number
+  (``1``, ``1.0``, ``1e0``) the classes are the integers ``0..C-1``; otherwise each distinct
+  string is a class, in sorted order. An empty, ``nan`` or infinite label, or a fractional one
+  among numbers (``1.5``), is an error naming its row, unless ``label_map`` (``data.label_map``)
+  maps the labels explicitly: ``("0:neg", "1:pos", "1.0:pos", "nan:")`` maps each label's text to
+  a class, and an empty class drops the row; any label not in the map is then an error.
 - ``text``: makes a text task. Without it every other column (except
   ``split``) must be numeric and becomes a tabular feature; a JSON line may
   instead hold the features as a list under ``"x"``.
@@ -36,12 +40,15 @@ _INT = re.compile(r"[+-]?\d+")
 _SPLITS = ("train", "test")
 
 
-def load(spec: str, *, text_field: str = "text", label_field: str = "label") -> Task:
+def load(spec: str, *, text_field: str = "text", label_field: str = "label",
+         label_map: tuple[str, ...] | dict[str, str] = ()) -> Task:
     """Read ``csv:PATH`` or ``jsonl:PATH`` into a Task named ``spec``.
 
     ``text_field`` and ``label_field`` name the columns holding the text and the label
-    (``data.text_field`` / ``data.label_field`` in a config).
+    (``data.text_field`` / ``data.label_field`` in a config); ``label_map`` maps label texts to
+    classes (``data.label_map``: ``"RAW:CLASS"`` items, or a dict), an empty class dropping the row.
     """
+    mapping = parse_label_map(label_map)
     fmt, _, path_str = spec.partition(":")
     path = pathlib.Path(path_str).expanduser()
     if fmt not in ("csv", "jsonl") or not path_str:
@@ -57,10 +64,36 @@ def load(spec: str, *, text_field: str = "text", label_field: str = "label") -> 
         raise ValueError(f"{path}: line {line}: not UTF-8 text") from None
     rows = _csv_rows(content, path) if fmt == "csv" else _jsonl_rows(content, path)
     rows = _rename(rows, text_field, label_field)
-    task = _to_task(spec, path, rows, hashlib.sha256(raw).hexdigest()[:16])
+    task = _to_task(spec, path, rows, hashlib.sha256(raw).hexdigest()[:16], mapping)
     if (text_field, label_field) != ("text", "label"):  # other columns, other data: another fingerprint
         task = dataclasses.replace(task, fingerprint=f"{task.fingerprint}:{text_field}:{label_field}")
+    if mapping is not None:  # other classes, other data
+        shown = json.dumps(sorted(mapping.items()), separators=(",", ":"))
+        task = dataclasses.replace(task, fingerprint=f"{task.fingerprint}:map{hashlib.sha256(shown.encode()).hexdigest()[:12]}")
     return task
+
+
+def parse_label_map(items: tuple[str, ...] | list[str] | dict[str, str]) -> dict[str, str] | None:
+    """``("RAW:CLASS", ...)`` (the form ``--set data.label_map=0:neg,1:pos`` gives) as a dict,
+    or None for no map. The last ``:`` splits, so a raw label may hold one."""
+    if isinstance(items, dict):
+        return {str(k).strip(): str(v).strip() for k, v in items.items()} or None
+    mapping: dict[str, str] = {}
+    for item in items:
+        raw, sep, target = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"data.label_map: expected RAW:CLASS items (e.g. 0:neg,1.0:pos,nan:), got {item!r}")
+        raw, target = raw.strip(), target.strip()
+        if mapping.get(raw, target) != target:
+            raise ValueError(f"data.label_map: label {raw!r} is mapped twice ({mapping[raw]!r} and {target!r})")
+        mapping[raw] = target
+    return mapping or None
+
+
+def class_counts(task: Task) -> str:
+    """``"0: 412, 1: 188"``: each class with its examples in the train and test splits together."""
+    counts = np.bincount(np.concatenate([task.train["label"], task.test["label"]]), minlength=task.num_classes)
+    return ", ".join(f"{name}: {int(n)}" for name, n in zip(task.class_names, counts, strict=True))
 
 
 def _rename(rows: list["_Row"], text_field: str, label_field: str) -> list["_Row"]:
@@ -123,7 +156,7 @@ def _jsonl_rows(content: str, path: pathlib.Path) -> list[_Row]:
     return rows
 
 
-def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Task:
+def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str, mapping: dict[str, str] | None) -> Task:
     if not rows:
         raise ValueError(f"{path}: no data rows")
     first = rows[0].values
@@ -145,7 +178,7 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Ta
         for k in required:
             if k not in v:
                 raise ValueError(f"{row.where}: missing {k!r}")
-        labels_raw.append(_label_str(v["label"], row.where))
+        labels_raw.append(_label_text(v["label"], row.where, mapped=mapping is not None))
         if kind == "text":
             text = v["text"]
             if not isinstance(text, str) or not text.strip():
@@ -161,7 +194,12 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Ta
                 )
             is_test.append(split == "test")
 
-    class_names, labels = _encode_labels(labels_raw, rows, path)
+    class_names, labels, keep = _encode_labels(labels_raw, rows, path, mapping)
+    if not keep.all():  # rows whose label maps to no class
+        rows = [r for r, k in zip(rows, keep, strict=True) if k]
+        texts = [t for t, k in zip(texts, keep, strict=True) if k] if kind == "text" else texts
+        feats = [f for f, k in zip(feats, keep, strict=True) if k] if kind != "text" else feats
+        is_test = [t for t, k in zip(is_test, keep, strict=True) if k] if has_split else is_test
     if has_split:
         test = np.array(is_test, dtype=bool)
     else:
@@ -189,32 +227,72 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str) -> Ta
     )
 
 
-def _label_str(value, where: str) -> str:
-    # JSON may give ints; CSV always gives strings. Both end up as strings here.
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+def _label_text(value, where: str, *, mapped: bool) -> str:
+    """A label as text: CSV gives strings, JSON strings or numbers (a JSON ``1.0`` reads ``1.0``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{where}: bad label {value!r} (use an integer or a class name)")
-    text = str(value).strip()
-    if not text:
-        raise ValueError(f"{where}: empty label")
+    text = value.strip() if isinstance(value, str) else repr(value)
+    if not text and not mapped:
+        raise ValueError(f"{where}: empty label (fix the row, or map labels with data.label_map)")
     return text
 
 
+def _number(text: str) -> float | None:
+    """The label's numeric value, or None when it is not a number."""
+    if _INT.fullmatch(text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _encode_labels(
-    raw: list[str], rows: list[_Row], path: pathlib.Path
-) -> tuple[tuple[str, ...], np.ndarray]:
-    if all(_INT.fullmatch(r) for r in raw):
-        ids = [int(r) for r in raw]
-        for i, row in zip(ids, rows, strict=True):
-            if i < 0:
-                raise ValueError(f"{row.where}: bad label {i} (integer labels must be 0..C-1)")
+    raw: list[str], rows: list[_Row], path: pathlib.Path, mapping: dict[str, str] | None
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Class names, each kept row's class id (dropped rows have none), and which rows are kept (a
+    map may drop some).
+
+    Labels are values: ``1`` and ``1.0`` are one class. Whole numbers are class ids; any other
+    text makes every label a class name."""
+    keep = np.ones(len(raw), bool)
+    if mapping is not None:
+        for i, (text, row) in enumerate(zip(raw, rows, strict=True)):
+            if text not in mapping:
+                known = ", ".join(repr(k) for k in sorted(mapping))
+                raise ValueError(f"{row.where}: label {text!r} is not in data.label_map (it maps {known})")
+            keep[i] = mapping[text] != ""
+        raw = [mapping[t] for t in raw]
+    values = [_number(t) for t in raw]
+    for text, value, row, kept in zip(raw, values, rows, keep, strict=True):
+        if kept and (text.lower().lstrip("+-") in ("nan", "inf", "infinity")
+                     or (value is not None and not math.isfinite(value))):
+            raise ValueError(f"{row.where}: label {text!r} is missing or not a number "
+                             "(fix the row, or map labels with data.label_map)")
+    kept_rows = [(t, v, r) for t, v, r, k in zip(raw, values, rows, keep, strict=True) if k]
+    if not kept_rows:
+        raise ValueError(f"{path}: data.label_map drops every row")
+    if all(v is not None for _, v, _ in kept_rows):
+        ids = []
+        for text, value, row in kept_rows:
+            if value != int(value):
+                raise ValueError(f"{row.where}: label {text!r} is not a whole number; integer labels are "
+                                 "class ids 0..C-1 (or map labels with data.label_map)")
+            if value < 0:
+                raise ValueError(f"{row.where}: bad label {text} (integer labels must be 0..C-1)")
+            if value >= len(kept_rows):
+                raise ValueError(f"{row.where}: label {text} is larger than the number of rows; integer labels "
+                                 "are class ids 0..C-1 (or map labels with data.label_map)")
+            ids.append(int(value))
         names = tuple(str(c) for c in range(max(ids) + 1))
     else:
-        names = tuple(sorted(set(raw)))
+        texts = [t for t, _, _ in kept_rows]
+        names = tuple(sorted(set(texts)))
         lookup = {n: i for i, n in enumerate(names)}
-        ids = [lookup[r] for r in raw]
+        ids = [lookup[t] for t in texts]
     if len(set(ids)) < 2:
-        raise ValueError(f"{path}: needs at least two classes, found only {raw[0]!r}")
-    return names, np.asarray(ids, dtype=np.int32)
+        raise ValueError(f"{path}: needs at least two classes, found only {kept_rows[0][0]!r}")
+    return names, np.asarray(ids, dtype=np.int32), keep
 
 
 def _check_numeric(values: dict, keys: list[str], where: str, found: str) -> None:

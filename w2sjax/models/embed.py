@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from w2sjax import signals
+from w2sjax.progress import bar as progress_bar
 from w2sjax.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
@@ -245,7 +245,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
     lengths = np.array([len(r) for r in ids], dtype=np.int64)
     buckets = fit_buckets(lengths, max_len, len(bucket_lengths(max_len)))
     ndev = _local_devices_for_batch()
-    with tqdm(total=len(ids), desc=desc, unit="ex", disable=not progress, leave=False) as bar:
+    with progress_bar(len(ids), desc, enabled=progress, unit="ex") as bar:
         for rows, length, batch_rows in _plan(lengths, buckets, tokens_per_batch):
             input_ids, mask = tokenizer.pad([ids[r] for r in rows], length)
             input_ids = _pad_rows(input_ids, batch_rows, tokenizer.pad_id)
@@ -270,13 +270,15 @@ def _plan(lengths: np.ndarray, buckets: list[int], tokens_per_batch: int):
         rows = order[which == b]
         if len(rows) == 0:
             continue
-        per = max(1, tokens_per_batch // length)
-        per = max(ndev, per - per % ndev)  # divisible over the devices
+        most = max(1, tokens_per_batch // length)
+        most = max(ndev, most - most % ndev)  # divisible over the devices
         # Spread the rows evenly over the batches this bucket needs anyway, so the last batch
-        # is not mostly padding rows; still one shape per bucket.
-        nbatch = -(-len(rows) // per)
-        per = -(-len(rows) // nbatch)
-        per = -(-per // ndev) * ndev
+        # is not mostly padding rows; still one shape per bucket. The rows per batch are rounded
+        # up to one of 8 sizes per bucket, so another seed's or task's rows reuse the compiled
+        # programs instead of compiling one per row count.
+        step = -(-most // (8 * ndev)) * ndev
+        nbatch = -(-len(rows) // most)
+        per = min(most, -(-(-(-len(rows) // nbatch)) // step) * step)
         for start in range(0, len(rows), per):
             plan.append((rows[start:start + per], length, per))
     return plan

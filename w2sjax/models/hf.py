@@ -93,6 +93,14 @@ def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int
     """
     path = Path(path)
     dtype = jnp.dtype(dtype)
+    from w2sjax import verify
+
+    # Read for computing: bit rot under a remembered hash must not reach caches keyed by that hash.
+    try:
+        files = _checkpoint_files(path)
+    except (OSError, ValueError):
+        files = {}  # missing files: the loader below names them
+    verify.check_unchanged({rel: f for rel, f in files.items() if f.is_file()}, owner=f"hf:{path}")
     if _is_gguf(path):
         from w2sjax.models import gguf
 
@@ -116,11 +124,9 @@ def pooling_of(path: str | Path) -> str:
 # ---------------------------------------------------------------- content hash
 
 
-def checkpoint_hash(path: str | Path) -> str:
-    """sha256 over the files that determine a checkpoint's outputs (config, tokenizer, weights;
-    for GGUF the one file), by relative name and content: the cache key of its features, so a
-    moved checkpoint keeps its cache and a changed one never meets the old features."""
-    path = Path(path)
+def _checkpoint_files(path: Path) -> dict[str, Path]:
+    """The files that determine a checkpoint's outputs (config, tokenizer, weights; for GGUF the
+    one file), by relative name."""
     if _is_gguf(path):
         from w2sjax.models import gguf
 
@@ -129,8 +135,15 @@ def checkpoint_hash(path: str | Path) -> str:
     else:
         root = path
         files = [path / "config.json", path / "tokenizer.json", *weights.safetensors_files(path)]
+    return {f.relative_to(root).as_posix(): f for f in files}
+
+
+def checkpoint_hash(path: str | Path) -> str:
+    """sha256 over the files that determine a checkpoint's outputs, by relative name and content:
+    the cache key of its features, so a moved checkpoint keeps its cache and a changed one never
+    meets the old features."""
     # Each file's hash is remembered with its size and times (w2sjax.hashes): hashed once per version.
-    return hashes.directory_hash({f.relative_to(root).as_posix(): hashes.file_sha256(f) for f in files})
+    return hashes.directory_hash({rel: hashes.file_sha256(f) for rel, f in _checkpoint_files(Path(path)).items()})
 
 
 # ---------------------------------------------------------------- parameter count

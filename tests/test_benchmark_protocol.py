@@ -1,0 +1,404 @@
+"""The pre-registered benchmark: its protocol file, its artefacts, the summary regenerated from
+them alone, and the docs sections generated from that summary.
+
+Reference numbers are recomputed here in plain numpy from the artefact arrays (means, the PGR
+formula, medians, the keyed bootstrap written out independently), never read from the code under
+test.
+"""
+
+import hashlib
+import json
+import pathlib
+import runpy
+import shutil
+
+import numpy as np
+import pytest
+
+from w2sjax import artefacts, benchmark_report, protocol as protocol_lib
+from w2sjax.config import ConfigError
+from w2sjax.results import nan_to_null
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "experiments" / "benchmark_protocol.json"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return runpy.run_path(str(ROOT / "experiments" / "benchmark.py"))
+
+
+# ---- the protocol file --------------------------------------------------------------------------
+
+def test_shipped_protocol_fixes_the_rules_before_the_run():
+    p = protocol_lib.load(SHIPPED)
+    assert p.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    tuned = set(p["tasks"]["tuned_on"])
+    assert {"fine_foods", "vader_tweets", "vader_movies"} <= tuned
+    primary = [s for s in p["students"] if s.get("role", "primary") == "primary"]
+    assert primary and all(len(s["seeds"]) >= 5 for s in primary)
+    assert p["gap_rule"]["slice"] == "validation" and p["gap_rule"]["min_gap"] > 0
+    head = p["headline"]
+    assert head["student"] in {s["name"] for s in primary} and head["supervisor"] in p["supervisors"]
+    assert head["loss"] in p["losses"]
+    assert protocol_lib.group_of(p, "fine_foods") == "tuned" and protocol_lib.group_of(p, "bbc_news") == "untuned"
+
+
+def test_the_run_plan_follows_the_protocol(bench):
+    p = protocol_lib.load(SHIPPED)
+    groups = bench["groups"](p)
+    # one group per way of training (trainable, seeds), then the chain with its own seeds
+    assert [(g.students, g.trainable, len(g.seeds)) for g in groups] == [
+        (("minilm-l6",), "all", 5), (("mpnet-base",), "top:4", 5),
+        (("smollm2-135m", "gemma3-270m"), "top:2", 3), (("minilm-l6",), "all", 3)]
+    assert groups[-1].bootstrap == ("glove-bow>minilm-l2>minilm-l6",) and groups[-1].supervisors == ("glove-bow",)
+    cfg = bench["base_config"](p)
+    r = p["recipe"]
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.early_stopping) == (r["student"]["lr"], r["student"]["epochs"], True)
+    assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (r["n_train"], r["n_val"], r["n_test"])
+
+
+def test_bad_protocol_is_one_line_exit_2(bench, tmp_path, capsys):
+    spec = json.loads(SHIPPED.read_text())
+    del spec["gap_rule"]
+    (tmp_path / "p.json").write_text(json.dumps(spec))
+    assert bench["main"](["--protocol", str(tmp_path / "p.json"), "--summary-only", "--artefacts",
+                          str(tmp_path / "a"), "--docs-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("benchmark: error: protocol:") and "gap_rule" in err and "\n" not in err
+    spec = json.loads(SHIPPED.read_text())
+    spec["gap_rule"]["slice"] = "test"
+    (tmp_path / "p.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="gap_rule.slice"):
+        protocol_lib.load(tmp_path / "p.json")
+
+
+def test_resolution_restricts_and_records(tmp_path):
+    p = protocol_lib.load(SHIPPED)
+    res = protocol_lib.resolve_tasks(p, only=["vader_tweets"])
+    assert res["tasks"] == ["vader_tweets"] and res["restricted_to"] == ["vader_tweets"]
+    assert res["protocol_sha256"] == p.sha256 and "fine_foods" in res["left_out"]
+    with pytest.raises(ConfigError, match="--tasks"):
+        protocol_lib.resolve_tasks(p, only=["no_such_task"])
+
+
+# ---- synthetic artefacts and an independent recomputation -----------------------------------------
+
+def _tiny_protocol(tmp_path, filename="protocol.json", **changes) -> pathlib.Path:
+    spec = json.loads(SHIPPED.read_text())
+    spec["medians"]["n_boot"] = 300
+    spec["headline"] = {"supervisor": "glove-bow", "student": "minilm-l6", "loss": "logconf", "tasks": "gap",
+                        "group": "all"}
+    spec.update(changes)
+    path = tmp_path / filename
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _write_synthetic(folder, sha, tasks, n_test=80, seeds=(0, 1, 2)):
+    """Per task: glove-bow -> minilm-l6 with both losses and a chain, 3 seeds sharing test rows."""
+    for t_i, task in enumerate(tasks):
+        rng = np.random.default_rng(100 + t_i)
+        arrays, rows = {}, []
+        for seed in seeds:
+            arrays[f"test_row/seed{seed}"] = np.arange(n_test, dtype=np.int32)
+            arrays[f"test_label/seed{seed}"] = rng.integers(0, 2, n_test).astype(np.int8)
+            arrays[f"val_label/seed{seed}"] = rng.integers(0, 2, 30).astype(np.int8)
+
+            def stage(name, rate):
+                arrays[f"score/{name}"] = (rng.random(n_test) < rate).astype(np.float32)
+                arrays[f"val_score/{name}"] = (rng.random(30) < rate).astype(np.float32)
+                arrays[f"probs/{name}"] = rng.random((n_test, 2)).astype(np.float16)
+                return name
+
+            weak = stage(f"weak__glove-bow__seed{seed}--{task}", 0.65)
+            ceil = stage(f"ceiling__minilm-l6__seed{seed}--{task}", 0.65 + 0.04 * t_i)
+            for loss, rate in (("xent", 0.68), ("logconf", 0.70)):
+                w2s = stage(f"w2s__glove-bow__minilm-l6__{loss}__seed{seed}--{task}", rate + 0.01 * t_i)
+                rows.append({"task": task, "weak_model": "glove-bow", "strong_model": "minilm-l6", "loss": loss,
+                             "seed": seed, "stages": {"weak": weak, "w2s": w2s, "ceiling": ceil}})
+                boot = stage(f"boot__glove-bow>minilm-l2>minilm-l6__{loss}__seed{seed}--{task}", rate - 0.02)
+                direct = stage(f"w2s__glove-bow__minilm-l6__{loss}__part2of2__seed{seed}--{task}", rate - 0.01)
+                rows.append({"task": task, "weak_model": "glove-bow", "strong_model": "minilm-l6", "loss": loss,
+                             "seed": seed, "chain": "glove-bow>minilm-l2>minilm-l6", "n_trained": 40,
+                             "direct_stage": direct, "stages": {"weak": weak, "w2s": boot, "ceiling": ceil}})
+        artefacts.write_task(folder, sha, task, "per example", rows, arrays)
+
+
+def _ref_rng(*key):
+    text = "\x1f".join(str(k) for k in key)
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little"))
+
+
+def _ref_draws(weak, w2s, ceil, key, n_boot):
+    """Seeds and test examples resampled, one test resample shared by the seeds, written out."""
+    rng = _ref_rng(*key)
+    n_seeds, n_test = weak.shape
+    counts = rng.multinomial(n_test, [1 / n_test] * n_test, size=(n_boot, 1))[:, 0]  # [n_boot, n_test]
+    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        acc = [(a @ counts[b]) / n_test for a in (weak, w2s, ceil)]
+        wk, ws, cl = (a[pick[b]].mean() for a in acc)
+        out[b] = (ws - wk) / (cl - wk) if cl > wk else np.nan
+    return out
+
+
+def _ref_ci(draws):
+    d = draws[np.isfinite(draws)]
+    return (np.percentile(d, 2.5), np.percentile(d, 97.5)) if len(d) else (np.nan, np.nan)
+
+
+def _fmt(x):
+    text = f"{x:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def _pgr_text(value, ci):
+    if not np.isfinite(value):
+        return "undef."
+    return _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if np.all(np.isfinite(ci)) else "")
+
+
+def _expected_lines(folder, spec, n_boot):
+    """Every table line of the generated section, recomputed from the npz files with numpy."""
+    lines, per_pair, chain_lines = [], {}, []
+    tuned = set(spec["tasks"]["tuned_on"])
+    for npz_path in sorted(pathlib.Path(folder).glob("*.npz")):
+        task = npz_path.stem
+        meta = json.loads((folder / f"{task}.json").read_text())
+        z = np.load(npz_path)
+        group = "tuned" if task in tuned else "untuned"
+        cells = {}
+        for r in meta["rows"]:
+            cells.setdefault((r["loss"], r.get("chain")), []).append(r)
+        gap = None
+        for (loss, chain), rows in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            rows = sorted(rows, key=lambda r: r["seed"])
+            get = lambda role: np.stack([z[f"score/{r['stages'][role]}"] for r in rows]).astype(float)
+            weak, w2s, ceil = get("weak"), get("w2s"), get("ceiling")
+            if gap is None:
+                gap = np.mean([z[f"val_score/{r['stages']['ceiling']}"].mean() - z[f"val_score/{r['stages']['weak']}"].mean()
+                               for r in rows])
+            wk, ws, cl = weak.mean(1).mean(), w2s.mean(1).mean(), ceil.mean(1).mean()
+            pgr = (ws - wk) / (cl - wk) if cl > wk else np.nan
+            key = (task, "glove-bow", "minilm-l6", loss, chain or "")
+            draws = _ref_draws(weak, w2s, ceil, key, n_boot)
+            if chain is None:
+                g = f"{gap:.3f}" + (" (gap)" if gap >= spec["gap_rule"]["min_gap"] else "")
+                lines.append(f"| {task} | {group} | glove-bow | minilm-l6 | {loss} | {len(rows)} | {g} | {wk:.3f} | "
+                             f"{ws:.3f} | {cl:.3f} | {_pgr_text(pgr, _ref_ci(draws))} |")
+                per_pair.setdefault(loss, []).append((task, group, gap, pgr, draws))
+            else:
+                direct = np.stack([z[f"score/{r['direct_stage']}"] for r in rows]).astype(float)
+                dm = direct.mean(1).mean()
+                dpgr = (dm - wk) / (cl - wk) if cl > wk else np.nan
+                ddraws = _ref_draws(weak, direct, ceil, (*key, "direct"), n_boot)
+                chain_lines.append(f"| {task} | {chain} | {loss} | {len(rows)} | 40 | {ws:.3f} | "
+                                   f"{_pgr_text(pgr, _ref_ci(draws))} | {dm:.3f} | {_pgr_text(dpgr, _ref_ci(ddraws))} |")
+    med_lines, medians = [], {}
+    for loss in sorted(per_pair):
+        for tasks in ("all", "gap"):
+            for group in ("all", "tuned", "untuned"):
+                chosen = [c for c in per_pair[loss] if (tasks == "all" or c[2] >= spec["gap_rule"]["min_gap"])
+                          and (group == "all" or c[1] == group)]
+                defined = [c for c in chosen if np.isfinite(c[3])]
+                med = np.median([c[3] for c in defined]) if defined else np.nan
+                ci = (np.nan, np.nan)
+                if len(defined) >= spec["medians"]["min_tasks_for_interval"]:
+                    rng = _ref_rng("median", "glove-bow", "minilm-l6", loss, tasks, group)
+                    n = len(defined)
+                    t_idx = rng.integers(0, n, size=(n_boot, n))
+                    c_idx = rng.integers(0, n_boot, size=(n_boot, n))
+                    meds = [np.nanmedian([defined[t][4][c] for t, c in zip(t_idx[b], c_idx[b])]) for b in range(n_boot)]
+                    ci = _ref_ci(np.array(meds))
+                medians[(loss, tasks, group)] = (med, ci, len(chosen), len(defined))
+                med_lines.append(f"| glove-bow | minilm-l6 | {loss} | {tasks} | {group} | {_pgr_text(med, ci)} | "
+                                 f"{len(chosen)} ({len(defined)}) |")
+    return lines, chain_lines, med_lines, medians
+
+
+def _table_lines(text):
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| task")
+            and not line.startswith("| supervisor")]
+
+
+def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_path, monkeypatch):
+    """From synthetic artefacts of 6 tasks: every table line of the generated results.md section
+    and the README sentence equal an independent recomputation; the rest of each file is kept.
+    No task is loaded."""
+    from w2sjax import data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--summary-only loaded a task")
+
+    monkeypatch.setattr(data, "load_task", no_loading)
+    proto = protocol_lib.load(_tiny_protocol(tmp_path))
+    folder = tmp_path / "artefacts"
+    tasks = ["fine_foods", "vader_tweets", "bbc_news", "t_three", "t_four", "t_five"]
+    _write_synthetic(folder, proto.sha256, tasks)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("# Results\n\nHand-written text stays.\n")
+    (tmp_path / "README.md").write_text("# w2sjax\n\n<!-- benchmark-headline:begin -->\nold\n<!-- benchmark-headline:end -->\n\nmore\n")
+    argv = ["--summary-only", "--protocol", str(proto.path), "--artefacts", str(folder), "--docs-root", str(tmp_path)]
+    assert bench["main"](argv) == 0
+    results_md = (tmp_path / "docs" / "results.md").read_text()
+    assert results_md.startswith("# Results\n\nHand-written text stays.\n")
+    body = benchmark_report.section(results_md)
+    assert proto.sha256 in body
+    lines, chain_lines, med_lines, medians = _expected_lines(folder, proto.spec, 300)
+    assert sorted(_table_lines(body)) == sorted(lines + chain_lines + med_lines)
+    # with 6 tasks the all-tasks medians have an interval; the tuned group (2 tasks) none
+    assert all(np.isfinite(medians[("logconf", "all", "all")][1]))
+    assert not any(np.isfinite(medians[("logconf", "all", "tuned")][1]))
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("# w2sjax\n\n") and readme.endswith("\n\nmore\n") and "old" not in readme
+    med, ci, n, n_def = medians[("logconf", "gap", "all")]
+    assert f"recovers a median of {_pgr_text(med, ci)} of the gap over {n} gap tasks" in readme
+    # a second regeneration changes nothing, bit for bit
+    summary_json = (folder / "summary.json").read_bytes()
+    assert bench["main"](argv) == 0
+    assert (tmp_path / "docs" / "results.md").read_text() == results_md
+    assert (folder / "summary.json").read_bytes() == summary_json
+
+
+def test_adding_a_task_changes_no_cell_of_another(tmp_path):
+    proto = protocol_lib.load(_tiny_protocol(tmp_path))
+    _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
+    _write_synthetic(tmp_path / "b", proto.sha256, ["t_one", "t_two", "a_first"])
+    cells = lambda folder: {(c["task"], c["loss"], c["chain"]): c for c in
+                            benchmark_report.summary(artefacts.load(folder), proto, None)["cells"]}
+    before, after = cells(tmp_path / "a"), cells(tmp_path / "b")
+    assert before and set(before) < set(after)
+    for key, cell in before.items():  # as JSON: an undefined PGR (nan) is null on both sides
+        assert json.dumps(nan_to_null(after[key])) == json.dumps(nan_to_null(cell))
+
+
+def test_artefacts_of_another_protocol_are_refused(bench, tmp_path, capsys):
+    proto = protocol_lib.load(_tiny_protocol(tmp_path))
+    folder = tmp_path / "artefacts"
+    _write_synthetic(folder, proto.sha256, ["t_one"])
+    with pytest.raises(ConfigError, match="another|not"):
+        _write_synthetic(folder, "0" * 64, ["t_two"])
+    other = _tiny_protocol(tmp_path, "other.json", name="changed")
+    assert bench["main"](["--summary-only", "--protocol", str(other), "--artefacts", str(folder),
+                          "--docs-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("benchmark: error: artefacts:") and "\n" not in err
+    # a task file copied in from another protocol's folder is refused too
+    _write_synthetic(tmp_path / "foreign", "f" * 64, ["t_two"])
+    shutil.copy(tmp_path / "foreign" / "t_two.json", folder / "t_two.json")
+    shutil.copy(tmp_path / "foreign" / "t_two.npz", folder / "t_two.npz")
+    with pytest.raises(ConfigError, match="cannot be summarised together"):
+        artefacts.load(folder)
+
+
+def test_committed_docs_match_a_regeneration(bench, tmp_path):
+    """docs/results.md's generated section and the README sentence equal what --summary-only
+    writes from the committed artefacts (or, with none committed yet, the 'no results' text)."""
+    (tmp_path / "docs").mkdir()
+    for rel in ("docs/results.md", "README.md"):
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    artefact_copy = tmp_path / "benchmark"
+    if (ROOT / "docs" / "benchmark").is_dir():
+        shutil.copytree(ROOT / "docs" / "benchmark", artefact_copy)
+    assert bench["main"](["--summary-only", "--no-figure", "--artefacts", str(artefact_copy),
+                          "--docs-root", str(tmp_path)]) == 0
+    for rel, begin, end in (("docs/results.md", benchmark_report.BEGIN, benchmark_report.END),
+                            ("README.md", benchmark_report.README_BEGIN, benchmark_report.README_END)):
+        committed = benchmark_report.section((ROOT / rel).read_text(), begin, end)
+        assert committed is not None, f"{rel} has no generated benchmark section"
+        assert committed == benchmark_report.section((tmp_path / rel).read_text(), begin, end), rel
+
+
+def test_unit_scores_per_example_and_per_question():
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.4, 0.6], [0.5, 0.5], [0.5, 0.5]])
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    # argmax picks the first class on a tie, as metrics.accuracy does
+    np.testing.assert_array_equal(artefacts.unit_scores(probs, labels, None), [1, 0, 1, 1, 0, 1])
+    # questions 7 (rows 0-1), 8 (rows 2-3), 9 (rows 4-5, a tie: half right)
+    groups = np.array([7, 7, 8, 8, 9, 9])
+    np.testing.assert_allclose(artefacts.unit_scores(probs, labels, groups), [0.0, 1.0, 0.5])
+    from w2sjax import metrics
+
+    assert artefacts.unit_scores(probs, labels, groups).mean() == pytest.approx(
+        float(metrics.question_accuracy(probs, labels, groups)))
+    assert artefacts.unit_scores(probs, labels, None).mean() == pytest.approx(float(metrics.accuracy(probs, labels)))
+
+
+def test_merge_keeps_each_rows_own_predictions():
+    rows, arrays = [], {}
+    first = {"score/weak__a--1": np.array([1.0, 0.0]), "score/w2s__b--2": np.array([1.0, 1.0]),
+             "test_label/seed0": np.array([0, 1])}
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__b--2"}}], first, tag="p1")
+    # the same supervisor stage trained again in another part: equal predictions are stored once
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__c--3"}}],
+                    {"score/weak__a--1": np.array([1.0, 0.0]), "score/w2s__c--3": np.array([0.0, 1.0])}, tag="p2")
+    assert sorted(arrays) == ["score/w2s__b--2", "score/w2s__c--3", "score/weak__a--1", "test_label/seed0"]
+    # ... different predictions are kept apart, and the row reads its own
+    artefacts.merge(rows, arrays, [{"stages": {"weak": "weak__a--1", "w2s": "w2s__d--4"}, "direct_stage": "weak__a--1"}],
+                    {"score/weak__a--1": np.array([0.0, 0.0]), "score/w2s__d--4": np.array([1.0, 0.0])}, tag="p3")
+    assert rows[2]["stages"]["weak"] == rows[2]["direct_stage"] == "weak__a--1@p3"
+    np.testing.assert_array_equal(arrays["score/weak__a--1@p3"], [0.0, 0.0])
+    np.testing.assert_array_equal(arrays["score/weak__a--1"], [1.0, 0.0])
+    with pytest.raises(ValueError, match="test_label/seed0"):
+        artefacts.merge(rows, arrays, [], {"test_label/seed0": np.array([1, 1])}, tag="p4")
+
+
+def test_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
+    assert bench["main"](["--out", str(tmp_path / "run"), "--tasks", "vader_tweets", "--list"]) == 0
+    out = capsys.readouterr().out
+    # per seed: minilm-l6 and mpnet-base each 2 supervisors + 1 ceiling + 4 students (5 seeds);
+    # the decoders 2 + 2 + 8 (3 seeds); the chain part 1 + 1 + 2 + 2 x (2 rungs + 1 direct) (3 seeds)
+    assert "vader_tweets-minilm-l6: 35 of 35" in out and "vader_tweets-mpnet-base: 35 of 35" in out
+    assert "vader_tweets-smollm2-135m-gemma3-270m: 36 of 36" in out
+    assert "vader_tweets-chain-minilm-l2-minilm-l6: 30 of 30" in out
+    assert "total: 136 stages to train" in out
+    # measured kinds: 16 glove-bow x 5 + 13 tfidf x 14 + 6 minilm-l2 x 25 + 46 minilm-l6 x 60
+    # + 25 mpnet-base x 100 + one set of cached bottoms (60) = 5732 s
+    assert "estimated cost: 1.6 h" in out
+    assert "15 gemma3-270m (top:2) stages" in out and not (tmp_path / "run" / "artefacts").exists()
+
+
+def test_tiny_benchmark_end_to_end(bench, tmp_path):
+    """Two real tasks, probe students and a chain, 2 seeds, tiny caps (43 s on 2 shared cores with
+    the feature cache warm): trains, exports the artefacts, regenerates the summary and the docs."""
+    spec = json.loads(SHIPPED.read_text())
+    spec["supervisors"] = ["glove-bow"]
+    spec["students"] = [{"name": "minilm-l2", "trainable": "probe", "seeds": [0, 1]}]
+    spec["bootstrap"] = [{"chain": "glove-bow>minilm-l2>minilm-l6", "trainable": "probe", "seeds": [0, 1]}]
+    spec["recipe"].update(n_train=200, n_val=40, n_test=100, max_len=32, precision="float32")
+    spec["recipe"]["supervisor"] = {"epochs": 5, "batch_size": 32, "lr": 0.02}
+    spec["recipe"]["student"].update(epochs=3, batch_size=32, lr=0.005, eval_every=4)
+    spec["headline"] = {"supervisor": "glove-bow", "student": "minilm-l2", "loss": "logconf", "tasks": "all",
+                        "group": "all"}
+    (tmp_path / "p.json").write_text(json.dumps(spec))
+    proto = protocol_lib.load(tmp_path / "p.json")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("# R\n")
+    (tmp_path / "README.md").write_text("# w2sjax\n")
+    argv = ["--protocol", str(tmp_path / "p.json"), "--out", str(tmp_path / "run"), "--tasks",
+            "vader_tweets,fine_foods", "--docs-root", str(tmp_path), "--no-figure"]
+    assert bench["main"](argv) == 0
+    folder = tmp_path / "run" / "artefacts"
+    arts = artefacts.load(folder, proto.sha256)
+    assert set(arts) == {"vader_tweets", "fine_foods"}
+    assert json.loads((folder / "tasks.json").read_text())["tasks"] == ["fine_foods", "vader_tweets"]
+    for art in arts.values():
+        plain = [r for r in art.rows if not r.get("chain")]
+        chains = [r for r in art.rows if r.get("chain")]
+        assert len(plain) == 2 * 2 and len(chains) == 2 * 2  # 2 losses x 2 seeds each
+        for r in plain + chains:  # every row's accuracies are means of the saved correctness
+            assert art.score(r["stages"]["w2s"]).mean() == pytest.approx(r["w2s_acc"], abs=1e-6)
+            assert art.arrays[f"probs/{r['stages']['w2s']}"].dtype == np.float16
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
+    body = benchmark_report.section((tmp_path / "docs" / "results.md").read_text())
+    assert proto.sha256 in body and "| fine_foods | tuned | glove-bow | minilm-l2 |" in body
+    # a rerun trains nothing and writes the same summary
+    before = (folder / "summary.json").read_bytes()
+    assert bench["main"](argv) == 0
+    assert (folder / "summary.json").read_bytes() == before
+    # the summary regenerated from the artefacts alone equals the run's
+    assert bench["main"](["--summary-only", "--protocol", str(tmp_path / "p.json"), "--artefacts", str(folder),
+                          "--docs-root", str(tmp_path), "--no-figure"]) == 0
+    assert (folder / "summary.json").read_bytes() == before

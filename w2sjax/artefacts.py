@@ -1,0 +1,173 @@
+"""Benchmark artefacts: every number of a published summary, kept small enough to commit.
+
+Per task, two files in the artefact folder (``docs/benchmark/``):
+
+* ``TASK.json``: the protocol hash, how the task is scored (per example, or per question for
+  multiple choice) and every seed's ``results.json`` row of every cell;
+* ``TASK.npz`` (compressed): per seed the test split's rows, labels (and questions), and the
+  validation slice's labels; per stage (by checkpoint name: readable name and fingerprint) its
+  test probabilities as float16, and its per-unit correctness on the test split and on the
+  validation slice (float32: 0/1 per example, or a question's share of a tie).
+
+The correctness arrays are what summaries use, so accuracies recompute exactly (an argmax of
+float16 probabilities could flip a near-tie). ``protocol.sha256`` names the protocol every file
+was made under; :func:`write_task` and :func:`load` refuse a folder that mixes protocols.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pathlib
+
+import numpy as np
+
+from w2sjax import atomic
+from w2sjax.config import ConfigError
+
+STAMP = "protocol.sha256"
+
+
+@dataclasses.dataclass
+class TaskArtefacts:
+    task: str
+    scored: str  # "per example" or "per question"
+    rows: list[dict]
+    arrays: dict[str, np.ndarray]
+
+    def score(self, stage: str, split: str = "test") -> np.ndarray:
+        return self.arrays[f"{'val_' if split == 'val' else ''}score/{stage}"]
+
+    def test_rows(self, seed: int) -> np.ndarray:
+        return self.arrays[f"test_row/seed{seed}"]
+
+
+def check_stamp(folder: pathlib.Path, sha256: str) -> None:
+    """Stamp ``folder`` with ``sha256``, or raise when it holds artefacts of another protocol."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / STAMP
+    if stamp.is_file():
+        found = stamp.read_text().strip()
+        if found != sha256:
+            raise ConfigError(f"artefacts: {folder} holds artefacts of protocol {found[:12]}, not {sha256[:12]}; "
+                              "use another folder (a protocol's artefacts are never mixed with another's)")
+    else:
+        atomic.write_text(stamp, sha256 + "\n")
+
+
+def unit_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Correctness per scoring unit: per example (argmax equals the label), or per question (the
+    highest-scoring choice is correct; a tie between k choices scores the share of correct ones)."""
+    probs = np.asarray(probs, np.float32)
+    if groups is None:
+        return (np.argmax(probs, -1) == labels).astype(np.float32)
+    score = probs[:, 1] if probs.ndim == 2 else probs
+    _, dense = np.unique(groups, return_inverse=True)
+    n = int(dense.max()) + 1
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, dense, score)
+    is_best = score == best[dense]
+    hits = np.bincount(dense, weights=is_best & (labels == 1), minlength=n)
+    return (hits / np.bincount(dense, weights=is_best, minlength=n)).astype(np.float32)
+
+
+def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_classes: int) -> tuple[list[dict], dict]:
+    """The rows of one finished experiment and the arrays of every stage they name, read from its
+    checkpoints. ``splits_by_seed``: each seed's :class:`w2sjax.data.splits.Splits`. Raises
+    ``ValueError`` when a stage's saved predictions do not reproduce its row's accuracy."""
+    from w2sjax import checkpoint
+    from w2sjax.stages import StageKey
+
+    arrays, rows = {}, []
+    for row in results["runs"]:
+        sp = splits_by_seed[row["seed"]]
+        groups = sp.test.get("group")
+        shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
+        target = {k: np.zeros((n, num_classes), np.float32) for k, n in shape.items()}
+        named = dict(row["stages"])
+        if row.get("direct_stage"):
+            named["direct"] = row["direct_stage"]
+        for role, name in named.items():
+            if f"score/{name}" in arrays:
+                continue
+            preds, _ = checkpoint.restore(run_dir / "checkpoints", StageKey.parse(name).outputs_name, target)
+            test, val = np.asarray(preds["test"]), np.asarray(preds["val"])
+            arrays[f"probs/{name}"] = test.astype(np.float16)
+            arrays[f"score/{name}"] = unit_scores(test, sp.test["label"], groups)
+            arrays[f"val_score/{name}"] = unit_scores(val, sp.val["label"], sp.val.get("group"))
+        suffix = "_question" if groups is not None else ""
+        for role, field in (("weak", "weak_acc"), ("w2s", "w2s_acc"), ("ceiling", "ceiling_acc")):
+            got = float(arrays[f"score/{named[role]}"].mean())
+            if abs(got - row[field + suffix]) > 1e-5:
+                raise ValueError(f"artefacts: {named[role]}: saved predictions give {field}{suffix} {got:.6f}, "
+                                 f"the row says {row[field + suffix]}")
+        rows.append(row)
+    for seed, sp in splits_by_seed.items():
+        arrays[f"test_row/seed{seed}"] = np.asarray(sp.indices["test"], np.int32)
+        arrays[f"test_label/seed{seed}"] = np.asarray(sp.test["label"], np.int8)
+        arrays[f"val_label/seed{seed}"] = np.asarray(sp.val["label"], np.int8)
+        if sp.test.get("group") is not None:
+            arrays[f"test_group/seed{seed}"] = np.asarray(sp.test["group"], np.int32)
+    return rows, arrays
+
+
+def merge(rows: list[dict], arrays: dict, new_rows: list[dict], new_arrays: dict, tag: str) -> None:
+    """Add one experiment's ``new_rows``/``new_arrays`` (:func:`collect`) to a task's ``rows``/``arrays``.
+
+    Two experiments (run folders) of a task can each train the same stage (same checkpoint name,
+    e.g. a supervisor both need). When both copies predicted the same, one is kept; when they
+    differ (a non-deterministic kernel), the new copy is kept as ``NAME@tag`` and its rows point
+    at it, so every row still reads the predictions that made it."""
+    renamed = {}
+    for key, value in new_arrays.items():
+        kind, _, name = key.partition("/")
+        if key in arrays and kind in ("probs", "score", "val_score") and not np.array_equal(arrays[key], value):
+            renamed[name] = f"{name}@{tag}"
+    for key, value in new_arrays.items():
+        kind, _, name = key.partition("/")
+        if name in renamed:
+            key = f"{kind}/{renamed[name]}"
+        if kind in ("test_row", "test_label", "test_group", "val_label") and key in arrays \
+                and not np.array_equal(arrays[key], value):
+            raise ValueError(f"artefacts: {key} differs between the experiments of one task ({tag})")
+        arrays.setdefault(key, value)
+    for row in new_rows:
+        row = {**row, "stages": {role: renamed.get(n, n) for role, n in row["stages"].items()}}
+        if row.get("direct_stage"):
+            row["direct_stage"] = renamed.get(row["direct_stage"], row["direct_stage"])
+        rows.append(row)
+
+
+def write_task(folder: pathlib.Path, sha256: str, task: str, scored: str, rows: list[dict], arrays: dict) -> None:
+    """Write ``TASK.json`` and ``TASK.npz`` into ``folder`` (stamped with ``sha256``)."""
+    check_stamp(folder, sha256)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, protocol_sha256=np.array(sha256), **arrays)
+    atomic.write_bytes(folder / f"{task}.npz", buf.getvalue())
+    atomic.write_json(folder / f"{task}.json", {"protocol_sha256": sha256, "task": task, "scored": scored,
+                                                "rows": rows})
+
+
+def load(folder: pathlib.Path, sha256: str | None = None) -> dict[str, TaskArtefacts]:
+    """Every task's artefacts in ``folder``, each checked against the folder's stamp (and against
+    ``sha256`` when given). Raises :class:`ConfigError` on a mix of protocols."""
+    folder = pathlib.Path(folder)
+    if not (folder / STAMP).is_file():
+        return {}
+    stamp = (folder / STAMP).read_text().strip()
+    if sha256 is not None and stamp != sha256:
+        raise ConfigError(f"artefacts: {folder} was made under protocol {stamp[:12]}, not {sha256[:12]}")
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or "rows" not in meta or "task" not in meta:
+            continue  # summary.json, tasks.json: not a task's artefacts
+        with np.load(folder / f"{meta['task']}.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        for what, found in (("json", meta.get("protocol_sha256")), ("npz", str(arrays.pop("protocol_sha256")))):
+            if found != stamp:
+                raise ConfigError(f"artefacts: {meta['task']}.{what} was made under protocol {str(found)[:12]}, "
+                                  f"the folder under {stamp[:12]}; they cannot be summarised together")
+        out[meta["task"]] = TaskArtefacts(meta["task"], meta["scored"], meta["rows"], arrays)
+    return out
