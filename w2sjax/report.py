@@ -111,7 +111,8 @@ def format_table(results: dict) -> str:
     header, lines = table(results)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), *ceiling_warnings(rows)])
+    warnings = ceiling_warnings(summarize(results))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), *warnings])
 
 
 CEILING_MARGIN = 0.10  # a ceiling this far below its supervisor did not learn the task
