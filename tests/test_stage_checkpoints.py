@@ -19,6 +19,10 @@ import numpy as np
 import pytest
 
 from _multiprocess.launch import process_env
+
+# A restore that fails leaves Orbax's TensorStore reads un-awaited; the command silences them
+# (checkpoint._ignore_late_reads), pytest's own hook reports them as warnings.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 from w2sjax import checkpoint, experiment
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
