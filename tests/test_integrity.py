@@ -123,7 +123,7 @@ def test_damaged_finished_stage_is_set_aside_and_retrained(reference, copy, dama
     assert runs(copy) == runs(reference)
     aside = sorted(p.name.split("--")[0] + (".out" if ".out." in p.name else "")
                    for p in (copy / "checkpoints" / "damaged").iterdir())
-    assert aside == [stage, f"{stage}.out"]
+    assert aside == [f"{stage}.out"]  # a finished stage is its .out folder alone
     # Retrained and saved with a checksum: the next run reuses it silently.
     again = cli(copy)
     assert again.returncode == 0 and not damage_warnings(again.stderr)
@@ -160,23 +160,28 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(tmp_path, capfd):
     assert "restarting the stage" in capfd.readouterr().err
 
 
-def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, copy):
-    ckpts = copy / "checkpoints"
-    w2s, w2s_out = stage_dir(ckpts, W2S), stage_dir(ckpts, W2S, outputs=True)
-    steps = sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit())
-    final = steps[-1]
-    assert len(steps) >= 2, steps  # in-stage steps kept next to the final one
-    # As if killed inside the stage: no final step, no outputs; then the newest step truncated.
-    shutil.rmtree(w2s / str(final))
-    shutil.rmtree(w2s_out)
-    for f in state_files(w2s, steps[-2]):
+def kill_after_save(out, stage: str, step: int):
+    """Run the command into ``out`` and kill it right after ``stage``'s in-stage save of ``step``."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_multiprocess" / "kill_after_save.py"), stage,
+                           str(step), str(out), *SPAMBASE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 137, proc.stderr[-3000:]
+
+
+def test_truncated_in_stage_checkpoint_after_a_kill_resumes_to_the_reference(reference, tmp_path):
+    out = tmp_path / "killed"
+    kill_after_save(out, W2S, 10)
+    w2s = stage_dir(out / "checkpoints", W2S)
+    assert sorted(int(p.name) for p in w2s.iterdir() if p.name.isdigit()) == [5, 10]
+    for f in state_files(w2s, 10):
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
-    proc = cli(copy)
+    proc = cli(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = damage_warnings(proc.stderr)
-    assert len(warnings) == 1 and f"step {steps[-2]}" in warnings[0] and "Traceback" not in proc.stderr
-    assert runs(copy) == runs(reference)
+    assert len(warnings) == 1 and "step 10" in warnings[0] and "Traceback" not in proc.stderr
+    assert runs(out) == runs(reference)
 
 
 # ---- temporary files ------------------------------------------------------------------------
@@ -485,3 +490,28 @@ def test_collapsed_model_is_caught_on_a_balanced_slice():
     train.check_not_collapsed(mixed, labels, "s", 7)
     train.check_not_collapsed(one_class, np.zeros(36, np.int64), "s", 7)
     train.check_not_collapsed(np.tile([0.6, 0.4], (36, 1)), labels, "s", 7)
+
+
+@pytest.mark.slow  # a dozen runs of the command
+def test_bit_flips_in_the_newest_in_stage_checkpoint_through_the_command(reference, tmp_path):
+    """The command's side of the promise: after each single-bit flip in the newest in-stage step of
+    a killed run, the rerun exits 0 with the reference numbers, or non-zero with one line."""
+    killed = tmp_path / "killed"
+    kill_after_save(killed, W2S, 10)
+    rng = np.random.default_rng(7)
+    for i in range(12):
+        out = tmp_path / f"flip{i}"
+        shutil.copytree(killed, out)
+        step = stage_dir(out / "checkpoints", W2S) / "10"
+        files = sorted(p for p in step.rglob("*") if p.is_file() and p.stat().st_size)
+        target = files[rng.integers(len(files))]
+        raw = bytearray(target.read_bytes())
+        bit = int(rng.integers(len(raw) * 8))
+        raw[bit // 8] ^= 1 << (bit % 8)
+        target.write_bytes(bytes(raw))
+        proc = cli(out)
+        if proc.returncode == 0:
+            assert runs(out) == runs(reference), (target, bit)
+        else:
+            one_error_line(proc)
+        shutil.rmtree(out)

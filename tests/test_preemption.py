@@ -155,3 +155,31 @@ def test_two_process_job_agrees_on_the_preemption_step_and_resumes(tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     assert comparable(out) == comparable(tmp_path / "reference")
+
+
+def test_sigint_mid_stage_saves_an_in_stage_checkpoint_and_resume_logs_each_step_once(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = cli(out)
+    start = time.time()
+    while len(metrics(out, CEILING)) < 2:  # inside the ceiling stage
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - start < 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"w2sjax: error: interrupted in stage {CEILING} at step ")
+    assert "after saving an in-stage checkpoint" in last and last.endswith(f"resume from {out}")
+    step = int(last.split(" at step ")[1].split(",")[0])
+    [saved] = [p for p in (out / "checkpoints").glob(f"{CEILING}--*") if not p.name.endswith(".out")]
+    assert (saved / str(step)).is_dir()
+    logged = metrics(out, CEILING)
+
+    again = cli(out)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    steps = metrics(out, CEILING)
+    assert steps == sorted(set(steps))  # every logged step once, in order
+    assert steps[:len([s for s in logged if s <= step])] == [s for s in logged if s <= step]
+    assert min(steps[len([s for s in logged if s <= step]):]) > step  # the rest trained after the resume

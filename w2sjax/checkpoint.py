@@ -2,23 +2,27 @@
 
 Layout: ``ckpt_dir`` (an experiment's ``checkpoints/`` folder) holds one
 sub-folder per *stage* (``weak__glove-bow__seed0``, ...), and inside it one
-folder per saved training step. A step holds two items: ``state``, any pytree
+folder per saved training step. A step holds two items, three with a model: ``state``, any pytree
 of jax/numpy arrays and Python scalars (parameters, optimizer state,
-predictions, pseudo-labels, rng keys, a data-iterator position), and
-``meta``, a small JSON dict. A step saved with ``final=True`` marks the stage
-done; it is never deleted by the retention policy.
+predictions, pseudo-labels, rng keys, a data-iterator position), ``meta``, a
+small JSON dict, and optionally ``model``, a finished stage's trained
+parameters, restored on its own. A step saved with ``final=True`` marks the
+stage done; it is never deleted by the retention policy.
 
-    save(ckpt_dir, stage, step, state, meta=..., final=...)
+    save(ckpt_dir, stage, step, state, meta=..., final=..., checksum=..., model=...)
     is_done(ckpt_dir, stage) -> bool
     latest(ckpt_dir, stage) -> (step, meta) | None
     restore(ckpt_dir, stage, target, step=None) -> (state, meta)
+    restore_model(ckpt_dir, stage, target) -> (params, meta)
     restore_newest_good(ckpt_dir, stage, target) -> (state, meta) | None
     move_aside(ckpt_dir, stage, step=None) -> path
+    remove(ckpt_dir, stage)
 
 Damage is an error of its own, :class:`DamagedCheckpoint`, never a raw Orbax
 traceback: a step whose files Orbax cannot read, or whose state does not match
-the sha256 recorded at save time (``save(..., checksum=True)``, used for stage
-outputs). Callers recover by moving the damaged step or stage aside (into
+the sha256 recorded at save time (``save(..., checksum=True)``, used for every
+checkpoint the runner writes; a ``model`` item always carries its own).
+Callers recover by moving the damaged step or stage aside (into
 ``ckpt_dir/damaged/``, kept for inspection) and falling back to an older step
 or retraining.
 
@@ -42,6 +46,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -54,14 +59,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from w2sjax import signals
 
 __all__ = [
-    "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_newest_good", "move_aside",
-    "stage_dirname", "state_sha256",
+    "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_model", "restore_newest_good",
+    "move_aside", "remove", "stage_dirname", "state_sha256", "exists",
 ]
 
 _STATE = "state"
 _META = "meta"
+_MODEL = "model"
 _FINAL_KEY = "w2sjax_final"
 _SHA_KEY = "w2sjax_sha256"  # in meta: the checksum of the saved state, when asked for
+_MODEL_SHA_KEY = "w2sjax_model_sha256"  # in meta: the checksum of the model item, when there is one
 _DAMAGED = "damaged"
 
 
@@ -130,7 +137,8 @@ class _KeepLatestAndFinal:
 def _handlers() -> dict:
     # Registering handlers up front lets metadata reads parse both items
     # (with bare item names Orbax logs that it "could not restore" them).
-    return {_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler()}
+    return {_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler(),
+            _MODEL: ocp.StandardCheckpointHandler()}
 
 
 def _writer(path: str, keep: int) -> ocp.CheckpointManager:
@@ -208,6 +216,7 @@ def save(
     final: bool = False,
     keep: int = _DEFAULT_KEEP,
     checksum: bool = False,
+    model: Any = None,
 ) -> None:
     """Saves ``state`` and ``meta`` as ``step`` of ``stage``; returns when on disk.
 
@@ -222,8 +231,9 @@ def save(
       final: marks the stage complete (``is_done`` becomes True); final steps
         are kept forever.
       keep: how many of the newest steps to keep besides final ones.
-      checksum: record ``state_sha256(state)`` in the meta, checked by ``restore``
-        (the state must be addressable from this process: numpy or replicated arrays).
+      checksum: record ``state_sha256(state)`` in the meta, checked by ``restore``.
+      model: a pytree saved as a third item, beside ``state`` and restored only by
+        ``restore_model`` (a finished stage's trained parameters); always checksummed.
 
     Saving a step that already exists replaces it. Call on every process.
     """
@@ -231,25 +241,25 @@ def save(
     meta = _jsonable(meta)
     if checksum:
         meta[_SHA_KEY] = state_sha256(state)
+    if model is not None:
+        meta[_MODEL_SHA_KEY] = state_sha256(model)
     with signals.deferred():  # Ctrl-C waits for the save to finish, then stops the run
-        _save(path, step, state, meta, final, keep)
+        _save(path, step, state, meta, final, keep, model)
 
 
-def _save(path: str, step: int, state: Any, meta: dict, final: bool, keep: int) -> None:
+def _save(path: str, step: int, state: Any, meta: dict, final: bool, keep: int, model: Any = None) -> None:
     mngr = _writer(path, keep)
     try:
         if step in mngr.all_steps():
             # Replacing is a delete plus a save: a crash in between loses
             # this step but never corrupts the ones before it.
             mngr.delete(step)
+        items = {_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}
+        if model is not None:
+            items[_MODEL] = ocp.args.StandardSave(model)
         mngr.save(
             int(step),
-            args=ocp.args.Composite(
-                **{
-                    _STATE: ocp.args.StandardSave(state),
-                    _META: ocp.args.JsonSave(meta),
-                }
-            ),
+            args=ocp.args.Composite(**items),
             custom_metadata={_FINAL_KEY: bool(final)},
             force=True,
         )
@@ -332,6 +342,7 @@ def restore(
     target: Any,
     *,
     step: int | None = None,
+    require_checksum: bool = False,
 ) -> tuple[Any, dict]:
     """Restores ``(state, meta)`` of ``step`` (default: the newest) of ``stage``.
 
@@ -346,9 +357,25 @@ def restore(
     * numpy arrays and numpy scalars: restored as numpy arrays.
     * Python scalars: restored as Python scalars.
 
+    The state is checked against the sha256 recorded when it was saved, if one
+    was; ``require_checksum`` makes a step saved without one count as damaged.
+
     Raises:
       FileNotFoundError: the stage has no complete step (or not ``step``).
+      DamagedCheckpoint: the step is unreadable or differs from what was saved.
     """
+    return _restore_item(ckpt_dir, stage, target, step, _STATE, _SHA_KEY, require_checksum)
+
+
+def restore_model(ckpt_dir: str | os.PathLike, stage: str, target: Any, *, step: int | None = None) -> tuple[Any, dict]:
+    """``(model, meta)``: the ``model`` item saved with ``save(..., model=...)``, checked against its
+    sha256 (``target`` as for :func:`restore`). DamagedCheckpoint when it is missing, unreadable or
+    differs from what was saved."""
+    return _restore_item(ckpt_dir, stage, target, step, _MODEL, _MODEL_SHA_KEY, True)
+
+
+def _restore_item(ckpt_dir, stage: str, target: Any, step: int | None, item: str, sha_key: str,
+                  require_checksum: bool) -> tuple[Any, dict]:
     path = _stage_path(ckpt_dir, stage)
     if not _exists(path):
         raise FileNotFoundError(f"no checkpoint for stage {stage!r} in {ckpt_dir}")
@@ -368,24 +395,29 @@ def restore(
                     step,
                     args=ocp.args.Composite(
                         **{
-                            _STATE: ocp.args.StandardRestore(_restore_target(target)),
+                            item: ocp.args.StandardRestore(_restore_target(target)),
                             _META: ocp.args.JsonRestore(),
                         }
                     ),
                 )
+            state, meta = restored[item], dict(restored[_META] or {})
         except Exception as e:  # Orbax and TensorStore raise many kinds; all mean "unreadable"
-            raise DamagedCheckpoint(stage, step, _one_line(e)) from None
-        state, meta = restored[_STATE], dict(restored[_META] or {})
-        expected = meta.pop(_SHA_KEY, None)
+            reason = _one_line(e) if item == _STATE else f"its {item} is unreadable: {_one_line(e)}"
+            raise DamagedCheckpoint(stage, step, reason) from None
+        expected = meta.get(sha_key)
+        for key in (_SHA_KEY, _MODEL_SHA_KEY):
+            meta.pop(key, None)
+        if expected is None and require_checksum:
+            raise DamagedCheckpoint(stage, step, f"no sha256 of its {item} was recorded when saved")
         if expected is not None and state_sha256(state) != expected:
-            raise DamagedCheckpoint(stage, step, "its content differs from the sha256 recorded when saved")
+            raise DamagedCheckpoint(stage, step, f"its {item} differs from the sha256 recorded when saved")
         return state, meta
     finally:
         mngr.close()
 
 
 def restore_newest_good(
-    ckpt_dir: str | os.PathLike, stage: str, target: Any
+    ckpt_dir: str | os.PathLike, stage: str, target: Any, *, require_checksum: bool = False
 ) -> tuple[Any, dict] | None:
     """Like ``restore`` of the newest step, but a damaged step is moved aside and the next older
     one is tried; None when no step is left. Prints one warning line when it fell back."""
@@ -396,7 +428,7 @@ def restore_newest_good(
     result, good = None, None
     for step in sorted(_all_steps(path), reverse=True):
         try:
-            result, good = restore(ckpt_dir, stage, target, step=step), step
+            result, good = restore(ckpt_dir, stage, target, step=step, require_checksum=require_checksum), step
             break
         except DamagedCheckpoint as e:
             damaged.append(e)
@@ -443,14 +475,45 @@ def move_aside(ckpt_dir: str | os.PathLike, stage: str, step: int | None = None)
     return dest
 
 
+def remove(ckpt_dir: str | os.PathLike, stage: str) -> bool:
+    """Delete every step of ``stage`` (e.g. a finished stage's in-stage steps); True when there
+    was something to delete. Only process 0 deletes; the others wait for it. Local folders only."""
+    path = _stage_path(ckpt_dir, stage)
+    found = _exists(path)
+    if found and jax.process_index() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    _sync(f"w2sjax_remove_{stage_dirname(stage)}")
+    return found
+
+
+def exists(ckpt_dir: str | os.PathLike, stage: str) -> bool:
+    """Whether ``stage`` has a folder in ``ckpt_dir`` (complete steps or not)."""
+    return _exists(_stage_path(ckpt_dir, stage))
+
+
 def state_sha256(state: Any) -> str:
-    """sha256 over a state's leaves: their tree paths, dtypes, shapes and bytes."""
+    """sha256 over a state's leaves: their tree paths, dtypes, shapes and bytes.
+
+    The same value whatever the arrays' placement: a leaf sharded over several processes is
+    gathered first (every process must call this then).
+    """
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        a = np.asarray(leaf)
+        a = _host_value(leaf)
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
+
+
+def _host_value(leaf: Any) -> np.ndarray:
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(leaf)
 
 
 def _ignore_late_reads() -> None:

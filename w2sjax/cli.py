@@ -5,6 +5,7 @@
     w2sjax list
     w2sjax tasks [NAME ...] [--check]
     w2sjax verify [--no-repair]
+    w2sjax prune DIR [--yes]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -69,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
                     "print one line for each; refetch a damaged asset, remove a damaged data set (rebuilt on next "
                     "use) and drop a damaged chunk (recomputed on next use). Exit 1 if damage is left.")
     verify.add_argument("--no-repair", action="store_true", help="only report")
+    prune = sub.add_parser(
+        "prune", help="remove checkpoints of other settings and empty run folders",
+        description="List, then remove: in each run folder under DIR, the checkpoints of stages its "
+                    "results.json does not use (other settings) and stages set aside as damaged; and folders "
+                    "that failed runs left holding only a lock. Asks first on a terminal; without one it only "
+                    "lists, unless --yes.")
+    prune.add_argument("dir", help="a run's --out, or a folder of runs")
+    prune.add_argument("--yes", action="store_true", help="remove without asking")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -95,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         from w2sjax import verify
 
         return 1 if verify.verify(repair=not args.no_repair) else 0
+    if args.command == "prune":
+        return _prune(pathlib.Path(args.dir), yes=args.yes)
 
     # w2sjax run
     _default_xla_flags()
@@ -109,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     from w2sjax.assets import AssetError
 
     signals.install()  # so that no callback can swallow Ctrl-C
+    finished = False
     try:
         preemption.install()
         results = experiment.run(config, out, progress=not args.no_progress)
+        finished = True
     except preemption.Preempted as exc:
         return _fail(f"{exc}; run the same command again to resume from {out}", code=preemption.EXIT_PREEMPTED)
     except (config_lib.ConfigError, AssetError, rundir.RunDirError) as exc:
@@ -123,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Whatever was being written was written to a temporary file, now removed.
         return _fail(f"cannot write {exc.filename or out}: {exc.strerror}", code=1)
-    except KeyboardInterrupt:
-        return _fail(f"interrupted; run the same command again to resume from {out}/checkpoints", code=130)
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "step", None) is not None:
+            return _fail(f"interrupted in stage {exc.stage} at step {exc.step}, after saving an in-stage checkpoint; "
+                         f"run the same command again to resume from {out}", code=130)
+        return _fail(f"interrupted; run the same command again to resume from {out} (finished stages are reused)",
+                     code=130)
+    finally:
+        if not finished:
+            rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
     print(report.format_table(results))
     board = out / "tensorboard"
     print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
@@ -164,6 +184,34 @@ def _config_and_run_dir(args):
     if process is not None:
         rundir.lock(out, process=process)
     return config, out
+
+
+def _prune(directory: pathlib.Path, *, yes: bool) -> int:
+    from w2sjax import disk, rundir
+
+    try:
+        removals, notes = disk.prune_candidates(directory)
+    except rundir.RunDirError as exc:
+        return _fail(str(exc))
+    for note in notes:
+        print(f"w2sjax: note: {note}", file=sys.stderr)
+    if not removals:
+        print(f"nothing to prune under {directory}")
+        return 0
+    for r in removals:
+        print(f"{disk.human(r.bytes):>8}  {r.path}  ({r.reason})")
+    total = disk.human(sum(r.bytes for r in removals))
+    if not yes:
+        if not sys.stdin.isatty():
+            print(f"{len(removals)} to remove, {total}; run again with --yes to remove them")
+            return 0
+        answer = input(f"remove these {len(removals)} ({total})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 0
+    disk.remove(removals)
+    print(f"removed {len(removals)}, {total}")
+    return 0
 
 
 def _tasks(names: list[str]) -> int:

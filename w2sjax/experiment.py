@@ -62,6 +62,47 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
             self.tensorboard(record)
 
+    def rewind(self, checkpoint_name: str, step: int) -> None:
+        """Drop the lines of stage ``checkpoint_name`` (these settings only) after ``step``: a stage
+        that resumes from ``step`` (or starts over, from 0) logs its later steps again, and each step
+        must appear once."""
+        if self.path is None or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines
+                if not _logged_after(line, checkpoint_name, step)]
+        if len(kept) != len(lines):
+            atomic.write_text(self.path, "".join(kept))
+
+    def of_stage(self, checkpoint_name: str) -> "_StageLog":
+        return _StageLog(self, checkpoint_name)
+
+
+class _StageLog:
+    """One stage's lines of ``metrics.jsonl``, each tagged with the stage's checkpoint name, so that
+    a resume drops exactly the lines it will write again (``train.fit`` calls ``rewind``)."""
+
+    def __init__(self, log: MetricsLog, checkpoint_name: str):
+        self.log, self.checkpoint_name = log, checkpoint_name
+
+    def __call__(self, record: dict) -> None:
+        self.log({"checkpoint": self.checkpoint_name, **record})
+
+    def rewind(self, stage: str, step: int) -> None:
+        del stage  # the readable name; the checkpoint name also says which settings
+        self.log.rewind(self.checkpoint_name, step)
+
+
+def _logged_after(line: str, checkpoint_name: str, step: int) -> bool:
+    if f'"checkpoint": {json.dumps(checkpoint_name)}' not in line:  # cheap test first: most lines are others'
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return True  # a line cut short by a kill: the resumed stage writes it again
+    return (record.get("checkpoint") == checkpoint_name and isinstance(record.get("step"), int)
+            and record["step"] > step)
+
 
 # Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
 # length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
@@ -70,23 +111,53 @@ class MetricsLog:
 PREDICT_ROWS = 64
 
 
-class _OrbaxStage(train.StageCheckpoint):
-    """In-stage checkpoints of one stage's ``TrainState`` through ``checkpoint.py``."""
+def mesh_identity(mesh) -> dict:
+    """What an in-stage checkpoint records of the mesh that trained it. The batch size (a multiple
+    of the device count) and the order of sharded sums depend on it, so a stage resumed on another
+    mesh would end with numbers that neither mesh gives uninterrupted: it starts over instead."""
+    return {"devices": int(mesh.size), "axes": {str(k): int(v) for k, v in mesh.shape.items()},
+            "processes": jax.process_count()}
 
-    def __init__(self, ckpt_dir: pathlib.Path, stage: str):
+
+def _describe_mesh(identity: dict) -> str:
+    n = identity.get("devices")
+    axes = ", ".join(f"{k}={v}" for k, v in (identity.get("axes") or {}).items())
+    return f"{n} device{'' if n == 1 else 's'}" + (f" ({axes})" if axes else "")
+
+
+class _OrbaxStage(train.StageCheckpoint):
+    """In-stage checkpoints of one stage's ``TrainState`` through ``checkpoint.py``: each step with
+    the sha256 of its state and the mesh it was trained on, both checked before it is used."""
+
+    def __init__(self, ckpt_dir: pathlib.Path, stage: str, mesh=None):
         self.ckpt_dir, self.stage = ckpt_dir, stage
+        self.mesh = None if mesh is None else mesh_identity(mesh)
 
     def latest_step(self):
         found = checkpoint.latest(self.ckpt_dir, self.stage)
         return None if found is None else found[0]
 
     def restore(self, abstract_state):
-        # A damaged newest step falls back to an older one, then to the stage's start (None).
-        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state)
-        return None if found is None else found[0]
+        # A damaged newest step (unreadable, or not the bytes saved) falls back to an older one,
+        # then to the stage's start (None).
+        found = checkpoint.restore_newest_good(self.ckpt_dir, self.stage, abstract_state, require_checksum=True)
+        if found is None:
+            return None
+        state, meta = found
+        saved_on = meta.get("mesh")
+        if self.mesh is not None and saved_on is not None and saved_on != self.mesh:
+            if parallel.is_main_process():
+                name = stages.StageKey.parse(self.stage).name
+                print(f"w2sjax: warning: stage {name!r}: its in-stage checkpoint (step "
+                      f"{meta.get('step')}) was saved on {_describe_mesh(saved_on)} and this run has "
+                      f"{_describe_mesh(self.mesh)}; restarting the stage", file=sys.stderr, flush=True)
+            checkpoint.remove(self.ckpt_dir, self.stage)
+            return None
+        return state
 
     def save(self, step, state):
-        checkpoint.save(self.ckpt_dir, self.stage, step, state, meta={"step": step})
+        meta = {"step": step} if self.mesh is None else {"step": step, "mesh": self.mesh}
+        checkpoint.save(self.ckpt_dir, self.stage, step, state, meta=meta, checksum=True)
 
 
 # ---- model inputs ---------------------------------------------------------------------------
@@ -276,6 +347,9 @@ class Runner:
         self.inputs = Inputs(task, config, progress, mesh)
         self._outputs_this_process: dict[str, StageOutput] = {}  # checkpoint name -> outputs, trained or read
         self.planned: dict[str, bool] = {}  # checkpoint name -> already done (planning runs)
+        self.disk: dict[str, tuple[int, int]] = {}  # checkpoint name -> (finished, in-stage) bytes, of stages to train
+        if not planning:  # `finish` lists every stage this run used in results.json (what `w2sjax prune` keeps)
+            _USED[str(out_dir.absolute())] = self._outputs_this_process
 
     def settings(self, *, model, frozen_features, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
@@ -339,6 +413,8 @@ class Runner:
                 self.planned[key.checkpoint_name] = checkpoint.is_done(self.ckpt_dir, key.outputs_name)
             except checkpoint.DamagedCheckpoint:
                 self.planned[key.checkpoint_name] = False  # will be set aside and trained again
+            if not self.planned[key.checkpoint_name]:
+                self.disk[key.checkpoint_name] = _disk_estimate(settings["model"], target)
             uniform = {k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}
             result = StageOutput(uniform, 0.0, 0, key)
             self._outputs_this_process[key.checkpoint_name] = result
@@ -368,8 +444,8 @@ class Runner:
             trainable=mi.trainable,
             val=val,
             stage=key.name,
-            ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name),
-            log=self.log,
+            ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
+            log=self.log.of_stage(key.checkpoint_name),
             progress=self.progress,
         )
         preds = {}
@@ -383,14 +459,16 @@ class Runner:
             split, idx = evals["val"]
             truth = (self.task.train if split == "train" else self.task.test)["label"][idx]
             train.check_not_collapsed(preds["val"], truth, key.name, fitted.steps)
-        stamp = {"fingerprint": key.fingerprint, "settings": settings}
-        checkpoint.save(self.ckpt_dir, key.checkpoint_name, fitted.steps, fitted.state,
-                        meta={"steps": fitted.steps, **stamp}, final=True)
         seconds = round(time.perf_counter() - started, 3)
-        checkpoint.save(
-            self.ckpt_dir, key.outputs_name, 0, preds, meta={"seconds": seconds, "steps": fitted.steps, **stamp},
-            final=True, checksum=True,
-        )
+        # One final step holds what a finished stage needs: its predictions (the pseudo-labels of its
+        # students among them) and its trained parameters (the best on validation with early
+        # stopping), each checksummed. Optimizer moments and a frozen base stay out: the settings
+        # and the base's hash say how to rebuild the rest (`trained_module`).
+        meta = {"seconds": seconds, "steps": fitted.steps, "fingerprint": key.fingerprint, "settings": settings,
+                "trainable": mi.trainable, "frozen_sha256": checkpoint.state_sha256(fitted.state.frozen)}
+        checkpoint.save(self.ckpt_dir, key.outputs_name, 0, preds, meta=meta, final=True, checksum=True,
+                        model=fitted.state.params)
+        checkpoint.remove(self.ckpt_dir, key.checkpoint_name)  # the in-stage steps are not needed any more
         result = StageOutput(preds, seconds, fitted.steps, key)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
@@ -410,7 +488,36 @@ class Runner:
                 f"{self.ckpt_dir / key.outputs_name}: saved under fingerprint {meta.get('fingerprint')!r}, "
                 f"expected {key.fingerprint!r}; move the folder away and run again"
             )
+        if "frozen_sha256" in meta and checkpoint.exists(self.ckpt_dir, key.checkpoint_name):
+            # in-stage steps left by a kill between the outputs' save and their removal
+            checkpoint.remove(self.ckpt_dir, key.checkpoint_name)
         return StageOutput({k: np.asarray(v) for k, v in preds.items()}, meta["seconds"], meta["steps"], key)
+
+    def trained_module(self, checkpoint_name: str, model: str, *, seed: int,
+                       frozen_features: bool = False) -> nnx.Module:
+        """The module of the finished stage ``checkpoint_name`` (as ``results.json`` rows name them in
+        ``stages``), trained on ``model`` with ``seed``: rebuilt as the stage built it, then given
+        its saved parameters. Both halves are checked: the parameters against the sha256 saved with
+        them, the rebuilt frozen part (a LoRA or ``top:K`` stage's base) against the hash of the one
+        it was trained on. Raises ``checkpoint.DamagedCheckpoint`` when either differs."""
+        mi = self.inputs.get(model, frozen_features=frozen_features)
+        structure, fresh = train.init_state(mi.build(seed), mi.trainable)
+        outputs = stages.StageKey.parse(checkpoint_name).outputs_name
+        found = checkpoint.latest(self.ckpt_dir, outputs)
+        if found is None or not checkpoint.is_done(self.ckpt_dir, outputs):
+            raise FileNotFoundError(f"stage {checkpoint_name!r} has not finished in {self.ckpt_dir}")
+        if "frozen_sha256" not in found[1]:
+            raise FileNotFoundError(f"stage {checkpoint_name!r} was saved by an older w2sjax, without its model; "
+                                    f"move {self.ckpt_dir / outputs} away and run again to retrain it")
+        # placed as a stage places them (replicated, or fsdp-sharded), so the module runs on the mesh
+        shardings = train.state_shardings(self.mesh, fresh)
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype, sharding=s),
+                                fresh.params, shardings.params)
+        params, meta = checkpoint.restore_model(self.ckpt_dir, outputs, abstract)
+        if meta.get("frozen_sha256") != checkpoint.state_sha256(fresh.frozen):
+            raise checkpoint.DamagedCheckpoint(outputs, 0, "the frozen part rebuilt from the model's settings differs "
+                                                          "from the one the stage was trained on")
+        return structure.bind(params, train.place(fresh.frozen, shardings.frozen))
 
     def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
         """A finished stage whose outputs fail their check: move it (model and outputs) aside and
@@ -421,6 +528,19 @@ class Runner:
             print(f"w2sjax: warning: finished stage {key.name!r} has damaged outputs ({exc}); moved to "
                   f"{pathlib.Path(moved[0]).parent if moved else self.ckpt_dir}; training it again",
                   file=sys.stderr, flush=True)
+
+
+_USED: dict[str, dict] = {}  # run directory -> the stages its (training) runner used, by checkpoint name
+
+
+def _disk_estimate(model_options: dict, target: dict) -> tuple[int, int]:
+    """``(finished, in_stage)`` bytes of a stage to train (:func:`w2sjax.disk.stage_bytes`)."""
+    from w2sjax import disk, models
+
+    spec = models.get_model(model_options["name"])
+    return disk.stage_bytes(spec.num_params, finetune=model_options["mode"] == "finetune",
+                            trainable=model_options.get("trainable", "all"),
+                            pred_values=sum(int(np.size(v)) for v in target.values()))
 
 
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
@@ -779,6 +899,12 @@ def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
     names = ", ".join(stages.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
     line = f"plan: {len(todo)} of {len(planner.planned)} stages to train" + (f" ({names})" if todo else "")
     line += f", {reused} reused"
+    if planner.disk:  # finished stages stay; each stage's in-stage steps go when it ends
+        from w2sjax import disk
+
+        finished = sum(f for f, _ in planner.disk.values())
+        in_stage = max(i for _, i in planner.disk.values())
+        line += f"; checkpoints ~{disk.human(finished)} (up to {disk.human(in_stage)} more while a stage trains)"
     estimate = _earlier_seconds(planner.ckpt_dir, todo)
     if estimate is not None:
         line += f"; ~{estimate:.0f} s of training by earlier runs of these stages"
@@ -808,6 +934,9 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     of other settings already there are kept beside it under a printed name."""
     extra.setdefault("compile", compile_stats.since(_COMPILES_AT_START.get(str(out), {})))
     payload = {"config": to_dict(config), "runs": rows, **extra}
+    used = _USED.pop(str(out.absolute()), None)
+    if used is not None:
+        payload.setdefault("checkpoints", sorted(used))
     signals.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
         kept = rundir.write_results(out, payload)

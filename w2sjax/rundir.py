@@ -13,6 +13,8 @@
   ``results.<time>.json`` (:func:`keep_previous_results`), and the old ``results.json`` stays in
   place until the new one is complete, so a full disk or a kill at any step leaves a
   ``results.json``.
+* :func:`discard_if_empty` removes the directory a failed run created and left holding only its
+  lock; :func:`holder` says which process runs in a directory, without creating anything.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ RESULTS = "results.json"
 MIN_FREE_BYTES = 100 * 2**20  # a stage's checkpoint (a finetuned MiniLM with its optimizer) is ~100 MB
 
 _HELD: dict[str, int] = {}  # lock file path -> open descriptor, for the locks this process holds
+_CREATED: set[str] = set()  # run directories this process created (removed again if a failed run leaves them empty)
 
 
 class RunDirError(ValueError):
@@ -73,6 +76,8 @@ def lock(out: str | os.PathLike, *, process: int = 0) -> None:
     if str(path.absolute()) in _HELD:
         return
     try:
+        if not out.exists():
+            _CREATED.add(str(out.absolute()))
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -95,6 +100,39 @@ def release(out: str | os.PathLike) -> None:
     root = str(pathlib.Path(out).absolute())
     for path in [p for p in _HELD if p.startswith(root + os.sep)]:  # and sub-runs' (methods.supervisors)
         os.close(_HELD.pop(path))
+
+
+def holder(out: str | os.PathLike) -> str | None:
+    """The process id written in a lock of ``out`` that another process holds now, else None.
+    Creates nothing."""
+    for path in sorted(pathlib.Path(out).glob(".lock*")):
+        if str(path.absolute()) in _HELD:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 64).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)  # closing drops the shared lock just taken
+    return None
+
+
+def discard_if_empty(out: str | os.PathLike) -> bool:
+    """After a failed run: drop its locks, and remove ``out`` when this process created it and it
+    holds nothing but locks and empty folders. True when it was removed."""
+    out = pathlib.Path(out)
+    release(out)
+    if str(out.absolute()) not in _CREATED or not out.is_dir():
+        return False
+    if any(p.is_file() and not p.name.startswith(".lock") or p.is_symlink() for p in out.rglob("*")):
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    _CREATED.discard(str(out.absolute()))
+    return True
 
 
 def process_hint(distributed: bool) -> int | None:

@@ -10,6 +10,9 @@ raised there again as :class:`Interrupted`, a ``KeyboardInterrupt``.
 
 SIGINT raises at once (Ctrl-C stops a compile or a data build too) and is remembered; inside
 :func:`deferred` (a checkpoint save or restore) it is only remembered until the block ends.
+Inside :func:`safe_points` (the train loop) the first one is only remembered, with one line saying
+so: the loop saves an in-stage checkpoint at its next stop and raises there; a second Ctrl-C
+raises at once.
 SIGTERM (preemption: save, then stop) is handled by the stage-safety code (`preemption.py`, `checkpoint.py`), which
 keeps its own flag and needs no raise from a handler, so nothing can swallow it.
 
@@ -20,22 +23,24 @@ library only polls, which costs one global read when no signal came.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Interrupted", "install", "pending", "check", "clear", "deferred"]
+__all__ = ["Interrupted", "install", "pending", "check", "clear", "deferred", "safe_points"]
 
 _received: int | None = None
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was stopped by signal ``signum`` (SIGINT)."""
+    """The run was stopped by signal ``signum`` (SIGINT); ``step`` is set when it stopped inside
+    stage ``stage`` right after saving that step as an in-stage checkpoint."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, *, stage: str | None = None, step: int | None = None):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.stage, self.step = signum, stage, step
 
     @property
     def exit_code(self) -> int:
@@ -44,12 +49,31 @@ class Interrupted(KeyboardInterrupt):
 
 def _on_sigint(signum, frame):
     global _received
+    again = _received is not None
     _received = signum
-    if not _deferring:
-        raise Interrupted(signum)
+    if _deferring:
+        return
+    if _soft and not again:
+        # os.write, not print: a handler may run inside a print of the main thread
+        os.write(2, b"w2sjax: stopping at the end of the current chunk of steps (Ctrl-C again to stop now)\n")
+        return
+    raise Interrupted(signum)
 
 
 _deferring = 0
+_soft = 0
+
+
+@contextlib.contextmanager
+def safe_points() -> Iterator[None]:
+    """Within this block the first SIGINT is only remembered: the code polls :func:`pending` at its
+    safe points, saves what it must and raises. A second SIGINT raises at once."""
+    global _soft
+    _soft += 1
+    try:
+        yield
+    finally:
+        _soft -= 1
 
 
 @contextlib.contextmanager
@@ -65,7 +89,7 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring -= 1
-    if not _deferring:
+    if not _deferring and not _soft:  # inside safe_points the loop raises at its own stop
         check()
 
 

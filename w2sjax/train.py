@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import functools
 import math
+import signal
 import time
 from typing import Any, Callable, Iterator
 
@@ -532,44 +533,49 @@ def fit(
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
     feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
     start = total if bool(state.finished) else int(state.step)
-    stopped_early = False
+    rewind = getattr(log, "rewind", None)
+    if rewind is not None:  # lines logged after the restored step (by a killed run) are logged again below
+        rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
-    step = start
-    last_save = time.monotonic()
-    while step < total:
-        # Run up to the next step where the host has something to do (log, eval, checkpoint).
-        done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
-        for count, batches in feed.segments(step, done):  # one segment unless batches change length
-            state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
-                                             model=model, mesh=mesh, step_wrapper=step_wrapper)
-        bar.update(done - step)
-        step = done
-        if itstime(step, cfg.log_every, total):
-            check_divergence(state, stage, cfg.lr)
-            if log is not None:
-                log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
-        if itstime(step, eval_every, total):
-            state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
-                             step=step, log=log, buckets=cfg.length_buckets)
-            stopped_early = _patience_ran_out(state, cfg)
-        if ckpt is not None and step < total:
-            # the final state is saved by the caller, with the stage's outputs
-            due = itstime(step, cfg.checkpoint_every, total, last=False)
-            due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
-            preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
-            if due or preempted:
-                ckpt.save(step, state)
-                last_save = time.monotonic()
-            if preempted:
-                bar.close()
-                raise preemption.Preempted(stage, step)
-        # stop: early stopping ends the stage here; a Ctrl-C (even one whose first raise a
-        # callback swallowed) ends the run here, after the checkpoint
-        signals.check()
-        if stopped_early:
-            break
+    step, stopped_early, last_save = start, False, time.monotonic()
+    with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
+        while step < total:
+            # Run up to the next step where the host has something to do (log, eval, checkpoint).
+            done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
+            for count, batches in feed.segments(step, done):  # one segment unless batches change length
+                state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
+                                                 model=model, mesh=mesh, step_wrapper=step_wrapper)
+            bar.update(done - step)
+            step = done
+            if itstime(step, cfg.log_every, total):
+                check_divergence(state, stage, cfg.lr, resumed_from)
+                if log is not None:
+                    log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
+            if itstime(step, eval_every, total):
+                state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
+                                 step=step, log=log, buckets=cfg.length_buckets)
+                stopped_early = _patience_ran_out(state, cfg)
+            if step >= total or stopped_early:
+                break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
+            interrupted = signals.pending()
+            if ckpt is not None:
+                due = itstime(step, cfg.checkpoint_every, total, last=False)
+                due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
+                preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
+                stopping = preemption.agree(interrupted is not None)  # process 0's Ctrl-C stops every process
+                if due or preempted or stopping:
+                    ckpt.save(step, state)
+                    last_save = time.monotonic()
+                if preempted:
+                    bar.close()
+                    raise preemption.Preempted(stage, step)
+                if stopping:
+                    bar.close()
+                    raise signals.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+            # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
+            signals.check()
     bar.close()
-    check_divergence(state, stage, cfg.lr)
+    check_divergence(state, stage, cfg.lr, resumed_from)
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), replicated))
@@ -714,16 +720,22 @@ def place(tree: PyTree, shardings) -> PyTree:
 DIVERGENCE_FACTOR = 100.0  # a loss this many times its step-0 value means the stage diverged
 
 
-def check_divergence(state: TrainState, stage: str, lr: float) -> None:
+def check_divergence(state: TrainState, stage: str, lr: float, resumed_from: int | None = None) -> None:
     """FloatingPointError naming the stage and step if its loss went non-finite or blew up.
 
     A non-finite loss at step 0 comes before any update, so it points at the inputs (damaged
-    weights or data), not at the learning rate.
+    weights or data), not at the learning rate; one at the first step after a resume points at the
+    checkpoint it resumed from.
     """
     bad, blowup = int(state.first_nonfinite_step), int(state.blowup_step)
     if bad == 0:
         raise FloatingPointError(f"stage {stage}: the loss is NaN or infinite at step 0, before any update: "
                                  "a damaged input (model weights or data) is likely")
+    if resumed_from and bad == resumed_from:
+        raise FloatingPointError(
+            f"stage {stage}: the loss is NaN or infinite at step {bad}, the first step after resuming from its "
+            "in-stage checkpoint: that checkpoint is likely damaged; move the stage's folder out of checkpoints/ "
+            "to train it from the start")
     if bad > 0:
         raise FloatingPointError(f"stage {stage}: the loss became NaN or infinite at step {bad}; "
                                  f"lower its learning rate (lr={lr:g})")
