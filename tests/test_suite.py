@@ -69,3 +69,10 @@ def test_tiny_suite_end_to_end(tmp_path):
         assert (tmp_path / "task_spread.png").stat().st_size > 0
     assert "NaN" not in (tmp_path / "suite.json").read_text()
     assert mod["main"](argv + ["--tasks", "nope"]) == 2
+
+
+def test_the_default_suite_is_every_offline_text_task():
+    from w2sjax.data import registry
+
+    mod = runpy.run_path(str(ROOT / "experiments" / "suite.py"))
+    assert set(mod["TASKS"]) == set(registry.offline_text_tasks()) - {"fine_foods_pooled"}
