@@ -195,3 +195,22 @@ def test_two_process_save_and_restore(tmp_path):
         assert r["meta"] == {"step": 1}
         assert r["x_equal"] and not r["x_fully_addressable"]
         assert r["labels"] == [0, 1, 2, 3, 4] and r["position"] == 9
+
+
+def test_lost_tensorstore_reads_of_a_damaged_checkpoint_stay_off_the_log_and_other_errors_do_not():
+    """A failed restore can leave TensorStore read tasks whose errors asyncio logs, with a traceback
+    of asyncio's frames only, after the damage was reported in one line; other errors still show."""
+    import logging
+    import sys
+
+    def record(exc):
+        try:
+            raise exc
+        except ValueError:
+            info = sys.exc_info()
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved\n"
+                                 "future: <Task finished coro=<_wrap_awaitable()>>", (), info)
+
+    lost = ValueError('OUT_OF_RANGE: Error reading "test/.zarray" in OCDBT database [tensorstore_spec=\'{}\']')
+    assert checkpoint._not_a_lost_orbax_read(record(lost)) is False
+    assert checkpoint._not_a_lost_orbax_read(record(ValueError("a bug of its own"))) is True

@@ -540,6 +540,8 @@ def _ignore_late_reads() -> None:
 def _not_a_lost_orbax_read(record: logging.LogRecord) -> bool:
     if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
         return True
+    if "tensorstore_spec" in str(record.exc_info[1]):  # a TensorStore read of a damaged file; its
+        return False  # traceback holds only asyncio's frames, so the check below cannot see Orbax
     tb = record.exc_info[2]
     while tb is not None:
         if "orbax" in tb.tb_frame.f_code.co_filename:
