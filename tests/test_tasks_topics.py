@@ -7,37 +7,17 @@ import csv
 import json
 import zipfile
 
-import numpy as np
 import pytest
 
 from w2sjax import assets
-from w2sjax.data import builders, load_task
+from w2sjax.data import builders
 
-_loaded = {}
-
-
-
-def _task(name):
-    if name not in _loaded:
-        _loaded[name] = load_task(name)
-    return _loaded[name]
-
-
-def _all(task):
-    return {k: np.concatenate([task.train[k], task.test[k]]) for k in task.train}
-
-
-def _consistent(pairs):
-    """Distinct texts whose every occurrence has one label: {text: label}."""
-    seen = collections.defaultdict(set)
-    for text, label in pairs:
-        seen[text].add(label)
-    return {t: next(iter(ls)) for t, ls in seen.items() if len(ls) == 1}
+import task_rows
 
 
 def _check(task, expected: dict, *, min_test: int):
     """The task holds exactly ``expected`` ({text: label}), no text in both splits."""
-    both = _all(task)
+    both = task_rows.both_splits(task)
     assert sorted(zip(both["text"], both["label"].tolist())) == sorted(expected.items())
     assert not set(task.train["text"]) & set(task.test["text"])
     assert len(task.test["label"]) >= min_test
@@ -57,8 +37,8 @@ def test_vader_documents_match_the_raw_files(real_cache, name, stem, n_lines):
         rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
     assert len(rows) == n_lines
     kept = [(ident.split("_")[0], text.strip(), int(float(r) > 0)) for ident, r, text in rows if abs(float(r)) >= 0.5]
-    task = _task(name)
-    _check(task, _consistent([(t, lbl) for _, t, lbl in kept]), min_test=900)
+    task = task_rows.task(name)
+    _check(task, task_rows.consistent([(t, lbl) for _, t, lbl in kept]), min_test=900)
     # whole documents are held out: a sentence belongs to the document it first occurs in
     first_doc = {}
     for doc, text, _ in kept:
@@ -102,17 +82,17 @@ def _bbc_raw():
 
 
 def test_bbc_news_is_the_whole_article_by_topic(real_cache):
-    task = _task("bbc_news")
+    task = task_rows.task("bbc_news")
     assert task.class_names == ("business", "entertainment", "politics", "sport", "tech")
-    expected = _consistent(_bbc_raw())
+    expected = task_rows.consistent(_bbc_raw())
     assert len(expected) == 2225 - 98  # exact duplicate articles kept once
     _check(task, expected, min_test=600)
     assert len(task.test["label"]) == round(0.3 * len(expected))
 
 
 def test_bbc_headlines_are_first_lines_by_topic(real_cache):
-    task = _task("bbc_headlines")
-    expected = _consistent([(text.split("\n", 1)[0].strip(), topic) for text, topic in _bbc_raw()])
+    task = task_rows.task("bbc_headlines")
+    expected = task_rows.consistent([(text.split("\n", 1)[0].strip(), topic) for text, topic in _bbc_raw()])
     _check(task, expected, min_test=600)
     assert max(len(t.split()) for t in task.train["text"]) < 15  # headlines, not bodies
 
@@ -135,8 +115,8 @@ def test_fortunes_are_entries_labelled_by_file(real_cache):
                 pairs.append((text, label))
                 n_entries += 1
         assert n_entries == raw.count("\n%\n") + (not raw.endswith("\n%\n"))
-    task = _task("fortunes")
-    expected = _consistent(pairs)
+    task = task_rows.task("fortunes")
+    expected = task_rows.consistent(pairs)
     _check(task, expected, min_test=1000)
     assert len(task.test["label"]) == round(0.3 * len(expected))
     assert not any("\b" in t for t in task.train["text"])
@@ -170,9 +150,9 @@ def test_trump_tweets_are_campaign_tweets_by_phone(real_cache):
         if words:
             pairs.append((" ".join(words), int(source == "Twitter for iPhone")))
     assert counts == {"Twitter for Android": 1847, "Twitter for iPhone": 2099}
-    task = _task("trump_tweets")
+    task = task_rows.task("trump_tweets")
     assert task.class_names == ("android", "iphone")
-    expected = _consistent(pairs)
+    expected = task_rows.consistent(pairs)
     _check(task, expected, min_test=1000)
     assert not any("http" in t for t in task.train["text"])
 
@@ -199,8 +179,8 @@ def test_austen_paragraphs_by_novel_with_whole_chapters_held_out(real_cache):
                     chapter_of.setdefault(text, (name, c))
     assert n_chapters == {"sensesensibility": 50, "prideprejudice": 61, "mansfieldpark": 48,
                           "emma": 55, "northangerabbey": 31, "persuasion": 24}
-    task = _task("austen")
-    _check(task, _consistent(pairs), min_test=2000)
+    task = task_rows.task("austen")
+    _check(task, task_rows.consistent(pairs), min_test=2000)
     side = collections.defaultdict(set)
     for part in ("train", "test"):
         for text in getattr(task, part)["text"]:
@@ -227,9 +207,9 @@ def test_wordnet_definitions_by_lexicographer_file(real_cache):
         if match.group(2) in files and definition:
             pairs.append((definition, files[match.group(2)]))
     assert n_synsets == 82115  # WordNet 3.0's noun synsets
-    task = _task("wordnet_nouns")
+    task = task_rows.task("wordnet_nouns")
     assert task.class_names == ("act", "animal", "artifact", "communication", "person", "plant")
-    expected = _consistent(pairs)
+    expected = task_rows.consistent(pairs)
     _check(task, expected, min_test=5000)
     assert len(task.test["label"]) == round(0.2 * len(expected))
     assert "a wooden pin pushed or driven into a surface" in expected
@@ -263,10 +243,10 @@ def test_bible_genres_verses_by_division(real_cache):
     for name, n in standard.items():
         assert abs(counts[name] - n) <= 5, (name, counts[name])
     assert counts["law"] == 5852 and counts["history"] == 7018 and counts["prophets"] == 5490
-    task = _task("bible_genres")
+    task = task_rows.task("bible_genres")
     assert task.class_names == ("law", "history", "wisdom", "prophets", "gospels", "epistles")
     classes = list(task.class_names)
-    expected = _consistent([(t, classes.index(division[b])) for b, _, t in verses if b in division])
+    expected = task_rows.consistent([(t, classes.index(division[b])) for b, _, t in verses if b in division])
     _check(task, expected, min_test=5000)
     for text, name in [("In the beginning, God created the heavens and the earth.", "law"),
                        ("Yahweh is my shepherd; I shall lack nothing.", "wisdom"),
@@ -283,17 +263,3 @@ def test_bible_genres_verses_by_division(real_cache):
             side[chapter_of[text]].add(part)
     assert all(len(s) == 1 for s in side.values())
     assert sum(s == {"test"} for s in side.values()) == round(0.2 * len(side))
-
-
-@pytest.mark.slow  # one tiny real run per task (~30 s each on 2 busy cores)
-@pytest.mark.parametrize("name", ["vader_nyt", "vader_amazon", "bbc_news", "bbc_headlines", "fortunes",
-                                  "trump_tweets", "austen", "wordnet_nouns", "bible_genres"])
-def test_cli_run_on_each_task(real_cache, name, tmp_path):
-    from w2sjax import cli
-
-    sets = [f"data.task={name}", "data.n_train=120", "data.n_val=40", "data.n_test=120", "data.max_len=32",
-            "strong_models=minilm-l1", "losses=xent"]
-    argv = ["run", "--config", "experiments/smoke.py", "--out", str(tmp_path), "--no-progress"]
-    assert cli.main(argv + [a for s in sets for a in ("--set", s)]) == 0
-    (row,) = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert row["task"] == name and 0.0 <= row["w2s_acc"] <= 1.0
