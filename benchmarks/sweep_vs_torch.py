@@ -118,7 +118,8 @@ class JaxSweep:
         self.stage_seconds = self.stage_steps = self.breakdown = None
 
     def __call__(self):
-        from w2sjax import checkpoint, experiment, train
+        from w2sjax import experiment, train
+        from w2sjax.runner import checkpoint
 
         out = pathlib.Path(tempfile.mkdtemp(prefix="w2sjax-sweep-"))
         breakdown = {}
@@ -221,7 +222,8 @@ class TorchSweep:
         """Linear head on the cached mean-GloVe features of each split (the features w2sjax reads)."""
         import torch
 
-        from w2sjax import assets, features, models
+        from w2sjax import assets, models
+        from w2sjax.models import features
 
         featurizer = models.get_model("glove-bow").featurizer.fit(task.train)
         feats = lambda split, part: torch.from_numpy(np.asarray(features.cached_features(

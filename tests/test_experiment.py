@@ -76,7 +76,8 @@ def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):
     """The accuracies in results.json are those of the predictions saved in the checkpoints."""
     import jax
 
-    from w2sjax import checkpoint, data
+    from w2sjax import data
+    from w2sjax.runner import checkpoint
 
     task = data.load_task("fine_foods")
     splits = data.make_splits(task, seed=0, n_train=480, n_val=64, n_test=256)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from w2sjax import config as cfg_lib
-from w2sjax import checkpoint, experiment
+from w2sjax import experiment
+from w2sjax.runner import checkpoint
 from w2sjax.config import Config, DataConfig, ParallelConfig
 from w2sjax.config import StudentTrainConfig, TrainConfig
 

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from _multiprocess.launch import job_envs, process_env
-from w2sjax import experiment, preemption
+from w2sjax import experiment
+from w2sjax.runner import preemption
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 
 # Long enough students (~800 MLP steps) that a SIGTERM lands inside the ceiling stage.

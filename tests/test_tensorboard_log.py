@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from w2sjax import tensorboard_log
+from w2sjax.runner import tensorboard_log
 from w2sjax.experiment import MetricsLog
 
 RECORDS = [

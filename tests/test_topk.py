@@ -1,5 +1,5 @@
 """``train.trainable="top:K"``: the last K blocks on the frozen bottom's output, recomputed every
-step or cached on disk once per example (`w2sjax.models.topk`, `w2sjax.bottoms`)."""
+step or cached on disk once per example (`w2sjax.models.topk`, `w2sjax.models.bottoms`)."""
 
 import dataclasses
 import json
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax import bottoms, experiment, features, losses, parallel, train
+from w2sjax import experiment, losses, parallel, train
+from w2sjax.models import bottoms, features
 from w2sjax.config import Config, ConfigError, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.models import heads, hf, topk
 

@@ -145,7 +145,7 @@ class MethodConfig:
     weak_sizes: tuple[int, ...] = (0,)  # methods that sweep the supervisors' label budgets (examples of half A); 0 = all
 
     def __post_init__(self):
-        from w2sjax.labels import REFINEMENTS
+        from w2sjax.pseudo_labels import REFINEMENTS
 
         for name in self.labels:
             if name not in REFINEMENTS:

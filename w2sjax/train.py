@@ -32,7 +32,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import length_buckets, losses, metrics, parallel, preemption, signals
+from w2sjax import losses, metrics, parallel
+from w2sjax.data import length_buckets
+from w2sjax.runner import preemption, sigint
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -512,7 +514,7 @@ def fit(
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
     """
-    from w2sjax import progress as progress_lib
+    from w2sjax.runner import progress as progress_lib
 
     student = isinstance(cfg, StudentTrainConfig)
     trainable = trainable or (cfg.trainable if student else "all")
@@ -538,7 +540,7 @@ def fit(
         rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
-    with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
+    with sigint.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
         while step < total:
             # Run up to the next step where the host has something to do (log, eval, checkpoint).
             done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
@@ -557,7 +559,7 @@ def fit(
                 stopped_early = _patience_ran_out(state, cfg)
             if step >= total or stopped_early:
                 break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
-            interrupted = signals.pending()
+            interrupted = sigint.pending()
             if ckpt is not None:
                 due = itstime(step, cfg.checkpoint_every, total, last=False)
                 due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
@@ -571,9 +573,9 @@ def fit(
                     raise preemption.Preempted(stage, step)
                 if stopping:
                     bar.close()
-                    raise signals.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+                    raise sigint.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
             # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
-            signals.check()
+            sigint.check()
     bar.close()
     check_divergence(state, stage, cfg.lr, resumed_from)
     if cfg.early_stopping and val is not None:
@@ -600,7 +602,7 @@ class HostFeed:
     """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call.
 
     With ``buckets`` and token inputs (a dict with a 2-D ``attention_mask``), batches come in the
-    length-bucketed order of `w2sjax.length_buckets` (same examples per epoch, each batch cut to
+    length-bucketed order of `w2sjax.data.length_buckets` (same examples per epoch, each batch cut to
     the shortest of a few fixed lengths); otherwise every batch is padded as the data is.
     """
 

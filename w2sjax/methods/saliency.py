@@ -27,7 +27,7 @@ from flax import nnx
 
 from w2sjax import train
 from w2sjax.methods._common import figure, save
-from w2sjax.stages import StageKey
+from w2sjax.runner.stage_keys import StageKey
 
 PROBE = train.TrainConfig(epochs=10, batch_size=32, lr=1e-2, log_every=50)
 VARIANTS = ("lp_weak", "lp_gt", "ft_weak", "ft_weak_lp_gt", "ft_gt")

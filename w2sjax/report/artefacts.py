@@ -23,7 +23,7 @@ import pathlib
 
 import numpy as np
 
-from w2sjax import atomic
+from w2sjax.runner import atomic
 from w2sjax.config import ConfigError
 
 STAMP = "protocol.sha256"
@@ -76,8 +76,8 @@ def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_clas
     """The rows of one finished experiment and the arrays of every stage they name, read from its
     checkpoints. ``splits_by_seed``: each seed's :class:`w2sjax.data.splits.Splits`. Raises
     ``ValueError`` when a stage's saved predictions do not reproduce its row's accuracy."""
-    from w2sjax import checkpoint
-    from w2sjax.stages import StageKey
+    from w2sjax.runner import checkpoint
+    from w2sjax.runner.stage_keys import StageKey
 
     arrays, rows = {}, []
     for row in results["runs"]:
