@@ -77,8 +77,16 @@ class _MovedModules:
     def exec_module(self, module):
         alias = module.__spec__
         module.__spec__ = alias.loader_state
-        warnings.warn(f"{alias.name} is deprecated and will be removed in the next release; "
-                      f"import {module.__name__}", DeprecationWarning, stacklevel=2)
+        # Blame the line that imported the old path: the first frame outside the import machinery
+        # (an ``import`` statement, or ``importlib.import_module``'s caller).
+        frame = sys._getframe(1)
+        while frame.f_back is not None and "importlib" in frame.f_code.co_filename:
+            frame = frame.f_back
+        warnings.warn_explicit(
+            f"{alias.name} is deprecated and will be removed in the next release; import {module.__name__}",
+            DeprecationWarning, frame.f_code.co_filename, frame.f_lineno,
+            module=frame.f_globals.get("__name__"), registry=frame.f_globals.setdefault("__warningregistry__", {}),
+        )
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
     sys.meta_path.append(_MovedModules())
