@@ -1,9 +1,9 @@
 """The headline experiment: Burns et al.'s protocol with *finetuned* students.
 
-Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on half A's ground
+Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on the supervisor half's ground
 truth; students are pretrained text encoders finetuned (MiniLM end to end, ``train.trainable=all``;
-MPNet-base its top 4 blocks on cached bottoms, ``top:4``) on half B's soft weak labels, with plain cross-entropy (``xent``) and the auxiliary confidence loss
-(``logconf``), over 3 seeds, and compared with the same student finetuned on half B's ground
+MPNet-base its top 4 blocks on cached bottoms, ``top:4``) on the student half's soft weak labels, with plain cross-entropy (``xent``) and the auxiliary confidence loss
+(``logconf``), over 3 seeds, and compared with the same student finetuned on the student half's ground
 truth (the ceiling). Every student stage keeps the parameters with the best accuracy on the
 validation slice *as labelled by its supervisor* (early stopping without ground truth, as a real
 user must); ceilings select on ground-truth validation labels, which their training has anyway.

@@ -3,7 +3,7 @@
 GloVe bag-of-words and TF-IDF logistic regressions supervise linear probes on frozen
 all-MiniLM-L6-v2 features (2 and 6 layers), with plain cross-entropy and the confidence loss,
 over 3 seeds. To fit a shared 2-core CPU in about an hour, every task is capped: at most 2000
-training examples (halves A and B of 1000 each), 200 validation examples and 1500 test examples
+training examples (the supervisor and student halves of 1000 each), 200 validation examples and 1500 test examples
 (multiple-choice tasks count rows, one per choice, and cuts move to question boundaries);
 smaller tasks use what they have.
 

@@ -181,9 +181,9 @@ def test_a_sweep_runs_the_bottom_once_per_example(tmp_path, monkeypatch):
     assert written and len(ids) == len(set(ids))  # no example's bottom was computed twice
     task = experiment._load_task(config)
     texts = set()
-    for seed in config.seeds:  # what the students read: half B, the validation slice, the test split
+    for seed in config.seeds:  # what the students read: the student half, the validation slice, the test split
         s = experiment.SeedRun.splits_of(config, task, seed)
-        for split in (s.strong, s.val, s.test):
+        for split in (s.student_half, s.val, s.test):
             texts |= set(features.example_ids({"text": split["text"]}).tolist())
     assert set(ids) == texts
 

@@ -2,11 +2,11 @@
 
 For every seed:
 
-1. **weak**: each weak model trains on half A's ground truth and predicts half B (its soft
+1. **weak**: each weak model trains on the supervisor half's ground truth and predicts the student half (its soft
    pseudo-labels, :meth:`SeedRun.pseudo_labels`), the validation slice and the test split;
-2. **ceiling**: each strong model trains on half B's ground truth;
-3. **w2s**: each (weak, strong, loss) triple trains the strong model on half B's weak labels;
-4. **bootstrap** chains (``a>b>c``): each model supervises the next on half B.
+2. **ceiling**: each strong model trains on the student half's ground truth;
+3. **w2s**: each (weak, strong, loss) triple trains the strong model on the student half's weak labels;
+4. **bootstrap** chains (``a>b>c``): each model supervises the next on the student half.
 
 ``options.labels`` adds, per w2s triple, students trained on refined weak labels
 (:func:`w2sjax.pseudo_labels.refine`). Other protocols (``config.method``) live in
@@ -637,20 +637,22 @@ def announce_data(config: Config, task) -> None:
     """Print the split sizes, and one warning line each when a half is small or a stage trains for
     only a few optimizer steps."""
     splits = SeedRun.splits_of(config, task, config.seeds[0])
-    sizes = {"A": len(splits.weak["label"]), "B": len(splits.strong["label"]), "val": len(splits.val["label"]),
-             "test": len(splits.test["label"])}
-    print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
-          flush=True)
+    sizes = {"supervisor half": len(splits.supervisor_half["label"]),
+             "student half": len(splits.student_half["label"]),
+             "val": len(splits.val["label"]), "test": len(splits.test["label"])}
+    print(f"data: {task.name}: {', '.join(f'{part} {n}' for part, n in sizes.items())} examples", flush=True)
     if task.name.startswith(("csv:", "jsonl:")):  # what the file's labels were read as
         from w2sjax.data import user
 
         print(f"data: {task.num_classes} classes in the file (rows per class): {user.class_counts(task)}", flush=True)
-    small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
+    halves = ("supervisor half", "student half")
+    small = [f"the {half} has {sizes[half]}" for half in halves if sizes[half] < SMALL_HALF]
     if small:
         _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
               "use more data (data.n_train) or read PGR with its interval")
     few = []
-    for what, cfg, n in (("supervisors", config.weak_train, sizes["A"]), ("students", config.train, sizes["B"])):
+    for what, cfg, n in (("supervisors", config.weak_train, sizes["supervisor half"]),
+                         ("students", config.train, sizes["student half"])):
         steps = math.ceil(cfg.epochs * max(1, n // max(1, min(cfg.batch_size, n))))
         if steps < FEW_STEPS:
             few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
@@ -724,11 +726,11 @@ class SeedRun:
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
         splits = self.splits_of(config, task, seed)
-        # Half A trains the supervisors; half B is what they pseudo-label, and trains the students
-        # (and the ceiling, on its ground truth).
-        self.supervisor_half, self.student_half = splits.weak, splits.strong
+        # The supervisor half trains the supervisors; the student half is what they pseudo-label, and
+        # trains the students (and the ceiling, on its ground truth).
+        self.supervisor_half, self.student_half = splits.supervisor_half, splits.student_half
         self.val, self.test = splits.val, splits.test
-        # Every stage predicts these sets when it ends; "b" (half B) of a supervisor's predictions
+        # Every stage predicts these sets when it ends; "b" (the student half) of a supervisor's predictions
         # holds the pseudo-labels (:meth:`pseudo_labels`). The names are stored in checkpoints.
         self.evals = {"b": ("train", self.student_half["row"]), "val": ("train", self.val["row"]),
                       "test": ("test", self.test["row"])}
@@ -750,7 +752,7 @@ class SeedRun:
         return _one_hot(split["label"], self.task.num_classes)
 
     def weak(self, name: str, *, rows=None, weights=None, variant: str = "") -> StageOutput:
-        """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, as ``variant``)."""
+        """Supervisor ``name`` trained on the supervisor half's ground truth (or on ``rows`` of it, as ``variant``)."""
         rows = self.supervisor_half["row"] if rows is None else rows
         labels = _one_hot(self.task.train["label"][rows], self.task.num_classes)
         return self.runner.stage(
@@ -762,7 +764,7 @@ class SeedRun:
 
     def strong(self, key: stage_keys.StageKey, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
                frozen_features: bool = False, sources=None) -> StageOutput:
-        """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``key`` names it and
+        """Student ``name`` trained on the student half (or ``rows``) with ``labels``; ``key`` names it and
         ``sources`` says which stage the labels came from (:meth:`Runner.settings`)."""
         return self.runner.stage(
             key, model=name, frozen_features=frozen_features, rows=self.student_half["row"] if rows is None else rows,
@@ -777,16 +779,16 @@ class SeedRun:
 
     @staticmethod
     def pseudo_labels(supervisor: StageOutput) -> np.ndarray:
-        """The pseudo-labels: ``supervisor``'s soft predictions ``[N_B, C]`` on half B, which it
+        """The pseudo-labels: ``supervisor``'s soft predictions ``[N_student, C]`` on the student half, which it
         never saw. Its stage made them when it ended (:meth:`Runner.stage` predicts every set of
         ``evals``); its students train on them."""
         return supervisor.preds["b"]
 
     def supervised(self, key: stage_keys.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
                    val_labels=None, part: np.ndarray | None = None) -> StageOutput:
-        """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
+        """Student ``strong_name`` on the student half with the pseudo-labels of ``sup``; its validation labels
         are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given.
-        ``part``: positions in half B to train on instead of all of it (a bootstrap rung's share)."""
+        ``part``: positions in the student half to train on instead of all of it (a bootstrap rung's share)."""
         labels, rows, named = self.pseudo_labels(sup), self.student_half["row"], sup.source("b")
         if part is not None:
             labels, rows = labels[part], rows[part]
@@ -850,10 +852,10 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
 
 def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
-    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: half B is cut into
+    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: the student half is cut into
     one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
     that the model before it predicted for rows *it* never trained on (the supervisor never saw
-    half B at all). A rung that labelled its own training rows would mostly hand its supervisor's
+    the student half at all). A rung that labelled its own training rows would mostly hand its supervisor's
     labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
     the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
     rows = []
@@ -881,14 +883,14 @@ def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]
 
 
 def chain_parts(half: dict, n: int, seed: int) -> list[np.ndarray]:
-    """``n`` disjoint parts of half B, as sorted positions into it, of (nearly) equal size, drawn
+    """``n`` disjoint parts of the student half, as sorted positions into it, of (nearly) equal size, drawn
     by a stream of their own (``seed``); a multiple-choice question's rows stay in one part."""
     groups = half.get("group")
     ids = np.arange(len(half["label"])) if groups is None else np.asarray(groups)
     unique = np.unique(ids)
     order = np.random.default_rng([seed, 0xB0075]).permutation(unique)
     if len(order) < n:
-        raise ConfigError(f"bootstrap: half B has {len(order)} examples, fewer than the chain's {n} rungs")
+        raise ConfigError(f"bootstrap: the student half has {len(order)} examples, fewer than the chain's {n} rungs")
     return [np.flatnonzero(np.isin(ids, share)) for share in np.array_split(order, n)]
 
 
@@ -967,12 +969,12 @@ def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str)
     from w2sjax import pseudo_labels
 
     opts = sr.config.options
-    b_rows = sr.student_half["row"]
+    student_rows = sr.student_half["row"]
     feats = None
     if sr.runner.planning:  # only the student's key matters, which does not depend on the labels
-        lab, keep = sr.pseudo_labels(weak), np.ones(len(b_rows), bool)
+        lab, keep = sr.pseudo_labels(weak), np.ones(len(student_rows), bool)
     elif refinement in ("knn", "filter"):
-        feats = sr.runner.inputs.get(s, frozen_features=True).inputs("train", b_rows)
+        feats = sr.runner.inputs.get(s, frozen_features=True).inputs("train", student_rows)
     if not sr.runner.planning:
         lab, keep = pseudo_labels.refine(
             refinement, sr.pseudo_labels(weak), features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac,
@@ -984,22 +986,22 @@ def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str)
     if weak.key and plain.key:
         made_by = f"{refinement}:{weak.source('b')}:{plain.source('b')}:{opts.keep_frac}:{opts.knn_k}"
         sources.update(labels=f"labels/{made_by}", rows=f"rows/{made_by}")
-    student = sr.strong(key, s, lab[keep], weak.preds["val"], loss, rows=b_rows[keep], sources=sources)
+    student = sr.strong(key, s, lab[keep], weak.preds["val"], loss, rows=student_rows[keep], sources=sources)
     if sr.runner.planning:
         return {}
     row = sr.row(w, s, loss, weak, student, ceiling)
-    b_labels = sr.student_half["label"]
+    student_labels = sr.student_half["label"]
     row.update({
         "variant": refinement,
         "n_trained": int(keep.sum()),
         # How clean the labels the student saw were, against the (hidden) ground truth.
-        "train_label_acc": round(_acc(lab[keep], b_labels[keep]), 6),
-        "weak_label_acc": round(_acc(sr.pseudo_labels(weak), b_labels), 6),
+        "train_label_acc": round(_acc(lab[keep], student_labels[keep]), 6),
+        "weak_label_acc": round(_acc(sr.pseudo_labels(weak), student_labels), 6),
     })
     if not keep.all():
         # Coverage expansion: examples the supervisor abstained on were never trained on.
-        row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], b_labels[~keep]), 6)
-        row["excluded_weak_acc"] = round(_acc(sr.pseudo_labels(weak)[~keep], b_labels[~keep]), 6)
+        row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], student_labels[~keep]), 6)
+        row["excluded_weak_acc"] = round(_acc(sr.pseudo_labels(weak)[~keep], student_labels[~keep]), 6)
     return row
 
 
@@ -1013,10 +1015,10 @@ def _check_modality(name: str, task) -> None:
         )
 
 
-def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, student_labels,
          test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
-    agree_b = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), b_labels)
+    agree_student = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), student_labels)
     return results.row(
         task.name, weak_name, strong_name, loss, seed,
         _acc(weak.preds["test"], test_labels), _acc(w2s.preds["test"], test_labels),
@@ -1025,7 +1027,7 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         misfit_kl=round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"], kind="kl")), 6),
         agreement=round(float(agree["agreement"]), 6),
         agreement_on_weak_errors=_maybe(agree["agreement_on_teacher_errors"]),
-        corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
+        corrected_weak_errors_train=_maybe(agree_student["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
         # always answering the test split's most common class: the floor a trained student must beat

@@ -128,7 +128,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Model:
+class ModelStructure:
     """The static half of a split NNX module: its structure and abstract parameter layout.
 
     Two models of the same structure are equal whatever their parameter values, so the jitted
@@ -146,7 +146,7 @@ class Model:
         object.__setattr__(self, "_hash", hash(key))
 
     def __eq__(self, other) -> bool:
-        return other is self or (isinstance(other, Model) and self._hash == other._hash and self._key == other._key)
+        return other is self or (isinstance(other, ModelStructure) and self._hash == other._hash and self._key == other._key)
 
     def __hash__(self) -> int:
         return self._hash
@@ -158,6 +158,9 @@ class Model:
         rest = jax.tree.map(lambda x: x, self.frozen_template)
         nnx.replace_by_pure_dict(rest, frozen)
         return nnx.merge(self.graphdef, trainable, rest)
+
+
+Model = ModelStructure  # the old name (it is not a model, only a model's structure), kept for one release
 
 
 def trainable_filter(trainable: str, module: nnx.Module | None = None):
@@ -181,13 +184,13 @@ def trainable_filter(trainable: str, module: nnx.Module | None = None):
 OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
 
 
-def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
-    """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
+def init_state(module: nnx.Module, trainable: str) -> tuple[ModelStructure, TrainState]:
+    """Split a freshly built module into its static ``ModelStructure`` and an initial ``TrainState``.
     ``trainable`` is "all", "head", "lora" or "top:K" (see :func:`trainable_filter`)."""
     graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable, module), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
-    model = Model(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
+    model = ModelStructure(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
     params = nnx.to_pure_dict(params_state)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -208,7 +211,7 @@ def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: Model):
+def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: ModelStructure):
     """One optimizer step, pure and not jitted: ``(state, metrics)``.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
@@ -248,7 +251,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
 
 @functools.partial(jax.jit, static_argnames=("model", "mesh", "step_wrapper"), donate_argnums=(0,))
 def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array, settings: StepSettings, *,
-               model: Model, mesh: Mesh, step_wrapper: Callable | None = None):
+               model: ModelStructure, mesh: Mesh, step_wrapper: Callable | None = None):
     """``count`` calls of :func:`train_step` in one compiled program: ``(state, metrics)``.
 
     ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
@@ -256,7 +259,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     Running many steps per call keeps the host out of the inner loop: for a linear probe the
     per-call dispatch and transfer cost far more than the step itself. The returned metrics are
     those of the last step run. ``model``, ``mesh`` and ``step_wrapper`` are static: one compile
-    per model structure and mesh (equal :class:`Model` s share it), whatever the stage's settings.
+    per model structure and mesh (equal :class:`ModelStructure` s share it), whatever the stage's settings.
     ``step_wrapper`` wraps the step before tracing (tests pass a trace counter); each wrapper
     object gets its own program. The state is donated (updated in place) and keeps its layout.
     """
@@ -279,7 +282,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
             jax.lax.with_sharding_constraint(step_metrics, parallel.replicated(mesh)))
 
 
-def make_predict_step(model: Model):
+def make_predict_step(model: ModelStructure):
     """``predict_step(state, inputs) -> probabilities [B, C]`` using the current parameters."""
 
     def predict_step(state: TrainState, inputs, use_best: bool = False):
@@ -348,7 +351,7 @@ def _abstract_key(tree: PyTree) -> tuple:
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
 
 
-def cached_predict_step(model: Model):
+def cached_predict_step(model: ModelStructure):
     """`make_predict_step`, one function object per model structure (so `predict` compiles once)."""
     return _jitted_function_for(("predict", model), lambda: make_predict_step(model))
 
@@ -471,7 +474,7 @@ class StageCheckpoint:
 
 @dataclasses.dataclass
 class FitResult:
-    model: Model
+    model: ModelStructure
     state: TrainState
     predict_step: Callable
     steps: int

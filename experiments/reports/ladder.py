@@ -95,7 +95,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
-            shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]),
+            shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]),
                      "test": len(sp.test["label"])}
             target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
             got = []

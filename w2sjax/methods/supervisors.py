@@ -8,7 +8,7 @@ that outputs random probabilities, to see whether a method notices it):
 * ``samme``: a weighted mean with AdaBoost/SAMME votes ``log((1-e)/e) + log(C-1)`` from each
   supervisor's validation error (the weak side owns the validation labels);
 * ``boost``: EnsemW2S-style: ``boost_rounds`` copies of the first supervisor trained in turn on
-  half A with AdaBoost example weights (``pseudo_labels.boost_example_weights``), combined by their votes;
+  the supervisor half with AdaBoost example weights (``pseudo_labels.boost_example_weights``), combined by their votes;
 * ``raven``: supervisor weights learned jointly with a linear student on the strong model's
   frozen features (:func:`w2sjax.methods.raven.learned_weights`), no labels needed; its
   ``raven_uniform`` twin is the same trainer with the weights frozen uniform, the fair baseline.
@@ -53,20 +53,20 @@ def _combined(parts: list, weights) -> "object":
 
 
 def _boosted(sr, name: str, rounds: int):
-    """EnsemW2S-style boosting of one supervisor family on half A; returns (combined, votes)."""
-    a_rows = sr.supervisor_half["row"]
-    y_a = sr.supervisor_half["label"]
-    evals = dict(sr.evals, a=("train", a_rows))
-    weights = np.ones(len(a_rows), np.float32)
+    """EnsemW2S-style boosting of one supervisor family on the supervisor half; returns (combined, votes)."""
+    sup_rows = sr.supervisor_half["row"]
+    sup_labels = sr.supervisor_half["label"]
+    evals = dict(sr.evals, a=("train", sup_rows))
+    weights = np.ones(len(sup_rows), np.float32)
     members, votes = [], []
     for t in range(rounds):
         out = sr.runner.stage(
-            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, frozen_features=True, rows=a_rows,
+            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, frozen_features=True, rows=sup_rows,
             labels=sr.gt(sr.supervisor_half),
             val_rows=sr.val["row"], val_labels=sr.gt(sr.val), evals=evals, cfg=sr.config.weak_train, loss="xent",
             seed=sr.seed, weights=weights,
         )
-        correct = out.preds["a"].argmax(1) == y_a
+        correct = out.preds["a"].argmax(1) == sup_labels
         error = float(np.sum(weights * ~correct) / np.sum(weights))
         vote = pseudo_labels.samme_weight(error, sr.task.num_classes)
         members.append(out)

@@ -83,7 +83,7 @@ def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_clas
     for row in results["runs"]:
         sp = splits_by_seed[row["seed"]]
         groups = sp.test.get("group")
-        shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
+        shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
         target = {k: np.zeros((n, num_classes), np.float32) for k, n in shape.items()}
         named = dict(row["stages"])
         if row.get("direct_stage"):

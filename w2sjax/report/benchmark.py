@@ -144,7 +144,7 @@ def markdown(s: dict) -> str:
                      f"{_pgr(c['pgr'], c['pgr_ci95'])} |")
     chains = [c for c in s["cells"] if c["chain"]]
     if chains:
-        lines += ["", "Bootstrapping (each rung trains on its own part of half B) against the direct student "
+        lines += ["", "Bootstrapping (each rung trains on its own part of the student half) against the direct student "
                   "on the same rows:", "", "| task | chain | loss | seeds | rows per rung | chain w2s | chain PGR | "
                   "direct w2s | direct PGR |", "|---" * 9 + "|"]
         for c in chains:

@@ -29,9 +29,9 @@ from w2sjax.report.results import finite, interval, number
 # Panel order for training curves; unknown stage kinds follow in sorted order.
 _STAGE_ORDER = ("weak", "ceiling", "w2s", "boot")
 _STAGE_TITLES = {
-    "weak": "weak supervisors (ground truth, half A)",
-    "ceiling": "ceilings (ground truth, half B)",
-    "w2s": "weak-to-strong students (weak labels, half B)",
+    "weak": "weak supervisors (ground truth, the supervisor half)",
+    "ceiling": "ceilings (ground truth, the student half)",
+    "w2s": "weak-to-strong students (weak labels, the student half)",
     "boot": "bootstrap chains",
 }
 _DPI = 120
