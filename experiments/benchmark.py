@@ -203,8 +203,8 @@ def summarize(protocol, artefacts_dir: pathlib.Path, docs_root: pathlib.Path | N
     """The summary from the artefacts alone: ``summary.json``, ``summary.md`` and ``pgr.png`` in the
     artefact folder, and (``docs_root``) the generated sections of its docs/results.md and README."""
     from w2sjax.report import artefacts, benchmark, plots
-    from w2sjax.runner import atomic
     from w2sjax.report.results import nan_to_null
+    from w2sjax.runner import atomic
 
     arts = artefacts.load(artefacts_dir, protocol.sha256)
     resolution_path = artefacts_dir / "tasks.json"

@@ -64,8 +64,8 @@ def summarize(base: Config, out: pathlib.Path, results: dict[str, dict]) -> dict
     """Write ``suite.json``, ``suite.md`` and ``task_spread.png`` from each task's results."""
     from w2sjax import config as config_lib
     from w2sjax.report import plots, suite
-    from w2sjax.runner import atomic
     from w2sjax.report.results import nan_to_null
+    from w2sjax.runner import atomic
 
     out.mkdir(parents=True, exist_ok=True)
     rows = suite.task_rows(results)

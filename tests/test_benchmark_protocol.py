@@ -15,8 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
-from w2sjax.report import artefacts, benchmark, protocol as protocol_lib
 from w2sjax.config import ConfigError
+from w2sjax.report import artefacts, benchmark, protocol as protocol_lib
 from w2sjax.report.results import nan_to_null
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

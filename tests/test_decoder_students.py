@@ -13,11 +13,11 @@ import pytest
 from flax import nnx
 
 from w2sjax import experiment, parallel, train
+from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.data import length_buckets
 from w2sjax.models import bottoms
-from w2sjax.report import tables
-from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.models import get_model, hf, topk
+from w2sjax.report import tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.reports import headline as headline_report, ladder as ladder_report
-from w2sjax.report import plots, tables, suite
+from w2sjax.report import plots, suite, tables
 from w2sjax.runner.stage_keys import StageKey
 
 STRONG = "hf:/a/very/long/path/to/a/model"

@@ -8,9 +8,9 @@ import pytest
 
 from w2sjax import config as cfg_lib
 from w2sjax import experiment
-from w2sjax.runner import checkpoint
 from w2sjax.config import Config, DataConfig, ParallelConfig
 from w2sjax.config import StudentTrainConfig, TrainConfig
+from w2sjax.runner import checkpoint
 
 
 def digits_config(**kw) -> Config:

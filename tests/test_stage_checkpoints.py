@@ -24,8 +24,8 @@ from _multiprocess.launch import process_env
 # (checkpoint._ignore_late_reads), pytest's own hook reports them as warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 from w2sjax import experiment
-from w2sjax.runner import checkpoint
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.runner import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 W2S = "w2s__linear__mlp__xent__seed0"
@@ -341,8 +341,8 @@ def test_a_lora_stage_keeps_its_adapters_and_rebuilds_on_its_base(tmp_path):
 
     import jax
 
-    from w2sjax.runner import disk
     from w2sjax.config import LoraConfig
+    from w2sjax.runner import disk
 
     config = dataclasses.replace(
         tiny(), data=DataConfig(task="fine_foods", n_train=96, n_val=32, n_test=32, max_len=32),

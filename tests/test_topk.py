@@ -12,8 +12,8 @@ import pytest
 from flax import nnx
 
 from w2sjax import experiment, losses, parallel, train
-from w2sjax.models import bottoms, features
 from w2sjax.config import Config, ConfigError, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.models import bottoms, features
 from w2sjax.models import heads, hf, topk
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"

@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
     from w2sjax import experiment
+    from w2sjax.assets import AssetError
     from w2sjax.report import tables
     from w2sjax.runner import preemption, sigint
-    from w2sjax.assets import AssetError
 
     sigint.install()  # so that no callback can swallow Ctrl-C
     finished = False
@@ -272,8 +272,8 @@ def _check_tasks(names: list[str]) -> int:
 
 def _list() -> int:
     from w2sjax import data, models
-    from w2sjax.methods import METHODS
     from w2sjax.config import LOSS_NAMES
+    from w2sjax.methods import METHODS
 
     groups = {
         "tasks (data.task)": data.known_tasks() + ["csv:PATH", "jsonl:PATH", "tfds:NAME"],

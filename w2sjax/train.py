@@ -33,9 +33,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from w2sjax import losses, metrics, parallel
+from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 from w2sjax.data import length_buckets
 from w2sjax.runner import preemption, sigint
-from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
 

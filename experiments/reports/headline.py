@@ -25,7 +25,7 @@ from collections import defaultdict
 import numpy as np
 
 from experiments.reports import ladder as ladder_report
-from w2sjax.report import plots, tables, suite
+from w2sjax.report import plots, suite, tables
 from w2sjax.report.results import finite, interval, number, pgr_of_means
 
 GAP = 0.05  # cells whose ceiling beats the supervisor by 5 points or more compare the losses

@@ -36,8 +36,8 @@ from collections import defaultdict
 import numpy as np
 
 from w2sjax.report import plots, tables
-from w2sjax.runner import atomic
 from w2sjax.report.results import finite, interval, mean_pm, number
+from w2sjax.runner import atomic
 from w2sjax.runner.stage_keys import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",

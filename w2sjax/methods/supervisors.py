@@ -27,10 +27,10 @@ import jax
 import numpy as np
 
 from w2sjax import pseudo_labels
-from w2sjax.runner import rundir
-from w2sjax.runner.stage_keys import StageKey
 from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import Timer, figure, save
+from w2sjax.runner import rundir
+from w2sjax.runner.stage_keys import StageKey
 
 BOOST_ROUNDS = 3
 RANDOM = "random"

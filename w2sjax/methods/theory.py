@@ -14,8 +14,8 @@ import pathlib
 import numpy as np
 
 from w2sjax import theory
-from w2sjax.report import results
 from w2sjax.methods._common import Timer, figure, r2, save
+from w2sjax.report import results
 
 D_SHARED = (1, 4, 8, 16)
 

@@ -39,8 +39,8 @@ import numpy as np
 from flax import nnx
 
 from w2sjax.models import features
-from w2sjax.runner import atomic
 from w2sjax.models import embed, topk
+from w2sjax.runner import atomic
 
 __all__ = ["Bottom", "Rows", "VERSION", "cache_root"]
 

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from w2sjax.data.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 from w2sjax.runner import sigint
 from w2sjax.runner.progress import bar as progress_bar
-from w2sjax.data.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
 
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
            "last_token", "pooled_features"]

@@ -27,10 +27,10 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
-from w2sjax.runner import hashes
 from w2sjax.models import embed, heads, weights
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 from w2sjax.models.tokenizer import load_tokenizer
+from w2sjax.runner import hashes
 
 __all__ = ["load", "read_config", "family", "FAMILIES", "checkpoint_hash", "HFFeaturizer", "model_spec",
            "UnsupportedArchitecture"]

@@ -23,8 +23,8 @@ import pathlib
 
 import numpy as np
 
-from w2sjax.runner import atomic
 from w2sjax.config import ConfigError
+from w2sjax.runner import atomic
 
 STAMP = "protocol.sha256"
 

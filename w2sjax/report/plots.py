@@ -23,8 +23,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax.runner import atomic
 from w2sjax.report.results import finite, interval, number
+from w2sjax.runner import atomic
 
 # Panel order for training curves; unknown stage kinds follow in sorted order.
 _STAGE_ORDER = ("weak", "ceiling", "w2s", "boot")
