@@ -168,3 +168,26 @@ def test_importing_the_package_stays_light():
             "assert not heavy, heavy\n"
             "assert not [m for m in sys.modules if m.startswith('w2sjax.')], 'imported a submodule'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_rewrite_tool_moves_code_off_the_old_paths(tmp_path):
+    import runpy
+
+    tool = runpy.run_path(str(ROOT / "tools" / "rewrite_moved_imports.py"))
+    assert tool["moved"]() == w2sjax.MOVED
+    src = tmp_path / "user.py"
+    src.write_text("from w2sjax import config, report, stages\n"
+                   "from w2sjax.results import finite\n\n\n"
+                   "def f(parser):\n"
+                   "    report = parser.add_parser('report')  # a variable, not the module\n"
+                   "    report.add_argument('dir')\n"
+                   "    return stages.StageKey, finite, `w2sjax/signals.py`\n".replace("`", '"'))
+    assert tool["main"]([str(src)]) == 0
+    assert src.read_text() == ("from w2sjax import config\n"
+                               "from w2sjax.report import tables\n"
+                               "from w2sjax.runner import stage_keys\n"
+                               "from w2sjax.report.results import finite\n\n\n"
+                               "def f(parser):\n"
+                               "    report = parser.add_parser('report')  # a variable, not the module\n"
+                               "    report.add_argument('dir')\n"
+                               "    return stage_keys.StageKey, finite, \"w2sjax/runner/sigint.py\"\n")
