@@ -58,7 +58,7 @@ def test_bootstrap_chain_and_shared_stages(tmp_path):
 def config_b_half(config):
     from w2sjax import data
 
-    return experiment.SeedRun.splits_of(config, data.load_task(config.data.task), 0).strong["label"]
+    return experiment.SeedRun.splits_of(config, data.load_task(config.data.task), 0).student_half["label"]
 
 
 def test_no_chain_stage_learns_from_labels_of_its_own_training_rows(tmp_path, monkeypatch):
