@@ -11,7 +11,7 @@ plus a linear head, cross-entropy and AdamW over every parameter. Two kinds of b
 * ``fixed``: 32 x 128 token batches (row lengths drawn from [64, 128]; the shape never changes).
 * ``lengths``: 32-row batches of real fine_foods reviews, tokenised by the model's tokenizer at
   max_len 128. Each side batches the way it does in practice: JAX as `train.fit` does (length
-  buckets of 16/32/64/128 tokens, `w2sjax.length_buckets`), PyTorch as transformers' default
+  buckets of 16/32/64/128 tokens, `w2sjax.data.length_buckets`), PyTorch as transformers' default
   collator does (random batches, each padded to its own longest row). One timed call runs all
   the batches.
 
@@ -121,8 +121,8 @@ def padded_to_longest(tokenizer, ids, b: int = BATCH):
 
 
 def bucketed(tokenizer, ids, max_len: int, b: int = BATCH, seed: int = 0):
-    """``b``-row batches in `train.fit`'s length-bucketed order (`w2sjax.length_buckets`), one epoch."""
-    from w2sjax import length_buckets
+    """``b``-row batches in `train.fit`'s length-bucketed order (`w2sjax.data.length_buckets`), one epoch."""
+    from w2sjax.data import length_buckets
 
     lengths = np.array([len(r) for r in ids])
     plan = length_buckets.epoch_plan(np.arange(len(ids)), lengths, b, tuple(length_buckets.bucket_lengths(max_len)),

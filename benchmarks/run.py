@@ -58,7 +58,7 @@ def _parse(argv):
 
 
 def _set_flags(args) -> str:
-    from w2sjax import xla_flags
+    from w2sjax.runner import xla_flags
 
     ynn = {"dot": "individual_dot", "off": "", "all": None}[args.ynn]
     return xla_flags.apply_defaults(ynn=ynn, devices=args.devices)
@@ -263,7 +263,8 @@ def bucketing_case(args, sz, texts):
 
     import numpy as np
 
-    from w2sjax import length_buckets, parallel, train
+    from w2sjax import parallel, train
+    from w2sjax.data import length_buckets
 
     dtype, b, t = args.precision[-1], sz["ft_b"], sz["ft_t"]
     path = ft.asset_path("minilm-l6")

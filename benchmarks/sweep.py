@@ -68,12 +68,12 @@ def run_sweep(config=None, overrides=(), *, out_dir=None) -> dict:
 
     monitoring.register_event_duration_secs_listener(listen)
     counter = _Counter()
-    loggers = [logging.getLogger("jax"), logging.getLogger("w2sjax.features")]
+    loggers = [logging.getLogger("jax"), logging.getLogger("w2sjax.models.features")]
     saved = [(lg, lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(counter)
-    logging.getLogger("w2sjax.features").setLevel(logging.INFO)
-    logging.getLogger("w2sjax.features").propagate = False
+    logging.getLogger("w2sjax.models.features").setLevel(logging.INFO)
+    logging.getLogger("w2sjax.models.features").propagate = False
     log_compiles = jax.config.jax_log_compiles
     jax.config.update("jax_log_compiles", True)
     logging.getLogger("jax").propagate = False  # counted, not printed

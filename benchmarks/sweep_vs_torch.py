@@ -6,12 +6,12 @@ Both sides do the same work, stage by stage, on the same examples (the rows of
 `w2sjax.data.make_splits` for the seed):
 
 1. **weak**: a linear head on mean GloVe vectors (the cached ``glove-bow`` features) trained on
-   half A's ground truth;
-2. **ceiling**: MiniLM-L6 finetuned (every weight) on half B's ground truth;
-3. **w2s xent** and 4. **w2s logconf**: MiniLM-L6 finetuned on half B's weak soft labels.
+   the supervisor half's ground truth;
+2. **ceiling**: MiniLM-L6 finetuned (every weight) on the student half's ground truth;
+3. **w2s xent** and 4. **w2s logconf**: MiniLM-L6 finetuned on the student half's weak soft labels.
 
 Every stage trains with AdamW (linear warm-up, cosine decay), the same epochs, batch size and
-learning rate, then predicts half B, the validation slice and the test split, and saves its
+learning rate, then predicts the student half, the validation slice and the test split, and saves its
 weights and predictions.
 
 * **w2sjax** runs `w2sjax.experiment.run` on `sweep_config` (what ``w2sjax run --set ...`` with
@@ -118,7 +118,8 @@ class JaxSweep:
         self.stage_seconds = self.stage_steps = self.breakdown = None
 
     def __call__(self):
-        from w2sjax import checkpoint, experiment, train
+        from w2sjax import experiment, train
+        from w2sjax.runner import checkpoint
 
         out = pathlib.Path(tempfile.mkdtemp(prefix="w2sjax-sweep-"))
         breakdown = {}
@@ -199,17 +200,18 @@ class TorchSweep:
             seed = self.config.seeds[0]
             d = self.config.data
             s = data.make_splits(task, seed=seed, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test)
-            evals = {"b": s.strong, "val": s.val, "test": s.test}
+            evals = {"b": s.student_half, "val": s.val, "test": s.test}
             seconds, self.stage_steps = {}, {}
             t0 = time.perf_counter()
-            weak = self.weak_stage(task, s.weak, evals, out / "weak", seed)
+            weak = self.weak_stage(task, s.supervisor_half, evals, out / "weak", seed)
             seconds["weak"] = time.perf_counter() - t0
             torch.manual_seed(seed)
             two = lambda labels: np.eye(2, dtype=np.float32)[labels]
-            for name, labels, loss in (("ceiling", two(s.strong["label"]), "xent"),
+            for name, labels, loss in (("ceiling", two(s.student_half["label"]), "xent"),
                                        *((f"w2s_{loss}", weak["b"], loss) for loss in STUDENT_LOSSES)):
                 t0 = time.perf_counter()
-                self.stage_steps[name] = self.student_stage(s.strong["text"], labels, loss, evals, out / name, seed)
+                self.stage_steps[name] = self.student_stage(s.student_half["text"], labels, loss, evals, out / name,
+                                                            seed)
                 seconds[name] = time.perf_counter() - t0
             self.stage_seconds = {k: round(v, 3) for k, v in seconds.items()}
             self.breakdown["total"] = time.perf_counter() - t_start
@@ -221,7 +223,8 @@ class TorchSweep:
         """Linear head on the cached mean-GloVe features of each split (the features w2sjax reads)."""
         import torch
 
-        from w2sjax import assets, features, models
+        from w2sjax import assets, models
+        from w2sjax.models import features
 
         featurizer = models.get_model("glove-bow").featurizer.fit(task.train)
         feats = lambda split, part: torch.from_numpy(np.asarray(features.cached_features(

@@ -84,7 +84,7 @@ def groups(protocol) -> list[Group]:
 def get_config():
     """As a config file (``w2sjax run --config experiments/benchmark.py``): the protocol's recipe
     with its first group of students, on the default task."""
-    from w2sjax import protocol as protocol_lib
+    from w2sjax.report import protocol as protocol_lib
 
     protocol = protocol_lib.load(DEFAULT_PROTOCOL)
     first = groups(protocol)[0]
@@ -144,7 +144,7 @@ class Plan:
 def estimate(plan: Plan, stages: dict[str, dict[str, bool]]) -> dict:
     """Seconds still to train: stages still to train × seconds per stage of their kind, plus the
     once-per-task costs; stages of a kind never measured are counted apart."""
-    from w2sjax.stages import StageKey
+    from w2sjax.runner.stage_keys import StageKey
 
     seconds, unmeasured, counts = 0.0, defaultdict(int), defaultdict(int)
     for part_name, planned in stages.items():
@@ -173,7 +173,8 @@ def _kind(k: tuple) -> str:
 
 def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pathlib.Path) -> None:
     """Collect every finished part of ``task_name`` into its artefacts (``TASK.json``/``.npz``)."""
-    from w2sjax import artefacts, data, experiment
+    from w2sjax import data, experiment
+    from w2sjax.report import artefacts
 
     task = data.load_task(task_name)
     rows, arrays = [], {}
@@ -201,8 +202,9 @@ def run(plan: Plan, out: pathlib.Path, artefacts_dir: pathlib.Path, *, progress:
 def summarize(protocol, artefacts_dir: pathlib.Path, docs_root: pathlib.Path | None, *, figure: bool = True) -> dict:
     """The summary from the artefacts alone: ``summary.json``, ``summary.md`` and ``pgr.png`` in the
     artefact folder, and (``docs_root``) the generated sections of its docs/results.md and README."""
-    from w2sjax import artefacts, atomic, benchmark_report, plots
-    from w2sjax.results import nan_to_null
+    from w2sjax.report import artefacts, benchmark, plots
+    from w2sjax.report.results import nan_to_null
+    from w2sjax.runner import atomic
 
     arts = artefacts.load(artefacts_dir, protocol.sha256)
     resolution_path = artefacts_dir / "tasks.json"
@@ -210,15 +212,15 @@ def summarize(protocol, artefacts_dir: pathlib.Path, docs_root: pathlib.Path | N
     if resolution is not None and resolution.get("protocol_sha256") != protocol.sha256:
         raise ValueError(f"{resolution_path}: made under protocol {str(resolution.get('protocol_sha256'))[:12]}, "
                          f"not {protocol.short}")
-    s = benchmark_report.summary(arts, protocol, resolution)
+    s = benchmark.summary(arts, protocol, resolution)
     if arts:
         atomic.write_json(artefacts_dir / "summary.json", nan_to_null(s))
-        atomic.write_text(artefacts_dir / "summary.md", benchmark_report.markdown(s) + "\n")
-        fig = benchmark_report.figure(s) if figure else None
+        atomic.write_text(artefacts_dir / "summary.md", benchmark.markdown(s) + "\n")
+        fig = benchmark.figure(s) if figure else None
         if fig is not None:
             plots._save_atomic(fig, artefacts_dir / "pgr.png")
     if docs_root is not None:
-        benchmark_report.write_docs(s, docs_root)
+        benchmark.write_docs(s, docs_root)
     return s
 
 
@@ -240,7 +242,9 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from w2sjax import artefacts, assets, atomic, config as config_lib, protocol as protocol_lib, xla_flags
+    from w2sjax import assets, config as config_lib
+    from w2sjax.report import artefacts, protocol as protocol_lib
+    from w2sjax.runner import atomic, xla_flags
 
     try:
         protocol = protocol_lib.load(args.protocol)
@@ -301,9 +305,9 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)
         return 2
-    from w2sjax import benchmark_report
+    from w2sjax.report import benchmark
 
-    print(benchmark_report.markdown(s))
+    print(benchmark.markdown(s))
     return 0
 
 

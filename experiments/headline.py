@@ -1,9 +1,9 @@
 """The headline experiment: Burns et al.'s protocol with *finetuned* students.
 
-Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on half A's ground
+Supervisors are GloVe bag-of-words and TF-IDF logistic regressions trained on the supervisor half's ground
 truth; students are pretrained text encoders finetuned (MiniLM end to end, ``train.trainable=all``;
-MPNet-base its top 4 blocks on cached bottoms, ``top:4``) on half B's soft weak labels, with plain cross-entropy (``xent``) and the auxiliary confidence loss
-(``logconf``), over 3 seeds, and compared with the same student finetuned on half B's ground
+MPNet-base its top 4 blocks on cached bottoms, ``top:4``) on the student half's soft weak labels, with plain cross-entropy (``xent``) and the auxiliary confidence loss
+(``logconf``), over 3 seeds, and compared with the same student finetuned on the student half's ground
 truth (the ceiling). Every student stage keeps the parameters with the best accuracy on the
 validation slice *as labelled by its supervisor* (early stopping without ground truth, as a real
 user must); ceilings select on ground-truth validation labels, which their training has anyway.
@@ -49,7 +49,7 @@ SUPERVISORS = ("glove-bow", "tfidf")
 MINILM_STUDENTS = ("minilm-l2", "minilm-l4", "minilm-l6")
 LARGE_STUDENT = "mpnet-base"  # 109M; its top blocks finetuned on cached bottoms (train.trainable=top:K)
 # The top 4 of MPNet's 12 blocks (a third of them), the final steps and the head train; the 8 frozen
-# blocks below run once per text (w2sjax/bottoms.py). Full finetuning or LoRA runs the whole network
+# blocks below run once per text (w2sjax/models/bottoms.py). Full finetuning or LoRA runs the whole network
 # forward and backward on every step: about 8 MiniLM-L6 stages per MPNet stage on this CPU.
 LARGE_TRAINABLE = "top:4"
 BOOTSTRAP_CHAIN = "glove-bow>minilm-l2>minilm-l6"  # against glove-bow>minilm-l6 directly
@@ -144,7 +144,7 @@ def get_config() -> Config:
 
 def part_config(base: Config, part: Part, task) -> Config:
     """``base`` specialised to ``part`` on the loaded ``task`` (caps clipped to its size)."""
-    from w2sjax import suite
+    from w2sjax.report import suite
 
     train = dataclasses.replace(base.train, trainable=part.trainable)  # lr: the base's (--set train.lr)
     cfg = dataclasses.replace(base, weak_models=part.supervisors, strong_models=part.students,
@@ -162,7 +162,8 @@ def planned_stages(base: Config, chosen: list[Part], out: pathlib.Path, config_o
     """Per part: each stage's checkpoint name (readable name and fingerprint) and whether it is
     already done in ``out``; the standard protocol keyed by a planning runner, nothing trained.
     ``config_of(base, part, task)`` makes a part's config (default :func:`part_config`)."""
-    from w2sjax import data, experiment, rundir
+    from w2sjax import data, experiment
+    from w2sjax.runner import rundir
 
     plan = {}
     for part in chosen:
@@ -207,7 +208,8 @@ def training_curve(base: Config, spec: Curve, out: pathlib.Path) -> dict:
     """
     import numpy as np
 
-    from w2sjax import atomic, data, experiment, metrics, rundir, train
+    from w2sjax import data, experiment, metrics, train
+    from w2sjax.runner import atomic, rundir
 
     path = out / "curve.json"
     if path.is_file():
@@ -273,7 +275,7 @@ class _Scorer:
 
 
 def _capped(cfg: Config, task) -> dict:
-    from w2sjax import suite
+    from w2sjax.report import suite
 
     capped = suite.task_config(cfg, task).data
     return {"task": task.name, "n_train": capped.n_train, "n_test": capped.n_test}
@@ -281,21 +283,36 @@ def _capped(cfg: Config, task) -> dict:
 
 # ---- summary ----------------------------------------------------------------------------------
 
+def _report():
+    """This experiment's write-up, ``experiments/reports/headline.py``, which lives beside it rather
+    than in the library. Started as a script, this file has ``experiments/`` on ``sys.path``, not
+    the repository root that holds the ``experiments`` package, so the root is added."""
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.append(root)
+    from experiments.reports import headline
+
+    return headline
+
+
 def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | None = None) -> dict:
     """Write ``headline.json``, ``headline.md`` and the figures into ``out`` from the finished
     parts (and the curve, if done); ``publish`` (a repository root) also copies them into its
     ``docs/headline/`` and ``docs/figures/``."""
-    from w2sjax import atomic, plots, plots_headline
-    from w2sjax.results import nan_to_null
+    from w2sjax.report import plots
+    from w2sjax.report.results import nan_to_null
+    from w2sjax.runner import atomic
+
+    headline_report = _report()
 
     done = {p.name: p for p in chosen if (out / p.name / "results.json").is_file()}
     results = {name: part_results(out / name) for name in done}
     curve = json.loads((out / "curve" / "curve.json").read_text()) if (out / "curve" / "curve.json").is_file() else None
-    summary = plots_headline.summary(out, done, results, curve)
+    summary = headline_report.summary(out, done, results, curve)
     atomic.write_json(out / "headline.json", nan_to_null(summary))
-    atomic.write_text(out / "headline.md", plots_headline.markdown(summary) + "\n")
+    atomic.write_text(out / "headline.md", headline_report.markdown(summary) + "\n")
     written = [out / "headline.json", out / "headline.md"]
-    for name, fig in plots_headline.figures(summary).items():
+    for name, fig in headline_report.figures(summary).items():
         written.append(plots._save_atomic(fig, out / f"headline_{name}.png"))
     if publish is not None:
         for path in written:
@@ -308,9 +325,9 @@ def summarize(out: pathlib.Path, chosen: list[Part], *, publish: pathlib.Path | 
 def part_results(folder: pathlib.Path) -> list[dict]:
     """A part's ``results.json`` and, before it, the results of earlier passes that ``w2sjax`` kept
     beside it (``results.TIME.json``, e.g. a pass with other students or seeds), oldest first."""
-    from w2sjax import report
+    from w2sjax.report import tables
 
-    latest = report.load_results(folder)
+    latest = tables.load_results(folder)
     kept = []
     for path in sorted(folder.glob("results.*.json")):
         try:
@@ -359,7 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from w2sjax import assets, config as config_lib, xla_flags
+    from w2sjax import assets, config as config_lib
+    from w2sjax.runner import xla_flags
 
     xla_flags.apply_defaults()  # an application may choose XLA flags, before JAX starts
     xla_flags.enable_compilation_cache(assets.cache_dir() / "xla")
@@ -403,9 +421,7 @@ def main(argv=None) -> int:
     except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"headline: error: {exc}", file=sys.stderr)
         return 2
-    from w2sjax import plots_headline
-
-    print(plots_headline.markdown(summary))
+    print(_report().markdown(summary))
     return 0
 
 

@@ -1,5 +1,5 @@
 """Gain versus misfit (Charikar, Pabbaraju & Shiragur): 8 supervisors (GloVe and TF-IDF heads on
-30, 100, 300 or all labels of half A) × 2 MiniLM probe students on fine_foods; the theorem's
+30, 100, 300 or all labels of the supervisor half) × 2 MiniLM probe students on fine_foods; the theorem's
 least-squares setting on the same frozen features; supervisor choice by misfit. docs/methods.md §3.
 """
 

@@ -1,5 +1,5 @@
 """Pseudolabel correction and coverage expansion (Lang, Sontag & Vijayaraghavan): the supervisor
-abstains on its least confident half of half B; the student trains on the confident half only and
+abstains on its least confident half of the student half; the student trains on the confident half only and
 is scored on the excluded half, next to the student trained on everything. GloVe and TF-IDF
 supervisors, MiniLM-L6 probe student, fine_foods. docs/methods.md §6.
 """

@@ -3,7 +3,7 @@
 GloVe bag-of-words and TF-IDF logistic regressions supervise linear probes on frozen
 all-MiniLM-L6-v2 features (2 and 6 layers), with plain cross-entropy and the confidence loss,
 over 3 seeds. To fit a shared 2-core CPU in about an hour, every task is capped: at most 2000
-training examples (halves A and B of 1000 each), 200 validation examples and 1500 test examples
+training examples (the supervisor and student halves of 1000 each), 200 validation examples and 1500 test examples
 (multiple-choice tasks count rows, one per choice, and cuts move to question boundaries);
 smaller tasks use what they have.
 
@@ -25,7 +25,7 @@ import pathlib
 import sys
 
 from w2sjax.config import Config, DataConfig
-from w2sjax.suite import task_config  # noqa: F401  (the caps, shared with experiments/headline.py)
+from w2sjax.report.suite import task_config  # noqa: F401  (the caps, shared with experiments/headline.py)
 
 MIN_GAP = 0.03  # the second median keeps tasks whose ceiling beats the supervisor by this much
 # Every offline text task (w2sjax.data.registry.offline_text_tasks) but fine_foods_pooled, a re-split
@@ -62,8 +62,10 @@ def run_suite(base: Config, out: pathlib.Path, tasks, *, progress: bool = False)
 
 def summarize(base: Config, out: pathlib.Path, results: dict[str, dict]) -> dict:
     """Write ``suite.json``, ``suite.md`` and ``task_spread.png`` from each task's results."""
-    from w2sjax import atomic, config as config_lib, plots, suite
-    from w2sjax.results import nan_to_null
+    from w2sjax import config as config_lib
+    from w2sjax.report import plots, suite
+    from w2sjax.report.results import nan_to_null
+    from w2sjax.runner import atomic
 
     out.mkdir(parents=True, exist_ok=True)
     rows = suite.task_rows(results)
@@ -88,7 +90,8 @@ def main(argv=None) -> int:
                         help="only summarise the tasks whose results.json is already in --out (a partial run)")
     args = parser.parse_args(argv)
 
-    from w2sjax import assets, config as config_lib, xla_flags
+    from w2sjax import assets, config as config_lib
+    from w2sjax.runner import xla_flags
 
     xla_flags.apply_defaults()  # an application may choose XLA flags, before JAX starts
     xla_flags.enable_compilation_cache(assets.cache_dir() / "xla")
@@ -102,16 +105,16 @@ def main(argv=None) -> int:
             raise config_lib.ConfigError(f"--tasks: unknown {unknown or 'none given'}; known: {', '.join(data.known_tasks())}")
         out = pathlib.Path(args.out)
         if args.summary_only:
-            from w2sjax import report
+            from w2sjax.report import tables
 
             done = [t for t in tasks if (out / t / "results.json").is_file()]
-            summary = summarize(base, out, {t: report.load_results(out / t) for t in done})
+            summary = summarize(base, out, {t: tables.load_results(out / t) for t in done})
         else:
             summary = run_suite(base, out, tasks, progress=args.progress)
     except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"suite: error: {exc}", file=sys.stderr)
         return 2
-    from w2sjax import suite
+    from w2sjax.report import suite
 
     print(suite.format_markdown(summary["per_task"], summary["medians"]))
     return 0

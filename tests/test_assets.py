@@ -324,7 +324,7 @@ def test_a_full_cache_disk_during_a_fetch_names_the_cache(tmp_path, monkeypatch)
 def test_work_folders_of_killed_fetches_are_removed_only_when_surely_abandoned(tmp_path):
     import time
 
-    from w2sjax import atomic
+    from w2sjax.runner import atomic
 
     mine = tmp_path / f".partial-mnist5k-{atomic.host()}-x1"  # this host's: we hold the lock, so abandoned
     theirs = tmp_path / ".work-mnist5k-other-host-x2"  # another host's, maybe running there now

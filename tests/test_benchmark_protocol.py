@@ -15,9 +15,9 @@ import shutil
 import numpy as np
 import pytest
 
-from w2sjax import artefacts, benchmark_report, protocol as protocol_lib
 from w2sjax.config import ConfigError
-from w2sjax.results import nan_to_null
+from w2sjax.report import artefacts, benchmark, protocol as protocol_lib
+from w2sjax.report.results import nan_to_null
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "experiments" / "benchmark_protocol.json"
@@ -244,7 +244,7 @@ def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_pat
     assert bench["main"](argv) == 0
     results_md = (tmp_path / "docs" / "results.md").read_text()
     assert results_md.startswith("# Results\n\nHand-written text stays.\n")
-    body = benchmark_report.section(results_md)
+    body = benchmark.section(results_md)
     assert proto.sha256 in body
     lines, chain_lines, med_lines, medians = _expected_lines(folder, proto.spec, 300)
     assert sorted(_table_lines(body)) == sorted(lines + chain_lines + med_lines)
@@ -267,7 +267,7 @@ def test_adding_a_task_changes_no_cell_of_another(tmp_path):
     _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
     _write_synthetic(tmp_path / "b", proto.sha256, ["t_one", "t_two", "a_first"])
     cells = lambda folder: {(c["task"], c["loss"], c["chain"]): c for c in
-                            benchmark_report.summary(artefacts.load(folder), proto, None)["cells"]}
+                            benchmark.summary(artefacts.load(folder), proto, None)["cells"]}
     before, after = cells(tmp_path / "a"), cells(tmp_path / "b")
     assert before and set(before) < set(after)
     for key, cell in before.items():  # as JSON: an undefined PGR (nan) is null on both sides
@@ -304,11 +304,11 @@ def test_committed_docs_match_a_regeneration(bench, tmp_path):
         shutil.copytree(ROOT / "docs" / "benchmark", artefact_copy)
     assert bench["main"](["--summary-only", "--no-figure", "--artefacts", str(artefact_copy),
                           "--docs-root", str(tmp_path)]) == 0
-    for rel, begin, end in (("docs/results.md", benchmark_report.BEGIN, benchmark_report.END),
-                            ("README.md", benchmark_report.README_BEGIN, benchmark_report.README_END)):
-        committed = benchmark_report.section((ROOT / rel).read_text(), begin, end)
+    for rel, begin, end in (("docs/results.md", benchmark.BEGIN, benchmark.END),
+                            ("README.md", benchmark.README_BEGIN, benchmark.README_END)):
+        committed = benchmark.section((ROOT / rel).read_text(), begin, end)
         assert committed is not None, f"{rel} has no generated benchmark section"
-        assert committed == benchmark_report.section((tmp_path / rel).read_text(), begin, end), rel
+        assert committed == benchmark.section((tmp_path / rel).read_text(), begin, end), rel
 
 
 def test_unit_scores_per_example_and_per_question():
@@ -392,7 +392,7 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
             assert art.score(r["stages"]["w2s"]).mean() == pytest.approx(r["w2s_acc"], abs=1e-6)
             assert art.arrays[f"probs/{r['stages']['w2s']}"].dtype == np.float16
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
-    body = benchmark_report.section((tmp_path / "docs" / "results.md").read_text())
+    body = benchmark.section((tmp_path / "docs" / "results.md").read_text())
     assert proto.sha256 in body and "| fine_foods | tuned | glove-bow | minilm-l2 |" in body
     # a rerun trains nothing and writes the same summary
     before = (folder / "summary.json").read_bytes()

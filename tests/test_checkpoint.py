@@ -15,7 +15,8 @@ from jax.sharding import PartitionSpec as P
 
 from _multiprocess import ckpt_worker as worker  # the state builders: both sides build the same thing
 from _multiprocess.launch import process_env, result, run_processes
-from w2sjax import checkpoint, parallel
+from w2sjax import parallel
+from w2sjax.runner import checkpoint
 
 WORKER = worker.__file__
 

@@ -3,7 +3,7 @@ computed from them (bit rot), damaged cache chunks (NaN included) are dropped wh
 XLA compile-cache entries are dropped once, and ``w2sjax verify`` checks and repairs a whole cache.
 
 Bit rot changes a file's bytes but not its size, times or inode, so the remembered hash
-(`w2sjax.hashes`) still describes the file. The tests flip a bit in a private copy of a real
+(`w2sjax.runner.hashes`) still describes the file. The tests flip a bit in a private copy of a real
 asset and then, because a write always moves the change time, move the remembered record to the
 file's new times: exactly what the record looks like after real bit rot.
 """
@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from w2sjax import assets, hashes
+from w2sjax import assets
+from w2sjax.runner import hashes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ACC_KEYS = ("weak_acc", "w2s_acc", "ceiling_acc", "pgr", "misfit")
@@ -146,7 +147,7 @@ def test_a_cached_chunk_holding_nan_is_dropped_when_read_and_results_equal_the_r
 
 
 def test_bottoms_chunks_with_nan_states_are_dropped_when_read(tmp_path, capfd):
-    from w2sjax import bottoms
+    from w2sjax.models import bottoms
 
     store = bottoms._Chunks(tmp_path / "key" / "task")
     good = [np.ones((3, 4), bottoms.BF16), np.zeros((2, 4), bottoms.BF16)]
@@ -214,7 +215,7 @@ def test_a_stale_record_of_a_users_own_weights_discards_what_was_cached_from_the
 
 _JIT_TWICE = """
 import sys
-from w2sjax import xla_flags
+from w2sjax.runner import xla_flags
 xla_flags.enable_compilation_cache(sys.argv[1])
 import jax, jax.numpy as jnp
 print(jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.ones(3)))
@@ -243,7 +244,7 @@ def test_damaged_xla_compile_cache_entries_are_dropped_once_with_one_line(tmp_pa
     assert damaged.stderr.strip().splitlines() == [
         f"w2sjax: warning: the XLA compile cache {xla} had damaged entries; dropped {len(entries)}, their programs "
         "are compiled again"]
-    from w2sjax import xla_flags
+    from w2sjax.runner import xla_flags
 
     assert sorted(xla.glob("*-cache")) == entries and xla_flags.drop_damaged_entries(xla) == []  # stored whole again
     assert jit().stderr == ""  # and the next run is quiet

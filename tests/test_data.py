@@ -140,11 +140,11 @@ def test_splits_disjoint_and_sized(task):
     s = make_splits(task, seed=0)
     assert isinstance(s, Splits)
     idx = s.indices
-    assert len(idx["val"]) == 200 and len(idx["weak"]) == len(idx["strong"]) == 1900  # 10% capped at 200
-    train_rows = np.concatenate([idx["weak"], idx["strong"], idx["val"]])
+    assert len(idx["val"]) == 200 and len(idx["supervisor_half"]) == len(idx["student_half"]) == 1900  # 10% capped at 200
+    train_rows = np.concatenate([idx["supervisor_half"], idx["student_half"], idx["val"]])
     assert len(np.unique(train_rows)) == len(train_rows)  # disjoint
     np.testing.assert_array_equal(idx["test"], np.arange(1000))
-    for part in ("weak", "strong", "val"):
+    for part in ("supervisor_half", "student_half", "val"):
         np.testing.assert_array_equal(getattr(s, part)["label"], task.train["label"][idx[part]])
         assert list(getattr(s, part)["text"]) == list(task.train["text"][idx[part]])
     assert list(s.test["text"]) == list(task.test["text"])
@@ -161,12 +161,12 @@ def test_default_validation_slice_scales_with_the_data():
 @pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
 def test_splits_deterministic_per_seed(task):
     a, b, c = make_splits(task, seed=3), make_splits(task, seed=3), make_splits(task, seed=4)
-    for part in ("weak", "strong", "val"):
+    for part in ("supervisor_half", "student_half", "val"):
         np.testing.assert_array_equal(a.indices[part], b.indices[part])
         assert not np.array_equal(a.indices[part], c.indices[part])
     small = make_splits(task, seed=3, n_train=500, n_test=200)
     np.testing.assert_array_equal(small.indices["val"], a.indices["val"])  # val ignores n_train
-    assert len(small.weak["label"]) == len(small.strong["label"]) == 250
+    assert len(small.supervisor_half["label"]) == len(small.student_half["label"]) == 250
     assert len(small.test["label"]) == 200 and np.all(np.diff(small.indices["test"]) > 0)
     assert not np.array_equal(
         small.indices["test"], make_splits(task, seed=4, n_test=200).indices["test"]
@@ -176,11 +176,11 @@ def test_splits_deterministic_per_seed(task):
 @pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
 def test_balanced_splits(task):
     s = make_splits(task, seed=1, n_val=200, n_train=1000, n_test=500, balance=True)
-    for part, n in (("weak", 250), ("strong", 250), ("val", 100), ("test", 250)):
+    for part, n in (("supervisor_half", 250), ("student_half", 250), ("val", 100), ("test", 250)):
         assert np.bincount(getattr(s, part)["label"], minlength=2).tolist() == [n, n], part
     full = make_splits(task, seed=1, balance=True)
     assert np.bincount(full.test["label"]).tolist() == [342, 342]
-    rows = np.concatenate([full.indices[p] for p in ("weak", "strong", "val")])
+    rows = np.concatenate([full.indices[p] for p in ("supervisor_half", "student_half", "val")])
     assert len(np.unique(rows)) == len(rows)
 
 

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax import bottoms, experiment, length_buckets, parallel, report, train
+from w2sjax import experiment, parallel, train
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.data import length_buckets
+from w2sjax.models import bottoms
 from w2sjax.models import get_model, hf, topk
+from w2sjax.report import tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]
@@ -158,13 +161,13 @@ def test_table_warns_when_a_student_ends_below_the_majority_rate_its_ceiling_bea
         return {"task": "t", "weak_model": "w", "strong_model": strong, "loss": "xent", "seed": 0, "weak_acc": 0.7,
                 "w2s_acc": w2s, "ceiling_acc": ceiling, "misfit": 0.1, "majority_acc": 0.68}
 
-    table = report.format_table({"runs": [run(0.64, 0.80, "a"), run(0.60, 0.66, "b"), run(0.70, 0.80, "c")]})
+    table = tables.format_table({"runs": [run(0.64, 0.80, "a"), run(0.60, 0.66, "b"), run(0.70, 0.80, "c")]})
     warnings = [line for line in table.splitlines() if line.startswith("warning:") and "w2s acc" in line]
     assert warnings == ["warning: t w -> a (xent): w2s acc 0.640 is below the majority rate 0.680 that its "
                         "ceiling (0.800) beats"]
     old = run(0.5, 0.9)
     del old["majority_acc"]  # results written before rows carried it: no warning, no error
-    assert "warning" not in report.format_table({"runs": [old]})
+    assert "warning" not in tables.format_table({"runs": [old]})
 
 
 @pytest.mark.slow

@@ -76,12 +76,13 @@ def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):
     """The accuracies in results.json are those of the predictions saved in the checkpoints."""
     import jax
 
-    from w2sjax import checkpoint, data
+    from w2sjax import data
+    from w2sjax.runner import checkpoint
 
     task = data.load_task("fine_foods")
     splits = data.make_splits(task, seed=0, n_train=480, n_val=64, n_test=256)
     run = next(r for r in load_runs(reference) if r["loss"] == "xent")
-    target = {k: np.zeros((n, 2), np.float32) for k, n in (("b", len(splits.strong["label"])),
+    target = {k: np.zeros((n, 2), np.float32) for k, n in (("b", len(splits.student_half["label"])),
                                                           ("val", 64), ("test", 256))}
     preds, _ = checkpoint.restore(reference / "checkpoints", run["stages"]["w2s"] + ".out", target)
     acc = float((np.asarray(preds["test"]).argmax(-1) == splits.test["label"]).mean())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from w2sjax.features import cached_features, example_ids
 from w2sjax.models import get_model
+from w2sjax.models.features import cached_features, example_ids
 from w2sjax.models.shallow import RawFeaturizer
 
 TEXTS = [

@@ -10,8 +10,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from w2sjax import plots, plots_headline, plots_ladder, report, suite
-from w2sjax.stages import StageKey
+from experiments.reports import headline as headline_report, ladder as ladder_report
+from w2sjax.report import plots, suite, tables
+from w2sjax.runner.stage_keys import StageKey
 
 STRONG = "hf:/a/very/long/path/to/a/model"
 WEAK = "hf:/a/very/long/path/to/a/weak-model"
@@ -54,7 +55,7 @@ def _metrics(directory: pathlib.Path) -> None:
 def _headline_summary(tmp_path) -> dict:
     part = type("Part", (), {"trainable": "lora"})
     runs = [r for r in _runs() if r["weak_model"] == SMALL]
-    summary = plots_headline.summary(tmp_path, {"p": part}, {"p": [{"config": {}, "runs": runs}]}, _curve())
+    summary = headline_report.summary(tmp_path, {"p": part}, {"p": [{"config": {}, "runs": runs}]}, _curve())
     for r in summary["rows"]:
         r["params"] = r["params"] or 1_300_000_000  # the registry cannot size an hf: path that is not there
     return summary
@@ -70,16 +71,16 @@ def _figures(tmp_path) -> dict:
     """name -> figure, for every figure builder the commands and experiments call."""
     results = _results()
     _metrics(tmp_path)
-    # What `w2sjax run` and `w2sjax report` write (report.write_plots -> plots.write_all).
+    # What `w2sjax run` and `w2sjax report` write (tables.write_plots -> plots.write_all).
     figs = {name.removesuffix(".png"): fig
-            for name, fig in plots.figures(results, report.summarize(results), tmp_path)}
+            for name, fig in plots.figures(results, tables.summarize(results), tmp_path)}
     ladder = {**results, "runs": [r for r in results["runs"] if not r.get("chain")]}
-    order = plots_ladder.ladder_order(ladder)
+    order = ladder_report.ladder_order(ladder)
     sizes = {SMALL: 20_000_000, WEAK: 110_000_000, "minilm-l6": 22_713_216, STRONG: 1_300_000_000}
-    figs["ladder_accuracy"] = plots_ladder.accuracy_vs_size(report.summarize(ladder), order, sizes)
-    for name, fig in plots_headline.figures(_headline_summary(tmp_path / "headline")).items():
+    figs["ladder_accuracy"] = ladder_report.accuracy_vs_size(tables.summarize(ladder), order, sizes)
+    for name, fig in headline_report.figures(_headline_summary(tmp_path / "headline")).items():
         figs[f"headline_{name}"] = fig
-    rows = [{**r, "pgr_ci95": list(r["pgr_ci95"])} for r in report.summarize(ladder)]
+    rows = [{**r, "pgr_ci95": list(r["pgr_ci95"])} for r in tables.summarize(ladder)]
     for i, r in enumerate(rows):
         r["pgr_ci95"] = [r["pgr"] - 0.1, r["pgr"] + 0.1]
         r["task"] = ["fine_foods", "vader_tweets_with_a_long_task_name"][i % 2]
@@ -243,5 +244,5 @@ def test_short_labels():
 
 
 def test_headline_summary_has_no_planning_text(tmp_path):
-    text = plots_headline.markdown(_headline_summary(tmp_path))
+    text = headline_report.markdown(_headline_summary(tmp_path))
     assert "issue" not in text.lower()

@@ -1,4 +1,4 @@
-"""experiments/headline.py and w2sjax.plots_headline: the finetuned-student headline run."""
+"""experiments/headline.py and experiments/reports/headline.py: the finetuned-student headline run."""
 
 import json
 import pathlib
@@ -7,7 +7,8 @@ import runpy
 import numpy as np
 import pytest
 
-from w2sjax import config as config_lib, plots_headline
+from experiments.reports import headline as headline_report
+from w2sjax import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ def test_summary_targets_and_tables_by_hand(tmp_path):
     # an earlier pass with one seed of minilm-l6 and another student: the pass with more seeds wins
     earlier = {"config": {}, "runs": [_run("a", "glove-bow", "minilm-l6", "xent", 0, (0.6, 0.6, 0.8)),
                                       _run("a", "glove-bow", "minilm-l3", "xent", 0, (0.6, 0.7, 0.72))]}
-    summary = plots_headline.summary(tmp_path, {"p": part}, {"p": [earlier, {"config": {}, "runs": runs}]}, None)
+    summary = headline_report.summary(tmp_path, {"p": part}, {"p": [earlier, {"config": {}, "runs": runs}]}, None)
     rows = {(r["strong_model"], r["loss"], r["chain"]): r for r in summary["rows"]}
     assert rows[("minilm-l6", "xent", None)]["pgr"] == pytest.approx(0.75)
     assert rows[("minilm-l6", "xent", None)]["seeds"] == 2 and rows[("minilm-l3", "xent", None)]["seeds"] == 1
@@ -113,10 +114,10 @@ def test_summary_targets_and_tables_by_hand(tmp_path):
     # the medians leave the chain out: l6 xent over the one task is its PGR
     med = {(m["strong_model"], m["loss"], m["min_gap"]): m for m in summary["medians"]}
     assert med[("minilm-l6", "xent", 0.0)]["median_pgr"] == pytest.approx(0.75)
-    text = plots_headline.markdown(summary)
+    text = headline_report.markdown(summary)
     assert "| a | glove-bow | glove-bow>minilm-l2>minilm-l6 | all | xent | 2 | 0.600 | 0.700 ± 0.000 |" in text
     assert "logconf ≥ xent in 1 of 2" in text
-    figs = plots_headline.figures(summary)
+    figs = headline_report.figures(summary)
     assert set(figs) == {"size", "pgr"}
 
 
@@ -127,10 +128,10 @@ def test_curve_text_and_figure():
     summary = {"rows": [], "medians": [], "targets": {"tasks_with_pgr_above_0": [], "ceiling_rungs_rising": {},
                                                       "logconf_at_least_xent": [0, 0], "best_median_pgr": None},
                "curve": curve}
-    text = plots_headline.markdown(summary)
+    text = headline_report.markdown(summary)
     # test peaks at step 4; the weak validation slice keeps rising and picks the last step
     assert "peaks at 0.800 (step 4), ends at 0.720" in text and "picks step 8 (test 0.720)" in text
-    assert set(plots_headline.figures(summary)) == {"curve"}
+    assert set(headline_report.figures(summary)) == {"curve"}
     json.dumps(curve)
     assert np.isfinite(curve["test_acc"]).all()
 

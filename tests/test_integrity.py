@@ -17,7 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from w2sjax import assets, atomic, checkpoint, hashes
+from w2sjax import assets
+from w2sjax.runner import atomic, checkpoint, hashes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ACC_KEYS = ("weak_acc", "w2s_acc", "ceiling_acc", "pgr", "misfit")

@@ -1,10 +1,11 @@
-"""w2sjax.intervals: per-cell random streams and the hierarchical median bootstrap, against
+"""w2sjax.report.intervals: per-cell random streams and the hierarchical median bootstrap, against
 resamplings written out here in plain numpy."""
 
 import numpy as np
 import pytest
 
-from w2sjax import intervals, plots_ladder, suite
+from experiments.reports import ladder as ladder_report
+from w2sjax.report import intervals, suite
 
 
 def _cell(rng, n_seeds=3, n_test=300, rates=(0.70, 0.76, 0.80)):
@@ -45,10 +46,10 @@ def test_adding_a_cell_changes_no_other_cell(monkeypatch, tmp_path):
         return {k: {s: (w[s], m[s], c[s], np.arange(w.shape[1])) for s in range(w.shape[0])}
                 for k, (w, m, c) in cells.items()}
 
-    monkeypatch.setattr(plots_ladder, "_correct", lambda d, r: as_seeds(cells))
-    before = plots_ladder.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []}, n_boot=300)
-    monkeypatch.setattr(plots_ladder, "_correct", lambda d, r: as_seeds({**extra, **cells}))
-    after = plots_ladder.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []}, n_boot=300)
+    monkeypatch.setattr(ladder_report, "_correct", lambda d, r: as_seeds(cells))
+    before = ladder_report.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []}, n_boot=300)
+    monkeypatch.setattr(ladder_report, "_correct", lambda d, r: as_seeds({**extra, **cells}))
+    after = ladder_report.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []}, n_boot=300)
     for key in cells:
         assert before[key] == after[key]
 

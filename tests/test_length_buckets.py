@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from w2sjax import length_buckets as lb
+from w2sjax.data import length_buckets as lb
 
 
 def _lengths(n=203, max_len=128, seed=0):

@@ -70,7 +70,7 @@ def test_refinements_compose_with_the_standard_sweep(tmp_path):
         # Same supervisor and ceiling for every refinement: the stages are shared.
         assert r["weak_acc"] == soft["weak_acc"] and r["ceiling_acc"] == soft["ceiling_acc"]
         if r["variant"] in ("confident", "filter"):
-            # 60% of half B (300 of n_train=600), rounded within each class
+            # 60% of the student half (300 of n_train=600), rounded within each class
             assert abs(r["n_trained"] - 0.6 * 300) <= 10
             assert "excluded_w2s_acc" in r and "excluded_weak_acc" in r
         else:

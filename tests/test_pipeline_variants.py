@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from w2sjax import config as cfg_lib
-from w2sjax import checkpoint, experiment
+from w2sjax import experiment
 from w2sjax.config import Config, DataConfig, ParallelConfig
 from w2sjax.config import StudentTrainConfig, TrainConfig
+from w2sjax.runner import checkpoint
 
 
 def digits_config(**kw) -> Config:
@@ -45,7 +46,7 @@ def test_bootstrap_chain_and_shared_stages(tmp_path):
     assert chain[0]["stages"]["w2s"].startswith("boot__linear>mlp>cnn__xent__seed0--")
     assert checkpoint.is_done(ckpt, chain[0]["stages"]["w2s"] + ".out")
     assert len(list(ckpt.glob("boot__linear_mlp__xent__seed0--*.out-*"))) == 1
-    # Each rung trains on its own half of half B; the direct student on the last rung's rows.
+    # Each rung trains on its own half of the student half; the direct student on the last rung's rows.
     assert chain[0]["n_trained"] == len(config_b_half(config)) // 2
     assert chain[0]["direct_stage"].startswith("w2s__linear__cnn__xent__part2of2__seed0--")
     assert 0.3 < chain[0]["direct_w2s_acc"] <= 1.0
@@ -57,12 +58,12 @@ def test_bootstrap_chain_and_shared_stages(tmp_path):
 def config_b_half(config):
     from w2sjax import data
 
-    return experiment.SeedRun.splits_of(config, data.load_task(config.data.task), 0).strong["label"]
+    return experiment.SeedRun.splits_of(config, data.load_task(config.data.task), 0).student_half["label"]
 
 
 def test_no_chain_stage_learns_from_labels_of_its_own_training_rows(tmp_path, monkeypatch):
     """Every student's labels come from a model that never trained on the rows it labelled: the
-    supervisor (half A) and each rung of a bootstrap chain (its own part of half B). Recorded from
+    supervisor (the supervisor half) and each rung of a bootstrap chain (its own part of the student half). Recorded from
     the real stages as they run."""
     trained, taught = {}, []
     real_stage = experiment.Runner.stage
@@ -85,7 +86,7 @@ def test_no_chain_stage_learns_from_labels_of_its_own_training_rows(tmp_path, mo
     for name, teacher, rows in taught:
         teacher_name, teacher_rows = trained[teacher]
         assert rows and not rows & teacher_rows, (name, teacher_name)
-    # the two rungs split half B between them
+    # the two rungs split the student half between them
     rung_rows = [rows for name, _, rows in taught if name.startswith("boot")]
     assert not rung_rows[0] & rung_rows[1]
     assert len(rung_rows[0] | rung_rows[1]) == len(config_b_half(config))

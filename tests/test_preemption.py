@@ -13,8 +13,9 @@ import time
 import pytest
 
 from _multiprocess.launch import job_envs, process_env
-from w2sjax import experiment, preemption
+from w2sjax import experiment
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.runner import preemption
 
 # Long enough students (~800 MLP steps) that a SIGTERM lands inside the ceiling stage.
 ARGS = ["--no-progress", "--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp",

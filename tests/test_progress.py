@@ -1,9 +1,9 @@
-"""w2sjax.progress: a bar on a terminal, plain periodic lines in a redirected log."""
+"""w2sjax.runner.progress: a bar on a terminal, plain periodic lines in a redirected log."""
 
 import io
 import sys
 
-from w2sjax import progress
+from w2sjax.runner import progress
 
 
 def test_a_redirected_log_gets_plain_lines_not_redraws(monkeypatch):

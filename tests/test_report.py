@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from w2sjax import report
+from w2sjax.report import tables
 
-# Two-sided 95% Student-t critical values from a printed table, independent of report._T975.
+# Two-sided 95% Student-t critical values from a printed table, independent of tables._T975.
 T975 = {1: 12.706, 2: 4.303, 4: 2.776, 40: 2.021, 60: 2.000, 120: 1.980}
 
 
@@ -46,7 +46,7 @@ def _row(summary, weak, strong, loss, chain=None):
 # ---- summarize and the table ----------------------------------------------------------------
 
 def test_summarize_matches_hand_computed_statistics():
-    summary = report.summarize(_results())
+    summary = tables.summarize(_results())
     assert len(summary) == 4  # three groups, plus the chain kept apart from its plain pair
     for (weak, strong, loss), seeds in GROUPS.items():
         row = _row(summary, weak, strong, loss)
@@ -71,17 +71,17 @@ def test_pgr_of_means_differs_from_mean_of_pgrs():
     seeds = GROUPS[("bow", "bert", "xent")]
     mean_of_ratios = statistics.mean((w2s - weak) / (ceil - weak) for weak, w2s, ceil in seeds)
     weak, w2s, ceil = (statistics.mean(s[k] for s in seeds) for k in range(3))
-    row = _row(report.summarize(_results()), "bow", "bert", "xent")
+    row = _row(tables.summarize(_results()), "bow", "bert", "xent")
     assert row["pgr"] == pytest.approx((w2s - weak) / (ceil - weak))
     assert row["pgr"] != pytest.approx(mean_of_ratios, rel=1e-3)
 
 
 def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
-    row = _row(report.summarize(_results()), "bow", "bert", "logconf")
+    row = _row(tables.summarize(_results()), "bow", "bert", "logconf")
     lo, hi = row["pgr_ci95"]
     assert lo <= row["pgr"] <= hi
-    assert report.summarize(_results())[1]["pgr_ci95"] == (lo, hi)
-    single = _row(report.summarize(_results()), "bow", "big", "xent")
+    assert tables.summarize(_results())[1]["pgr_ci95"] == (lo, hi)
+    single = _row(tables.summarize(_results()), "bow", "big", "xent")
     assert all(math.isnan(v) for v in single["pgr_ci95"])
 
 
@@ -90,12 +90,12 @@ def test_t_interval_beyond_the_table():
         values = [0.0, 1.0] * ((df + 1) // 2) + [0.5] * ((df + 1) % 2)
         assert len(values) == df + 1
         expected = T975[df] * statistics.stdev(values) / math.sqrt(len(values))
-        assert report.t_interval(values) == pytest.approx(expected, rel=2e-3)
-    assert report.t_interval([0.7]) == 0.0
+        assert tables.t_interval(values) == pytest.approx(expected, rel=2e-3)
+    assert tables.t_interval([0.7]) == 0.0
 
 
 def test_format_table_shows_means_stds_and_pgr():
-    table = report.format_table(_results())
+    table = tables.format_table(_results())
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["task", "weak", "strong", "loss"]
     xent = next(line for line in lines if " bert " in line and " xent " in line)
@@ -124,7 +124,7 @@ def test_load_results_rejects_bad_input_in_one_line(tmp_path, content, message):
     if content is not None:
         (tmp_path / "results.json").write_text(content)
     with pytest.raises(ValueError, match=re.escape(message)) as info:
-        report.load_results(tmp_path)
+        tables.load_results(tmp_path)
     assert "\n" not in str(info.value)
 
 
@@ -181,7 +181,7 @@ def _png_size(path: pathlib.Path) -> tuple[int, int]:
 
 def test_write_plots_writes_valid_pngs(tmp_path):
     results = _write_experiment_dir(tmp_path)
-    paths = report.write_plots(results, tmp_path)
+    paths = tables.write_plots(results, tmp_path)
     assert [p.name for p in paths] == ["pgr_heatmap.png", "accuracy_bars.png", "training_curves.png",
                                        "gain_vs_misfit.png"]
     for path in paths:
@@ -196,23 +196,23 @@ def test_plots_skip_figures_without_data(tmp_path):
     results = _write_experiment_dir(tmp_path, metrics=False)
     for run in results["runs"]:
         run.pop("misfit")
-    names = [p.name for p in report.write_plots(results, tmp_path)]
+    names = [p.name for p in tables.write_plots(results, tmp_path)]
     assert names == ["pgr_heatmap.png", "accuracy_bars.png"]
     assert not (tmp_path / "training_curves.png").exists()
     assert not (tmp_path / "gain_vs_misfit.png").exists()
-    assert report.write_plots({"runs": []}, tmp_path / "empty") == []
+    assert tables.write_plots({"runs": []}, tmp_path / "empty") == []
 
 
 def test_plots_handle_a_single_cell_and_undefined_pgr(tmp_path):
     runs = [_run("bow", "bert", "xent", 0, 0.7, 0.72, 0.7)]  # one pair, one seed, PGR undefined
-    paths = report.write_plots({"runs": runs}, tmp_path)
+    paths = tables.write_plots({"runs": runs}, tmp_path)
     assert "pgr_heatmap.png" in [p.name for p in paths]
     for path in paths:
         _png_size(path)
 
 
 def test_training_curves_keep_the_last_value_of_a_resumed_step(tmp_path):
-    from w2sjax import plots
+    from w2sjax.report import plots
 
     records = [{"stage": "weak__bow__seed0", "step": s, "loss": v} for s, v in [(5, 1.0), (10, 0.9), (10, 0.8)]]
     (steps, values), = plots._series(records, "loss").values()
@@ -221,21 +221,21 @@ def test_training_curves_keep_the_last_value_of_a_resumed_step(tmp_path):
 
 
 def test_importing_the_package_does_not_import_matplotlib():
-    code = "import sys, w2sjax, w2sjax.report, w2sjax.plots; assert 'matplotlib' not in sys.modules"
+    code = "import sys, w2sjax, w2sjax.report.tables, w2sjax.report.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_variants_of_one_pair_are_separate_rows():
-    from w2sjax import report
+    from w2sjax.report import tables
 
     base = {"task": "t", "weak_model": "w", "strong_model": "s", "loss": "xent", "ceiling_acc": 0.9, "misfit": 0.1}
     runs = [
         {**base, "seed": 0, "variant": "soft", "weak_acc": 0.6, "w2s_acc": 0.7},
         {**base, "seed": 0, "variant": "selective", "weak_acc": 0.6, "w2s_acc": 0.8},
     ]
-    rows = report.summarize({"runs": runs})
+    rows = tables.summarize({"runs": runs})
     assert sorted((r["variant"], r["w2s_acc"]) for r in rows) == [("selective", 0.8), ("soft", 0.7)]
-    table = report.format_table({"runs": runs})
+    table = tables.format_table({"runs": runs})
     assert "variant" in table.splitlines()[0] and "selective" in table and "soft" in table
 
 
@@ -246,13 +246,13 @@ def test_a_ceiling_below_its_supervisor_or_the_majority_rate_gets_one_warning_li
                 "majority_acc": majority}
 
     # lr=0: the ceiling never trained (0.41 under a supervisor of 0.93); two losses share it.
-    lines = report.format_table({"runs": [run("xent", 0.93, 0.41), run("logconf", 0.93, 0.41)]}).splitlines()
+    lines = tables.format_table({"runs": [run("xent", 0.93, 0.41), run("logconf", 0.93, 0.41)]}).splitlines()
     warnings = [line for line in lines if line.startswith("warning:")]
     assert warnings == ["warning: spam mlp: ceiling 0.410 is below its supervisor's 0.930 and not above the "
                         "majority rate 0.600; the strong model did not learn the task (check train.lr and "
                         "train.epochs)"]
     assert lines[-1] == warnings[0] and len(lines) == 2 + 2 + 1  # header, rule, two rows, the warning
     # A ceiling slightly under its supervisor is a finding, not a failure; one above the majority is fine.
-    assert not [x for x in report.format_table({"runs": [run("xent", 0.80, 0.76)]}).splitlines() if "ceiling 0" in x]
-    only_majority = report.format_table({"runs": [run("xent", 0.55, 0.58)]}).splitlines()[-1]
+    assert not [x for x in tables.format_table({"runs": [run("xent", 0.80, 0.76)]}).splitlines() if "ceiling 0" in x]
+    only_majority = tables.format_table({"runs": [run("xent", 0.55, 0.58)]}).splitlines()[-1]
     assert only_majority.startswith("warning: spam mlp: ceiling 0.580 is not above the majority rate 0.600")

@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 
-from w2sjax import report
+from w2sjax.report import tables
 
 # (weak, w2s, ceiling) per seed of each (weak, strong, loss); the last pair has one seed.
 GROUPS = {
@@ -121,7 +121,7 @@ def test_report_writes_one_self_contained_page(tmp_path):
 
 def test_page_without_figures_still_has_table_and_config(tmp_path):
     results = _results()
-    text = report.write_html(results, tmp_path).read_text()
+    text = tables.write_html(results, tmp_path).read_text()
     page = _Page()
     page.feed(text)
     assert len(page.rows) == 1 + len(GROUPS) and page.images == []

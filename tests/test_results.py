@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from w2sjax import results
+from w2sjax.report import results
 
 
 def test_row_schema_and_pgr():

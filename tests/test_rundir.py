@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from w2sjax import rundir
+from w2sjax.runner import rundir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPAMBASE = ["--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp",

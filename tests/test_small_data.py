@@ -22,10 +22,10 @@ def test_400_row_file_keeps_its_rows_and_warns(tmp_path, capsys):
     experiment.run(config, tmp_path / "out", progress=False)
     out, err = capsys.readouterr()
     # 400 rows: a stratified 20% test split (80), then 10% of the 320 for validation, at least 50.
-    assert "data: csv:" in out and "A 135, B 135, val 50, test 80 examples" in out
+    assert "data: csv:" in out and "supervisor half 135, student half 135, val 50, test 80 examples" in out
     warnings = [line for line in err.splitlines() if line.startswith("w2sjax: warning:")]
     assert len(warnings) == 2, err
-    assert "A has 135 and B has 135 examples (< 200)" in warnings[0]
+    assert "the supervisor half has 135 and the student half has 135 examples (< 200)" in warnings[0]
     # students: 5 epochs of 135 // 32 = 4 steps -> 20
     assert "students ~20 (135 examples, batch 32, 5 epochs)" in warnings[1]
 
@@ -36,5 +36,5 @@ def test_enough_data_prints_sizes_without_warnings(tmp_path, capsys):
                     losses=("xent",), seeds=(0,))
     experiment.run(config, tmp_path / "out", progress=False)
     out, err = capsys.readouterr()
-    assert "A 1100, B 1100, val 200, test 100 examples" in out  # 2400 train rows: val capped at 200
+    assert "supervisor half 1100, student half 1100, val 200, test 100 examples" in out  # 2400 train rows: val capped at 200
     assert "warning" not in err

@@ -23,8 +23,9 @@ from _multiprocess.launch import process_env
 # A restore that fails leaves Orbax's TensorStore reads un-awaited; the command silences them
 # (checkpoint._ignore_late_reads), pytest's own hook reports them as warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-from w2sjax import checkpoint, experiment
+from w2sjax import experiment
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.runner import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 W2S = "w2s__linear__mlp__xent__seed0"
@@ -266,7 +267,7 @@ def test_metrics_hold_each_step_once_after_repeated_kills(killed, reference, tmp
 # ---- disk ------------------------------------------------------------------------------------
 
 def test_the_plan_states_the_disk_use_and_the_run_stays_under_it(tmp_path, capsys, reference):
-    from w2sjax import disk
+    from w2sjax.runner import disk
 
     out = tmp_path / "run"
     experiment.run(tiny(), out, progress=False)
@@ -280,7 +281,7 @@ def test_the_plan_states_the_disk_use_and_the_run_stays_under_it(tmp_path, capsy
 
 
 def test_estimate_for_a_finetuned_student_counts_its_parameters():
-    from w2sjax import disk
+    from w2sjax.runner import disk
 
     full, full_in_stage = disk.stage_bytes(22_700_000, finetune=True, trainable="all", pred_values=1000)
     lora, lora_in_stage = disk.stage_bytes(22_700_000, finetune=True, trainable="lora", pred_values=1000)
@@ -306,7 +307,7 @@ def test_a_failed_run_leaves_no_folder_behind(tmp_path):
 
 
 def test_prune_lists_then_removes_other_settings_and_empty_run_folders(finished, tmp_path):
-    from w2sjax import disk
+    from w2sjax.runner import disk
 
     runs = tmp_path / "runs"
     run = runs / "a"
@@ -340,8 +341,8 @@ def test_a_lora_stage_keeps_its_adapters_and_rebuilds_on_its_base(tmp_path):
 
     import jax
 
-    from w2sjax import disk
     from w2sjax.config import LoraConfig
+    from w2sjax.runner import disk
 
     config = dataclasses.replace(
         tiny(), data=DataConfig(task="fine_foods", n_train=96, n_val=32, n_test=32, max_len=32),

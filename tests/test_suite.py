@@ -1,4 +1,4 @@
-"""w2sjax.suite: per-task PGR (per question for multiple choice) and the median across tasks."""
+"""w2sjax.report.suite: per-task PGR (per question for multiple choice) and the median across tasks."""
 
 import json
 import pathlib
@@ -7,7 +7,7 @@ import runpy
 import numpy as np
 import pytest
 
-from w2sjax import suite
+from w2sjax.report import suite
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

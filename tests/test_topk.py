@@ -1,5 +1,5 @@
 """``train.trainable="top:K"``: the last K blocks on the frozen bottom's output, recomputed every
-step or cached on disk once per example (`w2sjax.models.topk`, `w2sjax.bottoms`)."""
+step or cached on disk once per example (`w2sjax.models.topk`, `w2sjax.models.bottoms`)."""
 
 import dataclasses
 import json
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from w2sjax import bottoms, experiment, features, losses, parallel, train
+from w2sjax import experiment, losses, parallel, train
 from w2sjax.config import Config, ConfigError, DataConfig, StudentTrainConfig, TrainConfig
+from w2sjax.models import bottoms, features
 from w2sjax.models import heads, hf, topk
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
@@ -180,9 +181,9 @@ def test_a_sweep_runs_the_bottom_once_per_example(tmp_path, monkeypatch):
     assert written and len(ids) == len(set(ids))  # no example's bottom was computed twice
     task = experiment._load_task(config)
     texts = set()
-    for seed in config.seeds:  # what the students read: half B, the validation slice, the test split
+    for seed in config.seeds:  # what the students read: the student half, the validation slice, the test split
         s = experiment.SeedRun.splits_of(config, task, seed)
-        for split in (s.strong, s.val, s.test):
+        for split in (s.student_half, s.val, s.test):
             texts |= set(features.example_ids({"text": split["text"]}).tolist())
     assert set(ids) == texts
 

@@ -245,14 +245,15 @@ def toy(logits, labels, *, scale=3.0, weights=None, where=None, reduction="mean"
 TOY_CHECKS = '''
 import numpy as np
 from flax import nnx
-from w2sjax import config, parallel, stages, train
+from w2sjax import config, parallel, train
+from w2sjax.runner import stage_keys
 
 assert config.__file__.startswith(%r), config.__file__
 assert config.LOSS_NAMES[-1] == "toy" and config.LossConfig().toy_scale == 3.0
 cfg = config.apply_overrides(config.Config(), ["losses=xent,toy", "train.loss.toy_scale=2"])
 assert cfg.losses == ("xent", "toy") and cfg.train.loss.toy_scale == 2.0
-assert stages.train_settings(cfg.train, "toy")["loss"] == {"toy_scale": 2.0}
-assert "toy_scale" not in stages.train_settings(cfg.train, "logconf")["loss"]
+assert stage_keys.train_settings(cfg.train, "toy")["loss"] == {"toy_scale": 2.0}
+assert "toy_scale" not in stage_keys.train_settings(cfg.train, "logconf")["loss"]
 assert {k: c for k, _, _, c in config.describe()}["train.loss.toy_scale"] == "toy: weight of the squared error"
 
 rng = np.random.default_rng(0)

@@ -49,15 +49,15 @@ Layouts (what each asset directory holds):
 
 Every file of a fetched asset is checked against the sha256 pinned below, after
 the fetch and again, from its bytes, by every process that fetches it to compute
-from it (``w2sjax.hashes.rehash``: bit rot keeps a file's size and times, so the
+from it (``w2sjax.runner.hashes.rehash``: bit rot keeps a file's size and times, so the
 remembered hash cannot be trusted there). A mismatch is an :class:`AssetError`
 naming the file and how to refetch it (``w2sjax verify`` does it); when the
 remembered hash was stale, what was cached under it is discarded first
-(`w2sjax.verify.discard_derived`).
+(`w2sjax.runner.verify.discard_derived`).
 
 ``W2SJAX_ASSET_<NAME>`` (upper case, ``-`` -> ``_``) points an asset at a
 directory of your own with the same layout; it is used as is (no pins), and
-its content hash (``w2sjax.hashes.content_hash``) keys the caches built from it.
+its content hash (``w2sjax.runner.hashes.content_hash``) keys the caches built from it.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 
-from w2sjax import atomic, hashes
+from w2sjax.runner import atomic, hashes
+from w2sjax.runner.cache import cache_dir  # public here too: `assets.cache_dir()`
 
 try:  # POSIX only; without it concurrent first fetches just duplicate work.
     import fcntl
@@ -98,17 +99,6 @@ class AssetError(RuntimeError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = message if reason is None else reason
-
-
-def cache_dir() -> pathlib.Path:
-    """The root of w2sjax's caches: ``$W2SJAX_CACHE``, else ``$XDG_CACHE_HOME/w2sjax``, else
-    ``~/.cache/w2sjax``."""
-    if os.environ.get("W2SJAX_CACHE"):
-        return pathlib.Path(os.environ["W2SJAX_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(os.path.expanduser(xdg)):  # the XDG spec ignores relative paths
-        return pathlib.Path(xdg).expanduser() / "w2sjax"
-    return pathlib.Path("~/.cache/w2sjax").expanduser()
 
 
 _cache_root = cache_dir  # `fetch` has a parameter of the same name.
@@ -699,7 +689,7 @@ def env_var(name: str) -> str:
 
 
 def content_hash(name: str) -> str:
-    """The content hash (`w2sjax.hashes.content_hash`) of asset ``name``'s directory.
+    """The content hash (`w2sjax.runner.hashes.content_hash`) of asset ``name``'s directory.
 
     For a packaged asset this comes from its pins, without fetching it: `fetch` never hands out
     files that differ from them. For ``W2SJAX_ASSET_<NAME>`` it is the hash of that directory
@@ -808,7 +798,7 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
     stale: list[str] = []
     damaged = _unpinned(spec, dest, remember=True, stale=stale)
     if stale:  # the remembered hashes said "pinned" for other bytes: caches made meanwhile are suspect
-        from w2sjax import verify
+        from w2sjax.runner import verify
 
         verify.discard_derived(hashes.directory_hash(spec.sha256), because=f"{dest / stale[0]} changed on disk")
     if damaged:
@@ -820,7 +810,7 @@ def _check_cache(spec: _Spec, dest: pathlib.Path, *, locked: bool) -> bool:
 def _check_override(spec: _Spec, path: pathlib.Path) -> None:
     """A user's directory has no pins; but if a file's bytes no longer match the hash remembered
     for it (which named the caches built from it), those caches are discarded and the run stops."""
-    from w2sjax import verify
+    from w2sjax.runner import verify
 
     verify.check_unchanged(hashes.data_files(path), owner=env_var(spec.name))
 

@@ -9,7 +9,7 @@
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
-programs in ``~/.cache/w2sjax/xla`` (`w2sjax.xla_flags`, measured in ``benchmarks/RESULTS.md``).
+programs in ``~/.cache/w2sjax/xla`` (`w2sjax.runner.xla_flags`, measured in ``benchmarks/RESULTS.md``).
 A user's own ``XLA_FLAGS`` and ``JAX_COMPILATION_CACHE_DIR`` win.
 Bad input (config, key, value, task, model, path) prints one line on stderr and exits 2.
 """
@@ -28,13 +28,14 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def _default_xla_flags() -> None:
-    from w2sjax import xla_flags
+    from w2sjax.runner import xla_flags
 
     xla_flags.apply_defaults()
 
 
 def _compilation_cache() -> None:
-    from w2sjax import assets, xla_flags
+    from w2sjax import assets
+    from w2sjax.runner import xla_flags
 
     xla_flags.enable_compilation_cache(assets.cache_dir() / "xla")
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tasks":
         return _check_tasks(args.names) if args.check else _tasks(args.names)
     if args.command == "verify":
-        from w2sjax import verify
+        from w2sjax.runner import verify
 
         return 1 if verify.verify(repair=not args.no_repair) else 0
     if args.command == "prune":
@@ -109,17 +110,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # w2sjax run
     _default_xla_flags()
-    from w2sjax import config as config_lib, rundir
+    from w2sjax import config as config_lib
+    from w2sjax.runner import rundir
 
     try:
         config, out = _config_and_run_dir(args)  # before JAX starts, and writing nothing
     except (config_lib.ConfigError, rundir.RunDirError) as exc:
         return _fail(str(exc))
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
-    from w2sjax import experiment, preemption, report, signals
+    from w2sjax import experiment
     from w2sjax.assets import AssetError
+    from w2sjax.report import tables
+    from w2sjax.runner import preemption, sigint
 
-    signals.install()  # so that no callback can swallow Ctrl-C
+    sigint.install()  # so that no callback can swallow Ctrl-C
     finished = False
     try:
         preemption.install()
@@ -145,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not finished:
             rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
-    print(report.format_table(results))
+    print(tables.format_table(results))
     board = out / "tensorboard"
     print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
           + (f"; TensorBoard: {board}" if board.is_dir() else "") + ")")
     if "compile" in results:
-        from w2sjax import compile_stats
+        from w2sjax.runner import compile_stats
 
         print(f"compiling: {compile_stats.describe(results['compile'])}")
     from w2sjax import parallel
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"figures: none written; `w2sjax report {out}` makes them")
         return 0
     try:
-        figures = report.write_plots(results, out)
+        figures = tables.write_plots(results, out)
     except (OSError, ValueError) as exc:  # the results stand; only the pictures are missing
         print(f"figures: not written ({exc}); `w2sjax report {out}` retries", file=sys.stderr)
         return 0
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 def _config_and_run_dir(args):
     """The config with its ``--set`` overrides and the output directory, checked (and locked when
     the process index is known) before any model loads. Raises ConfigError or RunDirError."""
-    from w2sjax import config as config_lib, rundir
+    from w2sjax import config as config_lib
+    from w2sjax.runner import rundir
 
     config = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
     config = config_lib.apply_overrides(config, args.overrides)
@@ -187,7 +192,7 @@ def _config_and_run_dir(args):
 
 
 def _prune(directory: pathlib.Path, *, yes: bool) -> int:
-    from w2sjax import disk, rundir
+    from w2sjax.runner import disk, rundir
 
     try:
         removals, notes = disk.prune_candidates(directory)
@@ -267,8 +272,8 @@ def _check_tasks(names: list[str]) -> int:
 
 def _list() -> int:
     from w2sjax import data, models
-    from w2sjax.methods import METHODS
     from w2sjax.config import LOSS_NAMES
+    from w2sjax.methods import METHODS
 
     groups = {
         "tasks (data.task)": data.known_tasks() + ["csv:PATH", "jsonl:PATH", "tfds:NAME"],
@@ -284,14 +289,14 @@ def _list() -> int:
 
 
 def _report(directory: pathlib.Path) -> int:
-    from w2sjax import report
+    from w2sjax.report import tables
 
     try:
-        results = report.load_results(directory)
-        print(report.format_table(results))
-        for path in report.write_plots(results, directory):
+        results = tables.load_results(directory)
+        print(tables.format_table(results))
+        for path in tables.write_plots(results, directory):
             print(f"wrote {path}")
-        print(f"wrote {report.write_html(results, directory)} (the table, figures, config and notes in one page)")
+        print(f"wrote {tables.write_html(results, directory)} (the table, figures, config and notes in one page)")
     except ValueError as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a read-only directory: the table printed, the plots could not be written

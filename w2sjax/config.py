@@ -107,7 +107,7 @@ def _is_top_k(trainable: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = "fine_foods"  # a registered task, csv:PATH or jsonl:PATH
-    n_train: int | None = None  # cap on the training examples shared by halves A and B; None = all
+    n_train: int | None = None  # cap on the training examples shared by the supervisor and student halves; None = all
     # validation slice carved from the training split (for early stopping); None = 10% of it, at
     # least 50 (or a fifth of a tiny split) and at most 200
     n_val: int | None = None
@@ -138,14 +138,14 @@ class ParallelConfig:
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
     labels: tuple[str, ...] = ("soft",)  # weak-label treatments swept in the w2s stage: soft, hard, confident, selective, knn, filter
-    keep_frac: float = 0.7  # confident/filter: fraction of half B trained on; selective: fraction keeping the weak label
+    keep_frac: float = 0.7  # confident/filter: fraction of the student half trained on; selective: fraction keeping the weak label
     knn_k: int = 10  # knn/filter: neighbours in the strong model's frozen feature space
     shift: str = "none"  # "none"; "length": train on the shorter half of the texts, test on the longer half; "domain:NAME": train on the other domains, test on NAME (multiemo)
     epochs_grid: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0)  # methods that sweep the students' training length
-    weak_sizes: tuple[int, ...] = (0,)  # methods that sweep the supervisors' label budgets (examples of half A); 0 = all
+    weak_sizes: tuple[int, ...] = (0,)  # methods that sweep the supervisors' label budgets (examples of the supervisor half); 0 = all
 
     def __post_init__(self):
-        from w2sjax.labels import REFINEMENTS
+        from w2sjax.pseudo_labels import REFINEMENTS
 
         for name in self.labels:
             if name not in REFINEMENTS:
@@ -224,8 +224,8 @@ def check_ranges(node, prefix: str = "") -> None:
 class Config:
     name: str = "default"  # names the output directory runs/<name> when --out is not given
     data: DataConfig = DataConfig()
-    weak_models: tuple[str, ...] = ("glove-bow",)  # supervisors, trained on half A's ground truth
-    strong_models: tuple[str, ...] = ("minilm-l2", "minilm-l6")  # students, trained on half B's weak labels
+    weak_models: tuple[str, ...] = ("glove-bow",)  # supervisors, trained on the supervisor half's ground truth
+    strong_models: tuple[str, ...] = ("minilm-l2", "minilm-l6")  # students, trained on the student half's weak labels
     losses: tuple[str, ...] = ("xent", "logconf")  # losses for the w2s students; every one is run
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # each seed redraws the splits and the initialisations
     strong_mode: str = "probe"  # "probe": linear head on cached frozen features; "finetune": all weights

@@ -2,19 +2,19 @@
 
 For every seed:
 
-1. **weak**: each weak model trains on half A's ground truth and predicts half B (its soft
+1. **weak**: each weak model trains on the supervisor half's ground truth and predicts the student half (its soft
    pseudo-labels, :meth:`SeedRun.pseudo_labels`), the validation slice and the test split;
-2. **ceiling**: each strong model trains on half B's ground truth;
-3. **w2s**: each (weak, strong, loss) triple trains the strong model on half B's weak labels;
-4. **bootstrap** chains (``a>b>c``): each model supervises the next on half B.
+2. **ceiling**: each strong model trains on the student half's ground truth;
+3. **w2s**: each (weak, strong, loss) triple trains the strong model on the student half's weak labels;
+4. **bootstrap** chains (``a>b>c``): each model supervises the next on the student half.
 
 ``options.labels`` adds, per w2s triple, students trained on refined weak labels
-(:func:`w2sjax.labels.refine`). Other protocols (``config.method``) live in
+(:func:`w2sjax.pseudo_labels.refine`). Other protocols (``config.method``) live in
 :mod:`w2sjax.methods` and are built from the same pieces: :func:`prepare`, :func:`plan_then_train`,
 :class:`SeedRun`, :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. Each stage
-is keyed by a :class:`w2sjax.stages.StageKey` whose fingerprint covers every setting that
+is keyed by a :class:`w2sjax.runner.stage_keys.StageKey` whose fingerprint covers every setting that
 determines its outputs, and ends with an Orbax checkpoint of its model and of its predictions
 under that key. A rerun on the same output directory reuses exactly the stages whose fingerprint
 matches, retrains the others, and resumes unfinished ones from their last in-stage checkpoint, so
@@ -38,9 +38,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import (
-    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages,
-    tensorboard_log, train,
+from w2sjax import metrics, parallel, train
+from w2sjax.report import results
+from w2sjax.runner import (
+    atomic,
+    checkpoint,
+    compile_stats,
+    preemption,
+    rundir,
+    sigint,
+    stage_keys,
+    tensorboard_log,
 )
 from w2sjax.config import Config, ConfigError, to_dict
 
@@ -49,7 +57,7 @@ from w2sjax.config import Config, ConfigError, to_dict
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl`` (process 0 only), and the same numbers
-    to TensorBoard event files beside it when tensorboardX is installed (`w2sjax.tensorboard_log`)."""
+    to TensorBoard event files beside it when tensorboardX is installed (`w2sjax.runner.tensorboard_log`)."""
 
     def __init__(self, path: pathlib.Path | None):
         self.path = path if parallel.is_main_process() else None
@@ -147,7 +155,7 @@ class _OrbaxStage(train.StageCheckpoint):
         saved_on = meta.get("mesh")
         if self.mesh is not None and saved_on is not None and saved_on != self.mesh:
             if parallel.is_main_process():
-                name = stages.StageKey.parse(self.stage).name
+                name = stage_keys.StageKey.parse(self.stage).name
                 print(f"w2sjax: warning: stage {name!r}: its in-stage checkpoint (step "
                       f"{meta.get('step')}) was saved on {_describe_mesh(saved_on)} and this run has "
                       f"{_describe_mesh(self.mesh)}; restarting the stage", file=sys.stderr, flush=True)
@@ -275,15 +283,16 @@ class Inputs:
         return ModelInputs(inputs=inputs, build=build, trainable=train_cfg.trainable)
 
     def _cached_bottom(self, spec, k: int):
-        """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.bottoms`)."""
-        from w2sjax import bottoms
+        """The on-disk cache of ``spec``'s frozen bottom below its top ``k`` blocks (`w2sjax.models.bottoms`)."""
+        from w2sjax.models import bottoms
 
         return bottoms.Bottom(spec, k, num_classes=self.task.num_classes, dtype=self.config.precision,
                               task_name=self.task.source or self.task.name, cache_dir=bottoms.cache_root(),
                               progress=self.progress)
 
     def _probe(self, spec, prompt: str = "") -> ModelInputs:
-        from w2sjax import assets, features
+        from w2sjax import assets
+        from w2sjax.models import features
 
         task, n_classes = self.task, self.task.num_classes
         if spec.featurizer is None:  # raw inputs (pixels, tabular features)
@@ -324,7 +333,7 @@ class StageOutput:
     preds: dict[str, np.ndarray]  # eval-set name -> probabilities [N, C]
     seconds: float
     steps: int
-    key: stages.StageKey | None = None  # the bound key; None for outputs made outside a stage (combinations)
+    key: stage_keys.StageKey | None = None  # the bound key; None for outputs made outside a stage (combinations)
 
     def source(self, split: str) -> str | None:
         """How a student names labels taken from these predictions: by the stage's fingerprint, or
@@ -353,31 +362,31 @@ class Runner:
 
     def settings(self, *, model, frozen_features, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
-        """Everything that determines a stage's outputs (see :mod:`w2sjax.stages`).
+        """Everything that determines a stage's outputs (see :mod:`w2sjax.runner.stage_keys`).
 
         ``sources`` names label arrays that come from another stage (``StageOutput.source``), so a
         student's fingerprint holds its supervisor's and is known before the supervisor has run;
         every array not named there is hashed by content.
         """
         sources = dict(sources or {})
-        named = lambda key, array: sources.get(key) or (None if array is None else stages.digest(array))
+        named = lambda key, array: sources.get(key) or (None if array is None else stage_keys.digest(array))
         early = bool(cfg.early_stopping and len(val_rows))
         return {
             "task": {"name": self.task.name, "data": self.task.fingerprint, "shift": self.config.options.shift},
             "seed": seed,
             "model": self.inputs.options(model, frozen_features=frozen_features),
-            "train": stages.train_settings(cfg, loss),
+            "train": stage_keys.train_settings(cfg, loss),
             "loss": loss,
             "rows": named("rows", rows),
             "labels": named("labels", labels),
             "weights": named("weights", weights),
-            "val": [stages.digest(val_rows), named("val_labels", val_labels)] if early else None,
-            "evals": {k: [split, stages.digest(idx)] for k, (split, idx) in sorted(evals.items())},
+            "val": [stage_keys.digest(val_rows), named("val_labels", val_labels)] if early else None,
+            "evals": {k: [split, stage_keys.digest(idx)] for k, (split, idx) in sorted(evals.items())},
         }
 
     def stage(
         self,
-        key: stages.StageKey,
+        key: stage_keys.StageKey,
         *,
         model: str,
         frozen_features: bool,
@@ -405,7 +414,7 @@ class Runner:
         key = key.bind(settings)
         if key.checkpoint_name in self._outputs_this_process:
             return self._outputs_this_process[key.checkpoint_name]
-        signals.check()
+        sigint.check()
         n_classes = self.task.num_classes
         target = {k: np.zeros((len(idx), n_classes), np.float32) for k, (_, idx) in evals.items()}
         if self.planning:
@@ -473,7 +482,7 @@ class Runner:
         self._outputs_this_process[key.checkpoint_name] = result
         return result
 
-    def _finished(self, key: stages.StageKey, target: dict) -> StageOutput | None:
+    def _finished(self, key: stage_keys.StageKey, target: dict) -> StageOutput | None:
         """The saved outputs of stage ``key``; None when it has not finished, or when they fail their
         check (the stage is then set aside, to be trained again)."""
         try:
@@ -502,7 +511,7 @@ class Runner:
         it was trained on. Raises ``checkpoint.DamagedCheckpoint`` when either differs."""
         mi = self.inputs.get(model, frozen_features=frozen_features)
         structure, fresh = train.init_state(mi.build(seed), mi.trainable)
-        outputs = stages.StageKey.parse(checkpoint_name).outputs_name
+        outputs = stage_keys.StageKey.parse(checkpoint_name).outputs_name
         found = checkpoint.latest(self.ckpt_dir, outputs)
         if found is None or not checkpoint.is_done(self.ckpt_dir, outputs):
             raise FileNotFoundError(f"stage {checkpoint_name!r} has not finished in {self.ckpt_dir}")
@@ -519,7 +528,7 @@ class Runner:
                                                           "from the one the stage was trained on")
         return structure.bind(params, train.place(fresh.frozen, shardings.frozen))
 
-    def _set_aside(self, key: stages.StageKey, exc: Exception) -> None:
+    def _set_aside(self, key: stage_keys.StageKey, exc: Exception) -> None:
         """A finished stage whose outputs fail their check: move it (model and outputs) aside and
         say so once; the caller then trains it again."""
         names = (key.outputs_name, key.checkpoint_name)
@@ -534,8 +543,9 @@ _USED: dict[str, dict] = {}  # run directory -> the stages its (training) runner
 
 
 def _disk_estimate(model_options: dict, target: dict) -> tuple[int, int]:
-    """``(finished, in_stage)`` bytes of a stage to train (:func:`w2sjax.disk.stage_bytes`)."""
-    from w2sjax import disk, models
+    """``(finished, in_stage)`` bytes of a stage to train (:func:`w2sjax.runner.disk.stage_bytes`)."""
+    from w2sjax import models
+    from w2sjax.runner import disk
 
     spec = models.get_model(model_options["name"])
     return disk.stage_bytes(spec.num_params, finetune=model_options["mode"] == "finetune",
@@ -627,20 +637,22 @@ def announce_data(config: Config, task) -> None:
     """Print the split sizes, and one warning line each when a half is small or a stage trains for
     only a few optimizer steps."""
     splits = SeedRun.splits_of(config, task, config.seeds[0])
-    sizes = {"A": len(splits.weak["label"]), "B": len(splits.strong["label"]), "val": len(splits.val["label"]),
-             "test": len(splits.test["label"])}
-    print(f"data: {task.name}: A {sizes['A']}, B {sizes['B']}, val {sizes['val']}, test {sizes['test']} examples",
-          flush=True)
+    sizes = {"supervisor half": len(splits.supervisor_half["label"]),
+             "student half": len(splits.student_half["label"]),
+             "val": len(splits.val["label"]), "test": len(splits.test["label"])}
+    print(f"data: {task.name}: {', '.join(f'{part} {n}' for part, n in sizes.items())} examples", flush=True)
     if task.name.startswith(("csv:", "jsonl:")):  # what the file's labels were read as
         from w2sjax.data import user
 
         print(f"data: {task.num_classes} classes in the file (rows per class): {user.class_counts(task)}", flush=True)
-    small = [f"{half} has {sizes[half]}" for half in ("A", "B") if sizes[half] < SMALL_HALF]
+    halves = ("supervisor half", "student half")
+    small = [f"the {half} has {sizes[half]}" for half in halves if sizes[half] < SMALL_HALF]
     if small:
         _warn(f"{' and '.join(small)} examples (< {SMALL_HALF}): weak, w2s and ceiling accuracies will be noisy; "
               "use more data (data.n_train) or read PGR with its interval")
     few = []
-    for what, cfg, n in (("supervisors", config.weak_train, sizes["A"]), ("students", config.train, sizes["B"])):
+    for what, cfg, n in (("supervisors", config.weak_train, sizes["supervisor half"]),
+                         ("students", config.train, sizes["student half"])):
         steps = math.ceil(cfg.epochs * max(1, n // max(1, min(cfg.batch_size, n))))
         if steps < FEW_STEPS:
             few.append(f"{what} ~{steps} ({n} examples, batch {cfg.batch_size}, {cfg.epochs:g} epochs)")
@@ -706,7 +718,7 @@ def _domain_shift(task, domain: str):
 class SeedRun:
     """One seed's splits and the stages every protocol builds from them.
 
-    Stages are named by :class:`w2sjax.stages.StageKey`: the same key and settings mean the same
+    Stages are named by :class:`w2sjax.runner.stage_keys.StageKey`: the same key and settings mean the same
     model, trained once and shared by every pair (and every method) that needs it.
     """
 
@@ -714,11 +726,11 @@ class SeedRun:
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
         splits = self.splits_of(config, task, seed)
-        # Half A trains the supervisors; half B is what they pseudo-label, and trains the students
-        # (and the ceiling, on its ground truth).
-        self.supervisor_half, self.student_half = splits.weak, splits.strong
+        # The supervisor half trains the supervisors; the student half is what they pseudo-label, and
+        # trains the students (and the ceiling, on its ground truth).
+        self.supervisor_half, self.student_half = splits.supervisor_half, splits.student_half
         self.val, self.test = splits.val, splits.test
-        # Every stage predicts these sets when it ends; "b" (half B) of a supervisor's predictions
+        # Every stage predicts these sets when it ends; "b" (the student half) of a supervisor's predictions
         # holds the pseudo-labels (:meth:`pseudo_labels`). The names are stored in checkpoints.
         self.evals = {"b": ("train", self.student_half["row"]), "val": ("train", self.val["row"]),
                       "test": ("test", self.test["row"])}
@@ -740,19 +752,19 @@ class SeedRun:
         return _one_hot(split["label"], self.task.num_classes)
 
     def weak(self, name: str, *, rows=None, weights=None, variant: str = "") -> StageOutput:
-        """Supervisor ``name`` trained on half A's ground truth (or on ``rows`` of it, as ``variant``)."""
+        """Supervisor ``name`` trained on the supervisor half's ground truth (or on ``rows`` of it, as ``variant``)."""
         rows = self.supervisor_half["row"] if rows is None else rows
         labels = _one_hot(self.task.train["label"][rows], self.task.num_classes)
         return self.runner.stage(
-            stages.StageKey.weak(name, self.seed, variant=variant), model=name, frozen_features=True, rows=rows,
+            stage_keys.StageKey.weak(name, self.seed, variant=variant), model=name, frozen_features=True, rows=rows,
             labels=labels,
             val_rows=self.val["row"], val_labels=self.gt(self.val), evals=self.evals,
             cfg=self.config.weak_train, loss="xent", seed=self.seed, weights=weights,
         )
 
-    def strong(self, key: stages.StageKey, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
+    def strong(self, key: stage_keys.StageKey, name: str, labels, val_labels, loss: str, *, rows=None, cfg=None,
                frozen_features: bool = False, sources=None) -> StageOutput:
-        """Student ``name`` trained on half B (or ``rows``) with ``labels``; ``key`` names it and
+        """Student ``name`` trained on the student half (or ``rows``) with ``labels``; ``key`` names it and
         ``sources`` says which stage the labels came from (:meth:`Runner.settings`)."""
         return self.runner.stage(
             key, model=name, frozen_features=frozen_features, rows=self.student_half["row"] if rows is None else rows,
@@ -762,25 +774,25 @@ class SeedRun:
         )
 
     def ceiling(self, name: str) -> StageOutput:
-        return self.strong(stages.StageKey.ceiling(name, self.seed), name, self.gt(self.student_half),
+        return self.strong(stage_keys.StageKey.ceiling(name, self.seed), name, self.gt(self.student_half),
                            self.gt(self.val), "xent")
 
     @staticmethod
     def pseudo_labels(supervisor: StageOutput) -> np.ndarray:
-        """The pseudo-labels: ``supervisor``'s soft predictions ``[N_B, C]`` on half B, which it
+        """The pseudo-labels: ``supervisor``'s soft predictions ``[N_student, C]`` on the student half, which it
         never saw. Its stage made them when it ended (:meth:`Runner.stage` predicts every set of
         ``evals``); its students train on them."""
         return supervisor.preds["b"]
 
-    def supervised(self, key: stages.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
+    def supervised(self, key: stage_keys.StageKey, strong_name: str, sup: StageOutput, loss: str, *, cfg=None,
                    val_labels=None, part: np.ndarray | None = None) -> StageOutput:
-        """Student ``strong_name`` on half B with the pseudo-labels of ``sup``; its validation labels
+        """Student ``strong_name`` on the student half with the pseudo-labels of ``sup``; its validation labels
         are the supervisor's predictions too (all a real user has) unless ``val_labels`` are given.
-        ``part``: positions in half B to train on instead of all of it (a bootstrap rung's share)."""
+        ``part``: positions in the student half to train on instead of all of it (a bootstrap rung's share)."""
         labels, rows, named = self.pseudo_labels(sup), self.student_half["row"], sup.source("b")
         if part is not None:
             labels, rows = labels[part], rows[part]
-            named = None if named is None else f"{named}[{stages.digest(part)}]"
+            named = None if named is None else f"{named}[{stage_keys.digest(part)}]"
         sources = {"labels": named, "val_labels": sup.source("val") if val_labels is None else None}
         return self.runner.stage(
             key, model=strong_name, frozen_features=False, rows=rows,
@@ -791,7 +803,7 @@ class SeedRun:
 
     def w2s(self, weak_name: str, strong_name: str, weak: StageOutput, loss: str) -> StageOutput:
         """The standard student of ``weak_name``'s supervision (the stage :func:`run` trains)."""
-        return self.supervised(stages.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
+        return self.supervised(stage_keys.StageKey.w2s(weak_name, strong_name, loss, self.seed), strong_name, weak, loss)
 
     def pairs(self) -> Iterator[tuple[str, str, str, StageOutput, StageOutput]]:
         """``(weak_name, strong_name, loss, weak, ceiling)`` for every strong model, supervisor and
@@ -831,7 +843,7 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
                 weak = sr.weak(w)
                 for s in config.strong_models:
                     for loss in config.losses:
-                        w2s = sr.supervised(stages.StageKey.w2s(w, s, loss, seed), s, weak, loss)
+                        w2s = sr.supervised(stage_keys.StageKey.w2s(w, s, loss, seed), s, weak, loss)
                         rows += [sr.row(w, s, loss, weak, w2s, ceilings[s]) if refinement == "soft"
                                  else _refined_row(sr, w, s, loss, weak, w2s, ceilings[s], refinement)
                                  for refinement in config.options.labels]
@@ -840,10 +852,10 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
 
 
 def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
-    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: half B is cut into
+    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: the student half is cut into
     one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
     that the model before it predicted for rows *it* never trained on (the supervisor never saw
-    half B at all). A rung that labelled its own training rows would mostly hand its supervisor's
+    the student half at all). A rung that labelled its own training rows would mostly hand its supervisor's
     labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
     the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
     rows = []
@@ -854,9 +866,9 @@ def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]
         for loss in sr.config.losses:
             current = first
             for depth, student in enumerate(models_in_chain[1:], start=1):
-                key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
+                key = stage_keys.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
                 current = sr.supervised(key, student, current, loss, part=parts[depth - 1])
-            direct_key = stages.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
+            direct_key = stage_keys.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
                                              variant=f"part{len(parts)}of{len(parts)}")
             direct = sr.supervised(direct_key, last, first, loss, part=parts[-1])
             ceiling = ceilings.get(last) or sr.ceiling(last)
@@ -871,14 +883,14 @@ def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]
 
 
 def chain_parts(half: dict, n: int, seed: int) -> list[np.ndarray]:
-    """``n`` disjoint parts of half B, as sorted positions into it, of (nearly) equal size, drawn
+    """``n`` disjoint parts of the student half, as sorted positions into it, of (nearly) equal size, drawn
     by a stream of their own (``seed``); a multiple-choice question's rows stay in one part."""
     groups = half.get("group")
     ids = np.arange(len(half["label"])) if groups is None else np.asarray(groups)
     unique = np.unique(ids)
     order = np.random.default_rng([seed, 0xB0075]).permutation(unique)
     if len(order) < n:
-        raise ConfigError(f"bootstrap: half B has {len(order)} examples, fewer than the chain's {n} rungs")
+        raise ConfigError(f"bootstrap: the student half has {len(order)} examples, fewer than the chain's {n} rungs")
     return [np.flatnonzero(np.isin(ids, share)) for share in np.array_split(order, n)]
 
 
@@ -896,11 +908,11 @@ def announce_plan(planner: Runner, config: Config, out: pathlib.Path) -> None:
     since the results already in ``out``."""
     todo = [name for name, done in planner.planned.items() if not done]
     reused = len(planner.planned) - len(todo)
-    names = ", ".join(stages.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
+    names = ", ".join(stage_keys.StageKey.parse(n).name for n in todo[:4]) + (", ..." if len(todo) > 4 else "")
     line = f"plan: {len(todo)} of {len(planner.planned)} stages to train" + (f" ({names})" if todo else "")
     line += f", {reused} reused"
     if planner.disk:  # finished stages stay; each stage's in-stage steps go when it ends
-        from w2sjax import disk
+        from w2sjax.runner import disk
 
         finished = sum(f for f, _ in planner.disk.values())
         in_stage = max(i for _, i in planner.disk.values())
@@ -920,7 +932,7 @@ def _earlier_seconds(ckpt_dir: pathlib.Path, todo: list[str]) -> float | None:
     one of them was (the same stage name under another fingerprint); else None."""
     total = 0.0
     for name in todo:
-        readable = stages.StageKey.parse(name).name
+        readable = stage_keys.StageKey.parse(name).name
         earlier = sorted(ckpt_dir.glob(f"{readable}--*.out"), key=lambda p: p.stat().st_mtime)
         found = checkpoint.latest(ckpt_dir, earlier[-1].name) if earlier else None
         if found is None or "seconds" not in found[1]:
@@ -937,7 +949,7 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
     used = _USED.pop(str(out.absolute()), None)
     if used is not None:
         payload.setdefault("checkpoints", sorted(used))
-    signals.check()  # an interrupted run never writes results, even if it got this far
+    sigint.check()  # an interrupted run never writes results, even if it got this far
     if parallel.is_main_process():
         kept = rundir.write_results(out, payload)
         if kept is not None:
@@ -948,48 +960,48 @@ def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict
 
 
 def _refined_row(sr: SeedRun, w, s, loss, weak, plain, ceiling, refinement: str) -> dict:
-    """Train the student on refined weak labels (``labels.refine``) and describe what it did.
+    """Train the student on refined weak labels (``pseudo_labels.refine``) and describe what it did.
 
     ``plain`` is the student on the raw soft labels: ``selective`` takes its confident predictions
     as "the strong model's own labels". ``knn``/``filter`` work in the strong backbone's frozen
     feature space, whatever the student's mode.
     """
-    from w2sjax import labels as labels_lib
+    from w2sjax import pseudo_labels
 
     opts = sr.config.options
-    b_rows = sr.student_half["row"]
+    student_rows = sr.student_half["row"]
     feats = None
     if sr.runner.planning:  # only the student's key matters, which does not depend on the labels
-        lab, keep = sr.pseudo_labels(weak), np.ones(len(b_rows), bool)
+        lab, keep = sr.pseudo_labels(weak), np.ones(len(student_rows), bool)
     elif refinement in ("knn", "filter"):
-        feats = sr.runner.inputs.get(s, frozen_features=True).inputs("train", b_rows)
+        feats = sr.runner.inputs.get(s, frozen_features=True).inputs("train", student_rows)
     if not sr.runner.planning:
-        lab, keep = labels_lib.refine(
+        lab, keep = pseudo_labels.refine(
             refinement, sr.pseudo_labels(weak), features=feats, strong=plain.preds["b"], keep_frac=opts.keep_frac,
             k=opts.knn_k,
         )
-    key = stages.StageKey.w2s(w, s, loss, sr.seed, variant=refinement)
+    key = stage_keys.StageKey.w2s(w, s, loss, sr.seed, variant=refinement)
     # Named by what made them, so the key is known before the supervisor and the plain student ran.
     sources = {"val_labels": weak.source("val")}
     if weak.key and plain.key:
         made_by = f"{refinement}:{weak.source('b')}:{plain.source('b')}:{opts.keep_frac}:{opts.knn_k}"
         sources.update(labels=f"labels/{made_by}", rows=f"rows/{made_by}")
-    student = sr.strong(key, s, lab[keep], weak.preds["val"], loss, rows=b_rows[keep], sources=sources)
+    student = sr.strong(key, s, lab[keep], weak.preds["val"], loss, rows=student_rows[keep], sources=sources)
     if sr.runner.planning:
         return {}
     row = sr.row(w, s, loss, weak, student, ceiling)
-    b_labels = sr.student_half["label"]
+    student_labels = sr.student_half["label"]
     row.update({
         "variant": refinement,
         "n_trained": int(keep.sum()),
         # How clean the labels the student saw were, against the (hidden) ground truth.
-        "train_label_acc": round(_acc(lab[keep], b_labels[keep]), 6),
-        "weak_label_acc": round(_acc(sr.pseudo_labels(weak), b_labels), 6),
+        "train_label_acc": round(_acc(lab[keep], student_labels[keep]), 6),
+        "weak_label_acc": round(_acc(sr.pseudo_labels(weak), student_labels), 6),
     })
     if not keep.all():
         # Coverage expansion: examples the supervisor abstained on were never trained on.
-        row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], b_labels[~keep]), 6)
-        row["excluded_weak_acc"] = round(_acc(sr.pseudo_labels(weak)[~keep], b_labels[~keep]), 6)
+        row["excluded_w2s_acc"] = round(_acc(student.preds["b"][~keep], student_labels[~keep]), 6)
+        row["excluded_weak_acc"] = round(_acc(sr.pseudo_labels(weak)[~keep], student_labels[~keep]), 6)
     return row
 
 
@@ -1003,10 +1015,10 @@ def _check_modality(name: str, task) -> None:
         )
 
 
-def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, student_labels,
          test_groups=None) -> dict:
     agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
-    agree_b = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), b_labels)
+    agree_student = metrics.agreement(w2s.preds["b"], SeedRun.pseudo_labels(weak), student_labels)
     return results.row(
         task.name, weak_name, strong_name, loss, seed,
         _acc(weak.preds["test"], test_labels), _acc(w2s.preds["test"], test_labels),
@@ -1015,7 +1027,7 @@ def _row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, t
         misfit_kl=round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"], kind="kl")), 6),
         agreement=round(float(agree["agreement"]), 6),
         agreement_on_weak_errors=_maybe(agree["agreement_on_teacher_errors"]),
-        corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
+        corrected_weak_errors_train=_maybe(agree_student["corrected_teacher_errors"]),
         strong_mode=config.strong_mode,
         n_test=int(len(test_labels)),
         # always answering the test split's most common class: the floor a trained student must beat

@@ -19,7 +19,7 @@ step serves the whole run.
 **The registry.** Each loss is declared once, by :func:`register` above its function: its name,
 and the hyper-parameters an experiment can set (``train.loss.<field>``, default taken from the
 function's signature). ``w2sjax.config`` (``LOSS_NAMES``, ``LossConfig``), ``w2sjax.train``
-(the compiled step) and ``w2sjax.stages`` (which settings enter a stage's fingerprint) all read
+(the compiled step) and ``w2sjax.runner.stage_keys`` (which settings enter a stage's fingerprint) all read
 :data:`LOSSES`, so adding a loss is one decorated function here, plus its test.
 
 This module imports jax alone, and only when a loss first runs: ``w2sjax.config`` reads the

@@ -32,8 +32,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import length_buckets, losses, metrics, parallel, preemption, signals
+from w2sjax import losses, metrics, parallel
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
+from w2sjax.data import length_buckets
+from w2sjax.runner import preemption, sigint
 
 PyTree = Any
 
@@ -126,7 +128,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Model:
+class ModelStructure:
     """The static half of a split NNX module: its structure and abstract parameter layout.
 
     Two models of the same structure are equal whatever their parameter values, so the jitted
@@ -144,7 +146,7 @@ class Model:
         object.__setattr__(self, "_hash", hash(key))
 
     def __eq__(self, other) -> bool:
-        return other is self or (isinstance(other, Model) and self._hash == other._hash and self._key == other._key)
+        return other is self or (isinstance(other, ModelStructure) and self._hash == other._hash and self._key == other._key)
 
     def __hash__(self) -> int:
         return self._hash
@@ -156,6 +158,9 @@ class Model:
         rest = jax.tree.map(lambda x: x, self.frozen_template)
         nnx.replace_by_pure_dict(rest, frozen)
         return nnx.merge(self.graphdef, trainable, rest)
+
+
+Model = ModelStructure  # the old name (it is not a model, only a model's structure), kept for one release
 
 
 def trainable_filter(trainable: str, module: nnx.Module | None = None):
@@ -179,13 +184,13 @@ def trainable_filter(trainable: str, module: nnx.Module | None = None):
 OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=0.0)
 
 
-def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
-    """Split a freshly built module into its static ``Model`` and an initial ``TrainState``.
+def init_state(module: nnx.Module, trainable: str) -> tuple[ModelStructure, TrainState]:
+    """Split a freshly built module into its static ``ModelStructure`` and an initial ``TrainState``.
     ``trainable`` is "all", "head", "lora" or "top:K" (see :func:`trainable_filter`)."""
     graphdef, params_state, rest = nnx.split(module, trainable_filter(trainable, module), ...)
     if not jax.tree.leaves(params_state):
         raise ValueError(f"train.trainable={trainable!r} leaves no trainable parameter in the model")
-    model = Model(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
+    model = ModelStructure(graphdef, jax.eval_shape(lambda: params_state), jax.eval_shape(lambda: rest))
     params = nnx.to_pure_dict(params_state)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -206,7 +211,7 @@ def init_state(module: nnx.Module, trainable: str) -> tuple[Model, TrainState]:
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: Model):
+def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: ModelStructure):
     """One optimizer step, pure and not jitted: ``(state, metrics)``.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
@@ -246,7 +251,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
 
 @functools.partial(jax.jit, static_argnames=("model", "mesh", "step_wrapper"), donate_argnums=(0,))
 def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Array, settings: StepSettings, *,
-               model: Model, mesh: Mesh, step_wrapper: Callable | None = None):
+               model: ModelStructure, mesh: Mesh, step_wrapper: Callable | None = None):
     """``count`` calls of :func:`train_step` in one compiled program: ``(state, metrics)``.
 
     ``batches`` stacks up to ``K`` batches on a leading axis (``[K, B, ...]``); the first ``count``
@@ -254,7 +259,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     Running many steps per call keeps the host out of the inner loop: for a linear probe the
     per-call dispatch and transfer cost far more than the step itself. The returned metrics are
     those of the last step run. ``model``, ``mesh`` and ``step_wrapper`` are static: one compile
-    per model structure and mesh (equal :class:`Model` s share it), whatever the stage's settings.
+    per model structure and mesh (equal :class:`ModelStructure` s share it), whatever the stage's settings.
     ``step_wrapper`` wraps the step before tracing (tests pass a trace counter); each wrapper
     object gets its own program. The state is donated (updated in place) and keeps its layout.
     """
@@ -277,7 +282,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
             jax.lax.with_sharding_constraint(step_metrics, parallel.replicated(mesh)))
 
 
-def make_predict_step(model: Model):
+def make_predict_step(model: ModelStructure):
     """``predict_step(state, inputs) -> probabilities [B, C]`` using the current parameters."""
 
     def predict_step(state: TrainState, inputs, use_best: bool = False):
@@ -346,7 +351,7 @@ def _abstract_key(tree: PyTree) -> tuple:
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
 
 
-def cached_predict_step(model: Model):
+def cached_predict_step(model: ModelStructure):
     """`make_predict_step`, one function object per model structure (so `predict` compiles once)."""
     return _jitted_function_for(("predict", model), lambda: make_predict_step(model))
 
@@ -469,7 +474,7 @@ class StageCheckpoint:
 
 @dataclasses.dataclass
 class FitResult:
-    model: Model
+    model: ModelStructure
     state: TrainState
     predict_step: Callable
     steps: int
@@ -512,7 +517,7 @@ def fit(
     uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
     pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
     """
-    from w2sjax import progress as progress_lib
+    from w2sjax.runner import progress as progress_lib
 
     student = isinstance(cfg, StudentTrainConfig)
     trainable = trainable or (cfg.trainable if student else "all")
@@ -538,7 +543,7 @@ def fit(
         rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
-    with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
+    with sigint.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
         while step < total:
             # Run up to the next step where the host has something to do (log, eval, checkpoint).
             done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
@@ -557,7 +562,7 @@ def fit(
                 stopped_early = _patience_ran_out(state, cfg)
             if step >= total or stopped_early:
                 break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
-            interrupted = signals.pending()
+            interrupted = sigint.pending()
             if ckpt is not None:
                 due = itstime(step, cfg.checkpoint_every, total, last=False)
                 due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
@@ -571,9 +576,9 @@ def fit(
                     raise preemption.Preempted(stage, step)
                 if stopping:
                     bar.close()
-                    raise signals.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+                    raise sigint.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
             # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
-            signals.check()
+            sigint.check()
     bar.close()
     check_divergence(state, stage, cfg.lr, resumed_from)
     if cfg.early_stopping and val is not None:
@@ -600,7 +605,7 @@ class HostFeed:
     """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call.
 
     With ``buckets`` and token inputs (a dict with a 2-D ``attention_mask``), batches come in the
-    length-bucketed order of `w2sjax.length_buckets` (same examples per epoch, each batch cut to
+    length-bucketed order of `w2sjax.data.length_buckets` (same examples per epoch, each batch cut to
     the shortest of a few fixed lengths); otherwise every batch is padded as the data is.
     """
 

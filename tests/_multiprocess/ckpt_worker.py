@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from w2sjax import checkpoint, parallel
+from w2sjax import parallel
+from w2sjax.runner import checkpoint
 
 # flax and optax are imported where needed: the 2-process mode skips them,
 # which saves seconds of start-up on a busy machine.

@@ -25,7 +25,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from w2sjax import assets, atomic, hashes
+from w2sjax import assets
+from w2sjax.runner import atomic, hashes
 from w2sjax.data import (
     austen, bbc, bible, bigbench, conventions, dslabs, fortunes, olmo_eval, openai_evals, sources, vader, wordnet,
 )

@@ -1,9 +1,9 @@
-"""Seeded weak / strong / validation / test splits, after Burns et al. (2023).
+"""Seeded supervisor-half / student-half / validation / test splits, after Burns et al. (2023).
 
 The train split is shuffled with the seed; the first ``n_val`` shuffled rows
 are the validation set and the rest (optionally capped to ``n_train``) is cut
-into two equal halves: A (``weak``: the weak supervisor trains on its ground
-truth) and B (``strong``: the weak model labels it for the student; the ceiling
+into two equal halves: the supervisor half (the weak supervisor trains on its ground
+truth) and the student half (the weak model labels it for the student; the ceiling
 trains on its ground truth). For one seed, the validation set does not depend
 on ``n_train`` and smaller ``n_train`` pools are prefixes of larger ones.
 
@@ -38,7 +38,7 @@ def make_splits(
     Args:
       task: the task to split.
       seed: seeds a numpy Generator; the same seed gives the same splits.
-      n_train: size of A and B together (each gets ``n_train // 2``); by default
+      n_train: size of the two halves together (each gets ``n_train // 2``); by default
         everything left after validation.
       n_val: validation size; by default :func:`default_n_val` of the train split's size.
       n_test: if given, a seeded subset of the test split of this size;
@@ -58,17 +58,17 @@ def make_splits(
     if groups is not None:
         if balance:
             raise ValueError(f"task {task.name!r}: balance=True is not supported for grouped (multiple-choice) tasks")
-        weak, strong, val = _grouped_parts(groups, n_val, n_train, train_rng, task.name)
+        sup_rows, stu_rows, val = _grouped_parts(groups, n_val, n_train, train_rng, task.name)
         test_groups = task.test.get("group")
         test_idx = _grouped_test(test_groups, n_test, test_rng, task.name)
-        indices = {"weak": weak, "strong": strong, "val": val, "test": test_idx}
+        indices = {"supervisor_half": sup_rows, "student_half": stu_rows, "val": val, "test": test_idx}
         return Splits(
-            weak=take(task.train, weak), strong=take(task.train, strong), val=take(task.train, val),
-            test=take(task.test, test_idx), indices=indices,
+            supervisor_half=take(task.train, sup_rows), student_half=take(task.train, stu_rows),
+            val=take(task.train, val), test=take(task.test, test_idx), indices=indices,
         )
     perm = train_rng.permutation(n)
     if balance:
-        val, weak, strong = _balanced_parts(
+        val, sup_rows, stu_rows = _balanced_parts(
             perm, labels, task.num_classes, n_val, n_train, train_rng, task.name
         )
     else:
@@ -85,14 +85,14 @@ def make_splits(
                 )
             pool = pool[:n_train]
         half = len(pool) // 2  # equal halves; an odd example out is dropped
-        weak, strong = pool[:half], pool[half : 2 * half]
+        sup_rows, stu_rows = pool[:half], pool[half : 2 * half]
     test_idx = _test_indices(
         task.test["label"], task.num_classes, n_test, balance, test_rng, task.name
     )
-    indices = {"weak": weak, "strong": strong, "val": val, "test": test_idx}
+    indices = {"supervisor_half": sup_rows, "student_half": stu_rows, "val": val, "test": test_idx}
     return Splits(
-        weak=take(task.train, weak),
-        strong=take(task.train, strong),
+        supervisor_half=take(task.train, sup_rows),
+        student_half=take(task.train, stu_rows),
         val=take(task.train, val),
         test=take(task.test, test_idx),
         indices=indices,

@@ -52,19 +52,35 @@ class Task:
 class Splits:
     """The four disjoint parts of a weak-to-strong experiment.
 
-    ``weak`` (half A) trains the weak supervisor on ground truth, ``strong``
-    (half B) is pseudo-labelled by it (and trains the ceiling on ground truth),
-    ``val`` is for early stopping, ``test`` for every reported number.
-    ``indices[part]`` gives the rows each part took from ``task.train`` (or
-    ``task.test`` for ``"test"``), so features computed once per task split
-    can be reused.
+    ``supervisor_half`` trains the weak supervisors on ground truth; ``student_half`` is
+    pseudo-labelled by them and trains the students (and the ceiling, on its ground truth);
+    ``val`` is for early stopping, ``test`` for every reported number. ``indices[part]`` gives
+    the rows each part took from ``task.train`` (or ``task.test`` for ``"test"``), so features
+    computed once per task split can be reused.
     """
 
-    weak: Split
-    strong: Split
+    supervisor_half: Split
+    student_half: Split
     val: Split
     test: Split
     indices: dict[str, np.ndarray]
+
+    # The halves' old names, kept for one release.
+    @property
+    def weak(self) -> Split:
+        return _renamed(self.supervisor_half, "weak", "supervisor_half")
+
+    @property
+    def strong(self) -> Split:
+        return _renamed(self.student_half, "strong", "student_half")
+
+
+def _renamed(value, old: str, new: str):
+    import warnings
+
+    warnings.warn(f"Splits.{old} is deprecated and will be removed in the next release; use Splits.{new}",
+                  DeprecationWarning, stacklevel=3)
+    return value
 
 
 def take(split: Split, idx: np.ndarray) -> Split:

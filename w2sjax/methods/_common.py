@@ -1,4 +1,4 @@
-"""Small helpers shared by the method modules: scores, timing and figures (rows: ``w2sjax.results``)."""
+"""Small helpers shared by the method modules: scores, timing and figures (rows: ``w2sjax.report.results``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from w2sjax import atomic
+from w2sjax.runner import atomic
 
 
 def r2(mse: float, variance: float) -> float:

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 from w2sjax.methods._common import figure, save
-from w2sjax.stages import StageKey
+from w2sjax.runner.stage_keys import StageKey
 
 PATIENCE = 4  # evaluations (epochs) without improvement before stopping
 

@@ -1,7 +1,7 @@
 """Gain versus misfit for many weak→strong pairs (Charikar, Pabbaraju & Shiragur, 2024).
 
 Supervisors of varying quality come from ``weak_models`` × ``options.weak_sizes`` (label budgets
-on half A). For every supervisor and student:
+on the supervisor half). For every supervisor and student:
 
 * the standard probe student (``losses[0]``) gives accuracy gain, squared-error gain
   ``E||p_w - y||² - E||p_s - y||²`` and misfit ``E||p_s - p_w||²`` (``metrics.misfit``);
@@ -76,8 +76,8 @@ def _seed_rows(sr, config, loss: str) -> list[dict]:
     for w in config.weak_models:
         for n in config.options.weak_sizes:
             name = w if n == 0 else f"{w}@{n}"
-            rows_a = sr.supervisor_half["row"] if n == 0 else sr.supervisor_half["row"][:n]
-            supervisors[name] = sr.weak(w, rows=rows_a, variant="" if n == 0 else f"-n{n}")
+            sup_rows = sr.supervisor_half["row"] if n == 0 else sr.supervisor_half["row"][:n]
+            supervisors[name] = sr.weak(w, rows=sup_rows, variant="" if n == 0 else f"-n{n}")
     for s in config.strong_models:
         ceiling = sr.ceiling(s)
         students = {name: sr.w2s(name.replace("@", "-n"), s, weak, loss) for name, weak in supervisors.items()}

@@ -27,15 +27,15 @@ from flax import nnx
 
 from w2sjax import train
 from w2sjax.methods._common import figure, save
-from w2sjax.stages import StageKey
+from w2sjax.runner.stage_keys import StageKey
 
 PROBE = train.TrainConfig(epochs=10, batch_size=32, lr=1e-2, log_every=50)
 VARIANTS = ("lp_weak", "lp_gt", "ft_weak", "ft_weak_lp_gt", "ft_gt")
 
 
 def _finetune_then_embed(sr, s: str, labels: np.ndarray, stage: str):
-    """Finetune ``s`` on half B with ``labels``; return its test probabilities and the pooled
-    features of the finetuned encoder on half B and on the test split."""
+    """Finetune ``s`` on the student half with ``labels``; return its test probabilities and the pooled
+    features of the finetuned encoder on the student half and on the test split."""
     from w2sjax.models.bert import mean_pool
 
     runner, cfg = sr.runner, sr.config
@@ -110,7 +110,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
                 for variant, student in outputs.items():
                     row = sr.row(w, s, "xent", weak, student, ft_gt)
                     row["variant"] = variant
-                    if variant.startswith("ft_weak"):  # not measured on half B for these two
+                    if variant.startswith("ft_weak"):  # not measured on the student half for these two
                         row.pop("corrected_weak_errors_train", None)
                     rows.append(row)
     _figure(out, rows)

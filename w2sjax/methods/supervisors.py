@@ -4,11 +4,11 @@ For each seed and student, with the supervisors ``weak_models`` (``"random"`` na
 that outputs random probabilities, to see whether a method notices it):
 
 * ``single``: each supervisor alone (the standard w2s student);
-* ``average``: the mean of all supervisors' probabilities (``labels.combine``);
+* ``average``: the mean of all supervisors' probabilities (``pseudo_labels.combine``);
 * ``samme``: a weighted mean with AdaBoost/SAMME votes ``log((1-e)/e) + log(C-1)`` from each
   supervisor's validation error (the weak side owns the validation labels);
 * ``boost``: EnsemW2S-style: ``boost_rounds`` copies of the first supervisor trained in turn on
-  half A with AdaBoost example weights (``labels.boost_example_weights``), combined by their votes;
+  the supervisor half with AdaBoost example weights (``pseudo_labels.boost_example_weights``), combined by their votes;
 * ``raven``: supervisor weights learned jointly with a linear student on the strong model's
   frozen features (:func:`w2sjax.methods.raven.learned_weights`), no labels needed; its
   ``raven_uniform`` twin is the same trainer with the weights frozen uniform, the fair baseline.
@@ -26,10 +26,11 @@ import pathlib
 import jax
 import numpy as np
 
-from w2sjax import labels, rundir
-from w2sjax.stages import StageKey
+from w2sjax import pseudo_labels
 from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import Timer, figure, save
+from w2sjax.runner import rundir
+from w2sjax.runner.stage_keys import StageKey
 
 BOOST_ROUNDS = 3
 RANDOM = "random"
@@ -47,30 +48,30 @@ def _random_supervisor(sr, n_classes: int) -> "object":
 def _combined(parts: list, weights) -> "object":
     from w2sjax.experiment import StageOutput
 
-    preds = {k: labels.combine([p.preds[k] for p in parts], weights) for k in parts[0].preds if k != "a"}
+    preds = {k: pseudo_labels.combine([p.preds[k] for p in parts], weights) for k in parts[0].preds if k != "a"}
     return StageOutput(preds, sum(p.seconds for p in parts), 0)
 
 
 def _boosted(sr, name: str, rounds: int):
-    """EnsemW2S-style boosting of one supervisor family on half A; returns (combined, votes)."""
-    a_rows = sr.supervisor_half["row"]
-    y_a = sr.supervisor_half["label"]
-    evals = dict(sr.evals, a=("train", a_rows))
-    weights = np.ones(len(a_rows), np.float32)
+    """EnsemW2S-style boosting of one supervisor family on the supervisor half; returns (combined, votes)."""
+    sup_rows = sr.supervisor_half["row"]
+    sup_labels = sr.supervisor_half["label"]
+    evals = dict(sr.evals, a=("train", sup_rows))
+    weights = np.ones(len(sup_rows), np.float32)
     members, votes = [], []
     for t in range(rounds):
         out = sr.runner.stage(
-            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, frozen_features=True, rows=a_rows,
+            StageKey.weak(name, sr.seed, variant=f"-boost{t}"), model=name, frozen_features=True, rows=sup_rows,
             labels=sr.gt(sr.supervisor_half),
             val_rows=sr.val["row"], val_labels=sr.gt(sr.val), evals=evals, cfg=sr.config.weak_train, loss="xent",
             seed=sr.seed, weights=weights,
         )
-        correct = out.preds["a"].argmax(1) == y_a
+        correct = out.preds["a"].argmax(1) == sup_labels
         error = float(np.sum(weights * ~correct) / np.sum(weights))
-        vote = labels.samme_weight(error, sr.task.num_classes)
+        vote = pseudo_labels.samme_weight(error, sr.task.num_classes)
         members.append(out)
         votes.append(max(vote, 0.0))
-        weights = labels.boost_example_weights(weights, correct, vote)
+        weights = pseudo_labels.boost_example_weights(weights, correct, vote)
     if not sum(votes) > 0:
         votes = [1.0] * len(votes)
     return _combined(members, votes), votes
@@ -83,7 +84,7 @@ def _raven_student(sr, feats, sups: list, *, uniform: bool):
 
     with Timer() as t:
         if uniform:
-            mixed = labels.combine([sr.pseudo_labels(s) for s in sups])
+            mixed = pseudo_labels.combine([sr.pseudo_labels(s) for s in sups])
             weights, head = raven.learned_weights(feats["b"], [mixed], seed=sr.seed)
             weights = np.full(len(sups), 1.0 / len(sups))
         else:
@@ -115,7 +116,7 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
             sups = {w: (_random_supervisor(sr, task.num_classes) if w == RANDOM else sr.weak(w)) for w in config.weak_models}
             names = list(sups)
             val_err = [1.0 - float(np.mean(sups[w].preds["val"].argmax(1) == sr.val["label"])) for w in names]
-            votes = [max(labels.samme_weight(e, task.num_classes), 0.0) for e in val_err]
+            votes = [max(pseudo_labels.samme_weight(e, task.num_classes), 0.0) for e in val_err]
             combos = {"average": (_combined(list(sups.values()), None), None)}
             if sum(votes) > 0:
                 combos["samme"] = (_combined(list(sups.values()), votes), votes)

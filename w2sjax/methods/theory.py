@@ -13,8 +13,9 @@ import pathlib
 
 import numpy as np
 
-from w2sjax import results, theory
+from w2sjax import theory
 from w2sjax.methods._common import Timer, figure, r2, save
+from w2sjax.report import results
 
 D_SHARED = (1, 4, 8, 16)
 
@@ -22,7 +23,7 @@ D_SHARED = (1, 4, 8, 16)
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax.experiment import finish
 
-    from w2sjax import rundir
+    from w2sjax.runner import rundir
 
     out = pathlib.Path(out_dir)
     rundir.check(out)

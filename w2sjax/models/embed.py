@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import signals
-from w2sjax.progress import bar as progress_bar
-from w2sjax.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
+from w2sjax.data.length_buckets import bucket_lengths  # re-exported: the featurizers' default set
+from w2sjax.runner import sigint
+from w2sjax.runner.progress import bar as progress_bar
 
 __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "last_token_index",
            "last_token", "pooled_features"]
@@ -186,10 +186,11 @@ class BucketedFeaturizer:
         return "-".join(parts + [f"v{_FEATURE_VERSION}", f"w{self.weights_hash()[:16]}"])
 
     def weights_hash(self) -> str:
-        """sha256 of the checkpoint's files (`w2sjax.hashes.content_hash`; a packaged asset's comes
+        """sha256 of the checkpoint's files (`w2sjax.runner.hashes.content_hash`; a packaged asset's comes
         from its pins), computed once per object."""
         if getattr(self, "_weights_hash", None) is None:
-            from w2sjax import assets, hashes
+            from w2sjax import assets
+            from w2sjax.runner import hashes
 
             self._weights_hash = (assets.content_hash(self.asset) if self.path is None
                                   else hashes.content_hash(self.path))
@@ -255,7 +256,7 @@ def embed_in_buckets(ids: Sequence[Sequence[int]], tokenizer, run, *, width: int
                 out[rows] = feats
             else:
                 collect(rows, feats)
-            signals.check()
+            sigint.check()
             bar.update(len(rows))
     return out
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
-from w2sjax import hashes
 from w2sjax.models import embed, heads, weights
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 from w2sjax.models.tokenizer import load_tokenizer
+from w2sjax.runner import hashes
 
 __all__ = ["load", "read_config", "family", "FAMILIES", "checkpoint_hash", "HFFeaturizer", "model_spec",
            "UnsupportedArchitecture"]
@@ -93,7 +93,7 @@ def load(path: str | Path, *, dtype="float32", param_dtype=None, num_layers: int
     """
     path = Path(path)
     dtype = jnp.dtype(dtype)
-    from w2sjax import verify
+    from w2sjax.runner import verify
 
     # Read for computing: bit rot under a remembered hash must not reach caches keyed by that hash.
     try:
@@ -142,7 +142,7 @@ def checkpoint_hash(path: str | Path) -> str:
     """sha256 over the files that determine a checkpoint's outputs, by relative name and content:
     the cache key of its features, so a moved checkpoint keeps its cache and a changed one never
     meets the old features."""
-    # Each file's hash is remembered with its size and times (w2sjax.hashes): hashed once per version.
+    # Each file's hash is remembered with its size and times (w2sjax.runner.hashes): hashed once per version.
     return hashes.directory_hash({rel: hashes.file_sha256(f) for rel, f in _checkpoint_files(Path(path)).items()})
 
 

@@ -2,7 +2,7 @@
 linear head, and heads trained from scratch on raw inputs (``linear``, ``mlp``, ``cnn``); their
 featurizers and specs.
 
-Every featurizer has the same small interface, which `w2sjax.features`
+Every featurizer has the same small interface, which `w2sjax.models.features`
 relies on:
 
 - ``key``: a string naming exactly what the features are (for the cache);
@@ -135,7 +135,8 @@ class GloveBowFeaturizer:
         """Names the features, including the vectors' content (a repaired table never meets
         features computed from a damaged one)."""
         if self._table_hash is None:
-            from w2sjax import assets, hashes
+            from w2sjax import assets
+            from w2sjax.runner import hashes
 
             self._table_hash = (assets.content_hash("glove-6b-50d") if self.path is None
                                 else hashes.content_hash(self.path))

@@ -30,7 +30,7 @@ class ModelSpec:
         (pretrained models), 0 for TF-IDF, ``None`` where the count depends
         on the input (raw-input models: use `count_params`).
       featurizer: frozen featurizer (``key``, ``fit``, ``__call__``) whose
-        output `w2sjax.features.cached_features` caches, or ``None`` when the
+        output `w2sjax.models.features.cached_features` caches, or ``None`` when the
         head reads raw inputs.
       head: "linear" | "mlp" | "cnn", built by `make_head`.
       finetune: ``finetune(num_classes, *, rngs, dtype=jnp.float32[, mesh])`` -> a

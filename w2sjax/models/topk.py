@@ -7,7 +7,7 @@ Two ways to run the same student (`heads.PooledClassifier` over any `layers.Stac
   runs the frozen bottom forward again (no backward through it: nothing below is trained).
 * **cached**: `cut_bottom` drops the embeddings and the first L-K blocks from the module, which
   then reads ``{"hidden", "attention_mask"}``: the residual stream entering block L-K, computed
-  once per example and kept on disk (`w2sjax.bottoms`). The bottom never runs while training.
+  once per example and kept on disk (`w2sjax.models.bottoms`). The bottom never runs while training.
 
 Both train the same parameters from the same start; the cached one sees the bottom's output
 rounded to bf16 (`tests/test_topk.py` compares them).

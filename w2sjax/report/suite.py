@@ -1,7 +1,7 @@
 """A benchmark suite: the same protocol on many tasks, summarised the way Burns et al. report it.
 
 Per task and (supervisor, student, loss): PGR of the seed means with a bootstrap interval over
-seeds (:func:`w2sjax.results.bootstrap_pgr`). Multiple-choice tasks (stored one row per choice)
+seeds (:func:`w2sjax.report.results.bootstrap_pgr`). Multiple-choice tasks (stored one row per choice)
 are scored per question (``*_acc_question``): per-pair accuracy there mostly measures the
 share of wrong choices. Across tasks: the median of the per-task PGRs, with a 95% percentile
 interval from resampling the tasks; tasks whose ceiling does not beat the supervisor have no
@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax.results import bootstrap_pgr, pgr_of_means
+from w2sjax.report.results import bootstrap_pgr, pgr_of_means
 
 PAIR_KEYS = ("weak_model", "strong_model", "loss")
 
@@ -65,12 +65,12 @@ def medians(rows: list[dict], *, min_gap: float = 0.0, draws: dict | None = None
     The filter looks at weak and ceiling accuracy only, never at the student.
 
     The interval resamples tasks, then seeds and test examples inside each task
-    (:func:`w2sjax.intervals.median_interval`), from ``draws``: each row's seed-and-example
+    (:func:`w2sjax.report.intervals.median_interval`), from ``draws``: each row's seed-and-example
     bootstrap draws, keyed by (task, supervisor, student, loss). Without draws for every task kept,
     or with fewer than ``intervals.MIN_TASKS`` tasks, there is no interval (``nan``): resampling a
     handful of per-task values only returns their range.
     """
-    from w2sjax import intervals
+    from w2sjax.report import intervals
 
     by_pair: dict[tuple, list[dict]] = defaultdict(list)
     counts: dict[tuple, int] = defaultdict(int)

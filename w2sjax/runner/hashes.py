@@ -21,7 +21,8 @@ import json
 import os
 import pathlib
 
-from w2sjax import atomic
+from w2sjax.runner import atomic
+from w2sjax.runner.cache import cache_dir
 
 __all__ = ["content_hash", "directory_hash", "file_sha256", "rehash"]
 
@@ -31,8 +32,6 @@ _FRESH: dict[str, tuple[list[int], str]] = {}
 
 
 def _records_dir() -> pathlib.Path:
-    from w2sjax.assets import cache_dir
-
     return cache_dir() / "hashes"
 
 

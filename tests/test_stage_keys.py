@@ -16,7 +16,7 @@ import pytest
 
 from w2sjax import experiment
 from w2sjax.config import Config, DataConfig, LossConfig, StudentTrainConfig, TrainConfig, apply_overrides
-from w2sjax.stages import StageKey, digest, train_settings
+from w2sjax.runner.stage_keys import StageKey, digest, train_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ PINNED_FINGERPRINTS = {
 
 
 def test_fingerprints_of_existing_losses_are_unchanged():
-    from w2sjax.stages import fingerprint
+    from w2sjax.runner.stage_keys import fingerprint
 
     cfgs = {"default": Config().train, "weak": Config().weak_train,
             "custom": StudentTrainConfig(loss=LossConfig(alpha_max=0.3, product_alpha=2.0))}

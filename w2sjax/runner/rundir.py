@@ -27,7 +27,7 @@ import pathlib
 import shutil
 import time
 
-from w2sjax import atomic
+from w2sjax.runner import atomic
 
 RESULTS = "results.json"
 MIN_FREE_BYTES = 100 * 2**20  # a stage's checkpoint (a finetuned MiniLM with its optimizer) is ~100 MB

@@ -3,8 +3,8 @@
 From each finished part's ``results.json`` (one ``w2sjax`` experiment per task and training
 set-up) this builds one row per (task, supervisor, student, loss[, bootstrap chain]) with seed
 means, PGR of the seed means and two 95% intervals (over seeds, and over seeds *and* test examples
-from the saved test predictions: :func:`w2sjax.plots_ladder.seed_and_example_bootstrap_pgr`), the
-median PGR across tasks (:func:`w2sjax.suite.medians`), and the checks the experiment is judged by.
+from the saved test predictions: :func:`experiments.reports.ladder.seed_and_example_bootstrap_pgr`), the
+median PGR across tasks (:func:`w2sjax.report.suite.medians`), and the checks the experiment is judged by.
 
 Figures:
 
@@ -24,8 +24,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import plots, plots_ladder, report, suite
-from w2sjax.results import finite, interval, number, pgr_of_means
+from experiments.reports import ladder as ladder_report
+from w2sjax.report import plots, suite, tables
+from w2sjax.report.results import finite, interval, number, pgr_of_means
 
 GAP = 0.05  # cells whose ceiling beats the supervisor by 5 points or more compare the losses
 MIN_GAP = 0.03  # the suite's median over tasks with a real gap
@@ -44,7 +45,7 @@ def summary(out: pathlib.Path, parts: dict, results: dict[str, list[dict]], curv
                 if key not in rows or row["seeds"] >= rows[key]["seeds"]:
                     rows[key] = row
     rows = list(rows.values())
-    sizes = plots_ladder.model_sizes(sorted({r["strong_model"] for r in rows}))
+    sizes = ladder_report.model_sizes(sorted({r["strong_model"] for r in rows}))
     for r in rows:
         r["params"] = sizes.get(r["strong_model"])
     direct = [r for r in rows if not r["chain"]]
@@ -56,10 +57,10 @@ def summary(out: pathlib.Path, parts: dict, results: dict[str, list[dict]], curv
 def _rows(folder: pathlib.Path, part, res: dict) -> list[dict]:
     """One row per (task, supervisor, student, loss[, chain]) of one results dict of a part."""
     res = _chains_as_students(res)
-    test_ci = plots_ladder.seed_and_example_bootstrap_pgr(folder, res)
+    test_ci = ladder_report.seed_and_example_bootstrap_pgr(folder, res)
     question = _question_means(res)
     rows = []
-    for r in report.summarize(res):
+    for r in tables.summarize(res):
         key = (r["task"], r["weak_model"], r["strong_model"], r["loss"])
         lo, hi = test_ci.get(key, (math.nan, math.nan))
         chain = r["strong_model"] if ">" in r["strong_model"] else None

@@ -56,7 +56,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from w2sjax import signals
+from w2sjax.runner import sigint
 
 __all__ = [
     "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_model", "restore_newest_good",
@@ -243,7 +243,7 @@ def save(
         meta[_SHA_KEY] = state_sha256(state)
     if model is not None:
         meta[_MODEL_SHA_KEY] = state_sha256(model)
-    with signals.deferred():  # Ctrl-C waits for the save to finish, then stops the run
+    with sigint.deferred():  # Ctrl-C waits for the save to finish, then stops the run
         _save(path, step, state, meta, final, keep, model)
 
 
@@ -390,7 +390,7 @@ def _restore_item(ckpt_dir, stage: str, target: Any, step: int | None, item: str
             )
         _ignore_late_reads()
         try:
-            with signals.deferred():  # no Orbax threads left behind by a Ctrl-C
+            with sigint.deferred():  # no Orbax threads left behind by a Ctrl-C
                 restored = mngr.restore(
                     step,
                     args=ocp.args.Composite(

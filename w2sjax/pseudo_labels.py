@@ -1,6 +1,6 @@
 """Refining pseudo-labels: what the student is trained on, made from one or several supervisors.
 
-A supervisor's pseudo-labels themselves are its predictions on half B
+A supervisor's pseudo-labels themselves are its predictions on the student half
 (:meth:`w2sjax.experiment.SeedRun.pseudo_labels`); the functions here transform them.
 
 Pure numpy functions of probability arrays ``[N, C]`` (and, for the neighbourhood methods, the

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax.results import bootstrap_pgr, interval, mean_pm, number, pgr_of_means, t_interval
+from w2sjax.report.results import bootstrap_pgr, interval, mean_pm, number, pgr_of_means, t_interval
 
 GROUP_KEYS = ("task", "weak_model", "strong_model", "loss")
 
@@ -161,13 +161,13 @@ def below_majority(rows: list[dict]) -> list[str]:
 
 def write_plots(results: dict, directory: str | pathlib.Path) -> list[pathlib.Path]:
     """Write the standard figures next to ``results.json``; returns their paths."""
-    from w2sjax import plots
+    from w2sjax.report import plots
 
     return plots.write_all(results, summarize(results), pathlib.Path(directory))
 
 
 def write_html(results: dict, directory: str | pathlib.Path) -> pathlib.Path:
     """Write ``DIR/report.html``: one self-contained page of the table, figures, config and notes."""
-    from w2sjax import report_html
+    from w2sjax.report import html
 
-    return report_html.write(results, pathlib.Path(directory))
+    return html.write(results, pathlib.Path(directory))

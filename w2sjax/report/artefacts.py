@@ -23,8 +23,8 @@ import pathlib
 
 import numpy as np
 
-from w2sjax import atomic
 from w2sjax.config import ConfigError
+from w2sjax.runner import atomic
 
 STAMP = "protocol.sha256"
 
@@ -76,14 +76,14 @@ def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_clas
     """The rows of one finished experiment and the arrays of every stage they name, read from its
     checkpoints. ``splits_by_seed``: each seed's :class:`w2sjax.data.splits.Splits`. Raises
     ``ValueError`` when a stage's saved predictions do not reproduce its row's accuracy."""
-    from w2sjax import checkpoint
-    from w2sjax.stages import StageKey
+    from w2sjax.runner import checkpoint
+    from w2sjax.runner.stage_keys import StageKey
 
     arrays, rows = {}, []
     for row in results["runs"]:
         sp = splits_by_seed[row["seed"]]
         groups = sp.test.get("group")
-        shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
+        shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
         target = {k: np.zeros((n, num_classes), np.float32) for k, n in shape.items()}
         named = dict(row["stages"])
         if row.get("direct_stage"):

@@ -11,7 +11,7 @@
   With fewer than ``min_tasks`` tasks it gives no interval: resampling three values can only
   return (nearly) their range, which is not a 95% interval of anything.
 
-PGR is always :func:`w2sjax.metrics.pgr` (through :func:`w2sjax.results.pgr_values`).
+PGR is always :func:`w2sjax.metrics.pgr` (through :func:`w2sjax.report.results.pgr_values`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import hashlib
 
 import numpy as np
 
-from w2sjax.results import percentile_interval, pgr_values
+from w2sjax.report.results import percentile_interval, pgr_values
 
 N_BOOT = 2000
 MIN_TASKS = 5  # below this, a median over tasks gets no interval

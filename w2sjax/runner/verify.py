@@ -5,7 +5,7 @@ every chunk of the feature and bottom caches, and prints one line for each asset
 each cache folder (and one for each damaged chunk):
 
 * an asset file whose bytes differ from its pinned sha256 (bit rot, a stray write): the asset is
-  fetched again; one whose remembered hash (`w2sjax.hashes`) was stale besides: whatever was cached
+  fetched again; one whose remembered hash (`w2sjax.runner.hashes`) was stale besides: whatever was cached
   under the asset's hash is discarded (:func:`discard_derived`), since it may have been computed
   from the damaged bytes;
 * a prepared TFDS data set whose files differ from the sha256s recorded when it was built: it is
@@ -13,7 +13,7 @@ each cache folder (and one for each damaged chunk):
 * a cache chunk that does not read back (bad zip CRC, truncation) or holds NaN or infinite values:
   it is deleted, and its examples are computed again on next use.
 
-A run makes the same checks where it reads (`w2sjax.assets.fetch`, `w2sjax.features`), so this is
+A run makes the same checks where it reads (`w2sjax.assets.fetch`, `w2sjax.models.features`), so this is
 for a whole cache at once, e.g. after a disk error.
 """
 
@@ -29,7 +29,9 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 
-from w2sjax import assets, features, hashes
+from w2sjax import assets
+from w2sjax.models import features
+from w2sjax.runner import hashes
 
 __all__ = ["check_unchanged", "discard_derived", "verify"]
 

@@ -1,11 +1,12 @@
-"""Ladder views (`w2sjax.plots_ladder`) on a hand-made results file: order, marks, numbers, files."""
+"""Ladder views (`experiments.reports.ladder`) on a hand-made results file: order, marks, numbers, files."""
 
 import json
 
 import numpy as np
 import pytest
 
-from w2sjax import plots_ladder, report
+from experiments.reports import ladder as ladder_report
+from w2sjax.report import tables
 
 LADDER = ["glove-bow", "minilm-l2", "mpnet-base"]
 # (weak, w2s, ceiling) per seed; the ceiling depends on the student alone, as in a real sweep.
@@ -28,8 +29,8 @@ def _results() -> dict:
 
 
 def test_order_follows_the_config_not_parameter_counts():
-    assert plots_ladder.ladder_order(_results()) == LADDER
-    sizes = plots_ladder.model_sizes(LADDER + ["no-such-model"])
+    assert ladder_report.ladder_order(_results()) == LADDER
+    sizes = ladder_report.model_sizes(LADDER + ["no-such-model"])
     # GloVe's lookup table outweighs MiniLM-L2's transformer, which is why order is not by size.
     assert sizes["glove-bow"] == 20_000_000 and sizes["mpnet-base"] == 108_895_872
     assert sizes["minilm-l2"] < sizes["glove-bow"] and sizes["no-such-model"] is None
@@ -37,9 +38,9 @@ def test_order_follows_the_config_not_parameter_counts():
 
 def test_tables_mark_pairs_that_are_not_upward():
     results = _results()
-    summary = report.summarize(results)
-    sizes = plots_ladder.model_sizes(LADDER)
-    md = plots_ladder.pgr_matrix_md(summary, LADDER, sizes)
+    summary = tables.summarize(results)
+    sizes = ladder_report.model_sizes(LADDER)
+    md = ladder_report.pgr_matrix_md(summary, LADDER, sizes)
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| supervisor"))
     assert header.index("glove-bow") < header.index("minilm-l2") < header.index("mpnet-base")
@@ -52,7 +53,7 @@ def test_tables_mark_pairs_that_are_not_upward():
     # w2s sits halfway between weak and ceiling, plus 0.001 * seed: PGR just above one half.
     assert r["pgr"] == pytest.approx(0.5 + 0.001 / (0.84 - 0.76), abs=1e-9)
 
-    acc = plots_ladder.accuracy_md(summary, LADDER, sizes)
+    acc = ladder_report.accuracy_md(summary, LADDER, sizes)
     body = [line for line in acc.splitlines() if line.startswith("| ") and "student" not in line]
     assert len(body) == 9
     assert [line.split("|")[1].strip() for line in body][:3] == ["glove-bow"] * 3  # students by rung
@@ -61,7 +62,7 @@ def test_tables_mark_pairs_that_are_not_upward():
 
 def test_write_ladder_writes_figure_and_tables(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(_results()))
-    paths = plots_ladder.write_ladder(tmp_path)
+    paths = ladder_report.write_ladder(tmp_path)
     assert [p.name for p in paths] == ["ladder_accuracy.png", "ladder.md"]
     assert (tmp_path / "ladder_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PGR on fine_foods" in (tmp_path / "ladder.md").read_text()
@@ -70,11 +71,11 @@ def test_write_ladder_writes_figure_and_tables(tmp_path):
 def test_no_upward_pair_draws_no_figure_and_cli_reports_errors(tmp_path, capsys):
     results = _results()
     results["runs"] = [r for r in results["runs"] if r["weak_model"] == r["strong_model"]]
-    summary = report.summarize(results)
-    assert plots_ladder.accuracy_vs_size(summary, LADDER, {}) is None
-    assert plots_ladder.main([str(tmp_path / "missing")]) == 1
+    summary = tables.summarize(results)
+    assert ladder_report.accuracy_vs_size(summary, LADDER, {}) is None
+    assert ladder_report.main([str(tmp_path / "missing")]) == 1
     assert "no results.json" in capsys.readouterr().err
-    assert plots_ladder.main([]) == 2
+    assert ladder_report.main([]) == 2
     # Same model on both sides: the ceiling equals the weak model, so PGR is undefined.
     assert np.isnan([r["pgr"] for r in summary]).all()
 
@@ -87,14 +88,14 @@ def test_test_bootstrap_widens_the_seed_interval(monkeypatch, tmp_path):
     by_seed = {s: (truth[s % 1] < 0.70, truth[s % 1] < 0.75 + 0.001 * s, truth[s % 1] < 0.80,
                    np.arange(400)) for s in range(3)}
     key = ("fine_foods", "glove-bow", "mpnet-base", "xent")
-    monkeypatch.setattr(plots_ladder, "_correct", lambda d, r: {key: by_seed})
-    lo, hi = plots_ladder.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []})[key]
+    monkeypatch.setattr(ladder_report, "_correct", lambda d, r: {key: by_seed})
+    lo, hi = ladder_report.seed_and_example_bootstrap_pgr(tmp_path, {"runs": []})[key]
     runs = [{"task": key[0], "weak_model": key[1], "strong_model": key[2], "loss": key[3], "seed": s,
              "weak_acc": c[0].mean(), "w2s_acc": c[1].mean(), "ceiling_acc": c[2].mean()}
             for s, c in by_seed.items()]
-    (row,) = report.summarize({"runs": runs})
+    (row,) = tables.summarize({"runs": runs})
     s_lo, s_hi = row["pgr_ci95"]
     assert lo < s_lo <= row["pgr"] <= s_hi < hi
     assert 0.2 < hi - lo < 0.8  # about 2 * 1.96 * sqrt(0.05 / 400) / 0.1 for nested errors
-    md = plots_ladder.pgr_matrix_md([row], ["glove-bow", "mpnet-base"], {}, {key: (lo, hi)})
+    md = ladder_report.pgr_matrix_md([row], ["glove-bow", "mpnet-base"], {}, {key: (lo, hi)})
     assert "over seeds and test examples" in md and f"[{lo:.2f}, {hi:.2f}]" in md

@@ -8,10 +8,10 @@ their steps never run the bottom.
 
 On disk: ``<root>/<key>/<task>/chunk-<digest>.npz`` (`cache_root`: ``$W2SJAX_BOTTOM_CACHE``, else
 ``~/.cache/w2sjax/bottoms``), each chunk holding ``ids`` (the
-feature cache's example hashes, `w2sjax.features.example_ids`, of the text as the student reads
+feature cache's example hashes, `w2sjax.models.features.example_ids`, of the text as the student reads
 it, prompt included), ``lengths`` (real tokens per example) and ``hidden`` ``[sum(lengths), D]``,
 the bits of the bf16 states of the real tokens only. Chunks are written atomically
-(`w2sjax.atomic`); one that fails to read, or holds NaN or infinite states, is dropped and its
+(`w2sjax.runner.atomic`); one that fails to read, or holds NaN or infinite states, is dropped and its
 examples computed again.
 
 The key is ``top<K>-`` followed by the model's feature-cache key, which names the model and its
@@ -21,7 +21,7 @@ or K never meets old states.
 
 In memory (`Rows`), examples keep their real lengths; a batch taken from them is zero-padded to
 ``max_len``, and the trainer's length buckets then cut it like the token ids
-(`w2sjax.length_buckets.trim`). Padded positions only ever meet masked attention and pooling, so
+(`w2sjax.data.length_buckets.trim`). Padded positions only ever meet masked attention and pooling, so
 their values do not matter.
 """
 
@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2sjax import atomic, features
+from w2sjax.models import features
 from w2sjax.models import embed, topk
+from w2sjax.runner import atomic
 
 __all__ = ["Bottom", "Rows", "VERSION", "cache_root"]
 

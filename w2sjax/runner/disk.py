@@ -20,7 +20,7 @@ import os
 import pathlib
 import shutil
 
-from w2sjax import rundir
+from w2sjax.runner import rundir
 
 __all__ = ["stage_bytes", "human", "Removal", "prune_candidates", "remove", "folder_bytes"]
 

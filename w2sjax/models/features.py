@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from w2sjax import atomic
+from w2sjax.runner import atomic
 
 __all__ = ["cached_features", "check_chunk", "example_ids"]
 

@@ -23,15 +23,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import atomic
-from w2sjax.results import finite, interval, number
+from w2sjax.report.results import finite, interval, number
+from w2sjax.runner import atomic
 
 # Panel order for training curves; unknown stage kinds follow in sorted order.
 _STAGE_ORDER = ("weak", "ceiling", "w2s", "boot")
 _STAGE_TITLES = {
-    "weak": "weak supervisors (ground truth, half A)",
-    "ceiling": "ceilings (ground truth, half B)",
-    "w2s": "weak-to-strong students (weak labels, half B)",
+    "weak": "weak supervisors (ground truth, the supervisor half)",
+    "ceiling": "ceilings (ground truth, the student half)",
+    "w2s": "weak-to-strong students (weak labels, the student half)",
     "boot": "bootstrap chains",
 }
 _DPI = 120
@@ -352,7 +352,7 @@ def _split_stage(stage: str) -> tuple[str, tuple[str, ...], str]:
     the stage kind, the models it involves (supervisor first) and the loss it minimises. The
     supervisors and ceilings minimise cross-entropy on ground truth; a kind this module does not
     know keeps all its parts and no loss."""
-    from w2sjax.stages import StageKey
+    from w2sjax.runner.stage_keys import StageKey
 
     key = StageKey.parse(stage)
     kind, body = key.kind, tuple(key.parts)
@@ -534,7 +534,7 @@ def gain_vs_misfit(runs: list[dict]):
 
 def task_spread(rows: list[dict], medians: list[dict]):
     """Per-task PGR with its interval, one panel per student, one colour per (supervisor, loss);
-    a dashed line marks each series' median across tasks (``w2sjax.suite``)."""
+    a dashed line marks each series' median across tasks (``w2sjax.report.suite``)."""
     rows = [r for r in rows if finite(r.get("pgr"))]
     if not rows:
         return None

@@ -15,7 +15,8 @@ import html
 import json
 import pathlib
 
-from w2sjax import atomic, report
+from w2sjax.report import tables
+from w2sjax.runner import atomic
 
 # The standard figures first, in the order ``w2sjax report`` writes them; others follow by name.
 _FIRST = ("pgr_heatmap.png", "accuracy_bars.png", "training_curves.png", "gain_vs_misfit.png")
@@ -36,7 +37,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 def figures_in(directory: pathlib.Path) -> list[pathlib.Path]:
     """The PNG figures in ``directory``: the standard ones first, then the rest by name."""
-    # Hidden files are left out: a figure being written is a hidden temporary file (w2sjax.atomic).
+    # Hidden files are left out: a figure being written is a hidden temporary file (w2sjax.runner.atomic).
     pngs = sorted(p for p in directory.glob("*.png") if p.is_file() and not p.name.startswith("."))
     rank = {name: i for i, name in enumerate(_FIRST)}
     return sorted(pngs, key=lambda p: (rank.get(p.name, len(rank)), p.name))
@@ -44,7 +45,7 @@ def figures_in(directory: pathlib.Path) -> list[pathlib.Path]:
 
 def notes(results: dict, directory: pathlib.Path) -> list[str]:
     """Plain-text notes about the run, one per item."""
-    summary = report.summarize(results)
+    summary = tables.summarize(results)
     seeds = sorted({r["seeds"] for r in summary})
     out = [
         f"{len(results['runs'])} run{'s' if len(results['runs']) != 1 else ''} in {len(summary)} "
@@ -74,7 +75,7 @@ def page(results: dict, directory: pathlib.Path) -> str:
     """The HTML text of the report page."""
     esc = html.escape
     name = results.get("config", {}).get("name") or directory.name
-    header, rows = report.table(results)
+    header, rows = tables.table(results)
     numeric = {i for i, h in enumerate(header) if h == "seeds" or "acc" in h or h.startswith("PGR")}
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

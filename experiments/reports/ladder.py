@@ -10,7 +10,7 @@
 * ``ladder.md``: the same numbers as Markdown tables (PGR matrix with intervals, accuracies by
   student), ready to paste into ``docs/ladder.md``.
 
-Run it as ``python -m w2sjax.plots_ladder DIR``.
+Run it as ``python -m experiments.reports.ladder DIR``.
 
 Intervals. The standard report's PGR interval resamples *seeds*. Every seed is scored on the
 same test split, so that interval leaves out the noise of the test draw itself, which with 1000
@@ -35,9 +35,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from w2sjax import atomic, plots, report
-from w2sjax.results import finite, interval, mean_pm, number
-from w2sjax.stages import StageKey
+from w2sjax.report import plots, tables
+from w2sjax.report.results import finite, interval, mean_pm, number
+from w2sjax.runner import atomic
+from w2sjax.runner.stage_keys import StageKey
 
 __all__ = ["ladder_order", "model_sizes", "seed_and_example_bootstrap_pgr", "pgr_matrix_md", "accuracy_md",
            "accuracy_vs_size", "write_ladder", "main"]
@@ -74,7 +75,8 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
     """Per (task, weak, strong, loss) and seed: boolean ``[n_test]`` correctness of weak, w2s,
     ceiling on the test split, and the test rows. Groups whose checkpoints cannot be read (other
     stage names, a shifted task) are left out."""
-    from w2sjax import checkpoint, data
+    from w2sjax import data
+    from w2sjax.runner import checkpoint
 
     cfg = results.get("config", {})
     d = cfg.get("data", {})
@@ -93,7 +95,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
             sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
                 task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
                 n_test=d.get("n_test"), balance=d.get("balance", False)))
-            shape = {"b": len(sp.strong["label"]), "val": len(sp.val["label"]),
+            shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]),
                      "test": len(sp.test["label"])}
             target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
             got = []
@@ -113,17 +115,17 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
 def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,
                        n_boot: int = 2000, seed: int = 0) -> dict[tuple, tuple[float, float]]:
     """95% interval of PGR-of-means resampling seeds *and* test examples, per (task, weak,
-    strong, loss), from the saved test predictions (:func:`w2sjax.intervals.cell_interval`).
+    strong, loss), from the saved test predictions (:func:`w2sjax.report.intervals.cell_interval`).
 
     Each cell draws from a stream seeded by its own key (and ``seed``), so adding a cell changes
     no other cell's interval. When every seed was scored on the same test rows, one resample of
     the test rows is shared by all seeds in a draw (they share one test draw in reality too);
     otherwise each seed's test rows are resampled on their own.
     """
-    from w2sjax import intervals
+    from w2sjax.report import intervals
 
     directory = pathlib.Path(directory)
-    results = report.load_results(directory) if results is None else results
+    results = tables.load_results(directory) if results is None else results
     out = {}
     for key, by_seed in _correct(directory, results).items():
         seeds = sorted(by_seed)
@@ -324,9 +326,9 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
 def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
     """Write ``ladder_accuracy.png`` and ``ladder.md`` next to ``DIR/results.json``."""
     directory = pathlib.Path(directory)
-    results = report.load_results(directory)
+    results = tables.load_results(directory)
     results = {**results, "runs": _plain(results["runs"])}
-    summary = report.summarize(results)
+    summary = tables.summarize(results)
     order = ladder_order(results)
     sizes = model_sizes(order)
     test_ci = seed_and_example_bootstrap_pgr(directory, results)
@@ -345,7 +347,7 @@ def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m w2sjax.plots_ladder DIR", file=sys.stderr)
+        print("usage: python -m experiments.reports.ladder DIR", file=sys.stderr)
         return 2
     try:
         paths = write_ladder(argv[0])

@@ -51,7 +51,7 @@ class StageKey:
 
     @classmethod
     def weak(cls, model: str, seed: int, *, variant: str = "") -> "StageKey":
-        """A supervisor trained on half A's ground truth (``variant``: e.g. ``-n200``)."""
+        """A supervisor trained on the supervisor half's ground truth (``variant``: e.g. ``-n200``)."""
         return cls("weak", (f"{model}{variant}",), seed)
 
     @classmethod
