@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import pathlib
 import sys
 
@@ -90,23 +89,8 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        from w2sjax import __version__
-
-        print(__version__)
-        return 0
-    if args.command == "list":
-        return _list()
-    if args.command == "report":
-        return _report(pathlib.Path(args.dir))
-    if args.command == "tasks":
-        return _check_tasks(args.names) if args.check else _tasks(args.names)
-    if args.command == "verify":
-        from w2sjax.runner import verify
-
-        return 1 if verify.verify(repair=not args.no_repair) else 0
-    if args.command == "prune":
-        return _prune(pathlib.Path(args.dir), yes=args.yes)
+    if args.command != "run":
+        return _other_command(args)
 
     # w2sjax run
     _default_xla_flags()
@@ -120,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     _compilation_cache()  # imports JAX: only once the directory is known to be usable and ours
     from w2sjax import experiment
     from w2sjax.assets import AssetError
-    from w2sjax.report import tables
     from w2sjax.runner import preemption, sigint
 
     sigint.install()  # so that no callback can swallow Ctrl-C
@@ -149,6 +132,35 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not finished:
             rundir.discard_if_empty(out)  # a run that failed before writing anything leaves no folder behind
+    return _print_outcome(results, out, figures=not args.no_figures)
+
+
+def _other_command(args) -> int:
+    """Every command but ``run``."""
+    if args.command == "version":
+        from w2sjax import __version__
+
+        print(__version__)
+        return 0
+    if args.command == "list":
+        return _list()
+    if args.command == "report":
+        return _report(pathlib.Path(args.dir))
+    if args.command == "tasks":
+        return _check_tasks(args.names) if args.check else _tasks(args.names)
+    if args.command == "verify":
+        from w2sjax.runner import verify
+
+        return 1 if verify.verify(repair=not args.no_repair) else 0
+    if args.command == "prune":
+        return _prune(pathlib.Path(args.dir), yes=args.yes)
+    raise AssertionError(f"unhandled command {args.command!r}")  # the parser knows no other
+
+
+def _print_outcome(results: dict, out: pathlib.Path, *, figures: bool) -> int:
+    """After a run: print its table and where its files are, and write its figures (process 0)."""
+    from w2sjax.report import tables
+
     print(tables.format_table(results))
     board = out / "tensorboard"
     print(f"\nresults: {out / 'results.json'} (training curves: {out / 'metrics.jsonl'}"
@@ -161,15 +173,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if not parallel.is_main_process():  # process 0 alone writes into the run directory
         return 0
-    if args.no_figures:
+    if not figures:
         print(f"figures: none written; `w2sjax report {out}` makes them")
         return 0
     try:
-        figures = tables.write_plots(results, out)
+        written = tables.write_plots(results, out)
     except (OSError, ValueError) as exc:  # the results stand; only the pictures are missing
         print(f"figures: not written ({exc}); `w2sjax report {out}` retries", file=sys.stderr)
         return 0
-    print("figures: " + (", ".join(str(f) for f in figures) if figures else "none for this run"))
+    print("figures: " + (", ".join(str(f) for f in written) if written else "none for this run"))
     return 0
 
 

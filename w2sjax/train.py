@@ -10,7 +10,7 @@ Flax's advice to use ``nnx.split``/``nnx.merge`` around ``jax.jit`` in hot loops
 
 ``fit`` reads top to bottom as its jobs: compile (:func:`train_loop`, jitted, calling
 :func:`train_step`, whose ``loss = ...`` line is the loss), feed
-(:class:`HostFeed`), evaluate (:func:`evaluate`), checkpoint, and stop (:func:`itstime` decides
+(:class:`w2sjax.data.feed.HostFeed`), evaluate (:func:`evaluate`), checkpoint, and stop (:func:`itstime` decides
 when each periodic job runs).
 """
 
@@ -22,7 +22,7 @@ import functools
 import math
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -35,11 +35,18 @@ from jax.sharding import Mesh
 from w2sjax import losses, metrics, parallel
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 from w2sjax.data import length_buckets
+from w2sjax.data.feed import (  # re-exported: the host feed lived here
+    ArrayData, HostFeed, batch_indices, effective_batch_size, stacked_batch_sharding, steps_per_epoch,
+    to_global, to_global_stacked,
+)
 from w2sjax.runner import preemption, sigint
 
 PyTree = Any
 
-__all__ = ["LOSS_NAMES", "LossConfig", "StudentTrainConfig", "TrainConfig"]  # re-exported: configs live in config.py
+__all__ = [  # re-exported: configs live in config.py, the host feed in data/feed.py
+    "LOSS_NAMES", "LossConfig", "StudentTrainConfig", "TrainConfig", "ArrayData", "HostFeed", "batch_indices",
+    "effective_batch_size", "stacked_batch_sharding", "steps_per_epoch", "to_global", "to_global_stacked",
+]
 
 
 # ---- a stage's settings, as traced values ----------------------------------------------------
@@ -322,11 +329,6 @@ def jit_train_step(step, mesh: Mesh, state_sharding):
     )
 
 
-def stacked_batch_sharding(mesh: Mesh):
-    """Where a stack of batches ``[K, B, ...]`` lives: the step axis whole, the batch axis split."""
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *parallel.batch_sharding(mesh).spec))
-
-
 # A sweep runs the same kind of stage many times (seeds, losses, lengths, ceilings and w2s
 # students). Handing jax.jit the same function object for the same model structure lets its
 # cache reuse the compiled program (prediction, evaluation) instead of compiling once per stage.
@@ -357,63 +359,6 @@ def cached_predict_step(model: ModelStructure):
 
 
 # ---- batching -------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ArrayData:
-    """A dataset held in host memory: ``inputs`` (array or dict of arrays), ``labels`` [N, C], ``weights`` [N]."""
-
-    inputs: PyTree
-    labels: np.ndarray
-    weights: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def take(self, idx: np.ndarray) -> dict:
-        w = np.ones(len(idx), np.float32) if self.weights is None else self.weights[idx]
-        return {
-            "inputs": jax.tree.map(lambda a: a[idx], self.inputs),
-            "labels": self.labels[idx].astype(np.float32),
-            "weights": w.astype(np.float32),
-        }
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, n // batch_size)
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Example indices of global step ``step``: a fresh seeded permutation each epoch, last partial batch dropped.
-
-    A pure function of ``(seed, step)``, so a resumed run continues with exactly the batches an
-    uninterrupted run would have seen: the data position is just the step.
-    """
-    per_epoch = steps_per_epoch(n, batch_size)
-    epoch, k = divmod(step, per_epoch)
-    return _epoch_permutation(n, seed, epoch)[k * batch_size : (k + 1) * batch_size].copy()
-
-
-@functools.lru_cache(maxsize=8)
-def _epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    # Drawn once per epoch, not once per step: the loop asks for every step's rows.
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def effective_batch_size(n: int, batch_size: int, num_shards: int) -> int:
-    """The batch size used for ``n`` examples: at most ``n``, and a multiple of the device count."""
-    b = min(batch_size, n)
-    b -= b % num_shards
-    if b <= 0:
-        raise ValueError(f"only {n} examples to split over {num_shards} devices")
-    return b
-
-
-def to_global(mesh: Mesh, host_batch: PyTree) -> PyTree:
-    """A host batch (the same on every process) as global arrays, each process supplying its rows."""
-    n = int(jax.tree.leaves(host_batch)[0].shape[0])
-    rows = parallel.process_slice(n, mesh)
-    return parallel.global_batch_array(mesh, jax.tree.map(lambda a: a[rows], host_batch))
-
 
 # ---- prediction over a dataset --------------------------------------------------------------
 
@@ -493,22 +438,10 @@ def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
     return step % every == 0
 
 
-def fit(
-    module: nnx.Module,
-    data: ArrayData,
-    *,
-    cfg: TrainConfig,
-    loss: str,
-    mesh: Mesh,
-    seed: int,
-    trainable: str | None = None,
-    val: ArrayData | None = None,
-    stage: str = "train",
-    ckpt: StageCheckpoint | None = None,
-    log: Callable[[dict], None] | None = None,
-    progress: bool = True,
-    step_wrapper: Callable | None = None,
-) -> FitResult:
+def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mesh: Mesh, seed: int,
+        trainable: str | None = None, val: ArrayData | None = None, stage: str = "train",
+        ckpt: StageCheckpoint | None = None, log: Callable[[dict], None] | None = None, progress: bool = True,
+        step_wrapper: Callable | None = None) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
     A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all", "head", "lora"
@@ -521,10 +454,7 @@ def fit(
 
     student = isinstance(cfg, StudentTrainConfig)
     trainable = trainable or (cfg.trainable if student else "all")
-    batch_size = effective_batch_size(len(data), cfg.batch_size, mesh.size)
-    per_epoch = steps_per_epoch(len(data), batch_size)
-    total = max(1, math.ceil(cfg.epochs * per_epoch))
-    eval_every = (cfg.eval_every or per_epoch) if val is not None else 0
+    batch_size, total, eval_every = _stage_length(len(data), cfg, mesh, validated=val is not None)
     replicated = parallel.replicated(mesh)
 
     # compile: train_loop compiles once per model structure, whatever the loss, length or settings
@@ -538,9 +468,8 @@ def fit(
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
     feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
     start = total if bool(state.finished) else int(state.step)
-    rewind = getattr(log, "rewind", None)
-    if rewind is not None:  # lines logged after the restored step (by a killed run) are logged again below
-        rewind(stage, int(state.step))
+    if getattr(log, "rewind", None) is not None:  # a killed run's lines after the restored step: logged again below
+        log.rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
     with sigint.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
@@ -562,29 +491,54 @@ def fit(
                 stopped_early = _patience_ran_out(state, cfg)
             if step >= total or stopped_early:
                 break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
-            interrupted = sigint.pending()
             if ckpt is not None:
-                due = itstime(step, cfg.checkpoint_every, total, last=False)
-                due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
-                preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
-                stopping = preemption.agree(interrupted is not None)  # process 0's Ctrl-C stops every process
-                if due or preempted or stopping:
-                    ckpt.save(step, state)
-                    last_save = time.monotonic()
-                if preempted:
-                    bar.close()
-                    raise preemption.Preempted(stage, step)
-                if stopping:
-                    bar.close()
-                    raise sigint.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+                last_save = _checkpoint_or_stop(ckpt, state, step, total, cfg, stage, bar, last_save)
             # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
             sigint.check()
     bar.close()
-    check_divergence(state, stage, cfg.lr, resumed_from)
-    if cfg.early_stopping and val is not None:
-        state = state.replace(params=state.best_params)
-    state = state.replace(finished=place(np.ones((), np.bool_), replicated))
+    state = _final_state(state, cfg, stage, resumed_from, replicated, validated=val is not None)
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def _final_state(state: TrainState, cfg: TrainConfig, stage: str, resumed_from: int | None, replicated, *,
+                 validated: bool) -> TrainState:
+    """The state a stage ends with: checked for divergence, with the best parameters on validation
+    under early stopping, and marked finished."""
+    check_divergence(state, stage, cfg.lr, resumed_from)
+    if cfg.early_stopping and validated:
+        state = state.replace(params=state.best_params)
+    return state.replace(finished=place(np.ones((), np.bool_), replicated))
+
+
+def _stage_length(n: int, cfg: TrainConfig, mesh: Mesh, *, validated: bool) -> tuple[int, int, int]:
+    """``(batch_size, total_steps, eval_every)`` of a stage on ``n`` examples; ``eval_every`` is 0
+    without a validation set and defaults to once an epoch."""
+    batch_size = effective_batch_size(n, cfg.batch_size, mesh.size)
+    per_epoch = steps_per_epoch(n, batch_size)
+    total = max(1, math.ceil(cfg.epochs * per_epoch))
+    return batch_size, total, (cfg.eval_every or per_epoch) if validated else 0
+
+
+def _checkpoint_or_stop(ckpt: StageCheckpoint, state: TrainState, step: int, total: int, cfg: TrainConfig,
+                        stage: str, bar, last_save: float) -> float:
+    """At a host stop: save an in-stage checkpoint when one is due (by steps or by minutes), or
+    when the run is preempted (SIGTERM) or interrupted (Ctrl-C), then raise for those two. Every
+    process decides alike. Returns the time of the last save."""
+    interrupted = sigint.pending()
+    due = itstime(step, cfg.checkpoint_every, total, last=False)
+    due = preemption.agree(due or time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes > 0)
+    preempted = preemption.reached_sync_point()  # the same answer, at the same step, on every process
+    stopping = preemption.agree(interrupted is not None)  # process 0's Ctrl-C stops every process
+    if due or preempted or stopping:
+        ckpt.save(step, state)
+        last_save = time.monotonic()
+    if preempted:
+        bar.close()
+        raise preemption.Preempted(stage, step)
+    if stopping:
+        bar.close()
+        raise sigint.Interrupted(interrupted or signal.SIGINT, stage=stage, step=step)
+    return last_save
 
 
 def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None) -> tuple[TrainState, int | None]:
@@ -599,53 +553,6 @@ def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None)
         return place(state, shardings), None
     # the step actually restored: after a damaged newest step it is an older one, not latest_step()
     return restored, int(restored.step)
-
-
-class HostFeed:
-    """The stage's batches, read on the host and stacked ``[chunk, B, ...]`` for one loop call.
-
-    With ``buckets`` and token inputs (a dict with a 2-D ``attention_mask``), batches come in the
-    length-bucketed order of `w2sjax.data.length_buckets` (same examples per epoch, each batch cut to
-    the shortest of a few fixed lengths); otherwise every batch is padded as the data is.
-    """
-
-    def __init__(self, data: ArrayData, batch_size: int, seed: int, mesh: Mesh, chunk: int, *,
-                 buckets: bool = False):
-        self.data, self.batch_size, self.seed, self.mesh, self.chunk = data, batch_size, seed, mesh, chunk
-        lengths = length_buckets.token_lengths(data.inputs) if buckets else None
-        self.order = None
-        if lengths is not None:
-            self.max_len = int(np.shape(data.inputs["attention_mask"])[1])
-            self.order = length_buckets.BucketedOrder(
-                lengths, batch_size, seed, self.max_len, lambda epoch: _epoch_permutation(len(data), seed, epoch))
-
-    def segments(self, start: int, stop: int) -> Iterator[tuple[int, PyTree]]:
-        """Steps ``start .. stop-1`` as ``(count, stacked batches)``: one run per padded length."""
-        if self.order is None:
-            idx = [batch_indices(len(self.data), self.batch_size, self.seed, s) for s in range(start, stop)]
-            yield stop - start, self._stack(idx)
-            return
-        step = start
-        while step < stop:
-            idx, length = self.order.batch(step)
-            run = [idx]
-            while step + len(run) < stop:
-                nxt, nxt_length = self.order.batch(step + len(run))
-                if nxt_length != length:
-                    break
-                run.append(nxt)
-            yield len(run), self._stack(run, length)
-            step += len(run)
-
-    def _stack(self, idx: list[np.ndarray], length: int | None = None) -> PyTree:
-        """Host rows of ``idx`` stacked and padded to ``chunk`` with repeats of the last batch (unused)."""
-        idx = np.stack(idx)
-        idx = np.concatenate([idx, np.repeat(idx[-1:], self.chunk - len(idx), 0)])
-        host = self.data.take(idx.reshape(-1))
-        if length is not None:
-            host["inputs"] = length_buckets.trim(host["inputs"], length, self.max_len)
-        host = jax.tree.map(lambda a: a.reshape(idx.shape + a.shape[1:]), host)
-        return to_global_stacked(self.mesh, host)
 
 
 def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
@@ -691,16 +598,6 @@ def _next_stop(step: int, total: int, intervals: tuple[int, ...]) -> int:
 def _sharding_key(shardings: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(shardings)
     return treedef, tuple(leaves)
-
-
-def to_global_stacked(mesh: Mesh, host_batches: PyTree) -> PyTree:
-    """Stacked host batches ``[K, B, ...]`` (the same on every process) as global arrays split on ``B``."""
-    b = int(jax.tree.leaves(host_batches)[0].shape[1])
-    rows = parallel.process_slice(b, mesh)
-    sharding = stacked_batch_sharding(mesh)
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)[:, rows], np.shape(a)), host_batches
-    )
 
 
 def place(tree: PyTree, shardings) -> PyTree:

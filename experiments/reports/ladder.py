@@ -240,8 +240,7 @@ def accuracy_md(summary: list[dict], order: list[str], sizes: dict,
     return "\n".join(out)
 
 
-def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
-                     test_ci: dict | None = None):
+def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict, test_ci: dict | None = None):
     """Burns et al. Fig. 3: accuracy and PGR against the student, one line per supervisor.
 
     One row of two panels per (task, loss). Returns ``None`` when no pair is upward.
@@ -266,13 +265,7 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for (ax_acc, ax_pgr), (task, loss) in zip(axes, panels):
         sel = [r for r in rows if r["task"] == task and r["loss"] == loss]
-        # The ceiling depends on the student and the seeds only, so supervisors share it.
-        ceiling = {}
-        for s in students:
-            vals = [r for r in sel if r["strong_model"] == s]
-            if vals:
-                ceiling[s] = (np.mean([r["ceiling_acc"] for r in vals]),
-                              np.mean([r["ceiling_acc_ci95"] for r in vals]))
+        ceiling = _ceilings(sel, students)
         xs = [x_of[s] for s in ceiling]
         ax_acc.errorbar(xs, [v[0] for v in ceiling.values()], yerr=[v[1] for v in ceiling.values()],
                         color="black", marker="s", lw=2, capsize=3, label="ceiling (ground truth)")
@@ -285,21 +278,7 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
             # Spread the supervisors a little sideways so their intervals do not overlap.
             shift = (supervisors.index(w) - (len(supervisors) - 1) / 2) * 0.08
             px = np.array([x_of[r["strong_model"]] for r in up]) + shift
-            weak_acc = np.mean([r["weak_acc"] for r in up])
-            ax_acc.axhline(weak_acc, color=colour, ls="--", lw=1)
-            ax_acc.errorbar(px, [r["w2s_acc"] for r in up], yerr=[r["w2s_acc_ci95"] for r in up],
-                            color=colour, marker="o", capsize=3,
-                            label=f"{name(w)} supervises (dashed: {name(w)} itself)")
-            pgr = np.array([r["pgr"] if finite(r["pgr"]) else np.nan for r in up])
-            ivs = [_interval(r, test_ci) for r in up]
-            lo = np.array([a if finite(a) else np.nan for a, _ in ivs])
-            hi = np.array([b if finite(b) else np.nan for _, b in ivs])
-            err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
-            ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
-                            marker="o", capsize=3, label=f"supervisor {name(w)}")
-            # An undefined PGR (ceiling not above the supervisor) is a result too: mark it.
-            for x in px[~np.isfinite(pgr)]:
-                ax_pgr.plot([x], [0], marker="x", color=colour, ms=8, ls="none")
+            _supervisor_lines(ax_acc, ax_pgr, up, px, colour, name(w), test_ci)
         ticks = [f"{name(s)}\n{_size(sizes.get(s))}" for s in students]
         for ax in (ax_acc, ax_pgr):
             ax.set_xticks(range(len(students)), ticks, fontsize=8)
@@ -321,6 +300,39 @@ def accuracy_vs_size(summary: list[dict], order: list[str], sizes: dict,
                         f"supervisor; {_seeds(n_seeds)}; accuracy bars: 95% t-interval)")
     plots.footnote(fig, labels)
     return fig
+
+
+def _ceilings(sel: list[dict], students: list[str]) -> dict:
+    """student -> (mean ceiling accuracy, mean interval half-width) over ``sel``. The ceiling
+    depends on the student and the seeds only, so supervisors share it."""
+    ceiling = {}
+    for s in students:
+        vals = [r for r in sel if r["strong_model"] == s]
+        if vals:
+            ceiling[s] = (np.mean([r["ceiling_acc"] for r in vals]),
+                          np.mean([r["ceiling_acc_ci95"] for r in vals]))
+    return ceiling
+
+
+def _supervisor_lines(ax_acc, ax_pgr, up: list[dict], px: np.ndarray, colour, name: str,
+                      test_ci: dict | None) -> None:
+    """One supervisor's students ``up`` (at ``px``): its own accuracy dashed and theirs with
+    intervals on ``ax_acc``; their PGR with intervals on ``ax_pgr``, an undefined one marked x."""
+    weak_acc = np.mean([r["weak_acc"] for r in up])
+    ax_acc.axhline(weak_acc, color=colour, ls="--", lw=1)
+    ax_acc.errorbar(px, [r["w2s_acc"] for r in up], yerr=[r["w2s_acc_ci95"] for r in up],
+                    color=colour, marker="o", capsize=3,
+                    label=f"{name} supervises (dashed: {name} itself)")
+    pgr = np.array([r["pgr"] if finite(r["pgr"]) else np.nan for r in up])
+    ivs = [_interval(r, test_ci) for r in up]
+    lo = np.array([a if finite(a) else np.nan for a, _ in ivs])
+    hi = np.array([b if finite(b) else np.nan for _, b in ivs])
+    err = np.vstack([np.where(np.isfinite(lo), pgr - lo, 0), np.where(np.isfinite(hi), hi - pgr, 0)])
+    ax_pgr.errorbar(px, pgr, yerr=np.maximum(err, 0), color=colour,
+                    marker="o", capsize=3, label=f"supervisor {name}")
+    # An undefined PGR (ceiling not above the supervisor) is a result too: mark it.
+    for x in px[~np.isfinite(pgr)]:
+        ax_pgr.plot([x], [0], marker="x", color=colour, ms=8, ls="none")
 
 
 def write_ladder(directory: str | os.PathLike) -> list[pathlib.Path]:

@@ -8,7 +8,7 @@ holds its longest row, so a stage compiles at most one program per bucket length
 The order, per epoch ``e`` of a stage with seed ``s`` and batch size ``B``:
 
 1. The epoch's examples are the same as without buckets: the first ``steps_per_epoch * B`` of the
-   seeded permutation ``train._epoch_permutation(n, s, e)`` (the rest, fewer than ``B``, sit the
+   seeded permutation ``feed._epoch_permutation(n, s, e)`` (the rest, fewer than ``B``, sit the
    epoch out, as before).
 2. Each example goes to the shortest bucket that holds it; within a bucket, examples keep their
    order in the permutation.

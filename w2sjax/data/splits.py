@@ -59,36 +59,42 @@ def make_splits(
         if balance:
             raise ValueError(f"task {task.name!r}: balance=True is not supported for grouped (multiple-choice) tasks")
         sup_rows, stu_rows, val = _grouped_parts(groups, n_val, n_train, train_rng, task.name)
-        test_groups = task.test.get("group")
-        test_idx = _grouped_test(test_groups, n_test, test_rng, task.name)
-        indices = {"supervisor_half": sup_rows, "student_half": stu_rows, "val": val, "test": test_idx}
-        return Splits(
-            supervisor_half=take(task.train, sup_rows), student_half=take(task.train, stu_rows),
-            val=take(task.train, val), test=take(task.test, test_idx), indices=indices,
-        )
+        test_idx = _grouped_test(task.test.get("group"), n_test, test_rng, task.name)
+        return _splits(task, sup_rows, stu_rows, val, test_idx)
     perm = train_rng.permutation(n)
     if balance:
         val, sup_rows, stu_rows = _balanced_parts(
             perm, labels, task.num_classes, n_val, n_train, train_rng, task.name
         )
     else:
-        if not 0 <= n_val <= n - 2:
-            raise ValueError(
-                f"task {task.name!r}: n_val={n_val} leaves no training data out of {n}"
-            )
-        val, pool = perm[:n_val], perm[n_val:]
-        if n_train is not None:
-            if not 2 <= n_train <= len(pool):
-                raise ValueError(
-                    f"task {task.name!r}: n_train={n_train} must be in [2, {len(pool)}] "
-                    f"(the {n} train examples less n_val={n_val})"
-                )
-            pool = pool[:n_train]
-        half = len(pool) // 2  # equal halves; an odd example out is dropped
-        sup_rows, stu_rows = pool[:half], pool[half : 2 * half]
+        val, sup_rows, stu_rows = _plain_parts(perm, n_val, n_train, task.name)
     test_idx = _test_indices(
         task.test["label"], task.num_classes, n_test, balance, test_rng, task.name
     )
+    return _splits(task, sup_rows, stu_rows, val, test_idx)
+
+
+def _plain_parts(perm: np.ndarray, n_val: int, n_train: int | None, name: str):
+    """``(val, supervisor half, student half)``: the first ``n_val`` of ``perm``, then two equal halves of the
+    next ``n_train`` (by default of the rest; an odd example out is dropped)."""
+    n = len(perm)
+    if not 0 <= n_val <= n - 2:
+        raise ValueError(
+            f"task {name!r}: n_val={n_val} leaves no training data out of {n}"
+        )
+    val, pool = perm[:n_val], perm[n_val:]
+    if n_train is not None:
+        if not 2 <= n_train <= len(pool):
+            raise ValueError(
+                f"task {name!r}: n_train={n_train} must be in [2, {len(pool)}] "
+                f"(the {n} train examples less n_val={n_val})"
+            )
+        pool = pool[:n_train]
+    half = len(pool) // 2  # equal halves; an odd example out is dropped
+    return val, pool[:half], pool[half : 2 * half]
+
+
+def _splits(task: Task, sup_rows, stu_rows, val, test_idx) -> Splits:
     indices = {"supervisor_half": sup_rows, "student_half": stu_rows, "val": val, "test": test_idx}
     return Splits(
         supervisor_half=take(task.train, sup_rows),

@@ -171,28 +171,7 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str, mappi
         _check_numeric(first, feature_keys, rows[0].where, found)
     has_split = "split" in first
 
-    required = ["label"] + ["text"] * (kind == "text") + ["split"] * has_split
-    labels_raw, texts, feats, is_test = [], [], [], []
-    for row in rows:
-        v = row.values
-        for k in required:
-            if k not in v:
-                raise ValueError(f"{row.where}: missing {k!r}")
-        labels_raw.append(_label_text(v["label"], row.where, mapped=mapping is not None))
-        if kind == "text":
-            text = v["text"]
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{row.where}: empty or non-string text")
-            texts.append(text)
-        else:
-            feats.append(_features(v, feature_keys, row.where))
-        if has_split:
-            split = v["split"].strip().lower() if isinstance(v["split"], str) else v["split"]
-            if split not in _SPLITS:
-                raise ValueError(
-                    f"{row.where}: split must be 'train' or 'test', got {v['split']!r}"
-                )
-            is_test.append(split == "test")
+    labels_raw, texts, feats, is_test = _columns(rows, kind, feature_keys, has_split, mapped=mapping is not None)
 
     class_names, labels, keep = _encode_labels(labels_raw, rows, path, mapping)
     if not keep.all():  # rows whose label maps to no class
@@ -225,6 +204,34 @@ def _to_task(spec: str, path: pathlib.Path, rows: list[_Row], digest: str, mappi
         test={key: data[test], "label": labels[test]},
         fingerprint=f"{path.name}:sha256:{digest}",
     )
+
+
+def _columns(rows: list[_Row], kind: str, feature_keys: list[str], has_split: bool, *, mapped: bool):
+    """``(labels, texts, features, is_test)`` read from every row, each checked: labels as text,
+    texts (text tasks) or feature vectors (tabular ones), and the split column when there is one."""
+    required = ["label"] + ["text"] * (kind == "text") + ["split"] * has_split
+    labels_raw, texts, feats, is_test = [], [], [], []
+    for row in rows:
+        v = row.values
+        for k in required:
+            if k not in v:
+                raise ValueError(f"{row.where}: missing {k!r}")
+        labels_raw.append(_label_text(v["label"], row.where, mapped=mapped))
+        if kind == "text":
+            text = v["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{row.where}: empty or non-string text")
+            texts.append(text)
+        else:
+            feats.append(_features(v, feature_keys, row.where))
+        if has_split:
+            split = v["split"].strip().lower() if isinstance(v["split"], str) else v["split"]
+            if split not in _SPLITS:
+                raise ValueError(
+                    f"{row.where}: split must be 'train' or 'test', got {v['split']!r}"
+                )
+            is_test.append(split == "test")
+    return labels_raw, texts, feats, is_test
 
 
 def _label_text(value, where: str, *, mapped: bool) -> str:

@@ -26,25 +26,27 @@ PATIENCE = 4  # evaluations (epochs) without improvement before stopping
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax import experiment
 
-    runner, task, out = experiment.prepare(config, out_dir, progress=progress)
-    stop_cfg = dataclasses.replace(config.train, early_stopping=True, patience=PATIENCE)
-    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
-        rows = []
-        for seed in config.seeds:
-            sr = experiment.SeedRun(current, task, seed)
-            for w, s, loss, weak, ceiling in sr.pairs():
-                key = lambda variant: StageKey.w2s(w, s, loss, seed, variant=variant)
-                variants = {
-                    "end": sr.w2s(w, s, weak, loss),
-                    "weak_val": sr.supervised(key("stop-weak"), s, weak, loss, cfg=stop_cfg),
-                    "oracle": sr.supervised(key("stop-oracle"), s, weak, loss, cfg=stop_cfg, val_labels=sr.gt(sr.val)),
-                }
-                for variant, student in variants.items():
-                    row = sr.row(w, s, loss, weak, student, ceiling)
-                    row.update(variant=variant, steps=student.steps)
-                    rows.append(row)
+    out, rows = experiment.sweep(config, out_dir, _seed_rows, progress=progress)
     _figure(out, rows)
     return experiment.finish(config, out, rows)
+
+
+def _seed_rows(sr) -> list[dict]:
+    """One seed's rows: the three students of every (weak, strong, loss)."""
+    stop_cfg = dataclasses.replace(sr.config.train, early_stopping=True, patience=PATIENCE)
+    rows = []
+    for w, s, loss, weak, ceiling in sr.pairs():
+        key = lambda variant: StageKey.w2s(w, s, loss, sr.seed, variant=variant)
+        variants = {
+            "end": sr.w2s(w, s, weak, loss),
+            "weak_val": sr.supervised(key("stop-weak"), s, weak, loss, cfg=stop_cfg),
+            "oracle": sr.supervised(key("stop-oracle"), s, weak, loss, cfg=stop_cfg, val_labels=sr.gt(sr.val)),
+        }
+        for variant, student in variants.items():
+            row = sr.row(w, s, loss, weak, student, ceiling)
+            row.update(variant=variant, steps=student.steps)
+            rows.append(row)
+    return rows
 
 
 def _figure(out: pathlib.Path, rows) -> None:

@@ -21,21 +21,23 @@ from w2sjax.runner.stage_keys import StageKey
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax import experiment
 
-    runner, task, out = experiment.prepare(config, out_dir, progress=progress)
-    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
-        rows = []
-        for seed in config.seeds:
-            sr = experiment.SeedRun(current, task, seed)
-            for w, s, loss, weak, ceiling in sr.pairs():
-                for epochs in config.options.epochs_grid:
-                    cfg = dataclasses.replace(config.train, epochs=epochs)
-                    key = StageKey.w2s(w, s, loss, seed, variant=f"ep{epochs:g}")
-                    student = sr.supervised(key, s, weak, loss, cfg=cfg)
-                    row = sr.row(w, s, loss, weak, student, ceiling)
-                    row.update(variant=f"epochs={epochs:g}", epochs=epochs, steps=student.steps)
-                    rows.append(row)
+    out, rows = experiment.sweep(config, out_dir, _seed_rows, progress=progress)
     _figure(out, rows, list(config.strong_models))
     return experiment.finish(config, out, rows)
+
+
+def _seed_rows(sr) -> list[dict]:
+    """One seed's rows: a student per training length of every (weak, strong, loss)."""
+    rows = []
+    for w, s, loss, weak, ceiling in sr.pairs():
+        for epochs in sr.config.options.epochs_grid:
+            cfg = dataclasses.replace(sr.config.train, epochs=epochs)
+            key = StageKey.w2s(w, s, loss, sr.seed, variant=f"ep{epochs:g}")
+            student = sr.supervised(key, s, weak, loss, cfg=cfg)
+            row = sr.row(w, s, loss, weak, student, ceiling)
+            row.update(variant=f"epochs={epochs:g}", epochs=epochs, steps=student.steps)
+            rows.append(row)
+    return rows
 
 
 def _figure(out: pathlib.Path, rows, strong: list[str]) -> None:

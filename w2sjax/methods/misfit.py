@@ -55,12 +55,8 @@ def _regression_check(feats: dict, weak_p1: dict, gt: dict) -> dict:
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax import experiment
 
-    runner, task, out = experiment.prepare(config, out_dir, progress=progress)
     loss = config.losses[0]
-    for current in experiment.plan_then_train(runner, out):  # print the plan, then train
-        rows = []
-        for seed in config.seeds:
-            rows += _seed_rows(experiment.SeedRun(current, task, seed), config, loss)
+    out, rows = experiment.sweep(config, out_dir, lambda sr: _seed_rows(sr, config, loss), progress=progress)
     _figures(out, rows)
     return experiment.finish(config, out, rows, selection=_selection_summary(rows))
 

@@ -77,44 +77,55 @@ def _probe(sr, feats_b, labels_b, feats_test, stage: str) -> np.ndarray:
 def run(config, out_dir, *, progress: bool = True) -> dict:
     from w2sjax import experiment
     from w2sjax.config import ConfigError
-    from w2sjax.experiment import StageOutput
 
     if config.strong_mode != "finetune":
         raise ConfigError("strong_mode: the saliency method finetunes its students; set strong_mode=finetune")
-    runner, task, out = experiment.prepare(config, out_dir, progress=progress)
-    rows = []
-    for seed in config.seeds:
-        sr = experiment.SeedRun(runner, task, seed)
-        for s in config.strong_models:
-            ft_gt = sr.ceiling(s)  # finetuned on ground truth (strong_mode=finetune)
-            lp_gt = sr.strong(StageKey("lp-ceiling", (s,), seed), s, sr.gt(sr.student_half), sr.gt(sr.val), "xent",
-                              cfg=PROBE, frozen_features=True)
-            for w in config.weak_models:
-                weak = sr.weak(w)
-                lp_weak = sr.strong(StageKey("lp-w2s", (w, s), seed), s, sr.pseudo_labels(weak), weak.preds["val"],
-                                    "xent", cfg=PROBE, frozen_features=True, sources={"labels": weak.source("b"),
-                                                                     "val_labels": weak.source("val")})
-                started = time.perf_counter()
-                ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, sr.pseudo_labels(weak),
-                                                                    StageKey("ft-w2s", (w, s), seed).name)
-                ft_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                relp = _probe(sr, f_b, sr.gt(sr.student_half), f_test, StageKey("ft-w2s-lp-gt", (w, s), seed).name)
-                outputs = {
-                    "lp_weak": lp_weak, "lp_gt": lp_gt,
-                    "ft_weak": StageOutput({"test": ft_probs, "b": np.zeros_like(weak.preds["b"])}, ft_seconds, steps),
-                    "ft_weak_lp_gt": StageOutput({"test": relp, "b": np.zeros_like(weak.preds["b"])},
-                                                 ft_seconds + time.perf_counter() - started, steps),
-                    "ft_gt": ft_gt,
-                }
-                for variant, student in outputs.items():
-                    row = sr.row(w, s, "xent", weak, student, ft_gt)
-                    row["variant"] = variant
-                    if variant.startswith("ft_weak"):  # not measured on the student half for these two
-                        row.pop("corrected_weak_errors_train", None)
-                    rows.append(row)
+    out, rows = experiment.sweep(config, out_dir, _seed_rows, progress=progress)
     _figure(out, rows)
     return experiment.finish(config, out, rows)
+
+
+def _seed_rows(sr) -> list[dict]:
+    """One seed's rows: every variant of every (supervisor, backbone) pair. A planning runner only
+    keys the stages: the weakly finetuned backbone trains outside them."""
+    rows, seed = [], sr.seed
+    for s in sr.config.strong_models:
+        ft_gt = sr.ceiling(s)  # finetuned on ground truth (strong_mode=finetune)
+        lp_gt = sr.strong(StageKey("lp-ceiling", (s,), seed), s, sr.gt(sr.student_half), sr.gt(sr.val), "xent",
+                          cfg=PROBE, frozen_features=True)
+        for w in sr.config.weak_models:
+            weak = sr.weak(w)
+            lp_weak = sr.strong(StageKey("lp-w2s", (w, s), seed), s, sr.pseudo_labels(weak), weak.preds["val"],
+                                "xent", cfg=PROBE, frozen_features=True, sources={"labels": weak.source("b"),
+                                                                 "val_labels": weak.source("val")})
+            if sr.runner.planning:
+                continue
+            outputs = {"lp_weak": lp_weak, "lp_gt": lp_gt, **_finetuned_on_weak(sr, w, s, weak), "ft_gt": ft_gt}
+            for variant, student in outputs.items():
+                row = sr.row(w, s, "xent", weak, student, ft_gt)
+                row["variant"] = variant
+                if variant.startswith("ft_weak"):  # not measured on half B for these two
+                    row.pop("corrected_weak_errors_train", None)
+                rows.append(row)
+    return rows
+
+
+def _finetuned_on_weak(sr, w: str, s: str, weak) -> dict:
+    """``ft_weak``, backbone ``s`` finetuned on ``w``'s pseudo-labels, and ``ft_weak_lp_gt``, a probe
+    on ground truth over its features, as stage outputs (with no half B predictions)."""
+    from w2sjax.experiment import StageOutput
+
+    started = time.perf_counter()
+    ft_probs, f_b, f_test, steps = _finetune_then_embed(sr, s, sr.pseudo_labels(weak),
+                                                        StageKey("ft-w2s", (w, s), sr.seed).name)
+    ft_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    relp = _probe(sr, f_b, sr.gt(sr.student_half), f_test, StageKey("ft-w2s-lp-gt", (w, s), sr.seed).name)
+    return {
+        "ft_weak": StageOutput({"test": ft_probs, "b": np.zeros_like(weak.preds["b"])}, ft_seconds, steps),
+        "ft_weak_lp_gt": StageOutput({"test": relp, "b": np.zeros_like(weak.preds["b"])},
+                                     ft_seconds + time.perf_counter() - started, steps),
+    }
 
 
 def _figure(out: pathlib.Path, rows) -> None:

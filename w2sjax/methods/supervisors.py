@@ -21,15 +21,14 @@ whose ``weak_model`` joins the names with ``+`` and whose ``weak_acc`` is the co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 
-import jax
 import numpy as np
 
 from w2sjax import pseudo_labels
 from w2sjax.methods._common import flat as _flat
 from w2sjax.methods._common import Timer, figure, save
-from w2sjax.runner import rundir
 from w2sjax.runner.stage_keys import StageKey
 
 BOOST_ROUNDS = 3
@@ -109,47 +108,57 @@ def run(config, out_dir, *, progress: bool = True) -> dict:
     for shift in shifts:
         cfg = dataclasses.replace(config, options=dataclasses.replace(config.options, shift=shift))
         sub = out if len(shifts) == 1 else out / ("in_distribution" if shift == "none" else f"shift_{shift}")
-        runner, task, _ = experiment.prepare(cfg, sub, progress=progress, models_used=real + list(config.strong_models))
-        rundir.lock(out, process=jax.process_index())  # the sub-runs' parent too: one writer
-        for seed in config.seeds:
-            sr = experiment.SeedRun(runner, task, seed)
-            sups = {w: (_random_supervisor(sr, task.num_classes) if w == RANDOM else sr.weak(w)) for w in config.weak_models}
-            names = list(sups)
-            val_err = [1.0 - float(np.mean(sups[w].preds["val"].argmax(1) == sr.val["label"])) for w in names]
-            votes = [max(pseudo_labels.samme_weight(e, task.num_classes), 0.0) for e in val_err]
-            combos = {"average": (_combined(list(sups.values()), None), None)}
-            if sum(votes) > 0:
-                combos["samme"] = (_combined(list(sups.values()), votes), votes)
-            boost, boost_votes = _boosted(sr, real[0], BOOST_ROUNDS)
-            for s in config.strong_models:
-                ceiling = sr.ceiling(s)
-                loss = config.losses[0]
-                extra = {"shift": shift, "supervisors": names}
-                for w in names:
-                    student = sr.w2s(w, s, sups[w], loss)
-                    rows.append({**sr.row(w, s, loss, sups[w], student, ceiling), "variant": "single", **extra})
-                joined, key = "+".join(names), "-".join(names)  # the key names checkpoints: no odd characters
-                single_acc = {r["weak_model"]: r["weak_acc"] for r in rows[-len(names):]}
-                for variant, (sup, weights) in combos.items():
-                    student = sr.w2s(f"{variant}-{key}", s, sup, loss)
-                    row = sr.row(joined, s, loss, sup, student, ceiling)
-                    rows.append({**row, "variant": variant, "supervisor_weights": _r(weights), **extra})
-                student = sr.w2s(f"boost{BOOST_ROUNDS}-{real[0]}", s, boost, loss)
-                rows.append({**sr.row(f"{real[0]}x{BOOST_ROUNDS}", s, loss, boost, student, ceiling),
-                             "variant": "boost", "supervisor_weights": _r(boost_votes), **extra})
-                fi = runner.inputs.get(s, frozen_features=True)
-                feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
-                for variant, uniform in (("raven_uniform", True), ("raven", False)):
-                    student, weights = _raven_student(sr, feats, list(sups.values()), uniform=uniform)
-                    sup = _combined(list(sups.values()), weights)
-                    row = sr.row(joined, s, "xent", sup, student, ceiling)
-                    rows.append({**row, "variant": variant, "supervisor_weights": _r(weights), **extra})
-                    if variant == "raven":
-                        weights_log.append({"shift": shift, "seed": seed, "strong_model": s,
-                                            "weights": dict(zip(names, _r(weights))), "supervisor_test_acc": single_acc})
+        seed_rows = functools.partial(_seed_rows, real=real, shift=shift, weights_log=weights_log)
+        # the sub-runs' parent is locked too: one writer
+        rows += experiment.sweep(cfg, sub, seed_rows, progress=progress, models_used=real + list(config.strong_models),
+                                 also_lock=[out])[1]
     out.mkdir(parents=True, exist_ok=True)
     _figure(out, rows)
     return experiment.finish(config, out, rows, raven_weights=weights_log)
+
+
+def _seed_rows(sr, *, real: list[str], shift: str, weights_log: list[dict]) -> list[dict]:
+    """One seed's rows: every supervisor alone and every combination of them, for each student. A
+    planning runner only keys the stages; a training one also appends the RAVEN weights it learned
+    to ``weights_log``."""
+    task, config = sr.task, sr.config
+    sups = {w: (_random_supervisor(sr, task.num_classes) if w == RANDOM else sr.weak(w)) for w in config.weak_models}
+    names = list(sups)
+    val_err = [1.0 - float(np.mean(sups[w].preds["val"].argmax(1) == sr.val["label"])) for w in names]
+    votes = [max(pseudo_labels.samme_weight(e, task.num_classes), 0.0) for e in val_err]
+    combos = {"average": (_combined(list(sups.values()), None), None)}
+    if sum(votes) > 0:
+        combos["samme"] = (_combined(list(sups.values()), votes), votes)
+    boost, boost_votes = _boosted(sr, real[0], BOOST_ROUNDS)
+    rows = []
+    for s in config.strong_models:
+        ceiling = sr.ceiling(s)
+        loss = config.losses[0]
+        extra = {"shift": shift, "supervisors": names}
+        singles = [(w, sr.w2s(w, s, sups[w], loss)) for w in names]
+        joined, key = "+".join(names), "-".join(names)  # the key names checkpoints: no odd characters
+        combined = [(variant, sup, weights, sr.w2s(f"{variant}-{key}", s, sup, loss))
+                    for variant, (sup, weights) in combos.items()]
+        boosted = sr.w2s(f"boost{BOOST_ROUNDS}-{real[0]}", s, boost, loss)
+        if sr.runner.planning:
+            continue  # the RAVEN students below read the strong features: no stages, nothing to key
+        rows += [{**sr.row(w, s, loss, sups[w], student, ceiling), "variant": "single", **extra} for w, student in singles]
+        single_acc = {r["weak_model"]: r["weak_acc"] for r in rows[-len(names):]}
+        for variant, sup, weights, student in combined:
+            row = sr.row(joined, s, loss, sup, student, ceiling)
+            rows.append({**row, "variant": variant, "supervisor_weights": _r(weights), **extra})
+        rows.append({**sr.row(f"{real[0]}x{BOOST_ROUNDS}", s, loss, boost, boosted, ceiling),
+                     "variant": "boost", "supervisor_weights": _r(boost_votes), **extra})
+        fi = sr.runner.inputs.get(s, frozen_features=True)
+        feats = {k: _flat(fi.inputs(split, idx)) for k, (split, idx) in sr.evals.items()}
+        for variant, uniform in (("raven_uniform", True), ("raven", False)):
+            student, weights = _raven_student(sr, feats, list(sups.values()), uniform=uniform)
+            row = sr.row(joined, s, "xent", _combined(list(sups.values()), weights), student, ceiling)
+            rows.append({**row, "variant": variant, "supervisor_weights": _r(weights), **extra})
+            if variant == "raven":
+                weights_log.append({"shift": shift, "seed": sr.seed, "strong_model": s,
+                                    "weights": dict(zip(names, _r(weights))), "supervisor_test_acc": single_acc})
+    return rows
 
 
 def _r(weights):

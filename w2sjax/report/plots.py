@@ -211,33 +211,9 @@ def pgr_heatmap(summary: list[dict]):
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     image, any_ci = None, False
     for ax, (task, loss) in zip(axes, [(t, l) for t in tasks for l in losses]):
-        grid = np.full((len(weak), len(strong)), np.nan)
-        ci, ran = {}, set()
-        for i, w in enumerate(weak):
-            for j, s in enumerate(strong):
-                r = cell.get((task, loss, w, s))
-                if r is not None:
-                    ran.add((i, j))
-                if r is not None and finite(r["pgr"]):
-                    grid[i, j] = r["pgr"]
-                    ci[i, j] = r.get("pgr_ci95")
-        ax.set_facecolor("0.85")  # missing / undefined cells show grey
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=norm, aspect="auto")
-        for i in range(len(weak)):
-            for j in range(len(strong)):
-                v = grid[i, j]
-                if not np.isfinite(v):
-                    # Undefined: the ceiling did not beat the weak model, so there is no gap to recover.
-                    text = "undefined\n(ceiling ≤ weak)" if (i, j) in ran else "not run"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="0.3")
-                    continue
-                text = number(v)
-                lo_hi = ci.get((i, j))
-                if lo_hi and all(finite(x) for x in lo_hi):
-                    text += interval(*lo_hi, sep="\n")
-                    any_ci = True
-                dark = abs(norm(v) - 0.5) > 0.3  # white text on saturated cells
-                ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+        image, ci_drawn = _heatmap_panel(ax, {(w, s): cell.get((task, loss, w, s)) for w in weak for s in strong},
+                                         weak, strong, norm)
+        any_ci = any_ci or ci_drawn
         ax.set_xticks(range(len(strong)), x_ticks)
         ax.set_yticks(range(len(weak)), [labels[w] for w in weak])
         ax.set_xlabel("strong model (student)")
@@ -255,6 +231,39 @@ def pgr_heatmap(summary: list[dict]):
     suptitle(fig, "\n".join([title, *notes]))
     footnote(fig, labels)
     return fig
+
+
+def _heatmap_panel(ax, cell: dict, weak: list, strong: list, norm):
+    """One (task, loss) panel: ``cell[(weak, strong)]`` is the summary row of a pair (None if not
+    run), drawn as its PGR with its interval. Returns the image and whether an interval was drawn."""
+    grid = np.full((len(weak), len(strong)), np.nan)
+    ci, ran, any_ci = {}, set(), False
+    for i, w in enumerate(weak):
+        for j, s in enumerate(strong):
+            r = cell[w, s]
+            if r is not None:
+                ran.add((i, j))
+            if r is not None and finite(r["pgr"]):
+                grid[i, j] = r["pgr"]
+                ci[i, j] = r.get("pgr_ci95")
+    ax.set_facecolor("0.85")  # missing / undefined cells show grey
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=norm, aspect="auto")
+    for i in range(len(weak)):
+        for j in range(len(strong)):
+            v = grid[i, j]
+            if not np.isfinite(v):
+                # Undefined: the ceiling did not beat the weak model, so there is no gap to recover.
+                text = "undefined\n(ceiling ≤ weak)" if (i, j) in ran else "not run"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="0.3")
+                continue
+            text = number(v)
+            lo_hi = ci.get((i, j))
+            if lo_hi and all(finite(x) for x in lo_hi):
+                text += interval(*lo_hi, sep="\n")
+                any_ci = True
+            dark = abs(norm(v) - 0.5) > 0.3  # white text on saturated cells
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    return image, any_ci
 
 
 # ---- accuracy bars --------------------------------------------------------------------------
@@ -287,26 +296,10 @@ def accuracy_bars(summary: list[dict]):
     note_h = 0.15 * (note.count("\n") + 1) if note else 0.0
     fig = _figure(width, (3.4 + 0.15 * (tick_lines - 2)) * nrows + 0.6 + note_h)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel())
-    bar_w = 0.8 / len(kinds)
     annotate = len(pairs) * len(kinds) <= 9
     for ax, (task, loss) in zip(axes, panels):
         by_pair = {_pair_label(r, labels): r for r in rows if r["task"] == task and r["loss"] == loss}
-        for k, (key, label, colour) in enumerate(kinds):
-            xs, means, stds = [], [], []
-            for p, pair in enumerate(pairs):
-                if pair in by_pair:
-                    xs.append(p + (k - 1) * bar_w)
-                    means.append(by_pair[pair][key])
-                    stds.append(by_pair[pair].get(key + "_std", 0.0))
-            bars = ax.bar(xs, np.array(means) - y_lo, bar_w, bottom=y_lo, yerr=stds, capsize=3,
-                          color=colour, label=label, error_kw={"elinewidth": 1, "ecolor": "0.2"})
-            if annotate:
-                for rect, m, s in zip(bars, means, stds):
-                    ax.text(rect.get_x() + rect.get_width() / 2, m + s + 0.006, f"{m:.3f}", ha="center",
-                            va="bottom", fontsize=7, rotation=90)
-        for p, pair in enumerate(pairs):
-            if pair not in by_pair:
-                ax.text(p, y_lo + 0.01, "not run", ha="center", va="bottom", fontsize=8, color="0.4")
+        _bars(ax, by_pair, pairs, kinds, y_lo, annotate=annotate)
         ax.set_xticks(range(len(pairs)), ticks, fontsize=8)
         ax.set_xlim(-0.5, len(pairs) - 0.5)  # the same slots in every panel, even where a pair is missing
         ax.set_ylim(y_lo, y_hi + (0.04 if annotate else 0))
@@ -325,6 +318,28 @@ def accuracy_bars(summary: list[dict]):
     suptitle(fig, f"Test accuracy ({spread})" + (f" on {tasks[0]}" if len(tasks) == 1 else ""), fontsize=11)
     footnote(fig, labels)
     return fig
+
+
+def _bars(ax, by_pair: dict, pairs: list, kinds: list, y_lo: float, *, annotate: bool) -> None:
+    """One panel's bars: for each pair of ``pairs`` run (``by_pair``), a bar per accuracy of
+    ``kinds`` from ``y_lo`` up, with its spread over seeds (and its value when ``annotate``)."""
+    bar_w = 0.8 / len(kinds)
+    for k, (key, label, colour) in enumerate(kinds):
+        xs, means, stds = [], [], []
+        for p, pair in enumerate(pairs):
+            if pair in by_pair:
+                xs.append(p + (k - 1) * bar_w)
+                means.append(by_pair[pair][key])
+                stds.append(by_pair[pair].get(key + "_std", 0.0))
+        bars = ax.bar(xs, np.array(means) - y_lo, bar_w, bottom=y_lo, yerr=stds, capsize=3,
+                      color=colour, label=label, error_kw={"elinewidth": 1, "ecolor": "0.2"})
+        if annotate:
+            for rect, m, s in zip(bars, means, stds):
+                ax.text(rect.get_x() + rect.get_width() / 2, m + s + 0.006, f"{m:.3f}", ha="center",
+                        va="bottom", fontsize=7, rotation=90)
+    for p, pair in enumerate(pairs):
+        if pair not in by_pair:
+            ax.text(p, y_lo + 0.01, "not run", ha="center", va="bottom", fontsize=8, color="0.4")
 
 
 # ---- training curves ------------------------------------------------------------------------
@@ -392,6 +407,76 @@ def _ema(values: np.ndarray, decay: float = 0.85) -> np.ndarray:
     return out
 
 
+def _panel_lines(panels, stages, split, line_of) -> dict:
+    """panel -> {stage: label}: one colour per label (seeds of a label share it). A sweep has too
+    many pairs to tell apart, and then its students share one colour, "all pairs"."""
+    lines = {}
+    for panel in panels:
+        members = [s for s in stages if (split[s][0], split[s][2]) == panel]
+        if len(_ordered(line_of[s] for s in members)) > _MAX_LABELS:
+            lines[panel] = {s: "all pairs" for s in members}
+        else:
+            lines[panel] = {s: line_of[s] for s in members}
+    return lines
+
+
+def _curve_panel(column, rows, panel, lines: dict, cmap) -> bool:
+    """Draw one panel (stage kind and loss) down its ``column`` of axes, one axis per row of
+    ``rows`` (training loss, validation accuracy), with one legend under it. Returns whether a
+    line was smoothed."""
+    kind, loss_name = panel
+    labels_here = _ordered(lines[s] for s in sorted(lines))
+    colour = {label: cmap(j % 10) for j, label in enumerate(labels_here)}
+    smoothed = False
+    for r, (what, data) in enumerate(rows):
+        ax = column[r]
+        shown, smoothed_here = _curve_lines(ax, data, lines, colour)
+        smoothed = smoothed or smoothed_here
+        if not shown:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.grid(alpha=0.3)
+            ax.margins(x=0.03, y=0.08)
+        ax.set_ylabel(f"training loss ({loss_name})" if what == "training loss" and loss_name else what,
+                      fontsize=9)
+        if r == 0:
+            title = _STAGE_TITLES.get(kind, kind)
+            ax.set_title(title + (f"\nloss: {loss_name}" if kind not in ("weak", "ceiling") and loss_name else ""),
+                         fontsize=9)
+        if r == len(rows) - 1:  # colours are shared down the column: one legend, under it
+            ax.set_xlabel("optimizer step", fontsize=9)
+            handles, names = ax.get_legend_handles_labels()
+            if not names and r > 0:
+                handles, names = column[0].get_legend_handles_labels()
+            if names:
+                ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                          frameon=False, ncols=1)
+    return smoothed
+
+
+def _curve_lines(ax, data: dict, lines: dict, colour: dict) -> tuple[set, bool]:
+    """One line per stage of ``lines`` logged in ``data``; noisy per-batch series (many points)
+    faint as logged under a bold trend. Returns the labels drawn and whether any was smoothed."""
+    shown, smoothed = set(), False
+    for stage in sorted(lines):
+        if stage not in data:
+            continue
+        label = lines[stage]
+        steps, values = data[stage]
+        name = None if label in shown else label
+        if len(steps) >= _SMOOTH_MIN_POINTS:  # per-batch losses are noisy: faint raw, bold trend
+            ax.plot(steps, values, color=colour[label], lw=0.8, alpha=0.25)
+            ax.plot(steps, _ema(values), color=colour[label], lw=1.6, alpha=0.9, label=name)
+            smoothed = True
+        else:
+            ax.plot(steps, values, color=colour[label], lw=1.3, alpha=0.8,
+                    marker="o" if len(steps) < 3 else None, ms=3, label=name)
+        shown.add(label)
+    return shown, smoothed
+
+
 def training_curves(records: list[dict]):
     """Training loss (top) and validation accuracy (below, where logged) against step.
 
@@ -416,15 +501,7 @@ def training_curves(records: list[dict]):
                for s, (kind, models, _) in split.items()}
     rows = [(name, data) for name, data in (("training loss", loss), ("validation accuracy", val)) if data]
 
-    # Lines of one panel: one colour per label (seeds of a label share it). A sweep has too many
-    # pairs to tell apart, and then its students share one colour.
-    lines = {}
-    for panel in panels:
-        members = [s for s in stages if (split[s][0], split[s][2]) == panel]
-        if len(_ordered(line_of[s] for s in members)) > _MAX_LABELS:
-            lines[panel] = {s: "all pairs" for s in members}
-        else:
-            lines[panel] = {s: line_of[s] for s in members}
+    lines = _panel_lines(panels, stages, split, line_of)
     n_labels = max(len(set(v.values())) for v in lines.values())
     ncols = min(len(panels), 4)
     nblocks = math.ceil(len(panels) / ncols)
@@ -440,47 +517,8 @@ def training_curves(records: list[dict]):
     smoothed = False
     for i, panel in enumerate(panels):
         block, c = divmod(i, ncols)
-        kind, loss_name = panel
-        labels_here = _ordered(lines[panel][s] for s in sorted(lines[panel]))
-        colour = {label: cmap(j % 10) for j, label in enumerate(labels_here)}
-        for r, (what, data) in enumerate(rows):
-            ax = axes[block * len(rows) + r, c]
-            shown = set()
-            for stage in sorted(lines[panel]):
-                if stage not in data:
-                    continue
-                label = lines[panel][stage]
-                steps, values = data[stage]
-                name = None if label in shown else label
-                if len(steps) >= _SMOOTH_MIN_POINTS:  # per-batch losses are noisy: faint raw, bold trend
-                    ax.plot(steps, values, color=colour[label], lw=0.8, alpha=0.25)
-                    ax.plot(steps, _ema(values), color=colour[label], lw=1.6, alpha=0.9, label=name)
-                    smoothed = True
-                else:
-                    ax.plot(steps, values, color=colour[label], lw=1.3, alpha=0.8,
-                            marker="o" if len(steps) < 3 else None, ms=3, label=name)
-                shown.add(label)
-            if not shown:
-                ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", va="center", color="0.5")
-                ax.set_xticks([])
-                ax.set_yticks([])
-            else:
-                ax.grid(alpha=0.3)
-                ax.margins(x=0.03, y=0.08)
-            ax.set_ylabel(f"training loss ({loss_name})" if what == "training loss" and loss_name else what,
-                          fontsize=9)
-            if r == 0:
-                title = _STAGE_TITLES.get(kind, kind)
-                ax.set_title(title + (f"\nloss: {loss_name}" if kind not in ("weak", "ceiling") and loss_name else ""),
-                             fontsize=9)
-            if r == len(rows) - 1:  # colours are shared down the column: one legend, under it
-                ax.set_xlabel("optimizer step", fontsize=9)
-                handles, names = ax.get_legend_handles_labels()
-                if not names and r > 0:
-                    handles, names = axes[block * len(rows), c].get_legend_handles_labels()
-                if names:
-                    ax.legend(handles, names, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22),
-                              frameon=False, ncols=1)
+        column = [axes[block * len(rows) + r, c] for r in range(len(rows))]
+        smoothed = _curve_panel(column, rows, panel, lines[panel], cmap) or smoothed
     for i in range(len(panels), nblocks * ncols):
         block, c = divmod(i, ncols)
         for r in range(len(rows)):

@@ -1,6 +1,7 @@
 """What a ``results.json`` row holds, and the statistics and text made from rows.
 
 * :func:`row`: the one row schema, written by the standard protocol and by every method;
+  :func:`stage_row` fills it from a student's weak, w2s and ceiling stages;
 * :func:`pgr` (one row), :func:`pgr_of_means` and :func:`pgr_values` (arrays): PGR, always through
   :func:`w2sjax.metrics.pgr`, with "undefined" (the ceiling does not beat the weak model) as
   ``None`` in a row and ``nan`` in statistics;
@@ -63,6 +64,57 @@ def row(task: str, weak: str, strong: str, loss: str, seed: int, weak_acc, w2s_a
         **extra,
         "stage_seconds": {k: round(float(v), 3) for k, v in stage_seconds.items()},
     }
+
+
+def stage_row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceiling, test_labels, b_labels,
+              test_groups=None) -> dict:
+    """The row of one student from its three stages' outputs (``experiment.StageOutput``: ``weak``
+    predicts half B as ``"b"``, its pseudo-labels; every stage predicts ``"test"``), as the standard
+    protocol and the methods built on it write it. ``test_groups``: the question of each test row
+    (multiple-choice tasks)."""
+    agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
+    agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
+    return row(
+        task.name, weak_name, strong_name, loss, seed,
+        _accuracy(weak.preds["test"], test_labels), _accuracy(w2s.preds["test"], test_labels),
+        _accuracy(ceiling.preds["test"], test_labels), metrics.misfit(w2s.preds["test"], weak.preds["test"]),
+        {"weak": weak.seconds, "w2s": w2s.seconds, "ceiling": ceiling.seconds},
+        misfit_kl=round(float(metrics.misfit(w2s.preds["test"], weak.preds["test"], kind="kl")), 6),
+        agreement=round(float(agree["agreement"]), 6),
+        agreement_on_weak_errors=_maybe(agree["agreement_on_teacher_errors"]),
+        corrected_weak_errors_train=_maybe(agree_b["corrected_teacher_errors"]),
+        strong_mode=config.strong_mode,
+        n_test=int(len(test_labels)),
+        # always answering the test split's most common class: the floor a trained student must beat
+        majority_acc=round(float(np.bincount(np.asarray(test_labels, int)).max() / max(1, len(test_labels))), 6),
+        # Each stage's checkpoint name: its readable name and the fingerprint of its settings.
+        stages={role: out.key.checkpoint_name for role, out in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+                if out.key is not None},
+        **(_question_scores(weak, w2s, ceiling, test_labels, test_groups) if test_groups is not None else {}),
+    )
+
+
+def _question_scores(weak, w2s, ceiling, test_labels, test_groups) -> dict:
+    """Multiple-choice tasks (one row per choice): accuracy per question beside the per-pair
+    accuracy, and the PGR computed from it."""
+    acc = {
+        name: float(metrics.question_accuracy(stage.preds["test"], test_labels, test_groups))
+        for name, stage in (("weak", weak), ("w2s", w2s), ("ceiling", ceiling))
+    }
+    return {
+        **{f"{name}_acc_question": round(value, 6) for name, value in acc.items()},
+        "pgr_question": pgr(acc["weak"], acc["w2s"], acc["ceiling"]),
+        "n_test_questions": int(len(np.unique(test_groups))),
+    }
+
+
+def _maybe(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else round(x, 6)
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(metrics.accuracy(probs, labels))
 
 
 # ---- intervals over seeds -------------------------------------------------------------------
