@@ -2,8 +2,8 @@
 
 For every seed:
 
-1. **weak**: each weak model trains on the supervisor half's ground truth and predicts the student half (its soft
-   pseudo-labels, :meth:`SeedRun.pseudo_labels`), the validation slice and the test split;
+1. **weak**: each weak model trains on the supervisor half's ground truth and predicts the
+   student half (its soft pseudo-labels), the validation slice and the test split;
 2. **ceiling**: each strong model trains on the student half's ground truth;
 3. **w2s**: each (weak, strong, loss) triple trains the strong model on the student half's weak labels;
 4. **bootstrap** chains (``a>b>c``): each model supervises the next on the student half.
@@ -14,13 +14,12 @@ For every seed:
 :class:`SeedRun` to its result rows, then writes them with :func:`finish`.
 
 Weak and ceiling stages are trained once and shared by every pair that needs them. A rerun on
-the same output directory reuses exactly the stages whose settings match and resumes the others
-(:mod:`w2sjax.runner.stage_runner`), so an interrupted run ends with the same ``results.json`` as an
-uninterrupted one.
+the same output directory reuses the stages whose settings match and resumes the others, so an
+interrupted run ends with the same ``results.json`` as an uninterrupted one.
 
-The pieces live beside this module, one job each, and are importable from here too: model inputs
-(:mod:`w2sjax.inputs`), stages and their reuse (:mod:`w2sjax.runner.stage_runner`), the printed plan
-(:mod:`w2sjax.report.plan`), task shifts (:mod:`w2sjax.data.shift`), result rows (:mod:`w2sjax.report.results`).
+Its pieces, one job each, are importable from here too: model inputs (:mod:`w2sjax.inputs`),
+stages (:mod:`w2sjax.runner.stage_runner`), the printed plan (:mod:`w2sjax.report.plan`), task
+shifts (:mod:`w2sjax.data.shift`), result rows (:mod:`w2sjax.report.results`).
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ import jax
 import numpy as np
 
 from w2sjax import metrics, parallel
-from w2sjax.runner import atomic, compile_stats, rundir, sigint, stage_keys, tensorboard_log
 from w2sjax.config import Config, ConfigError, to_dict
+from w2sjax.runner import atomic, compile_stats, rundir, sigint, stage_keys, tensorboard_log
 # Re-exported: other programs import these names from here.
 from w2sjax.data.shift import _domain_shift, shift_task  # noqa: F401
 from w2sjax.inputs import Inputs, ModelInputs  # noqa: F401
