@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from w2sjax import length_buckets, losses, metrics, parallel, preemption, signals
+from w2sjax import length_buckets, losses, metrics, parallel, preemption, signals, utilisation
 from w2sjax.config import LOSS_NAMES, LossConfig, StudentTrainConfig, TrainConfig
 
 PyTree = Any
@@ -538,19 +538,28 @@ def fit(
         rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
+    meter = utilisation.Meter(mesh) if log is not None else None  # FLOPs per step, FLOP/s and MFU in the log
     with signals.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
         while step < total:
             # Run up to the next step where the host has something to do (log, eval, checkpoint).
             done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
+            started = time.perf_counter()
             for count, batches in feed.segments(step, done):  # one segment unless batches change length
-                state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
-                                                 model=model, mesh=mesh, step_wrapper=step_wrapper)
+                args = (state, batches, place(np.int32(count), replicated), rng, settings)
+                kwargs = dict(model=model, mesh=mesh, step_wrapper=step_wrapper)
+                if meter is not None:  # before the call, which donates the state
+                    meter.add(meter.cost(_abstract_key(batches), train_loop, *args, **kwargs), count)
+                state, step_metrics = train_loop(*args, **kwargs)
+            if meter is not None:  # the loop's own stops sync anyway (log, eval, checkpoint): every 10 steps by default
+                jax.block_until_ready(step_metrics)
+                meter.time(time.perf_counter() - started)
             bar.update(done - step)
             step = done
             if itstime(step, cfg.log_every, total):
                 check_divergence(state, stage, cfg.lr, resumed_from)
                 if log is not None:
-                    log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
+                    log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()},
+                         **(meter.interval() if meter is not None else {})})
             if itstime(step, eval_every, total):
                 state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
                                  step=step, log=log, buckets=cfg.length_buckets)
@@ -576,6 +585,8 @@ def fit(
             signals.check()
     bar.close()
     check_divergence(state, stage, cfg.lr, resumed_from)
+    if meter is not None and (summary := meter.summary()):
+        log({"stage": stage, "step": step, "utilisation": "stage", **summary})
     if cfg.early_stopping and val is not None:
         state = state.replace(params=state.best_params)
     state = state.replace(finished=place(np.ones((), np.bool_), replicated))
