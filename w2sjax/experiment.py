@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from w2sjax import (
-    atomic, checkpoint, compile_stats, metrics, parallel, preemption, results, rundir, signals, stages,
+    atomic, checkpoint, compile_stats, memory, metrics, parallel, preemption, results, rundir, signals, stages,
     tensorboard_log, train,
 )
 from w2sjax.config import Config, ConfigError, to_dict
@@ -596,6 +596,9 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
     _COMPILES_AT_START[str(out_dir)] = compile_stats.install()
     validate(config, models_used)
+    chained = {m for chain in config.bootstrap for m in chain.split(">")}
+    memory.moving_to((set(config.weak_models) | set(config.strong_models) | chained) if models_used is None
+                     else models_used)  # a process running one model after another holds one at a time
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:

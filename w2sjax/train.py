@@ -341,6 +341,13 @@ def _jitted_function_for(key: tuple, build: Callable[[], Any]) -> Any:
     return value
 
 
+def clear_caches() -> None:
+    """Forget the jitted functions kept for earlier models (`w2sjax.memory.release`)."""
+    _COMPILED.clear()
+    _predict_jit.cache_clear()
+    _epoch_permutation.cache_clear()
+
+
 def _abstract_key(tree: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
