@@ -54,10 +54,19 @@ def release() -> None:
     _return_freed_heap()
 
 
+def _pretrained(name: str) -> bool:
+    """Whether ``name`` brings pretrained weights worth releasing: every model but the small ones
+    trained from scratch (bag of embeddings, TF-IDF, MLP, CNN), whose leaving frees little and
+    whose programs a sweep's next run usually needs again."""
+    from w2sjax.models import registry
+
+    return registry.MODULES.get(name) != "shallow"
+
+
 def moving_to(models) -> bool:
-    """Called before a run of ``models`` (names): releases what the process holds when a model it
-    holds is not among them. Returns whether it released."""
-    models = set(models)
+    """Called before a run of ``models`` (names): releases what the process holds when a pretrained
+    model it holds is not among them. Returns whether it released."""
+    models = {m for m in models if _pretrained(m)}
     with _lock:
         released = bool(_held - models)
         if released:
