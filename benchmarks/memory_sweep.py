@@ -35,10 +35,10 @@ def overrides(model: str, precision: str) -> list[str]:
             f"precision={precision}", "train.epochs=1", "train.batch_size=16", "train.lr=3e-5", "weak_train.epochs=2"]
 
 
-def child(scenario: str, precision: str) -> dict:
+def child(scenario: str, precision: str, devices: int | None) -> dict:
     from w2sjax import assets, xla_flags
 
-    xla_flags.apply_defaults()
+    xla_flags.apply_defaults(devices=devices)
     xla_flags.enable_compilation_cache(assets.cache_dir() / "xla")
     from w2sjax import config as config_lib
     from w2sjax import experiment, memory
@@ -54,7 +54,10 @@ def child(scenario: str, precision: str) -> dict:
             experiment.run(cfg, os.path.join(tmp, model), progress=False)
             parts.append({"model": model, "seconds": round(time.perf_counter() - t0, 1),
                           "rss_mb_after": round(memory.rss_bytes() / 2**20), "peak_rss_mb": round(memory.peak_rss_bytes() / 2**20)})
+    import jax
+
     return {"scenario": scenario, "models": list(SCENARIOS[scenario]), "precision": precision, "parts": parts,
+            "devices": jax.device_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_rss_mb": round(memory.peak_rss_bytes() / 2**20), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -65,25 +68,54 @@ def _cpu() -> str:
         return platform.processor()
 
 
+def _available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def _run_guarded(command: list[str], min_free_mb: float) -> tuple[str, int]:
+    """Run ``command``; stop it if the machine's available memory falls under ``min_free_mb``, so
+    that on a shared machine the kernel's OOM killer never has to pick someone else's process."""
+    with tempfile.TemporaryFile("w+") as log:
+        child_process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        while child_process.poll() is None:
+            if _available_mb() < min_free_mb:
+                child_process.kill()
+                child_process.wait()
+                log.seek(0)
+                return log.read() + f"\nstopped: the machine had under {min_free_mb:.0f} MB available", 1
+            time.sleep(1)
+        log.seek(0)
+        return log.read(), child_process.returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="append the JSON records to this file")
     parser.add_argument("--scenarios", nargs="+", default=["alone", "sweep", "sweep_keep"], choices=sorted(SCENARIOS))
     parser.add_argument("--precision", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--devices", type=int, help="fake CPU devices (default: the w2sjax command's, one per core); "
+                        "each holds a replica of the training state, so fewer use less memory")
+    parser.add_argument("--min-free-mb", type=float, default=1500,
+                        help="stop a scenario when the machine has less memory available than this")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.precision)), flush=True)
+        print(json.dumps(child(args.child, args.precision, args.devices)), flush=True)
         return 0
     records = []
     for scenario in args.scenarios:
         before = os.getloadavg()
-        done = subprocess.run([sys.executable, "-m", "benchmarks.memory_sweep", "--child", scenario,
-                               "--precision", args.precision], capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
-            return done.returncode
-        record = json.loads(done.stdout.strip().splitlines()[-1])
+        more = [] if args.devices is None else ["--devices", str(args.devices)]
+        out, returncode = _run_guarded([sys.executable, "-m", "benchmarks.memory_sweep", "--child", scenario,
+                                        "--precision", args.precision, *more], args.min_free_mb)
+        if returncode != 0:
+            print(out[-3000:], file=sys.stderr)
+            return returncode or 1
+        record = json.loads(out.strip().splitlines()[-1])
         record.update(case="memory_sweep", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cpu=_cpu(),
                       loadavg_before=[round(x, 2) for x in before],
                       loadavg_after=[round(x, 2) for x in os.getloadavg()])
