@@ -423,6 +423,9 @@ def main(argv=None) -> int:
         if {"finetune", "finetune_lengths"} & set(args.cases):
             for rec in finetune_cases(model, args, sz, peaks, length_texts, with_torch):
                 emit(rec)
+            from w2sjax.runner import memory
+
+            memory.release()  # the next model starts from a process that holds none of this one's programs
     if "bucketing" in args.cases:
         for rec in bucketing_case(args, sz, length_texts):
             emit(rec)

@@ -33,7 +33,7 @@ import numpy as np
 
 from w2sjax import metrics, parallel
 from w2sjax.config import Config, ConfigError, to_dict
-from w2sjax.runner import atomic, compile_stats, rundir, sigint, stage_keys, tensorboard_log
+from w2sjax.runner import atomic, compile_stats, memory, rundir, sigint, stage_keys, tensorboard_log
 # Re-exported: other programs import these names from here.
 from w2sjax.data.shift import _domain_shift, shift_task  # noqa: F401
 from w2sjax.inputs import Inputs, ModelInputs  # noqa: F401
@@ -100,6 +100,9 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
     _COMPILES_AT_START[str(out_dir)] = compile_stats.install()
     validate(config, models_used)
+    chained = {m for chain in config.bootstrap for m in chain.split(">")}
+    memory.moving_to((set(config.weak_models) | set(config.strong_models) | chained) if models_used is None
+                     else models_used)  # a process running one model after another holds one at a time
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:

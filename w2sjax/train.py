@@ -39,7 +39,7 @@ from w2sjax.data.feed import (  # re-exported: the host feed lived here
     ArrayData, HostFeed, batch_indices, effective_batch_size, stacked_batch_sharding, steps_per_epoch,
     to_global, to_global_stacked,
 )
-from w2sjax.runner import preemption, sigint
+from w2sjax.runner import preemption, sigint, utilisation
 
 PyTree = Any
 
@@ -348,6 +348,15 @@ def _jitted_function_for(key: tuple, build: Callable[[], Any]) -> Any:
     return value
 
 
+def clear_caches() -> None:
+    """Forget the jitted functions kept for earlier models (`w2sjax.runner.memory.release`)."""
+    _COMPILED.clear()
+    _predict_jit.cache_clear()
+    from w2sjax.data import feed
+
+    feed._epoch_permutation.cache_clear()
+
+
 def _abstract_key(tree: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves)
@@ -472,19 +481,18 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
         log.rewind(stage, int(state.step))
     bar = progress_lib.bar(total, stage, initial=start, unit="steps", enabled=progress and parallel.is_main_process())
     step, stopped_early, last_save = start, False, time.monotonic()
+    meter = utilisation.Meter(mesh) if log is not None else None  # FLOPs per step, FLOP/s and MFU in the log
     with sigint.safe_points():  # a first Ctrl-C stops the loop at its next stop, after a checkpoint
         while step < total:
             # Run up to the next step where the host has something to do (log, eval, checkpoint).
             done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
-            for count, batches in feed.segments(step, done):  # one segment unless batches change length
-                state, step_metrics = train_loop(state, batches, place(np.int32(count), replicated), rng, settings,
-                                                 model=model, mesh=mesh, step_wrapper=step_wrapper)
+            state, step_metrics = _train_until(state, feed.segments(step, done), (rng, settings), replicated, meter,
+                                               model=model, mesh=mesh, step_wrapper=step_wrapper)
             bar.update(done - step)
             step = done
             if itstime(step, cfg.log_every, total):
                 check_divergence(state, stage, cfg.lr, resumed_from)
-                if log is not None:
-                    log({"stage": stage, "step": step, **{k: float(v) for k, v in step_metrics.items()}})
+                _log_step(log, {"stage": stage, "step": step}, step_metrics, meter)
             if itstime(step, eval_every, total):
                 state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
                                  step=step, log=log, buckets=cfg.length_buckets)
@@ -496,8 +504,36 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
             # a Ctrl-C (even one whose first raise a callback swallowed) ends the run here
             sigint.check()
     bar.close()
+    _log_step(log, {"stage": stage, "step": step, "utilisation": "stage"}, None, meter)
     state = _final_state(state, cfg, stage, resumed_from, replicated, validated=val is not None)
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def _log_step(log, line: dict, step_metrics: dict | None, meter) -> None:
+    """One line of ``metrics.jsonl``: the step's metrics and the FLOP/s since the last line, or,
+    with ``step_metrics=None``, the stage's utilisation summary (when ``meter`` measured one)."""
+    if log is None:
+        return
+    if step_metrics is not None:
+        log({**line, **{k: float(v) for k, v in step_metrics.items()}, **(meter.interval() if meter is not None else {})})
+    elif meter is not None and (summary := meter.summary()):
+        log({**line, **summary})
+
+
+def _train_until(state: TrainState, segments, step_inputs: tuple, replicated, meter, **loop_kwargs):
+    """Run ``train_loop`` over ``segments`` (``(count, stacked batches)``, one per run of equal
+    padded length) and return ``(state, last metrics)``; ``meter`` (or None) counts their FLOPs
+    and times them."""
+    started = time.perf_counter()
+    for count, batches in segments:
+        args = (state, batches, place(np.int32(count), replicated), *step_inputs)
+        if meter is not None:  # before the call, which donates the state
+            meter.add(meter.cost(_abstract_key(batches), train_loop, *args, **loop_kwargs), count)
+        state, step_metrics = train_loop(*args, **loop_kwargs)
+    if meter is not None:  # the loop's own stops sync anyway (log, eval, checkpoint): every 10 steps by default
+        jax.block_until_ready(step_metrics)
+        meter.time(time.perf_counter() - started)
+    return state, step_metrics
 
 
 def _final_state(state: TrainState, cfg: TrainConfig, stage: str, resumed_from: int | None, replicated, *,

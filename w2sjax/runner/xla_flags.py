@@ -11,6 +11,10 @@ The choices, measured in ``benchmarks/RESULTS.md``:
     (about 4x faster than float32 there).
   * One host device per core (up to 8), so a batch sharded over the data axis keeps
     every core busy.
+  * No oneDNN flag (2026-12-06, Intel Xeon with AMX, ``benchmarks/flag_ab.py``):
+    ``--xla_cpu_use_onednn`` and ``--xla_cpu_experimental_onednn_custom_call`` route none of
+    the finetune step's dots to oneDNN while YNNPACK takes them, and oneDNN's dot fusion (YNNPACK
+    off) gets them as float32 and then fails to compile a partition.
 
 `enable_compilation_cache` is the application's other default: a persistent cache of
 compiled programs, so a rerun, or a preempted job resuming, skips XLA compiles. A damaged entry
