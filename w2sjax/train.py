@@ -486,7 +486,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
         while step < total:
             # Run up to the next step where the host has something to do (log, eval, checkpoint).
             done = _next_stop(step, total, (cfg.log_every, _MAX_CHUNK, eval_every, cfg.checkpoint_every))
-            state, step_metrics = _train_until(state, feed.segments(step, done), (rng, settings), replicated, meter,
+            state, step_metrics = train_segments(state, feed.segments(step, done), (rng, settings), replicated, meter,
                                                model=model, mesh=mesh, step_wrapper=step_wrapper)
             bar.update(done - step)
             step = done
@@ -520,7 +520,7 @@ def _log_step(log, line: dict, step_metrics: dict | None, meter) -> None:
         log({**line, **summary})
 
 
-def _train_until(state: TrainState, segments, step_inputs: tuple, replicated, meter, **loop_kwargs):
+def train_segments(state: TrainState, segments, step_inputs: tuple, replicated, meter, **loop_kwargs):
     """Run ``train_loop`` over ``segments`` (``(count, stacked batches)``, one per run of equal
     padded length) and return ``(state, last metrics)``; ``meter`` (or None) counts their FLOPs
     and times them."""
