@@ -218,20 +218,23 @@ def test_table_warns_when_a_student_ends_below_the_majority_rate_its_ceiling_bea
 
 
 @pytest.mark.slow
-def test_smollm2_top_k_ceiling_beats_the_majority_rate(tmp_path):
-    """The real SmolLM2-135M as a top:2 student on 300 tweets: its ceiling beats always answering
-    the majority class by a clear margin (before the fix it was probed with lr 1e-4 and did not).
-    About 3 minutes on 2 cores the first time (the asset and its bottoms are cached after)."""
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_decoder_top_k_ceiling_beats_the_majority_rate_and_the_supervisor(name, tmp_path):
+    """The real SmolLM2-135M and Gemma-3-270M as top:2 students on 300 tweets: each ceiling beats
+    always answering the majority class, and the GloVe supervisor, by 5 points (measured
+    2026-12-06: 0.870 and 0.8675 against 0.6725 and 0.7575; before the fix they were probed with
+    lr 1e-4 and did not). About 3 minutes each on 2 cores the first time (the assets and their
+    bottoms are cached after)."""
     config = Config(
-        name="smollm2-top2", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
-        weak_models=("glove-bow",), strong_models=("smollm2-135m",), strong_mode="finetune", losses=("xent",),
+        name="decoder-top2", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
+        weak_models=("glove-bow",), strong_models=(name,), strong_mode="finetune", losses=("xent",),
         seeds=(0,), precision="bfloat16",
         train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-3, trainable="top:2"),
     )
     (row,) = experiment.run(config, tmp_path / "run", progress=False)["runs"]
     assert row["strong_mode"] == "finetune"
     assert row["ceiling_acc"] >= row["majority_acc"] + 0.05, row
-    assert row["ceiling_acc"] > row["weak_acc"], row
+    assert row["ceiling_acc"] >= row["weak_acc"] + 0.05, row
 
 
 # ---- the verbalizer readout ------------------------------------------------------------------
