@@ -71,7 +71,7 @@ def shape_of(model: str, path, layers: int | None = None) -> Shape:
 
     if model == "smollm2-135m":
         c = llama.LlamaConfig.from_gguf(GGUFFile(_gguf(path)))
-        return Shape(c.num_hidden_layers, c.hidden_size, c.intermediate_size,
+        return Shape(layers or c.num_hidden_layers, c.hidden_size, c.intermediate_size,
                      c.num_key_value_heads * c.head_dim, 3, c.vocab_size)
     c = (bert.BertConfig if model == "minilm-l6" else mpnet.MPNetConfig).from_json(path / "config.json")
     return Shape(layers or c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.hidden_size, 2,
@@ -151,6 +151,8 @@ def jax_module(model: str, path, dtype: str, layers: int | None = None):
         enc = mpnet.load_mpnet_encoder(path, num_layers=layers, dtype=dt, param_dtype=jnp.float32)
         return bert.classifier(enc, 2, rngs=rngs)
     decoder, _ = llama.load_llama_gguf(path, dtype=dt, param_dtype=jnp.float32)
+    if layers is not None:  # the first `layers` blocks, then the final norm (same per-block work)
+        decoder.layers = nnx.List(list(decoder.layers)[:layers])
     return llama.DecoderClassifier(decoder, 2, rngs=rngs)
 
 

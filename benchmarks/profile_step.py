@@ -15,6 +15,8 @@ shared machine. Variants:
   grad                    loss + gradients (jit of value_and_grad)
   step, step_bf16         the library's train step (grad + AdamW + bookkeeping), state donated
   step_nodonate           step_bf16 without donating the state
+  step_bf16_before        step_bf16 with the bf16 Linear and attention of before 2026-12-06 (float32
+                          attention matmuls, backward re-converting x and w): before/after in one run
   step_sdpa               step with attention via jax.nn.dot_product_attention (MPNet's bias passed on)
   step_bf16_remat         step_bf16 with every block rematerialised (`models.remat`)
   step_bf16_remat_dots    the same, but keeping matmul outputs (policy dots_with_no_batch_dims_saveable):
@@ -41,7 +43,7 @@ from benchmarks import finetune as ft
 from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
-VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16",
+VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4")
 
 
@@ -84,6 +86,48 @@ def _linear_bf16_wgrad_t():
 
     linear.defvjp(fwd, bwd)
     return linear
+
+
+def _before_2026_12_06():
+    """The bf16 Linear and the attention as they were before 2026-12-06, so one run times the
+    library before and after: the Linear's backward converted x and w from float32 to bf16 again
+    (they are now saved as the forward's bf16 copies), and the attention matmuls ran in float32
+    (the ports' projections return float32; they now run on bf16 operands with float32 sums)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    @jax.custom_vjp
+    def linear(x, w):
+        return lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+    def fwd(x, w):
+        return linear(x, w), (x, w)
+
+    def bwd(res, g):
+        x, w = res
+        g16, w16, x16 = g.astype(jnp.bfloat16), w.astype(jnp.bfloat16), x.astype(jnp.bfloat16)
+        dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        lead = tuple(range(x.ndim - 1))
+        dw = lax.dot_general(x16, g16, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+        return dx.astype(x.dtype), dw.astype(w.dtype)
+
+    linear.defvjp(fwd, bwd)
+
+    def attend(q, k, v, keep, scale, softcap=None, dtype=None):
+        del dtype  # ignored then: the operands kept v's dtype, float32
+        b, t, h, d = q.shape
+        kv = k.shape[2]
+        q = q.reshape(b, t, kv, h // kv, d).astype(v.dtype)
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(v.dtype)).astype(jnp.float32) * scale
+        if softcap is not None:
+            scores = softcap * jnp.tanh(scores / softcap)
+        scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h * d)
+
+    return linear, attend
 
 
 def _row_block_step(model, blocks: int):
@@ -157,7 +201,7 @@ def trace_shares(trace_dir) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
-    p.add_argument("--model", choices=("minilm-l6", "mpnet-base"), default="minilm-l6")
+    p.add_argument("--model", choices=ft.MODELS, default="minilm-l6")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--layers", type=int, default=None)
@@ -176,7 +220,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from w2sjax import parallel, train
-    from w2sjax.models import bert, precision, remat
+    from w2sjax.models import bert, layers, precision, remat
 
     path = ft.asset_path(args.model)
     shape = ft.shape_of(args.model, path, args.layers)
@@ -192,6 +236,7 @@ def main(argv=None) -> int:
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
     original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
                                                            remat._remat_call)
+    original_attend = layers.attend
     calls, flops, holders = {}, {}, {}
 
     for variant in args.variants:
@@ -227,6 +272,8 @@ def main(argv=None) -> int:
             bert.PostNormLayer._attention = _sdpa_attention
         if variant == "step_bf16_wgrad_t":
             precision._linear_bf16 = _linear_bf16_wgrad_t()
+        if variant == "step_bf16_before":
+            precision._linear_bf16, layers.attend = _before_2026_12_06()
         if variant == "step_bf16_remat_dots":
             remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
@@ -235,6 +282,7 @@ def main(argv=None) -> int:
             bert.PostNormLayer._attention = original_attention
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
+            layers.attend = original_attend
         holder = holders[variant] = {"s": state}
 
         def call(fn=fn, holder=holder):

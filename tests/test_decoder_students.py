@@ -15,8 +15,7 @@ from flax import nnx
 from w2sjax import experiment, parallel, train
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.data import length_buckets
-from w2sjax.models import bottoms
-from w2sjax.models import get_model, hf, topk
+from w2sjax.models import bottoms, embed, get_model, hf, topk
 from w2sjax.report import tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
@@ -84,6 +83,56 @@ def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case,
     probs = train.predict(train.make_predict_step(model), state, cached, mesh=parallel.make_mesh(), batch_size=4)
     ref = np.asarray(jax.nn.softmax(full.head(jnp.asarray(want)), axis=-1))
     np.testing.assert_allclose(probs, ref, atol=2e-2)
+
+
+def test_last_token_index_matches_numpy_on_any_padding():
+    """The read position is the last 1 of the mask, for right, left and two-sided padding (and 0
+    for a row with no real token), as numpy's ``flatnonzero`` gives it."""
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(64):
+        t, n = int(rng.integers(1, 40)), int(rng.integers(0, 40))
+        n = min(n, t)
+        start = int(rng.integers(0, t - n + 1))
+        m = np.zeros(t, np.int32)
+        m[start:start + n] = 1
+        masks.append(np.pad(m, (0, 40 - t)) if rng.random() < 0.5 else np.pad(m, (40 - t, 0)))
+    masks = np.stack(masks)
+    want = np.array([np.flatnonzero(m)[-1] if m.any() else 0 for m in masks])
+    np.testing.assert_array_equal(np.asarray(embed.last_token_index(jnp.asarray(masks))), want)
+
+
+@pytest.mark.parametrize("case", DECODERS)
+def test_left_padding_within_every_length_bucket_reads_the_last_real_token(case, tmp_path):
+    """Each length bucket's rows, left-padded to the bucket's length, give the pooled state of each
+    text run alone: the whole decoder on token ids, and the cut top:1 student on its cached bottom
+    moved to the right end of each row."""
+    spec = hf.model_spec(f"hf:{FIXTURES / case}", max_len=MAX_LEN, progress=False)
+    full = spec.finetune(2, rngs=nnx.Rngs(0))
+    texts = _texts()
+    tokens = spec.tokenize({"text": texts})
+    ids, mask = np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
+    lengths = mask.sum(1)
+    want = np.stack([_alone(full, ids[i, :n]) for i, n in enumerate(lengths)])
+    buckets = length_buckets.bucket_lengths(MAX_LEN)
+    cut = spec.finetune(2, rngs=nnx.Rngs(0))
+    topk.cut_bottom(cut, 1)
+    cached = bottoms.Bottom(spec, 1, num_classes=2, dtype="float32", task_name="t", cache_dir=tmp_path,
+                            progress=False).inputs({"text": texts})
+    for b, length in enumerate(buckets):
+        rows = np.flatnonzero(np.searchsorted(buckets, lengths) == b)
+        assert len(rows), length
+        left_ids, left_mask = _left_padded(ids[rows, :length], mask[rows, :length], pad_id=0)
+        # the read position, by numpy: the last column of every left-padded row
+        assert (left_mask[:, -1] == 1).all()
+        np.testing.assert_array_equal(np.asarray(embed.last_token_index(jnp.asarray(left_mask))), length - 1)
+        got = np.asarray(full.features({"input_ids": jnp.asarray(left_ids), "attention_mask": jnp.asarray(left_mask)}))
+        np.testing.assert_allclose(got, want[rows], atol=1e-4 * max(1.0, np.abs(want).max()), err_msg=f"bucket {length}")
+        right = np.asarray(cached["hidden"][rows])[:, :length]
+        hidden = np.stack([np.roll(h, length - n, axis=0) for h, n in zip(right, lengths[rows])])
+        got = np.asarray(cut.features({"hidden": jnp.asarray(hidden), "attention_mask": jnp.asarray(left_mask)}))
+        # the cached bottom is rounded to bf16
+        np.testing.assert_allclose(got, want[rows], atol=3e-2 * max(1.0, np.abs(want).max()), err_msg=f"bucket {length}")
 
 
 @pytest.mark.parametrize("case", DECODERS)
@@ -171,17 +220,104 @@ def test_table_warns_when_a_student_ends_below_the_majority_rate_its_ceiling_bea
 
 
 @pytest.mark.slow
-def test_smollm2_top_k_ceiling_beats_the_majority_rate(tmp_path):
-    """The real SmolLM2-135M as a top:2 student on 300 tweets: its ceiling beats always answering
-    the majority class by a clear margin (before the fix it was probed with lr 1e-4 and did not).
-    About 3 minutes on 2 cores the first time (the asset and its bottoms are cached after)."""
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_decoder_top_k_ceiling_beats_the_majority_rate_and_the_supervisor(name, tmp_path):
+    """The real SmolLM2-135M and Gemma-3-270M as top:2 students on 300 tweets: each ceiling beats
+    always answering the majority class, and the GloVe supervisor, by 5 points (measured
+    2026-12-06: 0.870 and 0.8675 against 0.6725 and 0.7575; before the fix they were probed with
+    lr 1e-4 and did not). About 3 minutes each on 2 cores the first time (the assets and their
+    bottoms are cached after)."""
     config = Config(
-        name="smollm2-top2", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
-        weak_models=("glove-bow",), strong_models=("smollm2-135m",), strong_mode="finetune", losses=("xent",),
+        name="decoder-top2", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
+        weak_models=("glove-bow",), strong_models=(name,), strong_mode="finetune", losses=("xent",),
         seeds=(0,), precision="bfloat16",
         train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-3, trainable="top:2"),
     )
     (row,) = experiment.run(config, tmp_path / "run", progress=False)["runs"]
     assert row["strong_mode"] == "finetune"
     assert row["ceiling_acc"] >= row["majority_acc"] + 0.05, row
-    assert row["ceiling_acc"] > row["weak_acc"], row
+    assert row["ceiling_acc"] >= row["weak_acc"] + 0.05, row
+
+
+# ---- the verbalizer readout ------------------------------------------------------------------
+
+def _vocab_matrix(case):
+    """The checkpoint's output projection ``[vocab, D]``, read with safetensors' numpy API: the
+    untied ``lm_head``, else the token embedding (tied)."""
+    from safetensors.numpy import load_file
+
+    tensors = load_file(FIXTURES / case / "model.safetensors")
+    for suffix in ("lm_head.weight", "embed_tokens.weight", "wte.weight"):
+        found = [v for k, v in tensors.items() if k.endswith(suffix)]
+        if found:
+            return found[0].astype(np.float64)
+    raise KeyError(case)
+
+
+def _first_tokens(case, names):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(FIXTURES / case / "tokenizer.json"))
+    return [tok.encode(" " + n, add_special_tokens=False).ids[0] for n in names]
+
+
+@pytest.mark.parametrize("case", ["llama_gqa_tied", "llama3_untied_bias", "gemma3_sliding", "gpt2"])
+def test_verbalizer_logits_are_the_lm_logits_of_the_class_names(case, tmp_path):
+    """With ``readout=verbalizer`` class c scores the LM's logit of its name's first token at the
+    last real token: the final hidden state there times that token's row of the checkpoint's
+    output matrix (numpy), on right- and left-padded batches; a cut top:1 student on its cached
+    bottom gives the same logits."""
+    from w2sjax.models import verbalizer
+
+    names = ("dog", "food", "again")
+    spec = hf.model_spec(f"hf:{FIXTURES / case}", max_len=MAX_LEN, progress=False)
+    clf = spec.finetune(3, rngs=nnx.Rngs(0))
+    ids = verbalizer.attach(clf, spec.featurizer.load()[1], names)
+    assert ids == _first_tokens(case, names) and len(set(ids)) == 3
+
+    texts = _texts(6)
+    tokens = spec.tokenize({"text": texts})
+    tok_ids, mask = np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
+    hidden = np.asarray(clf.encoder(jnp.asarray(tok_ids), jnp.asarray(mask)), np.float64)
+    last = np.array([np.flatnonzero(m)[-1] for m in mask])
+    want = hidden[np.arange(len(texts)), last] @ _vocab_matrix(case)[ids].T
+    assert np.abs(want).max() > 1e-2
+    for batch_ids, batch_mask in ((tok_ids, mask), _left_padded(tok_ids, mask, pad_id=0)):
+        got = np.asarray(clf({"input_ids": jnp.asarray(batch_ids), "attention_mask": jnp.asarray(batch_mask)}))
+        np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+    cut = spec.finetune(3, rngs=nnx.Rngs(0))
+    verbalizer.attach(cut, spec.featurizer.load()[1], names)
+    topk.cut_bottom(cut, 1)
+    cached = bottoms.Bottom(spec, 1, num_classes=3, dtype="float32", task_name="t", cache_dir=tmp_path,
+                            progress=False).inputs({"text": texts})
+    got = np.asarray(cut({"hidden": jnp.asarray(cached["hidden"][np.arange(len(texts))]),
+                          "attention_mask": jnp.asarray(mask)}))
+    np.testing.assert_allclose(got, want, atol=3e-2 * max(1.0, np.abs(want).max()))
+
+
+def test_verbalizer_refuses_encoders_and_colliding_class_names():
+    from w2sjax.models import verbalizer
+
+    spec = hf.model_spec(f"hf:{FIXTURES / 'llama_gqa_tied'}", max_len=16, progress=False)
+    tokenizer = spec.featurizer.load()[1]
+    # this tiny vocabulary spells " negative" and " positive" from the same first token "Ġ"
+    with pytest.raises(verbalizer.VerbalizerError, match="collide"):
+        verbalizer.token_ids(tokenizer, ("negative", "positive"))
+    encoder = hf.model_spec(f"hf:{FIXTURES / 'bert'}", max_len=16, progress=False)
+    with pytest.raises(verbalizer.VerbalizerError, match="needs a decoder"):
+        verbalizer.attach(encoder.finetune(2, rngs=nnx.Rngs(0)), encoder.featurizer.load()[1], ("dog", "food"))
+
+
+def test_readout_is_a_checked_setting_in_the_stage_fingerprint():
+    from w2sjax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.readout: expected one of linear, verbalizer, got 'logits'"):
+        StudentTrainConfig(readout="logits")
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    opts = {}
+    for readout in ("linear", "verbalizer"):
+        config = Config(data=DataConfig(task="fine_foods", max_len=16), strong_models=(name,), strong_mode="finetune",
+                        train=StudentTrainConfig(trainable="top:1", readout=readout))
+        opts[readout] = experiment.Inputs(None, config, False).options(name)
+    assert opts["linear"]["head_init"] == "zeros" and opts["verbalizer"]["head_init"] == "verbalizer"

@@ -63,11 +63,9 @@ def validate(config: Config, names=None) -> None:
     from w2sjax import models
 
     if names is None:
-        names = set(config.weak_models) | set(config.strong_models)
-        for chain in config.bootstrap:
-            names |= set(chain.split(">"))
-    names = set(names)
-    for name in sorted(names):
+        names = set(config.weak_models) | set(config.strong_models) | {
+            m for chain in config.bootstrap for m in chain.split(">")}
+    for name in sorted(set(names)):
         try:
             models.get_model(name)
         except ValueError as exc:
@@ -100,9 +98,9 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     parallel.maybe_initialize_distributed(auto=config.parallel.distributed)
     _COMPILES_AT_START[str(out_dir)] = compile_stats.install()
     validate(config, models_used)
-    chained = {m for chain in config.bootstrap for m in chain.split(">")}
-    memory.moving_to((set(config.weak_models) | set(config.strong_models) | chained) if models_used is None
-                     else models_used)  # a process running one model after another holds one at a time
+    names = set(config.weak_models) | set(config.strong_models) if models_used is None else set(models_used)
+    chained = {m for chain in config.bootstrap for m in chain.split(">")} if models_used is None else set()
+    memory.moving_to(names | chained)  # a process running one model after another holds one at a time
     try:
         mesh = parallel.make_mesh(config.parallel.data, config.parallel.fsdp)
     except ValueError as exc:
@@ -113,7 +111,6 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     if parallel.is_main_process():
         atomic.remove_stale(out)  # left by a run killed while writing results.json
     task = _load_task(config)
-    names = set(config.weak_models) | set(config.strong_models) if models_used is None else set(models_used)
     for model_name in sorted(names):
         _check_modality(model_name, task)
     if config.options.shift != "none":

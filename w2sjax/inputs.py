@@ -69,6 +69,8 @@ class Inputs:
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
             if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
                 options["head_init"] = "zeros"
+                if self.config.train.readout == "verbalizer":  # the head starts as the class names' LM rows
+                    options["head_init"] = "verbalizer"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
             options.update(max_len=self.config.data.max_len, precision=self.config.precision)
             if self.config.data.prompt:
@@ -103,6 +105,13 @@ class Inputs:
 
         def build(seed):
             module = spec.finetune(n_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(self.config.precision), **placed)
+            if train_cfg.readout == "verbalizer":  # before cut_bottom drops the output projection
+                from w2sjax.models import verbalizer
+
+                try:
+                    verbalizer.attach(module, spec.featurizer.load()[1], self.task.class_names)
+                except verbalizer.VerbalizerError as exc:
+                    raise ConfigError(f"train.readout: {spec.name}: {exc}") from None
             if top:
                 try:  # the cached student holds only the top blocks; the recomputing one all of them
                     topk.cut_bottom(module, top) if bottom else topk.check(module, top)

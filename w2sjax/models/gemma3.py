@@ -159,6 +159,7 @@ class Gemma3Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
         self.scale = cfg.query_pre_attn_scalar ** -0.5
         self.softcap = cfg.attn_logit_softcapping
+        self.compute_dtype = jnp.dtype(dtype)  # of the attention matmuls' operands
         self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, **lin)
         self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, **lin)
         self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, **lin)
@@ -172,7 +173,8 @@ class Gemma3Attention(nnx.Module):
         q = layers.apply_rotary(self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, d)), cos, sin)
         k = layers.apply_rotary(self.k_norm(self.k_proj(x).reshape(b, t, kv, d)), cos, sin)
         v = self.v_proj(x).reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, self.scale, softcap=self.softcap))
+        return self.o_proj(layers.attend(q, k, v, keep, self.scale, softcap=self.softcap,
+                                           dtype=self.compute_dtype))
 
 
 class Gemma3Block(nnx.Module):

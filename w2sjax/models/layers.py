@@ -47,19 +47,26 @@ def apply_rotary(x, cos, sin):
     return x * cos + rotated * sin
 
 
-def attend(q, k, v, keep, scale: float, softcap: float | None = None):
+def attend(q, k, v, keep, scale: float, softcap: float | None = None, dtype=None):
     """Grouped-query attention: ``q [B,T,H,d]``, ``k, v [B,S,KV,d]``, ``keep [B,T,S]`` bool
-    -> context ``[B, T, H*d]``. Query head ``h`` reads KV head ``h // (H // KV)``.
-    ``softcap`` bounds the scores to ``(-softcap, softcap)`` with tanh (Gemma 2)."""
+    -> context ``[B, T, H*d]``. Query head ``h`` reads KV head ``h // (H // KV)`` (a grouped
+    einsum: the KV heads are never repeated). ``softcap`` bounds the scores to
+    ``(-softcap, softcap)`` with tanh (Gemma 2).
+
+    ``dtype`` is the operand dtype of the two attention matmuls (None: ``v``'s). With bfloat16
+    they run on the bf16 units and sum in float32, as the Linear layers do (`precision`); the
+    bf16 ports' projections return float32, so without it these matmuls ran in float32."""
     b, t, h, d = q.shape
     kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, d).astype(v.dtype)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(v.dtype)).astype(jnp.float32) * scale
+    dtype = v.dtype if dtype is None else dtype
+    q = q.reshape(b, t, kv, h // kv, d).astype(dtype)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k.astype(dtype), preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, t, h * d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype), preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h * d)
 
 
 def decoder_mask(attention_mask, sliding_window: int | None = None):

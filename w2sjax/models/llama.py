@@ -230,6 +230,7 @@ class LlamaAttention(nnx.Module):
         h, d = cfg.hidden_size, cfg.head_dim
         lin = dict(param_dtype=param_dtype, rngs=rngs, **precision.linear_kwargs(dtype))
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.compute_dtype = jnp.dtype(dtype)  # of the attention matmuls' operands
         self.q_proj = nnx.Linear(h, cfg.num_attention_heads * d, use_bias=cfg.qkv_bias, **lin)
         self.k_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
         self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
@@ -241,7 +242,7 @@ class LlamaAttention(nnx.Module):
         q = layers.apply_rotary(self.q_proj(x).reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
         k = layers.apply_rotary(self.k_proj(x).reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
         v = self.v_proj(x).reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d)))
+        return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
 
 
 class LlamaMLP(nnx.Module):

@@ -35,14 +35,17 @@ def _linear_bf16(x, w):
 
 
 def _linear_fwd(x, w):
-    return _linear_bf16(x, w), (x, w)
+    # Keep the bf16 copies the forward dot already made, not the float32 originals: the backward
+    # then converts nothing again (converts were ~7% of a SmolLM2 step, benchmarks/RESULTS.md)
+    # and the saved activations take half the memory. Zero-size arrays carry the dtypes back.
+    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    out = lax.dot_general(x16, w16, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return out, (x16, w16, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
 def _linear_bwd(res, g):
-    x, w = res
+    x16, w16, x_dtype, w_dtype = res
     g16 = g.astype(jnp.bfloat16)
-    w16 = w.astype(jnp.bfloat16)
-    x16 = x.astype(jnp.bfloat16)
     # dx = g @ w.T: contracts the cotangent's last axis (a layout YNNPACK takes as is).
     dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
                          preferred_element_type=jnp.float32)
@@ -50,9 +53,9 @@ def _linear_bwd(res, g):
     # the left operand contracted on its last axis, which x.T is only as a view.
     # Forcing a row-major copy (pad + slice) made the dot fast but cost as much in
     # transposes as it saved (benchmarks/RESULTS.md), so it is left to XLA.
-    lead = tuple(range(x.ndim - 1))
+    lead = tuple(range(x16.ndim - 1))
     dw = lax.dot_general(x16, g16, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
 
 
 _linear_bf16.defvjp(_linear_fwd, _linear_bwd)
