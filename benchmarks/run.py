@@ -264,7 +264,7 @@ def bucketing_case(args, sz, texts):
     import numpy as np
 
     from w2sjax import parallel, train
-    from w2sjax.data import length_buckets
+    from w2sjax.data import feed, length_buckets
 
     dtype, b, t = args.precision[-1], sz["ft_b"], sz["ft_t"]
     path = ft.asset_path("minilm-l6")
@@ -284,7 +284,7 @@ def bucketing_case(args, sz, texts):
     sides = {_impl("jax", dtype) + "_padded": fit(False), _impl("jax", dtype) + "_buckets": fit(True)}
     # Padded tokens per epoch under each batching (the same plan fit follows for seed 0, epoch 0).
     order = length_buckets.BucketedOrder(length_buckets.token_lengths(data.inputs), b, 0, t,
-                                         lambda e: train._epoch_permutation(len(ids), 0, e))
+                                         lambda e: feed._epoch_permutation(len(ids), 0, e))
     steps = len(ids) // b
     bucketed_tokens = sum(order.batch(s)[1] * b for s in range(steps))
     shape = ft.shape_of("minilm-l6", path, sz["layers"])

@@ -120,10 +120,10 @@ def train_settings(cfg: Any, loss: str) -> dict:
     """The fields of a ``TrainConfig`` (or a student's, with its ``LossConfig``) that determine a
     stage trained with ``loss``."""
     settings = dataclasses.asdict(cfg)
-    # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's cache.
-    settings.pop("trainable", None)
-    settings.pop("lora", None)
-    settings.pop("cache_bottom", None)
+    # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's
+    # cache, and a decoder's readout (as its head_init), so stages of other models keep their names.
+    for field in ("trainable", "lora", "cache_bottom", "readout"):
+        settings.pop(field, None)
     loss_settings = settings.pop("loss", None) or {}  # a student's LossConfig; supervisors have none
     for field in list(settings):
         if field in _NOT_OUTPUT:
