@@ -10,7 +10,7 @@ from experiments.reports import ladder as ladder_report
 from w2sjax import data, experiment, parallel
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.data.task import Task
-from w2sjax.report import saved_splits
+from w2sjax.runner import saved_splits
 
 SEEDS = (0, 1)
 
@@ -130,3 +130,18 @@ def test_a_planning_pass_writes_nothing(tmp_path):
     assert not (tmp_path / "splits").exists()
     experiment.SeedRun(experiment.Runner(config, tmp_path, mesh, task, False), task, 0)
     assert (tmp_path / "splits" / "seed0.npz").is_file()
+
+
+def test_a_failed_run_that_saved_only_split_records_leaves_no_folder(tmp_path):
+    from w2sjax.runner import rundir
+
+    task = _grouped_task()
+    out = tmp_path / "failed"
+    rundir.lock(out)  # creates the folder, as a run does
+    saved_splits.save(out, 0, data.make_splits(task, seed=0, n_val=12, n_test=30), task.num_classes)
+    assert rundir.discard_if_empty(out) and not out.exists()
+    mine = tmp_path / "mine"  # a folder the run did not create stays
+    mine.mkdir()
+    rundir.lock(mine)
+    saved_splits.save(mine, 0, data.make_splits(task, seed=0, n_val=12, n_test=30), task.num_classes)
+    assert not rundir.discard_if_empty(mine) and (mine / "splits" / "seed0.npz").is_file()

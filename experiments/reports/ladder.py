@@ -75,10 +75,10 @@ def _plain(runs: list[dict]) -> list[dict]:
 def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tuple]]:
     """Per (task, weak, strong, loss) and seed: boolean ``[n_test]`` correctness of weak, w2s,
     ceiling on the test split, and the test rows. Read from what the run saved, never rebuilt: each
-    seed's test rows and labels (``splits/seed{N}.npz``, :mod:`w2sjax.report.saved_splits`) and the
+    seed's test rows and labels (``splits/seed{N}.npz``, :mod:`w2sjax.runner.saved_splits`) and the
     stages' test predictions (``checkpoints/``). Groups whose files cannot be read (other stage
     names, a run from before the split records) are left out."""
-    from w2sjax.report import saved_splits
+    from w2sjax.runner import saved_splits
     from w2sjax.runner import checkpoint
 
     # A record from other data settings than these results' gives predictions of another shape,
@@ -108,7 +108,7 @@ def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tu
 
 def _test_correct(ckpt: pathlib.Path, stage: str, rec: dict) -> np.ndarray:
     """Whether the finished stage ``stage`` (as a results row names it) got each test row right."""
-    from w2sjax.report import saved_splits
+    from w2sjax.runner import saved_splits
     from w2sjax.runner import checkpoint
 
     preds, _ = checkpoint.restore(ckpt, StageKey.parse(stage).outputs_name, saved_splits.prediction_target(rec))

@@ -21,9 +21,8 @@ import numpy as np
 from flax import nnx
 
 from w2sjax import parallel, train
-from w2sjax.runner import atomic, checkpoint, preemption, sigint, stage_keys, tensorboard_log
+from w2sjax.runner import atomic, checkpoint, preemption, saved_splits, sigint, stage_keys, tensorboard_log
 from w2sjax.config import Config
-from w2sjax.report import saved_splits
 from w2sjax.inputs import Inputs
 
 
@@ -178,7 +177,7 @@ class Runner:
 
     def record_splits(self, seed: int, splits) -> None:
         """Save what reports need to score seed ``seed``'s stages again (its val and test rows and
-        labels, :mod:`w2sjax.report.saved_splits`); a planning runner writes nothing."""
+        labels, :mod:`w2sjax.runner.saved_splits`); a planning runner writes nothing."""
         if not self.planning:
             saved_splits.save(self.ckpt_dir.parent, seed, splits, self.task.num_classes)
 
