@@ -145,3 +145,11 @@ def test_a_failed_run_that_saved_only_split_records_leaves_no_folder(tmp_path):
     rundir.lock(mine)
     saved_splits.save(mine, 0, data.make_splits(task, seed=0, n_val=12, n_test=30), task.num_classes)
     assert not rundir.discard_if_empty(mine) and (mine / "splits" / "seed0.npz").is_file()
+
+
+def test_prune_leaves_the_split_records_alone(run):
+    from w2sjax.runner import disk
+
+    out, _ = run
+    removals, notes = disk.prune_candidates(out)
+    assert not [r for r in removals if "splits" in r.path.parts] and not notes
