@@ -172,21 +172,18 @@ def _kind(k: tuple) -> str:
 
 
 def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pathlib.Path) -> None:
-    """Collect every finished part of ``task_name`` into its artefacts (``TASK.json``/``.npz``)."""
-    from w2sjax import data, experiment
+    """Collect every finished part of ``task_name`` into its artefacts (``TASK.json``/``.npz``), from
+    what its runs saved (results, stage predictions, the seeds' split records)."""
     from w2sjax.report import artefacts
 
-    task = data.load_task(task_name)
     rows, arrays = [], {}
     for part in (p for p in plan.parts if p.task == task_name):
-        cfg = plan.config_of(plan.base, part, task)
         results = json.loads((out / part.name / "results.json").read_text())
-        splits = {seed: experiment.SeedRun.splits_of(cfg, task, seed) for seed in cfg.seeds}
         if plan.group_of_part[part.name].bootstrap:  # its plain rows are the primary parts' cells
             results = {**results, "runs": [r for r in results["runs"] if r.get("chain")]}
-        part_rows, part_arrays = artefacts.collect(out / part.name, results, splits, task.num_classes)
+        part_rows, part_arrays = artefacts.collect(out / part.name, results)
         artefacts.merge(rows, arrays, part_rows, part_arrays, tag=part.name)
-    scored = "per question" if "group" in task.test else "per example"
+    scored = "per question" if any(k.startswith("test_group/") for k in arrays) else "per example"
     artefacts.write_task(artefacts_dir, plan.protocol.sha256, task_name, scored, rows, arrays)
 
 

@@ -63,9 +63,8 @@ def validate(config: Config, names=None) -> None:
     from w2sjax import models
 
     if names is None:
-        names = set(config.weak_models) | set(config.strong_models) | {
-            m for chain in config.bootstrap for m in chain.split(">")}
-    for name in sorted(set(names)):
+        names = {*config.weak_models, *config.strong_models, *(m for c in config.bootstrap for m in c.split(">"))}
+    for name in sorted(names):
         try:
             models.get_model(name)
         except ValueError as exc:
@@ -117,8 +116,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
         task = shift_task(task, config.options.shift)
 
     runner = Runner(config, out, mesh, task, progress)
-    task.train["row"] = np.arange(len(task.train["label"]))
-    task.test["row"] = np.arange(len(task.test["label"]))
+    task.train["row"], task.test["row"] = (np.arange(len(split["label"])) for split in (task.train, task.test))
     if parallel.is_main_process():
         announce_data(config, task, SeedRun.splits_of(config, task, config.seeds[0]))
     return runner, task, out
@@ -135,6 +133,7 @@ class SeedRun:
         config = runner.config
         self.runner, self.task, self.seed, self.config = runner, task, seed, config
         splits = self.splits_of(config, task, seed)
+        runner.record_splits(seed, splits)  # rows and labels that reports score saved predictions against
         # The supervisor half trains the supervisors; the student half is what they pseudo-label, and
         # trains the students (and the ceiling, on its ground truth).
         self.supervisor_half, self.student_half = splits.supervisor_half, splits.student_half

@@ -16,7 +16,8 @@ Intervals. The standard report's PGR interval resamples *seeds*. Every seed is s
 same test split, so that interval leaves out the noise of the test draw itself, which with 1000
 examples and a weak–ceiling gap of a few points is the larger part.
 `seed_and_example_bootstrap_pgr` reads each stage's saved test predictions from
-``DIR/checkpoints`` and resamples seeds and test examples together; the tables report both
+``DIR/checkpoints`` and each seed's test rows and labels from ``DIR/splits`` (saved by the run;
+the task is not loaded), and resamples seeds and test examples together; the tables report both
 intervals.
 
 Ordering. Supervisors and students are placed by their position on the ladder, which is the
@@ -73,43 +74,45 @@ def _plain(runs: list[dict]) -> list[dict]:
 
 def _correct(directory: pathlib.Path, results: dict) -> dict[tuple, dict[int, tuple]]:
     """Per (task, weak, strong, loss) and seed: boolean ``[n_test]`` correctness of weak, w2s,
-    ceiling on the test split, and the test rows. Groups whose checkpoints cannot be read (other
-    stage names, a shifted task) are left out."""
-    from w2sjax import data
+    ceiling on the test split, and the test rows. Read from what the run saved, never rebuilt: each
+    seed's test rows and labels (``splits/seed{N}.npz``, :mod:`w2sjax.runner.saved_splits`) and the
+    stages' test predictions (``checkpoints/``). Groups whose files cannot be read (other stage
+    names, a run from before the split records) are left out."""
+    from w2sjax.runner import saved_splits
     from w2sjax.runner import checkpoint
 
-    cfg = results.get("config", {})
-    d = cfg.get("data", {})
-    if cfg.get("options", {}).get("shift", "none") != "none":
-        return {}  # the test split was rebuilt from a shifted task; not reconstructed here
+    # A record from other data settings than these results' gives predictions of another shape,
+    # which Orbax reports as a damaged read: that group is left out too.
+    unreadable = (FileNotFoundError, ValueError, KeyError, checkpoint.DamagedCheckpoint)
     ckpt = directory / "checkpoints"
-    tasks, splits, out, expected = {}, {}, defaultdict(dict), defaultdict(set)
-
+    records, out, expected = {}, defaultdict(dict), defaultdict(set)
     for run in _plain(results["runs"]):
         t, w, s, loss, seed = (run[k] for k in ("task", "weak_model", "strong_model", "loss", "seed"))
         expected[(t, w, s, loss)].add(seed)
-        try:
-            task = tasks.get(t) or tasks.setdefault(t, data.load_task(
-                t, text_field=d.get("text_field", "text"), label_field=d.get("label_field", "label"),
-                label_map=tuple(d.get("label_map", ()))))
-            sp = splits.get((t, seed)) or splits.setdefault((t, seed), data.make_splits(
-                task, seed=seed, n_train=d.get("n_train"), n_val=d.get("n_val"),
-                n_test=d.get("n_test"), balance=d.get("balance", False)))
-            shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]),
-                     "test": len(sp.test["label"])}
-            target = {k: np.zeros((n, task.num_classes), np.float32) for k, n in shape.items()}
-            got = []
-            for role in ("weak", "w2s", "ceiling"):
-                p, _ = checkpoint.restore(ckpt, StageKey.parse(run["stages"][role]).outputs_name, target)
-                got.append(np.argmax(np.asarray(p["test"]), -1) == sp.test["label"])
-        except (FileNotFoundError, ValueError, KeyError):
+        if seed not in records:
+            records[seed] = saved_splits.load(directory, seed)
+        rec = records[seed]
+        if rec is None:
             continue
-        # A rebuilt split that does not reproduce the recorded accuracies is not the one scored.
+        try:
+            got = [_test_correct(ckpt, run["stages"][role], rec) for role in ("weak", "w2s", "ceiling")]
+        except unreadable:
+            continue
+        # Predictions that do not reproduce the recorded accuracies are not the ones scored.
         if any(abs(c.mean() - run[k]) > 1e-5 for c, k in zip(got, ("weak_acc", "w2s_acc", "ceiling_acc"))):
             continue
-        out[(t, w, s, loss)][seed] = (*got, sp.indices["test"])
+        out[(t, w, s, loss)][seed] = (*got, rec["test_row"])
     # A group missing a seed would report an interval about a different mean: drop it.
     return {k: v for k, v in out.items() if set(v) == expected[k]}
+
+
+def _test_correct(ckpt: pathlib.Path, stage: str, rec: dict) -> np.ndarray:
+    """Whether the finished stage ``stage`` (as a results row names it) got each test row right."""
+    from w2sjax.runner import saved_splits
+    from w2sjax.runner import checkpoint
+
+    preds, _ = checkpoint.restore(ckpt, StageKey.parse(stage).outputs_name, saved_splits.prediction_target(rec))
+    return np.argmax(np.asarray(preds["test"]), -1) == rec["test_label"]
 
 
 def seed_and_example_bootstrap_pgr(directory: str | os.PathLike, results: dict | None = None, *,

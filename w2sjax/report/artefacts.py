@@ -72,44 +72,62 @@ def unit_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
     return (hits / np.bincount(dense, weights=is_best, minlength=n)).astype(np.float32)
 
 
-def collect(run_dir: pathlib.Path, results: dict, splits_by_seed: dict, num_classes: int) -> tuple[list[dict], dict]:
+def collect(run_dir: pathlib.Path, results: dict) -> tuple[list[dict], dict]:
     """The rows of one finished experiment and the arrays of every stage they name, read from its
-    checkpoints. ``splits_by_seed``: each seed's :class:`w2sjax.data.splits.Splits`. Raises
-    ``ValueError`` when a stage's saved predictions do not reproduce its row's accuracy."""
-    from w2sjax.runner import checkpoint
-    from w2sjax.runner.stage_keys import StageKey
-
+    checkpoints and its seeds' split records (``splits/seed{N}.npz``,
+    :mod:`w2sjax.runner.saved_splits`): the task is neither loaded nor split again. Raises
+    ``ValueError`` when a seed has no record or a stage's saved predictions do not reproduce its
+    row's accuracy."""
+    seeds = sorted({r["seed"] for r in results["runs"]} | set(results.get("config", {}).get("seeds", ())))
+    records = {seed: _record(run_dir, seed) for seed in seeds}
     arrays, rows = {}, []
     for row in results["runs"]:
-        sp = splits_by_seed[row["seed"]]
-        groups = sp.test.get("group")
-        shape = {"b": len(sp.student_half["label"]), "val": len(sp.val["label"]), "test": len(sp.test["label"])}
-        target = {k: np.zeros((n, num_classes), np.float32) for k, n in shape.items()}
-        named = dict(row["stages"])
-        if row.get("direct_stage"):
-            named["direct"] = row["direct_stage"]
-        for role, name in named.items():
-            if f"score/{name}" in arrays:
-                continue
-            preds, _ = checkpoint.restore(run_dir / "checkpoints", StageKey.parse(name).outputs_name, target)
-            test, val = np.asarray(preds["test"]), np.asarray(preds["val"])
-            arrays[f"probs/{name}"] = test.astype(np.float16)
-            arrays[f"score/{name}"] = unit_scores(test, sp.test["label"], groups)
-            arrays[f"val_score/{name}"] = unit_scores(val, sp.val["label"], sp.val.get("group"))
-        suffix = "_question" if groups is not None else ""
-        for role, field in (("weak", "weak_acc"), ("w2s", "w2s_acc"), ("ceiling", "ceiling_acc")):
-            got = float(arrays[f"score/{named[role]}"].mean())
-            if abs(got - row[field + suffix]) > 1e-5:
-                raise ValueError(f"artefacts: {named[role]}: saved predictions give {field}{suffix} {got:.6f}, "
-                                 f"the row says {row[field + suffix]}")
+        _score_stages(run_dir, row, records[row["seed"]], arrays)
         rows.append(row)
-    for seed, sp in splits_by_seed.items():
-        arrays[f"test_row/seed{seed}"] = np.asarray(sp.indices["test"], np.int32)
-        arrays[f"test_label/seed{seed}"] = np.asarray(sp.test["label"], np.int8)
-        arrays[f"val_label/seed{seed}"] = np.asarray(sp.val["label"], np.int8)
-        if sp.test.get("group") is not None:
-            arrays[f"test_group/seed{seed}"] = np.asarray(sp.test["group"], np.int32)
+    for seed, rec in records.items():
+        arrays[f"test_row/seed{seed}"] = rec["test_row"].astype(np.int32)
+        arrays[f"test_label/seed{seed}"] = rec["test_label"].astype(np.int8)
+        arrays[f"val_label/seed{seed}"] = rec["val_label"].astype(np.int8)
+        if "test_group" in rec:
+            arrays[f"test_group/seed{seed}"] = rec["test_group"].astype(np.int32)
     return rows, arrays
+
+
+def _record(run_dir: pathlib.Path, seed: int) -> dict[str, np.ndarray]:
+    from w2sjax.runner import saved_splits
+
+    rec = saved_splits.load(run_dir, seed)
+    if rec is None:
+        raise ValueError(f"artefacts: {saved_splits.path(run_dir, seed)} is missing or unreadable; "
+                         "run the experiment again (it reuses every stage) to write it")
+    return rec
+
+
+def _score_stages(run_dir: pathlib.Path, row: dict, rec: dict, arrays: dict) -> None:
+    """Add the probabilities and per-unit scores of every stage ``row`` names to ``arrays``, and
+    check that they give the row's accuracies."""
+    from w2sjax.runner import checkpoint, saved_splits
+    from w2sjax.runner.stage_keys import StageKey
+
+    groups = rec.get("test_group")
+    named = dict(row["stages"])
+    if row.get("direct_stage"):
+        named["direct"] = row["direct_stage"]
+    for name in named.values():
+        if f"score/{name}" in arrays:
+            continue
+        preds, _ = checkpoint.restore(run_dir / "checkpoints", StageKey.parse(name).outputs_name,
+                                      saved_splits.prediction_target(rec))
+        test, val = np.asarray(preds["test"]), np.asarray(preds["val"])
+        arrays[f"probs/{name}"] = test.astype(np.float16)
+        arrays[f"score/{name}"] = unit_scores(test, rec["test_label"], groups)
+        arrays[f"val_score/{name}"] = unit_scores(val, rec["val_label"], rec.get("val_group"))
+    suffix = "_question" if groups is not None else ""
+    for role, field in (("weak", "weak_acc"), ("w2s", "w2s_acc"), ("ceiling", "ceiling_acc")):
+        got = float(arrays[f"score/{named[role]}"].mean())
+        if abs(got - row[field + suffix]) > 1e-5:
+            raise ValueError(f"artefacts: {named[role]}: saved predictions give {field}{suffix} {got:.6f}, "
+                             f"the row says {row[field + suffix]}")
 
 
 def merge(rows: list[dict], arrays: dict, new_rows: list[dict], new_arrays: dict, tag: str) -> None:

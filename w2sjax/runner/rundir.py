@@ -14,7 +14,7 @@
   place until the new one is complete, so a full disk or a kill at any step leaves a
   ``results.json``.
 * :func:`discard_if_empty` removes the directory a failed run created and left holding only its
-  lock; :func:`holder` says which process runs in a directory, without creating anything.
+  lock (and split records); :func:`holder` says which process runs in a directory, without creating anything.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pathlib
 import shutil
 import time
 
-from w2sjax.runner import atomic
+from w2sjax.runner import atomic, saved_splits
 
 RESULTS = "results.json"
 MIN_FREE_BYTES = 100 * 2**20  # a stage's checkpoint (a finetuned MiniLM with its optimizer) is ~100 MB
@@ -123,12 +123,15 @@ def holder(out: str | os.PathLike) -> str | None:
 
 def discard_if_empty(out: str | os.PathLike) -> bool:
     """After a failed run: drop its locks, and remove ``out`` when this process created it and it
-    holds nothing but locks and empty folders. True when it was removed."""
+    holds nothing but locks, empty folders and the seeds' split records. True when it was removed."""
     out = pathlib.Path(out)
     release(out)
     if str(out.absolute()) not in _CREATED or not out.is_dir():
         return False
-    if any(p.is_file() and not p.name.startswith(".lock") or p.is_symlink() for p in out.rglob("*")):
+    # The seeds' split records (`saved_splits`) only describe stages, and a failed run that
+    # wrote nothing else finished none.
+    kept = (p for p in out.rglob("*") if p.relative_to(out).parts[0] != saved_splits.DIRNAME)
+    if any(p.is_file() and not p.name.startswith(".lock") or p.is_symlink() for p in kept):
         return False
     shutil.rmtree(out, ignore_errors=True)
     _CREATED.discard(str(out.absolute()))

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from w2sjax import parallel, train
-from w2sjax.runner import atomic, checkpoint, preemption, sigint, stage_keys, tensorboard_log
+from w2sjax.runner import atomic, checkpoint, preemption, saved_splits, sigint, stage_keys, tensorboard_log
 from w2sjax.config import Config
 from w2sjax.inputs import Inputs
 
@@ -174,6 +174,12 @@ class Runner:
         self.disk: dict[str, tuple[int, int]] = {}  # checkpoint name -> (finished, in-stage) bytes, of stages to train
         if not planning:  # `finish` lists every stage this run used in results.json (what `w2sjax prune` keeps)
             USED[str(out_dir.absolute())] = self._outputs_this_process
+
+    def record_splits(self, seed: int, splits) -> None:
+        """Save what reports need to score seed ``seed``'s stages again (its val and test rows and
+        labels, :mod:`w2sjax.runner.saved_splits`); a planning runner writes nothing."""
+        if not self.planning:
+            saved_splits.save(self.ckpt_dir.parent, seed, splits, self.task.num_classes)
 
     def settings(self, *, model, frozen_features, rows, labels, val_rows, val_labels, evals, cfg, loss, seed, weights,
                  sources) -> dict:
