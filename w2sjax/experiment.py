@@ -839,13 +839,15 @@ def run(config: Config, out_dir: str | os.PathLike, *, progress: bool = True) ->
     return finish(config, out, rows)
 
 
-def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
+def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput], recipes: dict | None = None) -> list[dict]:
     """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: half B is cut into
     one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
     that the model before it predicted for rows *it* never trained on (the supervisor never saw
     half B at all). A rung that labelled its own training rows would mostly hand its supervisor's
     labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
-    the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
+    the last rung's part: the same rows and as many of them, so the comparison is on equal data.
+    ``recipes`` maps a model to the training config of its rungs (default: the config's)."""
+    recipes = recipes or {}
     rows = []
     for chain in sr.config.bootstrap:
         models_in_chain = tuple(chain.split(">"))
@@ -855,10 +857,10 @@ def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]
             current = first
             for depth, student in enumerate(models_in_chain[1:], start=1):
                 key = stages.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
-                current = sr.supervised(key, student, current, loss, part=parts[depth - 1])
+                current = sr.supervised(key, student, current, loss, part=parts[depth - 1], cfg=recipes.get(student))
             direct_key = stages.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
                                              variant=f"part{len(parts)}of{len(parts)}")
-            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1])
+            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1], cfg=recipes.get(last))
             ceiling = ceilings.get(last) or sr.ceiling(last)
             row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
             if sr.runner.planning:
