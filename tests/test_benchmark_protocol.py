@@ -483,8 +483,21 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     assert proto.sha256 in body and "| fine_foods | tuned | glove-bow | minilm-l2 |" in body
     assert "partial" not in body
     # the chain part exports only its chain rows (the plain cells are the students' own parts)
-    results = json.loads((tmp_path / "run" / "fine_foods-chain-minilm-l2-minilm-l6" / "results.json").read_text())
+    chain_dir = tmp_path / "run" / "fine_foods-chain-minilm-l2-minilm-l6"
+    results = json.loads((chain_dir / "results.json").read_text())
     assert {r["chain"] for r in results["runs"]} == {"glove-bow>minilm-l2>minilm-l6"}
+    # ... and each rung trained with its own student's lr (saved in its checkpoint's settings)
+    from w2sjax import checkpoint
+    from w2sjax.stages import StageKey
+
+    lr_of = {"minilm-l2": 0.005, "minilm-l6": 0.01}
+    trained = [StageKey.parse(n) for n in results["checkpoints"]]
+    rungs = [k for k in trained if k.kind == "boot"] + [k for k in trained if k.kind in ("w2s", "ceiling")]
+    assert {k.parts[0].split(">")[-1] for k in rungs if k.kind == "boot"} == {"minilm-l2", "minilm-l6"}
+    for key in rungs:
+        model = key.parts[0].split(">")[-1] if key.kind in ("boot", "ceiling") else key.parts[1]
+        _, meta = checkpoint.latest(chain_dir / "checkpoints", key.outputs_name)
+        assert meta["settings"]["train"]["lr"] == lr_of[model], key.name
     # a rerun trains nothing and writes the same summary
     before = (folder / "summary.json").read_bytes()
     assert bench["main"](argv) == 0
