@@ -341,6 +341,22 @@ def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_pat
     assert (folder / "summary.json").read_bytes() == summary_json
 
 
+def test_a_partial_run_lists_what_has_not_run(tmp_path):
+    """Resolved tasks without a student's rows are listed as not run, in the tables' section and in
+    the README sentence; the medians cover only what ran."""
+    proto = protocol_lib.load(_tiny_protocol(tmp_path))
+    _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
+    resolution = {"protocol_sha256": proto.sha256, "tasks": ["t_one", "t_three", "t_two"], "left_out": {}}
+    s = benchmark_report.summary(artefacts.load(tmp_path / "a"), proto, resolution)
+    chain = proto["bootstrap"][0]["chain"]
+    assert s["not_run"] == {"minilm-l6": ["t_three"], "mpnet-base": ["t_one", "t_three", "t_two"],
+                            chain: ["t_one", "t_three", "t_two"]}
+    assert {c["task"] for c in s["cells"]} == {"t_one", "t_two"}  # nothing filled in for t_three
+    text = benchmark_report.markdown(s)
+    assert "- minilm-l6: 1 of 3 tasks (t_three)" in text and "- mpnet-base: 3 of 3 tasks" in text
+    assert "the run is partial: minilm-l6 has not run on 1 of the resolved tasks" in benchmark_report.headline_sentence(s)
+
+
 def test_adding_a_task_changes_no_cell_of_another(tmp_path):
     proto = protocol_lib.load(_tiny_protocol(tmp_path))
     _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
