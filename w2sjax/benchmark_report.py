@@ -203,7 +203,7 @@ def headline_sentence(s: dict) -> str:
                 "see docs/benchmark.md.")
     return (f"Pre-registered benchmark (protocol sha256 `{s['protocol_sha256'][:12]}`): {h['weak_model']} → "
             f"{h['strong_model']} with `{h['loss']}` recovers a median of {_pgr(h['median_pgr'], h['median_ci95'])} "
-            f"of the gap over {h['n_tasks']} {'gap ' if h['tasks'] == 'gap' else ''}tasks "
+            f"of the gap over {h['n_tasks']} {'gap ' if h['tasks'] == 'gap' else ''}task{'' if h['n_tasks'] == 1 else 's'} "
             f"({h['n_defined']} with a defined PGR)"
             + (f"; the run is partial: {h['strong_model']} has not run on "
                f"{len(s['not_run'][h['strong_model']])} of the resolved tasks"
