@@ -32,16 +32,20 @@ ROOT = HERE.parent
 DEFAULT_PROTOCOL = HERE / "benchmark_protocol.json"
 DEFAULT_ARTEFACTS = ROOT / "docs" / "benchmark"
 
-# Seconds per stage on 2 quiet CPU cores, measured 2026-11-29 (docs/results.md, "What ran": halves
-# of 1000 examples, up to 1500 test rows, 2 epochs) and, for the supervisors, 2026-12-06 (the same
-# caps, vader_movies, on the machine shared with other jobs). Keyed by (model, how it trains); "probe" is a head on frozen features.
+# Seconds per stage on this 2-core machine, measured 2026-12-06 while it was shared with other jobs
+# (load average 4 to 20; on a quiet machine on 2026-11-29 a MiniLM-L6 stage took about 60 s and an
+# MPNet-base top:4 stage about 100 s, so the load cost a factor of 2 to 8). Students: the mean of
+# the lr pilot's ceiling stages (experiments/benchmark_pilot.json: 62 steps on 1000 examples,
+# 2 epochs, the first stage of a task computing its cached bottoms too); a run's stage also
+# predicts the student half and the test split, not counted. Supervisors: the same caps on vader_movies,
+# the same day. Keyed by (model, how it trains); "probe" is a head on frozen features.
 SECONDS_PER_STAGE = {
     ("glove-bow", "probe"): 5.0, ("tfidf", "probe"): 14.0,
-    ("minilm-l2", "all"): 25.0, ("minilm-l4", "all"): 45.0, ("minilm-l6", "all"): 60.0,
-    ("mpnet-base", "top:4"): 100.0,
+    ("minilm-l6", "top:2"): 110.0, ("mpnet-base", "top:4"): 790.0,
 }
-# Once per task and student: MPNet's frozen bottom blocks run once per text (cached bottoms).
-SECONDS_PER_TASK = {("mpnet-base", "top:4"): 60.0}
+# Once per task and student, on top of its stages (none now: the pilot's means above include the
+# cached bottoms, which its first stage on each task computed).
+SECONDS_PER_TASK: dict[tuple[str, str], float] = {}
 
 
 def _headline():
@@ -55,7 +59,7 @@ def _headline():
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """Students (or one bootstrap chain) that train the same way with the same seeds: one part per task."""
+    """One student (or one bootstrap chain) with its recipe and seeds: one part per task."""
 
     name: str
     students: tuple[str, ...]
@@ -63,21 +67,26 @@ class Group:
     seeds: tuple[int, ...]
     supervisors: tuple[str, ...]
     bootstrap: tuple[str, ...] = ()
+    lr: float | None = None  # the student's own lr (protocol students[].lr); None: the recipe's default
+    # a chain: each rung's model -> (trainable, lr), its student recipe
+    recipes: tuple[tuple[str, str, float | None], ...] = ()
 
 
 def groups(protocol) -> list[Group]:
-    """The protocol's students grouped by (trainable, seeds, role), then its chains, in its order."""
-    merged: dict[tuple, list[str]] = {}
-    for st in protocol["students"]:
-        merged.setdefault((st["trainable"], tuple(st["seeds"]), st.get("role", "primary")), []).append(st["name"])
-    out = [Group("-".join(names), tuple(names), trainable, seeds, tuple(protocol["supervisors"]))
-           for (trainable, seeds, _), names in merged.items()]
+    """One group per student, in the protocol's order, then one per chain: the run order is
+    part-major (every task of the first group, then of the next), so a run cut short has whole
+    students rather than whole tasks."""
+    out = [Group(st["name"], (st["name"],), st["trainable"], tuple(st["seeds"]), tuple(protocol["supervisors"]),
+                 lr=st.get("lr")) for st in protocol["students"]]
+    by_name = {st["name"]: st for st in protocol["students"]}
     for chain in protocol.get("bootstrap", []):
-        # The part trains the chain, its direct student on equal data and the last model's ceiling
-        # (experiment.run also trains that model's plain students; only the chain rows are exported).
+        # The part trains the chain (each rung with its student's recipe), the direct student on
+        # equal data and the last model's ceiling; only the chain rows are exported.
         models = chain["chain"].split(">")
-        out.append(Group("chain-" + "-".join(models[1:]), (models[-1],), chain["trainable"],
-                         tuple(chain["seeds"]), (models[0],), (chain["chain"],)))
+        last = by_name[models[-1]]
+        out.append(Group("chain-" + "-".join(models[1:]), (models[-1],), last["trainable"], tuple(chain["seeds"]),
+                         (models[0],), (chain["chain"],), lr=last.get("lr"),
+                         recipes=tuple((m, by_name[m]["trainable"], by_name[m].get("lr")) for m in models[1:])))
     return out
 
 
@@ -90,7 +99,8 @@ def get_config():
     first = groups(protocol)[0]
     base = base_config(protocol)
     return dataclasses.replace(base, strong_models=first.students, seeds=first.seeds,
-                               train=dataclasses.replace(base.train, trainable=first.trainable))
+                               train=dataclasses.replace(base.train, trainable=first.trainable,
+                                                         lr=base.train.lr if first.lr is None else first.lr))
 
 
 def base_config(protocol):
@@ -104,7 +114,8 @@ def base_config(protocol):
         weak_models=tuple(protocol["supervisors"]), losses=tuple(protocol["losses"]),
         strong_mode="finetune", precision=r.get("precision", "float32"),
         weak_train=TrainConfig(**r["supervisor"]),
-        train=StudentTrainConfig(epochs=st["epochs"], batch_size=st["batch_size"], lr=st["lr"],
+        # the lr is each student's own (protocol students[].lr, chosen by the pilot); a part sets it
+        train=StudentTrainConfig(epochs=st["epochs"], batch_size=st["batch_size"], lr=st.get("lr", 1e-4),
                                  early_stopping=st["early_stopping"], eval_every=st["eval_every"],
                                  log_every=st["eval_every"],
                                  loss=LossConfig(alpha_max=st["alpha_max"], conf_warmup_frac=st["conf_warmup_frac"])),
@@ -112,7 +123,7 @@ def base_config(protocol):
 
 
 class Plan:
-    """The parts of a run: one per (task, group), each with the config it trains under."""
+    """The parts of a run, one per (group, task), in run order (part-major), each with its config."""
 
     def __init__(self, protocol, tasks: list[str], students=()):
         self.protocol, self.tasks, self.base = protocol, tasks, base_config(protocol)
@@ -121,24 +132,81 @@ class Plan:
         self.group_of_part: dict[str, Group] = {}
         self.parts = []
         chosen = [g for g in groups(protocol) if not students or set(g.students) & set(students)]
-        chosen = [dataclasses.replace(g, students=tuple(s for s in g.students if not students or s in students))
-                  if not g.bootstrap else g for g in chosen]
-        for task in tasks:
-            for g in chosen:
+        for g in chosen:
+            for task in tasks:
                 part = headline.Part(f"{task}-{g.name}", task, g.students, g.supervisors,
                                      "all" if g.trainable == "probe" else g.trainable, g.bootstrap)
                 self.parts.append(part)
                 self.group_of_part[part.name] = g
 
     def config_of(self, base, part, task):
-        """A part's config: the headline's (caps clipped to the task), with the group's seeds and mode."""
+        """A part's config: the headline's (caps clipped to the task), with the group's seeds, lr and mode."""
         g = self.group_of_part[part.name]
         cfg = self.headline.part_config(base, part, task)
-        cfg = dataclasses.replace(cfg, seeds=g.seeds, name=f"benchmark-{part.name}")
+        train = cfg.train if g.lr is None else dataclasses.replace(cfg.train, lr=g.lr)
+        cfg = dataclasses.replace(cfg, seeds=g.seeds, name=f"benchmark-{part.name}", train=train)
         return dataclasses.replace(cfg, strong_mode="probe") if g.trainable == "probe" else cfg
 
+    def recipes_of(self, cfg, part) -> dict:
+        """A chain part's rungs: model -> its student training config (trainable and lr)."""
+        g = self.group_of_part[part.name]
+        return {m: dataclasses.replace(cfg.train, trainable="all" if t == "probe" else t,
+                                       lr=cfg.train.lr if lr is None else lr) for m, t, lr in g.recipes}
+
     def stages(self, out: pathlib.Path) -> dict[str, dict[str, bool]]:
-        return self.headline.planned_stages(self.base, self.parts, out, config_of=self.config_of)
+        from w2sjax import data
+
+        plain = [p for p in self.parts if not p.bootstrap]
+        plan = self.headline.planned_stages(self.base, plain, out, config_of=self.config_of) if plain else {}
+        for part in (p for p in self.parts if p.bootstrap):
+            cfg = self.config_of(self.base, part, data.load_task(part.task))
+            plan[part.name] = chain_experiment(cfg, self.recipes_of(cfg, part), out / part.name, planning=True)
+        return {p.name: plan[p.name] for p in self.parts}
+
+
+class _InputsPerModel:
+    """A runner's inputs with each model's own recipe (its ``trainable`` decides its inputs and
+    fingerprint): the rungs of a chain train different models in different ways."""
+
+    def __init__(self, by_model: dict, default):
+        self.by_model, self.default = by_model, default
+
+    def get(self, name, *, frozen_features=False):
+        return self.by_model.get(name, self.default).get(name, frozen_features=frozen_features)
+
+    def options(self, name, *, frozen_features=False):
+        return self.by_model.get(name, self.default).options(name, frozen_features=frozen_features)
+
+
+def chain_experiment(cfg, recipes: dict, folder: pathlib.Path, *, planning: bool = False, progress: bool = False):
+    """A chain part (``cfg.bootstrap``): per seed, the supervisor, the last model's ceiling, and
+    every chain of :func:`w2sjax.experiment._bootstrap_rows`, each rung trained with its model's
+    recipe (``recipes``). Returns the results dict, or with ``planning`` each stage's checkpoint
+    name and whether it is done (nothing trained)."""
+    from w2sjax import experiment
+    from w2sjax.runner import rundir
+
+    models = {m for c in cfg.bootstrap for m in c.split(">")}
+    runner, task, out = experiment.prepare(cfg, folder, progress=progress, models_used=models)
+
+    def per_model(r):
+        r.inputs = _InputsPerModel({m: experiment.Inputs(task, dataclasses.replace(cfg, train=recipes[m]), progress,
+                                                         runner.mesh) for m in recipes}, r.inputs)
+        return r
+
+    planner = per_model(experiment.Runner(cfg, out, runner.mesh, task, progress, planning=True))
+    for current in (planner, per_model(runner)):
+        rows = []
+        for seed in cfg.seeds:
+            sr = experiment.SeedRun(current, task, seed)
+            last = {c.split(">")[-1] for c in cfg.bootstrap}
+            rows += experiment._bootstrap_rows(sr, {m: sr.ceiling(m) for m in sorted(last)}, recipes)
+        if current is planner:
+            if planning:
+                rundir.release(out)
+                return dict(planner.planned)
+            experiment.announce_plan(planner, cfg, out)
+    return experiment.finish(cfg, out, rows)
 
 
 def estimate(plan: Plan, stages: dict[str, dict[str, bool]]) -> dict:
@@ -156,14 +224,15 @@ def estimate(plan: Plan, stages: dict[str, dict[str, bool]]) -> dict:
             else:
                 model = key.parts[0] if key.kind == "ceiling" else key.parts[0].split(">")[-1] if key.kind == "boot" \
                     else key.parts[1]
-                kind = (model, g.trainable)
+                kind = (model, dict((m, t) for m, t, _ in g.recipes).get(model, g.trainable))
             counts[kind] += 1
             if kind in SECONDS_PER_STAGE:
                 seconds += SECONDS_PER_STAGE[kind]
             else:
                 unmeasured[kind] += 1
         if todo:
-            seconds += sum(SECONDS_PER_TASK.get((s, g.trainable), 0.0) for s in g.students)
+            trained = {(s, g.trainable) for s in g.students} | {(m, t) for m, t, _ in g.recipes}
+            seconds += sum(SECONDS_PER_TASK.get(k, 0.0) for k in trained)
     return {"seconds": seconds, "stages": dict(counts), "unmeasured": dict(unmeasured)}
 
 
@@ -171,29 +240,46 @@ def _kind(k: tuple) -> str:
     return f"{k[0]} ({k[1]})"
 
 
-def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pathlib.Path) -> None:
-    """Collect every finished part of ``task_name`` into its artefacts (``TASK.json``/``.npz``), from
-    what its runs saved (results, stage predictions, the seeds' split records)."""
+def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pathlib.Path) -> list[str]:
+    """Collect every finished part of ``task_name`` (its ``results.json`` written) into the task's
+    artefacts (``TASK.json``/``.npz``) from what its runs saved (results, stage predictions, the
+    seeds' split records); returns the parts exported. Parts not run yet are left out, and the
+    summary lists them as not run."""
     from w2sjax.report import artefacts
 
-    rows, arrays = [], {}
+    rows, arrays, done = [], {}, []
     for part in (p for p in plan.parts if p.task == task_name):
+        if not (out / part.name / "results.json").is_file():
+            continue
         results = json.loads((out / part.name / "results.json").read_text())
-        if plan.group_of_part[part.name].bootstrap:  # its plain rows are the primary parts' cells
+        if plan.group_of_part[part.name].bootstrap:  # only its chain rows: the plain cells are the students' parts
             results = {**results, "runs": [r for r in results["runs"] if r.get("chain")]}
         part_rows, part_arrays = artefacts.collect(out / part.name, results)
         artefacts.merge(rows, arrays, part_rows, part_arrays, tag=part.name)
-    scored = "per question" if any(k.startswith("test_group/") for k in arrays) else "per example"
-    artefacts.write_task(artefacts_dir, plan.protocol.sha256, task_name, scored, rows, arrays)
+        done.append(part.name)
+    if done:
+        scored = "per question" if any(k.startswith("test_group/") for k in arrays) else "per example"
+        artefacts.write_task(artefacts_dir, plan.protocol.sha256, task_name, scored, rows, arrays)
+    return done
 
 
 def run(plan: Plan, out: pathlib.Path, artefacts_dir: pathlib.Path, *, progress: bool = False) -> None:
-    """Train every part (resumable), exporting each task's artefacts as soon as its parts finish."""
-    for task in plan.tasks:
-        parts = [p for p in plan.parts if p.task == task]
-        plan.headline.run_parts(plan.base, parts, out, progress=progress, config_of=plan.config_of)
-        export_task(plan, task, out, artefacts_dir)
-        print(f"benchmark: {task}: artefacts written to {artefacts_dir}", file=sys.stderr, flush=True)
+    """Train every part (resumable) in run order, exporting the task's artefacts as soon as each
+    (task, part) finishes, so an interrupted run keeps every part it finished."""
+    from w2sjax import data
+
+    for part in plan.parts:
+        if part.bootstrap:
+            cfg = plan.config_of(plan.base, part, data.load_task(part.task))
+            print(f"benchmark: {part.name}: chain {', '.join(part.bootstrap)} (each rung with its own recipe: "
+                  + ", ".join(f"{m} {c.trainable} lr {c.lr:g}" for m, c in plan.recipes_of(cfg, part).items())
+                  + ")", file=sys.stderr, flush=True)
+            chain_experiment(cfg, plan.recipes_of(cfg, part), out / part.name, progress=progress)
+        else:
+            plan.headline.run_parts(plan.base, [part], out, progress=progress, config_of=plan.config_of)
+        export_task(plan, part.task, out, artefacts_dir)
+        print(f"benchmark: {part.name}: done; {part.task}'s artefacts written to {artefacts_dir}",
+              file=sys.stderr, flush=True)
 
 
 def summarize(protocol, artefacts_dir: pathlib.Path, docs_root: pathlib.Path | None, *, figure: bool = True) -> dict:
@@ -288,7 +374,8 @@ def main(argv=None) -> int:
             total = sum(cost["stages"].values())
             print(f"total: {total} stages to train: " + ", ".join(
                 f"{n} {_kind(k)}" for k, n in sorted(cost["stages"].items())))
-            line = f"estimated cost: {cost['seconds'] / 3600:.1f} h on 2 quiet CPU cores (measured seconds per stage kind)"
+            line = (f"estimated cost: {cost['seconds'] / 3600:.1f} h on 2 CPU cores shared with other jobs "
+                    "(seconds per stage kind measured 2026-12-06)")
             if cost["unmeasured"]:
                 line += "; not counted, never measured: " + ", ".join(
                     f"{n} {_kind(k)} stages" for k, n in sorted(cost["unmeasured"].items()))

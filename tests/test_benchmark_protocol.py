@@ -39,23 +39,102 @@ def test_shipped_protocol_fixes_the_rules_before_the_run():
     assert primary and all(len(s["seeds"]) >= 5 for s in primary)
     assert p["gap_rule"]["slice"] == "validation" and p["gap_rule"]["min_gap"] > 0
     head = p["headline"]
+    assert (head["student"], head["supervisor"], head["loss"], head["tasks"], head["group"]) == (
+        "minilm-l6", "glove-bow", "logconf", "gap", "all")
     assert head["student"] in {s["name"] for s in primary} and head["supervisor"] in p["supervisors"]
-    assert head["loss"] in p["losses"]
     assert protocol_lib.group_of(p, "fine_foods") == "tuned" and protocol_lib.group_of(p, "bbc_news") == "untuned"
+
+
+def test_the_ladder_trains_the_top_third_of_separately_pretrained_models():
+    p = protocol_lib.load(SHIPPED)
+    names = [s["name"] for s in p["students"]]
+    assert names == ["minilm-l6", "mpnet-base"]  # no truncated MiniLM copies
+    deferred = p["deferred_students"]["students"]
+    assert [s["name"] for s in deferred] == ["smollm2-135m", "gemma3-270m"]
+    for s in p["students"] + deferred:
+        assert s["trainable"] == f"top:{-(-s['blocks'] // 3)}", s["name"]  # K = ceil(L / 3)
+    for chain in p["bootstrap"]:
+        assert chain["chain"] == "glove-bow>minilm-l6>mpnet-base"
+
+
+@pytest.mark.slow
+def test_the_ladder_block_counts_are_the_models():
+    """Each student's ``blocks`` equals the layer count its own weight files declare (config.json,
+    or the GGUF header read with the ``gguf`` package), where the weights are in the cache."""
+    from w2sjax import assets
+
+    p = protocol_lib.load(SHIPPED)
+    where = {"minilm-l6": ("minilm-l6-v2", "config.json"), "mpnet-base": ("mpnet-base-v2", "config.json"),
+             "smollm2-135m": ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+             "gemma3-270m": ("gemma3-270m", "gemma-3-270m-q4_k_m.gguf")}
+    checked = 0
+    for s in p["students"] + p["deferred_students"]["students"]:
+        path = assets.cache_dir() / where[s["name"]][0] / where[s["name"]][1]
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            layers = json.loads(path.read_text())["num_hidden_layers"]
+        else:
+            gguf = pytest.importorskip("gguf")
+            fields = gguf.GGUFReader(str(path)).fields
+            field = next(f for k, f in fields.items() if k.endswith(".block_count"))
+            layers = int(field.parts[field.data[0]][0])
+        assert layers == s["blocks"], s["name"]
+        checked += 1
+    if not checked:
+        pytest.skip("no student's weights are in the cache")
+
+
+def test_each_students_lr_is_the_pilots_choice_on_validation_only():
+    """The protocol names the pilot file by its sha256, and each student's lr is the one the pilot's
+    numbers choose, recomputed here (best mean validation accuracy, ties to the smaller lr). The
+    pilot ran the protocol's recipe, and no test number is in its record."""
+    p = protocol_lib.load(SHIPPED)
+    pilot_path = ROOT / p["lr_pilot"]["file"]
+    assert hashlib.sha256(pilot_path.read_bytes()).hexdigest() == p["lr_pilot"]["sha256"]
+    pilot = json.loads(pilot_path.read_text())
+    def keys(x):
+        return [k for k, v in x.items() for k in [k, *keys(v)]] if isinstance(x, dict) else \
+            [k for v in x for k in keys(v)] if isinstance(x, list) else []
+
+    assert [k for k in keys(pilot) if "test" in k] == ["n_test"]  # no test accuracy anywhere
+    settings = lambda recipe: {k: v for k, v in recipe.items() if not isinstance(v, str)}  # notes apart
+    assert settings(pilot["recipe"]) == settings(p["recipe"])
+    grid = p["lr_pilot"]["grid"]
+    assert sorted(pilot["lrs"]) == sorted(grid)
+    for s in p["students"]:
+        tasks = pilot["students"][s["name"]]["tasks"]
+        means = np.array([np.mean([t["lr"][f"{lr:g}"] for t in tasks]) for lr in grid])
+        best = grid[int(np.flatnonzero(np.isclose(means, means.max(), rtol=0, atol=1e-10))[0])]
+        assert s["lr"] == best == pilot["students"][s["name"]]["chosen_lr"], s["name"]
+        names = [t["task"] for t in tasks]
+        assert set(names) <= set(p["tasks"]["tuned_on"])  # the pilot looked only at tuned tasks
+        # as the protocol says: MiniLM-L6 on two tasks, MPNet-base on vader_tweets alone
+        assert names == {"minilm-l6": ["vader_tweets", "fine_foods"], "mpnet-base": ["vader_tweets"]}[s["name"]]
+        # trained long enough: does the chosen ceiling reach the frozen probe's on every pilot task?
+        reaches = all(t["lr"][f"{s['lr']:g}"] >= t["frozen_probe"] for t in tasks)
+        assert pilot["students"][s["name"]]["ceiling_reaches_frozen_probe"] is reaches, s["name"]
 
 
 def test_the_run_plan_follows_the_protocol(bench):
     p = protocol_lib.load(SHIPPED)
     groups = bench["groups"](p)
-    # one group per way of training (trainable, seeds), then the chain with its own seeds
+    # one group per student with its own recipe, then the chain (each rung with its student's recipe)
     assert [(g.students, g.trainable, len(g.seeds)) for g in groups] == [
-        (("minilm-l6",), "all", 5), (("mpnet-base",), "top:4", 5),
-        (("smollm2-135m", "gemma3-270m"), "top:2", 3), (("minilm-l6",), "all", 3)]
-    assert groups[-1].bootstrap == ("glove-bow>minilm-l2>minilm-l6",) and groups[-1].supervisors == ("glove-bow",)
+        (("minilm-l6",), "top:2", 5), (("mpnet-base",), "top:4", 5), (("mpnet-base",), "top:4", 3)]
+    lrs = {s["name"]: s["lr"] for s in p["students"]}
+    assert [g.lr for g in groups] == [lrs[g.students[0]] for g in groups]
+    assert groups[-1].bootstrap == ("glove-bow>minilm-l6>mpnet-base",) and groups[-1].supervisors == ("glove-bow",)
+    assert groups[-1].recipes == (("minilm-l6", "top:2", lrs["minilm-l6"]), ("mpnet-base", "top:4", lrs["mpnet-base"]))
     cfg = bench["base_config"](p)
     r = p["recipe"]
-    assert (cfg.train.lr, cfg.train.epochs, cfg.train.early_stopping) == (r["student"]["lr"], r["student"]["epochs"], True)
+    assert (cfg.train.epochs, cfg.train.early_stopping) == (r["student"]["epochs"], True)
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test) == (r["n_train"], r["n_val"], r["n_test"])
+    # part-major: every task of the first student before any part of the next
+    plan = bench["Plan"](p, ["fine_foods", "vader_tweets"])
+    assert [part.name for part in plan.parts] == [
+        "fine_foods-minilm-l6", "vader_tweets-minilm-l6", "fine_foods-mpnet-base", "vader_tweets-mpnet-base",
+        "fine_foods-chain-minilm-l6-mpnet-base", "vader_tweets-chain-minilm-l6-mpnet-base"]
 
 
 def test_bad_protocol_is_one_line_exit_2(bench, tmp_path, capsys):
@@ -262,6 +341,22 @@ def test_summary_only_regenerates_every_number_from_the_artefacts(bench, tmp_pat
     assert (folder / "summary.json").read_bytes() == summary_json
 
 
+def test_a_partial_run_lists_what_has_not_run(tmp_path):
+    """Resolved tasks without a student's rows are listed as not run, in the tables' section and in
+    the README sentence; the medians cover only what ran."""
+    proto = protocol_lib.load(_tiny_protocol(tmp_path))
+    _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
+    resolution = {"protocol_sha256": proto.sha256, "tasks": ["t_one", "t_three", "t_two"], "left_out": {}}
+    s = benchmark.summary(artefacts.load(tmp_path / "a"), proto, resolution)
+    chain = proto["bootstrap"][0]["chain"]
+    assert s["not_run"] == {"minilm-l6": ["t_three"], "mpnet-base": ["t_one", "t_three", "t_two"],
+                            chain: ["t_one", "t_three", "t_two"]}
+    assert {c["task"] for c in s["cells"]} == {"t_one", "t_two"}  # nothing filled in for t_three
+    text = benchmark.markdown(s)
+    assert "- minilm-l6: 1 of 3 tasks (t_three)" in text and "- mpnet-base: 3 of 3 tasks" in text
+    assert "the run is partial: minilm-l6 has not run on 1 of the resolved tasks" in benchmark.headline_sentence(s)
+
+
 def test_adding_a_task_changes_no_cell_of_another(tmp_path):
     proto = protocol_lib.load(_tiny_protocol(tmp_path))
     _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])
@@ -349,27 +444,27 @@ def test_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
     assert bench["main"](["--out", str(tmp_path / "run"), "--tasks", "vader_tweets", "--list"]) == 0
     out = capsys.readouterr().out
     # per seed: minilm-l6 and mpnet-base each 2 supervisors + 1 ceiling + 4 students (5 seeds);
-    # the decoders 2 + 2 + 8 (3 seeds); the chain part 1 + 1 + 2 + 2 x (2 rungs + 1 direct) (3 seeds)
+    # the chain part 1 supervisor + 1 ceiling + 2 losses x (2 rungs + 1 direct) (3 seeds)
     assert "vader_tweets-minilm-l6: 35 of 35" in out and "vader_tweets-mpnet-base: 35 of 35" in out
-    assert "vader_tweets-smollm2-135m-gemma3-270m: 36 of 36" in out
-    assert "vader_tweets-chain-minilm-l2-minilm-l6: 30 of 30" in out
-    assert "total: 136 stages to train" in out
-    # measured kinds: 16 glove-bow x 5 + 13 tfidf x 14 + 6 minilm-l2 x 25 + 46 minilm-l6 x 60
-    # + 25 mpnet-base x 100 + one set of cached bottoms (60) = 5732 s
-    assert "estimated cost: 1.6 h" in out
-    assert "15 gemma3-270m (top:2) stages" in out and not (tmp_path / "run" / "artefacts").exists()
+    assert "vader_tweets-chain-minilm-l6-mpnet-base: 24 of 24" in out
+    assert "total: 94 stages to train" in out
+    # 13 glove-bow x 5 + 10 tfidf x 14 + 31 minilm-l6 (top:2) x 110 + 40 mpnet-base (top:4) x 790 = 35215 s
+    assert "estimated cost: 9.8 h" in out
+    assert "not counted" not in out and not (tmp_path / "run" / "artefacts").exists()
 
 
 def test_tiny_benchmark_end_to_end(bench, tmp_path):
-    """Two real tasks, probe students and a chain, 2 seeds, tiny caps (43 s on 2 shared cores with
-    the feature cache warm): trains, exports the artefacts, regenerates the summary and the docs."""
+    """Two real tasks, two probe students and a chain, 2 seeds, tiny caps: a partial run (one
+    student) lists what it has not run; the full run trains the rest, exports the artefacts,
+    regenerates the summary and the docs."""
     spec = json.loads(SHIPPED.read_text())
     spec["supervisors"] = ["glove-bow"]
-    spec["students"] = [{"name": "minilm-l2", "trainable": "probe", "seeds": [0, 1]}]
-    spec["bootstrap"] = [{"chain": "glove-bow>minilm-l2>minilm-l6", "trainable": "probe", "seeds": [0, 1]}]
+    spec["students"] = [{"name": "minilm-l2", "kind": "encoder", "trainable": "probe", "lr": 0.005, "seeds": [0, 1]},
+                        {"name": "minilm-l6", "kind": "encoder", "trainable": "probe", "lr": 0.01, "seeds": [0, 1]}]
+    spec["bootstrap"] = [{"chain": "glove-bow>minilm-l2>minilm-l6", "seeds": [0, 1]}]
     spec["recipe"].update(n_train=200, n_val=40, n_test=100, max_len=32, precision="float32")
     spec["recipe"]["supervisor"] = {"epochs": 5, "batch_size": 32, "lr": 0.02}
-    spec["recipe"]["student"].update(epochs=3, batch_size=32, lr=0.005, eval_every=4)
+    spec["recipe"]["student"].update(epochs=3, batch_size=32, eval_every=4)
     spec["headline"] = {"supervisor": "glove-bow", "student": "minilm-l2", "loss": "logconf", "tasks": "all",
                         "group": "all"}
     (tmp_path / "p.json").write_text(json.dumps(spec))
@@ -379,21 +474,46 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     (tmp_path / "README.md").write_text("# w2sjax\n")
     argv = ["--protocol", str(tmp_path / "p.json"), "--out", str(tmp_path / "run"), "--tasks",
             "vader_tweets,fine_foods", "--docs-root", str(tmp_path), "--no-figure"]
-    assert bench["main"](argv) == 0
     folder = tmp_path / "run" / "artefacts"
+    # a partial run: the first student only; the others are listed as not run, never filled in
+    assert bench["main"](argv + ["--students", "minilm-l2"]) == 0
+    partial = json.loads((folder / "summary.json").read_text())
+    assert {c["strong_model"] for c in partial["cells"]} == {"minilm-l2"}
+    assert partial["not_run"] == {"minilm-l6": ["fine_foods", "vader_tweets"],
+                                  "glove-bow>minilm-l2>minilm-l6": ["fine_foods", "vader_tweets"]}
+    assert "**The run is partial.**" in (tmp_path / "docs" / "results.md").read_text()
+    # the whole protocol
+    assert bench["main"](argv) == 0
     arts = artefacts.load(folder, proto.sha256)
     assert set(arts) == {"vader_tweets", "fine_foods"}
     assert json.loads((folder / "tasks.json").read_text())["tasks"] == ["fine_foods", "vader_tweets"]
     for art in arts.values():
         plain = [r for r in art.rows if not r.get("chain")]
         chains = [r for r in art.rows if r.get("chain")]
-        assert len(plain) == 2 * 2 and len(chains) == 2 * 2  # 2 losses x 2 seeds each
+        assert len(plain) == 2 * 2 * 2 and len(chains) == 2 * 2  # students x losses x seeds; losses x seeds
         for r in plain + chains:  # every row's accuracies are means of the saved correctness
             assert art.score(r["stages"]["w2s"]).mean() == pytest.approx(r["w2s_acc"], abs=1e-6)
             assert art.arrays[f"probs/{r['stages']['w2s']}"].dtype == np.float16
     assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
     body = benchmark.section((tmp_path / "docs" / "results.md").read_text())
     assert proto.sha256 in body and "| fine_foods | tuned | glove-bow | minilm-l2 |" in body
+    assert "partial" not in body
+    # the chain part exports only its chain rows (the plain cells are the students' own parts)
+    chain_dir = tmp_path / "run" / "fine_foods-chain-minilm-l2-minilm-l6"
+    results = json.loads((chain_dir / "results.json").read_text())
+    assert {r["chain"] for r in results["runs"]} == {"glove-bow>minilm-l2>minilm-l6"}
+    # ... and each rung trained with its own student's lr (saved in its checkpoint's settings)
+    from w2sjax.runner import checkpoint
+    from w2sjax.runner.stage_keys import StageKey
+
+    lr_of = {"minilm-l2": 0.005, "minilm-l6": 0.01}
+    trained = [StageKey.parse(n) for n in results["checkpoints"]]
+    rungs = [k for k in trained if k.kind == "boot"] + [k for k in trained if k.kind in ("w2s", "ceiling")]
+    assert {k.parts[0].split(">")[-1] for k in rungs if k.kind == "boot"} == {"minilm-l2", "minilm-l6"}
+    for key in rungs:
+        model = key.parts[0].split(">")[-1] if key.kind in ("boot", "ceiling") else key.parts[1]
+        _, meta = checkpoint.latest(chain_dir / "checkpoints", key.outputs_name)
+        assert meta["settings"]["train"]["lr"] == lr_of[model], key.name
     # a rerun trains nothing and writes the same summary
     before = (folder / "summary.json").read_bytes()
     assert bench["main"](argv) == 0

@@ -281,13 +281,14 @@ def sweep(config: Config, out_dir: str | os.PathLike, seed_rows: Callable[[SeedR
     return out, rows
 
 
-def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]:
-    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: the student half is cut into
-    one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with labels
-    that the model before it predicted for rows *it* never trained on (the supervisor never saw
-    the student half at all). A rung that labelled its own training rows would mostly hand its supervisor's
-    labels on. Each chain row also carries a direct student (``a`` straight to the last model) on
-    the last rung's part: the same rows and as many of them, so the comparison is on equal data."""
+def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput], recipes: dict | None = None) -> list[dict]:
+    """The bootstrap chains (``a>b>c``) of one seed, as Burns et al. run them: the student half is
+    cut into one disjoint part per rung (:func:`chain_parts`), and each rung trains on its part with
+    labels that the model before it predicted for rows *it* never trained on (the supervisor never
+    saw the student half). A rung labelling its own training rows would mostly echo its supervisor.
+    Each chain row also carries a direct student (``a`` straight to the last model) on the last
+    rung's part, so the comparison is on equal data. ``recipes``: a model's own rung config."""
+    recipes = recipes or {}
     rows = []
     for chain in sr.config.bootstrap:
         models_in_chain = tuple(chain.split(">"))
@@ -297,10 +298,10 @@ def _bootstrap_rows(sr: SeedRun, ceilings: dict[str, StageOutput]) -> list[dict]
             current = first
             for depth, student in enumerate(models_in_chain[1:], start=1):
                 key = stage_keys.StageKey.boot(models_in_chain[: depth + 1], loss, sr.seed)
-                current = sr.supervised(key, student, current, loss, part=parts[depth - 1])
+                current = sr.supervised(key, student, current, loss, part=parts[depth - 1], cfg=recipes.get(student))
             direct_key = stage_keys.StageKey.w2s(models_in_chain[0], last, loss, sr.seed,
                                              variant=f"part{len(parts)}of{len(parts)}")
-            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1])
+            direct = sr.supervised(direct_key, last, first, loss, part=parts[-1], cfg=recipes.get(last))
             ceiling = ceilings.get(last) or sr.ceiling(last)
             row = sr.row(models_in_chain[0], last, loss, first, current, ceiling)
             if sr.runner.planning:

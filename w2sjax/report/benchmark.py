@@ -109,7 +109,29 @@ def summary(arts: dict, protocol, resolution: dict | None) -> dict:
         c.pop("_draws")
     return {"protocol_sha256": protocol.sha256, "protocol": protocol.path.name, "tasks": resolution,
             "cells": cell_list, "medians": meds, "headline": headline,
-            "negative": [_cell_name(c) for c in cell_list if finite(c["pgr"]) and c["pgr"] < 0]}
+            "negative": [_cell_name(c) for c in cell_list if finite(c["pgr"]) and c["pgr"] < 0],
+            "not_run": not_run(arts, protocol, resolution)}
+
+
+def not_run(arts: dict, protocol, resolution: dict | None) -> dict[str, list[str]]:
+    """Per student (or chain) of the protocol, the resolved tasks without any of its rows in the
+    artefacts: the parts a partial (or ``--students``-restricted) run has not reached. They are
+    listed, never filled in."""
+    if not resolution:
+        return {}
+    # the whole protocol, whatever --students a run was restricted to (tasks.json records that)
+    wanted = [st["name"] for st in protocol["students"]] + [c["chain"] for c in protocol.get("bootstrap", [])]
+    out = {}
+    for name in wanted:
+        missing = []
+        for task in resolution.get("tasks", []):
+            rows = arts[task].rows if task in arts else []
+            field = "chain" if ">" in name else "strong_model"
+            if not any(r.get(field) == name and (field == "chain" or not r.get("chain")) for r in rows):
+                missing.append(task)
+        if missing:
+            out[name] = missing
+    return out
 
 
 def _cell_name(c: dict) -> str:
@@ -127,7 +149,7 @@ def markdown(s: dict) -> str:
     if not s["cells"]:
         lines.append("**No results yet**: the pre-registered benchmark has not been run "
                      "(`python experiments/benchmark.py --out DIR --publish`, docs/benchmark.md).")
-        return "\n".join(lines)
+        return "\n".join(lines + _not_run_lines(s))
     res = s.get("tasks") or {}
     if res:
         lines.append(f"Tasks resolved at run time: {', '.join(res.get('tasks', []))}" + (
@@ -158,7 +180,19 @@ def markdown(s: dict) -> str:
         lines.append(f"| {m['weak_model']} | {m['strong_model']} | {m['loss']} | {m['tasks']} | {m['group']} | "
                      f"{_pgr(m['median_pgr'], m['median_ci95'])} | {m['n_tasks']} ({m['n_defined']}) |")
     lines += ["", "Cells with a negative PGR: " + ("; ".join(s["negative"]) or "none") + "."]
+    lines += _not_run_lines(s)
     return "\n".join(lines)
+
+
+def _not_run_lines(s: dict) -> list[str]:
+    missing = s.get("not_run") or {}
+    if not missing:
+        return []
+    n_tasks = len((s.get("tasks") or {}).get("tasks", []))
+    lines = ["", "**The run is partial.** Not run yet (no cells; the medians above cover only the tasks that ran):"]
+    for name, tasks in missing.items():
+        lines.append(f"- {name}: {len(tasks)} of {n_tasks} tasks ({', '.join(tasks)})")
+    return lines
 
 
 def headline_sentence(s: dict) -> str:
@@ -169,8 +203,12 @@ def headline_sentence(s: dict) -> str:
                 "see docs/benchmark.md.")
     return (f"Pre-registered benchmark (protocol sha256 `{s['protocol_sha256'][:12]}`): {h['weak_model']} → "
             f"{h['strong_model']} with `{h['loss']}` recovers a median of {_pgr(h['median_pgr'], h['median_ci95'])} "
-            f"of the gap over {h['n_tasks']} {'gap ' if h['tasks'] == 'gap' else ''}tasks "
-            f"({h['n_defined']} with a defined PGR); every number in docs/results.md's benchmark section.")
+            f"of the gap over {h['n_tasks']} {'gap ' if h['tasks'] == 'gap' else ''}task{'' if h['n_tasks'] == 1 else 's'} "
+            f"({h['n_defined']} with a defined PGR)"
+            + (f"; the run is partial: {h['strong_model']} has not run on "
+               f"{len(s['not_run'][h['strong_model']])} of the resolved tasks"
+               if (s.get("not_run") or {}).get(h["strong_model"]) else "")
+            + "; every number in docs/results.md's benchmark section.")
 
 
 def replace_section(text: str, body: str, begin: str = BEGIN, end: str = END) -> str:

@@ -61,9 +61,18 @@ def load(path) -> Protocol:
             raise ConfigError(f"protocol: students[{i}]: expected name, trainable and seeds")
         if not student["seeds"]:
             raise ConfigError(f"protocol: students[{i}] ({student['name']}): expected at least one seed")
+        lr = student.get("lr")
+        if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+            raise ConfigError(f"protocol: students[{i}] ({student['name']}).lr: expected a positive number, got {lr!r}")
+    names = {student["name"] for student in spec["students"]}
     for i, chain in enumerate(spec.get("bootstrap", [])):
-        if not {"chain", "trainable", "seeds"} <= set(chain) or chain["chain"].count(">") < 2:
-            raise ConfigError(f"protocol: bootstrap[{i}]: expected chain 'a>b>c', trainable and seeds")
+        if not {"chain", "seeds"} <= set(chain) or chain["chain"].count(">") < 2:
+            raise ConfigError(f"protocol: bootstrap[{i}]: expected chain 'a>b>c' and seeds")
+        # every rung trains with its own student recipe (trainable, lr), so each must be a student
+        unknown = [m for m in chain["chain"].split(">")[1:] if m not in names]
+        if unknown:
+            raise ConfigError(f"protocol: bootstrap[{i}]: {', '.join(unknown)}: not among the students "
+                              "(a rung trains with its student's recipe)")
     if spec["gap_rule"].get("slice") != "validation":
         raise ConfigError("protocol: gap_rule.slice: expected 'validation' (the test split never picks tasks)")
     if not isinstance(spec["gap_rule"].get("min_gap"), (int, float)):
