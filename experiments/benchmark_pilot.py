@@ -45,6 +45,12 @@ def _bench():
     return benchmark
 
 
+def get_config():
+    """As a config file (``w2sjax run --config experiments/benchmark_pilot.py``): the benchmark's
+    own configuration, whose recipe every pilot stage starts from."""
+    return _bench().get_config()
+
+
 def _val_accuracy(out, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(out.preds["val"], -1) == labels))
 
