@@ -357,6 +357,18 @@ def test_a_partial_run_lists_what_has_not_run(tmp_path):
     assert "the run is partial: minilm-l6 has not run on 1 of the resolved tasks" in benchmark.headline_sentence(s)
 
 
+def test_a_docs_root_without_the_docs_is_one_line_exit_2(bench, tmp_path, capsys):
+    proto_path = _tiny_protocol(tmp_path)
+    folder = tmp_path / "artefacts"
+    _write_synthetic(folder, protocol_lib.load(proto_path).sha256, ["t_one"])
+    (tmp_path / "root").mkdir()
+    assert bench["main"](["--summary-only", "--protocol", str(proto_path), "--artefacts", str(folder),
+                          "--docs-root", str(tmp_path / "root"), "--no-figure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("benchmark: error: --docs-root:") and "docs/results.md or README.md" in err and "\n" not in err
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == []  # nothing half-written
+
+
 def test_adding_a_task_changes_no_cell_of_another(tmp_path):
     proto = protocol_lib.load(_tiny_protocol(tmp_path))
     _write_synthetic(tmp_path / "a", proto.sha256, ["t_one", "t_two"])

@@ -231,9 +231,14 @@ README_BEGIN, README_END = "<!-- benchmark-headline:begin -->", "<!-- benchmark-
 
 
 def write_docs(s: dict, root: pathlib.Path) -> list[pathlib.Path]:
-    """Write the generated sections of ``root/docs/results.md`` and ``root/README.md``."""
+    """Write the generated sections of ``root/docs/results.md`` and ``root/README.md``; a ``root``
+    without both files is refused (ValueError) before anything is written."""
     from w2sjax.runner import atomic
 
+    missing = [name for name in ("docs/results.md", "README.md") if not (root / name).is_file()]
+    if missing:
+        raise ValueError(f"--docs-root: expected a repository root holding docs/results.md and README.md; "
+                         f"{root} has no {' or '.join(missing)}")
     written = []
     for path, body, begin, end in ((root / "docs" / "results.md", markdown(s), BEGIN, END),
                                    (root / "README.md", headline_sentence(s), README_BEGIN, README_END)):
