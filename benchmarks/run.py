@@ -378,12 +378,13 @@ def main(argv=None) -> int:
     import jax
 
     from w2sjax import assets
+    from w2sjax.runner import utilisation
 
     with_torch = "torch" in args.cases and torch_available()
     if args.quick:
         args.repeats = 1
     emit({"case": "setup", "impl": "setup", "xla_flags": flags, "jax": jax.__version__, "devices": jax.device_count(),
-          "quick": args.quick, "cpu_count": os.cpu_count(), "cpu": _cpu_model(), "loadavg": loadavg(),
+          "quick": args.quick, "cpu_count": os.cpu_count(), "cpu": utilisation.cpu_model(), "loadavg": loadavg(),
           "torch": _torch_version() if with_torch else None, "repeats": args.repeats})
     if "torch" in args.cases and not with_torch:
         emit({"case": "torch", "impl": "torch", "skipped": "torch/transformers not importable"})
@@ -470,17 +471,6 @@ def _torch_version() -> str:
     import transformers
 
     return f"torch {torch.__version__}, transformers {transformers.__version__}"
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def _device_kind() -> tuple[str, str]:
     return device.platform, str(getattr(device, "device_kind", ""))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo, or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -92,7 +93,7 @@ def _cpu_model() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def known_peak(device_kind: str, dtype: str) -> float | None:
@@ -139,7 +140,7 @@ def peak_flops(dtype: str = "float32") -> tuple[float, str]:
     table = None if backend == "cpu" else known_peak(device_kind, dtype)
     if table is not None:
         return table, f"data sheet, {device_kind}"
-    kind = _cpu_model() if backend == "cpu" else f"{backend} {device_kind}"
+    kind = (cpu_model() or platform.processor() or platform.machine()) if backend == "cpu" else f"{backend} {device_kind}"
     key = _peak_key(kind, dtype)
     with _lock:
         if key in _peaks:
