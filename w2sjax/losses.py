@@ -46,7 +46,9 @@ __all__ = [
     "xent",
     "confidence_alpha",
     "hardened_target",
+    "balanced_hardened_target",
     "logconf",
+    "logconf_balanced",
     "product",
     "entropy_conf",
     "reverse_xent",
@@ -163,7 +165,7 @@ def hyper_parameters() -> dict[str, tuple[Any, str]]:
 
     >>> from w2sjax import losses
     >>> losses.hyper_parameters()["alpha_max"]
-    (0.5, 'logconf / entropy_conf: final weight of the confidence term')
+    (0.5, 'logconf / logconf_balanced / entropy_conf: final weight of the confidence term')
     """
     fields: dict[str, tuple[Any, str]] = {}
     for loss in LOSSES.values():
@@ -344,6 +346,82 @@ def hardened_target(probs: ArrayLike, weak_labels: ArrayLike, *, where: ArrayLik
     return jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=jnp.float32)
 
 
+def _class_quotas(weak_labels: jax.Array, where: jax.Array | None) -> jax.Array:
+    """``[C]`` int32 row counts, one per class, summing to the number of kept rows: the weak labels'
+    class shares of the kept rows (their column sums, rescaled to that number) rounded by largest
+    remainder, ties to the lower class index. Hard weak labels give their exact class counts."""
+    num_rows = weak_labels.shape[0]
+    n = jnp.float32(num_rows) if where is None else _sum(jnp.ones((num_rows,), jnp.float32), where)
+    totals = jax.vmap(lambda column: _sum(column, where), in_axes=1)(weak_labels.astype(jnp.float32))
+    grand = _sum(totals)
+    shares = totals * jnp.where(grand > 0, n / jnp.where(grand > 0, grand, 1.0), 0.0)
+    floors = jnp.floor(shares)
+    short = (n - jnp.sum(floors)).astype(jnp.int32)  # 0 <= short < C: rows the floors leave out
+    order = jnp.argsort(-(shares - floors), stable=True)
+    bump = jnp.zeros(shares.shape, jnp.int32).at[order].set(
+        (jnp.arange(shares.shape[0]) < short).astype(jnp.int32))
+    return floors.astype(jnp.int32) + bump
+
+
+def balanced_hardened_target(probs: ArrayLike, weak_labels: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
+    """The student's predictions made hard under class quotas: the hardened batch holds each class
+    as often as the weak labels do.
+
+    The quotas are the weak labels' class shares of the kept rows, as whole rows (largest
+    remainder; hard weak labels give their own counts). The assignment is the greedy one: take the
+    ``(row, class)`` pairs by decreasing ``probs`` (ties: row-major order) and give a row the class
+    of its first pair whose class still has room. So a student that leans towards one class for
+    every row gets the quota of that class (its most confident rows), and the rest go to the
+    other classes by their own ranking, where ``one_hot(argmax p)`` would put the whole batch in one
+    class. Rows ``where`` masks get no class (a zero row) and count in no quota.
+
+    Computed in ``C`` vectorised rounds (each round gives every free row its best open class, up to
+    the moment the first class fills), the same result as the pair-by-pair greedy pass. For C = 2
+    this is the top-``k`` rows by ``p[:, 1]`` with ``k`` the class-1 quota: the rows that
+    :func:`hardened_target`'s quantile rule picks whenever its count, ``ceil(q (n - 1))`` for the
+    class-1 share ``q`` (linear interpolation), equals this rounding, e.g. for hard weak labels.
+
+    >>> import jax.numpy as jnp
+    >>> from w2sjax import losses
+    >>> probs = jnp.array([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1], [0.4, 0.4, 0.2], [0.5, 0.2, 0.3]])
+    >>> weak = jnp.eye(3)[jnp.array([0, 1, 2, 0])]  # quotas 2, 1, 1
+    >>> losses.balanced_hardened_target(probs, weak)  # argmax would say class 0 four times
+    Array([[1., 0., 0.],
+           [1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 1.]], dtype=float32)
+    """
+    probs = jnp.asarray(probs).astype(jnp.float32)
+    num_rows, num_classes = probs.shape
+    keep = jnp.ones((num_rows,), bool) if where is None else jnp.asarray(where, bool)
+    weak = jnp.where(keep[:, None], jnp.asarray(weak_labels).astype(jnp.float32), 0.0)
+    quotas = _class_quotas(weak, None if where is None else keep)
+    # Each pair's place in the greedy order, best first (masked rows last); only comparisons of
+    # these ranks decide, so padding rows anywhere leaves the kept rows' classes alone.
+    never = num_rows * num_classes
+    order = jnp.argsort(-jnp.where(keep[:, None], probs, -jnp.inf).reshape(-1), stable=True)
+    rank = jnp.zeros((never,), jnp.int32).at[order].set(jnp.arange(never, dtype=jnp.int32)).reshape(probs.shape)
+    classes = jnp.arange(num_classes)
+
+    def one_round(_, carry):
+        assigned, room = carry
+        free = keep & (assigned < 0)
+        ranks = jnp.where(free[:, None] & (room > 0)[None, :], rank, never)
+        best, first = jnp.argmin(ranks, axis=1), jnp.min(ranks, axis=1)  # each free row's best open class
+        wanting = jnp.where((best[None, :] == classes[:, None]) & (first < never)[None, :], first[None, :], never)
+        # the rank at which each class would take its last row; a class with more room than
+        # rows wanting it does not fill this round
+        full_at = jnp.take_along_axis(jnp.sort(wanting, axis=1), jnp.clip(room - 1, 0, num_rows - 1)[:, None], 1)[:, 0]
+        full_at = jnp.where((room > 0) & (room <= num_rows), full_at, never)
+        take = (first < never) & (first <= jnp.min(full_at))
+        taken = jnp.sum((best[:, None] == classes[None, :]) & take[:, None], axis=0, dtype=jnp.int32)
+        return jnp.where(take, best, assigned), room - taken
+
+    start = (jnp.full((num_rows,), -1, jnp.int32), quotas)
+    assigned, _ = jax.lax.fori_loop(0, num_classes, one_round, start)
+    return jax.nn.one_hot(assigned, num_classes, dtype=jnp.float32)  # -1 (masked) gives a zero row
+
+
 _CONFIDENCE = (
     Param("alpha_max", "final weight of the confidence term"),
     Param("conf_warmup_frac", "fraction of training over which alpha ramps up", keyword="warmup_frac"),
@@ -382,6 +460,45 @@ def logconf(
     alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
     probs = jax.nn.softmax(logits, axis=-1)
     hard = jax.lax.stop_gradient(hardened_target(probs, weak_labels, where=where))
+    target = (1.0 - alpha) * weak_labels + alpha * hard
+    return xent(logits, target, weights=weights, where=where, reduction=reduction)
+
+
+@register(*_CONFIDENCE)
+def logconf_balanced(
+    logits: ArrayLike,
+    weak_labels: ArrayLike,
+    *,
+    step_frac: ArrayLike,
+    alpha_max: ArrayLike = 0.5,
+    warmup_frac: ArrayLike = 0.2,
+    weights: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+) -> jax.Array:
+    """:func:`logconf` whose hardened target keeps the weak labels' class proportions for any C.
+
+    For C = 2 it is logconf, bit for bit (the quantile rule already keeps the proportions). For
+    C > 2 the target is :func:`balanced_hardened_target` instead of ``one_hot(argmax p)``: against
+    nearly flat soft labels, a student leaning towards one class hardens every row to that class
+    and the confidence term then pulls it further there; the quotas stop that.
+
+    >>> import jax.numpy as jnp
+    >>> from w2sjax import losses
+    >>> logits = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> weak = jnp.array([[0.5, 0.5], [0.5, 0.5]])
+    >>> bool(losses.logconf_balanced(logits, weak, step_frac=1.0) == losses.logconf(logits, weak, step_frac=1.0))
+    True
+    >>> logits = jnp.array([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.5, 0.0]])  # leans to class 0
+    >>> weak = jnp.full((3, 3), 1 / 3)
+    >>> print(f"{losses.logconf_balanced(logits, weak, step_frac=1.0):.4f}")  # one row per class
+    1.1571
+    """
+    logits, weak_labels, where = _prepare("logconf_balanced", logits, weak_labels, weights, where, "weak_labels")
+    alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
+    probs = jax.nn.softmax(logits, axis=-1)
+    harden = hardened_target if probs.shape[-1] == 2 else balanced_hardened_target
+    hard = jax.lax.stop_gradient(harden(probs, weak_labels, where=where))
     target = (1.0 - alpha) * weak_labels + alpha * hard
     return xent(logits, target, weights=weights, where=where, reduction=reduction)
 
