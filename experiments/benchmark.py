@@ -14,6 +14,8 @@ generated sections of ``docs/results.md`` and ``README.md``::
     python experiments/benchmark.py --out runs/benchmark --publish    # run, export into docs/benchmark/
     python experiments/benchmark.py --summary-only                    # tables from docs/benchmark/
 
+Once a part is exported, its stages' trained parameters are dropped to save disk (``--keep-params``
+keeps them); their predictions stay, and a rerun reuses every stage.
 ``--tasks a,b`` restricts the task set (recorded in ``tasks.json``); ``--protocol PATH`` and
 ``--artefacts DIR`` point elsewhere (tests use a tiny protocol in a temporary folder).
 """
@@ -263,10 +265,15 @@ def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pa
     return done
 
 
-def run(plan: Plan, out: pathlib.Path, artefacts_dir: pathlib.Path, *, progress: bool = False) -> None:
+def run(plan: Plan, out: pathlib.Path, artefacts_dir: pathlib.Path, *, progress: bool = False,
+        keep_params: bool = False) -> None:
     """Train every part (resumable) in run order, exporting the task's artefacts as soon as each
-    (task, part) finishes, so an interrupted run keeps every part it finished."""
+    (task, part) finishes, so an interrupted run keeps every part it finished. Once a part is
+    exported, the trained parameters of its stages are dropped (unless ``keep_params``): no later
+    part reads them (each part trains in its own folder, a chain's rungs label from predictions),
+    and a rerun reuses the stages from their predictions (``w2sjax.runner.disk.drop_params``)."""
     from w2sjax import data
+    from w2sjax.runner import disk
 
     for part in plan.parts:
         if part.bootstrap:
@@ -277,8 +284,11 @@ def run(plan: Plan, out: pathlib.Path, artefacts_dir: pathlib.Path, *, progress:
             chain_experiment(cfg, plan.recipes_of(cfg, part), out / part.name, progress=progress)
         else:
             plan.headline.run_parts(plan.base, [part], out, progress=progress, config_of=plan.config_of)
-        export_task(plan, part.task, out, artefacts_dir)
-        print(f"benchmark: {part.name}: done; {part.task}'s artefacts written to {artefacts_dir}",
+        exported = part.name in export_task(plan, part.task, out, artefacts_dir)
+        dropped = [] if keep_params or not exported else disk.drop_params(out / part.name)
+        freed = f"; trained parameters of {len(dropped)} stages dropped, {disk.human(sum(r.bytes for r in dropped))} " \
+            "freed" if dropped else ""
+        print(f"benchmark: {part.name}: done; {part.task}'s artefacts written to {artefacts_dir}{freed}",
               file=sys.stderr, flush=True)
 
 
@@ -322,6 +332,8 @@ def main(argv=None) -> int:
     parser.add_argument("--docs-root", default="", help="repository root whose docs/results.md and README.md get "
                         "the generated sections (default: this repository with --publish or --summary-only)")
     parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--keep-params", action="store_true", help="keep each exported part's trained parameters "
+                        "(by default they are dropped; predictions stay and a rerun reuses every stage)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -384,7 +396,7 @@ def main(argv=None) -> int:
         artefacts.check_stamp(out, protocol.sha256)  # a run folder holds one protocol's stages
         artefacts.check_stamp(art_dir, protocol.sha256)
         atomic.write_json(art_dir / "tasks.json", resolution)
-        run(plan, out, art_dir, progress=args.progress)
+        run(plan, out, art_dir, progress=args.progress, keep_params=args.keep_params)
         s = summarize(protocol, art_dir, docs_root, figure=not args.no_figure)
     except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)

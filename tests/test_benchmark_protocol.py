@@ -526,10 +526,15 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
         model = key.parts[0].split(">")[-1] if key.kind in ("boot", "ceiling") else key.parts[1]
         _, meta = checkpoint.latest(chain_dir / "checkpoints", key.outputs_name)
         assert meta["settings"]["train"]["lr"] == lr_of[model], key.name
-    # a rerun trains nothing and writes the same summary
+    # each exported part's trained parameters were dropped (its predictions stay, checked on reuse)
+    ckpts = sorted((tmp_path / "run").glob("*/checkpoints"))
+    assert len(ckpts) == 6 and not [p for c in ckpts for p in c.glob("*/[0-9]*/model")]
+    assert all(list(c.glob("*/[0-9]*/state")) for c in ckpts)
+    # a rerun trains nothing (a retrained stage would save its parameters again) and writes the same summary
     before = (folder / "summary.json").read_bytes()
     assert bench["main"](argv) == 0
     assert (folder / "summary.json").read_bytes() == before
+    assert not [p for c in ckpts for p in c.glob("*/[0-9]*/model")]
     # the summary regenerated from the artefacts alone equals the run's
     assert bench["main"](["--summary-only", "--protocol", str(tmp_path / "p.json"), "--artefacts", str(folder),
                           "--docs-root", str(tmp_path), "--no-figure"]) == 0

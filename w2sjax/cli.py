@@ -5,7 +5,7 @@
     w2sjax list
     w2sjax tasks [NAME ...] [--check]
     w2sjax verify [--no-repair]
-    w2sjax prune DIR [--yes]
+    w2sjax prune DIR [--params] [--yes]
 
 Being an application (not a library), it may choose XLA flags before JAX starts: on CPU it
 keeps YNNPACK for dots only and splits the host into one device per core, and it keeps compiled
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                     "that failed runs left holding only a lock. Asks first on a terminal; without one it only "
                     "lists, unless --yes.")
     prune.add_argument("dir", help="a run's --out, or a folder of runs")
+    prune.add_argument("--params", action="store_true", help="also drop the trained parameters of the stages each "
+                       "finished run used: their predictions stay, a rerun reuses them and gives the same results; "
+                       "only loading a stage's trained model needs them")
     prune.add_argument("--yes", action="store_true", help="remove without asking")
     sub.add_parser("version", help="print the version")
     return parser
@@ -153,7 +156,7 @@ def _other_command(args) -> int:
 
         return 1 if verify.verify(repair=not args.no_repair) else 0
     if args.command == "prune":
-        return _prune(pathlib.Path(args.dir), yes=args.yes)
+        return _prune(pathlib.Path(args.dir), yes=args.yes, params=args.params)
     raise AssertionError(f"unhandled command {args.command!r}")  # the parser knows no other
 
 
@@ -203,11 +206,11 @@ def _config_and_run_dir(args):
     return config, out
 
 
-def _prune(directory: pathlib.Path, *, yes: bool) -> int:
+def _prune(directory: pathlib.Path, *, yes: bool, params: bool = False) -> int:
     from w2sjax.runner import disk, rundir
 
     try:
-        removals, notes = disk.prune_candidates(directory)
+        removals, notes = disk.prune_candidates(directory, params=params)
     except rundir.RunDirError as exc:
         return _fail(str(exc))
     for note in notes:

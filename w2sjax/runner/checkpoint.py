@@ -14,6 +14,7 @@ stage done; it is never deleted by the retention policy.
     latest(ckpt_dir, stage) -> (step, meta) | None
     restore(ckpt_dir, stage, target, step=None) -> (state, meta)
     restore_model(ckpt_dir, stage, target) -> (params, meta)
+    drop_model(ckpt_dir, stage) -> bytes freed;  model_bytes(ckpt_dir, stage) -> bytes
     restore_newest_good(ckpt_dir, stage, target) -> (state, meta) | None
     move_aside(ckpt_dir, stage, step=None) -> path
     remove(ckpt_dir, stage)
@@ -25,6 +26,11 @@ checkpoint the runner writes; a ``model`` item always carries its own).
 Callers recover by moving the damaged step or stage aside (into
 ``ckpt_dir/damaged/``, kept for inspection) and falling back to an older step
 or retraining.
+
+A finished stage's ``model`` item can be dropped to save disk (``drop_model``):
+its meta then records the dropped item's sha256 and size, the step stays final
+and its ``state`` (predictions, pseudo-labels) restores and is checked as
+before; only ``restore_model`` answers :class:`ModelDropped`, which is not damage.
 
 Saves are synchronous and atomic: Orbax writes into a temporary folder and
 renames it when complete, so a process killed mid-save leaves the previous
@@ -56,11 +62,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from w2sjax.runner import sigint
+from w2sjax.runner import atomic, sigint
 
 __all__ = [
     "DamagedCheckpoint", "save", "is_done", "latest", "restore", "restore_model", "restore_newest_good",
-    "move_aside", "remove", "stage_dirname", "state_sha256", "exists",
+    "move_aside", "remove", "stage_dirname", "state_sha256", "exists", "ModelDropped", "drop_model", "model_bytes",
 ]
 
 _STATE = "state"
@@ -69,6 +75,7 @@ _MODEL = "model"
 _FINAL_KEY = "w2sjax_final"
 _SHA_KEY = "w2sjax_sha256"  # in meta: the checksum of the saved state, when asked for
 _MODEL_SHA_KEY = "w2sjax_model_sha256"  # in meta: the checksum of the model item, when there is one
+_DROPPED_KEY = "w2sjax_model_dropped"  # in meta: the model item was dropped; its sha256 and bytes
 _DAMAGED = "damaged"
 
 
@@ -78,6 +85,18 @@ class DamagedCheckpoint(RuntimeError):
     def __init__(self, stage: str, step: int | None, reason: str):
         super().__init__(f"checkpoint step {step} of stage {stage!r} is damaged ({reason})")
         self.stage, self.step, self.reason = stage, step, reason
+
+
+class ModelDropped(FileNotFoundError):
+    """A finished stage's trained parameters were dropped to save disk; its predictions are kept."""
+
+    def __init__(self, stage: str, step: int | None):
+        super().__init__(f"the trained parameters of stage {stage!r} (step {step}) were dropped to save disk "
+                         "(`w2sjax prune --params`); its predictions are kept; to have the parameters again, move "
+                         "the stage's folder away and run again to retrain it")
+        self.stage, self.step = stage, step
+
+
 _DEFAULT_KEEP = 2
 
 
@@ -371,6 +390,9 @@ def restore_model(ckpt_dir: str | os.PathLike, stage: str, target: Any, *, step:
     """``(model, meta)``: the ``model`` item saved with ``save(..., model=...)``, checked against its
     sha256 (``target`` as for :func:`restore`). DamagedCheckpoint when it is missing, unreadable or
     differs from what was saved."""
+    found = latest(ckpt_dir, stage) if step is None else (step, _step_meta(ckpt_dir, stage, step))
+    if found is not None and _DROPPED_KEY in found[1]:
+        raise ModelDropped(stage, found[0])
     return _restore_item(ckpt_dir, stage, target, step, _MODEL, _MODEL_SHA_KEY, True)
 
 
@@ -405,7 +427,7 @@ def _restore_item(ckpt_dir, stage: str, target: Any, step: int | None, item: str
             reason = _one_line(e) if item == _STATE else f"its {item} is unreadable: {_one_line(e)}"
             raise DamagedCheckpoint(stage, step, reason) from None
         expected = meta.get(sha_key)
-        for key in (_SHA_KEY, _MODEL_SHA_KEY):
+        for key in (_SHA_KEY, _MODEL_SHA_KEY, _DROPPED_KEY):
             meta.pop(key, None)
         if expected is None and require_checksum:
             raise DamagedCheckpoint(stage, step, f"no sha256 of its {item} was recorded when saved")
@@ -414,6 +436,74 @@ def _restore_item(ckpt_dir, stage: str, target: Any, step: int | None, item: str
         return state, meta
     finally:
         mngr.close()
+
+
+def _step_meta(ckpt_dir, stage: str, step: int) -> dict:
+    """The meta of ``step`` of ``stage``; {} when it is missing or unreadable."""
+    path = _stage_path(ckpt_dir, stage)
+    if not _exists(path):
+        return {}
+    mngr = _reader(path)
+    try:
+        return _read_meta(mngr, step)
+    except Exception:  # missing or damaged: restoring the step reports it
+        return {}
+    finally:
+        mngr.close()
+
+
+def _final_model_dirs(ckpt_dir, stage: str) -> list[tuple[str, Any]]:
+    """``(meta file, model folder)`` of each final step of ``stage`` (local folders)."""
+    path = _stage_path(ckpt_dir, stage)
+    if not _exists(path):
+        return []
+    mngr = _reader(path)
+    try:
+        found = []
+        for step in mngr.all_steps():
+            if _final_flag(mngr, step):
+                step_path = ocp.step.standard_name_format().find_step(mngr.directory, step).path
+                found.append((os.fspath(step_path / _META / "metadata"), os.fspath(step_path / _MODEL)))
+        return found
+    finally:
+        mngr.close()
+
+
+def _folder_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+               if not os.path.islink(os.path.join(root, f)))
+
+
+def model_bytes(ckpt_dir: str | os.PathLike, stage: str) -> int:
+    """Bytes the ``model`` items of ``stage``'s final steps take on disk (0: none, or dropped)."""
+    return sum(_folder_size(model) for _, model in _final_model_dirs(ckpt_dir, stage) if os.path.isdir(model))
+
+
+def drop_model(ckpt_dir: str | os.PathLike, stage: str) -> int:
+    """Delete the ``model`` item (trained parameters) of each final step of ``stage``, keeping its
+    state and meta; returns the bytes freed. The stage stays finished: ``restore`` of its state
+    works and is checked as before, ``restore_model`` raises :class:`ModelDropped`.
+
+    The meta is rewritten first (atomically), recording the dropped item's sha256 and size, then
+    the folder goes: a kill in between leaves a stage marked dropped whose leftover files the
+    next call removes. A step whose meta is unreadable is left alone (its restore reports the
+    damage). Local folders, one process."""
+    freed = 0
+    for meta_file, model in _final_model_dirs(ckpt_dir, stage):
+        if not os.path.isdir(model):
+            continue
+        try:
+            with open(meta_file) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            continue
+        size = _folder_size(model)
+        if _DROPPED_KEY not in meta:
+            meta[_DROPPED_KEY] = {"sha256": meta.pop(_MODEL_SHA_KEY, None), "bytes": size}
+            atomic.write_json(meta_file, meta)
+        shutil.rmtree(model, ignore_errors=True)
+        freed += size
+    return freed
 
 
 def restore_newest_good(

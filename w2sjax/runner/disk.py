@@ -1,15 +1,21 @@
 """Disk use of a run's checkpoints: what the plan expects a run to write, and pruning what runs of
-other settings (and failed runs) left behind.
+other settings (and failed runs) left behind, and, when asked, the trained parameters of the
+stages a finished run used.
 
 A finished stage keeps its predictions and trained parameters; while a stage trains, its in-stage
 checkpoints hold the whole training state (parameters, the best ones so far, both AdamW moments,
-the frozen part) for the ``keep`` newest steps, and are deleted when it finishes.
+the frozen part) for the ``keep`` newest steps, and are deleted when it finishes. Its parameters
+are what a rerun never needs: a finished stage is reused from its predictions (pseudo-labels
+included) alone; only ``Runner.trained_module`` reads them. Dropping them (``params=True``) keeps
+the stage finished and its predictions checked, as :func:`w2sjax.runner.checkpoint.drop_model` says.
 
     stage_bytes(num_params, finetune=..., trainable=..., pred_values=...) -> (finished, in_stage)
-    prune_candidates(directory) -> (removals, notes)
+    prune_candidates(directory, params=False) -> (removals, notes)
     remove(removals)
+    drop_params(run_dir) -> what was dropped (a Removal per stage, with its bytes)
 
-This module imports nothing heavy; ``w2sjax prune`` is a thin layer over it.
+This module imports nothing heavy at import; reading stage folder names and dropping parameters
+import ``checkpoint`` (Orbax) when they run. ``w2sjax prune`` is a thin layer over it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import shutil
 
 from w2sjax.runner import rundir
 
-__all__ = ["stage_bytes", "human", "Removal", "prune_candidates", "remove", "folder_bytes"]
+__all__ = ["stage_bytes", "human", "Removal", "prune_candidates", "remove", "folder_bytes", "drop_params"]
 
 FLOAT_BYTES = 4  # parameters, moments and predictions are saved as float32
 HEAD_BYTES = 2 * 2**20  # a head on features or raw inputs (linear, MLP, CNN): under this
@@ -61,6 +67,7 @@ class Removal:
     path: pathlib.Path
     bytes: int
     reason: str
+    stage: str = ""  # set: drop this finished stage's trained parameters only (``path`` is its folder)
 
 
 def folder_bytes(path: pathlib.Path) -> int:
@@ -84,12 +91,13 @@ def _run_folders(directory: pathlib.Path):
         yield pathlib.Path(root)
 
 
-def prune_candidates(directory: str | os.PathLike) -> tuple[list[Removal], list[str]]:
+def prune_candidates(directory: str | os.PathLike, *, params: bool = False) -> tuple[list[Removal], list[str]]:
     """What ``w2sjax prune`` would remove under ``directory``, and notes on what it left alone.
 
     * In every run folder (one holding ``checkpoints/``) whose ``results.json`` lists the
       checkpoints its run used: every other stage's checkpoint (made under other settings) and
-      the stages set aside as damaged.
+      the stages set aside as damaged; with ``params``, also the trained parameters of the
+      stages it used (their predictions stay, and a rerun still reuses them).
     * Every folder holding nothing but run locks (left by a failed run).
 
     A folder whose run is in progress (its lock is held) is left alone.
@@ -117,16 +125,34 @@ def prune_candidates(directory: str | os.PathLike) -> tuple[list[Removal], list[
             notes.append(f"{folder}: its results.json does not list the checkpoints its run used (an unfinished "
                          "run, or one made by an older w2sjax); run it again to prune it")
             continue
-        used = set(used)
+        folders = _stage_folders(used)
         for entry in sorted(ckpts.iterdir()):
             if entry.name == "damaged":
                 removals.append(Removal(entry, folder_bytes(entry), "stages set aside as damaged"))
-            elif entry.name.removesuffix(".out") not in used:
+            elif entry.name not in folders:
                 removals.append(Removal(entry, folder_bytes(entry), "a stage of other settings"))
+            elif params and folders[entry.name].endswith(".out"):
+                removals += _params_removal(ckpts, entry, folders[entry.name])
     # a folder of locks inside one being removed is removed with it
     paths = {r.path for r in removals}
     removals = [r for r in removals if not any(p in paths for p in r.path.parents)]
     return removals, notes
+
+
+def _stage_folders(used: list[str]) -> dict[str, str]:
+    """Folder name -> stage name, for every checkpoint a run used (its in-stage steps and its
+    outputs): a name with characters unsafe in a path (a chain's ``>``) has a folder of another name."""
+    from w2sjax.runner.checkpoint import stage_dirname
+
+    return {stage_dirname(n): n for name in used for n in (name, f"{name}.out")}
+
+
+def _params_removal(ckpts: pathlib.Path, folder: pathlib.Path, stage: str) -> list[Removal]:
+    from w2sjax.runner import checkpoint
+
+    size = checkpoint.model_bytes(ckpts, stage)
+    return [Removal(folder, size, "trained parameters of a stage the run used; its predictions stay", stage)] \
+        if size else []
 
 
 def remove(removals: list[Removal]) -> None:
@@ -137,8 +163,23 @@ def remove(removals: list[Removal]) -> None:
             run = r.path.parent.parent
             rundir.lock(run)
             try:
-                shutil.rmtree(r.path, ignore_errors=True)
+                if r.stage:
+                    from w2sjax.runner import checkpoint
+
+                    checkpoint.drop_model(r.path.parent, r.stage)
+                else:
+                    shutil.rmtree(r.path, ignore_errors=True)
             finally:
                 rundir.release(run)
         else:
             shutil.rmtree(r.path, ignore_errors=True)
+
+
+def drop_params(run_dir: str | os.PathLike) -> list[Removal]:
+    """Drop the trained parameters of every stage that the finished run in ``run_dir`` used (as its
+    ``results.json`` lists them), keeping their predictions; returns what was dropped (``bytes``
+    each). Nothing when the run has not finished or is in progress. A rerun reuses every stage
+    and writes the same results; ``Runner.trained_module`` then raises ``checkpoint.ModelDropped``."""
+    removals = [r for r in prune_candidates(run_dir, params=True)[0] if r.stage]
+    remove(removals)
+    return removals
