@@ -389,7 +389,7 @@ def restore(
 def restore_model(ckpt_dir: str | os.PathLike, stage: str, target: Any, *, step: int | None = None) -> tuple[Any, dict]:
     """``(model, meta)``: the ``model`` item saved with ``save(..., model=...)``, checked against its
     sha256 (``target`` as for :func:`restore`). DamagedCheckpoint when it is missing, unreadable or
-    differs from what was saved."""
+    differs from what was saved; ModelDropped when :func:`drop_model` removed it."""
     found = latest(ckpt_dir, stage) if step is None else (step, _step_meta(ckpt_dir, stage, step))
     if found is not None and _DROPPED_KEY in found[1]:
         raise ModelDropped(stage, found[0])

@@ -319,7 +319,8 @@ class Runner:
         ``stages``), trained on ``model`` with ``seed``: rebuilt as the stage built it, then given
         its saved parameters. Both halves are checked: the parameters against the sha256 saved with
         them, the rebuilt frozen part (a LoRA or ``top:K`` stage's base) against the hash of the one
-        it was trained on. Raises ``checkpoint.DamagedCheckpoint`` when either differs."""
+        it was trained on. Raises ``checkpoint.DamagedCheckpoint`` when either differs, and
+        ``checkpoint.ModelDropped`` when the parameters were dropped to save disk (``w2sjax prune --params``)."""
         mi = self.inputs.get(model, frozen_features=frozen_features)
         structure, fresh = train.init_state(mi.build(seed), mi.trainable)
         outputs = stage_keys.StageKey.parse(checkpoint_name).outputs_name
