@@ -14,6 +14,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # six benchmark cases end to end
 def test_quick_benchmark_schema_and_trace_counts():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)

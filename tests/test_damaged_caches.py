@@ -130,6 +130,7 @@ def test_bit_rot_in_fetched_weights_is_caught_before_use_and_after_repair_result
     assert runs(tmp_path / "repaired") == runs(tmp_path / "ref")
 
 
+@pytest.mark.slow  # a reference run and a repaired run of the real pipeline
 def test_a_cached_chunk_holding_nan_is_dropped_when_read_and_results_equal_the_reference(tmp_path):
     cache = private_cache(tmp_path, linked=("fine_foods", "tfds", "glove-6b-50d"))
     ref = run(tmp_path / "ref", cache)

@@ -199,6 +199,7 @@ SMALL_RUN = ["--no-progress", "--set", "losses=xent", "--set", "data.n_train=160
              "--set", "train.epochs=2", "--set", "weak_train.epochs=2"]
 
 
+@pytest.mark.slow  # three hf models through the CLI; loaders and chains have their own fast tests
 def test_cli_runs_hf_models_as_weak_strong_and_bootstrap(tmp_path):
     gpt2, bert = f"hf:{FIXTURES / 'gpt2'}", f"hf:{FIXTURES / 'bert'}"
     out = tmp_path / "run"

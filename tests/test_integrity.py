@@ -113,7 +113,10 @@ def _empty_metadata(stage: pathlib.Path):
     (stage / "0" / "state" / "_METADATA").write_text("")
 
 
-@pytest.mark.parametrize("damage", [_garbage, _truncate, _empty_metadata], ids=lambda f: f.__name__[1:])
+# Garbage runs by default; the other kinds of damage take the same path (slow).
+@pytest.mark.parametrize("damage", [_garbage, pytest.param(_truncate, marks=pytest.mark.slow),
+                                    pytest.param(_empty_metadata, marks=pytest.mark.slow)],
+                         ids=lambda f: f.__name__[1:] if callable(f) else None)
 def test_damaged_finished_stage_is_set_aside_and_retrained(reference, copy, damage):
     stage = "weak__linear__seed0"
     damage(stage_dir(copy / "checkpoints", stage, outputs=True))
