@@ -24,6 +24,8 @@ shared machine. Variants:
   step_bf16_wgrad_t       the weight-gradient dot with its token-major operand stored transposed
                           (``[features, tokens]`` bf16, written by the forward's convert) so the dot
                           contracts the left operand's last axis, the layout YNNPACK takes
+  step_bf16_unfused_mlp   step_bf16 with the gated MLP (SwiGLU/GeGLU) as three separate bf16 Linear layers
+                          (before `precision.gated_mlp`): before/after in one run
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
 
@@ -44,7 +46,8 @@ from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
-            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4")
+            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4",
+            "step_bf16_unfused_mlp")
 
 
 def _sdpa_attention(self, x, keep, bias=None):
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
     original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
                                                            remat._remat_call)
-    original_attend = layers.attend
+    original_attend, original_gated = layers.attend, precision.gated_mlp
     calls, flops, holders = {}, {}, {}
 
     for variant in args.variants:
@@ -274,6 +277,8 @@ def main(argv=None) -> int:
             precision._linear_bf16 = _linear_bf16_wgrad_t()
         if variant == "step_bf16_before":
             precision._linear_bf16, layers.attend = _before_2026_12_06()
+        if variant == "step_bf16_unfused_mlp":
+            precision.gated_mlp = lambda act, gate, up, down, x: down(act(gate(x)) * up(x))
         if variant == "step_bf16_remat_dots":
             remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
@@ -282,7 +287,7 @@ def main(argv=None) -> int:
             bert.PostNormLayer._attention = original_attention
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
-            layers.attend = original_attend
+            layers.attend, precision.gated_mlp = original_attend, original_gated
         holder = holders[variant] = {"s": state}
 
         def call(fn=fn, holder=holder):

@@ -139,3 +139,59 @@ def test_bf16_finetune_models_keep_float32_master_weights(name):
     ids = jnp.full((2, 8), 1000, jnp.int32)
     logits = model({"input_ids": ids, "attention_mask": jnp.ones((2, 8), jnp.int32)})
     assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+def _silu(a):
+    return a / (1.0 + np.exp(-a))
+
+
+def test_fused_gated_mlp_matches_numpy_with_bf16_operands():
+    """SwiGLU through `precision.gated_mlp`: forward and all four gradients against float64 numpy,
+    rounding to bf16 where the kernel does (dot operands, the down input, the cotangents)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    wg, wu = (rng.normal(size=(8, 12)).astype(np.float32) for _ in range(2))
+    wd = rng.normal(size=(12, 8)).astype(np.float32)
+    dy = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    act = jax.nn.silu
+
+    y, pull = jax.vjp(lambda *a: precision._gated_bf16(act, *a), x, wg, wu, wd)
+    dx, dwg, dwu, dwd = pull(jnp.asarray(dy))
+
+    x16, g16w, u16w, d16w = map(_bf16, (x, wg, wu, wd))
+    g, u = x16 @ g16w, x16 @ u16w
+    h16 = _bf16(_silu(g) * u)
+    dy16 = _bf16(dy)
+    dh = dy16 @ d16w.T
+    s = 1.0 / (1.0 + np.exp(-g))
+    dg16, du16 = _bf16(dh * u * s * (1 + g * (1 - s))), _bf16(dh * _silu(g))
+    want = {"y": h16 @ d16w, "dx": dg16 @ g16w.T + du16 @ u16w.T,
+            "dwg": np.einsum("btd,bti->di", x16, dg16), "dwu": np.einsum("btd,bti->di", x16, du16),
+            "dwd": np.einsum("bti,btd->id", h16, dy16)}
+    got = {"y": y, "dx": dx, "dwg": dwg, "dwu": dwu, "dwd": dwd}
+    for k, ref in want.items():
+        # An intermediate may round to the neighbouring bf16 value (float32 vs float64 sums).
+        np.testing.assert_allclose(np.asarray(got[k]), ref, atol=2e-2 * np.abs(ref).max(), err_msg=k)
+        assert got[k].dtype == jnp.float32
+
+
+def test_gated_mlp_takes_the_fused_kernel_only_for_plain_bf16_layers():
+    rngs = nnx.Rngs(0)
+    bf16 = precision.linear_kwargs(jnp.bfloat16)
+    plain = [nnx.Linear(8, 12, use_bias=False, rngs=rngs, **bf16) for _ in range(2)]
+    plain.append(nnx.Linear(12, 8, use_bias=False, rngs=rngs, **bf16))
+    biased = [nnx.Linear(8, 12, rngs=rngs, **bf16) for _ in range(2)] + [nnx.Linear(12, 8, rngs=rngs, **bf16)]
+    f32 = [nnx.Linear(8, 12, use_bias=False, rngs=rngs) for _ in range(2)]
+    f32.append(nnx.Linear(12, 8, use_bias=False, rngs=rngs))
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 8)), jnp.float32)
+
+    def hlo(layers_):
+        return jax.jit(lambda x: precision.gated_mlp(jax.nn.silu, *layers_, x)).lower(x).as_text()
+
+    # The fused forward: one dot over the concatenated gate|up kernels ([8, 24]).
+    assert "8x24xbf16" in hlo(plain)
+    assert "8x24xbf16" not in hlo(biased) and "8x24xbf16" not in hlo(f32)
+    for layers_ in (plain, biased, f32):  # each path computes down(silu(gate(x)) * up(x))
+        g, u, d = layers_
+        ref = d(jax.nn.silu(g(x)) * u(x))
+        np.testing.assert_allclose(precision.gated_mlp(jax.nn.silu, g, u, d, x), ref, atol=2e-2)

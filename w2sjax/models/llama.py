@@ -257,7 +257,7 @@ class LlamaMLP(nnx.Module):
         self.down_proj = nnx.Linear(i, h, **lin)
 
     def __call__(self, x):
-        return self.down_proj(layers.ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
+        return precision.gated_mlp(layers.ACTIVATIONS[self.act], self.gate_proj, self.up_proj, self.down_proj, x)
 
 
 class LlamaBlock(nnx.Module):
