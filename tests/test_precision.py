@@ -195,3 +195,30 @@ def test_gated_mlp_takes_the_fused_kernel_only_for_plain_bf16_layers():
         g, u, d = layers_
         ref = d(jax.nn.silu(g(x)) * u(x))
         np.testing.assert_allclose(precision.gated_mlp(jax.nn.silu, g, u, d, x), ref, atol=2e-2)
+
+
+def test_side_by_side_projections_match_numpy_and_fall_back_for_biases():
+    """q, k, v as one dot over their kernels (`precision.side_by_side`): outputs and gradients
+    against float64 numpy with bf16-rounded operands and cotangents."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    ws = tuple(rng.normal(size=(8, n)).astype(np.float32) for n in (6, 2, 2))
+    gs = tuple(rng.normal(size=(2, 3, n)).astype(np.float32) for n in (6, 2, 2))
+    outs, pull = jax.vjp(precision._side_by_side, x, ws)
+    dx, dws = pull(tuple(map(jnp.asarray, gs)))
+    x16 = _bf16(x)
+    for out, w in zip(outs, ws):
+        np.testing.assert_allclose(np.asarray(out), x16 @ _bf16(w), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), sum(_bf16(g) @ _bf16(w).T for g, w in zip(gs, ws)), atol=1e-4)
+    for dw, g in zip(dws, gs):
+        np.testing.assert_allclose(np.asarray(dw), np.einsum("btd,btn->dn", x16, _bf16(g)), atol=1e-4)
+
+    rngs = nnx.Rngs(0)
+    bf16 = precision.linear_kwargs(jnp.bfloat16)
+    plain = [nnx.Linear(8, n, use_bias=False, rngs=rngs, **bf16) for n in (6, 2, 2)]
+    biased = [nnx.Linear(8, n, rngs=rngs, **bf16) for n in (6, 2, 2)]
+    xj = jnp.asarray(x)
+    assert "8x10xbf16" in jax.jit(lambda x: precision.side_by_side(x, *plain)).lower(xj).as_text()
+    for layers_ in (plain, biased):
+        for got, layer in zip(precision.side_by_side(xj, *layers_), layers_):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(layer(xj)), atol=1e-5)

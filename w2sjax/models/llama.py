@@ -239,9 +239,10 @@ class LlamaAttention(nnx.Module):
     def __call__(self, x, keep, cos, sin):
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
-        q = layers.apply_rotary(self.q_proj(x).reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
-        k = layers.apply_rotary(self.k_proj(x).reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
-        v = self.v_proj(x).reshape(b, t, kv, d)
+        q, k, v = precision.side_by_side(x, self.q_proj, self.k_proj, self.v_proj)
+        q = layers.apply_rotary(q.reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
+        k = layers.apply_rotary(k.reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
+        v = v.reshape(b, t, kv, d)
         return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
 
 

@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -155,3 +156,42 @@ def gated_mlp(act, gate, up, down, x):
     if not all(_plain_bf16(layer) for layer in (gate, up, down)):
         return down(act(gate(x)) * up(x))
     return _gated_bf16(act, x.astype(jnp.float32), gate.kernel[...], up.kernel[...], down.kernel[...])
+
+
+# ---------------------------------------------------------------- side-by-side projections (q, k, v)
+
+
+def _side_by_side_fwd(x, kernels):
+    x16 = x.astype(jnp.bfloat16)
+    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
+    y = _dot(x16, w16, ((x.ndim - 1,), (0,)))
+    ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
+    # Zero-row arrays carry each kernel's width and dtype, and x's dtype, to the backward.
+    shapes = tuple(jnp.zeros((0, k.shape[1]), k.dtype) for k in kernels)
+    return tuple(jnp.split(y, ends, axis=-1)), (x16, w16, shapes, jnp.zeros((0,), x.dtype))
+
+
+@jax.custom_vjp
+def _side_by_side(x, kernels):
+    return _side_by_side_fwd(x, kernels)[0]
+
+
+def _side_by_side_bwd(res, gs):
+    x16, w16, shapes, x_dt = res
+    g16 = jnp.concatenate(gs, axis=-1).astype(jnp.bfloat16)  # one pass writes every cotangent
+    dx = _dot(g16, w16, ((g16.ndim - 1,), (1,)))
+    ends = np.cumsum([s.shape[1] for s in shapes])[:-1]
+    dws = jnp.split(_tokens_dot(x16, g16), ends, axis=1)
+    return dx.astype(x_dt.dtype), tuple(dw.astype(s.dtype) for dw, s in zip(dws, shapes))
+
+
+_side_by_side.defvjp(_side_by_side_fwd, _side_by_side_bwd)
+
+
+def side_by_side(x, *layers):
+    """``tuple(layer(x) for layer in layers)``: for bias-free bf16 layers (the q, k and v
+    projections) one dot over their kernels side by side, and in the backward one dot for dx
+    and one for every weight gradient; other layers run as they are."""
+    if not all(_plain_bf16(layer) for layer in layers):
+        return tuple(layer(x) for layer in layers)
+    return _side_by_side(x.astype(jnp.float32), tuple(layer.kernel[...] for layer in layers))
