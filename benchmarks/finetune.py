@@ -219,6 +219,9 @@ def torch_model(model: str, path, layers: int | None = None):
                                                       attn_implementation="sdpa", torch_dtype=torch.float32)
     if model != "smollm2-135m":
         net = net.float()
+    elif layers:  # the GGUF load ignores num_hidden_layers: keep the first blocks, as the JAX side does
+        net.layers = torch.nn.ModuleList(list(net.layers)[:layers])
+        net.config.num_hidden_layers = layers
 
     def mean(hidden, mask):
         m = mask.unsqueeze(-1).to(hidden.dtype)

@@ -24,6 +24,10 @@ shared machine. Variants:
   step_bf16_wgrad_t       the weight-gradient dot with its token-major operand stored transposed
                           (``[features, tokens]`` bf16, written by the forward's convert) so the dot
                           contracts the left operand's last axis, the layout YNNPACK takes
+  step_bf16_unfused       step_bf16 with the decoders' gated MLP (SwiGLU/GeGLU) and q/k/v projections as
+                          separate bf16 Linear layers (before `precision.gated_mlp` and
+                          `precision.side_by_side`): before/after in one run
+  step_bf16_unfused_qkv   step_bf16 with only the q/k/v projections as separate layers
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
 
@@ -38,13 +42,15 @@ import argparse
 import functools
 import statistics
 import sys
+import time
 
 from benchmarks import finetune as ft
 from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
-            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4")
+            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4",
+            "step_bf16_unfused", "step_bf16_unfused_qkv")
 
 
 def _sdpa_attention(self, x, keep, bias=None):
@@ -199,6 +205,17 @@ def trace_shares(trace_dir) -> dict:
             "top_ops": {k: round(v / total, 3) for k, v in per_op.most_common(12)}, "trace": str(path)}
 
 
+def _peak_rss_mb() -> int | None:
+    """The process's peak resident memory so far (VmHWM), MB: every side of the run shares it."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
     p.add_argument("--model", choices=ft.MODELS, default="minilm-l6")
@@ -212,6 +229,11 @@ def main(argv=None) -> int:
                    help="shard parameters and optimizer state over the devices (fsdp axis) instead of replicating")
     p.add_argument("--variants", nargs="+", default=["step", "step_bf16"], choices=VARIANTS)
     p.add_argument("--trace", help="write a jax.profiler trace of the first variant here")
+    p.add_argument("--torch", action="store_true",
+                   help="add PyTorch + transformers under CPU bf16 autocast (torch_bf16_tN, N threads) "
+                        "to the same rounds, and the same run's bf16 matmul peak for MFU")
+    p.add_argument("--torch-threads", type=int, nargs="+",
+                   help="with --torch: one PyTorch side per thread count (default: one thread per core)")
     args = p.parse_args(argv)
     bench.emit({"case": "setup", "impl": "setup", "xla_flags": bench._set_flags(args)})
 
@@ -236,7 +258,7 @@ def main(argv=None) -> int:
     tcfg = train.TrainConfig(batch_size=b, lr=1e-5)
     original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
                                                            remat._remat_call)
-    original_attend = layers.attend
+    original_attend, original_gated, original_sbs = layers.attend, precision.gated_mlp, precision.side_by_side
     calls, flops, holders = {}, {}, {}
 
     for variant in args.variants:
@@ -274,6 +296,10 @@ def main(argv=None) -> int:
             precision._linear_bf16 = _linear_bf16_wgrad_t()
         if variant == "step_bf16_before":
             precision._linear_bf16, layers.attend = _before_2026_12_06()
+        if variant == "step_bf16_unfused":
+            precision.gated_mlp = lambda act, gate, up, down, x: down(act(gate(x)) * up(x))
+        if variant in ("step_bf16_unfused", "step_bf16_unfused_qkv"):
+            precision.side_by_side = lambda x, *layers_: tuple(layer(x) for layer in layers_)
         if variant == "step_bf16_remat_dots":
             remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
@@ -282,7 +308,7 @@ def main(argv=None) -> int:
             bert.PostNormLayer._attention = original_attention
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
-            layers.attend = original_attend
+            layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
         holder = holders[variant] = {"s": state}
 
         def call(fn=fn, holder=holder):
@@ -292,20 +318,58 @@ def main(argv=None) -> int:
         calls[variant] = call
         flops[variant] = 3 * fwd_flops
 
+    peak = None
+    if args.torch:
+        import os
+
+        import torch
+
+        from w2sjax.runner import utilisation
+
+        side = ft.TorchFinetune(ft.TorchFinetune.shared(args.model, path, args.layers), [(ids, mask)], "bfloat16")
+        for n in args.torch_threads or [os.cpu_count() or 1]:
+            def torch_call(n=n):
+                torch.set_num_threads(n)  # one side per thread count, sharing the model and optimizer
+                side()
+
+            calls[f"torch_bf16_t{n}"] = torch_call
+            flops[f"torch_bf16_t{n}"] = 3 * shape.forward_flops(t)
+        peak = utilisation.measure_matmul_peak("bfloat16")
+    # CPU seconds of each call (all threads of this process): on a loaded machine wall time also
+    # counts waiting for a core, CPU time only the work (and any spinning) of the side itself.
+    cpu = {k: [] for k in calls}
+
+    def cpu_timed(k, fn):
+        def timed():
+            c0 = time.process_time()
+            fn()
+            cpu[k].append(time.process_time() - c0)
+        return timed
+
     before = loadavg()
-    times = interleave(calls, args.repeats)
+    times = interleave({k: cpu_timed(k, fn) for k, fn in calls.items()}, args.repeats)
     after = loadavg()
     base = times.get("step_bf16")
+    # The fastest PyTorch side by minimum is the one every side is compared to.
+    torch_sides = [k for k in times if k.startswith("torch")]
+    torch_times = min((times[k] for k in torch_sides), key=min) if torch_sides else None
     for variant, ts in times.items():
         sec, med = min(ts), statistics.median(ts)
-        rec = {"case": "profile", "impl": "jax", "model": args.model, "variant": variant, "batch": b, "seq": t,
-               "mesh": dict(mesh.shape),
+        rec = {"case": "profile", "impl": "torch" if variant.startswith("torch") else "jax", "model": args.model,
+               "variant": variant, "batch": b, "seq": t, "layers": shape.layers,
+               "mesh": dict(mesh.shape), "peak_rss_mb": _peak_rss_mb(),
                "seconds": round(sec, 4), "median_s": round(med, 4), "times_s": [round(x, 4) for x in ts],
+               "cpu_s": [round(x, 3) for x in cpu[variant][-len(ts):]],  # the timed rounds, not the warm-up
                "examples_per_s": round(b / sec, 2), "gflops": round(b * flops[variant] / sec / 1e9, 1),
                "loadavg_before": before, "loadavg_after": after}
         if base is not None:
             rec["speed_vs_step_bf16_min"] = round(min(base) / sec, 3)
             rec["speed_vs_step_bf16_median"] = round(statistics.median(base) / med, 3)
+        if torch_times is not None:
+            rec["speed_vs_torch_bf16_min"] = round(min(torch_times) / sec, 3)
+            rec["speed_vs_torch_bf16_median"] = round(statistics.median(torch_times) / med, 3)
+        if peak:
+            rec.update(peak_gflops=round(peak / 1e9, 1), mfu=round(b * flops[variant] / sec / peak, 3))
         if variant in holders:  # every step variant ran the same steps on the same batch
             rec["loss_after_steps"] = float(holders[variant]["m"]["loss"])
             if "step_bf16" in holders:

@@ -139,3 +139,86 @@ def test_bf16_finetune_models_keep_float32_master_weights(name):
     ids = jnp.full((2, 8), 1000, jnp.int32)
     logits = model({"input_ids": ids, "attention_mask": jnp.ones((2, 8), jnp.int32)})
     assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+def _silu(a):
+    return a / (1.0 + np.exp(-a))
+
+
+def test_fused_gated_mlp_matches_numpy_with_bf16_operands():
+    """SwiGLU through `precision.gated_mlp`: forward and all four gradients against float64 numpy,
+    rounding to bf16 where the kernel does (dot operands, the down input, the cotangents)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    wg, wu = (rng.normal(size=(8, 12)).astype(np.float32) for _ in range(2))
+    wd = rng.normal(size=(12, 8)).astype(np.float32)
+    dy = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    act = jax.nn.silu
+
+    y, pull = jax.vjp(lambda *a: precision._gated_bf16(act, *a), x, wg, wu, wd)
+    dx, dwg, dwu, dwd = pull(jnp.asarray(dy))
+
+    x16, g16w, u16w, d16w = map(_bf16, (x, wg, wu, wd))
+    g, u = x16 @ g16w, x16 @ u16w
+    h16 = _bf16(_silu(g) * u)
+    dy16 = _bf16(dy)
+    dh = dy16 @ d16w.T
+    s = 1.0 / (1.0 + np.exp(-g))
+    dg16, du16 = _bf16(dh * u * s * (1 + g * (1 - s))), _bf16(dh * _silu(g))
+    want = {"y": h16 @ d16w, "dx": dg16 @ g16w.T + du16 @ u16w.T,
+            "dwg": np.einsum("btd,bti->di", x16, dg16), "dwu": np.einsum("btd,bti->di", x16, du16),
+            "dwd": np.einsum("bti,btd->id", h16, dy16)}
+    got = {"y": y, "dx": dx, "dwg": dwg, "dwu": dwu, "dwd": dwd}
+    for k, ref in want.items():
+        # An intermediate may round to the neighbouring bf16 value (float32 vs float64 sums).
+        np.testing.assert_allclose(np.asarray(got[k]), ref, atol=2e-2 * np.abs(ref).max(), err_msg=k)
+        assert got[k].dtype == jnp.float32
+
+
+def test_gated_mlp_takes_the_fused_kernel_only_for_plain_bf16_layers():
+    rngs = nnx.Rngs(0)
+    bf16 = precision.linear_kwargs(jnp.bfloat16)
+    plain = [nnx.Linear(8, 12, use_bias=False, rngs=rngs, **bf16) for _ in range(2)]
+    plain.append(nnx.Linear(12, 8, use_bias=False, rngs=rngs, **bf16))
+    biased = [nnx.Linear(8, 12, rngs=rngs, **bf16) for _ in range(2)] + [nnx.Linear(12, 8, rngs=rngs, **bf16)]
+    f32 = [nnx.Linear(8, 12, use_bias=False, rngs=rngs) for _ in range(2)]
+    f32.append(nnx.Linear(12, 8, use_bias=False, rngs=rngs))
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 8)), jnp.float32)
+
+    def hlo(layers_):
+        return jax.jit(lambda x: precision.gated_mlp(jax.nn.silu, *layers_, x)).lower(x).as_text()
+
+    # The fused forward: one dot over the concatenated gate|up kernels ([8, 24]).
+    assert "8x24xbf16" in hlo(plain)
+    assert "8x24xbf16" not in hlo(biased) and "8x24xbf16" not in hlo(f32)
+    for layers_ in (plain, biased, f32):  # each path computes down(silu(gate(x)) * up(x))
+        g, u, d = layers_
+        ref = d(jax.nn.silu(g(x)) * u(x))
+        np.testing.assert_allclose(precision.gated_mlp(jax.nn.silu, g, u, d, x), ref, atol=2e-2)
+
+
+def test_side_by_side_projections_match_numpy_and_fall_back_for_biases():
+    """q, k, v as one dot over their kernels (`precision.side_by_side`): outputs and gradients
+    against float64 numpy with bf16-rounded operands and cotangents."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    ws = tuple(rng.normal(size=(8, n)).astype(np.float32) for n in (6, 2, 2))
+    gs = tuple(rng.normal(size=(2, 3, n)).astype(np.float32) for n in (6, 2, 2))
+    outs, pull = jax.vjp(precision._side_by_side, x, ws)
+    dx, dws = pull(tuple(map(jnp.asarray, gs)))
+    x16 = _bf16(x)
+    for out, w in zip(outs, ws):
+        np.testing.assert_allclose(np.asarray(out), x16 @ _bf16(w), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), sum(_bf16(g) @ _bf16(w).T for g, w in zip(gs, ws)), atol=1e-4)
+    for dw, g in zip(dws, gs):
+        np.testing.assert_allclose(np.asarray(dw), np.einsum("btd,btn->dn", x16, _bf16(g)), atol=1e-4)
+
+    rngs = nnx.Rngs(0)
+    bf16 = precision.linear_kwargs(jnp.bfloat16)
+    plain = [nnx.Linear(8, n, use_bias=False, rngs=rngs, **bf16) for n in (6, 2, 2)]
+    biased = [nnx.Linear(8, n, rngs=rngs, **bf16) for n in (6, 2, 2)]
+    xj = jnp.asarray(x)
+    assert "8x10xbf16" in jax.jit(lambda x: precision.side_by_side(x, *plain)).lower(xj).as_text()
+    for layers_ in (plain, biased):
+        for got, layer in zip(precision.side_by_side(xj, *layers_), layers_):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(layer(xj)), atol=1e-5)

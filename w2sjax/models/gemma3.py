@@ -193,7 +193,7 @@ class Gemma3Block(nnx.Module):
     def __call__(self, x, keep, cos, sin):
         x = x + self.post_attn_norm(self.attn(self.input_norm(x), keep, cos, sin))
         y = self.pre_ffn_norm(x)
-        y = self.down_proj(layers.ACTIVATIONS[self.act](self.gate_proj(y)) * self.up_proj(y))
+        y = precision.gated_mlp(layers.ACTIVATIONS[self.act], self.gate_proj, self.up_proj, self.down_proj, y)
         return x + self.post_ffn_norm(y)
 
 

@@ -239,9 +239,10 @@ class LlamaAttention(nnx.Module):
     def __call__(self, x, keep, cos, sin):
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
-        q = layers.apply_rotary(self.q_proj(x).reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
-        k = layers.apply_rotary(self.k_proj(x).reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
-        v = self.v_proj(x).reshape(b, t, kv, d)
+        q, k, v = precision.side_by_side(x, self.q_proj, self.k_proj, self.v_proj)
+        q = layers.apply_rotary(q.reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
+        k = layers.apply_rotary(k.reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
+        v = v.reshape(b, t, kv, d)
         return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
 
 
@@ -257,7 +258,7 @@ class LlamaMLP(nnx.Module):
         self.down_proj = nnx.Linear(i, h, **lin)
 
     def __call__(self, x):
-        return self.down_proj(layers.ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
+        return precision.gated_mlp(layers.ACTIVATIONS[self.act], self.gate_proj, self.up_proj, self.down_proj, x)
 
 
 class LlamaBlock(nnx.Module):

@@ -17,8 +17,12 @@ the kernel, no batch axes) takes the custom path; anything else falls back to
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 from jax import lax
 
 
@@ -81,3 +85,113 @@ def linear_kwargs(dtype) -> dict:
     if jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16):
         return dict(dtype=jnp.float32, dot_general=bf16_dot_general)
     return dict(dtype=dtype)
+
+
+# ---------------------------------------------------------------- gated MLP (SwiGLU, GeGLU)
+
+
+def _dot(a, b, dims):
+    return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _tokens_dot(x16, g16):
+    """``x.T @ g`` over every leading (token) axis: a weight gradient, float32."""
+    lead = tuple(range(x16.ndim - 1))
+    return _dot(x16, g16, (lead, lead))
+
+
+def _gated_fwd(act, x, w_gate, w_up, w_down):
+    # Gate and up are one dot on the two kernels side by side: one pass over x, and in the
+    # backward one dot for dx and one for both weight gradients.
+    x16 = x.astype(jnp.bfloat16)
+    w_gu = jnp.concatenate([w_gate, w_up], axis=1).astype(jnp.bfloat16)
+    wd16 = w_down.astype(jnp.bfloat16)
+    gu = _dot(x16, w_gu, ((x.ndim - 1,), (0,)))
+    g, u = jnp.split(gu, 2, axis=-1)
+    h16 = (act(g) * u).astype(jnp.bfloat16)  # one fusion: the activation is never stored
+    y = _dot(h16, wd16, ((h16.ndim - 1,), (0,)))
+    dtypes = tuple(jnp.zeros((0,), a.dtype) for a in (x, w_gate, w_down))
+    return y, (x16, w_gu, wd16, gu, h16, dtypes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gated_bf16(act, x, w_gate, w_up, w_down):
+    return _gated_fwd(act, x, w_gate, w_up, w_down)[0]
+
+
+def _gated_bwd(act, res, dy):
+    x16, w_gu, wd16, gu, h16, (x_dt, wgu_dt, wd_dt) = res
+    dy16 = dy.astype(jnp.bfloat16)
+    dh = _dot(dy16, wd16, ((dy.ndim - 1,), (1,)))
+    g, u = jnp.split(gu, 2, axis=-1)
+    # The activation's derivative is recomputed from the saved pre-activations inside the same
+    # element-wise pass that writes both bf16 cotangents, side by side for the single dx dot.
+    _, pull = jax.vjp(lambda g, u: act(g) * u, g, u)
+    dgu16 = jnp.concatenate(pull(dh), axis=-1).astype(jnp.bfloat16)
+    dx = _dot(dgu16, w_gu, ((dgu16.ndim - 1,), (1,)))
+    dw_gate, dw_up = jnp.split(_tokens_dot(x16, dgu16), 2, axis=1)
+    dw_down = _tokens_dot(h16, dy16)
+    return (dx.astype(x_dt.dtype), dw_gate.astype(wgu_dt.dtype), dw_up.astype(wgu_dt.dtype),
+            dw_down.astype(wd_dt.dtype))
+
+
+_gated_bf16.defvjp(_gated_fwd, _gated_bwd)
+
+
+def _plain_bf16(layer) -> bool:
+    return (isinstance(layer, nnx.Linear) and layer.bias is None
+            and getattr(layer, "dot_general", None) is bf16_dot_general)
+
+
+def gated_mlp(act, gate, up, down, x):
+    """``down(act(gate(x)) * up(x))`` for three ``nnx.Linear`` layers (SwiGLU, GeGLU).
+
+    When all three are bias-free bf16 layers (`linear_kwargs`), one custom-gradient kernel runs
+    the same arithmetic with fewer passes over the ``[tokens, intermediate]`` activations: gate
+    and up as one dot, the activation and product fused into the bf16 input of ``down``, and in
+    the backward the activation's derivative recomputed in the pass that writes the bf16
+    cotangents (float32 everywhere else, as before). Anything else (biases, LoRA adapters,
+    float32) takes the layers as they are.
+    """
+    if not all(_plain_bf16(layer) for layer in (gate, up, down)):
+        return down(act(gate(x)) * up(x))
+    return _gated_bf16(act, x.astype(jnp.float32), gate.kernel[...], up.kernel[...], down.kernel[...])
+
+
+# ---------------------------------------------------------------- side-by-side projections (q, k, v)
+
+
+def _side_by_side_fwd(x, kernels):
+    x16 = x.astype(jnp.bfloat16)
+    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
+    y = _dot(x16, w16, ((x.ndim - 1,), (0,)))
+    ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
+    # Zero-row arrays carry each kernel's width and dtype, and x's dtype, to the backward.
+    shapes = tuple(jnp.zeros((0, k.shape[1]), k.dtype) for k in kernels)
+    return tuple(jnp.split(y, ends, axis=-1)), (x16, w16, shapes, jnp.zeros((0,), x.dtype))
+
+
+@jax.custom_vjp
+def _side_by_side(x, kernels):
+    return _side_by_side_fwd(x, kernels)[0]
+
+
+def _side_by_side_bwd(res, gs):
+    x16, w16, shapes, x_dt = res
+    g16 = jnp.concatenate(gs, axis=-1).astype(jnp.bfloat16)  # one pass writes every cotangent
+    dx = _dot(g16, w16, ((g16.ndim - 1,), (1,)))
+    ends = np.cumsum([s.shape[1] for s in shapes])[:-1]
+    dws = jnp.split(_tokens_dot(x16, g16), ends, axis=1)
+    return dx.astype(x_dt.dtype), tuple(dw.astype(s.dtype) for dw, s in zip(dws, shapes))
+
+
+_side_by_side.defvjp(_side_by_side_fwd, _side_by_side_bwd)
+
+
+def side_by_side(x, *layers):
+    """``tuple(layer(x) for layer in layers)``: for bias-free bf16 layers (the q, k and v
+    projections) one dot over their kernels side by side, and in the backward one dot for dx
+    and one for every weight gradient; other layers run as they are."""
+    if not all(_plain_bf16(layer) for layer in layers):
+        return tuple(layer(x) for layer in layers)
+    return _side_by_side(x.astype(jnp.float32), tuple(layer.kernel[...] for layer in layers))
