@@ -27,7 +27,8 @@ _LOWERING_LINE = "Compiling %s with global shapes and types"
 _MAX_RECORDS = 20_000  # programs remembered per process (a long sweep compiles a few hundred)
 
 _lock = threading.Lock()
-_totals = {"programs": 0, "compile_s": 0.0, "trace_s": 0.0, "lower_s": 0.0, "cache_hits": 0}
+_totals = {"programs": 0, "compile_s": 0.0, "ahead_s": 0.0, "trace_s": 0.0, "lower_s": 0.0, "cache_hits": 0}
+AHEAD_THREAD = "w2sjax-compile"  # names the threads that compile ahead (`w2sjax.runner.precompile`)
 _records: list[dict] = []  # one per program: name, seconds, cached, shapes
 _dropped = 0  # records forgotten beyond _MAX_RECORDS, so indices into _records stay meaningful
 _thread = threading.local()  # this thread's program being compiled: its shapes, and whether the cache had it
@@ -39,9 +40,11 @@ def _on_duration(name: str, seconds: float, **kwargs) -> None:
         record = {"name": _short_name(kwargs.get("fun_name", "?")), "seconds": seconds,
                   "cached": getattr(_thread, "hit", False), "shapes": getattr(_thread, "shapes", "")}
         _thread.hit, _thread.shapes = False, ""
+        ahead = threading.current_thread().name.startswith(AHEAD_THREAD)
         with _lock:
             _totals["programs"] += 1
             _totals["compile_s"] += seconds
+            _totals["ahead_s"] += seconds if ahead else 0.0
             _remember(record)
     elif name in (_TRACE, _LOWER):
         with _lock:
@@ -165,10 +168,13 @@ def since(start: dict) -> dict:
 
 def describe(stats: dict, *, top: int = 3) -> str:
     """One line, e.g. ``37 XLA programs: 25 compiled, 12 read from the persistent cache, 41.2 s``,
-    followed by the ``top`` functions that took the most compile time, when known."""
+    then the compile time spent ahead on a background thread, and the ``top`` functions that took
+    the most compile time, when known."""
     n, hits = stats["programs"], stats.get("cache_hits", 0)
     cached = f", {hits} read from the persistent cache" if hits else ""
     line = f"{n} XLA program{'s' * (n != 1)}: {n - hits} compiled{cached}, {stats['compile_s']:.1f} s"
+    if stats.get("ahead_s", 0) >= 0.05:
+        line += f" ({stats['ahead_s']:.1f} s of it ahead, on a background thread)"
     worst = [g for g in stats.get("by_function", []) if g["compile_s"] >= 0.05][:top]
     if worst:
         line += " (most in " + ", ".join(f"{g['name']} {g['programs']}x {g['compile_s']:.1f} s" for g in worst) + ")"
