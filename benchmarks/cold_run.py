@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", required=True, type=pathlib.Path, help="source tree of the code after")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="JSONL to append the records to")
+    parser.add_argument("--first", choices=("before", "after"), default="before", help="the side that opens round 1")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     from w2sjax.runner import utilisation
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     real = cache_dir()
     sides = {"before": args.before, "after": args.after}
+    if args.first == "after":
+        sides = {"after": args.after, "before": args.before}
     order = []
     for r in range(args.rounds):  # A B, B A, A B, ...
         order += list(sides) if r % 2 == 0 else list(sides)[::-1]
