@@ -70,6 +70,13 @@ def test_smoke_results_schema_and_values(reference):
         assert {f"{name}.out" for name in r["stages"].values()} <= set(done)
     assert r["stages"]["weak"].startswith("weak__glove-bow__seed0--")
     assert r["stages"]["ceiling"].startswith("ceiling__minilm-l2__seed0--")
+    # What the run compiled, by function: four stages on two head structures (the GloVe supervisor's,
+    # MiniLM's) compile the train program twice, once each, whatever their loss, seed and length.
+    compiled = results["compile"]
+    assert compiled["compile_s"] >= compiled["ahead_s"] >= 0 and compiled["programs"] >= 2
+    by_name = {g["name"]: g for g in compiled["by_function"]}
+    assert by_name["train_loop"]["programs"] == 2
+    assert sum(g["programs"] for g in compiled["by_function"]) == compiled["programs"]
 
 
 def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):

@@ -371,6 +371,19 @@ def cached_predict_step(model: ModelStructure):
 
 # ---- prediction over a dataset --------------------------------------------------------------
 
+# Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
+# length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
+# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, the quiet runs of 2026-11-29), and a
+# 64-row validation slice is no longer padded to 256.
+PREDICT_ROWS = 64
+
+
+def predict_rows(cfg: TrainConfig) -> int:
+    """The batch of every prediction a stage makes: its in-stage evaluations and its final
+    predictions alike, so both run one compiled program per input shape instead of two."""
+    return max(cfg.batch_size, PREDICT_ROWS)
+
+
 def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
             buckets: bool = True) -> np.ndarray:
     """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
@@ -494,7 +507,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
                 check_divergence(state, stage, cfg.lr, resumed_from)
                 _log_step(log, {"stage": stage, "step": step}, step_metrics, meter)
             if itstime(step, eval_every, total):
-                state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=cfg.batch_size, stage=stage,
+                state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=predict_rows(cfg), stage=stage,
                                  step=step, log=log, buckets=cfg.length_buckets)
                 stopped_early = _patience_ran_out(state, cfg)
             if step >= total or stopped_early:

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from w2sjax import parallel, train
-from w2sjax.runner import atomic, checkpoint, preemption, saved_splits, sigint, stage_keys, tensorboard_log
+from w2sjax.runner import atomic, checkpoint, precompile, preemption, saved_splits, sigint, stage_keys, tensorboard_log
 from w2sjax.config import Config
 from w2sjax.inputs import Inputs
 
@@ -85,11 +85,7 @@ def _logged_after(line: str, checkpoint_name: str, step: int) -> bool:
             and record["step"] > step)
 
 
-# Rows per prediction batch. Token inputs run shortest first and each batch is cut to the bucket
-# length of its longest row, so smaller batches pad less: on the sweep benchmark's tweets a batch of
-# 64 predicted a test split in half the time of 256 (benchmarks/RESULTS.md, the quiet runs of 2026-11-29), and a
-# 64-row validation slice is no longer padded to 256.
-PREDICT_ROWS = 64
+PREDICT_ROWS = train.PREDICT_ROWS  # rows per prediction batch; kept here for its importers
 
 
 def mesh_identity(mesh) -> dict:
@@ -243,8 +239,11 @@ class Runner:
                 raise preemption.Preempted(key.name, 0, saved=False)
             started = time.perf_counter()
             mi = self.inputs.get(model, frozen_features=frozen_features)
+            ahead = self._compile_ahead(mi, settings, model, rows, labels, cfg, loss, seed)
             data = _array_data(mi, rows, labels, weights)
             val = _array_data(mi, val_rows, val_labels) if cfg.early_stopping and len(val_rows) else None
+            if ahead is not None:
+                ahead.result()  # the train program compiled while the inputs were computed; raises its error
             fitted = train.fit(
                 mi.build(seed), data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
                 stage=key.name, ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
@@ -253,6 +252,14 @@ class Runner:
             result = self._save_outputs(key, settings, mi, fitted, evals, cfg, started)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
+
+    def _compile_ahead(self, mi, settings: dict, model: str, rows, labels, cfg, loss: str, seed: int):
+        """A probe stage's train program, compiling on a background thread (`precompile`), or None."""
+        if settings["model"]["mode"] != "probe" or not len(rows):
+            return None
+        example = _array_data(mi, np.arange(1), labels[:1])  # the row Inputs read for the head's shape
+        return precompile.start(lambda: mi.build(seed), example, len(rows), name=model, cfg=cfg, loss=loss,
+                                mesh=self.mesh, seed=seed, trainable=mi.trainable)
 
     def _planned(self, key: stage_keys.StageKey, settings: dict, target: dict) -> StageOutput:
         """A planning run's answer for stage ``key``: uniform predictions, having noted whether the
@@ -273,7 +280,7 @@ class Runner:
         preds = {}
         for name, (split, idx) in evals.items():
             preds[name] = train.predict(
-                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=max(cfg.batch_size, PREDICT_ROWS),
+                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=train.predict_rows(cfg),
                 buckets=cfg.length_buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.

@@ -1,0 +1,98 @@
+"""Compiling less and earlier: the per-function record of compiles, and train programs compiled
+ahead on a background thread that the stage then runs (8 fake devices, tiny models)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from w2sjax import parallel, train
+from w2sjax.models import embed
+from w2sjax.runner import compile_stats, precompile
+
+
+class Head(nnx.Module):  # a shape no other test compiles, so the counts below are this file's own
+    def __init__(self, d, c, *, rngs):
+        self.head = nnx.Linear(d, c, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(x)
+
+
+def _data(n=96, d=13, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, np.eye(c, dtype=np.float32)[rng.integers(0, c, size=n)]
+
+
+def test_compiles_are_recorded_by_function_and_shapes():
+    start = compile_stats.install()
+
+    def scaled_total(x, ids):
+        return (x * 3).sum() + ids.sum()
+
+    f = jax.jit(scaled_total)
+    ids = jnp.zeros((2, 7), jnp.int32)
+    for width in (5, 6, 6):  # the third call reuses the second's program
+        f(jnp.zeros((3, 4, width)), ids)
+    stats = compile_stats.since(start)
+    mine = [g for g in stats["by_function"] if g["name"] == "scaled_total"]
+    assert mine == [{"name": "scaled_total", "programs": 2, "compiled": 2, "compile_s": mine[0]["compile_s"],
+                     "shapes": 2}]
+    shapes = [p["shapes"] for p in compile_stats.programs(start) if p["name"] == "scaled_total"]
+    assert shapes == ["2 args 0.0 MB float32[3,4,5] int32[2,7]", "2 args 0.0 MB float32[3,4,6] int32[2,7]"]
+    assert stats["programs"] == sum(g["programs"] for g in stats["by_function"])
+    assert "scaled_total 2x" in compile_stats.describe(stats, top=len(stats["by_function"]))
+    assert any(line.split()[:4] == ["scaled_total", "2", "2", "2"] for line in compile_stats.table(stats).splitlines())
+
+
+def test_train_program_compiled_ahead_on_a_thread_is_the_one_fit_runs():
+    x, onehot = _data()
+    mesh = parallel.make_mesh()
+    cfg = train.TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+    start = compile_stats.install()
+    future = precompile.start(lambda: Head(13, 3, rngs=nnx.Rngs(0)), train.ArrayData(x[:1], onehot[:1]), len(x),
+                              name="head13", cfg=cfg, loss="xent", mesh=mesh, seed=0, trainable="all")
+    compiled = future.result()
+    assert compiled.cost_analysis() is not None  # a real executable
+    fitted = train.fit(Head(13, 3, rngs=nnx.Rngs(0)), train.ArrayData(x, onehot), cfg=cfg, loss="xent", mesh=mesh,
+                       seed=0, progress=False)
+    loops = [p for p in compile_stats.programs(start) if p["name"] == "train_loop"]
+    assert len(loops) == 1  # fit found the program compiled ahead, on the background thread
+    assert compile_stats.since(start)["ahead_s"] > 0
+    # ... and it trains as a program compiled in place does (a wrapper object gets a program of its own)
+    alone = train.fit(Head(13, 3, rngs=nnx.Rngs(0)), train.ArrayData(x, onehot), cfg=cfg, loss="xent", mesh=mesh,
+                      seed=0, progress=False, step_wrapper=lambda step: step)
+    np.testing.assert_array_equal(fitted.state.params["head"]["kernel"], alone.state.params["head"]["kernel"])
+    # asked again for the same program: nothing to do
+    assert precompile.start(lambda: Head(13, 3, rngs=nnx.Rngs(0)), train.ArrayData(x[:1], onehot[:1]), len(x),
+                            name="head13", cfg=cfg, loss="xent", mesh=mesh, seed=0, trainable="all") is None
+
+
+def test_an_error_on_the_compile_thread_is_raised_to_the_stage():
+    x, onehot = _data(d=11)
+
+    def broken():
+        raise RuntimeError("no such model")
+
+    future = precompile.start(broken, train.ArrayData(x[:1], onehot[:1]), len(x), name="broken", cfg=train.TrainConfig(),
+                              loss="xent", mesh=parallel.make_mesh(), seed=0, trainable="all")
+    with pytest.raises(RuntimeError, match="no such model"):
+        future.result()
+
+
+def test_feature_batch_shapes_do_not_depend_on_the_texts():
+    """Any texts, any count: each bucket length uses only its own four row counts."""
+    ndev = embed._local_devices_for_batch()
+    rng = np.random.default_rng(1)
+    seen = set()
+    for n in (1, 7, 300, 2500):
+        lengths = rng.integers(1, 129, size=n)
+        for rows, length, per in embed._plan(lengths, embed.bucket_lengths(128), tokens_per_batch=8192):
+            assert len(rows) <= per and lengths[rows].max() <= length
+            seen.add((length, per))
+    for length in embed.bucket_lengths(128):
+        allowed = embed.batch_rows(length, 8192, ndev)
+        assert len(allowed) <= 4 and allowed[-1] == 8192 // length - (8192 // length) % ndev
+        assert {per for ln, per in seen if ln == length} <= set(allowed)
