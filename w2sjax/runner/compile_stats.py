@@ -166,16 +166,16 @@ def since(start: dict) -> dict:
     return out
 
 
-def describe(stats: dict, *, top: int = 3) -> str:
+def describe(stats: dict, *, top: int = 3, min_s: float = 0.05) -> str:
     """One line, e.g. ``37 XLA programs: 25 compiled, 12 read from the persistent cache, 41.2 s``,
     then the compile time spent ahead on a background thread, and the ``top`` functions that took
-    the most compile time, when known."""
+    the most compile time (at least ``min_s`` each), when known."""
     n, hits = stats["programs"], stats.get("cache_hits", 0)
     cached = f", {hits} read from the persistent cache" if hits else ""
     line = f"{n} XLA program{'s' * (n != 1)}: {n - hits} compiled{cached}, {stats['compile_s']:.1f} s"
     if stats.get("ahead_s", 0) >= 0.05:
         line += f" ({stats['ahead_s']:.1f} s of it ahead, on a background thread)"
-    worst = [g for g in stats.get("by_function", []) if g["compile_s"] >= 0.05][:top]
+    worst = [g for g in stats.get("by_function", []) if g["compile_s"] >= min_s][:top]
     if worst:
         line += " (most in " + ", ".join(f"{g['name']} {g['programs']}x {g['compile_s']:.1f} s" for g in worst) + ")"
     return line
