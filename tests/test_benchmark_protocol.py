@@ -433,6 +433,16 @@ def test_unit_scores_per_example_and_per_question():
     assert artefacts.unit_scores(probs, labels, None).mean() == pytest.approx(float(metrics.accuracy(probs, labels)))
 
 
+def test_question_ties_are_those_of_the_runs_own_score():
+    """A question is tied when p1 - p0 ties, as in metrics.question_accuracy, even where p1 alone
+    does not: piqa_dev's supervisor had such a question, and its export refused the run's row."""
+    probs = np.array([[0.25, 0.5], [0.5, 0.75]], np.float32)  # p1 - p0 = 0.25 for both; p1 differs
+    labels, groups = np.array([1, 0]), np.array([3, 3])
+    np.testing.assert_array_equal(artefacts.unit_scores(probs, labels, groups), [0.5])  # a tie: half right
+    from w2sjax import metrics
+
+    assert float(metrics.question_accuracy(probs, labels, groups)) == 0.5
+
 def test_merge_keeps_each_rows_own_predictions():
     rows, arrays = [], {}
     first = {"score/weak__a--1": np.array([1.0, 0.0]), "score/w2s__b--2": np.array([1.0, 1.0]),

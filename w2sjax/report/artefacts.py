@@ -62,7 +62,9 @@ def unit_scores(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray | None
     probs = np.asarray(probs, np.float32)
     if groups is None:
         return (np.argmax(probs, -1) == labels).astype(np.float32)
-    score = probs[:, 1] if probs.ndim == 2 else probs
+    # The same score as metrics.question_accuracy (p1 - p0, not p1): the two order rows alike but
+    # can round to different ties in float32, and a row's accuracy must be reproduced exactly.
+    score = probs[:, 1] - probs[:, 0] if probs.ndim == 2 else probs
     _, dense = np.unique(groups, return_inverse=True)
     n = int(dense.max()) + 1
     best = np.full(n, -np.inf)
