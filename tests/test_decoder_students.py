@@ -384,3 +384,59 @@ def test_decoder_cache_keys_are_versioned_in_bfloat16_alone():
     bottom = bottoms.Bottom(get_model("smollm2-135m", max_len=96, dtype="bfloat16"), 2, num_classes=2,
                             dtype="bfloat16", task_name="t", cache_dir="/nonexistent", progress=False)
     assert bottom.key == "top2-smollm2-135m-last-len96-bfloat16-v2" + smol + "-b1"
+
+
+def test_decoder_student_table_in_models_md_is_generated_from_the_committed_files():
+    """docs/models.md's decoder-student table is what experiments/decoder_students.py makes from
+    docs/decoders/; each cell's accuracies and PGR, recomputed here with numpy from the committed
+    per-example scores, match the rows the runs wrote."""
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "experiments" / "decoder_students.py"))
+    assert script["section"]() in (ROOT / "docs" / "models.md").read_text()
+    folder = ROOT / "docs" / "decoders"
+    cells = {(c["task"], c["loss"]): c for c in script["cells"](folder)}
+    assert cells
+    for path in sorted(folder.glob("*.json")):
+        meta = json.loads(path.read_text())
+        with np.load(path.with_suffix(".npz")) as npz:
+            for row in meta["rows"]:
+                for role in ("weak", "w2s", "ceiling"):
+                    assert np.mean(npz[f"score/{row['stages'][role]}"]) == pytest.approx(row[f"{role}_acc"], abs=1e-6)
+        for (task, loss), cell in cells.items():
+            rows = [r for r in meta["rows"] if (r["task"], r["loss"]) == (task, loss)]
+            if not rows:
+                continue
+            weak, w2s, ceiling = (np.mean([r[f"{role}_acc"] for r in rows]) for role in ("weak", "w2s", "ceiling"))
+            assert cell["pgr"] == pytest.approx((w2s - weak) / (ceiling - weak), abs=1e-5)
+            lo, hi = cell["pgr_ci95"]
+            assert lo <= cell["pgr"] <= hi
+
+
+def test_the_validation_numbers_behind_each_choice_come_from_the_committed_scores():
+    """The choices table of docs/models.md quotes validation accuracies (and validation PGRs) of
+    vader_amazon's seed 0; each is recomputed here with numpy from the committed per-example
+    validation scores of the pilot runs (docs/decoders/pilot/) and of the chosen run."""
+    folder = ROOT / "docs" / "decoders"
+
+    def val(path, loss):
+        meta = json.loads(path.read_text())
+        (row,) = [r for r in meta["rows"] if r["seed"] == 0 and r["loss"] == loss]
+        with np.load(path.with_suffix(".npz")) as npz:
+            return {role: float(np.mean(npz[f"val_score/{name}"])) for role, name in row["stages"].items()}
+
+    doc = (ROOT / "docs" / "models.md").read_text()
+    line = {k: next(x for x in doc.splitlines() if x.startswith(f"| {k} |"))
+            for k in ("`train.lr`", "`data.balance`", "primary loss")}
+    pilot = {lr: folder / "pilot" / f"amazon-smol-lr{lr}" / "vader_amazon__smollm2-135m.json" for lr in ("1e-3", "3e-4")}
+    for lr in ("1e-3", "3e-4"):
+        for loss, role in (("xent", "ceiling"), ("xent", "w2s"), ("logconf", "w2s")):
+            assert f"{val(pilot[lr], loss)[role]:.3f}" in line["`train.lr`"], (lr, loss, role)
+    chosen = folder / "vader_amazon__smollm2-135m.json"
+    for loss in ("xent", "logconf"):
+        for path in (pilot["1e-3"], chosen):
+            v = val(path, loss)
+            pgr = (v["w2s"] - v["weak"]) / (v["ceiling"] - v["weak"])
+            assert f"{pgr:.2f}".replace("-", "−") in line["`data.balance`"], (path, loss)
+            assert f"{v['weak']:.3f}" in line["`data.balance`"] and f"{v['ceiling']:.3f}" in line["`data.balance`"]
+        assert f"{val(chosen, loss)['w2s']:.3f}" in line["primary loss"]
