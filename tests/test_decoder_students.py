@@ -395,7 +395,7 @@ def test_decoder_student_table_in_models_md_is_generated_from_the_committed_file
     script = runpy.run_path(str(ROOT / "experiments" / "decoder_students.py"))
     assert script["section"]() in (ROOT / "docs" / "models.md").read_text()
     folder = ROOT / "docs" / "decoders"
-    cells = {(c["task"], c["loss"]): c for c in script["cells"](folder)}
+    cells = {(c["task"], c["strong_model"], c["loss"]): c for c in script["cells"](folder)}
     assert cells
     for path in sorted(folder.glob("*.json")):
         meta = json.loads(path.read_text())
@@ -403,8 +403,8 @@ def test_decoder_student_table_in_models_md_is_generated_from_the_committed_file
             for row in meta["rows"]:
                 for role in ("weak", "w2s", "ceiling"):
                     assert np.mean(npz[f"score/{row['stages'][role]}"]) == pytest.approx(row[f"{role}_acc"], abs=1e-6)
-        for (task, loss), cell in cells.items():
-            rows = [r for r in meta["rows"] if (r["task"], r["loss"]) == (task, loss)]
+        for (task, student, loss), cell in cells.items():
+            rows = [r for r in meta["rows"] if (r["task"], r["strong_model"], r["loss"]) == (task, student, loss)]
             if not rows:
                 continue
             weak, w2s, ceiling = (np.mean([r[f"{role}_acc"] for r in rows]) for role in ("weak", "w2s", "ceiling"))
