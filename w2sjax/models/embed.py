@@ -32,6 +32,10 @@ __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "
            "last_token", "pooled_features"]
 
 _FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
+# Decoders (last-token pooling) in bfloat16: their attention matmuls moved to bf16 operands with
+# float32 sums (2026-12-06), which changed their bf16 states (and the top:K bottoms keyed by them).
+# Their float32 states, and every encoder's, did not change, so those keys stay at version 1.
+_DECODER_BF16_VERSION = 2
 
 
 # Tokens per forward block, over all devices. A batch runs as a loop over row blocks this size
@@ -187,7 +191,11 @@ class BucketedFeaturizer:
         parts = self._key_parts()
         if self.dtype != "float32":
             parts.append(self.dtype)
-        return "-".join(parts + [f"v{_FEATURE_VERSION}", f"w{self.weights_hash()[:16]}"])
+        return "-".join(parts + [f"v{self.version()}", f"w{self.weights_hash()[:16]}"])
+
+    def version(self) -> int:
+        """The computation's version in the key: `_DECODER_BF16_VERSION` for a decoder in bf16."""
+        return _DECODER_BF16_VERSION if self.pooling == "last" and self.dtype == "bfloat16" else _FEATURE_VERSION
 
     def weights_hash(self) -> str:
         """sha256 of the checkpoint's files (`w2sjax.runner.hashes.content_hash`; a packaged asset's comes

@@ -76,12 +76,12 @@ def summarize(results: dict) -> list[dict]:
             row[k + "_ci95"] = t_interval(v)
         row["pgr"] = pgr_of_means(cols["weak_acc"], cols["w2s_acc"], cols["ceiling_acc"])
         row["pgr_ci95"] = bootstrap_pgr(cols["weak_acc"], cols["w2s_acc"], cols["ceiling_acc"])
-        majority = [r["majority_acc"] for r in runs if isinstance(r.get("majority_acc"), (int, float))]
-        row["majority_acc"] = float(np.mean(majority)) if majority else None
         misfits = [r["misfit"] for r in runs if r.get("misfit") is not None]
         row["misfit"] = float(np.mean(misfits)) if misfits else float("nan")
         majority = [r["majority_acc"] for r in runs if isinstance(r.get("majority_acc"), (int, float))]
         row["majority_acc"] = float(np.mean(majority)) if len(majority) == len(runs) else None
+        row["below_majority_seeds"] = [(r.get("seed"), r["w2s_acc"], r["majority_acc"], r["ceiling_acc"])
+                                       for r in runs if _student_below_majority(r)]
         summary.append(row)
     return summary
 
@@ -144,18 +144,29 @@ def ceiling_warnings(rows: list[dict]) -> list[str]:
     return out
 
 
+def _student_below_majority(run: dict) -> bool:
+    """One seed's student stage ends below its test split's majority rate, which its ceiling reaches."""
+    majority = run.get("majority_acc")
+    return isinstance(majority, (int, float)) and run["w2s_acc"] < majority <= run["ceiling_acc"]
+
+
 def below_majority(rows: list[dict]) -> list[str]:
     """One warning line per `summarize` row whose student ends below the test split's majority rate
-    while its ceiling does not: the same model learned the task from true labels, so a student
-    below always-the-majority-class points to its training (steps, learning rate, labels), not
-    to the data."""
+    while its ceiling does not, over the seed means or at any one seed (the seeds are then named):
+    the same model learned the task from true labels, so a student below
+    always-the-majority-class points to its training (steps, learning rate, labels), not to the data."""
     out = []
     for r in rows:
         majority = r.get("majority_acc")
+        strong = r.get("chain") or r["strong_model"]
+        cell = f"{r['task']} {r['weak_model']} -> {strong} ({r['loss']}{', ' + r['variant'] if r.get('variant') else ''})"
         if majority is not None and r["w2s_acc"] < majority <= r["ceiling_acc"]:
-            strong = r.get("chain") or r["strong_model"]
-            out.append(f"warning: {r['task']} {r['weak_model']} -> {strong} ({r['loss']}): w2s acc {r['w2s_acc']:.3f} "
+            out.append(f"warning: {cell}: w2s acc {r['w2s_acc']:.3f} "
                        f"is below the majority rate {majority:.3f} that its ceiling ({r['ceiling_acc']:.3f}) beats")
+        elif r.get("below_majority_seeds"):
+            seeds = "; ".join(f"seed {seed}: w2s acc {w2s:.3f} < majority {m:.3f} <= ceiling {c:.3f}"
+                              for seed, w2s, m, c in r["below_majority_seeds"])
+            out.append(f"warning: {cell}: a student stage ends below the majority rate its ceiling reaches ({seeds})")
     return out
 
 
