@@ -457,9 +457,15 @@ def logconf(
     0.5633
     """
     logits, weak_labels, where = _prepare("logconf", logits, weak_labels, weights, where, "weak_labels")
+    return _confidence_xent(hardened_target, logits, weak_labels, step_frac, alpha_max, warmup_frac,
+                            weights, where, reduction)
+
+
+def _confidence_xent(harden, logits, weak_labels, step_frac, alpha_max, warmup_frac, weights, where, reduction):
+    """Cross-entropy against ``(1 - a) * weak_labels + a * stop_gradient(harden(softmax(logits)))``."""
     alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
     probs = jax.nn.softmax(logits, axis=-1)
-    hard = jax.lax.stop_gradient(hardened_target(probs, weak_labels, where=where))
+    hard = jax.lax.stop_gradient(harden(probs, weak_labels, where=where))
     target = (1.0 - alpha) * weak_labels + alpha * hard
     return xent(logits, target, weights=weights, where=where, reduction=reduction)
 
@@ -495,12 +501,8 @@ def logconf_balanced(
     1.1571
     """
     logits, weak_labels, where = _prepare("logconf_balanced", logits, weak_labels, weights, where, "weak_labels")
-    alpha = confidence_alpha(step_frac, alpha_max=alpha_max, warmup_frac=warmup_frac)
-    probs = jax.nn.softmax(logits, axis=-1)
-    harden = hardened_target if probs.shape[-1] == 2 else balanced_hardened_target
-    hard = jax.lax.stop_gradient(harden(probs, weak_labels, where=where))
-    target = (1.0 - alpha) * weak_labels + alpha * hard
-    return xent(logits, target, weights=weights, where=where, reduction=reduction)
+    harden = hardened_target if logits.shape[-1] == 2 else balanced_hardened_target
+    return _confidence_xent(harden, logits, weak_labels, step_frac, alpha_max, warmup_frac, weights, where, reduction)
 
 
 @register(Param("product_alpha", "exponent on the weak labels", keyword="alpha"),
