@@ -66,6 +66,7 @@ def _count(module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
+@pytest.mark.slow  # the real SmolLM2; the decoder read-position tests pool the same states by default
 def test_smollm2_features_match_direct_call():
     # A small tokens_per_batch keeps the compiled batches tiny (the default is sized for sweeps).
     spec = get_model("smollm2-135m", max_len=32, tokens_per_batch=128, progress=False)

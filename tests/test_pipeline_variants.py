@@ -28,6 +28,7 @@ def digits_config(**kw) -> Config:
     return Config(**base)
 
 
+@pytest.mark.slow  # a three-rung chain; the disjoint-rows and prune tests run chains by default
 def test_bootstrap_chain_and_shared_stages(tmp_path):
     config = digits_config(strong_models=("mlp", "cnn"), bootstrap=("linear>mlp>cnn",))
     results = experiment.run(config, tmp_path, progress=False)
