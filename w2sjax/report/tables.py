@@ -160,7 +160,7 @@ def below_majority(rows: list[dict]) -> list[str]:
         majority = r.get("majority_acc")
         strong = r.get("chain") or r["strong_model"]
         cell = f"{r['task']} {r['weak_model']} -> {strong} ({r['loss']}{', ' + r['variant'] if r.get('variant') else ''})"
-        if majority is not None and r["w2s_acc"] < majority <= r["ceiling_acc"]:
+        if _student_below_majority(r):
             out.append(f"warning: {cell}: w2s acc {r['w2s_acc']:.3f} "
                        f"is below the majority rate {majority:.3f} that its ceiling ({r['ceiling_acc']:.3f}) beats")
         elif r.get("below_majority_seeds"):
