@@ -263,6 +263,7 @@ def _same_size_garbage(path: pathlib.Path, start: int = 0) -> bytes:
     return original
 
 
+@pytest.mark.slow  # four runs; bit rot in the same file (test_damaged_caches) stays in the default set
 def test_garbage_in_a_fetched_asset_is_one_line_and_exit_2(tmp_path, monkeypatch):
     cache = _cache_with_copies(tmp_path, "glove-6b-50d")
     env = {"W2SJAX_CACHE": str(cache)}

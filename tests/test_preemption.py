@@ -50,6 +50,7 @@ def comparable(out: pathlib.Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "stage_seconds"} for r in runs]
 
 
+@pytest.mark.slow  # two full runs; SIGINT mid-stage and SIGTERM between stages stay in the default set
 def test_sigterm_mid_stage_then_resume_equals_uninterrupted_run(tmp_path):
     reference = cli(tmp_path / "reference")
     _, err = reference.communicate(timeout=600)
