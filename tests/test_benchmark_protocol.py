@@ -549,3 +549,20 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     assert bench["main"](["--summary-only", "--protocol", str(tmp_path / "p.json"), "--artefacts", str(folder),
                           "--docs-root", str(tmp_path), "--no-figure"]) == 0
     assert (folder / "summary.json").read_bytes() == before
+
+
+def test_figure_keeps_a_near_zero_gap_from_flattening_the_other_tasks():
+    def cell(task, loss, pgr, weak=0.6, ceiling=0.8):
+        return {"task": task, "weak_model": "glove-bow", "strong_model": "minilm-l6", "loss": loss, "chain": None,
+                "weak_acc": weak, "w2s_acc": weak + pgr * (ceiling - weak), "ceiling_acc": ceiling, "pgr": pgr,
+                "pgr_ci95": [pgr - 0.1, pgr + 0.1], "gap_task": True}
+    cells = [cell("wide", "xent", 0.4), cell("wide", "logconf", 0.3),
+             cell("tiny", "xent", -40.0, 0.5, 0.501), cell("tiny", "logconf", 9.0, 0.5, 0.501)]
+    fig = benchmark.figure({"cells": cells})
+    top, bottom = fig.axes[:2]
+    assert [t.get_text() for t in bottom.get_xticklabels()] == ["wide", "tiny"]  # widest test gap first
+    lo, hi = benchmark.PGR_LIMITS
+    ys = [y for line in bottom.get_lines() for y in line.get_ydata()]
+    assert min(ys) == lo and max(ys) == hi and 0.4 in ys and 0.3 in ys  # clipped, the rest unchanged
+    assert {line.get_marker() for line in bottom.get_lines()} >= {"o", "v", "^"}
+    assert benchmark.figure({"cells": []}) is None

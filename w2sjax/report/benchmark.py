@@ -250,8 +250,13 @@ def write_docs(s: dict, root: pathlib.Path) -> list[pathlib.Path]:
     return written
 
 
+PGR_LIMITS = (-1.5, 1.5)  # the figure's PGR axis; a ratio over a near-zero gap would flatten every other task
+
+
 def figure(s: dict):
-    """PGR with its interval per task, one panel per (supervisor, loss), primary cells; None if empty."""
+    """One column per (supervisor, student): test accuracy of supervisor, students and ceiling per
+    task on top (tasks ordered by test gap), PGR with its interval below, clipped to PGR_LIMITS;
+    None if there is no direct cell."""
     direct = [c for c in s["cells"] if not c["chain"]]
     if not direct:
         return None
@@ -260,25 +265,53 @@ def figure(s: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(c["weak_model"], c["loss"]) for c in direct})
-    tasks = sorted({c["task"] for c in direct})
-    students = sorted({c["strong_model"] for c in direct})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 0.5 * len(tasks) * len(panels), 3.5), squeeze=False)
-    for ax, (w, loss) in zip(axes[0], panels):
-        for j, student in enumerate(students):
-            for c in direct:
-                if (c["weak_model"], c["loss"], c["strong_model"]) != (w, loss, student) or not finite(c["pgr"]):
-                    continue
-                x = tasks.index(c["task"]) + (j - (len(students) - 1) / 2) * 0.2
-                lo, hi = c["pgr_ci95"]
-                err = [[c["pgr"] - lo], [hi - c["pgr"]]] if finite(lo) and finite(hi) else None
-                ax.errorbar([x], [c["pgr"]], yerr=err, fmt="o", color=f"C{j}", capsize=2, label=student)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=8)
-        ax.set_title(f"{w}, {loss}", fontsize=9)
-        ax.set_ylabel("PGR [95%: seeds, test]")
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=7)
-    fig.tight_layout()
+    columns = sorted({(c["weak_model"], c["strong_model"]) for c in direct})
+    width = max(4.0, 0.35 * len({c["task"] for c in direct}))
+    fig, axes = plt.subplots(2, len(columns), figsize=(width * len(columns), 6.5), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    for col, (weak, student) in enumerate(columns):
+        cells = [c for c in direct if (c["weak_model"], c["strong_model"]) == (weak, student)]
+        tasks = sorted({c["task"] for c in cells},
+                       key=lambda t: -max(c["ceiling_acc"] - c["weak_acc"] for c in cells if c["task"] == t))
+        _accuracy_panel(axes[0][col], cells, tasks)
+        axes[0][col].set_title(f"{weak} → {student}", fontsize=9)
+        _pgr_panel(axes[1][col], cells, tasks)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
+
+
+def _accuracy_panel(ax, cells: list[dict], tasks: list[str]) -> None:
+    losses = sorted({c["loss"] for c in cells})
+    for t_index, task in enumerate(tasks):
+        here = [c for c in cells if c["task"] == task]
+        ax.plot([t_index], [here[0]["weak_acc"]], "_", color="grey", ms=14, mew=2,
+                label="supervisor" if t_index == 0 else None)
+        ax.plot([t_index], [here[0]["ceiling_acc"]], "_", color="black", ms=14, mew=2,
+                label="ceiling" if t_index == 0 else None)
+        for j, loss in enumerate(losses):
+            for c in (c for c in here if c["loss"] == loss):
+                ax.plot([t_index + (j - (len(losses) - 1) / 2) * 0.25], [c["w2s_acc"]], "o", color=f"C{j}", ms=4,
+                        label=f"w2s, {loss}" if t_index == 0 else None)
+    ax.set_ylabel("test accuracy (seed mean)")
+
+
+def _pgr_panel(ax, cells: list[dict], tasks: list[str]) -> None:
+    lo_limit, hi_limit = PGR_LIMITS
+    losses = sorted({c["loss"] for c in cells})
+    for c in cells:
+        if not finite(c["pgr"]):
+            continue
+        j = losses.index(c["loss"])
+        x = tasks.index(c["task"]) + (j - (len(losses) - 1) / 2) * 0.25
+        y = float(np.clip(c["pgr"], lo_limit, hi_limit))
+        lo, hi = (float(np.clip(v, lo_limit, hi_limit)) if finite(v) else y for v in c["pgr_ci95"])
+        ax.vlines([x], [lo], [hi], color=f"C{j}", lw=1)
+        marker = "o" if lo_limit < c["pgr"] < hi_limit else ("v" if c["pgr"] <= lo_limit else "^")
+        ax.plot([x], [y], marker, color=f"C{j}", ms=4, mfc=f"C{j}" if c["gap_task"] else "white")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylim(lo_limit - 0.1, hi_limit + 0.1)
+    ax.set_ylabel("PGR [95%: seeds, test]")
+    ax.set_title("PGR; filled: gap task (validation rule), triangle: beyond the axis", fontsize=7)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=60, ha="right", fontsize=7)
