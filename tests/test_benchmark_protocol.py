@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from w2sjax.config import ConfigError
-from w2sjax.report import artefacts, benchmark, protocol as protocol_lib
+from w2sjax.report import artefacts, benchmark, limits, protocol as protocol_lib
 from w2sjax.report.results import nan_to_null
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -401,8 +401,9 @@ def test_artefacts_of_another_protocol_are_refused(bench, tmp_path, capsys):
 
 
 def test_committed_docs_match_a_regeneration(bench, tmp_path):
-    """docs/results.md's generated section and the README sentence equal what --summary-only
-    writes from the committed artefacts (or, with none committed yet, the 'no results' text)."""
+    """docs/results.md's generated sections (the tables, what limits the PGR) and the README
+    sentence equal what --summary-only writes from the committed artefacts (or, with none
+    committed yet, the 'no results' text)."""
     (tmp_path / "docs").mkdir()
     for rel in ("docs/results.md", "README.md"):
         shutil.copy(ROOT / rel, tmp_path / rel)
@@ -412,6 +413,7 @@ def test_committed_docs_match_a_regeneration(bench, tmp_path):
     assert bench["main"](["--summary-only", "--no-figure", "--artefacts", str(artefact_copy),
                           "--docs-root", str(tmp_path)]) == 0
     for rel, begin, end in (("docs/results.md", benchmark.BEGIN, benchmark.END),
+                            ("docs/results.md", limits.BEGIN, limits.END),
                             ("README.md", benchmark.README_BEGIN, benchmark.README_END)):
         committed = benchmark.section((ROOT / rel).read_text(), begin, end)
         assert committed is not None, f"{rel} has no generated benchmark section"
