@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import re
 import sys
 from collections import defaultdict
 
@@ -97,8 +98,9 @@ def groups(protocol) -> list[Group]:
     """One group per student, in the protocol's order, then one per chain: the run order is
     part-major (every task of the first group, then of the next), so a run cut short has whole
     students rather than whole tasks."""
-    out = [Group(st["name"], (st["name"],), st["trainable"], tuple(st["seeds"]), tuple(protocol["supervisors"]),
-                 lr=st.get("lr")) for st in protocol["students"]]
+    # a group's name names its parts' folders: an hf:PATH student's path separators become "_"
+    out = [Group(re.sub(r"[^A-Za-z0-9_.-]+", "_", st["name"]), (st["name"],), st["trainable"], tuple(st["seeds"]),
+                 tuple(protocol["supervisors"]), lr=st.get("lr")) for st in protocol["students"]]
     by_name = {st["name"]: st for st in protocol["students"]}
     for chain in protocol.get("bootstrap", []):
         # The part trains the chain (each rung with its student's recipe), the direct student on
