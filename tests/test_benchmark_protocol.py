@@ -410,10 +410,16 @@ def test_committed_docs_match_a_regeneration(bench, tmp_path):
     artefact_copy = tmp_path / "benchmark"
     if (ROOT / "docs" / "benchmark").is_dir():
         shutil.copytree(ROOT / "docs" / "benchmark", artefact_copy)
+    # the default protocol's --summary-only writes the decoder section too, from docs/benchmark_decoders/
+    # (absent until the decoder run publishes: then it says that nothing has run)
+    decoder_copy = tmp_path / "benchmark_decoders"
+    if (ROOT / "docs" / "benchmark_decoders").is_dir():
+        shutil.copytree(ROOT / "docs" / "benchmark_decoders", decoder_copy)
     assert bench["main"](["--summary-only", "--no-figure", "--artefacts", str(artefact_copy),
-                          "--docs-root", str(tmp_path)]) == 0
+                          "--decoder-artefacts", str(decoder_copy), "--docs-root", str(tmp_path)]) == 0
     for rel, begin, end in (("docs/results.md", benchmark.BEGIN, benchmark.END),
                             ("docs/results.md", limits.BEGIN, limits.END),
+                            ("docs/results.md", benchmark.DECODER_BEGIN, benchmark.DECODER_END),
                             ("README.md", benchmark.README_BEGIN, benchmark.README_END)):
         committed = benchmark.section((ROOT / rel).read_text(), begin, end)
         assert committed is not None, f"{rel} has no generated benchmark section"
@@ -568,3 +574,155 @@ def test_figure_keeps_a_near_zero_gap_from_flattening_the_other_tasks():
     assert min(ys) == lo and max(ys) == hi and 0.4 in ys and 0.3 in ys  # clipped, the rest unchanged
     assert {line.get_marker() for line in bottom.get_lines()} >= {"o", "v", "^"}
     assert benchmark.figure({"cells": []}) is None
+
+
+# ---- the decoder parts: their own protocol, folder and section ------------------------------------
+
+DECODERS = ROOT / "experiments" / "benchmark_protocol_decoders.json"
+
+
+def test_decoder_protocol_extends_version_2_and_fixes_the_decoder_recipe():
+    """The decoder protocol names version 2 by the sha256 of its bytes (so v2's artefacts stay
+    valid), keeps its task rule and gap rule, and fixes the recipe of experiments/decoder_students.py
+    (its lr, top:2, epochs, caps) with balanced training parts and the encoders' test split."""
+    v2 = protocol_lib.load(SHIPPED)
+    p = protocol_lib.load(DECODERS)
+    assert p["extends"]["sha256"] == v2.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert p["artefacts"] == "docs/benchmark_decoders" and p.sha256 != v2.sha256
+    assert [s["name"] for s in p["students"]] == ["smollm2-135m", "gemma3-270m"]
+    assert all(len(s["seeds"]) >= 3 and s["kind"] == "decoder" for s in p["students"])
+    assert {"glove-bow"} <= set(p["supervisors"]) and p["losses"] == ["xent", "logconf"]
+    assert p["gap_rule"]["slice"] == "validation" and p["gap_rule"]["min_gap"] == v2["gap_rule"]["min_gap"]
+    assert all(p["tasks"][key] == v2["tasks"][key] for key in ("exclude", "withdrawn_sources"))
+    assert set(v2["tasks"]["tuned_on"]) < set(p["tasks"]["tuned_on"]) and "vader_amazon" in p["tasks"]["tuned_on"]
+    recipe = runpy.run_path(str(ROOT / "experiments" / "decoder_students.py"))["get_config"]()
+    r, st = p["recipe"], p["recipe"]["student"]
+    assert (r["n_train"], r["max_len"], r["precision"]) == (recipe.data.n_train, recipe.data.max_len, recipe.precision)
+    assert recipe.data.balance and r["balance"] == "train" and r["n_test"] == v2["recipe"]["n_test"]
+    assert (st["epochs"], st["batch_size"], st["early_stopping"]) == (
+        recipe.train.epochs, recipe.train.batch_size, recipe.train.early_stopping)
+    assert all((s["trainable"], s["lr"]) == (recipe.train.trainable, recipe.train.lr) for s in p["students"])
+    assert r["supervisor"] == {"epochs": recipe.weak_train.epochs, "batch_size": recipe.weak_train.batch_size,
+                               "lr": recipe.weak_train.lr}
+    head = p["headline"]
+    assert (head["supervisor"], head["student"], head["loss"]) == (recipe.weak_models[0], "smollm2-135m", "logconf")
+
+
+def test_decoder_protocol_refuses_a_changed_base_and_a_bad_balance(tmp_path):
+    spec = json.loads(DECODERS.read_text())
+    (tmp_path / "benchmark_protocol.json").write_bytes(SHIPPED.read_bytes() + b"\n")  # one byte more
+    (tmp_path / "d.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"^protocol: extends.sha256: benchmark_protocol.json now has sha256"):
+        protocol_lib.load(tmp_path / "d.json")
+    (tmp_path / "benchmark_protocol.json").write_bytes(SHIPPED.read_bytes())
+    assert protocol_lib.load(tmp_path / "d.json")["extends"]["sha256"] == spec["extends"]["sha256"]
+    spec["recipe"]["balance"] = "test"
+    (tmp_path / "d.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"^protocol: recipe.balance: expected one of 'none', 'all', 'train', got 'test'$"):
+        protocol_lib.load(tmp_path / "d.json")
+
+
+def test_decoder_parts_train_as_the_protocol_says(bench):
+    """Part-major (every task of SmolLM2-135M first), each part with the decoder recipe; balanced
+    training parts except on multiple-choice tasks, n_train lowered where the rarest class is short."""
+    from w2sjax.data import Task
+
+    p = protocol_lib.load(DECODERS)
+    plan = bench["Plan"](p, ["fine_foods", "vader_tweets"])
+    assert [part.name for part in plan.parts] == ["fine_foods-smollm2-135m", "vader_tweets-smollm2-135m",
+                                                  "fine_foods-gemma3-270m", "vader_tweets-gemma3-270m"]
+    base = bench["base_config"](p)
+    assert base.data.balance_train and not base.data.balance and base.train.patience == 0
+    labels = np.array([0] * 300 + [1] * 80 + [2] * 620, np.int32)
+    text = np.array([f"t{i}" for i in range(len(labels))], dtype=object)
+    three = Task("tiny3", "text", 3, ("a", "b", "c"), {"text": text, "label": labels},
+                 {"text": text[:30], "label": labels[:30]})
+    # the rarest class (80 rows) gives 200 // 3 = 66 to validation: 3 x 14 = 42 training rows
+    assert bench["fit_balance"](base, three).data.n_train == 42
+    mc = Task("tiny_mc", "text", 2, ("n", "y"), {"text": text[:40], "label": (np.arange(40) % 2).astype(np.int32),
+                                                 "group": (np.arange(40) // 2).astype(np.int32)},
+              {"text": text[:4], "label": np.array([0, 1, 0, 1], np.int32), "group": np.array([0, 0, 1, 1], np.int32)})
+    fitted = bench["fit_balance"](base, mc).data
+    assert not fitted.balance_train and fitted.n_train == base.data.n_train
+    v2 = bench["base_config"](protocol_lib.load(SHIPPED))  # version 2's parts are untouched
+    assert bench["fit_balance"](v2, three) == v2 and not v2.data.balance_train and v2.train.log_every == 16
+
+
+def test_decoder_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
+    assert bench["main"](["--protocol", str(DECODERS), "--out", str(tmp_path / "run"), "--tasks", "vader_tweets",
+                          "--list"]) == 0
+    out = capsys.readouterr().out
+    # per seed: 2 supervisors + 1 ceiling + 2 supervisors x 2 losses students, 3 seeds, 2 students
+    assert "vader_tweets-smollm2-135m: 21 of 21" in out and "vader_tweets-gemma3-270m: 21 of 21" in out
+    assert "total: 42 stages to train" in out
+    # 6 x (5 + 14) + 3 x (352 + 4 x 132) + 3 x (264 + 4 x 108) = 4842 s
+    assert "estimated cost: 1.3 h" in out and "not counted" not in out
+
+
+def test_summary_only_writes_the_decoder_section_apart(bench, tmp_path):
+    """From synthetic decoder artefacts: the decoder section's table lines equal an independent
+    recomputation, version 2's section and the README are left alone; with no artefacts the
+    section says that nothing has run."""
+    shutil.copy(SHIPPED, tmp_path / "benchmark_protocol.json")
+    spec = json.loads(DECODERS.read_text())
+    spec["medians"]["n_boot"] = 300
+    spec["headline"]["student"] = "minilm-l6"  # the synthetic artefacts' student
+    (tmp_path / "d.json").write_text(json.dumps(spec))
+    proto = protocol_lib.load(tmp_path / "d.json")
+    (tmp_path / "docs").mkdir()
+    v2_section = f"{benchmark.BEGIN}\nversion 2 stays\n{benchmark.END}"
+    (tmp_path / "docs" / "results.md").write_text(f"# R\n\n{v2_section}\n")
+    (tmp_path / "README.md").write_text("# w2sjax\n")
+    argv = ["--summary-only", "--protocol", str(proto.path), "--artefacts", str(tmp_path / "a"),
+            "--docs-root", str(tmp_path), "--no-figure"]
+    assert bench["main"](argv) == 0
+    text = (tmp_path / "docs" / "results.md").read_text()
+    body = benchmark.section(text, benchmark.DECODER_BEGIN, benchmark.DECODER_END)
+    assert "**Nothing has run yet.**" in body and "none yet" in body and proto.sha256 in body
+    tasks = ["fine_foods", "vader_tweets", "bbc_news", "t_three", "t_four", "t_five"]
+    _write_synthetic(tmp_path / "a", proto.sha256, tasks)
+    assert bench["main"](argv) == 0
+    text = (tmp_path / "docs" / "results.md").read_text()
+    body = benchmark.section(text, benchmark.DECODER_BEGIN, benchmark.DECODER_END)
+    lines, chain_lines, med_lines, medians = _expected_lines(tmp_path / "a", proto.spec, 300)
+    assert sorted(_table_lines(body)) == sorted(lines + chain_lines + med_lines)
+    med, ci, n, _ = medians[("logconf", "gap", "all")]
+    assert f"median PGR over gap tasks (all): {_pgr_text(med, ci)} over {n} tasks" in body
+    assert "`docs/benchmark_decoders/`" in body and "Nothing has run" not in body
+    assert f"# R\n\n{v2_section}\n" in text and (tmp_path / "README.md").read_text() == "# w2sjax\n"
+
+
+@pytest.mark.slow
+def test_tiny_decoder_part_end_to_end(bench, tmp_path):
+    """A decoder part of a tiny decoder protocol (a 3-block random Llama from the test fixtures as
+    the student, top:1, one task, one seed, tiny caps; about 30 s on 2 loaded cores): it exports
+    into its own folder, its training parts and validation slice are balanced while its test rows
+    are the unbalanced split's, and only the decoder section of the docs is written."""
+    from w2sjax import data
+
+    shutil.copy(SHIPPED, tmp_path / "benchmark_protocol.json")
+    student = f"hf:{ROOT / 'tests' / 'fixtures' / 'hf' / 'llama_gqa_tied'}"
+    spec = json.loads(DECODERS.read_text())
+    spec["supervisors"], spec["losses"] = ["glove-bow"], ["logconf"]
+    spec["students"] = [{"name": student, "kind": "decoder", "blocks": 3, "trainable": "top:1", "lr": 0.001,
+                         "seeds": [0]}]
+    spec["recipe"].update(n_train=100, n_val=40, n_test=60, max_len=32, precision="float32")
+    spec["recipe"]["supervisor"]["epochs"] = 5
+    spec["recipe"]["student"]["epochs"] = 2.0
+    spec["headline"]["student"] = student
+    (tmp_path / "d.json").write_text(json.dumps(spec))
+    proto = protocol_lib.load(tmp_path / "d.json")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text(f"# R\n\n{benchmark.BEGIN}\nversion 2 stays\n{benchmark.END}\n")
+    (tmp_path / "README.md").write_text("# w2sjax\n")
+    assert bench["main"](["--protocol", str(proto.path), "--out", str(tmp_path / "run"), "--tasks", "vader_tweets",
+                          "--docs-root", str(tmp_path), "--no-figure"]) == 0
+    art = artefacts.load(tmp_path / "run" / "artefacts", proto.sha256)["vader_tweets"]
+    assert {r["strong_model"] for r in art.rows} == {student} and len(art.rows) == 1
+    plain = data.make_splits(data.load_task("vader_tweets"), seed=0, n_train=100, n_val=40, n_test=60)
+    np.testing.assert_array_equal(art.test_rows(0), plain.indices["test"])
+    assert np.bincount(art.arrays["val_label/seed0"], minlength=2).tolist() == [20, 20]
+    text = (tmp_path / "docs" / "results.md").read_text()
+    body = benchmark.section(text, benchmark.DECODER_BEGIN, benchmark.DECODER_END)
+    assert "| vader_tweets | tuned | glove-bow |" in body and proto.sha256 in body
+    assert benchmark.section(text) == "version 2 stays" and (tmp_path / "README.md").read_text() == "# w2sjax\n"

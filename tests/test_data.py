@@ -184,6 +184,51 @@ def test_balanced_splits(task):
     assert len(np.unique(rows)) == len(rows)
 
 
+@pytest.mark.parametrize("task", ["fine_foods"], indirect=True)
+def test_balance_train_balances_the_training_parts_and_keeps_the_natural_test_split(task):
+    """``balance_train``: the halves and the validation slice as with ``balance``; the test split is
+    the one an unbalanced run of the same seed scores (fine_foods: 658 of its 1000 test reviews are
+    class 0), so such cells are scored on the same rows as unbalanced ones."""
+    s = make_splits(task, seed=1, n_val=200, n_train=1000, n_test=500, balance_train=True)
+    both = make_splits(task, seed=1, n_val=200, n_train=1000, n_test=500, balance=True)
+    plain = make_splits(task, seed=1, n_val=200, n_train=1000, n_test=500)
+    for part, n in (("supervisor_half", 250), ("student_half", 250), ("val", 100)):
+        assert np.bincount(getattr(s, part)["label"], minlength=2).tolist() == [n, n], part
+        np.testing.assert_array_equal(s.indices[part], both.indices[part])
+    np.testing.assert_array_equal(s.indices["test"], plain.indices["test"])
+    counts = np.bincount(task.test["label"][plain.indices["test"]], minlength=2)
+    assert counts[0] != counts[1]  # the natural class mix, not a balanced one
+    whole = make_splits(task, seed=1, n_val=200, n_train=1000, balance_train=True)
+    np.testing.assert_array_equal(whole.indices["test"], np.arange(1000))
+    assert np.bincount(whole.test["label"]).tolist() == [658, 342]
+    with pytest.raises(ValueError, match="one of them"):
+        make_splits(task, seed=1, balance=True, balance_train=True)
+
+
+def test_balance_train_is_a_checked_config_setting():
+    from w2sjax.config import Config, ConfigError, DataConfig, apply_overrides
+
+    assert apply_overrides(Config(), ["data.balance_train=true"]).data.balance_train is True
+    with pytest.raises(ConfigError, match=r"^--set data.balance_train: expected true or false, got 'maybe'$"):
+        apply_overrides(Config(), ["data.balance_train=maybe"])
+    with pytest.raises(ConfigError, match=r"^data.balance_train: expected true or false, got 'yes'$"):
+        DataConfig(balance_train="yes")
+    with pytest.raises(ConfigError, match=r"^data.balance_train: expected data.balance=false with it"):
+        apply_overrides(Config(), ["data.balance=true", "data.balance_train=true"])
+
+
+def test_balance_train_refuses_multiple_choice_rows_in_one_line():
+    from w2sjax import experiment
+    from w2sjax.config import Config, ConfigError, DataConfig
+
+    rows = {"text": np.array([f"q{i // 2} choice {i % 2}" for i in range(40)], dtype=object),
+            "label": np.array([1, 0] * 20, np.int32), "group": (np.arange(40) // 2).astype(np.int32)}
+    mc = Task("tiny_mc", "text", 2, ("wrong", "right"), rows, {k: v[:10] for k, v in rows.items()})
+    cfg = Config(data=DataConfig(task="tiny_mc", n_val=10, balance_train=True))
+    with pytest.raises(ConfigError, match=r"^data: task 'tiny_mc': balance_train=True is not supported for grouped"):
+        experiment.SeedRun.splits_of(cfg, mc, 0)
+
+
 @pytest.mark.parametrize("task", ["digits"], indirect=True)
 def test_split_errors_and_take(task):
     with pytest.raises(ValueError, match="n_train"):

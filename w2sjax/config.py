@@ -118,7 +118,8 @@ class DataConfig:
     # least 50 (or a fifth of a tiny split) and at most 200
     n_val: int | None = None
     n_test: int | None = None  # subsample of the test split; None = all of it
-    balance: bool = False  # equalise classes by downsampling
+    balance: bool = False  # equalise classes by downsampling, in every part (the test split too)
+    balance_train: bool = False  # equalise classes by downsampling in the supervisor half, the student half and the validation slice only; the test split keeps the task's class mix (the same rows as an unbalanced run of the same seed)
     max_len: int = 128  # token budget for text backbones
     prompt: str = ""  # template for pretrained text backbones, e.g. "{text}\nIs the review positive?"; "" = the bare text
     text_field: str = "text"  # csv:/jsonl: files: the column holding the text
@@ -127,6 +128,12 @@ class DataConfig:
     label_map: tuple[str, ...] = ()
 
     def __post_init__(self):
+        for field in ("balance", "balance_train"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"data.{field}: expected true or false, got {getattr(self, field)!r}")
+        if self.balance and self.balance_train:
+            raise ConfigError("data.balance_train: expected data.balance=false with it (data.balance already "
+                              "balances every part; data.balance_train balances the training parts only)")
         if self.prompt and "{text}" not in self.prompt:
             raise ConfigError(f"data.prompt: expected a template containing {{text}}, got {self.prompt!r}")
         for item in self.label_map:

@@ -149,10 +149,9 @@ class SeedRun:
         from w2sjax import data
 
         try:
-            return data.make_splits(
-                task, seed=seed, n_train=config.data.n_train, n_val=config.data.n_val,
-                n_test=config.data.n_test, balance=config.data.balance,
-            )
+            d = config.data
+            return data.make_splits(task, seed=seed, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                                    balance=d.balance, balance_train=d.balance_train)
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
 

@@ -32,6 +32,7 @@ def make_splits(
     n_val: int | None = None,
     n_test: int | None = None,
     balance: bool = False,
+    balance_train: bool = False,
 ) -> Splits:
     """Split ``task`` for one weak-to-strong run.
 
@@ -45,6 +46,8 @@ def make_splits(
         otherwise the whole test split, in its original order.
       balance: downsample so every class has the same count in each part
         (sizes are then rounded down to multiples of the number of classes).
+      balance_train: as ``balance`` for the two halves and the validation slice only; the test
+        split is the unbalanced one (the same rows as with neither option, for the same seed).
 
     Raises:
       ValueError: a requested size does not fit the data.
@@ -54,15 +57,19 @@ def make_splits(
     if n_val is None:
         n_val = default_n_val(n)
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    if balance and balance_train:
+        raise ValueError("balance and balance_train: expected one of them (balance already balances every part)")
     groups = task.train.get("group")
     if groups is not None:
-        if balance:
-            raise ValueError(f"task {task.name!r}: balance=True is not supported for grouped (multiple-choice) tasks")
+        if balance or balance_train:
+            option = "balance" if balance else "balance_train"
+            raise ValueError(f"task {task.name!r}: {option}=True is not supported for grouped (multiple-choice) "
+                             "tasks (a question's rows stay together)")
         sup_rows, stu_rows, val = _grouped_parts(groups, n_val, n_train, train_rng, task.name)
         test_idx = _grouped_test(task.test.get("group"), n_test, test_rng, task.name)
         return _splits(task, sup_rows, stu_rows, val, test_idx)
     perm = train_rng.permutation(n)
-    if balance:
+    if balance or balance_train:
         val, sup_rows, stu_rows = _balanced_parts(
             perm, labels, task.num_classes, n_val, n_train, train_rng, task.name
         )

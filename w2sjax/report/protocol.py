@@ -77,7 +77,34 @@ def load(path) -> Protocol:
         raise ConfigError("protocol: gap_rule.slice: expected 'validation' (the test split never picks tasks)")
     if not isinstance(spec["gap_rule"].get("min_gap"), (int, float)):
         raise ConfigError("protocol: gap_rule.min_gap: expected a number")
+    balance = spec["recipe"].get("balance", "none")
+    if balance not in BALANCE:
+        raise ConfigError(f"protocol: recipe.balance: expected one of {', '.join(map(repr, BALANCE))}, got {balance!r}")
+    _check_extends(path, spec.get("extends"))
     return Protocol(path, hashlib.sha256(raw).hexdigest(), spec)
+
+
+# recipe.balance: "none" trains and tests on the task's class mix; "all" balances every part
+# (data.balance); "train" the halves and the validation slice only (data.balance_train), so the
+# test split is the one an unbalanced run of the same seed scores.
+BALANCE = ("none", "all", "train")
+
+
+def _check_extends(path: pathlib.Path, extends) -> None:
+    """A protocol that adds parts to another names that file and its sha256; the file must still
+    have those bytes (its parts and artefacts are the ones this protocol leaves as they are)."""
+    if extends is None:
+        return
+    if not isinstance(extends, dict) or not {"file", "sha256"} <= set(extends):
+        raise ConfigError("protocol: extends: expected {\"file\": PATH, \"sha256\": HEX}")
+    base = path.parent / pathlib.Path(extends["file"]).name
+    try:
+        found = hashlib.sha256(base.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"protocol: extends.file: cannot read {base}: {exc.strerror or exc}") from None
+    if found != extends["sha256"]:
+        raise ConfigError(f"protocol: extends.sha256: {base.name} now has sha256 {found[:12]}, not the "
+                          f"{str(extends['sha256'])[:12]} this protocol extends")
 
 
 def group_of(protocol: Protocol, task: str) -> str:
