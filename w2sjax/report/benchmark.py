@@ -200,6 +200,17 @@ def _not_run_lines(s: dict) -> list[str]:
     return lines
 
 
+def _partial_clause(s: dict) -> str:
+    """'; the run is partial: ...' naming each student or chain with tasks not run, else ''."""
+    missing = {name: tasks for name, tasks in (s.get("not_run") or {}).items() if tasks}
+    if not missing:
+        return ""
+    n_tasks = len((s.get("tasks") or {}).get("tasks") or [])
+    parts = [f"{name} has not run on {len(tasks)}" + (f" of {n_tasks}" if n_tasks else "") + " tasks"
+             for name, tasks in missing.items()]
+    return "; the run is partial: " + ", ".join(parts)
+
+
 def headline_sentence(s: dict) -> str:
     """The README's generated sentence."""
     h = s["headline"]
@@ -210,9 +221,7 @@ def headline_sentence(s: dict) -> str:
             f"{h['strong_model']} with `{h['loss']}` recovers a median of {_pgr(h['median_pgr'], h['median_ci95'])} "
             f"of the gap over {h['n_tasks']} {'gap ' if h['tasks'] == 'gap' else ''}task{'' if h['n_tasks'] == 1 else 's'} "
             f"({h['n_defined']} with a defined PGR)"
-            + (f"; the run is partial: {h['strong_model']} has not run on "
-               f"{len(s['not_run'][h['strong_model']])} of the resolved tasks"
-               if (s.get("not_run") or {}).get(h["strong_model"]) else "")
+            + _partial_clause(s)
             + "; every number in docs/results.md's benchmark section.")
 
 
