@@ -473,3 +473,16 @@ def test_the_generated_target_lines_follow_from_the_committed_rows():
             above = [cells[0][2:] for cells in table if cells[1] == f"{student} `top:2`" and cells[2] == loss
                      and float(re.search(r"\[(-?[\d.]+),", cells[9]).group(1)) > 0]
             assert f"{loss} PGR's interval above 0 on {len(above)} ({', '.join(above) or 'none'})" in line, line
+
+
+def test_the_numbers_quoted_under_the_decoder_table_are_in_it():
+    """The prose under the generated table quotes intervals and the range of the ceilings' leads
+    over their supervisors; each quoted interval is a cell of the table, and the range is the
+    smallest and largest lead printed there."""
+    text = (ROOT / "docs" / "models.md").read_text()
+    start, end = text.index("<!-- decoder-students:begin"), text.index("<!-- decoder-students:end")
+    table, prose = text[start:end], text[end:text.index("## Real checkpoints as `hf:` names")]
+    quoted = re.findall(r"-?\d\.\d\d \[-?\d\.\d\d, -?\d\.\d\d\]", prose)
+    assert quoted and all(q in table for q in quoted), quoted
+    leads = [float(x) for x in re.findall(r"\| ([+-]\d+\.\d) \((?:yes|no)\) \|", table)]
+    assert f"by {min(leads):.1f} to {max(leads):.1f}" in " ".join(prose.split())
