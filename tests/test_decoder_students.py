@@ -442,3 +442,47 @@ def test_the_validation_numbers_behind_each_choice_come_from_the_committed_score
             assert f"{pgr:.2f}".replace("-", "−") in line["`data.balance`"], (path, loss)
             assert f"{v['weak']:.3f}" in line["`data.balance`"] and f"{v['ceiling']:.3f}" in line["`data.balance`"]
         assert f"{val(chosen, loss)['w2s']:.3f}" in line["primary loss"]
+
+
+def test_the_generated_target_lines_follow_from_the_committed_rows():
+    """The table's "ceiling − supervisor" column and the lines under it: each gap is the seed-mean
+    ceiling minus the seed-mean supervisor of the committed rows (numpy), judged against 5 points;
+    each student's line names the tasks whose gap reaches 5 points and, per loss, the tasks whose
+    table row shows an interval above 0."""
+    text = (ROOT / "docs" / "models.md").read_text()
+    doc = text[text.index("<!-- decoder-students:begin"):text.index("<!-- decoder-students:end")]
+    table = [line.split(" | ") for line in doc.splitlines() if line.startswith("| ") and "`top:2`" in line]
+    assert table
+    beat: dict[str, list[str]] = {}
+    tasks: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "docs" / "decoders").glob("*.json")):
+        meta = json.loads(path.read_text())
+        student, task = meta["strong_model"], meta["task"]
+        gap = np.mean([r["ceiling_acc"] for r in meta["rows"]]) - np.mean([r["weak_acc"] for r in meta["rows"]])
+        want = f"{gap * 100:+.1f} ({'yes' if gap >= 0.05 else 'no'})"
+        rows = [cells for cells in table if cells[0] == f"| {task}" and cells[1] == f"{student} `top:2`"]
+        assert rows and all(cells[8] == want for cells in rows), (task, student, want)
+        tasks.setdefault(student, []).append(task)
+        if gap >= 0.05:
+            beat.setdefault(student, []).append(task)
+    for student, names in tasks.items():
+        (line,) = [x for x in doc.splitlines() if x.startswith(f"- {student}: ceiling beats")]
+        got = beat.get(student, [])
+        assert f"on {len(got)} of {len(names)} tasks ({', '.join(got) or 'none'})" in line, line
+        for loss in ("xent", "logconf"):
+            above = [cells[0][2:] for cells in table if cells[1] == f"{student} `top:2`" and cells[2] == loss
+                     and float(re.search(r"\[(-?[\d.]+),", cells[9]).group(1)) > 0]
+            assert f"{loss} PGR's interval above 0 on {len(above)} ({', '.join(above) or 'none'})" in line, line
+
+
+def test_the_numbers_quoted_under_the_decoder_table_are_in_it():
+    """The prose under the generated table quotes intervals and the range of the ceilings' leads
+    over their supervisors; each quoted interval is a cell of the table, and the range is the
+    smallest and largest lead printed there."""
+    text = (ROOT / "docs" / "models.md").read_text()
+    start, end = text.index("<!-- decoder-students:begin"), text.index("<!-- decoder-students:end")
+    table, prose = text[start:end], text[end:text.index("## Real checkpoints as `hf:` names")]
+    quoted = re.findall(r"-?\d\.\d\d \[-?\d\.\d\d, -?\d\.\d\d\]", prose)
+    assert quoted and all(q in table for q in quoted), quoted
+    leads = [float(x) for x in re.findall(r"\| ([+-]\d+\.\d) \((?:yes|no)\) \|", table)]
+    assert f"by {min(leads):.1f} to {max(leads):.1f}" in " ".join(prose.split())
