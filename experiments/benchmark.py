@@ -400,6 +400,23 @@ def print_plan(protocol, plan: Plan, resolution: dict, out: pathlib.Path) -> Non
     print(line)
 
 
+def _run_interruptible(plan: Plan, out: pathlib.Path, art_dir: pathlib.Path, **kwargs) -> bool:
+    """``run``, with Ctrl-C (SIGINT) reported in one line: finished stages and exported parts are
+    on disk, a stage in flight keeps its in-stage checkpoint, and the same command resumes. False
+    when interrupted."""
+    from w2sjax.runner import sigint
+
+    sigint.install()  # so that no callback can swallow Ctrl-C
+    try:
+        run(plan, out, art_dir, **kwargs)
+    except KeyboardInterrupt as exc:
+        where = f" in stage {exc.stage} at step {exc.step}" if getattr(exc, "step", None) is not None else ""
+        print(f"benchmark: interrupted{where}; run the same command again to resume from {out} "
+              "(finished stages and exported parts are kept)", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="folder of the resumable run (one sub-folder per part)")
@@ -470,7 +487,8 @@ def main(argv=None) -> int:
         artefacts.check_stamp(out, protocol.sha256)  # a run folder holds one protocol's stages
         artefacts.check_stamp(art_dir, protocol.sha256)
         atomic.write_json(art_dir / "tasks.json", resolution)
-        run(plan, out, art_dir, progress=args.progress, keep_params=args.keep_params)
+        if not _run_interruptible(plan, out, art_dir, progress=args.progress, keep_params=args.keep_params):
+            return 130  # the shell's convention for SIGINT
         s = summarize(protocol, art_dir, docs_root, figure=not args.no_figure)
     except (config_lib.ConfigError, assets.AssetError, ValueError) as exc:
         print(f"benchmark: error: {exc}", file=sys.stderr)

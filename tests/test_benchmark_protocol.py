@@ -729,3 +729,38 @@ def test_tiny_decoder_part_end_to_end(bench, tmp_path):
     body = benchmark.section(text, benchmark.DECODER_BEGIN, benchmark.DECODER_END)
     assert "| vader_tweets | tuned | glove-bow |" in body and proto.sha256 in body
     assert benchmark.section(text) == "version 2 stays" and (tmp_path / "README.md").read_text() == "# w2sjax\n"
+
+
+@pytest.mark.slow  # a real benchmark process, interrupted mid-run
+def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = json.loads(SHIPPED.read_text())
+    spec["supervisors"], spec["losses"], spec["bootstrap"] = ["glove-bow"], ["xent"], []
+    spec["students"] = [{"name": "minilm-l2", "kind": "encoder", "trainable": "probe", "lr": 0.005, "seeds": [0]}]
+    spec["recipe"].update(n_train=200, n_val=40, n_test=100, max_len=32, precision="float32")
+    spec["headline"] = {"supervisor": "glove-bow", "student": "minilm-l2", "loss": "xent", "tasks": "all",
+                        "group": "all"}
+    (tmp_path / "p.json").write_text(json.dumps(spec))
+    cmd = [sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--protocol", str(tmp_path / "p.json"),
+           "--out", str(tmp_path / "run"), "--tasks", "vader_tweets", "--docs-root", str(tmp_path), "--no-figure"]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("# R\n")
+    (tmp_path / "README.md").write_text("# w2sjax\n")
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        deadline = time.time() + 300
+        for line in proc.stdout:  # interrupt once the part's stages are planned
+            if line.startswith("plan: ") or time.time() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "benchmark: interrupted" in err and str(tmp_path / "run") in err
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "run" / "artefacts" / "vader_tweets.json").is_file()
