@@ -41,11 +41,12 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
-def _abstract(tree, sharding=None) -> Any:
-    """Shapes and dtypes of ``tree`` placed as `train.place` places host values (not weakly typed)."""
-    if sharding is None or isinstance(sharding, jax.sharding.Sharding):
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding or a.sharding), tree)
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s), tree, sharding)
+def _abstract(tree, shardings=None) -> Any:
+    """ShapeDtypeStructs of ``tree`` on ``shardings`` (a tree like it; else each array's own), not
+    weakly typed: `train.place` makes every array from a host copy."""
+    if shardings is None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=a.sharding), tree)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s), tree, shardings)
 
 
 def abstract_state(module, trainable: str, mesh):
@@ -82,8 +83,8 @@ def _train_args(model, state, example: dict, n: int, *, cfg, loss: str, mesh, se
     student = isinstance(cfg, StudentTrainConfig)
     settings = train.step_settings(cfg, total, loss, cfg.loss if student else None)
     rng = jax.random.key_data(jax.random.key(seed))
-    host = (np.int32(0), rng, settings)
-    return (state, _stacked(example, train._chunk_size(cfg), batch_size, mesh), *_abstract(host, replicated))
+    placed = train.place((np.int32(0), rng, settings), replicated)  # tiny: placed for real, as fit places them
+    return (state, _stacked(example, train._chunk_size(cfg), batch_size, mesh), *_abstract(placed))
 
 
 def train_program(module, example, n: int, *, cfg, loss: str, mesh, seed: int, trainable: str):
