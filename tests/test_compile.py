@@ -96,3 +96,38 @@ def test_feature_batch_shapes_do_not_depend_on_the_texts():
         allowed = embed.batch_rows(length, 8192, ndev)
         assert len(allowed) <= 4 and allowed[-1] == 8192 // length - (8192 // length) % ndev
         assert {per for ln, per in seen if ln == length} <= set(allowed)
+
+
+class TinyTokens(nnx.Module):  # token inputs, as a finetuned text model takes them
+    def __init__(self, *, rngs):
+        self.embed = nnx.Embed(50, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, inputs):
+        mask = inputs["attention_mask"][..., None].astype(jnp.float32)
+        return self.head((self.embed(inputs["input_ids"]) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0))
+
+
+def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs():
+    """Every length bucket's train program and every predict program, compiled side by side before
+    the stage trains: training and predicting afterwards compile nothing more."""
+    rng = np.random.default_rng(3)
+    n, max_len = 200, 32
+    mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
+    inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
+    data = train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
+    cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2), parallel.make_mesh()
+    start = compile_stats.install()
+    futures = precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
+                                       seed=0, trainable="all")
+    for future in futures:
+        future.result()
+    names = lambda: sorted(p["name"] for p in compile_stats.programs(start) if p["name"] in ("train_loop", "predict_step"))
+    ahead = names()
+    assert ahead.count("train_loop") == 2 and ahead.count("predict_step") >= 2  # lengths 16 and 32 both occur
+    assert len(futures) == len(ahead)
+    fitted = train.fit(TinyTokens(rngs=nnx.Rngs(0)), data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
+    train.predict(fitted.predict_step, fitted.state, inputs, mesh=mesh, batch_size=train.predict_rows(cfg))
+    assert names() == ahead  # nothing compiled in place
+    assert precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
+                                     seed=0, trainable="all") == []  # asked again: nothing to do

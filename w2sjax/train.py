@@ -384,13 +384,13 @@ def predict_rows(cfg: TrainConfig) -> int:
     return max(cfg.batch_size, PREDICT_ROWS)
 
 
-def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
-            buckets: bool = True) -> np.ndarray:
-    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
+def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh,
+                    buckets: bool = True) -> tuple[int, np.ndarray, list[tuple[np.ndarray, int | None]]]:
+    """How `predict` batches ``inputs``: ``(rows per batch, order, [(indices, padded length)])``.
 
-    With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first and
-    each batch is cut to the shortest bucket length that holds its longest row (one compile per
-    length, as in training); the probabilities come back in the input order.
+    With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first
+    (``order``) and each batch is cut to the shortest bucket length that holds its longest row;
+    otherwise the length is None (the inputs' own).
     """
     n = int(jax.tree.leaves(inputs)[0].shape[0])
     b = max(mesh.size, batch_size - batch_size % mesh.size)
@@ -398,13 +398,34 @@ def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batc
     order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
     out = []
     for start in range(0, n, b):
-        idx = order[start:start + b]
-        chunk = jax.tree.map(lambda a: a[idx], inputs)
+        idx, length = order[start:start + b], None
         if lengths is not None:
             max_len = int(np.shape(inputs["attention_mask"])[1])
             cut = length_buckets.bucket_lengths(max_len)
-            chunk = length_buckets.trim(chunk, cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))],
-                                        max_len)
+            length = cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))]
+        out.append((idx, length))
+    return b, order, out
+
+
+def predict_chunk(inputs: PyTree, idx: np.ndarray, length: int | None) -> PyTree:
+    """Rows ``idx`` of ``inputs``, cut to ``length`` (token inputs) when it is not None."""
+    chunk = jax.tree.map(lambda a: a[idx], inputs)
+    if length is None:
+        return chunk
+    return length_buckets.trim(chunk, length, int(np.shape(inputs["attention_mask"])[1]))
+
+
+def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
+            buckets: bool = True) -> np.ndarray:
+    """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
+
+    With ``buckets`` and token inputs, batches are cut to bucket lengths (`predict_batches`: one
+    compile per length, as in training); the probabilities come back in the input order.
+    """
+    b, order, batches = predict_batches(inputs, batch_size=batch_size, mesh=mesh, buckets=buckets)
+    out = []
+    for idx, length in batches:
+        chunk = predict_chunk(inputs, idx, length)
         pad = b - len(idx)
         if pad:  # repeat the last row; the padded outputs are dropped below
             chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), chunk)

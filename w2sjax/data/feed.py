@@ -130,6 +130,12 @@ class HostFeed:
             yield len(run), self._stack(run, length)
             step += len(run)
 
+    def lengths(self, start: int, stop: int) -> set:
+        """The padded lengths of steps ``start .. stop-1`` (``{None}`` without buckets: the data's own)."""
+        if self.order is None:
+            return {None}
+        return {self.order.batch(step)[1] for step in range(start, stop)}
+
     def _stack(self, idx: list[np.ndarray], length: int | None = None) -> PyTree:
         """Host rows of ``idx`` stacked and padded to ``chunk`` with repeats of the last batch (unused)."""
         idx = np.stack(idx)

@@ -49,6 +49,9 @@ def release() -> None:
     train = sys.modules.get("w2sjax.train")
     if train is not None:
         train.clear_caches()
+    precompile = sys.modules.get("w2sjax.runner.precompile")
+    if precompile is not None:  # the programs it started are dropped below: it may start them again
+        precompile.forget()
     jax.clear_caches()
     gc.collect()
     _return_freed_heap()

@@ -6,13 +6,19 @@ That program depends on nothing the features hold: only on the head's structure,
 shape and the mesh, all known from one example. So the stage starts the compile here, lowered
 on abstract arguments (``jit(...).lower(ShapeDtypeStruct...).compile()``, which fills the same
 cache the later call reads), and waits for it just before training. An error on the thread is
-raised there, in the stage, never dropped. Stages whose inputs are tokens are left alone: their
-batch shapes (length buckets) are known only once the texts are tokenised.
+raised there, in the stage, never dropped.
+
+A finetuning stage (token inputs) knows its batch shapes only once its texts are tokenised: one
+train program per length bucket its batches use, one predict program per bucket its predictions
+use. `start_finetune` compiles all of them at once on the background threads, before the first
+step; the stage waits for them instead of compiling each in turn between training segments, so a
+cold sweep's compiles run side by side on the cores rather than one after another.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from typing import Any
 
@@ -28,40 +34,86 @@ _pool: concurrent.futures.ThreadPoolExecutor | None = None
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     with _lock:
-        if _pool is None:  # one thread: compiles queue up rather than compete for the cores
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=compile_stats.AHEAD_THREAD)
+        if _pool is None:  # one thread per core (XLA compiles a program on one): more would only compete
+            workers = max(1, min(4, os.cpu_count() or 1))
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers,
+                                                          thread_name_prefix=compile_stats.AHEAD_THREAD)
         return _pool
 
 
-def _abstract(tree) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=a.sharding,
-                                                       weak_type=getattr(a, "weak_type", False)), tree)
+def _abstract(tree, shardings=None) -> Any:
+    """ShapeDtypeStructs of ``tree`` on ``shardings`` (a tree like it; else each array's own), not
+    weakly typed: `train.place` makes every array from a host copy."""
+    if shardings is None:
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=a.sharding), tree)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s), tree, shardings)
+
+
+def abstract_state(module, trainable: str, mesh):
+    """``(model structure, TrainState of ShapeDtypeStructs)`` as `train.fit` places them, without
+    allocating the state (its optimizer moments and copy of the parameters)."""
+    from w2sjax import train
+
+    made = {}
+
+    def init():
+        made["model"], state = train.init_state(module, trainable)
+        return state
+
+    state = jax.eval_shape(init)
+    return made["model"], _abstract(state, train.state_shardings(mesh, state))
+
+
+def _stacked(example: dict, chunk: int, batch_size: int, mesh) -> dict:
+    """``[chunk, batch_size, ...]`` ShapeDtypeStructs of batches like ``example`` (one row of `ArrayData.take`)."""
+    from w2sjax.data.feed import stacked_batch_sharding
+
+    rows = stacked_batch_sharding(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((chunk, batch_size, *np.shape(a)[1:]), np.asarray(a).dtype,
+                                                       sharding=rows), example)
+
+
+def _train_args(model, state, example: dict, n: int, *, cfg, loss: str, mesh, seed: int) -> tuple:
+    """Abstract arguments of the `train.train_loop` call `train.fit` makes."""
+    from w2sjax import parallel, train
+    from w2sjax.config import StudentTrainConfig
+
+    replicated = parallel.replicated(mesh)
+    batch_size, total, _ = train._stage_length(n, cfg, mesh, validated=False)
+    student = isinstance(cfg, StudentTrainConfig)
+    settings = train.step_settings(cfg, total, loss, cfg.loss if student else None)
+    rng = jax.random.key_data(jax.random.key(seed))
+    placed = train.place((np.int32(0), rng, settings), replicated)  # tiny: placed for real, as fit places them
+    return (state, _stacked(example, train._chunk_size(cfg), batch_size, mesh), *_abstract(placed))
 
 
 def train_program(module, example, n: int, *, cfg, loss: str, mesh, seed: int, trainable: str):
     """The compiled `train.train_loop` that `train.fit` will call for ``module`` on ``n`` examples
     like ``example`` (an ``ArrayData`` of one row), lowered on abstract arguments placed as `fit`
     places them. The compile lands in JAX's caches, so `fit`'s first call reuses it."""
-    from w2sjax import parallel, train
-    from w2sjax.config import StudentTrainConfig
-    from w2sjax.data.feed import stacked_batch_sharding
+    from w2sjax import train
 
-    replicated = parallel.replicated(mesh)
-    batch_size, total, _ = train._stage_length(n, cfg, mesh, validated=False)
-    model, state = train.init_state(module, trainable)
-    state = train.place(state, train.state_shardings(mesh, state))
-    student = isinstance(cfg, StudentTrainConfig)
-    settings = train.place(train.step_settings(cfg, total, loss, cfg.loss if student else None), replicated)
-    rng = train.place(jax.random.key_data(jax.random.key(seed)), replicated)
-    count = train.place(np.int32(0), replicated)
-    chunk, rows = train._chunk_size(cfg), stacked_batch_sharding(mesh)
-    batches = jax.tree.map(lambda a: jax.ShapeDtypeStruct((chunk, batch_size, *np.shape(a)[1:]), np.asarray(a).dtype,
-                                                          sharding=rows), example.take(np.zeros(1, np.int64)))
-    args = (_abstract(state), batches, *_abstract((count, rng, settings)))
+    model, state = abstract_state(module, trainable, mesh)
+    args = _train_args(model, state, example.take(np.zeros(1, np.int64)), n, cfg=cfg, loss=loss, mesh=mesh, seed=seed)
     return train.train_loop.lower(*args, model=model, mesh=mesh, step_wrapper=None).compile()
 
 
 _started: set = set()  # programs already asked for in this process
+
+
+def _claim(key) -> bool:
+    """True the first time ``key`` is asked for in this process."""
+    with _lock:
+        if key in _started:
+            return False
+        _started.add(key)
+        return True
+
+
+def forget() -> None:
+    """Forget which programs were asked for (`w2sjax.runner.memory.release` drops the programs)."""
+    with _lock:
+        _started.clear()
 
 
 def start(build, example, n: int, *, name: str, cfg, loss: str, mesh, seed: int,
@@ -75,10 +127,64 @@ def start(build, example, n: int, *, name: str, cfg, loss: str, mesh, seed: int,
     if not isinstance(inputs, np.ndarray) or jax.process_count() != 1:
         return None
     batch = train.effective_batch_size(n, cfg.batch_size, mesh.size)
-    key = (name, trainable, batch, inputs.shape[1:], inputs.dtype.name, train._chunk_size(cfg), mesh)
-    with _lock:
-        if key in _started:
-            return None
-        _started.add(key)
+    if not _claim((name, trainable, batch, inputs.shape[1:], inputs.dtype.name, train._chunk_size(cfg), mesh)):
+        return None
     return _executor().submit(lambda: train_program(build(), example, n, cfg=cfg, loss=loss, mesh=mesh, seed=seed,
                                                     trainable=trainable))
+
+
+def start_finetune(module, data, eval_inputs: list, *, cfg, loss: str, mesh, seed: int,
+                   trainable: str) -> list[concurrent.futures.Future]:
+    """Every train program (one per padded length its batches use) and predict program (one per
+    length its predictions of each of ``eval_inputs`` use) of a stage training ``module`` on
+    ``data`` (an ``ArrayData``), compiling side by side on the background threads. Programs asked
+    for before in this process are skipped. Wait on every future before the stage trains."""
+    if jax.process_count() != 1 or not len(data):
+        return []
+    model, state = abstract_state(module, trainable, mesh)
+    return (_train_programs(model, state, data, cfg=cfg, loss=loss, mesh=mesh, seed=seed)
+            + _predict_programs(model, state, eval_inputs, cfg=cfg, mesh=mesh))
+
+
+def _with_length(stacked: dict, length: int | None, max_len: int) -> dict:
+    """Stacked token inputs ``[K, B, max_len, ...]`` cut to ``length`` (as `length_buckets.trim` cuts a batch)."""
+    if length is None:
+        return stacked
+    cut = lambda a: (jax.ShapeDtypeStruct((*a.shape[:2], length, *a.shape[3:]), a.dtype, sharding=a.sharding)
+                     if len(a.shape) >= 3 and a.shape[2] == max_len else a)
+    return {k: cut(v) for k, v in stacked.items()}
+
+
+def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int) -> list[concurrent.futures.Future]:
+    from w2sjax import train
+    from w2sjax.data.feed import HostFeed
+
+    batch_size, total, _ = train._stage_length(len(data), cfg, mesh, validated=False)
+    state_arg, batches, *rest = _train_args(model, state, data.take(np.zeros(1, np.int64)), len(data), cfg=cfg,
+                                            loss=loss, mesh=mesh, seed=seed)
+    feed = HostFeed(data, batch_size, seed, mesh, train._chunk_size(cfg), buckets=cfg.length_buckets)
+    futures = []
+    for length in sorted(feed.lengths(0, total), key=lambda n: -1 if n is None else n):
+        stacked = {**batches, "inputs": _with_length(batches["inputs"], length, feed.max_len)} if length else batches
+        if _claim(("train", model, train._abstract_key(stacked), mesh)):
+            args = (state_arg, stacked, *rest)
+            futures.append(_executor().submit(
+                lambda args=args: train.train_loop.lower(*args, model=model, mesh=mesh, step_wrapper=None).compile()))
+    return futures
+
+
+def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh) -> list[concurrent.futures.Future]:
+    from w2sjax import parallel, train
+
+    jitted = train._predict_jit(train.cached_predict_step(model), False)
+    sharding, futures = parallel.batch_sharding(mesh), []
+    for inputs in eval_inputs:
+        rows, _, batches = train.predict_batches(inputs, batch_size=train.predict_rows(cfg), mesh=mesh,
+                                                 buckets=cfg.length_buckets)
+        for idx, length in batches:
+            chunk = train.predict_chunk(inputs, idx[:1], length)  # one row: its shapes, not its values
+            abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows, *np.shape(a)[1:]), np.asarray(a).dtype,
+                                                                   sharding=sharding), chunk)
+            if _claim(("predict", model, train._abstract_key(abstract), mesh)):
+                futures.append(_executor().submit(lambda a=abstract: jitted.lower(state, a).compile()))
+    return futures

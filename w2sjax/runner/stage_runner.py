@@ -242,24 +242,31 @@ class Runner:
             ahead = self._compile_ahead(mi, settings, model, rows, labels, cfg, loss, seed)
             data = _array_data(mi, rows, labels, weights)
             val = _array_data(mi, val_rows, val_labels) if cfg.early_stopping and len(val_rows) else None
-            if ahead is not None:
-                ahead.result()  # the train program compiled while the inputs were computed; raises its error
+            module = mi.build(seed)
+            eval_inputs = {name: mi.inputs(split, idx) for name, (split, idx) in evals.items()}
+            if settings["model"]["mode"] != "probe":  # token inputs: every program of the stage, side by side
+                ahead += precompile.start_finetune(module, data, [*eval_inputs.values(), *([val.inputs] if val else [])],
+                                                   cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable)
+            for future in ahead:
+                future.result()  # compiled while the inputs were computed; raises the thread's error
             fitted = train.fit(
-                mi.build(seed), data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
+                module, data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
                 stage=key.name, ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
                 log=self.log.of_stage(key.checkpoint_name), progress=self.progress,
             )
-            result = self._save_outputs(key, settings, mi, fitted, evals, cfg, started)
+            result = self._save_outputs(key, settings, mi, fitted, evals, eval_inputs, cfg, started)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
 
     def _compile_ahead(self, mi, settings: dict, model: str, rows, labels, cfg, loss: str, seed: int):
-        """A probe stage's train program, compiling on a background thread (`precompile`), or None."""
+        """A probe stage's train program, compiling on a background thread (`precompile`): a list of
+        at most one future."""
         if settings["model"]["mode"] != "probe" or not len(rows):
-            return None
+            return []
         example = _array_data(mi, np.arange(1), labels[:1])  # the row Inputs read for the head's shape
-        return precompile.start(lambda: mi.build(seed), example, len(rows), name=model, cfg=cfg, loss=loss,
-                                mesh=self.mesh, seed=seed, trainable=mi.trainable)
+        future = precompile.start(lambda: mi.build(seed), example, len(rows), name=model, cfg=cfg, loss=loss,
+                                  mesh=self.mesh, seed=seed, trainable=mi.trainable)
+        return [] if future is None else [future]
 
     def _planned(self, key: stage_keys.StageKey, settings: dict, target: dict) -> StageOutput:
         """A planning run's answer for stage ``key``: uniform predictions, having noted whether the
@@ -274,13 +281,14 @@ class Runner:
         return StageOutput({k: np.full_like(v, 1.0 / n_classes) for k, v in target.items()}, 0.0, 0, key)
 
     def _save_outputs(self, key: stage_keys.StageKey, settings: dict, mi, fitted: train.FitResult,
-                      evals: dict[str, tuple[str, np.ndarray]], cfg: train.TrainConfig, started: float) -> StageOutput:
-        """Predict every eval set with the trained stage, check it has not collapsed, and save it as
-        finished; its in-stage steps are then removed."""
+                      evals: dict[str, tuple[str, np.ndarray]], eval_inputs: dict, cfg: train.TrainConfig,
+                      started: float) -> StageOutput:
+        """Predict every eval set (``eval_inputs``, by name) with the trained stage, check it has not
+        collapsed, and save it as finished; its in-stage steps are then removed."""
         preds = {}
-        for name, (split, idx) in evals.items():
+        for name, inputs in eval_inputs.items():
             preds[name] = train.predict(
-                fitted.predict_step, fitted.state, mi.inputs(split, idx), mesh=self.mesh, batch_size=train.predict_rows(cfg),
+                fitted.predict_step, fitted.state, inputs, mesh=self.mesh, batch_size=train.predict_rows(cfg),
                 buckets=cfg.length_buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.
