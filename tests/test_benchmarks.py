@@ -185,3 +185,23 @@ def test_benchmark_records_are_dated_and_parse():
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_[a-z0-9_]+\.jsonl", path.name), path.name
         for line in path.read_text().splitlines():
             assert isinstance(json.loads(line), dict), path.name
+
+
+def test_fresh_cold_sweep_alternates_processes_and_ratios_use_min_and_median():
+    """benchmarks/sweep_cold.py spawns one process per call, A B then B A; the ratios are the
+    minimum and the median of each side's calls (here computed by hand)."""
+    from benchmarks import sweep_cold
+
+    args = sweep_cold.parse(["--rounds", "3"])
+    assert args.sides == ["jax_bf16", "torch_bf16"] and args.child is None
+    assert sweep_cold.order(args.sides, 3) == ["jax_bf16", "torch_bf16", "torch_bf16", "jax_bf16", "jax_bf16",
+                                                "torch_bf16"]
+    with pytest.raises(SystemExit):
+        sweep_cold.parse(["--rounds", "0"])
+    walls = {"jax_bf16": [30.0, 24.0, 27.0], "torch_bf16": [20.0, 22.0, 25.0]}
+    calls = [{"side": s, "wall_s": w, "sweep_s": w - 2} for s, ws in walls.items() for w in ws]
+    rec = sweep_cold.summary(calls, "jax_bf16", "torch_bf16")
+    assert rec["jax_over_torch_wall_s_min"] == round(24 / 20, 3)
+    assert rec["jax_over_torch_wall_s_median"] == round(27 / 22, 3)
+    assert rec["jax_over_torch_sweep_s_median"] == round(25 / 20, 3)
+    assert rec["wall_s_min"] == {"jax_bf16": 24.0, "torch_bf16": 20.0}
