@@ -270,41 +270,36 @@ def decoder_markdown(s: dict, protocol) -> str:
     return "\n".join(lines) + "\n" + markdown(s, folder=DECODER_FOLDER, empty=empty)
 
 
-def write_decoder_docs(s: dict, protocol, root: pathlib.Path) -> pathlib.Path:
+def write_decoder_docs(s: dict, protocol, root: pathlib.Path) -> list[pathlib.Path]:
     """Write the decoder section of ``root/docs/results.md`` (refused, ValueError, without that file)."""
-    from w2sjax.runner import atomic
-
-    path = root / "docs" / "results.md"
-    if not path.is_file():
-        raise ValueError(f"--docs-root: expected a repository root holding docs/results.md; {root} has none")
-    old = path.read_text()
-    new = replace_section(old, decoder_markdown(s, protocol), DECODER_BEGIN, DECODER_END)
-    if new != old:
-        atomic.write_text(path, new)
-    return path
+    return _write_sections(root, [("docs/results.md", decoder_markdown(s, protocol), DECODER_BEGIN, DECODER_END)])
 
 
 def write_docs(s: dict, root: pathlib.Path) -> list[pathlib.Path]:
     """Write the generated sections of ``root/docs/results.md`` and ``root/README.md``; a ``root``
     without both files is refused (ValueError) before anything is written."""
+    return _write_sections(root, [("docs/results.md", markdown(s), BEGIN, END),
+                                  ("docs/results.md", limits.markdown(s.get("limits", [])), limits.BEGIN, limits.END),
+                                  ("README.md", headline_sentence(s), README_BEGIN, README_END)])
+
+
+def _write_sections(root: pathlib.Path, sections: list[tuple[str, str, str, str]]) -> list[pathlib.Path]:
+    """Replace each ``(file under root, body, begin, end)`` section, writing a file only when it
+    changes; refused (ValueError) before anything is written when a file is missing."""
     from w2sjax.runner import atomic
 
-    missing = [name for name in ("docs/results.md", "README.md") if not (root / name).is_file()]
+    names = list(dict.fromkeys(rel for rel, *_ in sections))
+    missing = [name for name in names if not (root / name).is_file()]
     if missing:
-        raise ValueError(f"--docs-root: expected a repository root holding docs/results.md and README.md; "
+        raise ValueError(f"--docs-root: expected a repository root holding {' and '.join(names)}; "
                          f"{root} has no {' or '.join(missing)}")
-    written = []
-    for path, body, begin, end in ((root / "docs" / "results.md", markdown(s), BEGIN, END),
-                                   (root / "docs" / "results.md", limits.markdown(s.get("limits", [])),
-                                    limits.BEGIN, limits.END),
-                                   (root / "README.md", headline_sentence(s), README_BEGIN, README_END)):
-        old = path.read_text() if path.is_file() else ""
+    for rel, body, begin, end in sections:
+        path = root / rel
+        old = path.read_text()
         new = replace_section(old, body, begin, end)
         if new != old:
             atomic.write_text(path, new)
-        if path not in written:
-            written.append(path)
-    return written
+    return [root / name for name in names]
 
 
 PGR_LIMITS = (-1.5, 1.5)  # the figure's PGR axis; a ratio over a near-zero gap would flatten every other task
