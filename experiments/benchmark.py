@@ -255,23 +255,63 @@ def chain_experiment(cfg, recipes: dict, folder: pathlib.Path, *, planning: bool
     return experiment.finish(cfg, out, rows)
 
 
-def estimate(plan: Plan, stages: dict[str, dict[str, bool]]) -> dict:
-    """Seconds still to train: stages still to train × seconds per stage of their kind, plus the
-    once-per-task costs; stages of a kind never measured are counted apart."""
+def _stage_kind(key, g: Group) -> tuple[str, str]:
+    """(model, how it trains) of a stage of group ``g``: what its seconds are keyed by."""
+    if key.kind == "weak":
+        return key.parts[0], "probe"
+    model = key.parts[0] if key.kind == "ceiling" else key.parts[0].split(">")[-1] if key.kind == "boot" \
+        else key.parts[1]
+    return model, dict((m, t) for m, t, _ in g.recipes).get(model, g.trainable)
+
+
+# A kind's measured mean is used once this many of its stages have finished in the run folder.
+MIN_MEASURED = 3
+
+
+def measured_seconds(plan: Plan, stages: dict[str, dict[str, bool]], out: pathlib.Path) -> dict[tuple, list[float]]:
+    """Seconds of the stages this run folder has finished (each stage's checkpoint records them),
+    keyed by (model, how it trains, stage kind): the run's own measure of what its remaining
+    stages cost, on this machine at the load it actually ran under."""
+    from w2sjax.runner import checkpoint
     from w2sjax.runner.stage_keys import StageKey
 
-    seconds, unmeasured, counts = 0.0, defaultdict(int), defaultdict(int)
+    found: dict[tuple, list[float]] = defaultdict(list)
+    for part_name, planned in stages.items():
+        g = plan.group_of_part[part_name]
+        for name in (n for n, done in planned.items() if done):
+            key = StageKey.parse(name)
+            latest = checkpoint.latest(out / part_name / "checkpoints", key.outputs_name)
+            seconds = (latest[1] if latest else {}).get("seconds")
+            if isinstance(seconds, (int, float)) and seconds > 0:
+                found[(*_stage_kind(key, g), key.kind)].append(float(seconds))
+    return dict(found)
+
+
+def estimate(plan: Plan, stages: dict[str, dict[str, bool]], measured: dict[tuple, list[float]] | None = None) -> dict:
+    """Seconds still to train: stages still to train × seconds per stage of their kind, plus the
+    once-per-task costs; stages of a kind never measured are counted apart. A (model, trains,
+    stage kind) with at least `MIN_MEASURED` finished stages in ``measured`` costs their mean;
+    else one of the model's other stage kinds, pooled; the others cost `SECONDS_PER_STAGE`."""
+    from w2sjax.runner.stage_keys import StageKey
+
+    pooled: dict[tuple, list[float]] = defaultdict(list)  # (model, trains) over its stage kinds
+    for k, v in (measured or {}).items():
+        pooled[k[:2]] += v
+    measured = {k: v for k, v in [*(measured or {}).items(), *pooled.items()] if len(v) >= MIN_MEASURED}
+    seconds, unmeasured, counts, used = 0.0, defaultdict(int), defaultdict(int), set()
     for part_name, planned in stages.items():
         g = plan.group_of_part[part_name]
         todo = [StageKey.parse(n) for n, done in planned.items() if not done]
         for key in todo:
-            if key.kind == "weak":
-                kind = (key.parts[0], "probe")
-            else:
-                model = key.parts[0] if key.kind == "ceiling" else key.parts[0].split(">")[-1] if key.kind == "boot" \
-                    else key.parts[1]
-                kind = (model, dict((m, t) for m, t, _ in g.recipes).get(model, g.trainable))
+            kind = _stage_kind(key, g)
             counts[kind] += 1
+            # this stage kind's own figure, else the model's over its other stage kinds (a chain's
+            # rungs train like students), else the constants
+            own = next((k for k in ((*kind, key.kind), kind) if k in measured), None)
+            if own is not None:
+                used.add(own)
+                seconds += sum(measured[own]) / len(measured[own])
+                continue
             per_stage = SECONDS_PER_STAGE.get((*kind, key.kind), SECONDS_PER_STAGE.get(kind))
             if per_stage is not None:
                 seconds += per_stage
@@ -280,7 +320,8 @@ def estimate(plan: Plan, stages: dict[str, dict[str, bool]]) -> dict:
         if todo:
             trained = {(s, g.trainable) for s in g.students} | {(m, t) for m, t, _ in g.recipes}
             seconds += sum(SECONDS_PER_TASK.get(k, 0.0) for k in trained)
-    return {"seconds": seconds, "stages": dict(counts), "unmeasured": dict(unmeasured)}
+    return {"seconds": seconds, "stages": dict(counts), "unmeasured": dict(unmeasured),
+            "measured": {k: (len(measured[k]), sum(measured[k]) / len(measured[k])) for k in sorted(used)}}
 
 
 def _kind(k: tuple) -> str:
@@ -383,7 +424,7 @@ def summarize_decoders(docs_root: pathlib.Path | None, artefacts_dir: pathlib.Pa
 def print_plan(protocol, plan: Plan, resolution: dict, out: pathlib.Path) -> None:
     """``--list``: the resolution, the stages of every part, and the estimated cost."""
     stages = plan.stages(out)
-    cost = estimate(plan, stages)
+    cost = estimate(plan, stages, measured_seconds(plan, stages, out))
     print(f"benchmark: protocol {protocol.short} ({protocol.path.name}); tasks: {', '.join(plan.tasks)}")
     for name, why in resolution["left_out"].items():
         print(f"  left out {name}: {why}")
@@ -392,8 +433,11 @@ def print_plan(protocol, plan: Plan, resolution: dict, out: pathlib.Path) -> Non
     total = sum(cost["stages"].values())
     print(f"total: {total} stages to train: " + ", ".join(
         f"{n} {_kind(k)}" for k, n in sorted(cost["stages"].items())))
-    line = (f"estimated cost: {cost['seconds'] / 3600:.1f} h on 2 CPU cores shared with other jobs "
-            "(seconds per stage kind measured 2026-12-06)")
+    own = ", ".join(f"{k[0]} ({k[1]}){' ' + k[2] if len(k) > 2 else ''} {mean:.1f} s (mean of {n})"
+                    for k, (n, mean) in cost["measured"].items())
+    line = (f"estimated cost: {cost['seconds'] / 3600:.1f} h; seconds per stage: "
+            + (f"this run folder's finished stages for {own}, else " if own else "")
+            + "the kinds' figures measured 2026-12-06 on 2 CPU cores shared with other jobs")
     if cost["unmeasured"]:
         line += "; not counted, never measured: " + ", ".join(
             f"{n} {_kind(k)} stages" for k, n in sorted(cost["unmeasured"].items()))

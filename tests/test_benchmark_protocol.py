@@ -515,6 +515,27 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     assert partial["not_run"] == {"minilm-l6": ["fine_foods", "vader_tweets"],
                                   "glove-bow>minilm-l2>minilm-l6": ["fine_foods", "vader_tweets"]}
     assert "**The run is partial.**" in (tmp_path / "docs" / "results.md").read_text()
+    # --list now prices what is left from the seconds that the finished stages recorded (read here
+    # from their metadata files): the glove-bow supervisors by their own mean, the chain's minilm-l2
+    # rungs (a stage kind never run) by the mean of minilm-l2's ceilings and students
+    plan = bench["Plan"](proto, ["fine_foods", "vader_tweets"])
+    stages = plan.stages(tmp_path / "run")
+
+    def recorded(pattern):
+        return [json.loads(f.read_text())["seconds"]
+                for f in (tmp_path / "run").glob(f"*-minilm-l2/checkpoints/{pattern}.out/*/meta/metadata")]
+
+    weak, l2 = recorded("weak__glove-bow__*"), recorded("ceiling__*") + recorded("w2s__*")
+    assert len(weak) == 4 and len(l2) == 4 * 3  # 2 tasks x 2 seeds
+    cost = bench["estimate"](plan, stages, bench["measured_seconds"](plan, stages, tmp_path / "run"))
+    assert cost["measured"][("glove-bow", "probe", "weak")] == (4, pytest.approx(np.mean(weak)))
+    assert cost["measured"][("minilm-l2", "probe")] == (12, pytest.approx(np.mean(l2)))
+    # glove-bow: 2 tasks x 2 seeds in the minilm-l6 part and in the chain part; minilm-l2: the chain's
+    # first rungs (2 x 2 x 2 losses); minilm-l6 (2 x 2 x (1 ceiling + 2 students) + 2 x 2 x (1 ceiling
+    # + 2 losses x (1 rung + 1 direct))) never finished a stage and has no figure: counted apart
+    assert cost["stages"] == {("glove-bow", "probe"): 8, ("minilm-l6", "probe"): 32, ("minilm-l2", "probe"): 8}
+    assert cost["unmeasured"] == {("minilm-l6", "probe"): 32}
+    assert cost["seconds"] == pytest.approx(8 * np.mean(weak) + 8 * np.mean(l2))
     # the whole protocol
     assert bench["main"](argv) == 0
     arts = artefacts.load(folder, proto.sha256)
