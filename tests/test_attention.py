@@ -40,3 +40,37 @@ def test_grouped_attention_equals_repeated_kv_heads(dtype):
                       round_bf16=dtype == "bfloat16")
     assert got.shape == (b, t, h * d) and got.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5 if dtype == "float32" else 2e-2)
+
+
+def test_keys_major_encoder_attention_matches_numpy_with_mask_and_bias():
+    """The bf16 encoders' attention (`layers.attend_keys_major`, scores laid out key-major) against
+    a float64 numpy softmax attention with bf16-rounded operands, a padded key and an additive bias."""
+    import jax
+
+    rng = np.random.default_rng(1)
+    b, t, h, d = 2, 5, 3, 4
+    q, k, v = (rng.normal(size=(b, t, h, d)).astype(np.float32) for _ in range(3))
+    bias = rng.normal(size=(1, h, t, t)).astype(np.float32)  # [1, heads, query, key]
+    mask = np.ones((b, t), bool)
+    mask[1, 3:] = False
+    keep = mask[:, None, None, :]
+    r = lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float64)
+    scores = np.einsum("bqhd,bkhd->bhqk", r(q), r(k)) * 0.5 + bias
+    scores = np.where(keep, scores, -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want = np.einsum("bhqk,bkhd->bqhd", r(p), r(v)).reshape(b, t, h * d)
+    got = jax.jit(layers.attend_keys_major, static_argnums=4)(q, k, v, jnp.asarray(keep), 0.5, jnp.asarray(bias))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-2 * np.abs(want).max())
+    no_bias = layers.attend_keys_major(q, k, v, jnp.asarray(keep), 0.5)
+    assert not np.allclose(np.asarray(no_bias), np.asarray(got))
+
+
+def test_gelu_through_erf_is_the_exact_gelu():
+    """The bf16 encoders' GELU form agrees with the erf GELU computed in float64 to float32 rounding."""
+    import math
+
+    x = np.linspace(-9, 9, 2001).astype(np.float32)
+    want = np.array([0.5 * a * (1 + math.erf(a / math.sqrt(2))) for a in x.astype(np.float64)])
+    np.testing.assert_allclose(np.asarray(layers.gelu_erf(jnp.asarray(x))), want, atol=2e-6, rtol=1e-6)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-__all__ = ["ACTIVATIONS", "activation", "rotary", "apply_rotary", "attend"]
+__all__ = ["ACTIVATIONS", "activation", "gelu_erf", "rotary", "apply_rotary", "attend", "attend_keys_major"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU (BERT)
@@ -21,6 +23,14 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
+
+
+def gelu_erf(x):
+    """Exact (erf) GELU written with ``erf``: ``jax.nn.gelu(approximate=False)`` uses ``erfc``, which
+    XLA:CPU evaluates about 2x slower (both branches of its piecewise form). The two agree to 1e-6
+    in float32, far below the bf16 rounding of the FFN activation, so the bf16 encoders use this
+    one; float32 keeps ``jax.nn.gelu``'s results unchanged."""
+    return 0.5 * x * (1.0 + lax.erf(x * np.float32(np.sqrt(0.5)).astype(x.dtype)))
 
 
 def activation(name: str):
@@ -66,6 +76,26 @@ def attend(q, k, v, keep, scale: float, softcap: float | None = None, dtype=None
     scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype), preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h * d)
+
+
+def attend_keys_major(q, k, v, keep, scale: float, bias=None):
+    """Bidirectional multi-head attention with bf16 operands and float32 sums, for the bf16 encoders:
+    ``q, k, v [B,T,H,d]``, ``keep [B,1,1,T]`` bool (real keys), ``bias`` ``[1,H,T,T]`` (query, key)
+    or None -> context ``[B, T, H*d]``.
+
+    The scores are laid out ``[B, H, key, query]``: the softmax's max and sum over keys then run
+    across rows, which XLA:CPU vectorises, instead of along each row, which its tree-reduction pass
+    splits into slow ``reduce-window`` loops (those were ~15% of a bf16 MiniLM-L6 forward;
+    benchmarks/RESULTS.md). Mask and softmax stay float32, as in `attend`."""
+    b, t, h, d = q.shape
+    scores = jnp.einsum("bknd,bqnd->bnkq", k.astype(jnp.bfloat16), q.astype(jnp.bfloat16),
+                        preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        scores = scores + jnp.swapaxes(bias, -1, -2)
+    scores = jnp.where(jnp.swapaxes(keep, -1, -2), scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-2).astype(jnp.bfloat16)
+    out = jnp.einsum("bnkq,bknd->bqnd", probs, v.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
     return out.reshape(b, t, h * d)
 
 
