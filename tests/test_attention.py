@@ -74,3 +74,9 @@ def test_gelu_through_erf_is_the_exact_gelu():
     x = np.linspace(-9, 9, 2001).astype(np.float32)
     want = np.array([0.5 * a * (1 + math.erf(a / math.sqrt(2))) for a in x.astype(np.float64)])
     np.testing.assert_allclose(np.asarray(layers.gelu_erf(jnp.asarray(x))), want, atol=2e-6, rtol=1e-6)
+    import jax
+
+    pdf = np.exp(-0.5 * x.astype(np.float64) ** 2) / math.sqrt(2 * math.pi)
+    slope = want / np.where(x == 0, 1, x) + x * pdf  # cdf + x * pdf
+    slope[x == 0] = 0.5
+    np.testing.assert_allclose(np.asarray(jax.vmap(jax.grad(layers.gelu_erf))(jnp.asarray(x))), slope, atol=2e-6)
