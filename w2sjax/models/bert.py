@@ -159,7 +159,8 @@ class PostNormLayer(nnx.Module):
             norm["use_fast_variance"] = False
         self.num_heads = cfg.num_attention_heads
         self.act = cfg.hidden_act
-        # bf16 compute takes the faster attention layout and GELU form (float32 is left as it is).
+        # bf16 compute takes the CPU-friendlier path (q/k/v as one dot, bias gradients as dots, key-major
+        # bf16 attention, GELU through erf: benchmarks/RESULTS.md); float32 is left exactly as it was.
         self.bf16 = jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16)
         self.query = nnx.Linear(h, h, **lin)
         self.key = nnx.Linear(h, h, **lin)
