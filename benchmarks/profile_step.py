@@ -28,6 +28,10 @@ shared machine. Variants:
                           separate bf16 Linear layers (before `precision.gated_mlp` and
                           `precision.side_by_side`): before/after in one run
   step_bf16_unfused_qkv   step_bf16 with only the q/k/v projections as separate layers
+  step_bf16_encoder_before  step_bf16 with the BERT/MPNet blocks' bf16 path of before 2026-12-06 (separate
+                          q/k/v Linear layers, float32 attention matmuls, erfc GELU, bias gradients as sums)
+  embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
+                          of ``2 * --batch`` rows, after and before that change
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
 
@@ -50,7 +54,38 @@ from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4",
-            "step_bf16_unfused", "step_bf16_unfused_qkv")
+            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "embed_bf16",
+            "embed_bf16_encoder_before")
+
+
+def _encoder_before(module) -> None:
+    """Put every post-norm block of ``module`` on the bf16 path of before 2026-12-06 (`bert.PostNormLayer`'s
+    float32-attention branch, which bf16 encoders took then and float32 ones still take)."""
+    from flax import nnx
+
+    from w2sjax.models import bert
+
+    for _, node in nnx.iter_modules(module):
+        if isinstance(node, bert.PostNormLayer):
+            node.bf16 = False
+
+
+def _embed_call(model: str, path, layers, rows: int, t: int, before: bool):
+    """The library's embedding forward of one fixed ``[rows, t]`` batch, as the embed case of benchmarks.run."""
+    import numpy as np
+    from flax import nnx
+
+    from w2sjax.models import embed
+
+    enc = ft.jax_module(model, path, "bfloat16", layers).encoder
+    if before:
+        _encoder_before(enc)
+    graphdef, state = nnx.split(enc)
+    put, state = embed._placement(state)
+    ids = put(np.random.default_rng(0).integers(1000, enc.config.vocab_size, (rows, t)).astype(np.int32))
+    mask = put(np.ones((rows, t), np.int32))
+    blocks = embed.row_blocks(rows, t, embed._local_devices_for_batch())
+    return lambda: embed.pooled_features(graphdef, state, ids, mask, pooling="mean", blocks=blocks).block_until_ready()
 
 
 def _sdpa_attention(self, x, keep, bias=None):
@@ -259,11 +294,17 @@ def main(argv=None) -> int:
     original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
                                                            remat._remat_call)
     original_attend, original_gated, original_sbs = layers.attend, precision.gated_mlp, precision.side_by_side
-    calls, flops, holders = {}, {}, {}
+    calls, flops, holders, rows = {}, {}, {}, {}
 
     for variant in args.variants:
+        if variant.startswith("embed"):
+            calls[variant] = _embed_call(args.model, path, args.layers, 2 * b, t, variant.endswith("before"))
+            flops[variant], rows[variant] = shape.forward_flops(t), 2 * b
+            continue
         dtype = "bfloat16" if ("bf16" in variant or variant == "step_nodonate") else "float32"
         module = ft.jax_module(args.model, path, dtype, args.layers)
+        if variant == "step_bf16_encoder_before":
+            _encoder_before(module)
         if "remat" in variant:
             remat.checkpoint_blocks(module)
         model, state = train.init_state(module, "all")
@@ -356,11 +397,12 @@ def main(argv=None) -> int:
     for variant, ts in times.items():
         sec, med = min(ts), statistics.median(ts)
         rec = {"case": "profile", "impl": "torch" if variant.startswith("torch") else "jax", "model": args.model,
-               "variant": variant, "batch": b, "seq": t, "layers": shape.layers,
+               "variant": variant, "batch": rows.get(variant, b), "seq": t, "layers": shape.layers,
                "mesh": dict(mesh.shape), "peak_rss_mb": _peak_rss_mb(),
                "seconds": round(sec, 4), "median_s": round(med, 4), "times_s": [round(x, 4) for x in ts],
                "cpu_s": [round(x, 3) for x in cpu[variant][-len(ts):]],  # the timed rounds, not the warm-up
-               "examples_per_s": round(b / sec, 2), "gflops": round(b * flops[variant] / sec / 1e9, 1),
+               "examples_per_s": round(rows.get(variant, b) / sec, 2),
+               "gflops": round(rows.get(variant, b) * flops[variant] / sec / 1e9, 1),
                "loadavg_before": before, "loadavg_after": after}
         if base is not None:
             rec["speed_vs_step_bf16_min"] = round(min(base) / sec, 3)
@@ -369,7 +411,7 @@ def main(argv=None) -> int:
             rec["speed_vs_torch_bf16_min"] = round(min(torch_times) / sec, 3)
             rec["speed_vs_torch_bf16_median"] = round(statistics.median(torch_times) / med, 3)
         if peak:
-            rec.update(peak_gflops=round(peak / 1e9, 1), mfu=round(b * flops[variant] / sec / peak, 3))
+            rec.update(peak_gflops=round(peak / 1e9, 1), mfu=round(rows.get(variant, b) * flops[variant] / sec / peak, 3))
         if variant in holders:  # every step variant ran the same steps on the same batch
             rec["loss_after_steps"] = float(holders[variant]["m"]["loss"])
             if "step_bf16" in holders:

@@ -369,9 +369,9 @@ def test_every_student_stage_below_a_majority_its_ceiling_beats_is_warned_at_the
                 assert [int(s) for s in re.findall(r"seed (\d+):", line)] == sorted(flagged[weak, loss])
 
 
-def test_decoder_cache_keys_are_versioned_in_bfloat16_alone():
-    """The bf16 attention matmuls changed decoders' bf16 states: their feature keys (and so their
-    top:K bottoms) name version 2. Their float32 keys and every encoder's stay at version 1."""
+def test_cache_keys_are_versioned_in_bfloat16_alone():
+    """The bf16 attention matmuls changed decoders' and encoders' bf16 states: their feature keys (and
+    so their top:K bottoms) name version 2. Their float32 keys stay at version 1."""
     from w2sjax import assets
 
     smol = "-w" + assets.content_hash("smollm2-135m")[:16]
@@ -379,10 +379,11 @@ def test_decoder_cache_keys_are_versioned_in_bfloat16_alone():
         "smollm2-135m-last-len96-bfloat16-v2" + smol
     assert get_model("smollm2-135m", max_len=96).featurizer.key == "smollm2-135m-last-len96-v1" + smol
     for encoder in ("minilm-l6", "mpnet-base"):
-        assert get_model(encoder, max_len=128, dtype="bfloat16").featurizer.key.split("-w")[0].endswith("-bfloat16-v1")
+        assert get_model(encoder, max_len=128, dtype="bfloat16").featurizer.key.split("-w")[0].endswith("-bfloat16-v2")
+        assert get_model(encoder, max_len=128).featurizer.key.split("-w")[0].endswith("-len128-v1")
     hf_decoder = hf.model_spec(f"hf:{FIXTURES / 'llama_gqa_tied'}", max_len=32, dtype="bfloat16", progress=False)
     hf_encoder = hf.model_spec(f"hf:{FIXTURES / 'bert'}", max_len=32, dtype="bfloat16", progress=False)
-    assert "-bfloat16-v2-w" in hf_decoder.featurizer.key and "-bfloat16-v1-w" in hf_encoder.featurizer.key
+    assert "-bfloat16-v2-w" in hf_decoder.featurizer.key and "-bfloat16-v2-w" in hf_encoder.featurizer.key
     bottom = bottoms.Bottom(get_model("smollm2-135m", max_len=96, dtype="bfloat16"), 2, num_classes=2,
                             dtype="bfloat16", task_name="t", cache_dir="/nonexistent", progress=False)
     assert bottom.key == "top2-smollm2-135m-last-len96-bfloat16-v2" + smol + "-b1"

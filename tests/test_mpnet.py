@@ -96,6 +96,35 @@ def test_tiny_classifier_is_a_linear_head_on_the_mean_of_real_tokens(tiny):
     np.testing.assert_allclose(np.asarray(out), want, atol=1e-5)
 
 
+def test_bf16_gradients_stay_close_to_float32_and_ignore_padding(tiny):
+    """The bf16 block path (fused biased projections, key-major bf16 attention with the relative
+    bias, erf GELU): the loss gradients of every parameter, the relative-position table included,
+    stay within bf16 noise of the float32 ones, and padded keys still change nothing."""
+    f32 = tiny
+    state = nnx.state(f32)
+    bf16 = nnx.eval_shape(lambda: mpnet.MPNetEncoder(f32.config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    nnx.update(bf16, state)
+    ids = jnp.array([[0, 11, 12, 13, 2, 1, 1], [0, 21, 22, 23, 24, 25, 2]])
+    mask = (ids != 1).astype(jnp.int32)
+
+    def grads(enc):
+        graphdef, params = nnx.split(enc)
+        loss = lambda p: jnp.sum(nnx.merge(graphdef, p).embed(ids, mask, normalize=False) ** 2)
+        return jax.jit(jax.grad(loss))(params)
+
+    g32, g16 = jax.tree.leaves(grads(f32)), jax.tree.leaves(grads(bf16))
+    flat32, flat16 = (np.concatenate([np.ravel(a) for a in g]) for g in (g32, g16))
+    assert np.linalg.norm(flat16 - flat32) < 0.02 * np.linalg.norm(flat32)
+    # Per parameter, against the largest gradient: the key bias's true gradient is zero, its bf16 one is noise.
+    for a, b in zip(g32, g16):
+        assert float(jnp.abs(a - b).max()) < 0.02 * np.abs(flat32).max()
+    assert float(jnp.abs(nnx.state(bf16)["relative_bias"]["embedding"][...]).max()) > 0
+    emb = _jit(bf16, lambda m, i, k: m.embed(i, k))
+    padded = jnp.concatenate([ids[:1, :5], jnp.ones((1, 9), ids.dtype)], axis=1)
+    np.testing.assert_allclose(emb(padded, (padded != 1).astype(jnp.int32)), emb(ids[:1, :5], mask[:1, :5]),
+                               atol=1e-6)
+
+
 def test_too_long_sequence_is_rejected(tiny):
     # 40 positions, pad id 1 -> 38 usable
     with pytest.raises(ValueError, match="positions"):
@@ -131,6 +160,15 @@ def test_embeddings_match_sentence_transformers(loaded, ref):
     ids2, mask2 = tok.encode(list(ref["sentences"]), 256)
     emb2 = np.asarray(fwd(jnp.asarray(ids2), jnp.asarray(mask2))[2])
     np.testing.assert_allclose(emb2, ref["embeddings"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_bfloat16_embeddings_are_close_to_sentence_transformers(mpnet_dir, ref):
+    enc = mpnet.load_mpnet_encoder(mpnet_dir, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    emb = np.asarray(_jit(enc, lambda m, i, k: m.embed(i, k))(jnp.asarray(ref["input_ids"]),
+                                                              jnp.asarray(ref["attention_mask"])))
+    cos = (emb * ref["embeddings"]).sum(1)  # both unit length
+    assert cos.min() > 0.999 and np.abs(emb - ref["embeddings"]).max() < 0.02, (cos.min(), np.abs(emb - ref["embeddings"]).max())
 
 
 @pytest.mark.slow

@@ -222,3 +222,34 @@ def test_side_by_side_projections_match_numpy_and_fall_back_for_biases():
     for layers_ in (plain, biased):
         for got, layer in zip(precision.side_by_side(xj, *layers_), layers_):
             np.testing.assert_allclose(np.asarray(got), np.asarray(layer(xj)), atol=1e-5)
+
+
+def test_biased_projections_match_numpy_and_fall_back_for_other_layers():
+    """The encoders' biased projections (`precision.dense`, q, k and v as one dot): outputs, dx, the
+    weight gradients (bf16-rounded operands and cotangents) and the bias gradients (float32 sums of
+    the cotangents) against float64 numpy."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    ws = tuple(rng.normal(size=(8, n)).astype(np.float32) for n in (6, 2))
+    bs = tuple(rng.normal(size=(n,)).astype(np.float32) for n in (6, 2))
+    gs = tuple(rng.normal(size=(2, 3, n)).astype(np.float32) for n in (6, 2))
+    outs, pull = jax.vjp(precision._biased, x, ws, bs)
+    dx, dws, dbs = pull(tuple(map(jnp.asarray, gs)))
+    x16 = _bf16(x)
+    for out, w, b in zip(outs, ws, bs):
+        np.testing.assert_allclose(np.asarray(out), x16 @ _bf16(w) + b, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dx), sum(_bf16(g) @ _bf16(w).T for g, w in zip(gs, ws)), atol=1e-4)
+    for dw, db, g in zip(dws, dbs, gs):
+        np.testing.assert_allclose(np.asarray(dw), np.einsum("btd,btn->dn", x16, _bf16(g)), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(db), g.astype(np.float64).sum((0, 1)), atol=1e-5)
+        assert dw.dtype == db.dtype == jnp.float32
+
+    rngs = nnx.Rngs(0)
+    biased = [nnx.Linear(8, n, rngs=rngs, **precision.linear_kwargs(jnp.bfloat16)) for n in (6, 2)]
+    plain = [nnx.Linear(8, n, use_bias=False, rngs=rngs, **precision.linear_kwargs(jnp.bfloat16)) for n in (6, 2)]
+    f32 = [nnx.Linear(8, n, rngs=rngs) for n in (6, 2)]
+    xj = jnp.asarray(x)
+    assert "8x8xbf16" in jax.jit(lambda x: precision.dense(x, *biased)).lower(xj).as_text()
+    for layers_ in (biased, plain, f32):
+        for got, layer in zip(precision.dense(xj, *layers_), layers_):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(layer(xj)), atol=1e-5)

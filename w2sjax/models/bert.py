@@ -159,6 +159,9 @@ class PostNormLayer(nnx.Module):
             norm["use_fast_variance"] = False
         self.num_heads = cfg.num_attention_heads
         self.act = cfg.hidden_act
+        # bf16 compute takes the CPU-friendlier path (q/k/v as one dot, bias gradients as dots, key-major
+        # bf16 attention, GELU through erf: benchmarks/RESULTS.md); float32 is left exactly as it was.
+        self.bf16 = jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16)
         self.query = nnx.Linear(h, h, **lin)
         self.key = nnx.Linear(h, h, **lin)
         self.value = nnx.Linear(h, h, **lin)
@@ -172,6 +175,10 @@ class PostNormLayer(nnx.Module):
         b, t, h = x.shape
         d = h // self.num_heads
         split = lambda y: y.reshape(b, t, self.num_heads, d)
+        if self.bf16:
+            q, k, v = map(split, precision.dense(x, self.query, self.key, self.value))
+            ctx = layers.attend_keys_major(q, k, v, keep, 1 / math.sqrt(d), bias)
+            return precision.dense(ctx, self.attn_out)[0]
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
         if bias is not None:
@@ -186,7 +193,11 @@ class PostNormLayer(nnx.Module):
         """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
         # The residual stream stays float32; only matmul outputs are `dtype`.
         x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
-        y = self.ffn_out(layers.ACTIVATIONS[self.act](self.ffn_in(x)))
+        if self.bf16:
+            act = layers.gelu_erf if self.act == "gelu" else layers.ACTIVATIONS[self.act]
+            y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
+        else:
+            y = self.ffn_out(layers.ACTIVATIONS[self.act](self.ffn_in(x)))
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 

@@ -34,8 +34,12 @@ __all__ = ["BucketedFeaturizer", "bucket_lengths", "fit_buckets", "mean_pool", "
 _FEATURE_VERSION = 1  # bump when the computation changes, to invalidate caches
 # Decoders (last-token pooling) in bfloat16: their attention matmuls moved to bf16 operands with
 # float32 sums (2026-12-06), which changed their bf16 states (and the top:K bottoms keyed by them).
-# Their float32 states, and every encoder's, did not change, so those keys stay at version 1.
+# Their float32 states did not change, so those keys stay at version 1.
 _DECODER_BF16_VERSION = 2
+# Encoders (mean pooling) in bfloat16: the same move of their attention matmuls to bf16 operands,
+# and GELU through erf instead of erfc (2026-12-06), changed their bf16 states within bf16 rounding.
+# Their float32 states did not change.
+_ENCODER_BF16_VERSION = 2
 
 
 # Tokens per forward block, over all devices. A batch runs as a loop over row blocks this size
@@ -194,8 +198,10 @@ class BucketedFeaturizer:
         return "-".join(parts + [f"v{self.version()}", f"w{self.weights_hash()[:16]}"])
 
     def version(self) -> int:
-        """The computation's version in the key: `_DECODER_BF16_VERSION` for a decoder in bf16."""
-        return _DECODER_BF16_VERSION if self.pooling == "last" and self.dtype == "bfloat16" else _FEATURE_VERSION
+        """The computation's version in the key: `_DECODER_BF16_VERSION` or `_ENCODER_BF16_VERSION` in bf16."""
+        if self.dtype != "bfloat16":
+            return _FEATURE_VERSION
+        return _DECODER_BF16_VERSION if self.pooling == "last" else _ENCODER_BF16_VERSION
 
     def weights_hash(self) -> str:
         """sha256 of the checkpoint's files (`w2sjax.runner.hashes.content_hash`; a packaged asset's comes

@@ -7,10 +7,14 @@ instead of NaN).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-__all__ = ["ACTIVATIONS", "activation", "rotary", "apply_rotary", "attend"]
+__all__ = ["ACTIVATIONS", "activation", "gelu_erf", "rotary", "apply_rotary", "attend", "attend_keys_major"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU (BERT)
@@ -21,6 +25,29 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
+
+
+@jax.custom_jvp
+def gelu_erf(x):
+    """Exact (erf) GELU written with ``erf``: ``jax.nn.gelu(approximate=False)`` uses ``erfc``, which
+    XLA:CPU evaluates about 2x slower (both branches of its piecewise form). The two agree to 1e-6
+    in float32, far below the bf16 rounding of the FFN activation, so the bf16 encoders use this
+    one; float32 keeps ``jax.nn.gelu``'s results unchanged. Its derivative ``cdf + x * pdf`` is
+    formed in the forward pass that already evaluates ``erf``, and kept for the backward, which
+    then is one multiply instead of a second ``erf`` and an ``exp`` over the FFN activations."""
+    return x * _normal_cdf(x)
+
+
+def _normal_cdf(x):
+    return 0.5 * (1.0 + lax.erf(x * np.float32(np.sqrt(0.5)).astype(x.dtype)))
+
+
+@gelu_erf.defjvp
+def _gelu_erf_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = _normal_cdf(x)
+    pdf = jnp.exp(-0.5 * x * x) * np.float32(1 / np.sqrt(2 * np.pi)).astype(x.dtype)
+    return x * cdf, (cdf + x * pdf) * t
 
 
 def activation(name: str):
@@ -67,6 +94,59 @@ def attend(q, k, v, keep, scale: float, softcap: float | None = None, dtype=None
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.astype(dtype), preferred_element_type=jnp.float32)
     return out.reshape(b, t, h * d)
+
+
+def attend_keys_major(q, k, v, keep, scale: float, bias=None):
+    """Bidirectional multi-head attention with bf16 operands and float32 sums, for the bf16 encoders:
+    ``q, k, v [B,T,H,d]``, ``keep [B,1,1,T]`` bool (real keys), ``bias`` ``[1,H,T,T]`` (query, key)
+    or None -> context ``[B, T, H*d]``.
+
+    The scores are laid out ``[B, H, key, query]``: the softmax's max and sum over keys then run
+    across rows, which XLA:CPU vectorises, instead of along each row, which its tree-reduction pass
+    splits into slow ``reduce-window`` loops (those were ~15% of a bf16 MiniLM-L6 forward;
+    benchmarks/RESULTS.md). Mask and softmax stay float32, as in `attend`. The backward pass
+    (`_keys_major`) rounds its cotangents to bf16 as the Linear layers' does (`precision`), so all
+    four of its matmuls run on bf16 operands too; autodiff would leave them in float32."""
+    b, t, h, d = q.shape
+    bias_t = jnp.zeros((1, 1, 1, 1), jnp.float32) if bias is None else jnp.swapaxes(bias, -1, -2)
+    out = _keys_major(scale, q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+                      jnp.swapaxes(keep, -1, -2), bias_t.astype(jnp.float32))
+    return out.reshape(b, t, h * d)
+
+
+def _bf16_einsum(spec, a, b):
+    return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def _keys_major_fwd(scale, q, k, v, keep_t, bias_t):
+    q16, k16, v16 = (a.astype(jnp.bfloat16) for a in (q, k, v))
+    scores = _bf16_einsum("bknd,bqnd->bnkq", k16, q16) * scale + bias_t
+    scores = jnp.where(keep_t, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-2)
+    p16 = probs.astype(jnp.bfloat16)
+    out = _bf16_einsum("bnkq,bknd->bqnd", p16, v16)
+    return out, (q16, k16, v16, probs, p16, jnp.zeros(bias_t.shape + (0,), bias_t.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _keys_major(scale, q, k, v, keep_t, bias_t):
+    return _keys_major_fwd(scale, q, k, v, keep_t, bias_t)[0]
+
+
+def _keys_major_bwd(scale, res, dout):
+    q16, k16, v16, probs, p16, bias_shape = res
+    do16 = dout.astype(jnp.bfloat16)
+    dv = _bf16_einsum("bnkq,bqnd->bknd", p16, do16)
+    dp = _bf16_einsum("bqnd,bknd->bnkq", do16, v16)
+    ds = probs * (dp - jnp.sum(probs * dp, axis=-2, keepdims=True))  # softmax's backward, float32
+    dq = _bf16_einsum("bnkq,bknd->bqnd", ds * scale, k16)
+    dk = _bf16_einsum("bnkq,bqnd->bknd", ds * scale, q16)
+    # The bias is shared by the batch (and, when there is none, the zero stand-in by everything).
+    dbias = jnp.sum(ds, axis=tuple(i for i, n in enumerate(bias_shape.shape[:-1]) if n == 1), keepdims=True)
+    return dq, dk, dv, None, dbias
+
+
+_keys_major.defvjp(_keys_major_fwd, _keys_major_bwd)
 
 
 def decoder_mask(attention_mask, sliding_window: int | None = None):

@@ -195,3 +195,63 @@ def side_by_side(x, *layers):
     if not all(_plain_bf16(layer) for layer in layers):
         return tuple(layer(x) for layer in layers)
     return _side_by_side(x.astype(jnp.float32), tuple(layer.kernel[...] for layer in layers))
+
+
+# ---------------------------------------------------------------- biased projections (the encoders)
+
+
+def _token_sum(g):
+    """``g`` summed over every leading (token) axis, float32, as a dot with a row of ones: XLA:CPU
+    splits ``jnp.sum`` over the tokens into a tree of ``reduce-window`` loops that ran about 14x
+    slower on a ``[2048, 3072]`` cotangent (the bias gradients were ~6% of a bf16 MPNet-base step;
+    benchmarks/RESULTS.md). Float32 throughout: only the order of the sum differs."""
+    g2 = g.reshape(-1, g.shape[-1]).astype(jnp.float32)
+    return _dot(jnp.ones((1, g2.shape[0]), jnp.float32), g2, ((1,), (0,)))[0]
+
+
+def _biased_fwd(x, kernels, biases):
+    x16 = x.astype(jnp.bfloat16)
+    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
+    y = _dot(x16, w16, ((x.ndim - 1,), (0,))) + jnp.concatenate(biases).astype(jnp.float32)
+    ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
+    # Zero-size arrays carry each kernel's and bias's width and dtype, and x's dtype, to the backward.
+    shapes = tuple(jnp.zeros((0, k.shape[1]), k.dtype) for k in kernels)
+    bias_dtypes = tuple(jnp.zeros((0,), b.dtype) for b in biases)
+    return tuple(jnp.split(y, ends, axis=-1)), (x16, w16, shapes, bias_dtypes, jnp.zeros((0,), x.dtype))
+
+
+@jax.custom_vjp
+def _biased(x, kernels, biases):
+    return _biased_fwd(x, kernels, biases)[0]
+
+
+def _biased_bwd(res, gs):
+    x16, w16, shapes, bias_dtypes, x_dt = res
+    g = gs[0] if len(gs) == 1 else jnp.concatenate(gs, axis=-1)
+    g16 = g.astype(jnp.bfloat16)
+    dx = _dot(g16, w16, ((g16.ndim - 1,), (1,)))
+    ends = np.cumsum([s.shape[1] for s in shapes])[:-1]
+    dws = jnp.split(_tokens_dot(x16, g16), ends, axis=1)
+    dbs = jnp.split(_token_sum(g), ends)
+    return (dx.astype(x_dt.dtype), tuple(dw.astype(s.dtype) for dw, s in zip(dws, shapes)),
+            tuple(db.astype(d.dtype) for db, d in zip(dbs, bias_dtypes)))
+
+
+_biased.defvjp(_biased_fwd, _biased_bwd)
+
+
+def _biased_bf16(layer) -> bool:
+    return (isinstance(layer, nnx.Linear) and layer.bias is not None
+            and getattr(layer, "dot_general", None) is bf16_dot_general)
+
+
+def dense(x, *layers):
+    """``tuple(layer(x) for layer in layers)`` for biased bf16 ``nnx.Linear`` layers (the encoders'
+    projections): one dot over their kernels side by side (q, k and v together), the float32 bias
+    added to its float32 result, and in the backward one dot for dx, one for every weight gradient
+    and one for every bias gradient (`_token_sum`). The same arithmetic as the layers; anything
+    else (float32, LoRA adapters, bias-free layers) runs as it is."""
+    if not all(_biased_bf16(layer) for layer in layers):
+        return tuple(layer(x) for layer in layers)
+    return _biased(x.astype(jnp.float32), tuple(layer.kernel[...] for layer in layers),
+                   tuple(layer.bias[...] for layer in layers))
