@@ -509,7 +509,8 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
-    feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
+    feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets, total=total,
+                    compile_cost=cfg.compile_cost_steps)
     start = total if bool(state.finished) else int(state.step)
     if getattr(log, "rewind", None) is not None:  # a killed run's lines after the restored step: logged again below
         log.rewind(stage, int(state.step))

@@ -188,11 +188,13 @@ class Runner:
         sources = dict(sources or {})
         named = lambda key, array: sources.get(key) or (None if array is None else stage_keys.digest(array))
         early = bool(cfg.early_stopping and len(val_rows))
+        options = self.inputs.options(model, frozen_features=frozen_features)
+        tokens = options["mode"] != "probe" and "max_len" in options  # a finetuned text backbone
         return {
             "task": {"name": self.task.name, "data": self.task.fingerprint, "shift": self.config.options.shift},
             "seed": seed,
-            "model": self.inputs.options(model, frozen_features=frozen_features),
-            "train": stage_keys.train_settings(cfg, loss),
+            "model": options,
+            "train": stage_keys.train_settings(cfg, loss, tokens=tokens),
             "loss": loss,
             "rows": named("rows", rows),
             "labels": named("labels", labels),
