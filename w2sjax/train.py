@@ -509,8 +509,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
-    feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets, total=total,
-                    compile_cost=cfg.compile_cost_steps)
+    feed = stage_feed(data, cfg, batch_size, total, seed, mesh, chunk)
     start = total if bool(state.finished) else int(state.step)
     if getattr(log, "rewind", None) is not None:  # a killed run's lines after the restored step: logged again below
         log.rewind(stage, int(state.step))
@@ -542,6 +541,14 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     _log_step(log, {"stage": stage, "step": step, "utilisation": "stage"}, None, meter)
     state = _final_state(state, cfg, stage, resumed_from, replicated, validated=val is not None)
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def stage_feed(data: ArrayData, cfg: TrainConfig, batch_size: int, total: int, seed: int, mesh: Mesh,
+               chunk: int) -> HostFeed:
+    """The batches of a stage of ``total`` steps, bucketed and padded to its compiled lengths as
+    ``cfg`` says (`w2sjax.data.length_buckets`); `precompile` compiles the programs of the same feed."""
+    return HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets, total=total,
+                    compile_cost=cfg.compile_cost_steps)
 
 
 def _log_step(log, line: dict, step_metrics: dict | None, meter) -> None:

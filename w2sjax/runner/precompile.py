@@ -157,13 +157,11 @@ def _with_length(stacked: dict, length: int | None, max_len: int) -> dict:
 
 def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int) -> list[concurrent.futures.Future]:
     from w2sjax import train
-    from w2sjax.data.feed import HostFeed
 
     batch_size, total, _ = train._stage_length(len(data), cfg, mesh, validated=False)
     state_arg, batches, *rest = _train_args(model, state, data.take(np.zeros(1, np.int64)), len(data), cfg=cfg,
                                             loss=loss, mesh=mesh, seed=seed)
-    feed = HostFeed(data, batch_size, seed, mesh, train._chunk_size(cfg), buckets=cfg.length_buckets, total=total,
-                    compile_cost=cfg.compile_cost_steps)
+    feed = train.stage_feed(data, cfg, batch_size, total, seed, mesh, train._chunk_size(cfg))
     futures = []
     for length in sorted(feed.lengths(0, total), key=lambda n: -1 if n is None else n):
         stacked = {**batches, "inputs": _with_length(batches["inputs"], length, feed.max_len)} if length else batches
