@@ -116,7 +116,8 @@ def test_a_stage_resumed_mid_way_equals_one_run_through(tmp_path):
     fit = lambda cfg, ckpt=None: train.fit(_TokenBag(rngs=nnx.Rngs(0)), data, cfg=cfg, loss="xent", mesh=mesh, seed=0,
                                            progress=False, ckpt=ckpt)
     params = lambda res: jax.tree.map(np.asarray, res.state.params)
-    through = params(fit(cfg))
+    through_fit = fit(cfg)
+    through = params(through_fit)
 
     stage = _OrbaxStage(tmp_path, "stage")
     save = stage.save
@@ -137,6 +138,7 @@ def test_a_stage_resumed_mid_way_equals_one_run_through(tmp_path):
     assert feed(4.0).lengths(0, 36) < feed(0.0).lengths(0, 36)  # fewer programs: the policy is active here
     per_bucket = params(fit(train.TrainConfig(epochs=3, batch_size=16, lr=1e-2, compile_cost_steps=0.0)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), per_bucket, through)
+    _predict_check(through_fit, data, mesh)
 
 
 def test_a_bad_compile_cost_is_a_one_line_config_error():
@@ -145,3 +147,16 @@ def test_a_bad_compile_cost_is_a_one_line_config_error():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match=r"^train\.compile_cost_steps: expected a number >= 0"):
             TrainConfig(compile_cost_steps=bad)
+
+
+def _predict_check(fitted, data, mesh):
+    """Predictions padded to a stage's compiled lengths match the per-bucket ones (masked padding)."""
+    from w2sjax import train
+
+    cfg = train.TrainConfig(batch_size=16, compile_cost_steps=20.0)
+    buckets = train.predict_buckets([data.inputs], cfg, mesh)
+    per_bucket = {n for _, n in train.predict_batches(data.inputs, batch_size=train.predict_rows(cfg), mesh=mesh)[2]}
+    assert isinstance(buckets, tuple) and set(buckets) < per_bucket  # fewer predict programs
+    assert train.predict_buckets([data.inputs], train.TrainConfig(compile_cost_steps=0.0), mesh) is True
+    run = lambda b: train.predict(fitted.predict_step, fitted.state, data.inputs, mesh=mesh, batch_size=64, buckets=b)
+    np.testing.assert_allclose(run(buckets), run(True), atol=1e-6)

@@ -31,6 +31,8 @@ order stay as above, only some are padded further, and padded positions are mask
 minimises ``|S| * C + sum over steps of (its compiled length / max_len)`` over the whole
 stage's plan, which is known ahead, so it is a pure function of the plan and ``C`` (never of
 what happens to be compiled already): reruns and resumes pad every step alike.
+A stage's predictions choose their lengths the same way over all their batches
+(`w2sjax.train.predict_buckets`).
 """
 
 from __future__ import annotations
