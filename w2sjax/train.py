@@ -388,7 +388,7 @@ def predict_rows(cfg: TrainConfig) -> int:
 # 2026-12-06: ~0.7-0.9 s against ~4 s), and a batch of PREDICT_ROWS rows at max_len about two
 # thirds of a train step (a forward of 64 rows against a forward and backward of 32): so a
 # compile costs ~0.3x as many predict batches as train steps.
-PREDICT_COMPILE_SHARE = 0.3
+PREDICT_COMPILE_SHARE = 0.12
 
 
 def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | tuple[int, ...]:
