@@ -129,7 +129,7 @@ def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs(cost, prog
     names = lambda: sorted(p["name"] for p in compile_stats.programs(start) if p["name"] in ("train_loop", "predict_step"))
     ahead = names()
     # 24 steps at 16 and 26 at 32; at cost 20 all 50 run at 32 (20 + 50 full steps against 2 x 20 + 12 + 26),
-    # and so do the 4 predict batches (16, 32, 32, 32: at 0.3 x 20 per program, 6 + 4 against 12 + 3.5)
+    # and so do the 4 predict batches (16, 32, 32, 32: at 0.12 x 20 per program, 2.4 + 4 against 4.8 + 3.5)
     assert ahead.count("train_loop") == programs and ahead.count("predict_step") == programs
     assert len(futures) == len(ahead)
     fitted = train.fit(TinyTokens(rngs=nnx.Rngs(0)), data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)

@@ -384,10 +384,9 @@ def predict_rows(cfg: TrainConfig) -> int:
     return max(cfg.batch_size, PREDICT_ROWS)
 
 
-# A predict program costs about a fifth of a train program to compile (MiniLM-L6 on 2 CPUs,
-# 2026-12-06: ~0.7-0.9 s against ~4 s), and a batch of PREDICT_ROWS rows at max_len about two
-# thirds of a train step (a forward of 64 rows against a forward and backward of 32): so a
-# compile costs ~0.3x as many predict batches as train steps.
+# A predict program costs ~1 s to compile (MiniLM-L6 on 2 CPUs, 2026-12-06), about one and a
+# half batches of PREDICT_ROWS rows at max_len, and a sweep's stages share it: measured cold
+# sweeps (benchmarks/RESULTS.md) favoured 0.12 of the train compile cost over 0.3.
 PREDICT_COMPILE_SHARE = 0.12
 
 
