@@ -138,9 +138,12 @@ def base_config(protocol):
                         balance=balance == "all", balance_train=balance == "train"),
         weak_models=tuple(protocol["supervisors"]), losses=tuple(protocol["losses"]),
         strong_mode="finetune", precision=r.get("precision", "float32"),
-        weak_train=TrainConfig(**r["supervisor"]),
-        # the lr is each student's own (protocol students[].lr, chosen by the pilot); a part sets it
+        weak_train=TrainConfig(**{"compile_cost_steps": 0.0, **r["supervisor"]}),
+        # the lr is each student's own (protocol students[].lr, chosen by the pilot); a part sets it.
+        # compile_cost_steps: the protocols were registered with one program per length bucket, so
+        # that stays unless a protocol names the field (it changes outputs by float noise).
         train=StudentTrainConfig(epochs=st["epochs"], batch_size=st["batch_size"], lr=st.get("lr", 1e-4),
+                                 compile_cost_steps=st.get("compile_cost_steps", 0.0),
                                  early_stopping=st["early_stopping"], eval_every=st["eval_every"],
                                  patience=st.get("patience", 0), log_every=st.get("log_every", st["eval_every"]),
                                  loss=LossConfig(alpha_max=st["alpha_max"], conf_warmup_frac=st["conf_warmup_frac"])),

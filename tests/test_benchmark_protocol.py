@@ -785,3 +785,22 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "run" / "artefacts" / "vader_tweets.json").is_file()
+
+
+# sha256 of the sorted checkpoint names (name--fingerprint) of every stage of the vader_tweets parts,
+# recorded on 2026-12-06 from main at 7c9422c, before train.compile_cost_steps existed.
+PINNED_STAGE_NAMES = {
+    "benchmark_protocol.json": (94, "135ee7f73f40dfdad4bd6f8dfc27078c5028ade52b5e3f585498235cc632dcd7"),
+    "benchmark_protocol_decoders.json": (42, "752e8a141ca6aa5e71860ea5be9d1dd5fbeef59f988a7358620d927009f1c413"),
+}
+
+
+def test_the_registered_runs_keep_their_stage_names(bench, tmp_path):
+    """Compiled lengths (train.compile_cost_steps) change outputs by float noise, so a run that
+    registered before them keeps one program per length bucket and every stage's name."""
+    for name, (count, want) in PINNED_STAGE_NAMES.items():
+        p = protocol_lib.load(ROOT / "experiments" / name)
+        plan = bench["Plan"](p, ["vader_tweets"])
+        assert plan.base.train.compile_cost_steps == 0
+        names = sorted(n for part in plan.stages(tmp_path / name).values() for n in part)
+        assert (len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()) == (count, want), name

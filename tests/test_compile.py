@@ -108,15 +108,19 @@ class TinyTokens(nnx.Module):  # token inputs, as a finetuned text model takes t
         return self.head((self.embed(inputs["input_ids"]) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0))
 
 
-def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs():
-    """Every length bucket's train program and every predict program, compiled side by side before
-    the stage trains: training and predicting afterwards compile nothing more."""
+@pytest.mark.parametrize("cost, programs", [(0.0, 2), (20.0, 1)])
+def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs(cost, programs):
+    """Every compiled length's train program (each length bucket's, with ``cost`` 0) and every
+    predict program, compiled side by side before the stage trains: training and predicting
+    afterwards compile nothing more."""
+    jax.clear_caches()  # each case compiles its own programs (a case before may have compiled some)
+    precompile.forget()
     rng = np.random.default_rng(3)
     n, max_len = 200, 32
     mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
     inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
     data = train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
-    cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2), parallel.make_mesh()
+    cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2, compile_cost_steps=cost), parallel.make_mesh()
     start = compile_stats.install()
     futures = precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
                                        seed=0, trainable="all")
@@ -124,10 +128,13 @@ def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs():
         future.result()
     names = lambda: sorted(p["name"] for p in compile_stats.programs(start) if p["name"] in ("train_loop", "predict_step"))
     ahead = names()
-    assert ahead.count("train_loop") == 2 and ahead.count("predict_step") >= 2  # lengths 16 and 32 both occur
+    # 24 steps at 16 and 26 at 32; at cost 20 all 50 run at 32 (20 + 50 full steps against 2 x 20 + 12 + 26),
+    # and so do the 4 predict batches (16, 32, 32, 32: at 0.12 x 20 per program, 2.4 + 4 against 4.8 + 3.5)
+    assert ahead.count("train_loop") == programs and ahead.count("predict_step") == programs
     assert len(futures) == len(ahead)
     fitted = train.fit(TinyTokens(rngs=nnx.Rngs(0)), data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
-    train.predict(fitted.predict_step, fitted.state, inputs, mesh=mesh, batch_size=train.predict_rows(cfg))
+    train.predict(fitted.predict_step, fitted.state, inputs, mesh=mesh, batch_size=train.predict_rows(cfg),
+                  buckets=train.predict_buckets([inputs], cfg, mesh))  # as the stage predicts
     assert names() == ahead  # nothing compiled in place
     assert precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
                                      seed=0, trainable="all") == []  # asked again: nothing to do

@@ -157,6 +157,18 @@ def test_train_settings_keep_only_what_changes_outputs():
     assert train_settings(dataclasses.replace(cfg, early_stopping=True), "xent")["patience"] == 0
 
 
+def test_compiled_lengths_enter_only_finetuned_text_stages_that_use_them():
+    """``compile_cost_steps`` pads token batches further (float noise): it counts for a finetuned
+    text backbone with length buckets, and 0 (one program per bucket) keeps the older fingerprints."""
+    cfg = StudentTrainConfig()
+    assert train_settings(cfg, "xent", tokens=True)["compile_cost_steps"] == cfg.compile_cost_steps > 0
+    per_bucket = dataclasses.replace(cfg, compile_cost_steps=0.0)
+    assert "compile_cost_steps" not in train_settings(per_bucket, "xent", tokens=True)
+    assert train_settings(per_bucket, "xent", tokens=True) == train_settings(cfg, "xent")  # only the field differs
+    assert "compile_cost_steps" not in train_settings(cfg, "xent")  # probes and other inputs: no effect
+    assert "compile_cost_steps" not in train_settings(dataclasses.replace(cfg, length_buckets=False), "xent", tokens=True)
+
+
 # Fingerprints of the default student settings, recorded on 2026-12-06 before the losses moved to
 # one registry (w2sjax.losses.LOSSES): a change here orphans every saved checkpoint of that loss.
 PINNED_FINGERPRINTS = {

@@ -47,12 +47,15 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
     length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length), in training and in predictions; false pads every batch to max_len
+    compile_cost_steps: float = 4.0  # token inputs with length_buckets: a stage compiles only some of the bucket lengths its batches use, each batch padded up to the next compiled one, choosing them to minimise programs x this + the steps weighted by length / max_len (a MiniLM-L6 train program costs about 8 steps at 32x128 to compile on 2 CPUs, shared by the stages of a sweep); its predictions choose their lengths alike; 0 = one program per bucket length
 
     def __post_init__(self):
         if self.batch_size <= 0:
             raise ConfigError(f"train.batch_size: expected a positive integer, got {self.batch_size}")
         if not self.epochs > 0:
             raise ConfigError(f"train.epochs: expected a positive number, got {self.epochs}")
+        if not 0 <= self.compile_cost_steps < math.inf:
+            raise ConfigError(f"train.compile_cost_steps: expected a number >= 0, got {self.compile_cost_steps}")
 
 
 # Settings of the student losses, one field per hyper-parameter that ``w2sjax.losses`` registers

@@ -384,13 +384,34 @@ def predict_rows(cfg: TrainConfig) -> int:
     return max(cfg.batch_size, PREDICT_ROWS)
 
 
+# A predict program costs ~1 s to compile (MiniLM-L6 on 2 CPUs, 2026-12-06), about one and a
+# half batches of PREDICT_ROWS rows at max_len, and a sweep's stages share it: measured cold
+# sweeps (benchmarks/RESULTS.md) favoured 0.12 of the train compile cost over 0.3.
+PREDICT_COMPILE_SHARE = 0.12
+
+
+def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | tuple[int, ...]:
+    """The ``buckets`` argument of every prediction of a stage that predicts ``inputs_list``:
+    ``cfg.length_buckets``, or with a compile cost the lengths its batches run at, chosen over all
+    of them at once (`length_buckets.choose_lengths`), a pure function of the inputs and ``cfg``."""
+    if not cfg.length_buckets or cfg.compile_cost_steps <= 0:
+        return cfg.length_buckets
+    tokens = [x for x in inputs_list if length_buckets.token_lengths(x) is not None]
+    lengths = [n for x in tokens for _, n in predict_batches(x, batch_size=predict_rows(cfg), mesh=mesh)[2]]
+    if not lengths:
+        return True
+    max_len = int(np.shape(tokens[0]["attention_mask"])[1])
+    return length_buckets.choose_lengths(lengths, max_len, cfg.compile_cost_steps * PREDICT_COMPILE_SHARE)
+
+
 def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh,
-                    buckets: bool = True) -> tuple[int, np.ndarray, list[tuple[np.ndarray, int | None]]]:
+                    buckets: bool | tuple[int, ...] = True) -> tuple[int, np.ndarray, list[tuple[np.ndarray, int | None]]]:
     """How `predict` batches ``inputs``: ``(rows per batch, order, [(indices, padded length)])``.
 
     With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first
-    (``order``) and each batch is cut to the shortest bucket length that holds its longest row;
-    otherwise the length is None (the inputs' own).
+    (``order``) and each batch is cut to the shortest bucket length that holds its longest row,
+    or with ``buckets`` a tuple of lengths (`predict_buckets`), to the shortest of those that
+    holds that bucket; otherwise the length is None (the inputs' own).
     """
     n = int(jax.tree.leaves(inputs)[0].shape[0])
     b = max(mesh.size, batch_size - batch_size % mesh.size)
@@ -403,6 +424,7 @@ def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh,
             max_len = int(np.shape(inputs["attention_mask"])[1])
             cut = length_buckets.bucket_lengths(max_len)
             length = cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))]
+            length = length_buckets.compiled_length(length, buckets if isinstance(buckets, tuple) else None)
         out.append((idx, length))
     return b, order, out
 
@@ -416,7 +438,7 @@ def predict_chunk(inputs: PyTree, idx: np.ndarray, length: int | None) -> PyTree
 
 
 def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batch_size: int, use_best=False,
-            buckets: bool = True) -> np.ndarray:
+            buckets: bool | tuple[int, ...] = True) -> np.ndarray:
     """Probabilities for every example, in fixed-size batches (the last one padded), so one shape compiles.
 
     With ``buckets`` and token inputs, batches are cut to bucket lengths (`predict_batches`: one
@@ -484,14 +506,14 @@ def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
 def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mesh: Mesh, seed: int,
         trainable: str | None = None, val: ArrayData | None = None, stage: str = "train",
         ckpt: StageCheckpoint | None = None, log: Callable[[dict], None] | None = None, progress: bool = True,
-        step_wrapper: Callable | None = None) -> FitResult:
+        step_wrapper: Callable | None = None, predict_buckets: bool | tuple = True) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
     A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all", "head", "lora"
     or "top:K"; the ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
-    ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an
-    uninterrupted run would have used (see :func:`batch_indices`). ``step_wrapper`` wraps the
-    pure step before jitting (tests pass a trace counter); the program is cached per wrapper.
+    ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an uninterrupted run
+    would have used (:func:`batch_indices`). ``step_wrapper`` wraps the pure step before jitting (tests pass a
+    trace counter); the program is cached per wrapper. Evaluations predict with ``predict_buckets``.
     """
     from w2sjax.runner import progress as progress_lib
 
@@ -509,7 +531,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
     state, resumed_from = _start_or_resume(state, shardings, ckpt)
-    feed = HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets)
+    feed = stage_feed(data, cfg, batch_size, total, seed, mesh, chunk)
     start = total if bool(state.finished) else int(state.step)
     if getattr(log, "rewind", None) is not None:  # a killed run's lines after the restored step: logged again below
         log.rewind(stage, int(state.step))
@@ -529,7 +551,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
                 _log_step(log, {"stage": stage, "step": step}, step_metrics, meter)
             if itstime(step, eval_every, total):
                 state = evaluate(state, val, predict_step, shardings, mesh=mesh, batch_size=predict_rows(cfg), stage=stage,
-                                 step=step, log=log, buckets=cfg.length_buckets)
+                                 step=step, log=log, buckets=cfg.length_buckets and predict_buckets)
                 stopped_early = _patience_ran_out(state, cfg)
             if step >= total or stopped_early:
                 break  # the final state is saved by the caller, with the stage's outputs; a Ctrl-C stops after that
@@ -541,6 +563,14 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     _log_step(log, {"stage": stage, "step": step, "utilisation": "stage"}, None, meter)
     state = _final_state(state, cfg, stage, resumed_from, replicated, validated=val is not None)
     return FitResult(model, state, predict_step, int(state.step), stopped_early, resumed_from)
+
+
+def stage_feed(data: ArrayData, cfg: TrainConfig, batch_size: int, total: int, seed: int, mesh: Mesh,
+               chunk: int) -> HostFeed:
+    """The batches of a stage of ``total`` steps, bucketed and padded to its compiled lengths as
+    ``cfg`` says (`w2sjax.data.length_buckets`); `precompile` compiles the programs of the same feed."""
+    return HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets, total=total,
+                    compile_cost=cfg.compile_cost_steps)
 
 
 def _log_step(log, line: dict, step_metrics: dict | None, meter) -> None:
@@ -626,7 +656,7 @@ def _start_or_resume(state: TrainState, shardings, ckpt: StageCheckpoint | None)
 
 
 def evaluate(state: TrainState, val: ArrayData, predict_step, shardings, *, mesh: Mesh, batch_size: int, stage: str,
-             step: int, log: Callable[[dict], None] | None = None, buckets: bool = True) -> TrainState:
+             step: int, log: Callable[[dict], None] | None = None, buckets: bool | tuple = True) -> TrainState:
     """Score the current parameters on ``val`` and keep them if they are the best so far."""
     remember = _jitted_function_for(("record_eval", _sharding_key(shardings)),
                                     lambda: jax.jit(record_eval, donate_argnums=(0,), out_shardings=shardings))

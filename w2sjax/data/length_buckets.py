@@ -21,6 +21,18 @@ The order, per epoch ``e`` of a stage with seed ``s`` and batch size ``B``:
 
 Every step's batch is a pure function of ``(seed, step)``, as without buckets, so a resumed stage
 continues with the batches an uninterrupted one would have used.
+
+**Compiled lengths.** Each padded length is one XLA program to trace and compile (about 4 s for
+MiniLM-L6's train step on 2 CPUs), while a stage of a small sweep trains only a few steps at
+each. With a compile cost ``C > 0`` (``train.compile_cost_steps``, in steps at ``max_len``), a
+stage compiles only a subset ``S`` of the bucket lengths its steps use, and each batch runs at
+the shortest length in ``S`` that holds its bucket (`choose_lengths`): the batches and their
+order stay as above, only some are padded further, and padded positions are masked. ``S``
+minimises ``|S| * C + sum over steps of (its compiled length / max_len)`` over the whole
+stage's plan, which is known ahead, so it is a pure function of the plan and ``C`` (never of
+what happens to be compiled already): reruns and resumes pad every step alike.
+A stage's predictions choose their lengths the same way over all their batches
+(`w2sjax.train.predict_buckets`).
 """
 
 from __future__ import annotations
@@ -36,7 +48,42 @@ def bucket_lengths(max_len: int, smallest: int = 16) -> list[int]:
         n *= 2
     return out + [max_len]
 
-__all__ = ["BucketedOrder", "bucket_lengths", "epoch_plan", "token_lengths", "trim"]
+__all__ = ["BucketedOrder", "bucket_lengths", "choose_lengths", "compiled_length", "epoch_plan", "token_lengths",
+           "trim"]
+
+
+def choose_lengths(step_lengths, max_len: int, compile_cost: float) -> tuple[int, ...]:
+    """The padded lengths to compile for steps of bucket lengths ``step_lengths`` (ascending).
+
+    Minimises ``len(S) * compile_cost + sum(compiled length of each step) / max_len`` over the
+    sets ``S`` of the lengths used that hold the longest one (each step runs at the shortest
+    length in ``S`` holding its own), by dynamic programming over the sorted distinct lengths.
+    ``compile_cost <= 0`` gives every used length its own program.
+    """
+    used, counts = np.unique(np.asarray(step_lengths, np.int64), return_counts=True)
+    if compile_cost <= 0 or len(used) <= 1:
+        return tuple(int(x) for x in used)
+    # best[j]: the cheapest way to serve the steps of used[:j+1] with used[j] compiled; cut[j] is
+    # the compiled length below it (-1: none), so steps of used[cut[j]+1 .. j] all run at used[j].
+    best, cut = np.zeros(len(used)), np.zeros(len(used), np.int64)
+    for j in range(len(used)):
+        options = [(0.0 if i < 0 else best[i]) + compile_cost + counts[i + 1:j + 1].sum() * used[j] / max_len
+                   for i in range(-1, j)]
+        cut[j] = int(np.argmin(options)) - 1  # on a tie, the first minimum: a deterministic choice
+        best[j] = options[cut[j] + 1]
+    chosen, j = [], len(used) - 1
+    while j >= 0:
+        chosen.append(int(used[j]))
+        j = cut[j]
+    return tuple(sorted(chosen))
+
+
+def compiled_length(length: int, compiled: tuple[int, ...] | None) -> int:
+    """The shortest of ``compiled`` holding ``length`` (``length`` itself when none does, or without a set)."""
+    if not compiled:
+        return length
+    i = int(np.searchsorted(np.asarray(compiled), length))
+    return int(compiled[i]) if i < len(compiled) else length
 
 
 def token_lengths(inputs) -> np.ndarray | None:
@@ -80,17 +127,28 @@ class BucketedOrder:
     """Step -> ``(example indices, padded length)`` for one stage, one epoch plan cached at a time.
 
     ``permutation(epoch)`` must return the epoch's seeded permutation of ``range(len(lengths))``
-    (the same one unbucketed batches are drawn from).
+    (the same one unbucketed batches are drawn from). With ``compile_cost > 0`` and the stage's
+    ``total`` steps, each batch runs at its length in `choose_lengths` of the whole stage's plan
+    (``compiled``); otherwise at its bucket length (``compiled`` is None).
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, max_len: int, permutation):
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, max_len: int, permutation, *,
+                 total: int | None = None, compile_cost: float = 0.0):
         self.lengths = np.minimum(np.asarray(lengths, np.int64), max_len)
         self.batch_size, self.seed, self.permutation = batch_size, seed, permutation
         self.buckets = tuple(bucket_lengths(max_len))
         self.per_epoch = max(1, len(self.lengths) // batch_size)
         self._epoch, self._plan = None, None
+        self.compiled = None
+        if compile_cost > 0 and total:
+            plan = [self._bucketed(step)[1] for step in range(total)]
+            self.compiled = choose_lengths(plan, max_len, compile_cost)
 
     def batch(self, step: int) -> tuple[np.ndarray, int]:
+        idx, length = self._bucketed(step)
+        return idx, compiled_length(length, self.compiled)
+
+    def _bucketed(self, step: int) -> tuple[np.ndarray, int]:
         epoch, k = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch

@@ -9,10 +9,11 @@ cache the later call reads), and waits for it just before training. An error on 
 raised there, in the stage, never dropped.
 
 A finetuning stage (token inputs) knows its batch shapes only once its texts are tokenised: one
-train program per length bucket its batches use, one predict program per bucket its predictions
-use. `start_finetune` compiles all of them at once on the background threads, before the first
-step; the stage waits for them instead of compiling each in turn between training segments, so a
-cold sweep's compiles run side by side on the cores rather than one after another.
+train program per padded length its batches use (its compiled lengths, `w2sjax.data.length_buckets`),
+one predict program per length its predictions use. `start_finetune` compiles all of them at once
+on the background threads, before the first step; the stage waits for them instead of compiling
+each in turn between training segments, so a cold sweep's compiles run side by side on the cores
+rather than one after another.
 """
 
 from __future__ import annotations
@@ -157,12 +158,11 @@ def _with_length(stacked: dict, length: int | None, max_len: int) -> dict:
 
 def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int) -> list[concurrent.futures.Future]:
     from w2sjax import train
-    from w2sjax.data.feed import HostFeed
 
     batch_size, total, _ = train._stage_length(len(data), cfg, mesh, validated=False)
     state_arg, batches, *rest = _train_args(model, state, data.take(np.zeros(1, np.int64)), len(data), cfg=cfg,
                                             loss=loss, mesh=mesh, seed=seed)
-    feed = HostFeed(data, batch_size, seed, mesh, train._chunk_size(cfg), buckets=cfg.length_buckets)
+    feed = train.stage_feed(data, cfg, batch_size, total, seed, mesh, train._chunk_size(cfg))
     futures = []
     for length in sorted(feed.lengths(0, total), key=lambda n: -1 if n is None else n):
         stacked = {**batches, "inputs": _with_length(batches["inputs"], length, feed.max_len)} if length else batches
@@ -178,9 +178,9 @@ def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh) -> list[con
 
     jitted = train._predict_jit(train.cached_predict_step(model), False)
     sharding, futures = parallel.batch_sharding(mesh), []
+    buckets = train.predict_buckets(eval_inputs, cfg, mesh)  # as the stage will predict them
     for inputs in eval_inputs:
-        rows, _, batches = train.predict_batches(inputs, batch_size=train.predict_rows(cfg), mesh=mesh,
-                                                 buckets=cfg.length_buckets)
+        rows, _, batches = train.predict_batches(inputs, batch_size=train.predict_rows(cfg), mesh=mesh, buckets=buckets)
         for idx, length in batches:
             chunk = train.predict_chunk(inputs, idx[:1], length)  # one row: its shapes, not its values
             abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows, *np.shape(a)[1:]), np.asarray(a).dtype,

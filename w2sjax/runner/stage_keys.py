@@ -116,10 +116,14 @@ def digest(array: Any) -> str:
     return h.hexdigest()[:24]
 
 
-def train_settings(cfg: Any, loss: str) -> dict:
+def train_settings(cfg: Any, loss: str, *, tokens: bool = False) -> dict:
     """The fields of a ``TrainConfig`` (or a student's, with its ``LossConfig``) that determine a
-    stage trained with ``loss``."""
+    stage trained with ``loss`` (on token inputs, ``tokens``: a finetuned text backbone)."""
     settings = dataclasses.asdict(cfg)
+    # Compiled lengths pad some batches further (float noise in the outputs): they count only where
+    # they apply, and 0 (one program per bucket) keeps the fingerprints made before the field.
+    if not (tokens and settings.get("length_buckets") and settings.get("compile_cost_steps")):
+        settings.pop("compile_cost_steps", None)
     # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's
     # cache, and a decoder's readout (as its head_init), so stages of other models keep their names.
     for field in ("trainable", "lora", "cache_bottom", "readout"):

@@ -188,11 +188,13 @@ class Runner:
         sources = dict(sources or {})
         named = lambda key, array: sources.get(key) or (None if array is None else stage_keys.digest(array))
         early = bool(cfg.early_stopping and len(val_rows))
+        options = self.inputs.options(model, frozen_features=frozen_features)
+        tokens = options["mode"] != "probe" and "max_len" in options  # a finetuned text backbone
         return {
             "task": {"name": self.task.name, "data": self.task.fingerprint, "shift": self.config.options.shift},
             "seed": seed,
-            "model": self.inputs.options(model, frozen_features=frozen_features),
-            "train": stage_keys.train_settings(cfg, loss),
+            "model": options,
+            "train": stage_keys.train_settings(cfg, loss, tokens=tokens),
             "loss": loss,
             "rows": named("rows", rows),
             "labels": named("labels", labels),
@@ -244,17 +246,19 @@ class Runner:
             val = _array_data(mi, val_rows, val_labels) if cfg.early_stopping and len(val_rows) else None
             module = mi.build(seed)
             eval_inputs = {name: mi.inputs(split, idx) for name, (split, idx) in evals.items()}
+            predicted = [*eval_inputs.values(), *([val.inputs] if val else [])]
             if settings["model"]["mode"] != "probe":  # token inputs: every program of the stage, side by side
-                ahead += precompile.start_finetune(module, data, [*eval_inputs.values(), *([val.inputs] if val else [])],
-                                                   cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable)
+                ahead += precompile.start_finetune(module, data, predicted, cfg=cfg, loss=loss, mesh=self.mesh,
+                                                   seed=seed, trainable=mi.trainable)
             for future in ahead:
                 future.result()  # compiled while the inputs were computed; raises the thread's error
+            buckets = train.predict_buckets(predicted, cfg, self.mesh)  # the lengths its predictions run at
             fitted = train.fit(
                 module, data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
                 stage=key.name, ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
-                log=self.log.of_stage(key.checkpoint_name), progress=self.progress,
+                log=self.log.of_stage(key.checkpoint_name), progress=self.progress, predict_buckets=buckets,
             )
-            result = self._save_outputs(key, settings, mi, fitted, evals, eval_inputs, cfg, started)
+            result = self._save_outputs(key, settings, mi, fitted, evals, eval_inputs, cfg, started, buckets)
         self._outputs_this_process[key.checkpoint_name] = result
         return result
 
@@ -282,14 +286,15 @@ class Runner:
 
     def _save_outputs(self, key: stage_keys.StageKey, settings: dict, mi, fitted: train.FitResult,
                       evals: dict[str, tuple[str, np.ndarray]], eval_inputs: dict, cfg: train.TrainConfig,
-                      started: float) -> StageOutput:
-        """Predict every eval set (``eval_inputs``, by name) with the trained stage, check it has not
-        collapsed, and save it as finished; its in-stage steps are then removed."""
+                      started: float, buckets) -> StageOutput:
+        """Predict every eval set (``eval_inputs``, by name) with the trained stage (in ``buckets``:
+        `train.predict_buckets`), check it has not collapsed, and save it as finished; its in-stage
+        steps are then removed."""
         preds = {}
         for name, inputs in eval_inputs.items():
             preds[name] = train.predict(
                 fitted.predict_step, fitted.state, inputs, mesh=self.mesh, batch_size=train.predict_rows(cfg),
-                buckets=cfg.length_buckets,
+                buckets=buckets,
             )
         # A collapsed model is a failed stage: raised before it is saved as finished.
         if "val" in evals:
