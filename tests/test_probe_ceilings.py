@@ -59,3 +59,17 @@ def test_summary_without_the_markers_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "benchmark-probe-ceilings:begin" in err and "\n" not in err
     assert results.read_text() == "# Results\n\nno generated section here\n"  # nothing written
+
+
+def test_committed_section_matches_a_regeneration(tmp_path):
+    """docs/results.md's probe-ceiling section is what --summary-only writes from the committed files."""
+    from w2sjax.report.benchmark import section
+
+    root = probe_ceilings.ROOT
+    results = tmp_path / "results.md"
+    committed = (root / "docs" / "results.md").read_text()
+    results.write_text(committed.replace(section(committed, probe_ceilings.BEGIN, probe_ceilings.END), "stale"))
+    assert probe_ceilings.main(["--summary-only", "--results-md", str(results)]) == 0
+    assert section(results.read_text(), probe_ceilings.BEGIN, probe_ceilings.END) == \
+        section(committed, probe_ceilings.BEGIN, probe_ceilings.END)
+    assert results.read_text() == committed  # the hand-written text around it is kept
