@@ -250,8 +250,9 @@ def test_probe_ceiling_section_matches_a_numpy_recomputation():
         table.append(f"| {task} | {len(seeds)} | {v[0]:.3f} | {v[1]:.3f} | {_signed3(v[2])} | "
                      f"{t[0]:.3f} | {t[1]:.3f} | {_signed3(t[2])} |")
     n = len(all_tasks)
-    assert printed[0] == (f"The finetuned ceiling is at least the probe ceiling on {sum(ok for _, ok in reach['val'])} of "
-                          f"{n} tasks (validation) / {sum(ok for _, ok in reach['test'])} of {n} (test).")
+    n_val, n_test = (sum(ok for _, ok in reach[split]) for split in ("val", "test"))
+    assert printed[0] == (f"The finetuned ceiling is at least the probe ceiling on {n_val} of {n} tasks (validation) "
+                          f"/ {n_test} of {n} (test).")
     for split, name in (("val", "validation"), ("test", "test")):
         below = [task for task, ok in reach[split] if not ok]
         assert f"- Below the probe on {name}: {', '.join(below) if below else 'none'}." in printed

@@ -124,8 +124,9 @@ def _facts(cfg, protocol) -> dict:
 
 
 def run(out: pathlib.Path, output: pathlib.Path, tasks: list[str] | None = None,
-        benchmark_run: pathlib.Path = BENCHMARK_RUN) -> dict:
-    """Probe every task (resumable), writing ``output`` after each finished task."""
+        benchmark_run: pathlib.Path = BENCHMARK_RUN, artefact_dir: pathlib.Path = ARTEFACTS) -> dict:
+    """Probe every task of ``artefact_dir/tasks.json`` (or ``tasks`` of them; resumable), writing
+    ``output`` after each finished task."""
     import json
 
     from w2sjax.config import ConfigError
@@ -134,10 +135,10 @@ def run(out: pathlib.Path, output: pathlib.Path, tasks: list[str] | None = None,
 
     bench = _benchmark()
     protocol = protocol_lib.load(bench["DEFAULT_PROTOCOL"])
-    all_tasks = json.loads((ARTEFACTS / "tasks.json").read_text())["tasks"]
+    all_tasks = json.loads((artefact_dir / "tasks.json").read_text())["tasks"]
     unknown = sorted(set(tasks or ()) - set(all_tasks))
     if unknown:
-        raise ConfigError(f"--tasks: not benchmark tasks (docs/benchmark/tasks.json): {', '.join(unknown)}")
+        raise ConfigError(f"--tasks: not tasks of {artefact_dir / 'tasks.json'}: {', '.join(unknown)}")
     chosen = all_tasks if not tasks else [t for t in all_tasks if t in tasks]
     plan = bench["Plan"](protocol, all_tasks, (STUDENT,))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +251,8 @@ def main(argv=None) -> int:
             if not args.out:
                 raise ConfigError("--out: expected the run folder of the probe ceilings")
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-            run(pathlib.Path(args.out), pathlib.Path(args.output), tasks, pathlib.Path(args.benchmark_run))
+            run(pathlib.Path(args.out), pathlib.Path(args.output), tasks, pathlib.Path(args.benchmark_run),
+                pathlib.Path(args.artefacts))
         print(write_section(pathlib.Path(args.output), pathlib.Path(args.artefacts), pathlib.Path(args.results_md)))
     except (ConfigError, SplitMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
