@@ -256,6 +256,11 @@ def test_probe_ceiling_section_matches_a_numpy_recomputation():
     for split, name in (("val", "validation"), ("test", "test")):
         below = [task for task, ok in reach[split] if not ok]
         assert f"- Below the probe on {name}: {', '.join(below) if below else 'none'}." in printed
+    head, facts = probes["config"]["head_recipe"], probes["config"]
+    assert (f"- The probe's head: {head['epochs']:g} epochs, batch {head['batch_size']}, lr {head['lr']:g}, "
+            f"{'early-stopped on the validation slice' if head['early_stopping'] else 'no early stopping'}; "
+            f"{facts['precision']} features of at most {facts['max_len']} tokens.") in printed
+    assert facts["strong_mode"] == "probe" and facts["student"] == "minilm-l6"
     assert [line for line in printed if line.startswith("| ") and not line.startswith("| task")] == table
     not_run = [line for line in printed if line.startswith("Not run")]
     assert not_run == ([f"Not run (no probe ceiling or no finetuned ceiling yet): {', '.join(missing)}."]

@@ -188,7 +188,7 @@ def compare(probes: dict, arts: dict) -> dict:
             row[f"diff_{split}"] = row[f"finetuned_{split}"] - row[f"probe_{split}"]
             row[f"reaches_{split}"] = bool(row[f"diff_{split}"] >= -1e-9)  # ties count as reaching
         rows.append(row)
-    return {"rows": rows, "not_run": not_run, "n_tasks": len(probes["all_tasks"])}
+    return {"rows": rows, "not_run": not_run, "n_tasks": len(probes["all_tasks"]), "config": probes.get("config", {})}
 
 
 def _signed(x: float) -> str:
@@ -204,6 +204,11 @@ def markdown(c: dict) -> str:
     for split, name in (("val", "validation"), ("test", "test")):
         below = [r["task"] for r in rows if not r[f"reaches_{split}"]]
         lines.append(f"- Below the probe on {name}: {', '.join(below) if below else 'none'}.")
+    head = c["config"].get("head_recipe")
+    if head:
+        lines.append(f"- The probe's head: {head['epochs']:g} epochs, batch {head['batch_size']}, lr {head['lr']:g}, "
+                     f"{'early-stopped on the validation slice' if head['early_stopping'] else 'no early stopping'}; "
+                     f"{c['config']['precision']} features of at most {c['config']['max_len']} tokens.")
     lines += ["", "| task | seeds | finetuned val | probe val | val diff | finetuned test | probe test | test diff |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
