@@ -135,16 +135,22 @@ def start(build, example, n: int, *, name: str, cfg, loss: str, mesh, seed: int,
 
 
 def start_finetune(module, data, eval_inputs: list, *, cfg, loss: str, mesh, seed: int,
-                   trainable: str) -> list[concurrent.futures.Future]:
+                   trainable: str, predict_buckets=None) -> list[concurrent.futures.Future]:
     """Every train program (one per padded length its batches use) and predict program (one per
     length its predictions of each of ``eval_inputs`` use) of a stage training ``module`` on
     ``data`` (an ``ArrayData``), compiling side by side on the background threads. Programs asked
-    for before in this process are skipped. Wait on every future before the stage trains."""
+    for before in this process are skipped. Wait on every future before the stage trains.
+    ``predict_buckets``: the stage's `train.predict_buckets` of ``eval_inputs`` (computed here
+    when None), so that the programs compiled are those the stage predicts with."""
     if jax.process_count() != 1 or not len(data):
         return []
+    from w2sjax import train
+
+    if predict_buckets is None:
+        predict_buckets = train.predict_buckets(eval_inputs, cfg, mesh)
     model, state = abstract_state(module, trainable, mesh)
     return (_train_programs(model, state, data, cfg=cfg, loss=loss, mesh=mesh, seed=seed)
-            + _predict_programs(model, state, eval_inputs, cfg=cfg, mesh=mesh))
+            + _predict_programs(model, state, eval_inputs, cfg=cfg, mesh=mesh, buckets=predict_buckets))
 
 
 def _with_length(stacked: dict, length: int | None, max_len: int) -> dict:
@@ -173,12 +179,11 @@ def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int) -> l
     return futures
 
 
-def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh) -> list[concurrent.futures.Future]:
+def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh, buckets) -> list[concurrent.futures.Future]:
     from w2sjax import parallel, train
 
     jitted = train._predict_jit(train.cached_predict_step(model), False)
     sharding, futures = parallel.batch_sharding(mesh), []
-    buckets = train.predict_buckets(eval_inputs, cfg, mesh)  # as the stage will predict them
     for inputs in eval_inputs:
         rows, _, batches = train.predict_batches(inputs, batch_size=train.predict_rows(cfg), mesh=mesh, buckets=buckets)
         for idx, length in batches:

@@ -247,12 +247,12 @@ class Runner:
             module = mi.build(seed)
             eval_inputs = {name: mi.inputs(split, idx) for name, (split, idx) in evals.items()}
             predicted = [*eval_inputs.values(), *([val.inputs] if val else [])]
+            buckets = train.predict_buckets(predicted, cfg, self.mesh)  # the lengths its predictions run at
             if settings["model"]["mode"] != "probe":  # token inputs: every program of the stage, side by side
                 ahead += precompile.start_finetune(module, data, predicted, cfg=cfg, loss=loss, mesh=self.mesh,
-                                                   seed=seed, trainable=mi.trainable)
+                                                   seed=seed, trainable=mi.trainable, predict_buckets=buckets)
             for future in ahead:
                 future.result()  # compiled while the inputs were computed; raises the thread's error
-            buckets = train.predict_buckets(predicted, cfg, self.mesh)  # the lengths its predictions run at
             fitted = train.fit(
                 module, data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
                 stage=key.name, ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
