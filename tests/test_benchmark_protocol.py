@@ -213,11 +213,11 @@ def _ref_draws(weak, w2s, ceil, key, n_boot):
     """Seeds and test examples resampled, one test resample shared by the seeds, written out."""
     rng = _ref_rng(*key)
     n_seeds, n_test = weak.shape
-    counts = rng.multinomial(n_test, [1 / n_test] * n_test, size=(n_boot, 1))[:, 0]  # [n_boot, n_test]
+    rows = rng.integers(0, n_test, size=(n_boot, n_test))  # each draw's resample of the test rows
     pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     out = np.empty(n_boot)
     for b in range(n_boot):
-        acc = [(a @ counts[b]) / n_test for a in (weak, w2s, ceil)]
+        acc = [a[:, rows[b]].mean(1) for a in (weak, w2s, ceil)]
         wk, ws, cl = (a[pick[b]].mean() for a in acc)
         out[b] = (ws - wk) / (cl - wk) if cl > wk else np.nan
     return out
