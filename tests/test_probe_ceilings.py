@@ -61,6 +61,15 @@ def test_summary_without_the_markers_is_a_one_line_error(tmp_path, capsys):
     assert results.read_text() == "# Results\n\nno generated section here\n"  # nothing written
 
 
+def test_a_probe_run_names_the_benchmark_run_it_checks(tmp_path, capsys):
+    """No machine-specific default: a run without --benchmark-run stops with one line, before any
+    training, and creates no run folder."""
+    assert probe_ceilings.main(["--out", str(tmp_path / "probe")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --benchmark-run: expected") and "\n" not in err
+    assert not (tmp_path / "probe").exists()
+
+
 def test_committed_section_matches_a_regeneration(tmp_path):
     """docs/results.md's probe-ceiling section is what --summary-only writes from the committed files."""
     from w2sjax.report.benchmark import section

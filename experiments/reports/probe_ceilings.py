@@ -14,7 +14,7 @@ trains only the ceiling stage of each seed, into a resumable run folder. Each se
 and test rows must be the benchmark run's (its ``splits/seedN.npz``); any difference stops the
 script. It writes ``docs/benchmark_ladder/probe_ceilings.json``::
 
-    python -m experiments.reports.probe_ceilings --out /work/runs/probe_ceilings
+    python -m experiments.reports.probe_ceilings --out runs/probe_ceilings --benchmark-run runs/benchmark
     python -m experiments.reports.probe_ceilings --summary-only    # docs/results.md section only
 
 Nothing of the benchmark is changed by it: it is a check of the ladder rule, computed after the run.
@@ -33,7 +33,6 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STUDENT = "minilm-l6"
 ARTEFACTS = ROOT / "docs" / "benchmark"
-BENCHMARK_RUN = pathlib.Path("/work/runs/benchmark")
 OUTPUT = ROOT / "docs" / "benchmark_ladder" / "probe_ceilings.json"
 RESULTS_MD = ROOT / "docs" / "results.md"
 
@@ -123,8 +122,8 @@ def _facts(cfg, protocol) -> dict:
             "splits": "each seed's validation and test rows checked equal to the benchmark run's splits/seedN.npz"}
 
 
-def run(out: pathlib.Path, output: pathlib.Path, tasks: list[str] | None = None,
-        benchmark_run: pathlib.Path = BENCHMARK_RUN, artefact_dir: pathlib.Path = ARTEFACTS) -> dict:
+def run(out: pathlib.Path, output: pathlib.Path, tasks: list[str] | None, benchmark_run: pathlib.Path,
+        artefact_dir: pathlib.Path = ARTEFACTS) -> dict:
     """Probe every task of ``artefact_dir/tasks.json`` (or ``tasks`` of them; resumable), writing
     ``output`` after each finished task."""
     import json
@@ -246,7 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="resumable run folder of the probe ceilings")
     parser.add_argument("--output", default=str(OUTPUT), help="the committed JSON")
     parser.add_argument("--tasks", default="", help="comma-separated: only these tasks")
-    parser.add_argument("--benchmark-run", default=str(BENCHMARK_RUN), help="the benchmark's run folder (read only)")
+    parser.add_argument("--benchmark-run", help="the benchmark's run folder, whose split records are compared "
+                        "(read only; needed with --out)")
     parser.add_argument("--artefacts", default=str(ARTEFACTS), help="the benchmark's artefact folder")
     parser.add_argument("--results-md", default=str(RESULTS_MD), help="the file holding the generated section")
     parser.add_argument("--summary-only", action="store_true", help="only write the docs/results.md section")
@@ -255,6 +255,8 @@ def main(argv=None) -> int:
         if not args.summary_only:
             if not args.out:
                 raise ConfigError("--out: expected the run folder of the probe ceilings")
+            if not args.benchmark_run:
+                raise ConfigError("--benchmark-run: expected the benchmark's run folder (its splits are compared)")
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
             run(pathlib.Path(args.out), pathlib.Path(args.output), tasks, pathlib.Path(args.benchmark_run),
                 pathlib.Path(args.artefacts))
