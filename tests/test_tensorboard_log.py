@@ -99,3 +99,34 @@ def test_turned_off_or_not_installed_writes_only_metrics_jsonl(tmp_path, monkeyp
         tensorboard_log.flush_all()
         assert sorted(p.name for p in folder.iterdir()) == ["metrics.jsonl"]
         assert len((folder / "metrics.jsonl").read_text().splitlines()) == len(RECORDS)
+
+
+def test_writing_events_never_imports_pytorch(tmp_path):
+    """tensorboardX imports torch when it can (seconds of start-up); the writer keeps it out, and
+    a later `import torch` still works. A package named torch on the path records its import."""
+    pytest.importorskip("tensorboardX")
+    import os
+    import subprocess
+
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "import os\nopen(os.environ['TORCH_MARK'], 'a').write('imported\\n')\n\n\nclass Tensor:\n    pass\n")
+    script = (
+        "import json, os, pathlib, sys\n"
+        "from w2sjax.experiment import MetricsLog\n"
+        "from w2sjax.runner import tensorboard_log\n"
+        f"log = MetricsLog(pathlib.Path({str(tmp_path / 'run')!r}) / 'metrics.jsonl')\n"
+        f"for r in {RECORDS!r}: log(r)\n"
+        "tensorboard_log.flush_all()\n"
+        "print(json.dumps(['torch' in sys.modules, os.path.exists(os.environ['TORCH_MARK'])]))\n"
+        "import torch\n"
+        "print(json.dumps(os.path.exists(os.environ['TORCH_MARK'])))\n")
+    (tmp_path / "run").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]), "W2SJAX_TENSORBOARD": "1",
+           "TORCH_MARK": str(tmp_path / "mark")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert before == [False, False]  # events written, torch never imported
+    assert after is True  # the stand-in imports normally afterwards
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
