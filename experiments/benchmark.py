@@ -204,12 +204,14 @@ class Plan:
 
     def stages(self, out: pathlib.Path) -> dict[str, dict[str, bool]]:
         from w2sjax import data
+        from w2sjax.data import registry
 
         plain = [p for p in self.parts if not p.bootstrap]
-        plan = self.headline.planned_stages(self.base, plain, out, config_of=self.config_of) if plain else {}
-        for part in (p for p in self.parts if p.bootstrap):
-            cfg = self.config_of(self.base, part, data.load_task(part.task))
-            plan[part.name] = chain_experiment(cfg, self.recipes_of(cfg, part), out / part.name, planning=True)
+        with registry.reuse_loaded_tasks():  # nothing trains: each task is read once for all its parts
+            plan = self.headline.planned_stages(self.base, plain, out, config_of=self.config_of) if plain else {}
+            for part in (p for p in self.parts if p.bootstrap):
+                cfg = self.config_of(self.base, part, data.load_task(part.task))
+                plan[part.name] = chain_experiment(cfg, self.recipes_of(cfg, part), out / part.name, planning=True)
         return {p.name: plan[p.name] for p in self.parts}
 
 

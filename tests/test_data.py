@@ -270,6 +270,23 @@ def test_user_csv_text_round_trip(tmp_path):
     assert load_task(f"csv:{path}").fingerprint != task.fingerprint  # edited file is re-read
 
 
+def test_planning_reads_each_task_once_inside_reuse_loaded_tasks(tmp_path):
+    """Inside the block a task is read from disk once (an edit after the first read is not seen);
+    outside it every call reads the file again."""
+    from w2sjax.data import registry
+
+    path = _write(tmp_path, "r.csv", "text,label\n" + "".join(f"row {i},{'ab'[i % 2]}\n" for i in range(40)))
+    with registry.reuse_loaded_tasks():
+        first = load_task(f"csv:{path}")
+        _write(tmp_path, "r.csv", path.read_text() + "one more,a\n")
+        assert load_task(f"csv:{path}") is first
+        with registry.reuse_loaded_tasks():  # nested: the same memory
+            assert load_task(f"csv:{path}") is first
+        assert load_task(f"csv:{path}", label_field="label", text_field="text") is first
+    after = load_task(f"csv:{path}")
+    assert after is not first and len(after.train["label"]) + len(after.test["label"]) == 41
+
+
 def test_user_csv_tabular_with_split_column(tmp_path):
     body = "a,b,label,split\n" + "".join(
         f"{i},{i * 0.5},{i % 3},{'test' if i % 4 == 0 else 'train'}\n" for i in range(40)

@@ -7,12 +7,14 @@ network access on first use), or a user's file (``csv:PATH`` / ``jsonl:PATH``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -44,6 +46,24 @@ def default_data_dir() -> pathlib.Path:
     return assets.cache_dir() / "tfds"
 
 
+_loaded: dict | None = None  # set inside `reuse_loaded_tasks`: each task read once
+
+
+@contextlib.contextmanager
+def reuse_loaded_tasks() -> Iterator[None]:
+    """Inside the block, :func:`load_task` reads each task from disk once and returns the same
+    ``Task`` after. For code that only reads tasks and asks for each many times: planning a
+    benchmark of many parts builds every part's config from its task (seven reads of each task,
+    most of ``--list``'s time). Outside it, every call reads and checks the prepared data again."""
+    global _loaded
+    outer = _loaded
+    _loaded = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _loaded = outer
+
+
 def load_task(name: str, *, data_dir: str | os.PathLike | None = None, text_field: str = "text",
               label_field: str = "label", label_map: tuple[str, ...] = ()) -> Task:
     """Load task ``name`` with its train and test splits as numpy arrays.
@@ -58,6 +78,16 @@ def load_task(name: str, *, data_dir: str | os.PathLike | None = None, text_fiel
       ValueError: unknown name or malformed user file.
       w2sjax.assets.AssetError: the task's source data cannot be fetched.
     """
+    key = (name, None if data_dir is None else str(data_dir), text_field, label_field, tuple(label_map))
+    if _loaded is not None and key in _loaded:
+        return _loaded[key]
+    task = _load_task(name, data_dir=data_dir, text_field=text_field, label_field=label_field, label_map=label_map)
+    if _loaded is not None:
+        _loaded[key] = task
+    return task
+
+
+def _load_task(name, *, data_dir, text_field, label_field, label_map) -> Task:
     if name.startswith(("csv:", "jsonl:")):
         return user.load(name, text_field=text_field, label_field=label_field, label_map=label_map)
     root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
