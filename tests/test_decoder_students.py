@@ -276,7 +276,7 @@ def test_decoder_lora_and_all_ceilings_beat_the_majority_rate_and_the_supervisor
     the top:2 check, at the learning rate that won on validation accuracy (measured 2026-12-06:
     ceilings 0.9275 and 0.9075 against the majority rate 0.6725 and the supervisor 0.7575). A
     zero-initialised head at lr 1e-5 or 3e-5 stays near the uniform guess in these 45 steps and
-    answers the majority class. About 9 minutes (lora) and 17 (all) on 2 shared cores, on one
+    answers the majority class. About 8.5 and 8 minutes on 2 shared cores (lora, all), on one
     device: 6.5 and 10 GB of memory."""
     config = Config(
         name=f"decoder-{trainable}", data=DataConfig(task="vader_tweets", n_train=600, n_test=400, max_len=64),
