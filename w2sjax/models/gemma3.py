@@ -170,11 +170,11 @@ class Gemma3Attention(nnx.Module):
     def __call__(self, x, keep, cos, sin):
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
-        q = layers.apply_rotary(self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, d)), cos, sin)
-        k = layers.apply_rotary(self.k_norm(self.k_proj(x).reshape(b, t, kv, d)), cos, sin)
+        q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, d))
+        k = self.k_norm(self.k_proj(x).reshape(b, t, kv, d))
         v = self.v_proj(x).reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, self.scale, softcap=self.softcap,
-                                           dtype=self.compute_dtype))
+        return self.o_proj(layers.attend_rotary(q, k, v, cos, sin, keep, self.scale, softcap=self.softcap,
+                                                dtype=self.compute_dtype))
 
 
 class Gemma3Block(nnx.Module):

@@ -209,7 +209,10 @@ def rotary(positions, inv_freq):
     """cos, sin ``[B, T, 1, head_dim]`` of HF's rotate-half rotary embedding (float32)."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    return jnp.cos(emb), jnp.sin(emb)
+    # Computed once per forward: without the barrier XLA fuses cos and sin into every consumer,
+    # evaluating them again for every head of q and k in every block (a bf16 SmolLM2 step's
+    # rotary fusions cost ~6 ns an element; benchmarks/RESULTS.md). The values are the same.
+    return jax.lax.optimization_barrier((jnp.cos(emb), jnp.sin(emb)))
 
 
 def count_llama_params(cfg: LlamaConfig) -> int:
@@ -240,10 +243,8 @@ class LlamaAttention(nnx.Module):
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
         q, k, v = precision.side_by_side(x, self.q_proj, self.k_proj, self.v_proj)
-        q = layers.apply_rotary(q.reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
-        k = layers.apply_rotary(k.reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
-        v = v.reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
+        q, k, v = q.reshape(b, t, self.num_heads, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
+        return self.o_proj(layers.attend_rotary(q, k, v, cos, sin, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
 
 
 class LlamaMLP(nnx.Module):
@@ -270,8 +271,9 @@ class LlamaBlock(nnx.Module):
         self.mlp = LlamaMLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x, keep, cos, sin):
-        x = x + self.attn(self.input_norm(x), keep, cos, sin).astype(jnp.float32)
-        return x + self.mlp(self.post_attn_norm(x)).astype(jnp.float32)
+        bf16 = self.attn.compute_dtype == jnp.dtype(jnp.bfloat16)  # float32 keeps autodiff's norms
+        x = x + self.attn(layers.rms_norm(self.input_norm, x, bf16), keep, cos, sin).astype(jnp.float32)
+        return x + self.mlp(layers.rms_norm(self.post_attn_norm, x, bf16)).astype(jnp.float32)
 
 
 class LlamaModel(layers.Stack, nnx.Module):
@@ -289,6 +291,7 @@ class LlamaModel(layers.Stack, nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         layers.activation(cfg.hidden_act)
         self.config = cfg
+        self.compute_dtype = jnp.dtype(dtype)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([
             LlamaBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)
@@ -312,7 +315,9 @@ class LlamaModel(layers.Stack, nnx.Module):
         return x
 
     def finish(self, x):
-        return self.norm(x) if self.config.final_norm else x
+        if not self.config.final_norm:
+            return x
+        return layers.rms_norm(self.norm, x, self.compute_dtype == jnp.dtype(jnp.bfloat16))
 
     def project(self, hidden):
         """Vocabulary logits of hidden states ``[..., D] -> [..., vocab]`` (float32)."""
