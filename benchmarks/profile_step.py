@@ -75,8 +75,9 @@ def _encoder_before(module) -> None:
 def _decoder_before():
     """``{(module, name): replacement}``: the decoders' bf16 step as it was before 2026-12-06, 22:00 UTC,
     with the same forward values: rotary, `layers.attend` and the RMSNorms left to autodiff (no own
-    backward), the rotary tables fused into (and recomputed by) every consumer, and the kernels
-    concatenated in float32 before their bf16 conversion."""
+    backward), the rotary tables fused into (and recomputed by) every consumer, the kernels
+    concatenated in float32 before their bf16 conversion, and SiLU's derivative by autodiff."""
+    import jax
     import jax.numpy as jnp
 
     from w2sjax.models import gemma3, layers, llama, precision
@@ -92,7 +93,8 @@ def _decoder_before():
 
     return {(layers, "attend_rotary"): attend_rotary, (llama, "rotary"): rotary, (gemma3, "rotary"): rotary,
             (precision, "_concat_bf16"): lambda arrays, axis: jnp.concatenate(arrays, axis=axis).astype(jnp.bfloat16),
-            (layers, "rms_norm"): lambda norm, x, own_backward=True: norm(x)}
+            (layers, "rms_norm"): lambda norm, x, own_backward=True: norm(x),
+            (precision, "_gated_pull"): lambda act, g, u, dh: jax.vjp(lambda g, u: act(g) * u, g, u)[1](dh)}
 
 
 def _embed_call(model: str, path, layers, rows: int, t: int, before: bool):
