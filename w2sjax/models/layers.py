@@ -119,36 +119,56 @@ def _unrotate(g, cos, sin):
     return g * cos + jnp.concatenate([gs[..., half:], -gs[..., :half]], axis=-1)
 
 
-def _rotary_gqa_fwd(scale, q, k, v, cos, sin, keep):
+def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep):
+    # The ops of `apply_rotary` + `attend(dtype=bf16)`, in their order, so the values are theirs:
+    # what a forward pass without gradients (features, cached bottoms, predictions) computes.
     b, t, h, d = q.shape
     kv = k.shape[2]
-    # The ops of `apply_rotary` + `attend(dtype=bf16)`, in their order, so the values are theirs.
     q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
     k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q16, k16, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    p16 = jax.nn.softmax(scores, axis=-1).astype(jnp.bfloat16)
+    return jnp.einsum("bkgqs,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32).reshape(b, t, h * d)
+
+
+def _rotary_gqa_fwd(scale, q, k, v, cos, sin, keep):
+    # The training forward: the same arithmetic with the scores laid out keys-major
+    # ``[B, KV, group, key, query]``, so the softmax's max and sum run across rows (XLA:CPU splits
+    # a reduction along rows into slow ``reduce-window`` trees; see `attend_keys_major`). Values
+    # agree with the primal's to float32 rounding of the sums.
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
+    k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    keep_t = jnp.swapaxes(keep, -1, -2)[:, None, None]  # [B, 1, 1, key, query]
+    scores = jnp.einsum("bskd,bqkgd->bkgsq", k16, q16, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(keep_t, scores, jnp.finfo(jnp.float32).min), axis=-2)
     p16 = probs.astype(jnp.bfloat16)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32)
-    return out.reshape(b, t, h * d), (q16, k16, v16, probs, p16, cos, sin, keep)
+    out = jnp.einsum("bkgsq,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h * d), (q16, k16, v16, probs, p16, out, cos, sin, keep_t)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _rotary_gqa(scale, q, k, v, cos, sin, keep):
-    return _rotary_gqa_fwd(scale, q, k, v, cos, sin, keep)[0]
+    return _rotary_gqa_primal(scale, q, k, v, cos, sin, keep)
 
 
 def _rotary_gqa_bwd(scale, res, dout):
-    q16, k16, v16, probs, p16, cos, sin, keep = res
+    q16, k16, v16, probs, p16, out, cos, sin, keep_t = res
     b, t, kv, g, d = q16.shape
-    do16 = dout.reshape(b, t, kv, g, d).astype(jnp.bfloat16)
-    dv = jnp.einsum("bkgqs,bqkgd->bskd", p16, do16, preferred_element_type=jnp.float32)
-    dp = jnp.einsum("bqkgd,bskd->bkgqs", do16, v16, preferred_element_type=jnp.float32)
-    # Softmax's backward in float32; masked scores get no gradient, as through `where`.
-    ds = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True))
-    ds16 = (jnp.where(keep[:, None, None], ds, 0.0) * scale).astype(jnp.bfloat16)
-    dq = jnp.einsum("bkgqs,bskd->bqkgd", ds16, k16, preferred_element_type=jnp.float32)
-    dk = jnp.einsum("bkgqs,bqkgd->bskd", ds16, q16, preferred_element_type=jnp.float32)
+    do = dout.reshape(b, t, kv, g, d)
+    do16 = do.astype(jnp.bfloat16)
+    dv = jnp.einsum("bkgsq,bqkgd->bskd", p16, do16, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bqkgd,bskd->bkgsq", do16, v16, preferred_element_type=jnp.float32)
+    # Softmax's backward in float32, with sum_s p * dp = <do, out> per query (FlashAttention's
+    # form: a sum over the head's d features instead of over the keys); masked scores get no
+    # gradient, as through `where`.
+    rows = jnp.einsum("bqkgd->bkgq", do * out)[:, :, :, None, :]
+    ds = jnp.where(keep_t, probs * (dp - rows), 0.0)
+    ds16 = (ds * scale).astype(jnp.bfloat16)
+    dq = jnp.einsum("bkgsq,bskd->bqkgd", ds16, k16, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkgsq,bqkgd->bskd", ds16, q16, preferred_element_type=jnp.float32)
     return _unrotate(dq.reshape(b, t, kv * g, d), cos, sin), _unrotate(dk, cos, sin), dv, None, None, None
 
 
