@@ -205,14 +205,26 @@ def rope_frequencies(cfg) -> jnp.ndarray:
     return jnp.asarray(inv_freq, jnp.float32)
 
 
+ROTARY_PICK_MAX = 512  # longest sequence whose rotary rows `rotary` picks by a one-hot dot
+
+
 def rotary(positions, inv_freq):
     """cos, sin ``[B, T, 1, head_dim]`` of HF's rotate-half rotary embedding (float32)."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    # Computed once per forward: without the barrier XLA fuses cos and sin into every consumer,
-    # evaluating them again for every head of q and k in every block (a bf16 SmolLM2 step's
-    # rotary fusions cost ~6 ns an element; benchmarks/RESULTS.md). The values are the same.
-    return jax.lax.optimization_barrier((jnp.cos(emb), jnp.sin(emb)))
+    # XLA:CPU fuses an inline cos and sin into every consumer, evaluating them again for every head
+    # of q and k in every block, forward and backward (it drops optimization barriers and inlines
+    # conditionals before fusing). So the tables are computed once per length, and each row is
+    # picked by a dot with a one-hot matrix, which XLA never fuses: 1 * x plus zeros is exactly
+    # x, so the values are those of the inline form.
+    t = positions.shape[-1]
+    if t > ROTARY_PICK_MAX:  # the one-hot matrix grows as T^2: long sequences compute inline
+        freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+        emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+        return jnp.cos(emb), jnp.sin(emb)
+    freqs = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    pick = jax.nn.one_hot(positions, t, dtype=jnp.float32)  # positions < t (`real_positions`)
+    cos, sin = (jnp.einsum("btp,pd->btd", pick, f(emb), precision="highest") for f in (jnp.cos, jnp.sin))
+    return cos[:, :, None, :], sin[:, :, None, :]
 
 
 def count_llama_params(cfg: LlamaConfig) -> int:
