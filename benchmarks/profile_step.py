@@ -75,23 +75,19 @@ def _encoder_before(module) -> None:
 def _decoder_before():
     """``{(module, name): replacement}``: the decoders' bf16 step as it was before 2026-12-06, 22:00 UTC,
     with the same forward values: rotary, `layers.attend` and the RMSNorms left to autodiff (no own
-    backward), the rotary tables fused into (and recomputed by) every consumer, the kernels
-    concatenated in float32 before their bf16 conversion, and SiLU's derivative by autodiff."""
+    backward; the rotary tables inline, which XLA fuses into and re-evaluates in every consumer),
+    the kernels concatenated in float32 before their bf16 conversion, and SiLU's derivative by autodiff."""
     import jax
     import jax.numpy as jnp
 
-    from w2sjax.models import gemma3, layers, llama, precision
+    from w2sjax.models import layers, precision
 
-    def attend_rotary(q, k, v, cos, sin, keep, scale, softcap=None, dtype=None):
+    def attend_rotary(q, k, v, cos, sin, keep, scale, softcap=None, dtype=None, picked=None):
+        del picked  # the materialised tables: unused, so XLA drops them
         q, k = (layers.apply_rotary(a.astype(jnp.float32), cos, sin) for a in (q, k))
         return layers.attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
 
-    def rotary(positions, inv_freq):
-        freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-        emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-        return jnp.cos(emb), jnp.sin(emb)
-
-    return {(layers, "attend_rotary"): attend_rotary, (llama, "rotary"): rotary, (gemma3, "rotary"): rotary,
+    return {(layers, "attend_rotary"): attend_rotary,
             (precision, "_concat_bf16"): lambda arrays, axis: jnp.concatenate(arrays, axis=axis).astype(jnp.bfloat16),
             (layers, "rms_norm"): lambda norm, x, own_backward=True: norm(x),
             (precision, "_gated_pull"): lambda act, g, u, dh: jax.vjp(lambda g, u: act(g) * u, g, u)[1](dh)}

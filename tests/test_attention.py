@@ -184,23 +184,21 @@ def test_rms_norm_keeps_flax_forward_and_matches_float64_gradients():
 
 
 def test_rotary_tables_picked_by_a_dot_equal_the_inline_form_bit_for_bit(monkeypatch):
-    """`llama.rotary` picks each position's row of a once-computed table with a one-hot dot (so XLA
-    cannot fuse cos and sin into every consumer): the values equal cos and sin of the positions
-    computed inline, bit for bit, under left and right padding, and past the pick's length limit."""
+    """`llama.rotary_picked` picks each position's row of a once-computed table with a one-hot dot
+    (so XLA cannot fuse cos and sin into every consumer): the values equal `llama.rotary`'s
+    computed on their own, bit for bit, under left and right padding, and past the pick's limit."""
     import jax
 
     from w2sjax.models import llama
 
-    inv_freq = 1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8)).astype(np.float32)
+    inv_freq = jnp.asarray(1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8)), jnp.float32)
     mask = np.ones((3, 40), np.int32)
     mask[0, :7], mask[1, 30:] = 0, 0
     positions = layers.real_positions(jnp.asarray(mask))
-    freqs = np.asarray(positions, np.float32)[..., None] * inv_freq
-    emb = jnp.asarray(np.concatenate([freqs, freqs], axis=-1)[:, :, None, :])
-    want = [np.asarray(jax.jit(f)(emb)).view(np.uint32) for f in (jnp.cos, jnp.sin)]
+    want = [np.asarray(a).view(np.uint32) for a in jax.jit(llama.rotary)(positions, inv_freq)]
     for limit in (512, 16):  # the dot, then the inline form for sequences past the limit
         monkeypatch.setattr(llama, "ROTARY_PICK_MAX", limit)
-        got = jax.jit(llama.rotary)(positions, jnp.asarray(inv_freq))
+        got = jax.jit(llama.rotary_picked)(positions, inv_freq)
         for g, w in zip(got, want):
             assert g.shape == (3, 40, 1, 8)
             np.testing.assert_array_equal(np.asarray(g).view(np.uint32), w)

@@ -97,19 +97,23 @@ def attend(q, k, v, keep, scale: float, softcap: float | None = None, dtype=None
     return out.reshape(b, t, h * d)
 
 
-def attend_rotary(q, k, v, cos, sin, keep, scale: float, softcap: float | None = None, dtype=None):
+def attend_rotary(q, k, v, cos, sin, keep, scale: float, softcap: float | None = None, dtype=None,
+                  picked=None):
     """The decoders' attention: rotary on ``q [B,T,H,d]`` and ``k [B,S,KV,d]`` (float32, tables
     from `rotary`), then `attend`. With bfloat16 ``dtype`` and no ``softcap`` it runs as one
     custom-gradient kernel (`_rotary_gqa`): the forward is `attend`'s, operation for operation,
     so frozen features and cached bottoms do not change; the backward rounds its cotangents to bf16
     as the Linear layers' does (`precision`), so all four of its matmuls take bf16 operands
     (autodiff ran them in float32 and rounded dq, dk and dv to bf16 instead), and undoes the
-    rotary in the same pass. Anything else is `apply_rotary` and `attend` as they are."""
+    rotary in the same pass. ``picked``: the same tables as ``cos, sin`` materialised once
+    (`llama.rotary_picked`), which the training forward and backward read. Anything else is
+    `apply_rotary` and `attend` as they are."""
     if softcap is not None or dtype is None or jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
         q, k = apply_rotary(q.astype(jnp.float32), cos, sin), apply_rotary(k.astype(jnp.float32), cos, sin)
         return attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
     f32 = lambda a: a.astype(jnp.float32)
-    return _rotary_gqa(float(scale), f32(q), f32(k), f32(v), cos, sin, keep)
+    picked = tuple(picked) if picked else (cos, sin)
+    return _rotary_gqa(float(scale), f32(q), f32(k), f32(v), cos, sin, keep, *picked)
 
 
 def _unrotate(g, cos, sin):
@@ -119,7 +123,7 @@ def _unrotate(g, cos, sin):
     return g * cos + jnp.concatenate([gs[..., half:], -gs[..., :half]], axis=-1)
 
 
-def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep):
+def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep, cos_p, sin_p):
     # The ops of `apply_rotary` + `attend(dtype=bf16)`, in their order, so the values are theirs:
     # what a forward pass without gradients (features, cached bottoms, predictions) computes.
     b, t, h, d = q.shape
@@ -132,11 +136,12 @@ def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep):
     return jnp.einsum("bkgqs,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32).reshape(b, t, h * d)
 
 
-def _rotary_gqa_fwd(scale, q, k, v, cos, sin, keep):
+def _rotary_gqa_fwd(scale, q, k, v, cos_inline, sin_inline, keep, cos, sin):
     # The training forward: the same arithmetic with the scores laid out keys-major
     # ``[B, KV, group, key, query]``, so the softmax's max and sum run across rows (XLA:CPU splits
     # a reduction along rows into slow ``reduce-window`` trees; see `attend_keys_major`). Values
-    # agree with the primal's to float32 rounding of the sums.
+    # agree with the primal's to float32 rounding of the sums. It reads the materialised tables.
+    del cos_inline, sin_inline
     b, t, h, d = q.shape
     kv = k.shape[2]
     q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
@@ -150,8 +155,8 @@ def _rotary_gqa_fwd(scale, q, k, v, cos, sin, keep):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rotary_gqa(scale, q, k, v, cos, sin, keep):
-    return _rotary_gqa_primal(scale, q, k, v, cos, sin, keep)
+def _rotary_gqa(scale, q, k, v, cos, sin, keep, cos_p, sin_p):
+    return _rotary_gqa_primal(scale, q, k, v, cos, sin, keep, cos_p, sin_p)
 
 
 def _rotary_gqa_bwd(scale, res, dout):
@@ -169,7 +174,7 @@ def _rotary_gqa_bwd(scale, res, dout):
     ds16 = (ds * scale).astype(jnp.bfloat16)
     dq = jnp.einsum("bkgsq,bskd->bqkgd", ds16, k16, preferred_element_type=jnp.float32)
     dk = jnp.einsum("bkgsq,bqkgd->bskd", ds16, q16, preferred_element_type=jnp.float32)
-    return _unrotate(dq.reshape(b, t, kv * g, d), cos, sin), _unrotate(dk, cos, sin), dv, None, None, None
+    return (_unrotate(dq.reshape(b, t, kv * g, d), cos, sin), _unrotate(dk, cos, sin), dv) + (None,) * 5
 
 
 _rotary_gqa.defvjp(_rotary_gqa_fwd, _rotary_gqa_bwd)

@@ -205,21 +205,28 @@ def rope_frequencies(cfg) -> jnp.ndarray:
     return jnp.asarray(inv_freq, jnp.float32)
 
 
-ROTARY_PICK_MAX = 512  # longest sequence whose rotary rows `rotary` picks by a one-hot dot
-
-
 def rotary(positions, inv_freq):
     """cos, sin ``[B, T, 1, head_dim]`` of HF's rotate-half rotary embedding (float32)."""
-    # XLA:CPU fuses an inline cos and sin into every consumer, evaluating them again for every head
-    # of q and k in every block, forward and backward (it drops optimization barriers and inlines
-    # conditionals before fusing). So the tables are computed once per length, and each row is
-    # picked by a dot with a one-hot matrix, which XLA never fuses: 1 * x plus zeros is exactly
-    # x, so the values are those of the inline form.
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+ROTARY_PICK_MAX = 512  # longest sequence whose rotary rows `rotary_picked` picks by a one-hot dot
+
+
+def rotary_picked(positions, inv_freq):
+    """`rotary`'s tables for the training step: computed once per length, each position's row
+    picked by a dot with a one-hot matrix (1 * x plus zeros is exactly x). Inline, XLA:CPU fuses
+    cos and sin into every consumer and evaluates them again for every head of q and k in every
+    block, forward and backward (it drops optimization barriers and inlines conditionals before
+    fusing); XLA never fuses a dot. Their bits can differ from `rotary`'s by the rounding of cos
+    and sin evaluated inside another fusion, so the forward without gradients keeps `rotary`'s
+    (`layers.attend_rotary`). Sequences past `ROTARY_PICK_MAX` (the one-hot grows as T^2) compute
+    inline."""
     t = positions.shape[-1]
-    if t > ROTARY_PICK_MAX:  # the one-hot matrix grows as T^2: long sequences compute inline
-        freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-        emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-        return jnp.cos(emb), jnp.sin(emb)
+    if t > ROTARY_PICK_MAX:
+        return rotary(positions, inv_freq)
     freqs = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     pick = jax.nn.one_hot(positions, t, dtype=jnp.float32)  # positions < t (`real_positions`)
@@ -251,12 +258,14 @@ class LlamaAttention(nnx.Module):
         self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
         self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, use_bias=cfg.o_bias, **lin)
 
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, keep, rope):
+        """``rope``: `rotary`'s cos and sin, then `rotary_picked`'s (the same values, for training)."""
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
         q, k, v = precision.side_by_side(x, self.q_proj, self.k_proj, self.v_proj)
         q, k, v = q.reshape(b, t, self.num_heads, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
-        return self.o_proj(layers.attend_rotary(q, k, v, cos, sin, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
+        return self.o_proj(layers.attend_rotary(q, k, v, *rope[:2], keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype,
+                                                picked=rope[2:]))
 
 
 class LlamaMLP(nnx.Module):
@@ -282,9 +291,9 @@ class LlamaBlock(nnx.Module):
         self.post_attn_norm = nnx.RMSNorm(cfg.hidden_size, **norm)
         self.mlp = LlamaMLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, keep, rope):
         bf16 = self.attn.compute_dtype == jnp.dtype(jnp.bfloat16)  # float32 keeps autodiff's norms
-        x = x + self.attn(layers.rms_norm(self.input_norm, x, bf16), keep, cos, sin).astype(jnp.float32)
+        x = x + self.attn(layers.rms_norm(self.input_norm, x, bf16), keep, rope).astype(jnp.float32)
         return x + self.mlp(layers.rms_norm(self.post_attn_norm, x, bf16)).astype(jnp.float32)
 
 
@@ -319,11 +328,12 @@ class LlamaModel(layers.Stack, nnx.Module):
     def run_blocks(self, x, attention_mask, start=0, stop=None):
         cfg = self.config
         # Positions count real tokens, so left or right padding leaves them unchanged.
-        cos, sin = rotary(layers.real_positions(attention_mask), rope_frequencies(cfg))
+        positions, inv_freq = layers.real_positions(attention_mask), rope_frequencies(cfg)
+        rope = rotary(positions, inv_freq) + rotary_picked(positions, inv_freq)
         full = layers.decoder_mask(attention_mask)
         sliding = layers.decoder_mask(attention_mask, cfg.sliding_window) if cfg.layer_types else None
         for i, layer in self.held_blocks(start, stop):
-            x = layer(x, sliding if cfg.is_sliding(i) else full, cos, sin)
+            x = layer(x, sliding if cfg.is_sliding(i) else full, rope)
         return x
 
     def finish(self, x):
