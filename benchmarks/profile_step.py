@@ -30,6 +30,8 @@ shared machine. Variants:
   step_bf16_unfused_qkv   step_bf16 with only the q/k/v projections as separate layers
   step_bf16_encoder_before  step_bf16 with the BERT/MPNet blocks' bf16 path of before 2026-12-06 (separate
                           q/k/v Linear layers, float32 attention matmuls, erfc GELU, bias gradients as sums)
+  step_bf16_decoder_before  step_bf16 with the decoders' bf16 path of before 2026-12-06, 22:00 UTC (rotary and
+                          attention left to autodiff, whose backward ran its matmuls in float32; `_decoder_before`)
   embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
                           of ``2 * --batch`` rows, after and before that change
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
@@ -54,8 +56,8 @@ from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4",
-            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "embed_bf16",
-            "embed_bf16_encoder_before")
+            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "step_bf16_decoder_before",
+            "embed_bf16", "embed_bf16_encoder_before")
 
 
 def _encoder_before(module) -> None:
@@ -68,6 +70,27 @@ def _encoder_before(module) -> None:
     for _, node in nnx.iter_modules(module):
         if isinstance(node, bert.PostNormLayer):
             node.bf16 = False
+
+
+def _decoder_before():
+    """``{(module, name): replacement}``: the decoders' bf16 step as it was before 2026-12-06, 22:00 UTC,
+    with the same forward values: rotary, `layers.attend` and the RMSNorms left to autodiff (no own
+    backward; the rotary tables inline, which XLA fuses into and re-evaluates in every consumer),
+    the kernels concatenated in float32 before their bf16 conversion, and SiLU's derivative by autodiff."""
+    import jax
+    import jax.numpy as jnp
+
+    from w2sjax.models import layers, precision
+
+    def attend_rotary(q, k, v, cos, sin, keep, scale, softcap=None, dtype=None, picked=None):
+        del picked  # the materialised tables: unused, so XLA drops them
+        q, k = (layers.apply_rotary(a.astype(jnp.float32), cos, sin) for a in (q, k))
+        return layers.attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
+
+    return {(layers, "attend_rotary"): attend_rotary,
+            (precision, "_concat_bf16"): lambda arrays, axis: jnp.concatenate(arrays, axis=axis).astype(jnp.bfloat16),
+            (layers, "rms_norm"): lambda norm, x, own_backward=True: norm(x),
+            (precision, "_gated_pull"): lambda act, g, u, dh: jax.vjp(lambda g, u: act(g) * u, g, u)[1](dh)}
 
 
 def _embed_call(model: str, path, layers, rows: int, t: int, before: bool):
@@ -337,6 +360,10 @@ def main(argv=None) -> int:
             precision._linear_bf16 = _linear_bf16_wgrad_t()
         if variant == "step_bf16_before":
             precision._linear_bf16, layers.attend = _before_2026_12_06()
+        patches = _decoder_before() if variant == "step_bf16_decoder_before" else {}
+        originals = {key: getattr(*key) for key in patches}
+        for (mod, name), fn_ in patches.items():
+            setattr(mod, name, fn_)
         if variant == "step_bf16_unfused":
             precision.gated_mlp = lambda act, gate, up, down, x: down(act(gate(x)) * up(x))
         if variant in ("step_bf16_unfused", "step_bf16_unfused_qkv"):
@@ -350,6 +377,8 @@ def main(argv=None) -> int:
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
+            for (mod, name), fn_ in originals.items():
+                setattr(mod, name, fn_)
         holder = holders[variant] = {"s": state}
 
         def call(fn=fn, holder=holder):

@@ -104,3 +104,101 @@ def test_keys_major_attention_gradients_match_float32_autodiff():
     for name, g, w in zip(("dq", "dk", "dv", "dbias"), got, want):
         assert g.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=3e-2 * float(jnp.abs(w).max()), err_msg=name)
+
+
+def _rotate_np(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+def test_decoder_attention_backward_matches_float64_numpy_with_rotary_gqa_and_window():
+    """The bf16 decoders' attention (`layers.attend_rotary`: rotary, grouped-query causal attention
+    with a sliding window and padding, and its own backward) against float64 numpy: the forward
+    exactly as `apply_rotary` + `attend` compute it, and the gradients of q, k, v against the
+    float64 chain rule (numerical differences of the float64 forward)."""
+    import jax
+
+    rng = np.random.default_rng(3)
+    b, t, h, kv, d = 2, 6, 4, 2, 4
+    q = rng.normal(size=(b, t, h, d)).astype(np.float32)
+    k, v = (rng.normal(size=(b, t, kv, d)).astype(np.float32) for _ in range(2))
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], np.int32)  # the first row left-padded
+    keep = layers.decoder_mask(jnp.asarray(mask), sliding_window=3)
+    pos = layers.real_positions(jnp.asarray(mask))
+    cos, sin = layers.rotary(pos, d, 10000.0)
+    dout = rng.normal(size=(b, t, h * d)).astype(np.float32)
+    dout[0, :2] = 0.0  # padded queries feed nothing downstream (the readout takes the last real token)
+    scale = d ** -0.5
+
+    fast = jax.jit(lambda *a: layers.attend_rotary(*a, cos, sin, keep, scale, dtype=jnp.bfloat16))
+    plain = layers.attend(layers.apply_rotary(jnp.asarray(q), cos, sin), layers.apply_rotary(jnp.asarray(k), cos, sin),
+                          jnp.asarray(v), keep, scale, dtype=jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(fast(q, k, v)), np.asarray(plain))
+
+    c64, s64, keep64 = (np.asarray(a).astype(np.float64) for a in (cos, sin, keep))
+
+    def reference(q, k, v):  # float64 throughout, KV heads repeated; padded queries (no key) give 0
+        qr, kr = _rotate_np(q, c64, s64), _rotate_np(k, c64, s64)
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(_reference(qr, kr, v, keep64.astype(bool), scale, round_bf16=False))
+
+    args = [a.astype(np.float64) for a in (q, k, v)]
+    got = jax.vjp(fast, q, k, v)[1](jnp.asarray(dout))
+    for i, name in enumerate(("dq", "dk", "dv")):
+        want = np.zeros_like(args[i])
+        for idx in np.ndindex(args[i].shape):  # central differences of the linear functional <dout, out>
+            plus, minus = [list(args) for _ in range(2)]
+            plus[i], minus[i] = args[i].copy(), args[i].copy()
+            plus[i][idx] += 1e-5
+            minus[i][idx] -= 1e-5
+            want[idx] = np.sum(dout * (reference(*plus) - reference(*minus))) / 2e-5
+        assert got[i].dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got[i]), want, atol=3e-2 * np.abs(want).max(), err_msg=name)
+
+
+def test_rms_norm_keeps_flax_forward_and_matches_float64_gradients():
+    """`layers.rms_norm`'s own backward: the forward bit for bit flax's ``nnx.RMSNorm``, the input
+    and scale gradients against the float64 formulas."""
+    import jax
+    from flax import nnx
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 5, 16)).astype(np.float32) * 2
+    dy = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    norm = nnx.RMSNorm(16, epsilon=1e-5, use_fast_variance=False, rngs=nnx.Rngs(0))
+    norm.scale[...] = jnp.asarray(rng.normal(size=16), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(layers.rms_norm)(norm, x)), np.asarray(jax.jit(norm)(x)))
+
+    def loss(norm, x):
+        return jnp.sum(layers.rms_norm(norm, x) * dy)
+
+    gnorm, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(norm, jnp.asarray(x))
+    x64, dy64, s64 = x.astype(np.float64), dy.astype(np.float64), np.asarray(norm.scale[...], np.float64)
+    r = 1 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-5)
+    xhat = x64 * r
+    want_scale = (dy64 * xhat).sum((0, 1))
+    g = dy64 * s64
+    want_x = r * (g - xhat * (g * xhat).mean(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(gx), want_x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gnorm.scale[...]), want_scale, rtol=1e-4, atol=1e-5)
+
+
+def test_rotary_tables_picked_by_a_dot_equal_the_inline_form_bit_for_bit(monkeypatch):
+    """`llama.rotary_picked` picks each position's row of a once-computed table with a one-hot dot
+    (so XLA cannot fuse cos and sin into every consumer): the values equal `llama.rotary`'s
+    computed on their own, bit for bit, under left and right padding, and past the pick's limit."""
+    import jax
+
+    from w2sjax.models import llama
+
+    inv_freq = jnp.asarray(1.0 / (10000.0 ** (np.arange(0, 8, 2) / 8)), jnp.float32)
+    mask = np.ones((3, 40), np.int32)
+    mask[0, :7], mask[1, 30:] = 0, 0
+    positions = layers.real_positions(jnp.asarray(mask))
+    want = [np.asarray(a).view(np.uint32) for a in jax.jit(llama.rotary)(positions, inv_freq)]
+    for limit in (512, 16):  # the dot, then the inline form for sequences past the limit
+        monkeypatch.setattr(llama, "ROTARY_PICK_MAX", limit)
+        got = jax.jit(llama.rotary_picked)(positions, inv_freq)
+        for g, w in zip(got, want):
+            assert g.shape == (3, 40, 1, 8)
+            np.testing.assert_array_equal(np.asarray(g).view(np.uint32), w)

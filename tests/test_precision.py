@@ -253,3 +253,15 @@ def test_biased_projections_match_numpy_and_fall_back_for_other_layers():
     for layers_ in (biased, plain, f32):
         for got, layer in zip(precision.dense(xj, *layers_), layers_):
             np.testing.assert_allclose(np.asarray(got), np.asarray(layer(xj)), atol=1e-5)
+
+
+def test_bf16_concatenation_as_words_keeps_the_values():
+    """`precision._concat_bf16` (converted first, concatenated as uint16 words) equals the plain
+    float32 concatenation converted to bf16, bit for bit, under jit as eagerly."""
+    rng = np.random.default_rng(5)
+    a, b = (jnp.asarray(rng.normal(size=(3, n)), jnp.float32) for n in (4, 6))
+    want = np.asarray(jnp.concatenate([a, b], axis=1).astype(jnp.bfloat16)).view(np.uint16)
+    for fn in (precision._concat_bf16, jax.jit(precision._concat_bf16, static_argnums=1)):
+        got = fn([a, b], 1)
+        assert got.dtype == jnp.bfloat16 and got.shape == (3, 10)
+        np.testing.assert_array_equal(np.asarray(got).view(np.uint16), want)

@@ -32,7 +32,7 @@ from flax import nnx
 from w2sjax.models import layers, precision
 from w2sjax.models import weights as weights_lib
 from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
-from w2sjax.models.llama import rotary
+from w2sjax.models.llama import rotary, rotary_picked
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 
 __all__ = ["Gemma3Config", "Gemma3Model", "load_hf", "load_gguf", "load_gemma3_270m", "count_gemma3_params",
@@ -167,14 +167,15 @@ class Gemma3Attention(nnx.Module):
         self.q_norm = OffsetRMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.k_norm = OffsetRMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, keep, rope):
+        """``rope``: `llama.rotary`'s cos and sin, then `llama.rotary_picked`'s."""
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
-        q = layers.apply_rotary(self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, d)), cos, sin)
-        k = layers.apply_rotary(self.k_norm(self.k_proj(x).reshape(b, t, kv, d)), cos, sin)
+        q = self.q_norm(self.q_proj(x).reshape(b, t, self.num_heads, d))
+        k = self.k_norm(self.k_proj(x).reshape(b, t, kv, d))
         v = self.v_proj(x).reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, self.scale, softcap=self.softcap,
-                                           dtype=self.compute_dtype))
+        return self.o_proj(layers.attend_rotary(q, k, v, *rope[:2], keep, self.scale, softcap=self.softcap,
+                                                dtype=self.compute_dtype, picked=rope[2:]))
 
 
 class Gemma3Block(nnx.Module):
@@ -190,8 +191,8 @@ class Gemma3Block(nnx.Module):
         self.up_proj = nnx.Linear(h, i, **lin)
         self.down_proj = nnx.Linear(i, h, **lin)
 
-    def __call__(self, x, keep, cos, sin):
-        x = x + self.post_attn_norm(self.attn(self.input_norm(x), keep, cos, sin))
+    def __call__(self, x, keep, rope):
+        x = x + self.post_attn_norm(self.attn(self.input_norm(x), keep, rope))
         y = self.pre_ffn_norm(x)
         y = precision.gated_mlp(layers.ACTIVATIONS[self.act], self.gate_proj, self.up_proj, self.down_proj, y)
         return x + self.post_ffn_norm(y)
@@ -225,13 +226,14 @@ class Gemma3Model(layers.Stack, nnx.Module):
     def run_blocks(self, x, attention_mask, start=0, stop=None):
         cfg = self.config
         positions = layers.real_positions(attention_mask)
-        rope = {"full_attention": rotary(positions, self._frequencies(cfg.rope_theta, cfg.rope_scaling_factor)),
-                "sliding_attention": rotary(positions, self._frequencies(cfg.rope_local_base_freq))}
+        freqs = {"full_attention": self._frequencies(cfg.rope_theta, cfg.rope_scaling_factor),
+                 "sliding_attention": self._frequencies(cfg.rope_local_base_freq)}
+        rope = {kind: rotary(positions, f) + rotary_picked(positions, f) for kind, f in freqs.items()}
         masks = {"full_attention": layers.decoder_mask(attention_mask),
                  "sliding_attention": layers.decoder_mask(attention_mask, cfg.sliding_window)}
         for i, layer in self.held_blocks(start, stop):
             kind = cfg.layer_types[i]
-            x = layer(x, masks[kind], *rope[kind])
+            x = layer(x, masks[kind], rope[kind])
         return x
 
     def finish(self, x):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["ACTIVATIONS", "activation", "gelu_erf", "rotary", "apply_rotary", "attend", "attend_keys_major"]
+__all__ = ["ACTIVATIONS", "activation", "gelu_erf", "rotary", "apply_rotary", "attend", "attend_rotary",
+           "attend_keys_major", "rms_norm"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU (BERT)
@@ -96,6 +97,89 @@ def attend(q, k, v, keep, scale: float, softcap: float | None = None, dtype=None
     return out.reshape(b, t, h * d)
 
 
+def attend_rotary(q, k, v, cos, sin, keep, scale: float, softcap: float | None = None, dtype=None,
+                  picked=None):
+    """The decoders' attention: rotary on ``q [B,T,H,d]`` and ``k [B,S,KV,d]`` (float32, tables
+    from `rotary`), then `attend`. With bfloat16 ``dtype`` and no ``softcap`` it runs as one
+    custom-gradient kernel (`_rotary_gqa`): the forward is `attend`'s, operation for operation,
+    so frozen features and cached bottoms do not change; the backward rounds its cotangents to bf16
+    as the Linear layers' does (`precision`), so all four of its matmuls take bf16 operands
+    (autodiff ran them in float32 and rounded dq, dk and dv to bf16 instead), and undoes the
+    rotary in the same pass. ``picked``: the same tables as ``cos, sin`` materialised once
+    (`llama.rotary_picked`), which the training forward and backward read. Anything else is
+    `apply_rotary` and `attend` as they are."""
+    if softcap is not None or dtype is None or jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
+        q, k = apply_rotary(q.astype(jnp.float32), cos, sin), apply_rotary(k.astype(jnp.float32), cos, sin)
+        return attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
+    f32 = lambda a: a.astype(jnp.float32)
+    picked = tuple(picked) if picked else (cos, sin)
+    return _rotary_gqa(float(scale), f32(q), f32(k), f32(v), cos, sin, keep, *picked)
+
+
+def _unrotate(g, cos, sin):
+    """The transpose of `apply_rotary` (a rotation by minus the angle) applied to a cotangent."""
+    half = g.shape[-1] // 2
+    gs = g * sin
+    return g * cos + jnp.concatenate([gs[..., half:], -gs[..., :half]], axis=-1)
+
+
+def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep, cos_p, sin_p):
+    # The ops of `apply_rotary` + `attend(dtype=bf16)`, in their order, so the values are theirs:
+    # what a forward pass without gradients (features, cached bottoms, predictions) computes.
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
+    k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q16, k16, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    p16 = jax.nn.softmax(scores, axis=-1).astype(jnp.bfloat16)
+    return jnp.einsum("bkgqs,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32).reshape(b, t, h * d)
+
+
+def _rotary_gqa_fwd(scale, q, k, v, cos_inline, sin_inline, keep, cos, sin):
+    # The training forward: the same arithmetic with the scores laid out keys-major
+    # ``[B, KV, group, key, query]``, so the softmax's max and sum run across rows (XLA:CPU splits
+    # a reduction along rows into slow ``reduce-window`` trees; see `attend_keys_major`). Values
+    # agree with the primal's to float32 rounding of the sums. It reads the materialised tables.
+    del cos_inline, sin_inline
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
+    k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    keep_t = jnp.swapaxes(keep, -1, -2)[:, None, None]  # [B, 1, 1, key, query]
+    scores = jnp.einsum("bskd,bqkgd->bkgsq", k16, q16, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(keep_t, scores, jnp.finfo(jnp.float32).min), axis=-2)
+    p16 = probs.astype(jnp.bfloat16)
+    out = jnp.einsum("bkgsq,bskd->bqkgd", p16, v16, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, h * d), (q16, k16, v16, probs, p16, out, cos, sin, keep_t)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rotary_gqa(scale, q, k, v, cos, sin, keep, cos_p, sin_p):
+    return _rotary_gqa_primal(scale, q, k, v, cos, sin, keep, cos_p, sin_p)
+
+
+def _rotary_gqa_bwd(scale, res, dout):
+    q16, k16, v16, probs, p16, out, cos, sin, keep_t = res
+    b, t, kv, g, d = q16.shape
+    do = dout.reshape(b, t, kv, g, d)
+    do16 = do.astype(jnp.bfloat16)
+    dv = jnp.einsum("bkgsq,bqkgd->bskd", p16, do16, preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bqkgd,bskd->bkgsq", do16, v16, preferred_element_type=jnp.float32)
+    # Softmax's backward in float32, with sum_s p * dp = <do, out> per query (FlashAttention's
+    # form: a sum over the head's d features instead of over the keys); masked scores get no
+    # gradient, as through `where`.
+    rows = jnp.einsum("bqkgd->bkgq", do * out)[:, :, :, None, :]
+    ds = jnp.where(keep_t, probs * (dp - rows), 0.0)
+    ds16 = (ds * scale).astype(jnp.bfloat16)
+    dq = jnp.einsum("bkgsq,bskd->bqkgd", ds16, k16, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkgsq,bqkgd->bskd", ds16, q16, preferred_element_type=jnp.float32)
+    return (_unrotate(dq.reshape(b, t, kv * g, d), cos, sin), _unrotate(dk, cos, sin), dv) + (None,) * 5
+
+
+_rotary_gqa.defvjp(_rotary_gqa_fwd, _rotary_gqa_bwd)
+
+
 def attend_keys_major(q, k, v, keep, scale: float, bias=None):
     """Bidirectional multi-head attention with bf16 operands and float32 sums, for the bf16 encoders:
     ``q, k, v [B,T,H,d]``, ``keep [B,1,1,T]`` bool (real keys), ``bias`` ``[1,H,T,T]`` (query, key)
@@ -147,6 +231,41 @@ def _keys_major_bwd(scale, res, dout):
 
 
 _keys_major.defvjp(_keys_major_fwd, _keys_major_bwd)
+
+
+def rms_norm(norm, x, own_backward: bool = True):
+    """``norm(x)`` for an ``nnx.RMSNorm`` (no mean subtracted): with ``own_backward`` the same
+    forward values through a custom gradient whose scale gradient is a dot with a row of ones
+    (`precision._token_sum`; XLA:CPU splits a sum over the tokens into slow ``reduce-window``
+    trees) and whose input gradient is one pass with one row reduction. float32 throughout; only
+    the order of the sums differs from autodiff. The bf16 decoders use it."""
+    if not own_backward or norm.use_scale is False or norm.reduction_axes != -1 or norm.feature_axes != -1:
+        return norm(x)
+    return _rms(float(norm.epsilon), x.astype(jnp.float32), norm.scale[...].astype(jnp.float32))
+
+
+def _rms_fwd(eps, x, scale):
+    # flax's RMSNorm, operation for operation: var = mean(x^2), y = x * (rsqrt(var + eps) * scale).
+    r = lax.rsqrt(jnp.mean(lax.square(x), axis=-1, keepdims=True) + eps)
+    return x * (r * scale), (x, r, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rms(eps, x, scale):
+    return _rms_fwd(eps, x, scale)[0]
+
+
+def _rms_bwd(eps, res, dy):
+    from w2sjax.models import precision
+
+    x, r, scale = res
+    xhat = x * r
+    dxhat = dy * scale
+    dx = r * (dxhat - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx, precision._token_sum(dy * xhat)
+
+
+_rms.defvjp(_rms_fwd, _rms_bwd)
 
 
 def decoder_mask(attention_mask, sliding_window: int | None = None):

@@ -212,6 +212,28 @@ def rotary(positions, inv_freq):
     return jnp.cos(emb), jnp.sin(emb)
 
 
+ROTARY_PICK_MAX = 512  # longest sequence whose rotary rows `rotary_picked` picks by a one-hot dot
+
+
+def rotary_picked(positions, inv_freq):
+    """`rotary`'s tables for the training step: computed once per length, each position's row
+    picked by a dot with a one-hot matrix (1 * x plus zeros is exactly x). Inline, XLA:CPU fuses
+    cos and sin into every consumer and evaluates them again for every head of q and k in every
+    block, forward and backward (it drops optimization barriers and inlines conditionals before
+    fusing); XLA never fuses a dot. Their bits can differ from `rotary`'s by the rounding of cos
+    and sin evaluated inside another fusion, so the forward without gradients keeps `rotary`'s
+    (`layers.attend_rotary`). Sequences past `ROTARY_PICK_MAX` (the one-hot grows as T^2) compute
+    inline."""
+    t = positions.shape[-1]
+    if t > ROTARY_PICK_MAX:
+        return rotary(positions, inv_freq)
+    freqs = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    pick = jax.nn.one_hot(positions, t, dtype=jnp.float32)  # positions < t (`real_positions`)
+    cos, sin = (jnp.einsum("btp,pd->btd", pick, f(emb), precision="highest") for f in (jnp.cos, jnp.sin))
+    return cos[:, :, None, :], sin[:, :, None, :]
+
+
 def count_llama_params(cfg: LlamaConfig) -> int:
     """Parameters of a `LlamaModel` for ``cfg``, without building it."""
     h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -236,14 +258,14 @@ class LlamaAttention(nnx.Module):
         self.v_proj = nnx.Linear(h, cfg.num_key_value_heads * d, use_bias=cfg.qkv_bias, **lin)
         self.o_proj = nnx.Linear(cfg.num_attention_heads * d, h, use_bias=cfg.o_bias, **lin)
 
-    def __call__(self, x, keep, cos, sin):
+    def __call__(self, x, keep, rope):
+        """``rope``: `rotary`'s cos and sin, then `rotary_picked`'s (the same values, for training)."""
         b, t, _ = x.shape
         kv, d = self.num_kv_heads, self.head_dim
         q, k, v = precision.side_by_side(x, self.q_proj, self.k_proj, self.v_proj)
-        q = layers.apply_rotary(q.reshape(b, t, self.num_heads, d).astype(jnp.float32), cos, sin)
-        k = layers.apply_rotary(k.reshape(b, t, kv, d).astype(jnp.float32), cos, sin)
-        v = v.reshape(b, t, kv, d)
-        return self.o_proj(layers.attend(q, k, v, keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype))
+        q, k, v = q.reshape(b, t, self.num_heads, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
+        return self.o_proj(layers.attend_rotary(q, k, v, *rope[:2], keep, 1.0 / math.sqrt(d), dtype=self.compute_dtype,
+                                                picked=rope[2:]))
 
 
 class LlamaMLP(nnx.Module):
@@ -269,9 +291,10 @@ class LlamaBlock(nnx.Module):
         self.post_attn_norm = nnx.RMSNorm(cfg.hidden_size, **norm)
         self.mlp = LlamaMLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, keep, cos, sin):
-        x = x + self.attn(self.input_norm(x), keep, cos, sin).astype(jnp.float32)
-        return x + self.mlp(self.post_attn_norm(x)).astype(jnp.float32)
+    def __call__(self, x, keep, rope):
+        bf16 = self.attn.compute_dtype == jnp.dtype(jnp.bfloat16)  # float32 keeps autodiff's norms
+        x = x + self.attn(layers.rms_norm(self.input_norm, x, bf16), keep, rope).astype(jnp.float32)
+        return x + self.mlp(layers.rms_norm(self.post_attn_norm, x, bf16)).astype(jnp.float32)
 
 
 class LlamaModel(layers.Stack, nnx.Module):
@@ -289,6 +312,7 @@ class LlamaModel(layers.Stack, nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         layers.activation(cfg.hidden_act)
         self.config = cfg
+        self.compute_dtype = jnp.dtype(dtype)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List([
             LlamaBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)
@@ -304,15 +328,18 @@ class LlamaModel(layers.Stack, nnx.Module):
     def run_blocks(self, x, attention_mask, start=0, stop=None):
         cfg = self.config
         # Positions count real tokens, so left or right padding leaves them unchanged.
-        cos, sin = rotary(layers.real_positions(attention_mask), rope_frequencies(cfg))
+        positions, inv_freq = layers.real_positions(attention_mask), rope_frequencies(cfg)
+        rope = rotary(positions, inv_freq) + rotary_picked(positions, inv_freq)
         full = layers.decoder_mask(attention_mask)
         sliding = layers.decoder_mask(attention_mask, cfg.sliding_window) if cfg.layer_types else None
         for i, layer in self.held_blocks(start, stop):
-            x = layer(x, sliding if cfg.is_sliding(i) else full, cos, sin)
+            x = layer(x, sliding if cfg.is_sliding(i) else full, rope)
         return x
 
     def finish(self, x):
-        return self.norm(x) if self.config.final_norm else x
+        if not self.config.final_norm:
+            return x
+        return layers.rms_norm(self.norm, x, self.compute_dtype == jnp.dtype(jnp.bfloat16))
 
     def project(self, hidden):
         """Vocabulary logits of hidden states ``[..., D] -> [..., vocab]`` (float32)."""

@@ -94,6 +94,15 @@ def _dot(a, b, dims):
     return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
 
 
+def _concat_bf16(arrays, axis):
+    """``concatenate(arrays).astype(bf16)``, the same values, with the conversions first (each
+    fuses into the pass that produces its array) and the concatenation moving 2-byte words.
+    XLA:CPU computes a bf16 concatenation in float32 (it converts back and forth), so the words
+    are concatenated as uint16."""
+    words = [lax.bitcast_convert_type(a.astype(jnp.bfloat16), jnp.uint16) for a in arrays]
+    return lax.bitcast_convert_type(jnp.concatenate(words, axis=axis), jnp.bfloat16)
+
+
 def _tokens_dot(x16, g16):
     """``x.T @ g`` over every leading (token) axis: a weight gradient, float32."""
     lead = tuple(range(x16.ndim - 1))
@@ -104,7 +113,7 @@ def _gated_fwd(act, x, w_gate, w_up, w_down):
     # Gate and up are one dot on the two kernels side by side: one pass over x, and in the
     # backward one dot for dx and one for both weight gradients.
     x16 = x.astype(jnp.bfloat16)
-    w_gu = jnp.concatenate([w_gate, w_up], axis=1).astype(jnp.bfloat16)
+    w_gu = _concat_bf16([w_gate, w_up], axis=1)
     wd16 = w_down.astype(jnp.bfloat16)
     gu = _dot(x16, w_gu, ((x.ndim - 1,), (0,)))
     g, u = jnp.split(gu, 2, axis=-1)
@@ -112,6 +121,16 @@ def _gated_fwd(act, x, w_gate, w_up, w_down):
     y = _dot(h16, wd16, ((h16.ndim - 1,), (0,)))
     dtypes = tuple(jnp.zeros((0,), a.dtype) for a in (x, w_gate, w_down))
     return y, (x16, w_gu, wd16, gu, h16, dtypes)
+
+
+def _gated_pull(act, g, u, dh):
+    """The cotangents of ``g`` and ``u`` in ``act(g) * u``. SiLU's are written out, sharing one
+    sigmoid, so XLA evaluates them in one pass; other activations go through autodiff."""
+    if act is jax.nn.silu:
+        s = jax.nn.sigmoid(g)
+        dsilu = dh * s
+        return dsilu * u * (1.0 + g * (1.0 - s)), dsilu * g
+    return jax.vjp(lambda g, u: act(g) * u, g, u)[1](dh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -126,8 +145,7 @@ def _gated_bwd(act, res, dy):
     g, u = jnp.split(gu, 2, axis=-1)
     # The activation's derivative is recomputed from the saved pre-activations inside the same
     # element-wise pass that writes both bf16 cotangents, side by side for the single dx dot.
-    _, pull = jax.vjp(lambda g, u: act(g) * u, g, u)
-    dgu16 = jnp.concatenate(pull(dh), axis=-1).astype(jnp.bfloat16)
+    dgu16 = _concat_bf16(_gated_pull(act, g, u, dh), axis=-1)
     dx = _dot(dgu16, w_gu, ((dgu16.ndim - 1,), (1,)))
     dw_gate, dw_up = jnp.split(_tokens_dot(x16, dgu16), 2, axis=1)
     dw_down = _tokens_dot(h16, dy16)
@@ -163,7 +181,7 @@ def gated_mlp(act, gate, up, down, x):
 
 def _side_by_side_fwd(x, kernels):
     x16 = x.astype(jnp.bfloat16)
-    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
+    w16 = _concat_bf16(kernels, axis=1)
     y = _dot(x16, w16, ((x.ndim - 1,), (0,)))
     ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
     # Zero-row arrays carry each kernel's width and dtype, and x's dtype, to the backward.
@@ -178,7 +196,7 @@ def _side_by_side(x, kernels):
 
 def _side_by_side_bwd(res, gs):
     x16, w16, shapes, x_dt = res
-    g16 = jnp.concatenate(gs, axis=-1).astype(jnp.bfloat16)  # one pass writes every cotangent
+    g16 = _concat_bf16(gs, axis=-1)  # one pass writes every cotangent
     dx = _dot(g16, w16, ((g16.ndim - 1,), (1,)))
     ends = np.cumsum([s.shape[1] for s in shapes])[:-1]
     dws = jnp.split(_tokens_dot(x16, g16), ends, axis=1)
