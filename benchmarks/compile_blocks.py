@@ -1,5 +1,6 @@
 """CPU seconds to trace and compile an encoder's train and predict programs, with its blocks unrolled (as
-the library runs them) or as one ``lax.scan`` over their stacked parameters (the variant is defined here).
+the library runs them), as one ``lax.scan`` over their stacked parameters (``scanned``), or each as a call of
+one nested ``jax.jit`` (``called``); the two variants are defined here and patched in.
 
     python -m benchmarks.compile_blocks --models minilm-l6 mpnet-base --out benchmarks/results/DATE_compile_blocks.jsonl
     python -m benchmarks.compile_blocks --encoder-only --out ...
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("unrolled", "scanned")
+VARIANTS = ("unrolled", "scanned", "called")
 ENCODER_VARIANTS = ("unrolled", "scanned", "prestacked")
 
 
@@ -34,25 +35,55 @@ def scan_like_blocks(blocks, x, *args):
     import jax.numpy as jnp
     from flax import nnx
 
-    graphdef = nnx.split(blocks[0])[0]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(b)[1] for b in blocks))
     if len(blocks) == 1:
         return blocks[0](x, *args)
+    graphdef = nnx.split(blocks[0])[0]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(b)[1] for b in blocks))
     body = lambda carry, state: (nnx.merge(graphdef, state)(carry, *args), None)
     return jax.lax.scan(body, x, stacked)[0]
 
 
-def _use_scan():
+def call_like_blocks(blocks, x, *args):
+    """``block(x, *args)`` for each block in turn, each as a call of one nested ``jax.jit`` of the block's
+    graph definition: JAX traces and lowers it once for all like blocks (XLA inlines the calls)."""
+    from flax import nnx
+
+    for block in blocks:
+        graphdef, state = nnx.split(block)
+        x = _block_call(graphdef, state, x, *args)
+    return x
+
+
+def _block_call_impl(graphdef, state, x, *args):
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(x, *args)
+
+
+def _block_call(graphdef, state, x, *args):
+    import jax
+
+    global _jitted_block
+    if _jitted_block is None:
+        _jitted_block = jax.jit(_block_call_impl, static_argnums=0)
+    return _jitted_block(graphdef, state, x, *args)
+
+
+_jitted_block = None
+
+
+def _patch_blocks(run):
+    """Make BERT's and MPNet's ``run_blocks`` run their blocks through ``run(blocks, x, *args)``."""
     from w2sjax.models import bert, mpnet
 
     def bert_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
-        return scan_like_blocks([b for _, b in self.held_blocks(start, stop)], x, keep)
+        return run([b for _, b in self.held_blocks(start, stop)], x, keep)
 
     def mpnet_blocks(self, x, attention_mask, start=0, stop=None):
         keep = attention_mask[:, None, None, :].astype(bool)
         bias = self.position_bias(x.shape[1])
-        return scan_like_blocks([b for _, b in self.held_blocks(start, stop)], x, keep, bias)
+        return run([b for _, b in self.held_blocks(start, stop)], x, keep, bias)
 
     bert.BertEncoder.run_blocks = bert_blocks
     mpnet.MPNetEncoder.run_blocks = mpnet_blocks
@@ -70,8 +101,8 @@ def child(model_name: str, variant: str) -> dict:
     from w2sjax.data.feed import ArrayData
     from w2sjax.runner import precompile
 
-    if variant == "scanned":
-        _use_scan()
+    if variant != "unrolled":
+        _patch_blocks(scan_like_blocks if variant == "scanned" else call_like_blocks)
     module = models.get_model(model_name).finetune(2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     mesh = parallel.make_mesh()
     n, length = 512, 128
