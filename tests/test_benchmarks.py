@@ -205,3 +205,41 @@ def test_fresh_cold_sweep_alternates_processes_and_ratios_use_min_and_median():
     assert rec["jax_over_torch_wall_s_median"] == round(27 / 22, 3)
     assert rec["jax_over_torch_sweep_s_median"] == round(25 / 20, 3)
     assert rec["wall_s_min"] == {"jax_bf16": 24.0, "torch_bf16": 20.0}
+
+
+def test_compile_blocks_variants_compute_what_the_blocks_loop_does():
+    """The scanned and called variants `benchmarks.compile_blocks` times against the unrolled blocks give
+    the same forward and gradients (float32 rounding apart), on a tiny random BERT."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from benchmarks.compile_blocks import call_like_blocks, scan_like_blocks
+    from w2sjax.models import bert
+
+    cfg = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=16)
+    graphdef, state = nnx.split(bert.BertEncoder(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(1, 50, (2, 7)), jnp.int32)
+    mask = jnp.ones((2, 7), jnp.int32).at[1, 5:].set(0)
+    proj = jnp.asarray(rng.standard_normal((2, 7, 16)), jnp.float32)
+
+    def objective(state, run):
+        enc = nnx.merge(graphdef, state)
+        x = enc.embed_tokens(ids, mask)
+        keep = mask[:, None, None, :].astype(bool)
+        if run is None:
+            for block in enc.layers:
+                x = block(x, keep)
+        else:
+            x = run(list(enc.layers), x, keep)
+        return jnp.sum(x * proj)
+
+    ref_value, ref_grads = jax.jit(jax.value_and_grad(objective), static_argnums=1)(state, None)
+    for run in (scan_like_blocks, call_like_blocks):
+        value, grads = jax.jit(jax.value_and_grad(objective), static_argnums=1)(state, run)
+        np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()) + 1e-6)
