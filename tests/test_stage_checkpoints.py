@@ -94,10 +94,15 @@ def test_resume_after_a_kill_gives_the_reference(killed, reference, tmp_path):
 
 
 def _flip_one_bit(step_dir: pathlib.Path, rng: np.random.Generator) -> str:
+    # A bit drawn uniformly over all the step's bytes (not a file first, then a bit): how many small
+    # metadata files Orbax writes varies from run to run, and must not decide where the flips land.
     files = sorted(p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size)
-    target = files[rng.integers(len(files))]
+    sizes = np.array([p.stat().st_size for p in files], np.int64)
+    at = int(rng.integers(int(sizes.sum()) * 8))
+    index = int(np.searchsorted(np.cumsum(sizes) * 8, at, side="right"))
+    target = files[index]
     raw = bytearray(target.read_bytes())
-    bit = int(rng.integers(len(raw) * 8))
+    bit = at - int(sizes[:index].sum()) * 8
     raw[bit // 8] ^= 1 << (bit % 8)
     target.write_bytes(bytes(raw))
     return f"{target.relative_to(step_dir)} bit {bit}"
@@ -124,7 +129,7 @@ def test_bit_flips_in_the_newest_in_stage_checkpoint_never_change_the_numbers(ki
         assert len(warnings) <= 1, (where, warnings)
         caught += bool(warnings)
         shutil.rmtree(out)
-    assert caught >= FLIPS // 4  # most flips land in the state's data, and each of those is caught
+    assert caught >= FLIPS // 2  # most bytes are the state's data, and each flip there is caught
 
 
 def test_restore_checks_the_in_stage_checksum(tmp_path):
