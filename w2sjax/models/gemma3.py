@@ -32,7 +32,7 @@ from flax import nnx
 from w2sjax.models import layers, precision
 from w2sjax.models import weights as weights_lib
 from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
-from w2sjax.models.llama import rotary, rotary_picked
+from w2sjax.models.llama import rope_tables
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 
 __all__ = ["Gemma3Config", "Gemma3Model", "load_hf", "load_gguf", "load_gemma3_270m", "count_gemma3_params",
@@ -228,7 +228,7 @@ class Gemma3Model(layers.Stack, nnx.Module):
         positions = layers.real_positions(attention_mask)
         freqs = {"full_attention": self._frequencies(cfg.rope_theta, cfg.rope_scaling_factor),
                  "sliding_attention": self._frequencies(cfg.rope_local_base_freq)}
-        rope = {kind: rotary(positions, f) + rotary_picked(positions, f) for kind, f in freqs.items()}
+        rope = {kind: rope_tables(positions, f) for kind, f in freqs.items()}
         masks = {"full_attention": layers.decoder_mask(attention_mask),
                  "sliding_attention": layers.decoder_mask(attention_mask, cfg.sliding_window)}
         for i, layer in self.held_blocks(start, stop):

@@ -123,13 +123,19 @@ def _unrotate(g, cos, sin):
     return g * cos + jnp.concatenate([gs[..., half:], -gs[..., :half]], axis=-1)
 
 
+def _rotated_bf16(q, k, v, cos, sin):
+    """q, k rotated and ``q`` grouped ``[B, T, KV, group, d]``, then all three rounded to bf16."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
+    return q16, apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+
+
 def _rotary_gqa_primal(scale, q, k, v, cos, sin, keep, cos_p, sin_p):
     # The ops of `apply_rotary` + `attend(dtype=bf16)`, in their order, so the values are theirs:
     # what a forward pass without gradients (features, cached bottoms, predictions) computes.
     b, t, h, d = q.shape
-    kv = k.shape[2]
-    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
-    k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    q16, k16, v16 = _rotated_bf16(q, k, v, cos, sin)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q16, k16, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(keep[:, None, None], scores, jnp.finfo(jnp.float32).min)
     p16 = jax.nn.softmax(scores, axis=-1).astype(jnp.bfloat16)
@@ -143,9 +149,7 @@ def _rotary_gqa_fwd(scale, q, k, v, cos_inline, sin_inline, keep, cos, sin):
     # agree with the primal's to float32 rounding of the sums. It reads the materialised tables.
     del cos_inline, sin_inline
     b, t, h, d = q.shape
-    kv = k.shape[2]
-    q16 = apply_rotary(q, cos, sin).reshape(b, t, kv, h // kv, d).astype(jnp.bfloat16)
-    k16, v16 = apply_rotary(k, cos, sin).astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    q16, k16, v16 = _rotated_bf16(q, k, v, cos, sin)
     keep_t = jnp.swapaxes(keep, -1, -2)[:, None, None]  # [B, 1, 1, key, query]
     scores = jnp.einsum("bskd,bqkgd->bkgsq", k16, q16, preferred_element_type=jnp.float32) * scale
     probs = jax.nn.softmax(jnp.where(keep_t, scores, jnp.finfo(jnp.float32).min), axis=-2)

@@ -205,11 +205,22 @@ def rope_frequencies(cfg) -> jnp.ndarray:
     return jnp.asarray(inv_freq, jnp.float32)
 
 
+def _rotary_angles(positions, inv_freq):
+    """Rotate-half angles ``[..., head_dim]``: each frequency twice, as HF lays them out."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.concatenate([freqs, freqs], axis=-1)
+
+
 def rotary(positions, inv_freq):
     """cos, sin ``[B, T, 1, head_dim]`` of HF's rotate-half rotary embedding (float32)."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    emb = _rotary_angles(positions, inv_freq)[:, :, None, :]
     return jnp.cos(emb), jnp.sin(emb)
+
+
+def rope_tables(positions, inv_freq):
+    """`rotary`'s tables, then `rotary_picked`'s: what `layers.attend_rotary` reads. A forward
+    without gradients never reads the picked pair, so jit drops it from that program."""
+    return rotary(positions, inv_freq) + rotary_picked(positions, inv_freq)
 
 
 ROTARY_PICK_MAX = 512  # longest sequence whose rotary rows `rotary_picked` picks by a one-hot dot
@@ -227,8 +238,7 @@ def rotary_picked(positions, inv_freq):
     t = positions.shape[-1]
     if t > ROTARY_PICK_MAX:
         return rotary(positions, inv_freq)
-    freqs = jnp.arange(t, dtype=jnp.float32)[:, None] * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    emb = _rotary_angles(jnp.arange(t, dtype=jnp.float32), inv_freq)
     pick = jax.nn.one_hot(positions, t, dtype=jnp.float32)  # positions < t (`real_positions`)
     cos, sin = (jnp.einsum("btp,pd->btd", pick, f(emb), precision="highest") for f in (jnp.cos, jnp.sin))
     return cos[:, :, None, :], sin[:, :, None, :]
@@ -329,7 +339,7 @@ class LlamaModel(layers.Stack, nnx.Module):
         cfg = self.config
         # Positions count real tokens, so left or right padding leaves them unchanged.
         positions, inv_freq = layers.real_positions(attention_mask), rope_frequencies(cfg)
-        rope = rotary(positions, inv_freq) + rotary_picked(positions, inv_freq)
+        rope = rope_tables(positions, inv_freq)
         full = layers.decoder_mask(attention_mask)
         sliding = layers.decoder_mask(attention_mask, cfg.sliding_window) if cfg.layer_types else None
         for i, layer in self.held_blocks(start, stop):
