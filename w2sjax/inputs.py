@@ -68,7 +68,7 @@ class Inputs:
             if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
             if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
-                options["head_init"] = "zeros"
+                options["head_init"] = "zeros-prior"  # zero kernel, bias at the labels' prior (heads.start_at_prior)
                 if self.config.train.readout == "verbalizer":  # the head starts as the class names' LM rows
                     options["head_init"] = "verbalizer"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt
