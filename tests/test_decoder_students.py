@@ -419,6 +419,28 @@ def test_readout_is_a_checked_setting_in_the_stage_fingerprint():
     assert opts["linear"]["head_init"] == "zeros-prior" and opts["verbalizer"]["head_init"] == "verbalizer"
 
 
+def test_the_head_start_is_a_checked_setting_and_registered_runs_keep_the_uniform_one():
+    """``train.head_start`` names the decoder head's start in the stage fingerprint; the registered
+    benchmark protocols and the published decoder recipe keep the 1/C start they ran with."""
+    import runpy
+
+    from w2sjax.config import ConfigError
+    from w2sjax.report import protocol as protocol_lib
+
+    with pytest.raises(ConfigError, match="train.head_start: expected one of prior, uniform, got 'zero'"):
+        StudentTrainConfig(head_start="zero")
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    config = Config(data=DataConfig(task="fine_foods", max_len=16), strong_models=(name,), strong_mode="finetune",
+                    train=StudentTrainConfig(trainable="top:1", head_start="uniform"))
+    assert experiment.Inputs(None, config, False).options(name)["head_init"] == "zeros"
+    bench = runpy.run_path(str(ROOT / "experiments" / "benchmark.py"))
+    for protocol in ("benchmark_protocol.json", "benchmark_protocol_decoders.json"):
+        base = bench["base_config"](protocol_lib.load(ROOT / "experiments" / protocol))
+        assert base.train.head_start == "uniform", protocol
+    recipe = runpy.run_path(str(ROOT / "experiments" / "decoder_students.py"))["get_config"]()
+    assert recipe.train.head_start == "uniform"
+
+
 # ---- the majority-rate warning on real rows, and the decoder cache keys -------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
