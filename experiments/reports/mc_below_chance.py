@@ -109,14 +109,21 @@ def _span(values) -> str:
     return f(lo) if f"{lo:.2f}" == f"{hi:.2f}" else f"{f(lo)} to {f(hi)}"
 
 
+def _options(a) -> int:
+    return int(np.bincount(np.unique(a.arrays["test_group/seed0"], return_inverse=True)[1]).max())
+
+
 def summary(decoders: dict, encoders: dict, direction_file: pathlib.Path) -> dict:
-    """Per task: the decoder cells (with the direction) and the encoder cells (MiniLM-L6)."""
+    """Per task of `TASKS`: the decoder cells (with the direction) and the encoder cells
+    (MiniLM-L6); under ``"others"``, the decoder cells of every other multiple-choice task."""
     with np.load(direction_file) as z:
         scores = {t: z[f"{t}/score"] for t in TASKS}
         shares = {t: float(z[f"{t}/mean_share"]) for t in TASKS}
-    return {t: {"decoder": cells(decoders, t, scores[t]), "encoder": cells(encoders, t, None),
-                "mean_share": shares[t], "options": int(np.bincount(np.unique(
-                    decoders[t].arrays["test_group/seed0"], return_inverse=True)[1]).max())} for t in TASKS}
+    out = {t: {"decoder": cells(decoders, t, scores[t]), "encoder": cells(encoders, t, None),
+               "mean_share": shares[t], "options": _options(decoders[t])} for t in TASKS}
+    others = {t: {"decoder": cells(decoders, t, None), "options": _options(a)} for t, a in sorted(decoders.items())
+              if a.scored == "per question" and t not in TASKS}
+    return {"tasks": out, "others": others}
 
 
 def markdown(s: dict) -> str:
@@ -125,19 +132,23 @@ def markdown(s: dict) -> str:
              "supervisor ~ direction | ceiling ~ direction | direction alone | student ~ truth | "
              "MiniLM-L6 student ~ truth | mean state / state |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for task, t in s.items():
+    for task, t in s["tasks"].items():
         d, e = t["decoder"], t["encoder"]
         col = lambda cs, k: _span([c[k] for c in cs])
         lines.append(f"| {task} | {t['options']} | {col(d, 'w2s_acc')} | {col(d, 'weak_acc')} | {col(d, 'ceiling_acc')} | "
                      f"{col(d, 'w2s_r_direction')} | {col(d, 'weak_r_direction')} | {col(d, 'ceiling_r_direction')} | "
                      f"{col(d, 'direction_acc')} | {col(d, 'w2s_r_truth')} | {col(e, 'w2s_r_truth')} | "
                      f"{t['mean_share']:.2f} |")
-    n = {(len(t["decoder"]), len(t["encoder"])) for t in s.values()}
+    n = {(len(t["decoder"]), len(t["encoder"])) for t in s["tasks"].values()}
     counts = "; ".join(f"{d} SmolLM2-135M cells and {e} MiniLM-L6 cells per task" for d, e in sorted(n))
     lines += ["", f"Ranges over the cells of each task ({counts}: seeds × supervisors × losses). Accuracies are per "
               "question, ties shared. \"~\" is the correlation of two scores within questions (each "
               "question's mean removed); a stage's score is p(correct) − p(wrong); \"direction\" is "
               "−sign(m)·h of the frozen model's last-token states."]
+    if s["others"]:
+        lines += ["", "SmolLM2-135M's students on the other multiple-choice tasks of the decoder artefacts: " +
+                  "; ".join(f"{task} ({t['options']} options) {_span([c['w2s_acc'] for c in t['decoder']])}"
+                            for task, t in s["others"].items()) + "."]
     return "\n".join(lines)
 
 
