@@ -124,7 +124,9 @@ def start_at_prior(classifier: PooledClassifier, labels, weights=None) -> None:
     """Set the bias of ``classifier``'s zero-kernel head to the log of the training labels' class
     shares (weighted by ``weights``), so the untrained model predicts their prior, not 1/C. Far
     from 1/C (multiple choice as one row per option: 0.2 positive for five options), the first
-    steps would otherwise spend themselves pulling every logit to the prior."""
+    steps would otherwise pull every logit to the prior, and Adam does that by moving the kernel
+    along the sign of the mean last-token state, a direction no label chose, which then ranks the
+    rows (docs/benchmark.md, "Below chance on multiple choice")."""
     labels = np.asarray(labels, np.float64)
     w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
     share = np.clip((w[:, None] * labels).sum(0) / max(w.sum(), 1e-12), 1e-6, None)

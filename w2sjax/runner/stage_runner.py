@@ -27,8 +27,8 @@ from w2sjax.inputs import Inputs
 from w2sjax.models import heads
 
 
-# A decoder's linear readout starts at its training labels' prior (`heads.start_at_prior`); the
-# name is part of its stages' fingerprints (`Inputs.options`).
+# The head_init (`Inputs.options`, part of a stage's fingerprint) of a decoder's linear readout
+# started at its training labels' prior (`train.head_start=prior`, `heads.start_at_prior`).
 READOUT_START = "zeros-prior"
 
 
