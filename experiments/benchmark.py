@@ -144,6 +144,8 @@ def base_config(protocol):
         # that stays unless a protocol names the field (it changes outputs by float noise).
         train=StudentTrainConfig(epochs=st["epochs"], batch_size=st["batch_size"], lr=st.get("lr", 1e-4),
                                  compile_cost_steps=st.get("compile_cost_steps", 0.0),
+                                 # registered before decoder heads started at the labels' prior
+                                 head_start=st.get("head_start", "uniform"),
                                  early_stopping=st["early_stopping"], eval_every=st["eval_every"],
                                  patience=st.get("patience", 0), log_every=st.get("log_every", st["eval_every"]),
                                  loss=LossConfig(alpha_max=st["alpha_max"], conf_warmup_frac=st["conf_warmup_frac"])),

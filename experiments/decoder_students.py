@@ -51,7 +51,9 @@ def get_config() -> Config:
         name="decoder-students", data=DataConfig(task="vader_amazon", n_train=1000, max_len=96, balance=True),
         weak_models=("glove-bow",), strong_models=("smollm2-135m",), strong_mode="finetune",
         losses=("xent", "logconf"), seeds=(0, 1, 2), precision="bfloat16",
-        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-3, trainable="top:2", early_stopping=True),
+        # head_start "uniform": the start the published runs (docs/decoders) were made with
+        train=StudentTrainConfig(epochs=5, batch_size=32, lr=1e-3, trainable="top:2", early_stopping=True,
+                                 head_start="uniform"),
     )
 
 

@@ -155,6 +155,51 @@ def test_a_decoder_classifier_starts_at_the_uniform_guess(case):
     assert np.asarray(encoder.head.kernel[...]).any()
 
 
+def test_a_decoder_head_started_at_the_prior_predicts_the_weighted_label_shares():
+    """`heads.start_at_prior` sets the zero-kernel head's bias so that every row's probabilities
+    are the (weighted) class shares of the training labels, counted here with numpy."""
+    from w2sjax.models import heads
+
+    spec = hf.model_spec(f"hf:{FIXTURES / 'llama_gqa_tied'}", max_len=16, progress=False)
+    clf = spec.finetune(3, rngs=nnx.Rngs(0))
+    labels = np.random.default_rng(0).dirichlet(np.ones(3), size=10).astype(np.float32)
+    weights = np.linspace(0.5, 2.0, 10)
+    heads.start_at_prior(clf, labels, weights)
+    tokens = spec.tokenize({"text": _texts(4)})
+    probs = np.asarray(jax.nn.softmax(clf({k: jnp.asarray(v) for k, v in tokens.items()})))
+    shares = (weights[:, None] * labels).sum(0) / weights.sum()
+    np.testing.assert_allclose(probs, np.tile(shares, (4, 1)), atol=1e-6)
+
+
+def test_a_decoder_student_taught_nothing_ranks_no_row_above_another(tmp_path, monkeypatch):
+    """A decoder student whose labels carry no information (the same soft label on every row, at a
+    multiple-choice prior far from 1/C) must end predicting that label on every test row. Started
+    at 1/C, it pulled every logit to the prior along the mean of its last-token states, and that
+    direction, chosen by no label, ranked the options of a question: on commonsense_qa such
+    SmolLM2-135M students scored below chance."""
+    monkeypatch.setenv("W2SJAX_BOTTOM_CACHE", str(tmp_path / "bottoms"))
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    config = Config(
+        name="no-information", data=DataConfig(task="fine_foods", n_train=96, n_val=16, n_test=32, max_len=32),
+        weak_models=("tfidf",), strong_models=(name,), strong_mode="finetune", losses=("xent",), seeds=(0,),
+        train=StudentTrainConfig(epochs=2, batch_size=8, lr=1e-3, trainable="top:1"),
+    )
+    label = np.float32([0.8, 0.2])
+    found = {}
+
+    def seed_rows(sr):
+        from w2sjax.runner.stage_keys import StageKey
+
+        n = len(sr.student_half["row"])
+        out = sr.strong(StageKey.w2s("constant", name, "xent", sr.seed), name, np.tile(label, (n, 1)),
+                        np.tile(label, (len(sr.val["row"]), 1)), "xent")
+        found.update(out.preds)
+        return []
+
+    experiment.sweep(config, tmp_path / "run", seed_rows, progress=False)
+    np.testing.assert_allclose(found["test"], np.tile(label, (len(found["test"]), 1)), atol=1e-6)
+
+
 def test_whole_decoder_finetuning_in_bfloat16_keeps_float32_weights_that_small_steps_move():
     """Under ``precision=bfloat16`` the matmuls take bf16 operands, but a decoder trained with
     ``trainable=all`` keeps float32 weights and AdamW moments: a bf16 master copy would round away
@@ -189,7 +234,7 @@ def test_registered_decoders_finetune_when_asked(name):
                     train=StudentTrainConfig(trainable="top:2"))
     options = experiment.Inputs(None, config, False).options(name)
     assert options["mode"] == "finetune" and options["trainable"] == "top:2"
-    assert options["bottom"] == "cached-bf16" and options["head_init"] == "zeros"
+    assert options["bottom"] == "cached-bf16" and options["head_init"] == "zeros-prior"
 
 
 def test_a_model_without_finetune_says_it_is_probed(capsys):
@@ -371,7 +416,29 @@ def test_readout_is_a_checked_setting_in_the_stage_fingerprint():
         config = Config(data=DataConfig(task="fine_foods", max_len=16), strong_models=(name,), strong_mode="finetune",
                         train=StudentTrainConfig(trainable="top:1", readout=readout))
         opts[readout] = experiment.Inputs(None, config, False).options(name)
-    assert opts["linear"]["head_init"] == "zeros" and opts["verbalizer"]["head_init"] == "verbalizer"
+    assert opts["linear"]["head_init"] == "zeros-prior" and opts["verbalizer"]["head_init"] == "verbalizer"
+
+
+def test_the_head_start_is_a_checked_setting_and_registered_runs_keep_the_uniform_one():
+    """``train.head_start`` names the decoder head's start in the stage fingerprint; the registered
+    benchmark protocols and the published decoder recipe keep the 1/C start they ran with."""
+    import runpy
+
+    from w2sjax.config import ConfigError
+    from w2sjax.report import protocol as protocol_lib
+
+    with pytest.raises(ConfigError, match="train.head_start: expected one of prior, uniform, got 'zero'"):
+        StudentTrainConfig(head_start="zero")
+    name = f"hf:{FIXTURES / 'llama_gqa_tied'}"
+    config = Config(data=DataConfig(task="fine_foods", max_len=16), strong_models=(name,), strong_mode="finetune",
+                    train=StudentTrainConfig(trainable="top:1", head_start="uniform"))
+    assert experiment.Inputs(None, config, False).options(name)["head_init"] == "zeros"
+    bench = runpy.run_path(str(ROOT / "experiments" / "benchmark.py"))
+    for protocol in ("benchmark_protocol.json", "benchmark_protocol_decoders.json"):
+        base = bench["base_config"](protocol_lib.load(ROOT / "experiments" / protocol))
+        assert base.train.head_start == "uniform", protocol
+    recipe = runpy.run_path(str(ROOT / "experiments" / "decoder_students.py"))["get_config"]()
+    assert recipe.train.head_start == "uniform"
 
 
 # ---- the majority-rate warning on real rows, and the decoder cache keys -------------------------

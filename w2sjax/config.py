@@ -95,6 +95,7 @@ class StudentTrainConfig(TrainConfig):
     lora: LoraConfig = LoraConfig()
     remat: bool = False  # finetune mode: recompute each block's activations in the backward pass (less memory, ~1 more forward)
     cache_bottom: bool = True  # top:K: run the frozen blocks once per example and train on their output, cached on disk in bf16; false runs them every step
+    head_start: str = "prior"  # finetune mode, decoders with the linear readout: "prior" starts the zero-kernel head's bias at the training labels' log class shares (the untrained model predicts their prior), "uniform" at zero (1/C; what the registered benchmark protocols ran)
     readout: str = "linear"  # finetune mode, decoders: "linear" is a zero-initialised linear head on the last real token's state; "verbalizer" scores each class by the LM's logit of its name's first token (" negative", " positive") there, a head started from those vocabulary rows (use a data.prompt that ends where the answer goes)
 
     def __post_init__(self):
@@ -102,11 +103,14 @@ class StudentTrainConfig(TrainConfig):
         if self.trainable not in ("all", "head", "lora") and not _is_top_k(self.trainable):
             raise ConfigError("train.trainable: expected 'all', 'head', 'lora' or 'top:K' (K a positive integer), "
                               f"got {self.trainable!r}")
+        if self.head_start not in HEAD_STARTS:
+            raise ConfigError(f"train.head_start: expected one of {', '.join(HEAD_STARTS)}, got {self.head_start!r}")
         if self.readout not in READOUTS:
             raise ConfigError(f"train.readout: expected one of {', '.join(READOUTS)}, got {self.readout!r}")
 
 
 READOUTS = ("linear", "verbalizer")
+HEAD_STARTS = ("prior", "uniform")
 
 
 def _is_top_k(trainable: str) -> bool:

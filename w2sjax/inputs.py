@@ -68,7 +68,8 @@ class Inputs:
             if self.config.train.trainable.startswith("top:"):  # the cached bottom is rounded to bf16
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
             if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
-                options["head_init"] = "zeros"
+                # zero kernel; bias at the labels' prior (heads.start_at_prior) or at zero
+                options["head_init"] = "zeros-prior" if self.config.train.head_start == "prior" else "zeros"
                 if self.config.train.readout == "verbalizer":  # the head starts as the class names' LM rows
                     options["head_init"] = "verbalizer"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt

@@ -11,11 +11,13 @@ import math
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from w2sjax.models import embed
 
-__all__ = ["Linear", "MLP", "CNN", "PooledClassifier", "count_params"]
+__all__ = ["Linear", "MLP", "CNN", "PooledClassifier", "count_params", "start_at_prior"]
 
 
 def _flat(x):
@@ -116,6 +118,21 @@ class PooledClassifier(nnx.Module):
 
     def __call__(self, inputs):
         return self.head(self.features(inputs))
+
+
+def start_at_prior(classifier: PooledClassifier, labels, weights=None) -> None:
+    """Set the bias of ``classifier``'s zero-kernel head to the log of the training labels' class
+    shares (weighted by ``weights``), so the untrained model predicts their prior, not 1/C. Far
+    from 1/C (multiple choice as one row per option: 0.2 positive for five options), the first
+    steps would otherwise pull every logit to the prior, and Adam does that by moving the kernel
+    along the sign of the mean last-token state, a direction no label chose, which then ranks the
+    rows (docs/benchmark.md, "Below chance on multiple choice")."""
+    labels = np.asarray(labels, np.float64)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+    share = np.clip((w[:, None] * labels).sum(0) / max(w.sum(), 1e-12), 1e-6, None)
+    log = np.log(share / share.sum())
+    bias = classifier.head.bias
+    bias[...] = jnp.asarray(log - log.mean(), bias[...].dtype)
 
 
 def count_params(module: nnx.Module) -> int:

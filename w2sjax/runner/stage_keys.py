@@ -125,8 +125,9 @@ def train_settings(cfg: Any, loss: str, *, tokens: bool = False) -> dict:
     if not (tokens and settings.get("length_buckets") and settings.get("compile_cost_steps")):
         settings.pop("compile_cost_steps", None)
     # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's
-    # cache, and a decoder's readout (as its head_init), so stages of other models keep their names.
-    for field in ("trainable", "lora", "cache_bottom", "readout"):
+    # cache, and a decoder's readout and head start (as its head_init), so stages of other models
+    # keep their names.
+    for field in ("trainable", "lora", "cache_bottom", "readout", "head_start"):
         settings.pop(field, None)
     loss_settings = settings.pop("loss", None) or {}  # a student's LossConfig; supervisors have none
     for field in list(settings):
