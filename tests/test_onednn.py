@@ -29,6 +29,11 @@ def _op(a, t):
     return a.T if t else a
 
 
+def _uses_onednn(f, *args) -> bool:
+    """Whether the compiled (partitioned) program of ``f`` calls the oneDNN handler."""
+    return "w2sjax_onednn_matmul" in f.lower(*args).compile().as_text()
+
+
 @needs_onednn
 @pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
 def test_matmul_all_layouts_float32_and_bf16_results(ta, tb):
@@ -44,7 +49,7 @@ def test_matmul_all_layouts_float32_and_bf16_results(ta, tb):
     out16 = f(jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.bfloat16)
     assert out16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out16, np.float64), want, rtol=2 ** -7, atol=1e-2)
-    assert "w2sjax_onednn_matmul" in f.lower(jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.float32).as_text()
+    assert _uses_onednn(f, jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.float32)
 
 
 @needs_onednn
@@ -75,7 +80,7 @@ def test_dot_takes_the_dense_layer_contractions_and_falls_back_on_others():
     for lhs, rhs, dims, want in cases:
         f = jax.jit(lambda a, b, dims=dims: onednn.dot(a, b, dims))
         np.testing.assert_allclose(np.asarray(f(lhs, rhs)), want, rtol=1e-5, atol=1e-4)
-        custom = "w2sjax_onednn_matmul" in f.lower(lhs, rhs).as_text()
+        custom = _uses_onednn(f, lhs, rhs)
         assert custom == (not dims[1][0]), dims
 
 
@@ -97,7 +102,7 @@ def test_dense_layers_route_through_onednn_on_a_sharded_batch(monkeypatch):
     for flag in ("0", "1"):
         monkeypatch.setenv(onednn.ENV, flag)
         f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-        runs[flag] = (f(state, x), "w2sjax_onednn_matmul" in f.lower(state, x).as_text())
+        runs[flag] = (f(state, x), _uses_onednn(f, state, x))
     ((_, y0), g0), used0 = runs["0"]
     ((_, y1), g1), used1 = runs["1"]
     assert not used0 and used1
@@ -120,16 +125,26 @@ def test_a_sycl_build_is_refused_with_the_reason(tmp_path, monkeypatch):
 
 
 @needs_onednn
-def test_devices_calling_at_once_get_their_own_results():
-    """Every fake device runs the same matmul at the same time (the step's layout); each one's
-    weight gradient must be its own shard's, so no state may be shared between the calls."""
+def test_devices_calling_at_once_on_a_sharded_batch():
+    """Every fake device multiplies its own rows at the same time (the step's layout): the weight
+    gradient over a batch split across devices is the sum of their partial products, so no state
+    may be shared between the calls, and no operand is gathered onto every device first."""
     mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, P("data"))
     d = len(jax.devices())
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(d * 256, 384)).astype(np.float32)
-    g = rng.normal(size=(d * 256, 192)).astype(np.float32)
-    f = jax.jit(jax.shard_map(lambda x, g: onednn.matmul(x, g, True, False)[None], mesh=mesh,
-                              in_specs=(P("data"), P("data")), out_specs=P("data")))
-    want = np.stack([_bf16(xs).T @ _bf16(gs) for xs, gs in zip(np.split(x, d), np.split(g, d))])
+    x = jax.device_put(rng.normal(size=(d * 256, 384)).astype(np.float32), rows)
+    g = jax.device_put(rng.normal(size=(d * 256, 192)).astype(np.float32), rows)
+    w = rng.normal(size=(384, 192)).astype(np.float32)  # replicated, as the weights are
+    # The weight gradient x.T @ g, the forward x @ w and the input gradient g @ w.T.
+    f = jax.jit(lambda x, g, w: (onednn.matmul(x, g, True, False), onednn.matmul(x, w, False, False),
+                                 onednn.matmul(g, w, False, True)))
+    hlo = f.lower(x, g, w).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
+    X, G, W = _bf16(x), _bf16(g), _bf16(w)
     for _ in range(3):
-        np.testing.assert_allclose(np.asarray(f(jnp.asarray(x), jnp.asarray(g))), want, rtol=1e-5, atol=1e-3)
+        dw, y, dx = f(x, g, w)
+        assert y.sharding.spec[0] == "data" and dx.sharding.spec[0] == "data"
+        np.testing.assert_allclose(np.asarray(dw), X.T @ G, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(y), X @ W, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(dx), G @ W.T, rtol=1e-5, atol=1e-3)

@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import warnings
 
@@ -52,8 +53,9 @@ def enabled() -> bool:
 
 def _find_onednn() -> tuple[pathlib.Path, pathlib.Path] | str:
     """(include dir, lib dir) of a usable oneDNN, or why there is none. Looks under
-    ``$W2SJAX_ONEDNN_ROOT`` and the Python prefix (where the wheels put ``include/`` and ``lib/``)."""
-    roots = [os.environ.get("W2SJAX_ONEDNN_ROOT"), sys.prefix, sys.base_prefix]
+    ``$W2SJAX_ONEDNN_ROOT``, then where pip puts a wheel's data files (``include/``, ``lib/``)."""
+    roots = [os.environ.get("W2SJAX_ONEDNN_ROOT"), sysconfig.get_paths()["data"], sys.prefix, sys.base_prefix,
+             "/usr/local", "/usr"]
     for root in filter(None, dict.fromkeys(roots)):
         inc, lib = pathlib.Path(root, "include"), pathlib.Path(root, "lib")
         config = inc / "oneapi" / "dnnl" / "dnnl_config.h"
@@ -135,8 +137,11 @@ def wanted() -> bool:
 
 
 def _threads() -> int:
-    """OpenMP threads per call: the cores split over this process's XLA host devices, which each
-    run their shard of a batch at the same time (more would oversubscribe the cores)."""
+    """OpenMP threads per call: ``$W2SJAX_ONEDNN_THREADS``, else the cores split over this process's
+    XLA host devices, which each run their shard of a batch at the same time (more would
+    oversubscribe the cores)."""
+    if os.environ.get("W2SJAX_ONEDNN_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["W2SJAX_ONEDNN_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, jax.local_device_count()))
 
@@ -147,6 +152,59 @@ def _call(a, b, ta: bool, tb: bool, out_dtype):
     out = jax.ShapeDtypeStruct((m, n), out_dtype)
     return jax.ffi.ffi_call(TARGET, out)(a, b, transpose_a=bool(ta), transpose_b=bool(tb),
                                          threads=np.int64(_threads()))
+
+
+def _axes(entry) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _plan(ta: bool, tb: bool, a_spec, b_spec) -> tuple[tuple, tuple, tuple]:
+    """Mesh axes of (m, k, n) for ``op(a) @ op(b)`` from its operands' partition specs: rows of
+    ``op(a)`` and columns of ``op(b)`` as they come; the contraction as ``a`` has it (else ``b``),
+    and no axis used twice."""
+    a_spec, b_spec = tuple(a_spec) + (None,) * 2, tuple(b_spec) + (None,) * 2
+    m = _axes(a_spec[1] if ta else a_spec[0])
+    k = _axes(a_spec[0] if ta else a_spec[1]) or _axes(b_spec[1] if tb else b_spec[0])
+    k = tuple(x for x in k if x not in m)
+    n = tuple(x for x in _axes(b_spec[0] if tb else b_spec[1]) if x not in m + k)
+    return m, k, n
+
+
+@functools.cache
+def _partitioned(ta: bool, tb: bool, out_dtype):
+    """The custom call with a sharding rule, so that a sharded batch stays sharded: each device
+    multiplies its own blocks, and a sharded contraction (the weight gradient over a batch split
+    across devices) ends in a ``psum``, as XLA's own dot would. Without one the partitioner
+    gathers every operand onto every device first."""
+    from jax.experimental.custom_partitioning import custom_partitioning
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    @custom_partitioning
+    def call(a, b):
+        return _call(a, b, ta, tb, out_dtype)
+
+    def shardings(mesh, arg_shapes):
+        m, k, n = _plan(ta, tb, arg_shapes[0].sharding.spec, arg_shapes[1].sharding.spec)
+        spec = lambda *dims: P(*(d or None for d in dims))
+        a = spec(k, m) if ta else spec(m, k)
+        b = spec(n, k) if tb else spec(k, n)
+        return k, (NamedSharding(mesh, a), NamedSharding(mesh, b)), NamedSharding(mesh, spec(m, n))
+
+    def infer(mesh, arg_shapes, result_shape):
+        return shardings(mesh, arg_shapes)[2]
+
+    def partition(mesh, arg_shapes, result_shape):
+        k, args, result = shardings(mesh, arg_shapes)
+
+        def lower(a, b):
+            out = _call(a, b, ta, tb, out_dtype)
+            return lax.psum(out, k) if k else out
+
+        return mesh, lower, result, args
+
+    rule = f"{'k m' if ta else 'm k'}, {'n k' if tb else 'k n'} -> m n"
+    call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule, reduction_factors=("k",))
+    return call
 
 
 def _xla(a, b, ta, tb, out_dtype):
@@ -164,7 +222,7 @@ def matmul(a, b, transpose_a=False, transpose_b=False, out_dtype=jnp.float32):
         if reason is not None:
             _warn_fallback(reason)
         return _xla(a16, b16, transpose_a, transpose_b, out_dtype)
-    return _call(a16, b16, transpose_a, transpose_b, out_dtype)
+    return _partitioned(bool(transpose_a), bool(transpose_b), jnp.dtype(out_dtype))(a16, b16)
 
 
 def _matmul_fwd(a, b, ta, tb, out_dtype):
