@@ -148,3 +148,17 @@ def test_devices_calling_at_once_on_a_sharded_batch():
         np.testing.assert_allclose(np.asarray(dw), X.T @ G, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(np.asarray(y), X @ W, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(np.asarray(dx), G @ W.T, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(_REASON is None, reason="oneDNN is installed here: nothing to fall back from")
+def test_without_onednn_the_switch_warns_once_and_xla_computes(monkeypatch):
+    monkeypatch.setenv(onednn.ENV, "1")
+    onednn._warn_fallback.cache_clear()
+    rng = np.random.default_rng(5)
+    x, w = rng.normal(size=(4, 6, 24)).astype(np.float32), rng.normal(size=(24, 16)).astype(np.float32)
+    linear = lambda x, w: precision.bf16_dot_general(x, w, (((2,), (0,)), ((), ())))
+    with pytest.warns(RuntimeWarning, match="oneDNN dots unavailable") as caught:
+        y = jax.jit(linear)(jnp.asarray(x), jnp.asarray(w))
+        jax.jit(lambda x, w: linear(x, w) * 2)(jnp.asarray(x), jnp.asarray(w))
+    assert len([c for c in caught if "oneDNN" in str(c.message)]) == 1
+    np.testing.assert_allclose(np.asarray(y), np.einsum("btk,kn->btn", _bf16(x), _bf16(w)), rtol=1e-5, atol=1e-4)
