@@ -14,8 +14,11 @@ wheels are SYCL builds that find no CPU device without a SYCL CPU runtime), into
 oneDNN or g++ is missing, `available` says why and `dot` falls back to XLA's dot with a
 one-line warning.
 
-``W2SJAX_ONEDNN=1`` routes the bf16 dense layers (`w2sjax.models.precision`) through it; off by
-default (see ``benchmarks/RESULTS.md`` for what it measured).
+``W2SJAX_ONEDNN=1`` routes the bf16 dense layers (`w2sjax.models.precision`) through it. Off by
+default: on a 2-core AMX Xeon the dense layers' dots ran 2.4-2.6x faster alone but the finetune
+steps only 1.01-1.13x, because inside a step XLA already transposes the activations for its
+weight-gradient dots and the custom call needs its bf16 operands converted in passes of their
+own (``benchmarks/RESULTS.md``, 2026-12-07).
 """
 
 from __future__ import annotations
