@@ -34,6 +34,10 @@ shared machine. Variants:
                           attention left to autodiff, whose backward ran its matmuls in float32; `_decoder_before`)
   embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
                           of ``2 * --batch`` rows, after and before that change
+  step_bf16_onednn        step_bf16 traced with ``W2SJAX_ONEDNN=1``: the dense layers' bf16 dots and their
+                          gradients as oneDNN matmuls (`w2sjax.models.onednn`; needs the ``onednn`` extra)
+  step_bf16_onednn_t2     the same with two OpenMP threads per oneDNN call (``W2SJAX_ONEDNN_THREADS=2``)
+                          instead of the cores split over the host devices
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
 
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -55,7 +60,7 @@ from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
-            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4",
+            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_onednn", "step_bf16_onednn_t2",
             "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "step_bf16_decoder_before",
             "embed_bf16", "embed_bf16_encoder_before")
 
@@ -300,7 +305,13 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from w2sjax import parallel, train
-    from w2sjax.models import bert, layers, precision, remat
+    from w2sjax.models import bert, layers, onednn, precision, remat
+
+    if any(v.startswith("step_bf16_onednn") for v in args.variants):
+        if onednn.available():
+            print(f"error: step_bf16_onednn: {onednn.available()}", file=sys.stderr)
+            return 2
+        os.environ.pop(onednn.ENV, None)  # every other variant runs XLA's dots
 
     path = ft.asset_path(args.model)
     shape = ft.shape_of(args.model, path, args.layers)
@@ -368,6 +379,10 @@ def main(argv=None) -> int:
             precision.gated_mlp = lambda act, gate, up, down, x: down(act(gate(x)) * up(x))
         if variant in ("step_bf16_unfused", "step_bf16_unfused_qkv"):
             precision.side_by_side = lambda x, *layers_: tuple(layer(x) for layer in layers_)
+        if variant.startswith("step_bf16_onednn"):
+            os.environ[onednn.ENV] = "1"  # read while the step is traced, below
+            if variant.endswith("_t2"):
+                os.environ["W2SJAX_ONEDNN_THREADS"] = "2"
         if variant == "step_bf16_remat_dots":
             remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
@@ -377,6 +392,8 @@ def main(argv=None) -> int:
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
+            os.environ.pop(onednn.ENV, None)
+            os.environ.pop("W2SJAX_ONEDNN_THREADS", None)
             for (mod, name), fn_ in originals.items():
                 setattr(mod, name, fn_)
         holder = holders[variant] = {"s": state}
@@ -390,8 +407,6 @@ def main(argv=None) -> int:
 
     peak = None
     if args.torch:
-        import os
-
         import torch
 
         from w2sjax.runner import utilisation

@@ -385,7 +385,9 @@ def main(argv=None) -> int:
         args.repeats = 1
     emit({"case": "setup", "impl": "setup", "xla_flags": flags, "jax": jax.__version__, "devices": jax.device_count(),
           "quick": args.quick, "cpu_count": os.cpu_count(), "cpu": utilisation.cpu_model(), "loadavg": loadavg(),
-          "torch": _torch_version() if with_torch else None, "repeats": args.repeats})
+          "torch": _torch_version() if with_torch else None, "repeats": args.repeats,
+          # W2SJAX_ONEDNN=1 puts the bf16 dense layers' dots on oneDNN (w2sjax.models.onednn)
+          "onednn_dots": os.environ.get("W2SJAX_ONEDNN", "") not in ("", "0")})
     if "torch" in args.cases and not with_torch:
         emit({"case": "torch", "impl": "torch", "skipped": "torch/transformers not importable"})
     if with_torch:

@@ -13,6 +13,10 @@ accumulate in float32, and the gradients come back in the operands' dtypes.
 Only the contraction ``nnx.Linear`` uses (last axis of the input with axis 0 of
 the kernel, no batch axes) takes the custom path; anything else falls back to
 ``lax.dot_general`` with a float32 result.
+
+With ``W2SJAX_ONEDNN=1`` (and the ``onednn`` extra installed) the bf16 dots of these layers and
+their gradients run as oneDNN matmuls instead (`w2sjax.models.onednn`); the arithmetic is the
+same (bf16 products, float32 sums).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from w2sjax.models import onednn
+
 
 def _is_linear(lhs, dims) -> bool:
     (lc, rc), (lb, rb) = dims
@@ -33,9 +39,7 @@ def _is_linear(lhs, dims) -> bool:
 
 @jax.custom_vjp
 def _linear_bf16(x, w):
-    return lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-                           (((x.ndim - 1,), (0,)), ((), ())),
-                           preferred_element_type=jnp.float32)
+    return _dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), ((x.ndim - 1,), (0,)))
 
 
 def _linear_fwd(x, w):
@@ -43,7 +47,7 @@ def _linear_fwd(x, w):
     # then converts nothing again (converts were ~7% of a SmolLM2 step, benchmarks/RESULTS.md)
     # and the saved activations take half the memory. Zero-size arrays carry the dtypes back.
     x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    out = lax.dot_general(x16, w16, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    out = _dot(x16, w16, ((x.ndim - 1,), (0,)))
     return out, (x16, w16, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
@@ -51,14 +55,13 @@ def _linear_bwd(res, g):
     x16, w16, x_dtype, w_dtype = res
     g16 = g.astype(jnp.bfloat16)
     # dx = g @ w.T: contracts the cotangent's last axis (a layout YNNPACK takes as is).
-    dx = lax.dot_general(g16, w16, (((g.ndim - 1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+    dx = _dot(g16, w16, ((g.ndim - 1,), (1,)))
     # dw = x.T @ g over the tokens. XLA upcasts this one to float32: YNNPACK wants
     # the left operand contracted on its last axis, which x.T is only as a view.
     # Forcing a row-major copy (pad + slice) made the dot fast but cost as much in
     # transposes as it saved (benchmarks/RESULTS.md), so it is left to XLA.
     lead = tuple(range(x16.ndim - 1))
-    dw = lax.dot_general(x16, g16, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+    dw = _dot(x16, g16, (lead, lead))
     return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype)
 
 
@@ -91,6 +94,10 @@ def linear_kwargs(dtype) -> dict:
 
 
 def _dot(a, b, dims):
+    """``a . b`` contracting ``dims``, float32 result: oneDNN's matmul for bf16 operands when
+    ``W2SJAX_ONEDNN`` asks for it (float32 operands, the bias gradients' sums, stay with XLA)."""
+    if a.dtype == b.dtype == jnp.bfloat16 and onednn.wanted():
+        return onednn.dot(a, b, (dims, ((), ())))
     return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
 
 

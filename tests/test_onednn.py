@@ -1,0 +1,164 @@
+"""oneDNN bf16 matmuls as an XLA:CPU custom call (`w2sjax.models.onednn`) against numpy.
+
+References round the operands (and, for gradients, the cotangent) to bfloat16 with ml_dtypes and
+multiply in float64, independently of XLA and oneDNN. Skipped with the reason when the ``onednn``
+extra (the oneDNN CPU wheels) or g++ is missing.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from w2sjax.models import onednn, precision
+
+_REASON = onednn.available()
+needs_onednn = pytest.mark.skipif(_REASON is not None, reason=f"oneDNN dots unavailable: {_REASON}")
+
+
+def _bf16(a):
+    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def _op(a, t):
+    return a.T if t else a
+
+
+def _uses_onednn(f, *args) -> bool:
+    """Whether the compiled (partitioned) program of ``f`` calls the oneDNN handler."""
+    return "w2sjax_onednn_matmul" in f.lower(*args).compile().as_text()
+
+
+@needs_onednn
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_matmul_all_layouts_float32_and_bf16_results(ta, tb):
+    rng = np.random.default_rng(0)
+    m, k, n = 40, 72, 24
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    want = _op(_bf16(a), ta) @ _op(_bf16(b), tb)
+    f = jax.jit(onednn.matmul, static_argnums=(2, 3, 4))
+    out = f(jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.float32)
+    assert out.dtype == jnp.float32 and out.shape == (m, n)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-4)
+    out16 = f(jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.bfloat16)
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out16, np.float64), want, rtol=2 ** -7, atol=1e-2)
+    assert _uses_onednn(f, jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_matmul_gradients_round_the_cotangent(ta, tb):
+    rng = np.random.default_rng(1)
+    m, k, n = 24, 40, 16
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    g = rng.normal(size=(m, n)).astype(np.float32)
+    _, vjp = jax.vjp(lambda a, b: onednn.matmul(a, b, ta, tb), jnp.asarray(a), jnp.asarray(b))
+    da, db = vjp(jnp.asarray(g))
+    A, B, G = _op(_bf16(a), ta), _op(_bf16(b), tb), _bf16(g)
+    np.testing.assert_allclose(np.asarray(da), _op(G @ B.T, ta), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(db), _op(A.T @ G, tb), rtol=1e-5, atol=1e-4)
+    assert da.dtype == db.dtype == jnp.float32
+
+
+@needs_onednn
+def test_dot_takes_the_dense_layer_contractions_and_falls_back_on_others():
+    rng = np.random.default_rng(2)
+    x, w, g = (rng.normal(size=s).astype(np.float32) for s in ((3, 5, 24), (24, 16), (3, 5, 16)))
+    x16, w16, g16 = (jnp.asarray(v, jnp.bfloat16) for v in (x, w, g))
+    cases = [(x16, w16, (((2,), (0,)), ((), ())), np.einsum("btk,kn->btn", _bf16(x), _bf16(w))),  # forward
+             (g16, w16, (((2,), (1,)), ((), ())), np.einsum("btn,kn->btk", _bf16(g), _bf16(w))),  # input gradient
+             (x16, g16, (((0, 1), (0, 1)), ((), ())), np.einsum("btk,btn->kn", _bf16(x), _bf16(g))),  # weight gradient
+             (x16, g16, (((1,), (1,)), ((0,), (0,))), np.einsum("btk,btn->bkn", _bf16(x), _bf16(g)))]  # batched: XLA
+    for lhs, rhs, dims, want in cases:
+        f = jax.jit(lambda a, b, dims=dims: onednn.dot(a, b, dims))
+        np.testing.assert_allclose(np.asarray(f(lhs, rhs)), want, rtol=1e-5, atol=1e-4)
+        custom = _uses_onednn(f, lhs, rhs)
+        assert custom == (not dims[1][0]), dims
+
+
+@needs_onednn
+def test_dense_layers_route_through_onednn_on_a_sharded_batch(monkeypatch):
+    """With ``W2SJAX_ONEDNN=1`` a bf16 Linear's value and gradients equal the XLA path's, under jit
+    with the batch sharded over 2 fake devices, and the program holds the custom call."""
+    layer = nnx.Linear(24, 16, rngs=nnx.Rngs(0), **precision.linear_kwargs(jnp.bfloat16))
+    graphdef, state = nnx.split(layer)
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    x = jax.device_put(np.random.default_rng(3).normal(size=(8, 5, 24)).astype(np.float32),
+                       NamedSharding(mesh, P("data")))
+
+    def loss(state, x):
+        y = nnx.merge(graphdef, state)(x)
+        return (y * y).sum(), y
+
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(onednn.ENV, flag)
+        f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+        runs[flag] = (f(state, x), _uses_onednn(f, state, x))
+    ((_, y0), g0), used0 = runs["0"]
+    ((_, y1), g1), used1 = runs["1"]
+    assert not used0 and used1
+    np.testing.assert_allclose(np.asarray(y1), np.asarray(y0), rtol=1e-5, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+
+
+def test_a_sycl_build_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """Intel's newer ``onednn`` wheels are SYCL builds whose CPU engine needs a SYCL CPU device;
+    the loader names that instead of failing inside the first call."""
+    (tmp_path / "include" / "oneapi" / "dnnl").mkdir(parents=True)
+    (tmp_path / "include" / "oneapi" / "dnnl" / "dnnl_config.h").write_text(
+        "#define DNNL_CPU_RUNTIME DNNL_RUNTIME_SYCL\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libdnnl.so.3").write_bytes(b"")
+    monkeypatch.setenv("W2SJAX_ONEDNN_ROOT", str(tmp_path))
+    reason = onednn._find_onednn()
+    assert isinstance(reason, str) and "SYCL build" in reason
+
+
+@needs_onednn
+def test_devices_calling_at_once_on_a_sharded_batch():
+    """Every fake device multiplies its own rows at the same time (the step's layout): the weight
+    gradient over a batch split across devices is the sum of their partial products, so no state
+    may be shared between the calls, and no operand is gathered onto every device first."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    d = len(jax.devices())
+    rng = np.random.default_rng(4)
+    x = jax.device_put(rng.normal(size=(d * 256, 384)).astype(np.float32), rows)
+    g = jax.device_put(rng.normal(size=(d * 256, 192)).astype(np.float32), rows)
+    w = rng.normal(size=(384, 192)).astype(np.float32)  # replicated, as the weights are
+    # The weight gradient x.T @ g, the forward x @ w and the input gradient g @ w.T.
+    f = jax.jit(lambda x, g, w: (onednn.matmul(x, g, True, False), onednn.matmul(x, w, False, False),
+                                 onednn.matmul(g, w, False, True)))
+    hlo = f.lower(x, g, w).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
+    X, G, W = _bf16(x), _bf16(g), _bf16(w)
+    for _ in range(3):
+        dw, y, dx = f(x, g, w)
+        assert y.sharding.spec[0] == "data" and dx.sharding.spec[0] == "data"
+        np.testing.assert_allclose(np.asarray(dw), X.T @ G, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(y), X @ W, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(dx), G @ W.T, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(_REASON is None, reason="oneDNN is installed here: nothing to fall back from")
+def test_without_onednn_the_switch_warns_once_and_xla_computes(monkeypatch):
+    monkeypatch.setenv(onednn.ENV, "1")
+    onednn._warn_fallback.cache_clear()
+    rng = np.random.default_rng(5)
+    x, w = rng.normal(size=(4, 6, 24)).astype(np.float32), rng.normal(size=(24, 16)).astype(np.float32)
+    linear = lambda x, w: precision.bf16_dot_general(x, w, (((2,), (0,)), ((), ())))
+    with pytest.warns(RuntimeWarning, match="oneDNN dots unavailable") as caught:
+        y = jax.jit(linear)(jnp.asarray(x), jnp.asarray(w))
+        jax.jit(lambda x, w: linear(x, w) * 2)(jnp.asarray(x), jnp.asarray(w))
+    assert len([c for c in caught if "oneDNN" in str(c.message)]) == 1
+    np.testing.assert_allclose(np.asarray(y), np.einsum("btk,kn->btn", _bf16(x), _bf16(w)), rtol=1e-5, atol=1e-4)
