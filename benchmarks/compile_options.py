@@ -11,7 +11,9 @@ of ``finetune trainable=all`` (batch 32) at 32 and 128 tokens, and ``predict_ste
 threads: robust to load) and wall seconds, then runs the program on random tokens: the seconds per
 train step (a call of 4 steps, best of 3 after a first call) and per predict call (best of 5), and
 the values (last loss, a probability sum) that tell whether the variant changes the numbers.
-Variants alternate order by round (A B C, C B A) so load falls on all.
+Variants alternate order by round (A B C, C B A) so load falls on all. ``--losses xent,logconf``
+compiles only those losses into the train programs (`train.compiled_losses`; every registered
+loss by default), as `w2sjax run` does for a run of those losses.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _timed(fn):
     return out, round(time.process_time() - c0, 3), round(time.perf_counter() - w0, 3)
 
 
-def child(variant: str, steps: int) -> dict:
+def child(variant: str, steps: int, losses: tuple[str, ...] | None) -> dict:
     from w2sjax.runner import xla_flags
 
     xla_flags.apply_defaults(ynn="individual_dot", devices=os.cpu_count() or 1)
@@ -67,10 +69,11 @@ def child(variant: str, steps: int) -> dict:
     data = ArrayData({"input_ids": ids, "attention_mask": np.ones((n, max_len), np.int32)},
                      np.full((n, 2), 0.5, np.float32))
     cfg = StudentTrainConfig(epochs=2, batch_size=32, lr=3e-5, trainable="all")
-    rec = {"case": "compile_options", "variant": variant, "options": VARIANTS[variant], "programs": []}
+    rec = {"case": "compile_options", "variant": variant, "options": VARIANTS[variant], "programs": [],
+           "losses": list(train.compiled_losses("xent", losses))}
     model, abstract = precompile.abstract_state(module, "all", mesh)
     args = precompile._train_args(model, abstract, data.take(np.zeros(1, np.int64)), n, cfg=cfg, loss="xent",
-                                  mesh=mesh, seed=0)
+                                  mesh=mesh, seed=0, losses=losses)
     _, state = train.init_state(module, "all")
     state = jax.tree.map(np.asarray, state)  # host copies: each program gets fresh, donatable arrays
     shardings = train.state_shardings(mesh, state)
@@ -83,7 +86,7 @@ def child(variant: str, steps: int) -> dict:
                            "attention_mask": np.ones((k, b, length), np.int32)},
                 "labels": np.tile(np.array([0.2, 0.8], np.float32), (k, b, 1)), "weights": np.ones((k, b), np.float32)}
         batches = jax.tree.map(lambda a: jax.device_put(a, stacked_batch_sharding(mesh)), host)
-        settings = train.place(train.step_settings(cfg, 16, "xent"), parallel.replicated(mesh))
+        settings = train.place(train.step_settings(cfg, 16, "xent", losses=losses), parallel.replicated(mesh))
         key = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
         count = train.place(np.int32(steps), parallel.replicated(mesh))
         st = train.place(state, shardings)
@@ -122,17 +125,19 @@ def main(argv=None) -> None:
     p.add_argument("--variants", nargs="+", default=["default", "O0"], choices=sorted(VARIANTS))
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed call")
+    p.add_argument("--losses", help="comma-separated losses compiled into the train programs (default: all)")
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.steps)))
+        print(json.dumps(child(args.child, args.steps, tuple(args.losses.split(",")) if args.losses else None)))
         return
     for r in range(args.rounds):
         for variant in args.variants if r % 2 == 0 else args.variants[::-1]:
             load = round(os.getloadavg()[0], 2)
+            extra = ["--losses", args.losses] if args.losses else []
             proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_options", "--child", variant,
-                                   "--steps", str(args.steps)], capture_output=True, text=True)
+                                   "--steps", str(args.steps), *extra], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"{variant}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
             rec = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "utc": time.strftime("%H:%M:%S", time.gmtime()),
