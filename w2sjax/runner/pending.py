@@ -29,9 +29,18 @@ def key(kind: str, owner, args, mesh) -> tuple:
 
 
 def add(program: tuple, future: concurrent.futures.Future) -> None:
-    """File ``future``, compiling the program of key ``program`` (`key`)."""
+    """File ``future``, compiling the program of key ``program`` (`key`), until it has compiled
+    (JAX's caches hold the program then; a failed one stays, for its caller to raise)."""
     with _lock:
         _futures[program] = future
+    future.add_done_callback(lambda done: _drop(program, done))
+
+
+def _drop(program: tuple, done: concurrent.futures.Future) -> None:
+    if not done.cancelled() and done.exception() is None:
+        with _lock:
+            if _futures.get(program) is done:
+                del _futures[program]
 
 
 def wait(kind: str, owner, args, mesh) -> None:
