@@ -1,6 +1,8 @@
 """Compiling less and earlier: the per-function record of compiles, and train programs compiled
 ahead on a background thread that the stage then runs (8 fake devices, tiny models)."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from flax import nnx
 
 from w2sjax import parallel, train
 from w2sjax.models import embed
-from w2sjax.runner import compile_stats, precompile
+from w2sjax.runner import compile_stats, pending, precompile
 
 
 class Head(nnx.Module):  # a shape no other test compiles, so the counts below are this file's own
@@ -138,3 +140,52 @@ def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs(cost, prog
     assert names() == ahead  # nothing compiled in place
     assert precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
                                      seed=0, trainable="all") == []  # asked again: nothing to do
+
+
+def test_a_stage_that_trains_at_once_waits_for_each_program_compiling_ahead_instead_of_compiling_it_again():
+    """The stage starts training without waiting for every program started ahead: each call waits
+    for its own (JAX would otherwise compile a program still compiling on a thread a second time),
+    so every program compiles once; the train programs start in the order the steps first use them."""
+    jax.clear_caches()
+    precompile.forget()
+    rng = np.random.default_rng(4)
+    n, max_len = 200, 32
+    mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
+    inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
+    data = train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
+    cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2), parallel.make_mesh()
+    batch_size, total, _ = train._stage_length(n, cfg, mesh, validated=False)
+    feed = train.stage_feed(data, cfg, batch_size, total, 0, mesh, train._chunk_size(cfg))
+    order = precompile.first_use(feed, total)
+    first_segment = next(iter(feed.segments(0, total)))[1]["inputs"]["input_ids"].shape[2]
+    assert order[0] == first_segment and sorted(order) == sorted(feed.lengths(0, total)) and len(order) == 2
+    start = compile_stats.install()
+    futures = precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
+                                       seed=0, trainable="all")
+    fitted = train.fit(TinyTokens(rngs=nnx.Rngs(0)), data, cfg=cfg, loss="xent", mesh=mesh, seed=0, progress=False)
+    train.predict(fitted.predict_step, fitted.state, inputs, mesh=mesh, batch_size=train.predict_rows(cfg),
+                  buckets=train.predict_buckets([inputs], cfg, mesh))
+    for future in futures:
+        future.result()
+    names = sorted(p["name"] for p in compile_stats.programs(start) if p["name"] in ("train_loop", "predict_step"))
+    assert names.count("train_loop") == 2 and names.count("predict_step") == 2 and len(futures) == 4
+
+
+def test_wait_blocks_until_the_program_started_ahead_has_compiled_and_raises_its_error():
+    precompile.forget()
+    release = threading.Event()
+    like = lambda rows: {"x": np.zeros((rows, 4), np.float32)}
+    precompile._submit(pending.key("predict", "owner", like(3), "mesh"), lambda: release.wait(10))
+    waiter = threading.Thread(target=pending.wait, args=("predict", "owner", like(3), "mesh"))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()  # still compiling: the call waits
+    release.set()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    pending.wait("predict", "owner", like(5), "mesh")  # never started ahead: returns at once
+    abstract = {"x": jax.ShapeDtypeStruct((3, 4), jnp.float32)}  # keyed alike, abstract or concrete
+    precompile._submit(pending.key("train", "owner", abstract, "mesh"), lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        pending.wait("train", "owner", like(3), "mesh")
+    precompile.forget()

@@ -126,6 +126,32 @@ def test_one_compiled_program_serves_losses_seeds_lengths_and_alphas():
                            shared["logconf", 2, 3].state.params["head"]["kernel"])
 
 
+
+@pytest.mark.parametrize("loss", ["xent", "logconf"])
+def test_a_program_of_fewer_losses_trains_bit_for_bit_as_the_one_of_every_loss(loss):
+    """A run that names its losses compiles only those into its train program (and one loss still
+    as a conditional): the trained parameters equal those of the program of every loss, bit for
+    bit (token inputs, as a finetuned student takes them); a stage's own loss is always in."""
+    from test_compile import TinyTokens
+
+    rng = np.random.default_rng(5)
+    mask = (np.arange(16)[None] < rng.integers(1, 17, 96)[:, None]).astype(np.int32)
+    tokens = {"input_ids": (rng.integers(1, 50, (96, 16)) * mask).astype(np.int32), "attention_mask": mask}
+    soft = (0.7 * np.eye(2, dtype=np.float32)[rng.integers(0, 2, 96)] + 0.15).astype(np.float32)
+    cfg = train.StudentTrainConfig(epochs=2, batch_size=16, lr=3e-2)
+    fitted = {losses: train.fit(TinyTokens(rngs=nnx.Rngs(1)), train.ArrayData(tokens, soft), cfg=cfg, loss=loss,
+                                mesh=parallel.make_mesh(), seed=0, progress=False, losses=losses)
+              for losses in (None, ("logconf", "xent"), (loss,))}
+    every = jax.tree.leaves(fitted[None].state.params)
+    for losses in (("logconf", "xent"), (loss,)):
+        for a, b in zip(every, jax.tree.leaves(fitted[losses].state.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert train.compiled_losses(loss, ("logconf", "xent")) == ("xent", "logconf")  # the registry's order
+    assert train.compiled_losses("product", ("xent",)) == ("xent", "product")
+    assert train.compiled_losses(loss) == train.LOSS_NAMES
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        train.compiled_losses(loss, ("mse",))
+
 def test_learning_rate_matches_optax_warmup_cosine():
     import optax
 

@@ -39,7 +39,7 @@ from w2sjax.data.feed import (  # re-exported: the host feed lived here
     ArrayData, HostFeed, batch_indices, effective_batch_size, stacked_batch_sharding, steps_per_epoch,
     to_global, to_global_stacked,
 )
-from w2sjax.runner import preemption, sigint, utilisation
+from w2sjax.runner import pending, preemption, sigint, utilisation
 
 PyTree = Any
 
@@ -55,28 +55,45 @@ class StepSettings(flax.struct.PyTreeNode):
     """What differs between stages of one model, as scalars the compiled step takes as inputs.
 
     Passing these as arguments (not closing over Python numbers) is what lets one compiled
-    program train stages of any length, learning rate, loss or ``alpha``.
+    program train stages of any length, learning rate, loss or ``alpha``. ``losses`` (static: part
+    of the program) names the losses the program compiles in, all registered ones unless a run
+    says which it uses (`compiled_losses`).
     """
 
     total_steps: jax.Array  # int32: the stage's length, for the schedules
     warmup_steps: jax.Array  # int32: linear learning-rate warm-up, then cosine decay to zero
     lr: jax.Array
     weight_decay: jax.Array
-    loss_index: jax.Array  # int32: position of the loss in LOSS_NAMES
+    loss_index: jax.Array  # int32: position of the loss in ``losses``
     loss_params: dict[str, jax.Array]  # float32 per LossConfig field: every loss's hyper-parameters
+    losses: tuple[str, ...] = flax.struct.field(pytree_node=False, default=LOSS_NAMES)
 
 
-def step_settings(cfg: TrainConfig, total_steps: int, loss: str = "xent", loss_cfg: LossConfig | None = None) -> StepSettings:
-    """The host-side values of a stage's :class:`StepSettings`."""
-    if loss not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSS_NAMES)}")
+def compiled_losses(loss: str, losses=None) -> tuple[str, ...]:
+    """The losses a train program compiles in for a stage of ``loss``: ``losses`` (every registered
+    loss when None) and ``loss``, in the registry's order, so that every stage of a run that names
+    the losses it uses shares one program per shape. Fewer losses compile faster (MiniLM-L6's bf16
+    train program: 5.4 against 5.9 CPU-s with two of the seven, benchmarks/RESULTS.md)."""
+    unknown = sorted({loss, *(losses or ())} - set(LOSS_NAMES))
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; known: {', '.join(LOSS_NAMES)}")
+    if losses is None:
+        return LOSS_NAMES
+    wanted = {loss, *losses}
+    return tuple(name for name in LOSS_NAMES if name in wanted)
+
+
+def step_settings(cfg: TrainConfig, total_steps: int, loss: str = "xent", loss_cfg: LossConfig | None = None,
+                  losses=None) -> StepSettings:
+    """The host-side values of a stage's :class:`StepSettings`; ``losses``: see `compiled_losses`."""
+    names = compiled_losses(loss, losses)
     loss_cfg = LossConfig() if loss_cfg is None else loss_cfg
     warmup = max(1, int(cfg.lr_warmup_frac * total_steps)) if cfg.lr_warmup_frac > 0 else 0
     f32 = np.float32
     return StepSettings(
         total_steps=np.int32(total_steps), warmup_steps=np.int32(warmup), lr=f32(cfg.lr),
-        weight_decay=f32(cfg.weight_decay), loss_index=np.int32(LOSS_NAMES.index(loss)),
-        loss_params={field: f32(value) for field, value in dataclasses.asdict(loss_cfg).items()},
+        weight_decay=f32(cfg.weight_decay), loss_index=np.int32(names.index(loss)),
+        loss_params={field: f32(value) for field, value in dataclasses.asdict(loss_cfg).items()}, losses=names,
     )
 
 
@@ -106,13 +123,15 @@ def make_loss(name: str, loss_cfg: LossConfig | None = None) -> LossFn:
 
 
 def stage_loss(logits, labels, *, step_frac, weights, settings: StepSettings) -> jax.Array:
-    """The loss ``settings.loss_index`` names, picked at run time (``lax.switch``): every loss is
-    compiled into the one program, and only the chosen one runs."""
+    """The loss ``settings.loss_index`` names, picked at run time (``lax.switch``): every loss of
+    ``settings.losses`` is compiled into the one program, and only the chosen one runs."""
     def branch(loss: losses.Loss) -> Callable:
         return lambda z, y, frac, w: loss(z, y, settings=settings.loss_params, step_frac=frac, weights=w)
 
-    # LOSS_NAMES lists the registry in its order, so loss_index picks the branch of its name.
-    branches = [branch(loss) for loss in losses.LOSSES.values()]
+    branches = [branch(losses.LOSSES[name]) for name in settings.losses]
+    # One loss stays a conditional (of two like branches): XLA fuses a loss inside a conditional
+    # apart from the model, so its results are those of a program holding every loss, bit for bit.
+    branches = branches * 2 if len(branches) == 1 else branches
     return jax.lax.switch(settings.loss_index, branches, logits, labels, step_frac, weights)
 
 
@@ -452,6 +471,8 @@ def predict(predict_step, state: TrainState, inputs: PyTree, *, mesh: Mesh, batc
         if pad:  # repeat the last row; the padded outputs are dropped below
             chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), chunk)
         global_chunk = to_global(mesh, chunk)
+        if not use_best:  # the program `precompile` compiles ahead; wait if it still is
+            pending.wait("predict", predict_step, global_chunk, mesh)
         probs = _predict_jit(predict_step, use_best)(state, global_chunk)
         out.append(parallel.host_gather(probs)[: len(idx)])
     if not out:
@@ -506,14 +527,14 @@ def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
 def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mesh: Mesh, seed: int,
         trainable: str | None = None, val: ArrayData | None = None, stage: str = "train",
         ckpt: StageCheckpoint | None = None, log: Callable[[dict], None] | None = None, progress: bool = True,
-        step_wrapper: Callable | None = None, predict_buckets: bool | tuple = True) -> FitResult:
+        step_wrapper: Callable | None = None, predict_buckets: bool | tuple = True, losses=None) -> FitResult:
     """Train ``module`` on ``data`` and return the final (or best-on-validation) state.
 
     A :class:`StudentTrainConfig` brings its loss settings and ``trainable`` ("all", "head", "lora"
     or "top:K"; the ``trainable`` argument overrides it); any other stage trains every parameter. Resumes from
     ``ckpt`` when it holds a step of this stage; the batches after a resume are the ones an uninterrupted run
     would have used (:func:`batch_indices`). ``step_wrapper`` wraps the pure step before jitting (tests pass a
-    trace counter); the program is cached per wrapper. Evaluations predict with ``predict_buckets``.
+    trace counter), one program per wrapper. Evaluations predict with ``predict_buckets``; ``losses``: `compiled_losses`.
     """
     from w2sjax.runner import progress as progress_lib
 
@@ -526,7 +547,7 @@ def fit(module: nnx.Module, data: ArrayData, *, cfg: TrainConfig, loss: str, mes
     model, state = init_state(module, trainable)
     shardings = state_shardings(mesh, state)
     chunk = _chunk_size(cfg)
-    settings = place(step_settings(cfg, total, loss, cfg.loss if student else None), replicated)
+    settings = place(step_settings(cfg, total, loss, cfg.loss if student else None, losses), replicated)
     predict_step = cached_predict_step(model)
     rng = place(jax.random.key_data(jax.random.key(seed)), replicated)
 
@@ -590,6 +611,7 @@ def train_segments(state: TrainState, segments, step_inputs: tuple, replicated, 
     and times them."""
     started = time.perf_counter()
     for count, batches in segments:
+        pending.wait("train", loop_kwargs["model"], (batches, step_inputs[-1]), loop_kwargs["mesh"])
         args = (state, batches, place(np.int32(count), replicated), *step_inputs)
         if meter is not None:  # before the call, which donates the state
             meter.add(meter.cost(_abstract_key(batches), train_loop, *args, **loop_kwargs), count)

@@ -11,9 +11,11 @@ raised there, in the stage, never dropped.
 A finetuning stage (token inputs) knows its batch shapes only once its texts are tokenised: one
 train program per padded length its batches use (its compiled lengths, `w2sjax.data.length_buckets`),
 one predict program per length its predictions use. `start_finetune` compiles all of them at once
-on the background threads, before the first step; the stage waits for them instead of compiling
-each in turn between training segments, so a cold sweep's compiles run side by side on the cores
-rather than one after another.
+on the background threads, train programs in the order the stage first runs them, so a cold
+sweep's compiles run side by side on the cores rather than one after another. The stage does not
+wait for all of them: `train.train_segments` and `train.predict` wait for the one program
+they are about to call, so training starts once its first program is ready while the others
+(the predict programs, mostly) compile beside it (`w2sjax.runner.pending`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from w2sjax.runner import compile_stats
+from w2sjax.runner import compile_stats, pending
 
 _lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -74,7 +76,7 @@ def _stacked(example: dict, chunk: int, batch_size: int, mesh) -> dict:
                                                        sharding=rows), example)
 
 
-def _train_args(model, state, example: dict, n: int, *, cfg, loss: str, mesh, seed: int) -> tuple:
+def _train_args(model, state, example: dict, n: int, *, cfg, loss: str, mesh, seed: int, losses=None) -> tuple:
     """Abstract arguments of the `train.train_loop` call `train.fit` makes."""
     from w2sjax import parallel, train
     from w2sjax.config import StudentTrainConfig
@@ -82,20 +84,21 @@ def _train_args(model, state, example: dict, n: int, *, cfg, loss: str, mesh, se
     replicated = parallel.replicated(mesh)
     batch_size, total, _ = train._stage_length(n, cfg, mesh, validated=False)
     student = isinstance(cfg, StudentTrainConfig)
-    settings = train.step_settings(cfg, total, loss, cfg.loss if student else None)
+    settings = train.step_settings(cfg, total, loss, cfg.loss if student else None, losses)
     rng = jax.random.key_data(jax.random.key(seed))
     placed = train.place((np.int32(0), rng, settings), replicated)  # tiny: placed for real, as fit places them
     return (state, _stacked(example, train._chunk_size(cfg), batch_size, mesh), *_abstract(placed))
 
 
-def train_program(module, example, n: int, *, cfg, loss: str, mesh, seed: int, trainable: str):
+def train_program(module, example, n: int, *, cfg, loss: str, mesh, seed: int, trainable: str, losses=None):
     """The compiled `train.train_loop` that `train.fit` will call for ``module`` on ``n`` examples
     like ``example`` (an ``ArrayData`` of one row), lowered on abstract arguments placed as `fit`
     places them. The compile lands in JAX's caches, so `fit`'s first call reuses it."""
     from w2sjax import train
 
     model, state = abstract_state(module, trainable, mesh)
-    args = _train_args(model, state, example.take(np.zeros(1, np.int64)), n, cfg=cfg, loss=loss, mesh=mesh, seed=seed)
+    args = _train_args(model, state, example.take(np.zeros(1, np.int64)), n, cfg=cfg, loss=loss, mesh=mesh, seed=seed,
+                       losses=losses)
     return train.train_loop.lower(*args, model=model, mesh=mesh, step_wrapper=None).compile()
 
 
@@ -115,10 +118,21 @@ def forget() -> None:
     """Forget which programs were asked for (`w2sjax.runner.memory.release` drops the programs)."""
     with _lock:
         _started.clear()
+    pending.clear()
+
+
+def _submit(program: tuple, compile_it) -> concurrent.futures.Future | None:
+    """``compile_it()`` on the background threads, filed under ``program`` (`pending.key`) for
+    the call that will run it; None when ``program`` was asked for before."""
+    if not _claim(program):
+        return None
+    future = _executor().submit(compile_it)
+    pending.add(program, future)
+    return future
 
 
 def start(build, example, n: int, *, name: str, cfg, loss: str, mesh, seed: int,
-          trainable: str) -> concurrent.futures.Future | None:
+          trainable: str, losses=None) -> concurrent.futures.Future | None:
     """`train_program` of ``build()`` on the background thread, or None when it does not apply
     (token inputs, several processes) or was asked for before. ``.result()`` waits, and raises
     the thread's error."""
@@ -128,20 +142,23 @@ def start(build, example, n: int, *, name: str, cfg, loss: str, mesh, seed: int,
     if not isinstance(inputs, np.ndarray) or jax.process_count() != 1:
         return None
     batch = train.effective_batch_size(n, cfg.batch_size, mesh.size)
-    if not _claim((name, trainable, batch, inputs.shape[1:], inputs.dtype.name, train._chunk_size(cfg), mesh)):
+    if not _claim((name, trainable, batch, inputs.shape[1:], inputs.dtype.name, train._chunk_size(cfg), mesh,
+                   train.compiled_losses(loss, losses))):
         return None
     return _executor().submit(lambda: train_program(build(), example, n, cfg=cfg, loss=loss, mesh=mesh, seed=seed,
-                                                    trainable=trainable))
+                                                    trainable=trainable, losses=losses))
 
 
 def start_finetune(module, data, eval_inputs: list, *, cfg, loss: str, mesh, seed: int,
-                   trainable: str, predict_buckets=None) -> list[concurrent.futures.Future]:
+                   trainable: str, predict_buckets=None, losses=None) -> list[concurrent.futures.Future]:
     """Every train program (one per padded length its batches use) and predict program (one per
     length its predictions of each of ``eval_inputs`` use) of a stage training ``module`` on
     ``data`` (an ``ArrayData``), compiling side by side on the background threads. Programs asked
-    for before in this process are skipped. Wait on every future before the stage trains.
+    for before in this process are skipped. The stage's calls wait for each program as they
+    need it; the futures are returned so that the stage can check them all once it is done.
     ``predict_buckets``: the stage's `train.predict_buckets` of ``eval_inputs`` (computed here
-    when None), so that the programs compiled are those the stage predicts with."""
+    when None), so that the programs compiled are those the stage predicts with; ``losses``: the
+    losses the run compiles into its train programs (`train.compiled_losses`)."""
     if jax.process_count() != 1 or not len(data):
         return []
     from w2sjax import train
@@ -149,7 +166,7 @@ def start_finetune(module, data, eval_inputs: list, *, cfg, loss: str, mesh, see
     if predict_buckets is None:
         predict_buckets = train.predict_buckets(eval_inputs, cfg, mesh)
     model, state = abstract_state(module, trainable, mesh)
-    return (_train_programs(model, state, data, cfg=cfg, loss=loss, mesh=mesh, seed=seed)
+    return (_train_programs(model, state, data, cfg=cfg, loss=loss, mesh=mesh, seed=seed, losses=losses)
             + _predict_programs(model, state, eval_inputs, cfg=cfg, mesh=mesh, buckets=predict_buckets))
 
 
@@ -162,27 +179,40 @@ def _with_length(stacked: dict, length: int | None, max_len: int) -> dict:
     return {k: cut(v) for k, v in stacked.items()}
 
 
-def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int) -> list[concurrent.futures.Future]:
+def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int, losses) -> list[concurrent.futures.Future]:
     from w2sjax import train
 
     batch_size, total, _ = train._stage_length(len(data), cfg, mesh, validated=False)
     state_arg, batches, *rest = _train_args(model, state, data.take(np.zeros(1, np.int64)), len(data), cfg=cfg,
-                                            loss=loss, mesh=mesh, seed=seed)
+                                            loss=loss, mesh=mesh, seed=seed, losses=losses)
     feed = train.stage_feed(data, cfg, batch_size, total, seed, mesh, train._chunk_size(cfg))
     futures = []
-    for length in sorted(feed.lengths(0, total), key=lambda n: -1 if n is None else n):
+    for length in first_use(feed, total):
         stacked = {**batches, "inputs": _with_length(batches["inputs"], length, feed.max_len)} if length else batches
-        if _claim(("train", model, train._abstract_key(stacked), mesh)):
-            args = (state_arg, stacked, *rest)
-            futures.append(_executor().submit(
-                lambda args=args: train.train_loop.lower(*args, model=model, mesh=mesh, step_wrapper=None).compile()))
+        args = (state_arg, stacked, *rest)
+        future = _submit(pending.key("train", model, (stacked, rest[-1]), mesh),
+                         lambda args=args: train.train_loop.lower(*args, model=model, mesh=mesh,
+                                                                  step_wrapper=None).compile())
+        futures += [future] if future is not None else []
     return futures
+
+
+def first_use(feed, total: int) -> list:
+    """The padded lengths of a stage's ``total`` steps (``feed``: its `train.stage_feed`), in the
+    order its steps first use them: the program needed first compiles first."""
+    if feed.order is None:
+        return [None]
+    seen: dict = {}
+    for step in range(total):
+        seen.setdefault(feed.order.batch(step)[1], None)
+    return list(seen)
 
 
 def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh, buckets) -> list[concurrent.futures.Future]:
     from w2sjax import parallel, train
 
-    jitted = train._predict_jit(train.cached_predict_step(model), False)
+    predict_step = train.cached_predict_step(model)
+    jitted = train._predict_jit(predict_step, False)
     sharding, futures = parallel.batch_sharding(mesh), []
     for inputs in eval_inputs:
         rows, _, batches = train.predict_batches(inputs, batch_size=train.predict_rows(cfg), mesh=mesh, buckets=buckets)
@@ -190,6 +220,7 @@ def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh, buckets) ->
             chunk = train.predict_chunk(inputs, idx[:1], length)  # one row: its shapes, not its values
             abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows, *np.shape(a)[1:]), np.asarray(a).dtype,
                                                                    sharding=sharding), chunk)
-            if _claim(("predict", model, train._abstract_key(abstract), mesh)):
-                futures.append(_executor().submit(lambda a=abstract: jitted.lower(state, a).compile()))
+            future = _submit(pending.key("predict", predict_step, abstract, mesh),
+                             lambda a=abstract: jitted.lower(state, a).compile())
+            futures += [future] if future is not None else []
     return futures

@@ -167,6 +167,9 @@ class Runner:
 
     def __init__(self, config: Config, out_dir: pathlib.Path, mesh, task, progress: bool, *, planning: bool = False):
         self.config, self.mesh, self.task, self.progress = config, mesh, task, progress
+        # The losses this run's stages train with (weak and ceiling stages: xent), compiled into one
+        # train program per shape (`train.compiled_losses`): fewer than every registered loss.
+        self.losses = ("xent", *config.losses)
         self.planning = planning
         self.ckpt_dir = out_dir / "checkpoints"
         self.log = MetricsLog(out_dir / "metrics.jsonl")
@@ -256,19 +259,31 @@ class Runner:
             eval_inputs = {name: mi.inputs(split, idx) for name, (split, idx) in evals.items()}
             predicted = [*eval_inputs.values(), *([val.inputs] if val else [])]
             buckets = train.predict_buckets(predicted, cfg, self.mesh)  # the lengths its predictions run at
-            if settings["model"]["mode"] != "probe":  # token inputs: every program of the stage, side by side
-                ahead += precompile.start_finetune(module, data, predicted, cfg=cfg, loss=loss, mesh=self.mesh,
-                                                   seed=seed, trainable=mi.trainable, predict_buckets=buckets)
-            for future in ahead:
-                future.result()  # compiled while the inputs were computed; raises the thread's error
+            ahead = self._finetune_ahead(ahead, settings, mi, module, data, predicted, cfg, loss, seed, buckets)
             fitted = train.fit(
                 module, data, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed, trainable=mi.trainable, val=val,
                 stage=key.name, ckpt=_OrbaxStage(self.ckpt_dir, key.checkpoint_name, self.mesh),
                 log=self.log.of_stage(key.checkpoint_name), progress=self.progress, predict_buckets=buckets,
+                losses=self.losses,
             )
             result = self._save_outputs(key, settings, mi, fitted, evals, eval_inputs, cfg, started, buckets)
+            for future in ahead:
+                future.result()  # all used by now; raises an error of a program compiled ahead and not called
         self._outputs_this_process[key.checkpoint_name] = result
         return result
+
+    def _finetune_ahead(self, ahead: list, settings: dict, mi, module, data, predicted: list, cfg, loss: str, seed: int,
+                        buckets) -> list:
+        """Wait for a probe's program (``ahead``, compiled while the inputs were computed; raises its
+        error); start every program of a finetuning stage (token inputs) side by side and return
+        their futures: the stage's calls wait for each as they need it (`precompile.wait`), so
+        training starts with its first program while the others compile."""
+        for future in ahead:
+            future.result()
+        if settings["model"]["mode"] == "probe":
+            return []
+        return precompile.start_finetune(module, data, predicted, cfg=cfg, loss=loss, mesh=self.mesh, seed=seed,
+                                         trainable=mi.trainable, predict_buckets=buckets, losses=self.losses)
 
     def _compile_ahead(self, mi, settings: dict, model: str, rows, labels, cfg, loss: str, seed: int):
         """A probe stage's train program, compiling on a background thread (`precompile`): a list of
@@ -277,7 +292,7 @@ class Runner:
             return []
         example = _array_data(mi, np.arange(1), labels[:1])  # the row Inputs read for the head's shape
         future = precompile.start(lambda: mi.build(seed), example, len(rows), name=model, cfg=cfg, loss=loss,
-                                  mesh=self.mesh, seed=seed, trainable=mi.trainable)
+                                  mesh=self.mesh, seed=seed, trainable=mi.trainable, losses=self.losses)
         return [] if future is None else [future]
 
     def _planned(self, key: stage_keys.StageKey, settings: dict, target: dict) -> StageOutput:
