@@ -181,14 +181,17 @@ class Plan:
         headline = _headline()
         self.headline = headline
         self.group_of_part: dict[str, Group] = {}
-        self.parts = []
-        chosen = [g for g in groups(protocol) if not students or set(g.students) & set(students)]
-        for g in chosen:
+        # every part of the protocol, and the ones this run trains (``students`` picks groups): a
+        # task's artefacts are exported from all of its finished parts, whichever run trained them
+        self.all_parts, self.parts = [], []
+        for g in groups(protocol):
             for task in tasks:
                 part = headline.Part(f"{task}-{g.name}", task, g.students, g.supervisors,
                                      "all" if g.trainable == "probe" else g.trainable, g.bootstrap)
-                self.parts.append(part)
+                self.all_parts.append(part)
                 self.group_of_part[part.name] = g
+                if not students or set(g.students) & set(students):
+                    self.parts.append(part)
 
     def config_of(self, base, part, task):
         """A part's config: the headline's (caps clipped to the task), with the group's seeds, lr and mode."""
@@ -343,7 +346,7 @@ def export_task(plan: Plan, task_name: str, out: pathlib.Path, artefacts_dir: pa
     from w2sjax.report import artefacts
 
     rows, arrays, done = [], {}, []
-    for part in (p for p in plan.parts if p.task == task_name):
+    for part in (p for p in plan.all_parts if p.task == task_name):
         if not (out / part.name / "results.json").is_file():
             continue
         results = json.loads((out / part.name / "results.json").read_text())

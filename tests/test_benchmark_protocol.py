@@ -536,6 +536,11 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     assert cost["stages"] == {("glove-bow", "probe"): 8, ("minilm-l6", "probe"): 32, ("minilm-l2", "probe"): 8}
     assert cost["unmeasured"] == {("minilm-l6", "probe"): 32}
     assert cost["seconds"] == pytest.approx(8 * np.mean(weak) + 8 * np.mean(l2))
+    # the other student alone: each task's artefacts keep the first student's rows beside its own
+    assert bench["main"](argv + ["--students", "minilm-l6"]) == 0
+    both = json.loads((folder / "summary.json").read_text())
+    assert {(c["task"], c["strong_model"]) for c in both["cells"]} == {
+        (t, m) for t in ("fine_foods", "vader_tweets") for m in ("minilm-l2", "minilm-l6")}
     # the whole protocol
     assert bench["main"](argv) == 0
     arts = artefacts.load(folder, proto.sha256)
