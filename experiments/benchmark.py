@@ -484,6 +484,8 @@ def main(argv=None) -> int:
                         "protocol: the decoder parts' artefact folder, summarised too (default: %(default)s)")
     parser.add_argument("--list", action="store_true", help="print the plan and its estimated cost, train nothing")
     parser.add_argument("--summary-only", action="store_true", help="regenerate the summary and docs from the artefacts")
+    parser.add_argument("--export-only", action="store_true", help="train nothing: write each task's artefacts "
+                        "(into --artefacts) from every finished part in --out, whichever run trained it")
     parser.add_argument("--publish", action="store_true", help="export into docs/benchmark/ and write the docs")
     parser.add_argument("--docs-root", default="", help="repository root whose docs/results.md and README.md get "
                         "the generated sections (default: this repository with --publish or --summary-only)")
@@ -537,6 +539,11 @@ def main(argv=None) -> int:
         plan = Plan(protocol, resolution["tasks"], students)
         if args.list:
             print_plan(protocol, plan, resolution, out)
+            return 0
+        if args.export_only:
+            for task in plan.tasks:
+                done = export_task(plan, task, out, art_dir)
+                print(f"benchmark: {task}: " + (", ".join(done) if done else "no finished part"))
             return 0
         artefacts.check_stamp(out, protocol.sha256)  # a run folder holds one protocol's stages
         artefacts.check_stamp(art_dir, protocol.sha256)

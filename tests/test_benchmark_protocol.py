@@ -541,6 +541,10 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     both = json.loads((folder / "summary.json").read_text())
     assert {(c["task"], c["strong_model"]) for c in both["cells"]} == {
         (t, m) for t in ("fine_foods", "vader_tweets") for m in ("minilm-l2", "minilm-l6")}
+    # --export-only rewrites the same artefacts from the run folder, training nothing
+    assert bench["main"](argv + ["--export-only", "--artefacts", str(tmp_path / "again")]) == 0
+    for name in ("fine_foods.json", "fine_foods.npz", "vader_tweets.json", "vader_tweets.npz"):
+        assert (tmp_path / "again" / name).read_bytes() == (folder / name).read_bytes(), name
     # the whole protocol
     assert bench["main"](argv) == 0
     arts = artefacts.load(folder, proto.sha256)
