@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.sweep_cold import emit
+
 VARIANTS = ("unrolled", "scanned", "called")
 ENCODER_VARIANTS = ("unrolled", "scanned", "prestacked")
 
@@ -192,10 +194,7 @@ def main(argv=None) -> None:
                 rec = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "utc": time.strftime("%H:%M", time.gmtime()),
                        "loadavg": round(os.getloadavg()[0], 2), "round": r,
                        **json.loads(proc.stdout.strip().splitlines()[-1])}
-                print(json.dumps(rec), flush=True)
-                if args.out:
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                emit(rec, args.out)
 
 
 if __name__ == "__main__":

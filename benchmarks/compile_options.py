@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.sweep_cold import emit
+
 VARIANTS = {
     "default": {},
     "O2": {"xla_backend_optimization_level": 2},
@@ -143,10 +145,7 @@ def main(argv=None) -> None:
             rec = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "utc": time.strftime("%H:%M:%S", time.gmtime()),
                    "loadavg_before": load, "loadavg_after": round(os.getloadavg()[0], 2), "round": r,
                    **json.loads(proc.stdout.strip().splitlines()[-1])}
-            print(json.dumps(rec), flush=True)
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
+            emit(rec, args.out)
 
 
 if __name__ == "__main__":

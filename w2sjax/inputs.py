@@ -17,6 +17,10 @@ from flax import nnx
 
 from w2sjax.config import Config, ConfigError
 
+# The head_init option (part of a stage's fingerprint) of a decoder's linear readout started at its
+# training labels' prior (`train.head_start=prior`); the runner sets the bias (`heads.start_at_prior`).
+PRIOR_HEAD_INIT = "zeros-prior"
+
 
 @dataclasses.dataclass
 class ModelInputs:
@@ -69,7 +73,7 @@ class Inputs:
                 options["bottom"] = "cached-bf16" if self.config.train.cache_bottom else "recomputed"
             if getattr(spec.featurizer, "pooling", None) == "last":  # decoders: heads.PooledClassifier
                 # zero kernel; bias at the labels' prior (heads.start_at_prior) or at zero
-                options["head_init"] = "zeros-prior" if self.config.train.head_start == "prior" else "zeros"
+                options["head_init"] = PRIOR_HEAD_INIT if self.config.train.head_start == "prior" else "zeros"
                 if self.config.train.readout == "verbalizer":  # the head starts as the class names' LM rows
                     options["head_init"] = "verbalizer"
         if spec.tokenize is not None:  # a text backbone: its token budget, matmul precision and prompt

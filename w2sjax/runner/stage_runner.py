@@ -23,13 +23,8 @@ from flax import nnx
 from w2sjax import parallel, train
 from w2sjax.runner import atomic, checkpoint, precompile, preemption, saved_splits, sigint, stage_keys, tensorboard_log
 from w2sjax.config import Config
-from w2sjax.inputs import Inputs
+from w2sjax.inputs import PRIOR_HEAD_INIT, Inputs
 from w2sjax.models import heads
-
-
-# The head_init (`Inputs.options`, part of a stage's fingerprint) of a decoder's linear readout
-# started at its training labels' prior (`train.head_start=prior`, `heads.start_at_prior`).
-READOUT_START = "zeros-prior"
 
 
 # ---- metrics.jsonl --------------------------------------------------------------------------
@@ -254,7 +249,7 @@ class Runner:
             data = _array_data(mi, rows, labels, weights)
             val = _array_data(mi, val_rows, val_labels) if cfg.early_stopping and len(val_rows) else None
             module = mi.build(seed)
-            if settings["model"].get("head_init") == READOUT_START:
+            if settings["model"].get("head_init") == PRIOR_HEAD_INIT:
                 heads.start_at_prior(module, labels, weights)
             eval_inputs = {name: mi.inputs(split, idx) for name, (split, idx) in evals.items()}
             predicted = [*eval_inputs.values(), *([val.inputs] if val else [])]
