@@ -105,9 +105,12 @@ def run_case(case: str, sides: dict[str, Callable[[], None]], repeats: int, *, e
                                                                   if k == "model"})
 
 
-def process_rounds(commands: dict[str, list[str]], rounds: int) -> dict[str, list[list[dict]]]:
+def process_rounds(commands: dict[str, list[str]], rounds: int, report: Callable[[str, int, list[dict]], None] | None = None
+                   ) -> dict[str, list[list[dict]]]:
     """Each side's command in a fresh process, in rounds A B C, then C B A, ...: the JSON lines that
-    each process printed, per side and process, in the order they ran.
+    each process printed, per side and process, in the order they ran (each process's list ends
+    with its wall seconds). ``report(side, round, records)`` sees each process's records as soon
+    as it ends, so a run cut short keeps what it measured.
 
     For sides that cannot share a process (JAX and PyTorch training states of one model together
     passed the memory of the machine): the rounds still spread bursts of load over every side, but
@@ -131,6 +134,8 @@ def process_rounds(commands: dict[str, list[str]], rounds: int) -> dict[str, lis
                     recs.append(json.loads(line))
                 except ValueError:
                     continue  # not a record (a library's print)
-            out[k].append([*recs, {"case": "process", "impl": k, "round": r, "wall_s": round(wall, 1),
-                                   "loadavg_after": loadavg()}])
+            recs.append({"case": "process", "impl": k, "round": r, "wall_s": round(wall, 1), "loadavg_after": loadavg()})
+            out[k].append(recs)
+            if report is not None:
+                report(k, r, recs)
     return out

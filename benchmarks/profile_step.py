@@ -304,13 +304,13 @@ def _process_main(args) -> int:
     commands = {side: [*me, "--torch", "--variants"] if side == "torch" else [*me, "--variants", side]
                 for side in args.processes}
     before = loadavg()
-    runs = process_rounds(commands, args.process_rounds)
+    runs = process_rounds(commands, args.process_rounds,
+                          lambda side, r, recs: [bench.emit({**rec, "side": side, "round": r}) for rec in recs])
     summary = {}
     for side, procs in runs.items():
         steps, minima, rss = [], [], []
-        for i, recs in enumerate(procs):
+        for recs in procs:
             for rec in recs:
-                bench.emit({**rec, "side": side, "process": i})
                 if rec.get("case") == "profile" and "times_s" in rec:
                     steps += rec["times_s"]
                     minima.append(rec["seconds"])

@@ -14,6 +14,11 @@ wheels are SYCL builds that find no CPU device without a SYCL CPU runtime), into
 oneDNN or g++ is missing, `available` says why and `dot` falls back to XLA's dot with a
 one-line warning.
 
+Float32 operands need no conversion pass before the call: on AMX the handler sets oneDNN's bf16
+fpmath mode, which rounds them to bf16 (to nearest even, as XLA's convert does) while it packs
+its blocks, so the products and float32 sums are those of bf16 operands (`packs_float32`;
+``W2SJAX_ONEDNN_F32=0`` converts them in XLA first, as every CPU without AMX does).
+
 ``W2SJAX_ONEDNN=1`` routes the bf16 dense layers (`w2sjax.models.precision`) through it. Off by
 default: on a 2-core AMX Xeon the dense layers' dots ran 2.4-2.6x faster alone but the finetune
 steps only 1.01-1.13x, because inside a step XLA already transposes the activations for its
