@@ -103,3 +103,39 @@ def run_case(case: str, sides: dict[str, Callable[[], None]], repeats: int, *, e
             for impl, t in times.items()}
     return list(recs.values()) + ratio_records(case, recs, **{k: v for k, v in (extra or {}).items()
                                                                   if k == "model"})
+
+
+def process_rounds(commands: dict[str, list[str]], rounds: int, report: Callable[[str, int, list[dict]], None] | None = None
+                   ) -> dict[str, list[list[dict]]]:
+    """Each side's command in a fresh process, in rounds A B C, then C B A, ...: the JSON lines that
+    each process printed, per side and process, in the order they ran (each process's list ends
+    with its wall seconds). ``report(side, round, records)`` sees each process's records as soon
+    as it ends, so a run cut short keeps what it measured.
+
+    For sides that cannot share a process (JAX and PyTorch training states of one model together
+    passed the memory of the machine): the rounds still spread bursts of load over every side, but
+    each process also pays its own start-up, so only the timed calls inside each are compared.
+    """
+    import json
+    import subprocess
+
+    names = list(commands)
+    out: dict[str, list[list[dict]]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            run = subprocess.run(commands[k], stdout=subprocess.PIPE, text=True)
+            wall = time.perf_counter() - t0
+            if run.returncode:
+                raise RuntimeError(f"side {k} (round {r}) exited with {run.returncode}: {' '.join(commands[k])}")
+            recs = []
+            for line in run.stdout.splitlines():
+                try:
+                    recs.append(json.loads(line))
+                except ValueError:
+                    continue  # not a record (a library's print)
+            recs.append({"case": "process", "impl": k, "round": r, "wall_s": round(wall, 1), "loadavg_after": loadavg()})
+            out[k].append(recs)
+            if report is not None:
+                report(k, r, recs)
+    return out

@@ -38,12 +38,22 @@ shared machine. Variants:
                           gradients as oneDNN matmuls (`w2sjax.models.onednn`; needs the ``onednn`` extra)
   step_bf16_onednn_t2     the same with two OpenMP threads per oneDNN call (``W2SJAX_ONEDNN_THREADS=2``)
                           instead of the cores split over the host devices
+  step_bf16_onednn_convert  step_bf16_onednn with every float32 operand converted to bf16 by XLA before the
+                          call (``W2SJAX_ONEDNN_F32=0``), as before 2026-12-07 03:30 UTC, instead of rounded
+                          in oneDNN's packing
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
 
 Prints one JSON line per variant (minimum and median of its rounds, ``ratio_to_step_bf16``).
 ``--trace DIR`` writes a ``jax.profiler`` trace of two calls of the first variant afterwards.
 Flags are set like benchmarks.run (same --devices/--ynn).
+
+``--processes SIDE ...`` (variants, or ``torch``) runs every side in a process of its own instead,
+in rounds A B C, C B A, ... (`benchmarks.interleave.process_rounds`; ``--process-rounds``), each
+timing ``--repeats`` steps after one warm-up step, for models whose JAX and PyTorch states do not
+fit in one process; it prints each process's records, then one ``profile_processes`` line per side
+(minimum and median over all its timed steps, against PyTorch's). ``--xla-cache DIR`` lets a
+side's later processes load its compiled step instead of compiling it again.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_onednn", "step_bf16_onednn_t2",
+            "step_bf16_onednn_convert",
             "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "step_bf16_decoder_before",
             "embed_bf16", "embed_bf16_encoder_before")
 
@@ -279,6 +290,45 @@ def _peak_rss_mb() -> int | None:
     return None
 
 
+def _process_main(args) -> int:
+    """``--processes``: every side in fresh processes, in interleaved rounds; a summary per side."""
+    from benchmarks.interleave import process_rounds
+
+    common = ["--model", args.model, "--batch", str(args.batch), "--seq", str(args.seq), "--repeats",
+              str(args.repeats), "--devices", str(args.devices), "--ynn", args.ynn, "--child"]
+    common += ["--layers", str(args.layers)] if args.layers else []
+    common += ["--torch-threads", *map(str, args.torch_threads)] if args.torch_threads else []
+    common += ["--xla-cache", args.xla_cache] if args.xla_cache else []
+    common += ["--fsdp"] if args.fsdp else []
+    me = [sys.executable, "-m", "benchmarks.profile_step", *common]
+    commands = {side: [*me, "--torch", "--variants"] if side == "torch" else [*me, "--variants", side]
+                for side in args.processes}
+    before = loadavg()
+    runs = process_rounds(commands, args.process_rounds,
+                          lambda side, r, recs: [bench.emit({**rec, "side": side, "round": r}) for rec in recs])
+    summary = {}
+    for side, procs in runs.items():
+        steps, minima, rss = [], [], []
+        for recs in procs:
+            for rec in recs:
+                if rec.get("case") == "profile" and "times_s" in rec:
+                    steps += rec["times_s"]
+                    minima.append(rec["seconds"])
+                    rss.append(rec.get("peak_rss_mb"))
+        summary[side] = {"case": "profile_processes", "impl": "torch" if side == "torch" else "jax",
+                         "model": args.model, "side": side, "layers": args.layers, "batch": args.batch,
+                         "seq": args.seq, "processes": len(procs), "seconds": min(steps),
+                         "median_s": round(statistics.median(steps), 4), "process_minima_s": minima,
+                         "peak_rss_mb": rss, "loadavg_before": before, "loadavg_after": loadavg()}
+    torch_side = summary.get("torch")
+    for rec in summary.values():
+        if torch_side is not None:
+            rec["speed_vs_torch_bf16_min"] = round(torch_side["seconds"] / rec["seconds"], 3)
+            rec["speed_vs_torch_bf16_median"] = round(torch_side["median_s"] / rec["median_s"], 3)
+        bench.emit(rec)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
     p.add_argument("--model", choices=ft.MODELS, default="minilm-l6")
@@ -290,15 +340,26 @@ def main(argv=None) -> int:
     p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot")
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters and optimizer state over the devices (fsdp axis) instead of replicating")
-    p.add_argument("--variants", nargs="+", default=["step", "step_bf16"], choices=VARIANTS)
+    p.add_argument("--variants", nargs="*", default=["step", "step_bf16"], choices=VARIANTS)
     p.add_argument("--trace", help="write a jax.profiler trace of the first variant here")
     p.add_argument("--torch", action="store_true",
                    help="add PyTorch + transformers under CPU bf16 autocast (torch_bf16_tN, N threads) "
                         "to the same rounds, and the same run's bf16 matmul peak for MFU")
     p.add_argument("--torch-threads", type=int, nargs="+",
                    help="with --torch: one PyTorch side per thread count (default: one thread per core)")
+    p.add_argument("--processes", nargs="+", choices=(*VARIANTS, "torch"),
+                   help="each of these sides in fresh processes, in interleaved rounds (see above)")
+    p.add_argument("--process-rounds", type=int, default=2)
+    p.add_argument("--xla-cache", help="a persistent XLA compilation cache folder for the processes")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one process of --processes
     args = p.parse_args(argv)
+    if args.processes:
+        return _process_main(args)
     bench.emit({"case": "setup", "impl": "setup", "xla_flags": bench._set_flags(args)})
+    if args.xla_cache:
+        from w2sjax.runner import xla_flags
+
+        xla_flags.enable_compilation_cache(args.xla_cache)
 
     import jax
     import numpy as np
@@ -383,6 +444,8 @@ def main(argv=None) -> int:
             os.environ[onednn.ENV] = "1"  # read while the step is traced, below
             if variant.endswith("_t2"):
                 os.environ["W2SJAX_ONEDNN_THREADS"] = "2"
+            if variant.endswith("_convert"):
+                os.environ[onednn.F32_ENV] = "0"
         if variant == "step_bf16_remat_dots":
             remat._remat_call = nnx.remat(remat._call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         try:
@@ -394,6 +457,7 @@ def main(argv=None) -> int:
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
             os.environ.pop(onednn.ENV, None)
             os.environ.pop("W2SJAX_ONEDNN_THREADS", None)
+            os.environ.pop(onednn.F32_ENV, None)
             for (mod, name), fn_ in originals.items():
                 setattr(mod, name, fn_)
         holder = holders[variant] = {"s": state}
@@ -419,7 +483,7 @@ def main(argv=None) -> int:
 
             calls[f"torch_bf16_t{n}"] = torch_call
             flops[f"torch_bf16_t{n}"] = 3 * shape.forward_flops(t)
-        peak = utilisation.measure_matmul_peak("bfloat16")
+        peak = None if args.child else utilisation.measure_matmul_peak("bfloat16")
     # CPU seconds of each call (all threads of this process): on a loaded machine wall time also
     # counts waiting for a core, CPU time only the work (and any spinning) of the side itself.
     cpu = {k: [] for k in calls}

@@ -56,6 +56,22 @@ def test_interleave_alternates_sides_and_reverses_odd_rounds():
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
 
 
+def test_process_rounds_alternate_fresh_processes_and_report_each_at_once():
+    from benchmarks.interleave import process_rounds
+
+    def command(side):
+        code = f"import json, os; print('a library print'); print(json.dumps({{'side': '{side}', 'pid': os.getpid()}}))"
+        return [sys.executable, "-c", code]
+
+    seen = []
+    runs = process_rounds({k: command(k) for k in "ABC"}, 2, lambda side, r, recs: seen.append((side, r, recs[0]["side"])))
+    # Rounds ABC, then CBA; each process's records reported as it ends, its wall seconds last.
+    assert seen == [("A", 0, "A"), ("B", 0, "B"), ("C", 0, "C"), ("C", 1, "C"), ("B", 1, "B"), ("A", 1, "A")]
+    assert len({recs[0]["pid"] for procs in runs.values() for recs in procs}) == 6
+    assert all(len(recs) == 2 and recs[-1]["case"] == "process" and recs[-1]["wall_s"] >= 0
+               for procs in runs.values() for recs in procs)
+
+
 def test_summaries_and_ratios_use_min_and_median_of_the_same_rounds():
     import numpy as np
 

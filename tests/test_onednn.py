@@ -84,15 +84,57 @@ def test_dot_takes_the_dense_layer_contractions_and_falls_back_on_others():
         assert custom == (not dims[1][0]), dims
 
 
+def _custom_call_operands(f, *args) -> list[str]:
+    """The operand types of every oneDNN custom call in the compiled program of ``f``."""
+    return [line.split("operand_layout_constraints={")[1].split("api_version")[0]
+            for line in f.lower(*args).compile().as_text().splitlines() if "w2sjax_onednn_matmul" in line]
+
+
 @needs_onednn
-def test_dense_layers_route_through_onednn_on_a_sharded_batch(monkeypatch):
-    """With ``W2SJAX_ONEDNN=1`` a bf16 Linear's value and gradients equal the XLA path's, under jit
-    with the batch sharded over 2 fake devices, and the program holds the custom call."""
+@pytest.mark.parametrize("packs", ["1", "0"])
+def test_float32_operands_are_rounded_to_bf16_in_onednn_or_before(monkeypatch, packs):
+    """Two float32 operands go in as they are where oneDNN rounds them while packing (AMX, its bf16
+    fpmath mode), else as bf16 converted by XLA; either way the products are those of
+    bf16-rounded operands (numpy: ml_dtypes rounding, float64 sums), for every layout, and for
+    a bf16 result (which that mode cannot write: the handler converts its operands first)."""
+    monkeypatch.setenv(onednn.F32_ENV, packs)
+    rng = np.random.default_rng(6)
+    m, k, n = 96, 160, 64
+    # A new function: the switch is read when tracing, and JAX keeps traces per function.
+    f = jax.jit(lambda *args: onednn.matmul(*args), static_argnums=(2, 3, 4))
+    for ta, tb in itertools.product([False, True], repeat=2):
+        a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+        b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+        want = _op(_bf16(a), ta) @ _op(_bf16(b), tb)
+        np.testing.assert_allclose(np.asarray(f(a, b, ta, tb, jnp.float32)), want, rtol=1e-5, atol=1e-4)
+        out16 = f(a, b, ta, tb, jnp.bfloat16)
+        np.testing.assert_allclose(np.asarray(out16, np.float64), want, rtol=2 ** -7, atol=1e-2)
+        operands = _custom_call_operands(f, a, b, ta, tb, jnp.float32)
+        in_f32 = packs == "1" and onednn.packs_float32()
+        assert operands and all(o.count("f32[" if in_f32 else "bf16[") == 2 for o in operands), operands
+
+
+def _encoder_dense(x, kernels, biases):
+    """`precision.dense`'s arithmetic on its own: one bf16 dot over the kernels side by side."""
+    q, k, v = precision._biased(x, kernels, biases)
+    return (q * k + v * v).sum()
+
+
+@needs_onednn
+@pytest.mark.parametrize("packs", ["1", "0"])
+def test_dense_layers_route_through_onednn_on_a_sharded_batch(monkeypatch, packs):
+    """With ``W2SJAX_ONEDNN=1`` a bf16 Linear's and the encoders' biased q/k/v projections' values
+    and gradients equal the XLA path's and numpy's, under jit with the batch sharded over 2 fake
+    devices, with float32 operands rounded in oneDNN or converted before the call, and the
+    program holds the custom call."""
+    monkeypatch.setenv(onednn.F32_ENV, packs)
     layer = nnx.Linear(24, 16, rngs=nnx.Rngs(0), **precision.linear_kwargs(jnp.bfloat16))
     graphdef, state = nnx.split(layer)
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-    x = jax.device_put(np.random.default_rng(3).normal(size=(8, 5, 24)).astype(np.float32),
-                       NamedSharding(mesh, P("data")))
+    rng = np.random.default_rng(3)
+    x = jax.device_put(rng.normal(size=(8, 5, 24)).astype(np.float32), NamedSharding(mesh, P("data")))
+    kernels = tuple(rng.normal(size=(24, 16)).astype(np.float32) for _ in range(3))
+    biases = tuple(rng.normal(size=(16,)).astype(np.float32) for _ in range(3))
 
     def loss(state, x):
         y = nnx.merge(graphdef, state)(x)
@@ -102,13 +144,28 @@ def test_dense_layers_route_through_onednn_on_a_sharded_batch(monkeypatch):
     for flag in ("0", "1"):
         monkeypatch.setenv(onednn.ENV, flag)
         f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-        runs[flag] = (f(state, x), _uses_onednn(f, state, x))
-    ((_, y0), g0), used0 = runs["0"]
-    ((_, y1), g1), used1 = runs["1"]
-    assert not used0 and used1
+        g = jax.jit(jax.value_and_grad(_encoder_dense, argnums=(0, 1, 2)))
+        runs[flag] = (f(state, x), g(x, kernels, biases), _uses_onednn(f, state, x) and _uses_onednn(g, x, kernels, biases))
+    ((_, y0), g0), e0, used0 = runs["0"]
+    ((_, y1), g1), e1, used1 = runs["1"]
+    assert used1 and not used0
     np.testing.assert_allclose(np.asarray(y1), np.asarray(y0), rtol=1e-5, atol=1e-4)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    for a, b in zip(jax.tree.leaves((g1, e1)), jax.tree.leaves((g0, e0))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
+    # numpy: the forward's bf16 products, and dx, dW from the cotangent rounded to bf16 (float64
+    # sums); the bias gradients sum the float32 cotangent.
+    X, W, B = _bf16(np.asarray(x)), [_bf16(k_) for k_ in kernels], [np.asarray(b_, np.float64) for b_ in biases]
+    q, k, v = (np.einsum("btd,dn->btn", X, w_) + b_ for w_, b_ in zip(W, B))
+    np.testing.assert_allclose(float(e1[0]), (q * k + v * v).sum(), rtol=1e-4)
+    gq, gk, gv = k, q, 2 * v
+    dW = [np.einsum("btd,btn->dn", X, _bf16(g_)) for g_ in (gq, gk, gv)]
+    dX = sum(np.einsum("btn,dn->btd", _bf16(g_), w_) for g_, w_ in zip((gq, gk, gv), W))
+    _, (dx, dws, dbs) = e1
+    np.testing.assert_allclose(np.asarray(dx), dX, rtol=2e-3, atol=5e-2)
+    for got, want in zip(dws, dW):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=2e-3, atol=5e-2)
+    for got, g_ in zip(dbs, (gq, gk, gv)):
+        np.testing.assert_allclose(np.asarray(got), g_.sum((0, 1)), rtol=1e-4, atol=1e-3)
 
 
 def test_a_sycl_build_is_refused_with_the_reason(tmp_path, monkeypatch):

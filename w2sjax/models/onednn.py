@@ -14,6 +14,11 @@ wheels are SYCL builds that find no CPU device without a SYCL CPU runtime), into
 oneDNN or g++ is missing, `available` says why and `dot` falls back to XLA's dot with a
 one-line warning.
 
+Float32 operands need no conversion pass before the call: on AMX the handler sets oneDNN's bf16
+fpmath mode, which rounds them to bf16 (to nearest even, as XLA's convert does) while it packs
+its blocks, so the products and float32 sums are those of bf16 operands (`packs_float32`;
+``W2SJAX_ONEDNN_F32=0`` converts them in XLA first, as every CPU without AMX does).
+
 ``W2SJAX_ONEDNN=1`` routes the bf16 dense layers (`w2sjax.models.precision`) through it. Off by
 default: on a 2-core AMX Xeon the dense layers' dots ran 2.4-2.6x faster alone but the finetune
 steps only 1.01-1.13x, because inside a step XLA already transposes the activations for its
@@ -41,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["ENV", "available", "enabled", "wanted", "matmul", "dot"]
+__all__ = ["ENV", "F32_ENV", "available", "enabled", "wanted", "packs_float32", "matmul", "dot"]
 
 ENV = "W2SJAX_ONEDNN"
 TARGET = "w2sjax_onednn_matmul"
@@ -139,6 +144,26 @@ def wanted() -> bool:
     return reason is None
 
 
+F32_ENV = "W2SJAX_ONEDNN_F32"
+
+
+@functools.cache
+def _has_amx_bf16() -> bool:
+    try:
+        return " amx_bf16" in pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def packs_float32() -> bool:
+    """Whether float32 operands go to oneDNN as they are, rounded to bf16 in its packing (its bf16
+    fpmath mode) instead of by a conversion pass before the call: only with AMX, where oneDNN 3.2
+    honours that mode (elsewhere it would multiply in float32, other numbers), and unless
+    ``W2SJAX_ONEDNN_F32=0`` (read when a function is traced)."""
+    return (os.environ.get(F32_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+            and _has_amx_bf16())
+
+
 def _threads() -> int:
     """OpenMP threads per call: ``$W2SJAX_ONEDNN_THREADS``, else the cores split over this process's
     XLA host devices, which each run their shard of a batch at the same time (more would
@@ -215,31 +240,42 @@ def _xla(a, b, ta, tb, out_dtype):
     return lax.dot_general(a, b, dims, preferred_element_type=out_dtype)
 
 
+def _operands(a, b):
+    """``a`` and ``b`` as the custom call takes them: both float32 where oneDNN rounds them to bf16
+    while packing (`packs_float32`), else both bf16. The products are those of bf16 operands."""
+    if a.dtype == b.dtype == jnp.float32 and packs_float32():
+        return a, b
+    return a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def matmul(a, b, transpose_a=False, transpose_b=False, out_dtype=jnp.float32):
     """``op(a) @ op(b)`` for 2-D arrays, computed in bf16 with a float32 (or ``out_dtype``) result;
-    ``op`` transposes when its flag is set. oneDNN when `available`, else XLA's dot."""
-    a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    ``op`` transposes when its flag is set. oneDNN when `available`, else XLA's dot. Two float32
+    operands are rounded to bf16 inside oneDNN's packing where it can (`packs_float32`)."""
     reason = available()
     if reason is not None or jax.default_backend() != "cpu":
         if reason is not None:
             _warn_fallback(reason)
-        return _xla(a16, b16, transpose_a, transpose_b, out_dtype)
-    return _partitioned(bool(transpose_a), bool(transpose_b), jnp.dtype(out_dtype))(a16, b16)
+        return _xla(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), transpose_a, transpose_b, out_dtype)
+    a, b = _operands(a, b)
+    return _partitioned(bool(transpose_a), bool(transpose_b), jnp.dtype(out_dtype))(a, b)
 
 
 def _matmul_fwd(a, b, ta, tb, out_dtype):
-    a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-    return matmul(a16, b16, ta, tb, out_dtype), (a16, b16, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+    a_, b_ = _operands(a, b)
+    return matmul(a_, b_, ta, tb, out_dtype), (a_, b_, jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
 
 
 def _matmul_bwd(ta, tb, out_dtype, res, g):
-    a16, b16, a_dt, b_dt = res
-    g16 = g.astype(jnp.bfloat16)
+    a_, b_, a_dt, b_dt = res
+    # A float32 cotangent goes in as it is when the saved operands are float32 (oneDNN rounds it
+    # while packing); beside bf16 operands it is converted once (the two converts are one to XLA).
+    g_ = g if a_.dtype == jnp.float32 else g.astype(jnp.bfloat16)
     # With A = op(a), B = op(b) and C = A @ B: dA = g @ B.T and dB = A.T @ g, each written in the
     # layout its operand is stored in, so every gradient is one more matmul with strided operands.
-    da = matmul(b16, g16, tb, True) if ta else matmul(g16, b16, False, not tb)
-    db = matmul(g16, a16, True, ta) if tb else matmul(a16, g16, not ta, False)
+    da = matmul(b_, g_, tb, True) if ta else matmul(g_, b_, False, not tb)
+    db = matmul(g_, a_, True, ta) if tb else matmul(a_, g_, not ta, False)
     return da.astype(a_dt.dtype), db.astype(b_dt.dtype)
 
 
@@ -261,7 +297,7 @@ def _side(shape, contract) -> tuple[bool, int, int] | None:
 
 def dot(lhs, rhs, dimension_numbers, out_dtype=jnp.float32):
     """``lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=out_dtype)`` on bf16
-    operands, through `matmul` when there are no batch axes and each side's contracted axes lead
+    operands (float32 ones are rounded to bf16, see `matmul`), through `matmul` when there are no batch axes and each side's contracted axes lead
     or trail (every dot of a dense layer and its gradients); any other dot goes to XLA."""
     (lc, rc), (lb, rb) = dimension_numbers
     left, right = _side(lhs.shape, lc), _side(rhs.shape, rc)

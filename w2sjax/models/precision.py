@@ -46,14 +46,14 @@ def _linear_fwd(x, w):
     # Keep the bf16 copies the forward dot already made, not the float32 originals: the backward
     # then converts nothing again (converts were ~7% of a SmolLM2 step, benchmarks/RESULTS.md)
     # and the saved activations take half the memory. Zero-size arrays carry the dtypes back.
-    x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    x16, w16 = _low(x), _low(w)
     out = _dot(x16, w16, ((x.ndim - 1,), (0,)))
     return out, (x16, w16, jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
 def _linear_bwd(res, g):
     x16, w16, x_dtype, w_dtype = res
-    g16 = g.astype(jnp.bfloat16)
+    g16 = _low(g)
     # dx = g @ w.T: contracts the cotangent's last axis (a layout YNNPACK takes as is).
     dx = _dot(g16, w16, ((g.ndim - 1,), (1,)))
     # dw = x.T @ g over the tokens. XLA upcasts this one to float32: YNNPACK wants
@@ -94,11 +94,22 @@ def linear_kwargs(dtype) -> dict:
 
 
 def _dot(a, b, dims):
-    """``a . b`` contracting ``dims``, float32 result: oneDNN's matmul for bf16 operands when
-    ``W2SJAX_ONEDNN`` asks for it (float32 operands, the bias gradients' sums, stay with XLA)."""
-    if a.dtype == b.dtype == jnp.bfloat16 and onednn.wanted():
+    """``a . b`` contracting ``dims`` on bf16-rounded operands, float32 result: oneDNN's matmul when
+    ``W2SJAX_ONEDNN`` asks for it, else XLA's dot. Operands left in float32 by `_low` are rounded
+    inside oneDNN's packing, or here for XLA."""
+    if onednn.wanted():
         return onednn.dot(a, b, (dims, ((), ())))
-    return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+    return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (dims, ((), ())),
+                           preferred_element_type=jnp.float32)
+
+
+def _low(a):
+    """A dot operand as `_dot` should get it: bf16, or float32 as it is where oneDNN rounds it to
+    bf16 while packing (`onednn.packs_float32`), which saves the conversion pass that a custom
+    call, unlike XLA's own dots, cannot fuse."""
+    if onednn.wanted() and onednn.packs_float32():
+        return a.astype(jnp.float32)
+    return a.astype(jnp.bfloat16)
 
 
 def _concat_bf16(arrays, axis):
@@ -231,12 +242,13 @@ def _token_sum(g):
     slower on a ``[2048, 3072]`` cotangent (the bias gradients were ~6% of a bf16 MPNet-base step;
     benchmarks/RESULTS.md). Float32 throughout: only the order of the sum differs."""
     g2 = g.reshape(-1, g.shape[-1]).astype(jnp.float32)
-    return _dot(jnp.ones((1, g2.shape[0]), jnp.float32), g2, ((1,), (0,)))[0]
+    ones = jnp.ones((1, g2.shape[0]), jnp.float32)
+    return lax.dot_general(ones, g2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)[0]
 
 
 def _biased_fwd(x, kernels, biases):
-    x16 = x.astype(jnp.bfloat16)
-    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
+    x16 = _low(x)
+    w16 = _low(jnp.concatenate(kernels, axis=1))
     y = _dot(x16, w16, ((x.ndim - 1,), (0,))) + jnp.concatenate(biases).astype(jnp.float32)
     ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
     # Zero-size arrays carry each kernel's and bias's width and dtype, and x's dtype, to the backward.
@@ -253,7 +265,7 @@ def _biased(x, kernels, biases):
 def _biased_bwd(res, gs):
     x16, w16, shapes, bias_dtypes, x_dt = res
     g = gs[0] if len(gs) == 1 else jnp.concatenate(gs, axis=-1)
-    g16 = g.astype(jnp.bfloat16)
+    g16 = _low(g)
     dx = _dot(g16, w16, ((g16.ndim - 1,), (1,)))
     ends = np.cumsum([s.shape[1] for s in shapes])[:-1]
     dws = jnp.split(_tokens_dot(x16, g16), ends, axis=1)
