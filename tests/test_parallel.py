@@ -107,10 +107,14 @@ def test_param_shardings_on_nnx_state():
     assert state["bias"][...].sharding.spec == P()
 
 
-def test_update_shardings_split_large_arrays_over_data_along_their_first_dimension():
-    """ZeRO stage 1: large arrays split over ``data`` along their first dimension, contiguous parts;
-    small ones, first dimensions the axis does not divide, and fsdp-sharded ones keep their placement."""
-    big = parallel.UPDATE_SPLIT_MIN_SIZE
+def test_update_shardings_split_large_arrays_over_data_along_their_first_dimension(monkeypatch):
+    """ZeRO stage 1 (opt-in): large arrays split over ``data`` along their first dimension, contiguous
+    parts; small ones, first dimensions the axis does not divide, and fsdp-sharded ones keep their
+    placement. By default nothing is split."""
+    tiny_tree = {"kernel": jax.ShapeDtypeStruct((64, 1024), jnp.float32)}
+    assert parallel.update_shardings(parallel.make_mesh(), tiny_tree)["kernel"].spec == P()
+    big = 1 << 16
+    monkeypatch.setattr(parallel, "UPDATE_SPLIT_MIN_SIZE", big)
     tree = {
         "kernel": jax.ShapeDtypeStruct((64, big // 64), jnp.float32),
         "vector": jax.ShapeDtypeStruct((big,), jnp.float32),

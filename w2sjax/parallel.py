@@ -190,14 +190,18 @@ def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
     return jax.tree.map(one, abstract_params)
 
 
-# Arrays smaller than this stay whole under `update_shardings`: splitting a bias
-# or LayerNorm scale saves no measurable work and adds a collective per array.
-UPDATE_SPLIT_MIN_SIZE = 1 << 16
+# Arrays of at least this many elements are split by `update_shardings`; None splits none (the
+# default: on two CPU host devices the split update measured no faster for MPNet-base and 1-2%
+# faster for MiniLM-L6, and its train programs took ~0.5 CPU-s longer to compile;
+# benchmarks/RESULTS.md, 2026-12-07). 1 << 16 keeps biases and LayerNorm scales whole, where a
+# split saves no measurable work and adds a collective per array.
+UPDATE_SPLIT_MIN_SIZE: int | None = None
 
 
 def _update_spec(shape: tuple[int, ...], fsdp: int, data: int) -> P:
     spec = _param_spec(shape, fsdp)
-    if spec != P() or data <= 1 or int(np.prod(shape, dtype=np.int64)) < UPDATE_SPLIT_MIN_SIZE:
+    minimum = UPDATE_SPLIT_MIN_SIZE
+    if minimum is None or spec != P() or data <= 1 or int(np.prod(shape, dtype=np.int64)) < minimum:
         return spec
     # Along the outermost dimension only: each device's part is then one contiguous block. Split
     # along an inner one, the update ran in a transposed layout with transposing copies around
@@ -211,7 +215,8 @@ def _update_spec(shape: tuple[int, ...], fsdp: int, data: int) -> P:
 def update_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
     """Shardings for the optimizer state and update of parameters placed by `param_shardings`.
 
-    Each array of at least ``UPDATE_SPLIT_MIN_SIZE`` elements that `param_shardings` leaves
+    Opt-in (``UPDATE_SPLIT_MIN_SIZE``, None by default: nothing split). Each array of at least
+    ``UPDATE_SPLIT_MIN_SIZE`` elements that `param_shardings` leaves
     whole and whose first dimension the ``data`` axis divides is split along it (ZeRO
     stage 1): the parameters stay whole for the forward and backward passes, while each device
     keeps and updates only its part of AdamW's moments, from gradients reduce-scattered instead of

@@ -277,7 +277,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
 
 
 def sharded_update(grads: PyTree, opt_state: PyTree, params: PyTree, mesh: Mesh | None) -> tuple[PyTree, PyTree]:
-    """AdamW's ``(new params, new optimizer state)``; with a ``mesh``, split as ZeRO stage 1 does.
+    """AdamW's ``(new params, new optimizer state)``; with a ``mesh``, split as ZeRO stage 1 does
+    (where `parallel.update_shardings` splits anything: opt-in, ``parallel.UPDATE_SPLIT_MIN_SIZE``).
 
     The gradients are constrained to `parallel.update_shardings` (XLA reduce-scatters them instead
     of all-reducing), each device updates its part of the parameters and moments, and the new
@@ -356,7 +357,8 @@ def record_eval(state: TrainState, score: jax.Array) -> TrainState:
 
 def state_shardings(mesh: Mesh, state: TrainState):
     """Parameters replicated (or fsdp-sharded when the mesh has an fsdp axis), the optimizer's
-    moments split over the data axis (`parallel.update_shardings`); scalars replicated."""
+    moments as `parallel.update_shardings` says (split over the data axis when opted in, else as
+    the parameters); scalars replicated."""
     return _shardings_of(mesh, jax.eval_shape(lambda: state))
 
 
