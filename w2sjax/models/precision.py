@@ -236,7 +236,7 @@ def _token_sum(g):
 
 def _biased_fwd(x, kernels, biases):
     x16 = x.astype(jnp.bfloat16)
-    w16 = _concat_bf16(kernels, axis=1)  # not a float32 concatenation of q, k and v every step
+    w16 = jnp.concatenate(kernels, axis=1).astype(jnp.bfloat16)
     y = _dot(x16, w16, ((x.ndim - 1,), (0,))) + jnp.concatenate(biases).astype(jnp.float32)
     ends = np.cumsum([k.shape[1] for k in kernels])[:-1]
     # Zero-size arrays carry each kernel's and bias's width and dtype, and x's dtype, to the backward.
