@@ -8,7 +8,7 @@ several processes (hosts) that each see only their own devices:
 * ``make_mesh`` builds a ``("data", "fsdp")`` mesh over all global devices.
 * ``batch_sharding`` / ``replicated`` / ``param_shardings`` name where arrays
   live on that mesh; ``update_shardings`` where the optimizer's state and
-  update live (split over ``data``).
+  update live (split over ``data`` when opted in).
 * ``local_batch_size`` / ``process_slice`` / ``global_batch_array`` turn the
   examples a process loaded into one global, data-sharded ``jax.Array``.
 * ``host_gather`` brings a global array back to numpy on every process, and
@@ -219,8 +219,8 @@ def update_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
     ``UPDATE_SPLIT_MIN_SIZE`` elements that `param_shardings` leaves
     whole and whose first dimension the ``data`` axis divides is split along it (ZeRO
     stage 1): the parameters stay whole for the forward and backward passes, while each device
-    keeps and updates only its part of AdamW's moments, from gradients reduce-scattered instead of
-    all-reduced, and the updated parts are all-gathered. Every device then does 1/data of the
+    keeps and updates only its part of AdamW's moments, from its slice of the gradients (XLA:CPU
+    all-reduces them and slices; it makes no reduce-scatter), and the updated parts are all-gathered. Every device then does 1/data of the
     update's element-wise work and holds 1/data of the moments. Everything else keeps its
     `param_shardings` placement. Works on any pytree of arrays or ``ShapeDtypeStruct``s (the
     optimizer state, a parameter or gradient tree).

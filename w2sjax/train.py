@@ -280,8 +280,8 @@ def sharded_update(grads: PyTree, opt_state: PyTree, params: PyTree, mesh: Mesh 
     """AdamW's ``(new params, new optimizer state)``; with a ``mesh``, split as ZeRO stage 1 does
     (where `parallel.update_shardings` splits anything: opt-in, ``parallel.UPDATE_SPLIT_MIN_SIZE``).
 
-    The gradients are constrained to `parallel.update_shardings` (XLA reduce-scatters them instead
-    of all-reducing), each device updates its part of the parameters and moments, and the new
+    The gradients are constrained to `parallel.update_shardings` (XLA:CPU all-reduces them, then
+    slices), each device updates its part of the parameters and moments, and the new
     parameters are gathered back to their `parallel.param_shardings`. Each element's arithmetic
     is the same either way, so the parameters come out bit for bit alike; every host device just
     does its share of the update instead of all of it."""
