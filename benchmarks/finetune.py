@@ -176,7 +176,7 @@ class JaxFinetune:
         shardings = train.state_shardings(self.mesh, state)
         self.state = train.place(state, shardings)
         self.settings = train.place(train.step_settings(cfg, 1000, "xent"), parallel.replicated(self.mesh))
-        step_fn = functools.partial(train.train_step, model=model)
+        step_fn = functools.partial(train.train_step, model=model, mesh=self.mesh)
         self.traces = 0
 
         def counted(*a):

@@ -43,6 +43,8 @@ shared machine. Variants:
                           in oneDNN's packing
   step_bf16_rows4         gradient accumulation over 4 row blocks inside the step (xent only:
                           exact for losses that are means over examples)
+  step_bf16_split_update  step_bf16 with AdamW's moments and update split over the host devices (ZeRO stage 1,
+                          opt-in: ``parallel.UPDATE_SPLIT_MIN_SIZE = 1 << 16``; `train.sharded_update`)
 
 Prints one JSON line per variant (minimum and median of its rounds, ``ratio_to_step_bf16``).
 ``--trace DIR`` writes a ``jax.profiler`` trace of two calls of the first variant afterwards.
@@ -70,8 +72,8 @@ from benchmarks import run as bench
 from benchmarks.interleave import interleave, loadavg
 
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
-            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_onednn", "step_bf16_onednn_t2",
-            "step_bf16_onednn_convert",
+            "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_split_update",
+            "step_bf16_onednn", "step_bf16_onednn_t2", "step_bf16_onednn_convert",
             "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "step_bf16_decoder_before",
             "embed_bf16", "embed_bf16_encoder_before")
 
@@ -403,6 +405,8 @@ def main(argv=None) -> int:
         if "remat" in variant:
             remat.checkpoint_blocks(module)
         model, state = train.init_state(module, "all")
+        # The split update's shardings, and its trace (below), read the threshold.
+        parallel.UPDATE_SPLIT_MIN_SIZE = 1 << 16 if variant == "step_bf16_split_update" else None
         shardings = train.state_shardings(mesh, state)
         state = train.place(state, shardings)
         loss_fn = train.make_loss("xent")
@@ -418,7 +422,7 @@ def main(argv=None) -> int:
             flops[variant] = fwd_flops * (3 if variant == "grad" else 1)
             continue
         step = (_row_block_step(model, 4) if variant == "step_bf16_rows4"
-                else functools.partial(train.train_step, model=model))
+                else functools.partial(train.train_step, model=model, mesh=mesh))
         if variant == "step_nodonate":
             fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh),
                                              parallel.replicated(mesh), parallel.replicated(mesh)),
@@ -451,6 +455,7 @@ def main(argv=None) -> int:
         try:
             fn = fn.lower(state, batch, key, settings).compile()
         finally:
+            parallel.UPDATE_SPLIT_MIN_SIZE = None
             bert.PostNormLayer._attention = original_attention
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat

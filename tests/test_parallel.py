@@ -107,6 +107,35 @@ def test_param_shardings_on_nnx_state():
     assert state["bias"][...].sharding.spec == P()
 
 
+def test_update_shardings_split_large_arrays_over_data_along_their_first_dimension(monkeypatch):
+    """ZeRO stage 1 (opt-in): large arrays split over ``data`` along their first dimension, contiguous
+    parts; small ones, first dimensions the axis does not divide, and fsdp-sharded ones keep their
+    placement. By default nothing is split."""
+    tiny_tree = {"kernel": jax.ShapeDtypeStruct((64, 1024), jnp.float32)}
+    assert parallel.update_shardings(parallel.make_mesh(), tiny_tree)["kernel"].spec == P()
+    big = 1 << 16
+    monkeypatch.setattr(parallel, "UPDATE_SPLIT_MIN_SIZE", big)
+    tree = {
+        "kernel": jax.ShapeDtypeStruct((64, big // 64), jnp.float32),
+        "vector": jax.ShapeDtypeStruct((big,), jnp.float32),
+        "bias": jax.ShapeDtypeStruct((64,), jnp.float32),  # under the size
+        "odd_rows": jax.ShapeDtypeStruct((big // 64 + 1, 64), jnp.float32),  # 8 does not divide the rows
+        "count": jax.ShapeDtypeStruct((), jnp.int32),
+    }
+    mesh = parallel.make_mesh()
+    sh = parallel.update_shardings(mesh, tree)
+    assert sh["kernel"].spec == P("data", None) and sh["vector"].spec == P("data")
+    assert sh["bias"].spec == sh["odd_rows"].spec == sh["count"].spec == P()
+    kernel = jax.device_put(np.zeros((64, big // 64), np.float32), sh["kernel"])
+    assert {s.data.shape for s in kernel.addressable_shards} == {(8, big // 64)}
+    # Without a data axis to split over, the parameters' own placement stands.
+    fsdp_only = parallel.make_mesh(fsdp=8)
+    assert parallel.update_shardings(fsdp_only, tree) == parallel.param_shardings(fsdp_only, tree)
+    mixed = parallel.update_shardings(parallel.make_mesh(fsdp=2), tree)
+    assert mixed["kernel"].spec == P(None, "fsdp")  # fsdp-sharded as a parameter: unchanged
+    assert mixed["vector"].spec == P("data")  # a vector stays whole under fsdp: split over data
+
+
 def test_two_processes_on_localhost(tmp_path):
     """Two real JAX processes, 2 CPU devices each, gloo collectives."""
     results = [result(out) for out in run_processes([sys.executable, WORKER], tmp_path, timeout=60)]

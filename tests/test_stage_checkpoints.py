@@ -93,6 +93,19 @@ def test_resume_after_a_kill_gives_the_reference(killed, reference, tmp_path):
     assert rows(experiment.run(tiny(), out, progress=False)) == reference
 
 
+def test_a_run_with_the_update_split_over_devices_resumes_to_the_reference(reference, tmp_path, monkeypatch):
+    """Every array of 8 or more rows split over the devices as the optimizer's state (ZeRO stage 1,
+    `parallel.update_shardings`; the real threshold leaves this MLP whole): a run killed after an
+    in-stage save and resumed from those split moments ends with the numbers of the reference,
+    which updated every array whole."""
+    from w2sjax import parallel
+
+    monkeypatch.setattr(parallel, "UPDATE_SPLIT_MIN_SIZE", 1)
+    out = tmp_path / "run"
+    run_killed_after(tiny(), out, W2S, 20, monkeypatch)
+    assert rows(experiment.run(tiny(), out, progress=False)) == reference
+
+
 def _flip_one_bit(step_dir: pathlib.Path, rng: np.random.Generator) -> str:
     # A bit drawn uniformly over all the step's bytes (not a file first, then a bit): how many small
     # metadata files Orbax writes varies from run to run, and must not decide where the flips land.

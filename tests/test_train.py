@@ -1,5 +1,7 @@
 """The train step and loop on 8 fake devices: learning, no recompiles, NaN detection, early stopping."""
 
+import functools
+
 import chex
 import jax
 import numpy as np
@@ -319,3 +321,34 @@ def test_adding_a_loss_is_one_decorated_function_in_losses_py(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     steps, accuracy = out.stdout.split()
     assert int(steps) == 5 * (128 // 32) and float(accuracy) > 0.75, out.stdout  # it learns (chance: 0.5)
+
+
+def test_the_update_split_over_devices_trains_bit_for_bit_as_the_whole_update(monkeypatch):
+    """With a mesh, each device keeps and updates only its part of AdamW's moments (ZeRO stage 1;
+    `train.sharded_update`): the parameters and moments after some steps equal, bit for bit, those
+    of every device running the whole update, and each device holds an eighth of the moments."""
+    monkeypatch.setattr(parallel, "UPDATE_SPLIT_MIN_SIZE", 64)  # split the tiny Probe's kernels too
+    x, onehot, _ = separable(n=256, d=16)
+    mesh = parallel.make_mesh()
+    settings = train.place(train.step_settings(train.TrainConfig(lr=3e-2, weight_decay=0.1), 8),
+                           parallel.replicated(mesh))
+    rng = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
+    ends = {}
+    for split in (False, True):
+        model, state = train.init_state(Probe(16, 2, rngs=nnx.Rngs(0)), "all")
+        shardings = (train.state_shardings(mesh, state) if split
+                     else parallel.param_shardings(mesh, jax.eval_shape(lambda: state)))
+        step = train.jit_train_step(functools.partial(train.train_step, model=model, mesh=mesh if split else None),
+                                    mesh, shardings)
+        state = train.place(state, shardings)
+        for i in range(4):
+            batch = {"inputs": x[64 * i:64 * (i + 1)], "labels": onehot[64 * i:64 * (i + 1)],
+                     "weights": np.ones(64, np.float32)}
+            state, _ = step(state, train.to_global(mesh, batch), rng, settings)
+        ends[split] = state
+    mu = ends[True].opt_state.inner_state[0].mu["body"]["kernel"]
+    assert {s.data.shape for s in mu.addressable_shards} == {(2, 16)}
+    assert ends[True].params["body"]["kernel"].sharding.is_fully_replicated
+    for a, b in zip(jax.tree.leaves((ends[False].params, ends[False].opt_state)),
+                    jax.tree.leaves((ends[True].params, ends[True].opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -7,7 +7,8 @@ several processes (hosts) that each see only their own devices:
   environment asks for several processes, and does nothing otherwise.
 * ``make_mesh`` builds a ``("data", "fsdp")`` mesh over all global devices.
 * ``batch_sharding`` / ``replicated`` / ``param_shardings`` name where arrays
-  live on that mesh.
+  live on that mesh; ``update_shardings`` where the optimizer's state and
+  update live (split over ``data`` when opted in).
 * ``local_batch_size`` / ``process_slice`` / ``global_batch_array`` turn the
   examples a process loaded into one global, data-sharded ``jax.Array``.
 * ``host_gather`` brings a global array back to numpy on every process, and
@@ -33,6 +34,7 @@ __all__ = [
     "batch_sharding",
     "replicated",
     "param_shardings",
+    "update_shardings",
     "local_batch_size",
     "process_slice",
     "global_batch_array",
@@ -186,6 +188,50 @@ def param_shardings(mesh: Mesh, abstract_params: Any) -> Any:
         return NamedSharding(mesh, _param_spec(shape, fsdp))
 
     return jax.tree.map(one, abstract_params)
+
+
+# Arrays of at least this many elements are split by `update_shardings`; None splits none (the
+# default: on two CPU host devices the split update measured no faster for MPNet-base and 1-2%
+# faster for MiniLM-L6, and its train programs took ~0.5 CPU-s longer to compile;
+# benchmarks/RESULTS.md, 2026-12-07). 1 << 16 keeps biases and LayerNorm scales whole, where a
+# split saves no measurable work and adds a collective per array.
+UPDATE_SPLIT_MIN_SIZE: int | None = None
+
+
+def _update_spec(shape: tuple[int, ...], fsdp: int, data: int) -> P:
+    spec = _param_spec(shape, fsdp)
+    minimum = UPDATE_SPLIT_MIN_SIZE
+    if minimum is None or spec != P() or data <= 1 or int(np.prod(shape, dtype=np.int64)) < minimum:
+        return spec
+    # Along the outermost dimension only: each device's part is then one contiguous block. Split
+    # along an inner one, the update ran in a transposed layout with transposing copies around
+    # it, several times slower than the whole update (MPNet's 30527-row embedding table,
+    # 2026-12-07), so such arrays stay whole.
+    if not shape or shape[0] % data:
+        return spec
+    return P("data", *[None] * (len(shape) - 1))
+
+
+def update_shardings(mesh: Mesh, abstract_tree: Any) -> Any:
+    """Shardings for the optimizer state and update of parameters placed by `param_shardings`.
+
+    Opt-in (``UPDATE_SPLIT_MIN_SIZE``, None by default: nothing split). Each array of at least
+    ``UPDATE_SPLIT_MIN_SIZE`` elements that `param_shardings` leaves
+    whole and whose first dimension the ``data`` axis divides is split along it (ZeRO
+    stage 1): the parameters stay whole for the forward and backward passes, while each device
+    keeps and updates only its part of AdamW's moments, from its slice of the gradients (XLA:CPU
+    all-reduces them and slices; it makes no reduce-scatter), and the updated parts are all-gathered. Every device then does 1/data of the
+    update's element-wise work and holds 1/data of the moments. Everything else keeps its
+    `param_shardings` placement. Works on any pytree of arrays or ``ShapeDtypeStruct``s (the
+    optimizer state, a parameter or gradient tree).
+    """
+    fsdp, data = mesh.shape["fsdp"], mesh.shape["data"]
+
+    def one(leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, _update_spec(shape, fsdp, data))
+
+    return jax.tree.map(one, abstract_tree)
 
 
 # --------------------------------------------------------------------------

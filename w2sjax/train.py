@@ -237,13 +237,15 @@ def init_state(module: nnx.Module, trainable: str) -> tuple[ModelStructure, Trai
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: ModelStructure):
+def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: ModelStructure,
+               mesh: Mesh | None = None):
     """One optimizer step, pure and not jitted: ``(state, metrics)``.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
     ``rng`` is the stage's base key; the step folds in its own step number, so every step draws
     fresh randomness reproducibly without the host doing anything per step. ``settings``
-    (:class:`StepSettings`) picks the loss and sets the schedules.
+    (:class:`StepSettings`) picks the loss and sets the schedules. With a ``mesh`` the optimizer
+    update runs split over its data axis (:func:`sharded_update`).
     """
     step_frac = state.step.astype(jnp.float32) / settings.total_steps.astype(jnp.float32)
     rng = jax.random.fold_in(rng, state.step)
@@ -257,8 +259,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
     (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     hyper = {**state.opt_state.hyperparams, "learning_rate": learning_rate(state.step, settings),
              "weight_decay": settings.weight_decay}
-    updates, opt_state = OPTIMIZER.update(grads, state.opt_state._replace(hyperparams=hyper), state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = sharded_update(grads, state.opt_state._replace(hyperparams=hyper), state.params, mesh)
     finite = jnp.isfinite(loss)
     first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step)
     first_loss = jnp.where(state.step == 0, loss.astype(jnp.float32), state.first_loss)
@@ -273,6 +274,28 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
         first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
     )
     return new_state, step_metrics
+
+
+def sharded_update(grads: PyTree, opt_state: PyTree, params: PyTree, mesh: Mesh | None) -> tuple[PyTree, PyTree]:
+    """AdamW's ``(new params, new optimizer state)``; with a ``mesh``, split as ZeRO stage 1 does
+    (where `parallel.update_shardings` splits anything: opt-in, ``parallel.UPDATE_SPLIT_MIN_SIZE``).
+
+    The gradients are constrained to `parallel.update_shardings` (XLA:CPU all-reduces them, then
+    slices), each device updates its part of the parameters and moments, and the new
+    parameters are gathered back to their `parallel.param_shardings`. Each element's arithmetic
+    is the same either way, so the parameters come out bit for bit alike; every host device just
+    does its share of the update instead of all of it."""
+    if mesh is None or parallel.UPDATE_SPLIT_MIN_SIZE is None:  # off: the program of a plain update
+        updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+    split = lambda tree: jax.lax.with_sharding_constraint(tree, parallel.update_shardings(mesh, tree))
+    # Whole first: otherwise XLA splits the embedding tables' scatter-add over the vocabulary and
+    # sums their gradients in another order (equal only to rounding).
+    grads = jax.lax.with_sharding_constraint(grads, parallel.param_shardings(mesh, grads))
+    grads, parts = split(grads), split(params)
+    updates, opt_state = OPTIMIZER.update(grads, opt_state, parts)
+    new_params = optax.apply_updates(parts, updates)
+    return jax.lax.with_sharding_constraint(new_params, parallel.param_shardings(mesh, new_params)), split(opt_state)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mesh", "step_wrapper"), donate_argnums=(0,))
@@ -290,7 +313,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     object gets its own program. The state is donated (updated in place) and keeps its layout.
     """
     def step(state, batch, rng, settings):
-        return train_step(state, batch, rng, settings, model=model)
+        return train_step(state, batch, rng, settings, model=model, mesh=mesh)
 
     run_step = step if step_wrapper is None else step_wrapper(step)
     rows = parallel.batch_sharding(mesh)
@@ -303,8 +326,9 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
     state, step_metrics = jax.lax.fori_loop(
         0, count, lambda i, carry: run_step(carry[0], batch_at(i), rng, settings), (state, zeros))
-    # Parameters stay replicated (or fsdp-sharded, as they came in); the metrics are replicated.
-    return (jax.lax.with_sharding_constraint(state, parallel.param_shardings(mesh, state)),
+    # Parameters stay replicated (or fsdp-sharded, as they came in), the optimizer state split as
+    # `state_shardings` places it; the metrics are replicated.
+    return (jax.lax.with_sharding_constraint(state, _shardings_of(mesh, state)),
             jax.lax.with_sharding_constraint(step_metrics, parallel.replicated(mesh)))
 
 
@@ -332,8 +356,14 @@ def record_eval(state: TrainState, score: jax.Array) -> TrainState:
 # ---- sharding -------------------------------------------------------------------------------
 
 def state_shardings(mesh: Mesh, state: TrainState):
-    """Parameters replicated (or fsdp-sharded when the mesh has an fsdp axis); scalars replicated."""
-    return parallel.param_shardings(mesh, jax.eval_shape(lambda: state))
+    """Parameters replicated (or fsdp-sharded when the mesh has an fsdp axis), the optimizer's
+    moments as `parallel.update_shardings` says (split over the data axis when opted in, else as
+    the parameters); scalars replicated."""
+    return _shardings_of(mesh, jax.eval_shape(lambda: state))
+
+
+def _shardings_of(mesh: Mesh, state: TrainState):
+    return parallel.param_shardings(mesh, state).replace(opt_state=parallel.update_shardings(mesh, state.opt_state))
 
 
 def jit_train_step(step, mesh: Mesh, state_sharding):
