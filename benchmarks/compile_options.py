@@ -157,6 +157,13 @@ def main(argv=None) -> None:
         print(json.dumps(child(args.child, args.steps, tuple(args.losses.split(",")) if args.losses else None,
                                args.optimizer[0], args.train_only)))
         return
+    from benchmarks.sweep_cold import git_commit
+    from w2sjax.runner import utilisation
+
+    emit({"case": "setup", "impl": "compile_options", "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+          "utc": time.strftime("%H:%M:%S", time.gmtime()), "cpu": utilisation.cpu_model(), "cores": os.cpu_count(),
+          "variants": args.variants, "optimizers": args.optimizer, "rounds": args.rounds, "losses": args.losses,
+          "nice": os.nice(0), "loadavg": [round(x, 2) for x in os.getloadavg()]}, args.out)
     cases = [(v, o) for v in args.variants for o in args.optimizer]
     for r in range(args.rounds):
         for variant, optimizer in cases if r % 2 == 0 else cases[::-1]:
