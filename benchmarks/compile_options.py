@@ -45,6 +45,7 @@ VARIANTS = {
     "O0cheap": {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
     "nounroll": {"xla_cpu_disable_loop_unrolling": True},
     "noslp": {"xla_cpu_disable_slp_vectorizer": True},
+    "noemitters": {"xla_cpu_use_fusion_emitters": False},
 }
 TRAIN_LENGTHS = (32, 128)
 PREDICT_LENGTHS = (32, 64, 128)
