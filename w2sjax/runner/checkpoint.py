@@ -298,6 +298,7 @@ def _whole_array_writes() -> None:
     slicing its part on the device first: one small XLA program per array shape, compiled on the
     main thread (22 in the sweep's first run, ~0.5 s of compiling, 2026-12-07). Host CPU devices
     share one memory and one disk, so the split gains nothing there; what is written reads back the same.
+    Orbax keeps one registry of handlers, so this holds for the whole process.
     """
     global _whole_writes_set
     if _whole_writes_set:
