@@ -14,6 +14,12 @@ the values (last loss, a probability sum) that tell whether the variant changes 
 Variants alternate order by round (A B C, C B A) so load falls on all. ``--losses xent,logconf``
 compiles only those losses into the train programs (`train.compiled_losses`; every registered
 loss by default), as `w2sjax run` does for a run of those losses.
+
+``--optimizer adamw flatten flatcarry sgd`` compiles the train programs with each layout of the
+optimizer update in `benchmarks.flat_optimizer` (a fresh process per variant and layout), and records
+per program its StableHLO op count, trace + lower CPU seconds, fusions, and a sha256 prefix of the
+parameters after its steps (equal prefixes: the layout trains bit for bit alike). ``--train-only``
+skips the predict programs.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from benchmarks.flat_optimizer import OPTIMIZERS
 from benchmarks.sweep_cold import emit
 
 VARIANTS = {
@@ -38,6 +45,7 @@ VARIANTS = {
     "O0cheap": {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True},
     "nounroll": {"xla_cpu_disable_loop_unrolling": True},
     "noslp": {"xla_cpu_disable_slp_vectorizer": True},
+    "noemitters": {"xla_cpu_use_fusion_emitters": False},
 }
 TRAIN_LENGTHS = (32, 128)
 PREDICT_LENGTHS = (32, 64, 128)
@@ -49,7 +57,8 @@ def _timed(fn):
     return out, round(time.process_time() - c0, 3), round(time.perf_counter() - w0, 3)
 
 
-def child(variant: str, steps: int, losses: tuple[str, ...] | None) -> dict:
+def child(variant: str, steps: int, losses: tuple[str, ...] | None, optimizer: str = "adamw",
+          train_only: bool = False) -> dict:
     from w2sjax.runner import xla_flags
 
     xla_flags.apply_defaults(ynn="individual_dot", devices=os.cpu_count() or 1)
@@ -61,9 +70,11 @@ def child(variant: str, steps: int, losses: tuple[str, ...] | None) -> dict:
     from w2sjax import models, parallel, train
     from w2sjax.config import StudentTrainConfig
     from w2sjax.data.feed import ArrayData, stacked_batch_sharding
-    from w2sjax.runner import precompile
+    from benchmarks import flat_optimizer
+    from w2sjax.runner import checkpoint, precompile
 
     opts = VARIANTS[variant] or None
+    loop, state_fn, static = flat_optimizer.patch(optimizer)
     module = models.get_model("minilm-l6").finetune(2, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     mesh = parallel.make_mesh()
     n, max_len, rng = 512, 128, np.random.default_rng(0)
@@ -72,16 +83,20 @@ def child(variant: str, steps: int, losses: tuple[str, ...] | None) -> dict:
                      np.full((n, 2), 0.5, np.float32))
     cfg = StudentTrainConfig(epochs=2, batch_size=32, lr=3e-5, trainable="all")
     rec = {"case": "compile_options", "variant": variant, "options": VARIANTS[variant], "programs": [],
-           "losses": list(train.compiled_losses("xent", losses))}
+           "losses": list(train.compiled_losses("xent", losses)), "optimizer": optimizer}
     model, abstract = precompile.abstract_state(module, "all", mesh)
+    abstract = jax.eval_shape(state_fn, abstract)
+    abstract = precompile._abstract(abstract, train.state_shardings(mesh, abstract))
     args = precompile._train_args(model, abstract, data.take(np.zeros(1, np.int64)), n, cfg=cfg, loss="xent",
                                   mesh=mesh, seed=0, losses=losses)
     _, state = train.init_state(module, "all")
-    state = jax.tree.map(np.asarray, state)  # host copies: each program gets fresh, donatable arrays
+    state = jax.tree.map(np.asarray, state_fn(state))  # host copies: each program gets fresh, donatable arrays
     shardings = train.state_shardings(mesh, state)
     for length in TRAIN_LENGTHS:
         stacked = {**args[1], "inputs": precompile._with_length(args[1]["inputs"], length, max_len)}
-        lowered = train.train_loop.lower(args[0], stacked, *args[2:], model=model, mesh=mesh, step_wrapper=None)
+        lowered, lower_cpu, _ = _timed(lambda: loop.lower(args[0], stacked, *args[2:], model=model, mesh=mesh,
+                                                          **static))
+        ops = lowered.as_text().count(" = ")
         compiled, cpu, wall = _timed(lambda: lowered.compile(compiler_options=opts))
         k, b = stacked["labels"].shape[:2]
         host = {"inputs": {"input_ids": ids[: k * b, :length].reshape(k, b, length),
@@ -98,10 +113,15 @@ def child(variant: str, steps: int, losses: tuple[str, ...] | None) -> dict:
             st, metrics = compiled(st, batches, count, key, settings)
             jax.block_until_ready(metrics)
             runs.append(time.perf_counter() - t0)
-        rec["programs"].append({"name": "train_loop", "length": length, "compile_cpu_s": cpu, "compile_wall_s": wall,
+        rec["programs"].append({"name": "train_loop", "length": length, "stablehlo_ops": ops,
+                                "trace_lower_cpu_s": lower_cpu, "compile_cpu_s": cpu, "compile_wall_s": wall,
+                                "fusions": compiled.as_text().count(" fusion("),
                                 "run_s_per_step": round(min(runs[1:]) / steps, 4),
-                                "first_call_s": round(runs[0], 3), "loss": float(metrics["loss"])})
+                                "first_call_s": round(runs[0], 3), "loss": float(metrics["loss"]),
+                                "params_sha256": checkpoint.state_sha256(st.params)[:16]})
         params = st
+    if train_only:
+        return rec
     predict = train._predict_jit(train.cached_predict_step(model), False)
     for length in PREDICT_LENGTHS:
         rows = 64
@@ -128,18 +148,31 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed call")
     p.add_argument("--losses", help="comma-separated losses compiled into the train programs (default: all)")
+    p.add_argument("--optimizer", nargs="+", default=["adamw"], choices=OPTIMIZERS,
+                   help="the train programs' optimizer layouts to compare (benchmarks.flat_optimizer)")
+    p.add_argument("--train-only", action="store_true", help="compile and run the train programs only")
     p.add_argument("--out", type=pathlib.Path)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.steps, tuple(args.losses.split(",")) if args.losses else None)))
+        print(json.dumps(child(args.child, args.steps, tuple(args.losses.split(",")) if args.losses else None,
+                               args.optimizer[0], args.train_only)))
         return
+    from benchmarks.sweep_cold import git_commit
+    from w2sjax.runner import utilisation
+
+    emit({"case": "setup", "impl": "compile_options", "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+          "utc": time.strftime("%H:%M:%S", time.gmtime()), "cpu": utilisation.cpu_model(), "cores": os.cpu_count(),
+          "variants": args.variants, "optimizers": args.optimizer, "rounds": args.rounds, "losses": args.losses,
+          "nice": os.nice(0), "loadavg": [round(x, 2) for x in os.getloadavg()]}, args.out)
+    cases = [(v, o) for v in args.variants for o in args.optimizer]
     for r in range(args.rounds):
-        for variant in args.variants if r % 2 == 0 else args.variants[::-1]:
+        for variant, optimizer in cases if r % 2 == 0 else cases[::-1]:
             load = round(os.getloadavg()[0], 2)
-            extra = ["--losses", args.losses] if args.losses else []
+            extra = (["--losses", args.losses] if args.losses else []) + (["--train-only"] if args.train_only else [])
             proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_options", "--child", variant,
-                                   "--steps", str(args.steps), *extra], capture_output=True, text=True)
+                                   "--optimizer", optimizer, "--steps", str(args.steps), *extra],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"{variant}: exited {proc.returncode}:\n{proc.stderr[-3000:]}")
             rec = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "utc": time.strftime("%H:%M:%S", time.gmtime()),

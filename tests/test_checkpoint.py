@@ -36,6 +36,30 @@ def _assert_same(restored_flat, expected_flat):
         np.testing.assert_array_equal(restored_flat[key], value, err_msg=key)
 
 
+def test_replicated_save_compiles_nothing(tmp_path):
+    """On CPU devices a replicated array is written whole from one replica: no XLA program slices
+    it for the others (one per array shape, before), and it reads back the same."""
+    from jax import monitoring
+
+    mesh = parallel.make_mesh()
+    assert mesh.size > 1
+    # first dimensions divisible by the replica count, which Orbax needs to split a write
+    params = {"w": np.arange(16 * 5, dtype=np.float32).reshape(16, 5), "b": np.arange(mesh.size, dtype=np.float32)}
+    placed = jax.tree.map(lambda a: jax.device_put(a, parallel.replicated(mesh)), params)
+    compiled = []
+    listener = lambda name, secs, **kw: compiled.append(kw.get("fun_name")) if "backend_compile" in name else None
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        checkpoint.save(tmp_path, "ceiling__m__seed0", 0, {"p": np.zeros(3, np.float32)}, final=True, model=placed)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=parallel.replicated(mesh)), params)
+    restored, _ = checkpoint.restore_model(tmp_path, "ceiling__m__seed0", abstract)
+    for key, value in params.items():
+        np.testing.assert_array_equal(np.asarray(restored[key]), value)
+
+
 def test_round_trip_in_process(tmp_path):
     mesh = parallel.make_mesh(fsdp=2)
     state = worker.model_state(mesh, seed=0)

@@ -189,3 +189,27 @@ def test_wait_blocks_until_the_program_started_ahead_has_compiled_and_raises_its
     with pytest.raises(ZeroDivisionError):
         pending.wait("train", "owner", like(3), "mesh")
     precompile.forget()
+
+
+def test_programs_compiled_ahead_are_traced_one_at_a_time():
+    """Tracing is Python: the background threads take turns at it (`precompile._compile`), so the
+    program asked for first reaches XLA first instead of both finishing their traces late."""
+    import time
+
+    lock, inside, most = threading.Lock(), [0], [0]
+
+    def f(x):  # runs while JAX traces it
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # releases the GIL: without the turn-taking the other thread traces meanwhile
+        with lock:
+            inside[0] -= 1
+        return x * 2
+
+    jitted = jax.jit(f)
+    futures = [precompile._executor().submit(precompile._compile, jitted, jax.ShapeDtypeStruct((n,), np.float32))
+               for n in (3, 4, 5)]
+    outs = [future.result() for future in futures]
+    assert most[0] == 1
+    np.testing.assert_array_equal(np.asarray(outs[0](np.ones(3, np.float32))), [2, 2, 2])

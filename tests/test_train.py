@@ -352,3 +352,40 @@ def test_the_update_split_over_devices_trains_bit_for_bit_as_the_whole_update(mo
     for a, b in zip(jax.tree.leaves((ends[False].params, ends[False].opt_state)),
                     jax.tree.leaves((ends[True].params, ends[True].opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_initial_state_compiles_two_programs_whatever_the_parameter_shapes():
+    """The optimizer's initial state and the best-parameter copy are one program each, not one per
+    parameter shape; they hold what optax's own init and a copy hold."""
+    from jax import monitoring
+
+    class Stack(nnx.Module):
+        def __init__(self, widths, *, rngs):
+            self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    def compiles(widths):
+        module = Stack(widths, rngs=nnx.Rngs(0))
+        seen = []
+        listener = lambda name, secs, **kw: seen.append(kw.get("fun_name")) if "backend_compile" in name else None
+        monitoring.register_event_duration_secs_listener(listener)
+        try:
+            _, state = train.init_state(module, "all")
+        finally:
+            monitoring.unregister_event_duration_listener(listener)
+        return seen, state
+
+    first, _ = compiles((3, 5, 2))  # 4 parameter shapes, and the scalars' programs
+    assert len(first) <= 5
+    again, state = compiles((4, 6, 7, 9, 11, 3))  # 10 other parameter shapes: two programs, not 20
+    assert again == ["jit(<lambda>)", "jit(<lambda>)"]
+    expected = train.OPTIMIZER.init(state.params)
+    for got, want in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for copy, param in zip(jax.tree.leaves(state.best_params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(copy), np.asarray(param))
+        assert copy.unsafe_buffer_pointer() != param.unsafe_buffer_pointer()

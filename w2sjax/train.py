@@ -222,9 +222,9 @@ def init_state(module: nnx.Module, trainable: str) -> tuple[ModelStructure, Trai
         step=jnp.zeros((), jnp.int32),
         params=params,
         frozen=nnx.to_pure_dict(rest),
-        opt_state=OPTIMIZER.init(params),
+        opt_state=_initial_opt_state(params, OPTIMIZER),
         # A distinct copy: the step donates its input state, and XLA refuses one buffer donated twice.
-        best_params=jax.tree.map(lambda a: jnp.array(a, copy=True), params),
+        best_params=_copy(params),
         best_score=jnp.full((), -jnp.inf, jnp.float32),
         evals_since_best=jnp.zeros((), jnp.int32),
         first_nonfinite_step=jnp.full((), -1, jnp.int32),
@@ -233,6 +233,12 @@ def init_state(module: nnx.Module, trainable: str) -> tuple[ModelStructure, Trai
         finished=jnp.zeros((), jnp.bool_),
     )
     return model, state
+
+
+# One program each for the whole tree: applied leaf by leaf, eagerly, they compiled one program per
+# parameter shape (about 20 for MiniLM-L6, on the main thread while its train programs trace, 2026-12-07).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+_initial_opt_state = jax.jit(lambda params, optimizer: optimizer.init(params), static_argnums=1)
 
 
 # ---- pure steps -----------------------------------------------------------------------------

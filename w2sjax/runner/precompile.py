@@ -32,6 +32,17 @@ from w2sjax.runner import compile_stats, pending
 
 _lock = threading.Lock()
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+# Tracing and lowering are Python, under the GIL: two threads doing them at once finish both late,
+# while XLA's compile (C++, GIL released) of neither has started and a core idles. One at a time,
+# the program asked for first reaches XLA first and compiles beside the next one's tracing.
+_lowering = threading.Lock()
+
+
+def _compile(jitted, *args, **kwargs):
+    """``jitted.lower(*args, **kwargs).compile()``, lowering one program at a time (`_lowering`)."""
+    with _lowering:
+        lowered = jitted.lower(*args, **kwargs)
+    return lowered.compile()
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -99,7 +110,7 @@ def train_program(module, example, n: int, *, cfg, loss: str, mesh, seed: int, t
     model, state = abstract_state(module, trainable, mesh)
     args = _train_args(model, state, example.take(np.zeros(1, np.int64)), n, cfg=cfg, loss=loss, mesh=mesh, seed=seed,
                        losses=losses)
-    return train.train_loop.lower(*args, model=model, mesh=mesh, step_wrapper=None).compile()
+    return _compile(train.train_loop, *args, model=model, mesh=mesh, step_wrapper=None)
 
 
 _started: set = set()  # programs already asked for in this process
@@ -191,8 +202,8 @@ def _train_programs(model, state, data, *, cfg, loss: str, mesh, seed: int, loss
         stacked = {**batches, "inputs": _with_length(batches["inputs"], length, feed.max_len)} if length else batches
         args = (state_arg, stacked, *rest)
         future = _submit(pending.key("train", model, (stacked, rest[-1]), mesh),
-                         lambda args=args: train.train_loop.lower(*args, model=model, mesh=mesh,
-                                                                  step_wrapper=None).compile())
+                         lambda args=args: _compile(train.train_loop, *args, model=model, mesh=mesh,
+                                                    step_wrapper=None))
         futures += [future] if future is not None else []
     return futures
 
@@ -221,6 +232,6 @@ def _predict_programs(model, state, eval_inputs: list, *, cfg, mesh, buckets) ->
             abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows, *np.shape(a)[1:]), np.asarray(a).dtype,
                                                                    sharding=sharding), chunk)
             future = _submit(pending.key("predict", predict_step, abstract, mesh),
-                             lambda a=abstract: jitted.lower(state, a).compile())
+                             lambda a=abstract: _compile(jitted, state, a))
             futures += [future] if future is not None else []
     return futures
