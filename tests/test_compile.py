@@ -110,6 +110,13 @@ class TinyTokens(nnx.Module):  # token inputs, as a finetuned text model takes t
         return self.head((self.embed(inputs["input_ids"]) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0))
 
 
+def _token_data(rng, n=200, max_len=32):
+    """``n`` random token rows of random lengths up to ``max_len`` with binary labels: ``(n, inputs, data)``."""
+    mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
+    inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
+    return n, inputs, train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
+
+
 @pytest.mark.parametrize("cost, programs", [(0.0, 2), (20.0, 1)])
 def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs(cost, programs):
     """Every compiled length's train program (each length bucket's, with ``cost`` 0) and every
@@ -117,11 +124,7 @@ def test_finetune_programs_compiled_ahead_are_the_ones_the_stage_runs(cost, prog
     afterwards compile nothing more."""
     jax.clear_caches()  # each case compiles its own programs (a case before may have compiled some)
     precompile.forget()
-    rng = np.random.default_rng(3)
-    n, max_len = 200, 32
-    mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
-    inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
-    data = train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
+    n, inputs, data = _token_data(np.random.default_rng(3))
     cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2, compile_cost_steps=cost), parallel.make_mesh()
     start = compile_stats.install()
     futures = precompile.start_finetune(TinyTokens(rngs=nnx.Rngs(0)), data, [inputs], cfg=cfg, loss="xent", mesh=mesh,
@@ -148,11 +151,7 @@ def test_a_stage_that_trains_at_once_waits_for_each_program_compiling_ahead_inst
     so every program compiles once; the train programs start in the order the steps first use them."""
     jax.clear_caches()
     precompile.forget()
-    rng = np.random.default_rng(4)
-    n, max_len = 200, 32
-    mask = (np.arange(max_len)[None] < rng.integers(1, max_len + 1, n)[:, None]).astype(np.int32)
-    inputs = {"input_ids": (rng.integers(1, 50, (n, max_len)) * mask).astype(np.int32), "attention_mask": mask}
-    data = train.ArrayData(inputs, np.eye(2, dtype=np.float32)[rng.integers(0, 2, n)])
+    n, inputs, data = _token_data(np.random.default_rng(4))
     cfg, mesh = train.TrainConfig(epochs=2, batch_size=8, lr=1e-2), parallel.make_mesh()
     batch_size, total, _ = train._stage_length(n, cfg, mesh, validated=False)
     feed = train.stage_feed(data, cfg, batch_size, total, 0, mesh, train._chunk_size(cfg))

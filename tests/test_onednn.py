@@ -29,6 +29,13 @@ def _op(a, t):
     return a.T if t else a
 
 
+def _stored(rng, m, k, n, ta, tb):
+    """Float32 operands of an ``[m, k] @ [k, n]`` product, each stored transposed where its flag says."""
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    return a, b
+
+
 def _uses_onednn(f, *args) -> bool:
     """Whether the compiled (partitioned) program of ``f`` calls the oneDNN handler."""
     return "w2sjax_onednn_matmul" in f.lower(*args).compile().as_text()
@@ -39,8 +46,7 @@ def _uses_onednn(f, *args) -> bool:
 def test_matmul_all_layouts_float32_and_bf16_results(ta, tb):
     rng = np.random.default_rng(0)
     m, k, n = 40, 72, 24
-    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
-    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    a, b = _stored(rng, m, k, n, ta, tb)
     want = _op(_bf16(a), ta) @ _op(_bf16(b), tb)
     f = jax.jit(onednn.matmul, static_argnums=(2, 3, 4))
     out = f(jnp.asarray(a), jnp.asarray(b), ta, tb, jnp.float32)
@@ -57,8 +63,7 @@ def test_matmul_all_layouts_float32_and_bf16_results(ta, tb):
 def test_matmul_gradients_round_the_cotangent(ta, tb):
     rng = np.random.default_rng(1)
     m, k, n = 24, 40, 16
-    a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
-    b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+    a, b = _stored(rng, m, k, n, ta, tb)
     g = rng.normal(size=(m, n)).astype(np.float32)
     _, vjp = jax.vjp(lambda a, b: onednn.matmul(a, b, ta, tb), jnp.asarray(a), jnp.asarray(b))
     da, db = vjp(jnp.asarray(g))
@@ -103,8 +108,7 @@ def test_float32_operands_are_rounded_to_bf16_in_onednn_or_before(monkeypatch, p
     # A new function: the switch is read when tracing, and JAX keeps traces per function.
     f = jax.jit(lambda *args: onednn.matmul(*args), static_argnums=(2, 3, 4))
     for ta, tb in itertools.product([False, True], repeat=2):
-        a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
-        b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+        a, b = _stored(rng, m, k, n, ta, tb)
         want = _op(_bf16(a), ta) @ _op(_bf16(b), tb)
         np.testing.assert_allclose(np.asarray(f(a, b, ta, tb, jnp.float32)), want, rtol=1e-5, atol=1e-4)
         out16 = f(a, b, ta, tb, jnp.bfloat16)
