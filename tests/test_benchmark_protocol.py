@@ -473,6 +473,31 @@ def test_merge_keeps_each_rows_own_predictions():
         artefacts.merge(rows, arrays, [], {"test_label/seed0": np.array([1, 1])}, tag="p4")
 
 
+def test_carry_over_keeps_the_cells_a_new_export_lacks_with_their_arrays():
+    def row(student, seed, w2s):
+        return {"weak_model": "glove-bow", "strong_model": student, "loss": "xent", "seed": seed,
+                "stages": {"weak": f"weak__g__seed{seed}", "w2s": w2s, "ceiling": f"ceiling__{student}__seed{seed}"}}
+
+    earlier_rows = [row("a", 0, "w2s__a0"), row("a", 1, "w2s__a1"), row("b", 0, "w2s__b0_old")]
+    earlier_arrays = {f"{kind}/{name}": np.array([float(i)]) for i, name in enumerate(
+        ["weak__g__seed0", "weak__g__seed1", "w2s__a0", "w2s__a1", "w2s__b0_old", "ceiling__a__seed0",
+         "ceiling__a__seed1", "ceiling__b__seed0"]) for kind in ("score", "val_score", "probs")}
+    for seed in (0, 1):
+        earlier_arrays[f"test_row/seed{seed}"] = np.array([seed])
+    earlier = artefacts.TaskArtefacts("t", "per example", earlier_rows, earlier_arrays)
+    rows = [row("b", 0, "w2s__b0")]
+    arrays = {"score/w2s__b0": np.array([9.0]), "score/weak__g__seed0": np.array([0.0]),
+              "score/ceiling__b__seed0": np.array([7.0]), "test_row/seed0": np.array([0])}
+    assert artefacts.carry_over(earlier, rows, arrays) == 2  # a's two seeds; b seed 0 is the new row
+    assert [(r["strong_model"], r["seed"]) for r in rows] == [("b", 0), ("a", 0), ("a", 1)]
+    assert rows[0]["stages"]["w2s"] == "w2s__b0" and "score/w2s__b0_old" not in arrays
+    assert "score/ceiling__b__seed0" in arrays and arrays["score/ceiling__b__seed0"][0] == 7.0
+    for name in ("w2s__a0", "w2s__a1", "ceiling__a__seed1", "weak__g__seed1"):
+        for kind in ("score", "val_score", "probs"):
+            np.testing.assert_array_equal(arrays[f"{kind}/{name}"], earlier_arrays[f"{kind}/{name}"])
+    np.testing.assert_array_equal(arrays["test_row/seed1"], [1])
+
+
 def test_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
     assert bench["main"](["--out", str(tmp_path / "run"), "--tasks", "vader_tweets", "--list"]) == 0
     out = capsys.readouterr().out
@@ -545,6 +570,21 @@ def test_tiny_benchmark_end_to_end(bench, tmp_path):
     assert bench["main"](argv + ["--export-only", "--artefacts", str(tmp_path / "again")]) == 0
     for name in ("fine_foods.json", "fine_foods.npz", "vader_tweets.json", "vader_tweets.npz"):
         assert (tmp_path / "again" / name).read_bytes() == (folder / name).read_bytes(), name
+    # a run folder holding only some parts (the run restarted elsewhere for what it had not
+    # finished) exports into the published folder without dropping the cells it lacks
+    moved, kept = tmp_path / "moved", tmp_path / "kept"
+    shutil.copytree(tmp_path / "run", moved, ignore=shutil.ignore_patterns("artefacts"))
+    for part in moved.glob("*-minilm-l2"):
+        shutil.rmtree(part)
+    shutil.copytree(folder, kept)
+    moved_argv = [str(moved) if a == str(tmp_path / "run") else a for a in argv]
+    assert bench["main"](moved_argv + ["--export-only", "--artefacts", str(kept)]) == 0
+    published, exported = artefacts.load(folder, proto.sha256), artefacts.load(kept, proto.sha256)
+    for task, art in exported.items():
+        assert sorted(map(artefacts.cell_key, art.rows)) == sorted(map(artefacts.cell_key, published[task].rows))
+        assert {r["strong_model"] for r in art.rows} == {"minilm-l2", "minilm-l6"}
+        for r in art.rows:
+            assert art.score(r["stages"]["w2s"]).mean() == pytest.approx(r["w2s_acc"], abs=1e-6)
     # the whole protocol
     assert bench["main"](argv) == 0
     arts = artefacts.load(folder, proto.sha256)

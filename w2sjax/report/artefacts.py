@@ -159,6 +159,27 @@ def merge(rows: list[dict], arrays: dict, new_rows: list[dict], new_arrays: dict
         rows.append(row)
 
 
+def cell_key(row: dict) -> tuple:
+    """What identifies a row's cell and seed within a task: its supervisor, student (or chain),
+    loss and seed."""
+    return (row["weak_model"], row["strong_model"], row.get("chain") or "", row["loss"], row["seed"])
+
+
+def carry_over(earlier: TaskArtefacts, rows: list[dict], arrays: dict, tag: str = "earlier") -> int:
+    """Add to ``rows``/``arrays`` each row of ``earlier`` (a task's artefacts already written) whose
+    cell and seed ``rows`` lacks, with the arrays it reads; returns how many rows were kept. A run
+    folder that holds only some of a task's parts (a run restarted on another machine for the
+    parts it had not finished) then exports without dropping the parts published before."""
+    have = {cell_key(r) for r in rows}
+    kept = [r for r in earlier.rows if cell_key(r) not in have]
+    names = {n for r in kept for n in (*r["stages"].values(), r.get("direct_stage")) if n}
+    seeds = {f"seed{r['seed']}" for r in kept}
+    old = {k: v for k, v in earlier.arrays.items()
+           if k.partition("/")[2] in (names if k.partition("/")[0] in ("probs", "score", "val_score") else seeds)}
+    merge(rows, arrays, kept, old, tag=tag)
+    return len(kept)
+
+
 def write_task(folder: pathlib.Path, sha256: str, task: str, scored: str, rows: list[dict], arrays: dict) -> None:
     """Write ``TASK.json`` and ``TASK.npz`` into ``folder`` (stamped with ``sha256``)."""
     check_stamp(folder, sha256)
