@@ -114,7 +114,7 @@ def _maybe(x) -> float | None:
 
 
 # A row's counts on the host, in float32 as `metrics.accuracy` and `metrics.agreement` compute them,
-# so the values are theirs bit for bit, without the ~14 small XLA programs their first call
+# so the values are theirs bit for bit, without the 12 small XLA programs their first call
 # compiles on a run's main thread. A sum of 0/1 floats is exact; XLA computes a mean over n rows as
 # the sum times the float32 reciprocal of n (a division by a constant), and divides by a count
 # (a value) exactly.
