@@ -18,7 +18,8 @@ from other jobs falls on both.
 
 ``--warm N``: each process then runs the sweep N more times, as the warm rounds of
 `benchmarks.sweep_vs_torch` do (in-process compiled programs and file caches), so one process
-gives a side's cold and warm seconds. ``--tree LABEL=PATH`` adds the sides ``SIDE@LABEL``: the same
+gives a side's cold and warm seconds; its cold ``wall_s`` then ends with its first sweep, not
+at its exit. ``--tree LABEL=PATH`` adds the sides ``SIDE@LABEL``: the same
 child run with another source tree first on its path (an archive of main, say, holding this
 harness's ``benchmarks/``), so that trees and PyTorch take turns in one run.
 """
@@ -128,7 +129,7 @@ def child(args) -> dict:
     t0 = time.perf_counter()
     side()
     done = time.perf_counter()
-    out = {"sweep_s": round(done - t0, 3), "main_s": round(done - t_main, 3),
+    out = {"sweep_s": round(done - t0, 3), "main_s": round(done - t_main, 3), "cold_done_unix": time.time(),
            "stage_seconds": side.stage_seconds, "stage_steps": side.stage_steps, "breakdown": side.breakdown}
     if args.warm:
         out.update(warm_s=[], warm_stage_seconds=[], warm_breakdown=[])
@@ -159,14 +160,19 @@ def spawn(side: str, args) -> dict:
         if side.startswith("jax"):
             cmd += ["--xla-cache", xla]
         load = round(os.getloadavg()[0], 2)
-        t0 = time.perf_counter()
+        t0, spawned = time.perf_counter(), time.time()
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         written = sum(1 for _ in pathlib.Path(xla).iterdir())
     if proc.returncode != 0:
         raise SystemExit(f"{side}: the child process exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    rec = {"wall_s": round(wall, 3), **json.loads(lines[-1]), "loadavg_before": load,
+    child_rec = json.loads(lines[-1])
+    # With warm sweeps after it, the first run ends when its sweep does (on the wall clock both
+    # processes read), not when the process exits; the process's whole life is ``process_s``.
+    done = child_rec.pop("cold_done_unix", None)
+    cold_wall = done - spawned if args.warm and done is not None else wall
+    rec = {"wall_s": round(cold_wall, 3), "process_s": round(wall, 3), **child_rec, "loadavg_before": load,
            "loadavg_after": round(os.getloadavg()[0], 2)}
     if side.startswith("jax"):
         rec["xla_cache_entries_written"] = written
