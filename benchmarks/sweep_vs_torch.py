@@ -115,7 +115,7 @@ class JaxSweep:
 
     def __init__(self, config, *, predict_buckets: bool = True):
         self.config, self.predict_buckets = config, predict_buckets
-        self.stage_seconds = self.stage_steps = self.breakdown = None
+        self.stage_seconds = self.stage_steps = self.breakdown = self.accuracies = None
 
     def __call__(self):
         from w2sjax import experiment, train
@@ -138,6 +138,7 @@ class JaxSweep:
         finally:
             shutil.rmtree(out, ignore_errors=True)
         rows = results["runs"]
+        self.accuracies = [[row["loss"], row["weak_acc"], row["w2s_acc"], row["ceiling_acc"]] for row in rows]
         self.stage_seconds = {"weak": rows[0]["stage_seconds"]["weak"], "ceiling": rows[0]["stage_seconds"]["ceiling"],
                               **{f"w2s_{row['loss']}": row["stage_seconds"]["w2s"] for row in rows}}
         self.stage_steps = steps

@@ -223,6 +223,30 @@ def test_fresh_cold_sweep_alternates_processes_and_ratios_use_min_and_median():
     assert rec["wall_s_min"] == {"jax_bf16": 24.0, "torch_bf16": 20.0}
 
 
+def test_fresh_cold_sweep_warm_rounds_and_other_trees(tmp_path):
+    """``--warm`` adds each process's later sweeps to the ratios (min and median, by hand here);
+    ``SIDE@LABEL`` needs a jax side and a ``--tree`` of that label, and bad ones exit."""
+    from benchmarks import sweep_cold
+
+    args = sweep_cold.parse(["--sides", "jax", "jax@main", "torch", "--tree", f"main={tmp_path}", "--warm", "2"])
+    assert args.trees == {"main": tmp_path.resolve()} and args.warm == 2
+    assert sweep_cold.order(args.sides, 2) == ["jax", "jax@main", "torch", "torch", "jax@main", "jax"]
+    for bad in (["--sides", "jax@other", "--tree", f"main={tmp_path}"], ["--sides", "torch@main", "--tree", f"main={tmp_path}"],
+                ["--tree", "main"], ["--tree", f"main={tmp_path / 'missing'}"], ["--warm", "-1"]):
+        with pytest.raises(SystemExit):
+            sweep_cold.parse(bad)
+    calls = [{"side": "jax@main", "wall_s": 50.0, "sweep_s": 40.0, "warm_s": [30.0, 33.0]},
+             {"side": "jax@main", "wall_s": 52.0, "sweep_s": 42.0, "warm_s": [31.0, 29.0]},
+             {"side": "torch", "wall_s": 45.0, "sweep_s": 41.0, "warm_s": [40.0, 38.0]},
+             {"side": "torch", "wall_s": 47.0, "sweep_s": 43.0, "warm_s": [39.0, 44.0]}]
+    rec = sweep_cold.summary(calls, "jax@main", "torch")
+    assert rec["jax_over_torch_wall_s_min"] == round(50 / 45, 3)
+    assert rec["warm_s_min"] == {"jax@main": 29.0, "torch": 38.0}
+    assert rec["jax_over_torch_warm_s_min"] == round(29 / 38, 3)
+    assert rec["jax_over_torch_warm_s_median"] == round(30.5 / 39.5, 3)
+    assert "warm_s_min" not in sweep_cold.summary([{**c, "warm_s": []} for c in calls], "jax@main", "torch")
+
+
 def test_compile_blocks_variants_compute_what_the_blocks_loop_does():
     """The scanned and called variants `benchmarks.compile_blocks` times against the unrolled blocks give
     the same forward and gradients (float32 rounding apart), on a tiny random BERT."""

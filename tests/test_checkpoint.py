@@ -60,6 +60,34 @@ def test_replicated_save_compiles_nothing(tmp_path):
         np.testing.assert_array_equal(np.asarray(restored[key]), value)
 
 
+def test_arrays_are_written_uncompressed_and_compressed_ones_still_restore(tmp_path, monkeypatch):
+    """The model and state items are written without zstd (zeros take their full size on disk, not a
+    few bytes); a checkpoint written compressed, as before, restores to the same values."""
+    zeros = {"w": np.zeros((512, 512), np.float32)}  # 1 MiB; zstd would make it a few hundred bytes
+    preds = {"p": np.arange(6, dtype=np.float32)}
+    checkpoint.save(tmp_path, "raw", 0, preds, final=True, checksum=True, model=zeros)
+    assert checkpoint.model_bytes(tmp_path, "raw") >= zeros["w"].nbytes
+
+    handlers = checkpoint._handlers
+
+    def compressed():
+        made = handlers()
+        for item in (checkpoint._STATE, checkpoint._MODEL):
+            made[item]._impl._handler_impl._use_compression = True
+        return made
+
+    monkeypatch.setattr(checkpoint, "_handlers", compressed)
+    checkpoint.save(tmp_path, "zstd", 0, preds, final=True, checksum=True, model=zeros)
+    monkeypatch.setattr(checkpoint, "_handlers", handlers)
+    assert checkpoint.model_bytes(tmp_path, "zstd") < zeros["w"].nbytes // 10
+    target = {"w": jax.ShapeDtypeStruct((512, 512), np.float32)}
+    for stage in ("raw", "zstd"):
+        restored, _ = checkpoint.restore_model(tmp_path, stage, target)
+        np.testing.assert_array_equal(np.asarray(restored["w"]), zeros["w"])
+        state, _ = checkpoint.restore(tmp_path, stage, preds)
+        np.testing.assert_array_equal(state["p"], preds["p"])
+
+
 def test_round_trip_in_process(tmp_path):
     mesh = parallel.make_mesh(fsdp=2)
     state = worker.model_state(mesh, seed=0)

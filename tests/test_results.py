@@ -15,6 +15,31 @@ def test_row_schema_and_pgr():
     assert row["misfit"] == 0.012346 and row["stage_seconds"] == {"weak": 1.235}
 
 
+def test_a_rows_accuracies_and_agreements_are_those_of_metrics_bit_for_bit():
+    """The host counts of a row (no XLA programs) equal `metrics.accuracy` and `metrics.agreement`
+    exactly, float32 for float32: sizes that are not powers of two, probabilities with ties, hard
+    labels, a teacher without errors (nan) and empty inputs of the float32 division's corner cases."""
+    from w2sjax import metrics
+
+    rng = np.random.default_rng(7)
+    for n in (1, 3, 7, 64, 100, 255, 256, 333, 1000, 4097):
+        student = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+        student[: n // 5] = np.float32(0.5)  # ties: the first class wins in both
+        teacher = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+        labels = rng.integers(0, 3, size=n)
+        for s, t in ((student, teacher), (student, np.eye(3, dtype=np.float32)[labels]), (teacher, student)):
+            for y in (labels, np.eye(3)[labels]):
+                got = results._accuracy(s, y)
+                assert got == float(metrics.accuracy(s, y))
+                ours, theirs = results._agreement(s, t, y), metrics.agreement(s, t, y)
+                assert set(ours) == set(theirs)
+                for key in ours:
+                    a, b = np.float32(ours[key]), np.asarray(theirs[key], np.float32)
+                    assert a.tobytes() == b.tobytes() or (np.isnan(a) and np.isnan(b)), (n, key)
+    no_errors = results._agreement(labels, labels, labels)
+    assert np.isnan(no_errors["agreement_on_teacher_errors"]) and np.isnan(no_errors["corrected_teacher_errors"])
+
+
 def test_undefined_pgr_is_null_in_a_row_and_nan_in_statistics():
     assert results.pgr(0.8, 0.9, 0.8) is None  # no gap to recover; and no warning escapes
     assert results.row("t", "w", "s", "xent", 0, 0.8, 0.9, 0.7, None, {})["pgr"] is None

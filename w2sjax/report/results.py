@@ -72,8 +72,8 @@ def stage_row(task, config, seed, weak_name, strong_name, loss, weak, w2s, ceili
     predicts half B as ``"b"``, its pseudo-labels; every stage predicts ``"test"``), as the standard
     protocol and the methods built on it write it. ``test_groups``: the question of each test row
     (multiple-choice tasks)."""
-    agree = metrics.agreement(w2s.preds["test"], weak.preds["test"], test_labels)
-    agree_b = metrics.agreement(w2s.preds["b"], weak.preds["b"], b_labels)
+    agree = _agreement(w2s.preds["test"], weak.preds["test"], test_labels)
+    agree_b = _agreement(w2s.preds["b"], weak.preds["b"], b_labels)
     return row(
         task.name, weak_name, strong_name, loss, seed,
         _accuracy(weak.preds["test"], test_labels), _accuracy(w2s.preds["test"], test_labels),
@@ -113,8 +113,34 @@ def _maybe(x) -> float | None:
     return None if np.isnan(x) else round(x, 6)
 
 
+# A row's counts on the host, in float32 as `metrics.accuracy` and `metrics.agreement` compute them,
+# so the values are theirs bit for bit, without the 12 small XLA programs their first call
+# compiles on a run's main thread. A sum of 0/1 floats is exact; XLA computes a mean over n rows as
+# the sum times the float32 reciprocal of n (a division by a constant), and divides by a count
+# (a value) exactly.
+
+def _classes(x) -> np.ndarray:
+    x = np.asarray(x)
+    return np.argmax(x, axis=-1) if x.ndim == 2 else x.astype(np.int32)
+
+
+def _mean_of_hits(hits: np.ndarray) -> np.float32:
+    return np.float32(np.count_nonzero(hits)) * (np.float32(1) / np.float32(hits.size))
+
+
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(metrics.accuracy(probs, labels))
+    """``metrics.accuracy``, computed with numpy."""
+    return float(_mean_of_hits(_classes(probs) == _classes(labels)))
+
+
+def _agreement(student, teacher, labels) -> dict[str, np.float32]:
+    """``metrics.agreement``, computed with numpy."""
+    s, t, y = _classes(student), _classes(teacher), _classes(labels)
+    wrong = t != y
+    n_wrong = np.float32(np.count_nonzero(wrong))
+    per_error = lambda hits: np.float32(np.count_nonzero(hits & wrong)) / n_wrong if n_wrong else np.float32(np.nan)
+    return {"agreement": _mean_of_hits(s == t), "agreement_on_teacher_errors": per_error(s == t),
+            "corrected_teacher_errors": per_error(s == y)}
 
 
 # ---- intervals over seeds -------------------------------------------------------------------
