@@ -179,6 +179,53 @@ def _plain_bf16(layer) -> bool:
             and getattr(layer, "dot_general", None) is bf16_dot_general)
 
 
+def _plain_f32(layer) -> bool:
+    """A bias-free float32 ``nnx.Linear`` as flax makes it (no LoRA, no precision or dtype settings)."""
+    return (type(layer) is nnx.Linear and layer.bias is None and layer.dot_general is lax.dot_general
+            and layer.precision is None and layer.preferred_element_type is None
+            and layer.kernel[...].dtype == jnp.float32 and (layer.dtype is None or jnp.dtype(layer.dtype) == jnp.float32))
+
+
+def _f32_dot(a, w, w_axis: int):
+    """``a``'s last axis contracted with ``w``'s axis ``w_axis``, as ``nnx.Linear`` calls `lax.dot_general`."""
+    return lax.dot_general(a, w, (((a.ndim - 1,), (w_axis,)), ((), ())))
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1])
+
+
+def _gated_f32_primal(act, x, w_gate, w_up, w_down):
+    return _f32_dot(act(_f32_dot(x, w_gate, 0)) * _f32_dot(x, w_up, 0), w_down, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gated_f32(act, x, w_gate, w_up, w_down):
+    """The float32 gated MLP: the layers' own arithmetic forward (a forward without gradients, as for
+    features, is unchanged), and a training forward that keeps ``x`` and ``act(g) * u`` transposed,
+    ``[features, tokens]``, so that each weight gradient is a plain ``[features, tokens] @ [tokens, out]``
+    product. Left to autodiff, XLA:CPU contracts the tokens by transposing the gate's cotangent inside
+    the element-wise pass that computes it, a cache miss per element: about 0.5 s per block, 16% of a
+    float32 SmolLM2-135M step on a 2-core AVX2 EPYC (benchmarks/RESULTS.md, 2026-12-07)."""
+    return _gated_f32_primal(act, x, w_gate, w_up, w_down)
+
+
+def _gated_f32_fwd(act, x, w_gate, w_up, w_down):
+    g, u = _f32_dot(x, w_gate, 0), _f32_dot(x, w_up, 0)
+    h = act(g) * u
+    return _f32_dot(h, w_down, 0), (_rows(x).T, _rows(h).T, g, u, w_gate, w_up, w_down)
+
+
+def _gated_f32_bwd(act, res, dy):
+    xt, ht, g, u, w_gate, w_up, w_down = res
+    dg, du = _gated_pull(act, g, u, _f32_dot(dy, w_down, 1))
+    dx = _f32_dot(dg, w_gate, 1) + _f32_dot(du, w_up, 1)
+    return dx, xt @ _rows(dg), xt @ _rows(du), ht @ _rows(dy)
+
+
+_gated_f32.defvjp(_gated_f32_fwd, _gated_f32_bwd)
+
+
 def gated_mlp(act, gate, up, down, x):
     """``down(act(gate(x)) * up(x))`` for three ``nnx.Linear`` layers (SwiGLU, GeGLU).
 
@@ -187,8 +234,11 @@ def gated_mlp(act, gate, up, down, x):
     and up as one dot, the activation and product fused into the bf16 input of ``down``, and in
     the backward the activation's derivative recomputed in the pass that writes the bf16
     cotangents (float32 everywhere else, as before). Anything else (biases, LoRA adapters,
-    float32) takes the layers as they are.
+    float32 layers as flax makes them) takes the layers as they are; plain float32 layers train
+    through `_gated_f32`.
     """
+    if x.dtype == jnp.float32 and all(_plain_f32(layer) for layer in (gate, up, down)):
+        return _gated_f32(act, x, gate.kernel[...], up.kernel[...], down.kernel[...])
     if not all(_plain_bf16(layer) for layer in (gate, up, down)):
         return down(act(gate(x)) * up(x))
     return _gated_bf16(act, x.astype(jnp.float32), gate.kernel[...], up.kernel[...], down.kernel[...])
