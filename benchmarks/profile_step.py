@@ -34,6 +34,8 @@ shared machine. Variants:
                           2026-12-07 (`layers._rotary_tables`): XLA evaluates cos and sin in every consumer
   step_gated_autodiff     step (float32) with the decoders' gated MLP left to autodiff, as before 2026-12-07
                           (`precision._gated_f32`)
+  step_dense_autodiff     step (float32) with the encoders' biased projections left to autodiff, as before
+                          2026-12-07 (`precision._biased_f32`)
   step_bf16_decoder_before  step_bf16 with the decoders' bf16 path of before 2026-12-06, 22:00 UTC (rotary and
                           attention left to autodiff, whose backward ran its matmuls in float32; `_decoder_before`)
   embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
@@ -81,7 +83,7 @@ from benchmarks.interleave import interleave, loadavg
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_split_update",
             "step_bf16_onednn", "step_bf16_onednn_t2", "step_bf16_onednn_convert",
-            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_rotary_inline", "step_gated_autodiff", "step_bf16_encoder_before", "step_bf16_decoder_before",
+            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_rotary_inline", "step_gated_autodiff", "step_dense_autodiff", "step_bf16_encoder_before", "step_bf16_decoder_before",
             "embed", "embed_bf16", "embed_bf16_encoder_before")
 
 
@@ -410,6 +412,7 @@ def main(argv=None) -> int:
                                                            remat._remat_call)
     original_attend, original_gated, original_sbs = layers.attend, precision.gated_mlp, precision.side_by_side
     original_tables, original_gated_f32 = layers._rotary_tables, precision._gated_f32
+    original_biased_f32 = precision._biased_f32
     calls, flops, holders, rows = {}, {}, {}, {}
 
     for variant in args.variants:
@@ -460,6 +463,8 @@ def main(argv=None) -> int:
         originals = {key: getattr(*key) for key in patches}
         for (mod, name), fn_ in patches.items():
             setattr(mod, name, fn_)
+        if variant == "step_dense_autodiff":
+            precision._biased_f32 = precision._biased_f32_primal
         if variant == "step_gated_autodiff":
             precision._gated_f32 = precision._gated_f32_primal
         if variant == "step_rotary_inline":
@@ -485,6 +490,7 @@ def main(argv=None) -> int:
             remat._remat_call = original_remat
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
             layers._rotary_tables, precision._gated_f32 = original_tables, original_gated_f32
+            precision._biased_f32 = original_biased_f32
             os.environ.pop(onednn.ENV, None)
             os.environ.pop("W2SJAX_ONEDNN_THREADS", None)
             os.environ.pop(onednn.F32_ENV, None)

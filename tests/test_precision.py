@@ -235,6 +235,39 @@ def test_float32_gated_mlp_keeps_the_layers_forward_and_matches_float64_gradient
         np.testing.assert_allclose(np.asarray(got[k]), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=k)
 
 
+def test_float32_biased_projections_keep_the_layers_forward_and_match_float64_gradients():
+    """Biased float32 layers go through `precision._biased_f32` in `precision.dense`: without gradients
+    the values are the layers' own, bit for bit (features do not move); the input, weight and bias
+    gradients (weights from the transposed ``x`` it keeps, biases as dots) match float64 numpy.
+    Bias-free layers and bf16 ones keep their own paths."""
+    rngs = nnx.Rngs(0)
+    layers_ = [nnx.Linear(8, 6, rngs=rngs) for _ in range(3)]
+    rng = np.random.default_rng(6)
+    for layer in layers_:
+        layer.bias[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+    gs = [rng.normal(size=(2, 3, 6)).astype(np.float32) for _ in layers_]
+
+    got = jax.jit(lambda x: precision.dense(x, *layers_))(x)
+    want = jax.jit(lambda x: tuple(layer(x) for layer in layers_))(x)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g_), np.asarray(w_))
+    jaxpr = lambda *ls: str(jax.make_jaxpr(lambda x: precision.dense(x, *ls))(x))
+    assert "custom_vjp" in jaxpr(*layers_)
+    assert "custom_vjp" not in jaxpr(nnx.Linear(8, 6, use_bias=False, rngs=rngs))
+
+    kernels = tuple(layer.kernel[...] for layer in layers_)
+    biases = tuple(layer.bias[...] for layer in layers_)
+    _, pull = jax.vjp(precision._biased_f32, x, kernels, biases)
+    dx, dks, dbs = pull(tuple(jnp.asarray(g_) for g_ in gs))
+    x64, g64 = np.asarray(x, np.float64), [g_.astype(np.float64) for g_ in gs]
+    k64 = [np.asarray(k, np.float64) for k in kernels]
+    np.testing.assert_allclose(np.asarray(dx), sum(g_ @ k.T for g_, k in zip(g64, k64)), rtol=1e-5, atol=1e-5)
+    for dk, db, g_ in zip(dks, dbs, g64):
+        np.testing.assert_allclose(np.asarray(dk), np.einsum("btd,btn->dn", x64, g_), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(db), g_.sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
 def test_side_by_side_projections_match_numpy_and_fall_back_for_biases():
     """q, k, v as one dot over their kernels (`precision.side_by_side`): outputs and gradients
     against float64 numpy with bf16-rounded operands and cotangents."""
