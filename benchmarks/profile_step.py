@@ -30,10 +30,17 @@ shared machine. Variants:
   step_bf16_unfused_qkv   step_bf16 with only the q/k/v projections as separate layers
   step_bf16_encoder_before  step_bf16 with the BERT/MPNet blocks' bf16 path of before 2026-12-06 (separate
                           q/k/v Linear layers, float32 attention matmuls, erfc GELU, bias gradients as sums)
+  step_rotary_inline      step (float32) with the decoders' rotary tables inline in training too, as before
+                          2026-12-07 (`layers._rotary_tables`): XLA evaluates cos and sin in every consumer
+  step_gated_autodiff     step (float32) with the decoders' gated MLP left to autodiff, as before 2026-12-07
+                          (`precision._gated_f32`)
+  step_dense_autodiff     step (float32) with the encoders' biased projections left to autodiff, as before
+                          2026-12-07 (`precision._biased_f32`)
   step_bf16_decoder_before  step_bf16 with the decoders' bf16 path of before 2026-12-06, 22:00 UTC (rotary and
                           attention left to autodiff, whose backward ran its matmuls in float32; `_decoder_before`)
   embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
                           of ``2 * --batch`` rows, after and before that change
+  embed                   the same forward with float32 matmuls (the best precision on CPUs without bf16 units)
   step_bf16_onednn        step_bf16 traced with ``W2SJAX_ONEDNN=1``: the dense layers' bf16 dots and their
                           gradients as oneDNN matmuls (`w2sjax.models.onednn`; needs the ``onednn`` extra)
   step_bf16_onednn_t2     the same with two OpenMP threads per oneDNN call (``W2SJAX_ONEDNN_THREADS=2``)
@@ -50,11 +57,13 @@ Prints one JSON line per variant (minimum and median of its rounds, ``ratio_to_s
 ``--trace DIR`` writes a ``jax.profiler`` trace of two calls of the first variant afterwards.
 Flags are set like benchmarks.run (same --devices/--ynn).
 
-``--processes SIDE ...`` (variants, or ``torch``) runs every side in a process of its own instead,
+``--processes SIDE ...`` (variants, ``torch`` for PyTorch under bf16 autocast, ``torch_f32`` for plain
+float32 PyTorch) runs every side in a process of its own instead,
 in rounds A B C, C B A, ... (`benchmarks.interleave.process_rounds`; ``--process-rounds``), each
 timing ``--repeats`` steps after one warm-up step, for models whose JAX and PyTorch states do not
 fit in one process; it prints each process's records, then one ``profile_processes`` line per side
-(minimum and median over all its timed steps, against PyTorch's). ``--xla-cache DIR`` lets a
+(minimum and median over all its timed steps, against each PyTorch side's and the fastest one's,
+``speed_vs_torch_best_*``). ``--xla-cache DIR`` lets a
 side's later processes load its compiled step instead of compiling it again.
 """
 
@@ -74,8 +83,8 @@ from benchmarks.interleave import interleave, loadavg
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_split_update",
             "step_bf16_onednn", "step_bf16_onednn_t2", "step_bf16_onednn_convert",
-            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_bf16_encoder_before", "step_bf16_decoder_before",
-            "embed_bf16", "embed_bf16_encoder_before")
+            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_rotary_inline", "step_gated_autodiff", "step_dense_autodiff", "step_bf16_encoder_before", "step_bf16_decoder_before",
+            "embed", "embed_bf16", "embed_bf16_encoder_before")
 
 
 def _encoder_before(module) -> None:
@@ -111,14 +120,14 @@ def _decoder_before():
             (precision, "_gated_pull"): lambda act, g, u, dh: jax.vjp(lambda g, u: act(g) * u, g, u)[1](dh)}
 
 
-def _embed_call(model: str, path, layers, rows: int, t: int, before: bool):
+def _embed_call(model: str, path, layers, rows: int, t: int, before: bool, dtype: str = "bfloat16"):
     """The library's embedding forward of one fixed ``[rows, t]`` batch, as the embed case of benchmarks.run."""
     import numpy as np
     from flax import nnx
 
     from w2sjax.models import embed
 
-    enc = ft.jax_module(model, path, "bfloat16", layers).encoder
+    enc = ft.jax_module(model, path, dtype, layers).encoder
     if before:
         _encoder_before(enc)
     graphdef, state = nnx.split(enc)
@@ -303,7 +312,9 @@ def _process_main(args) -> int:
     common += ["--xla-cache", args.xla_cache] if args.xla_cache else []
     common += ["--fsdp"] if args.fsdp else []
     me = [sys.executable, "-m", "benchmarks.profile_step", *common]
-    commands = {side: [*me, "--torch", "--variants"] if side == "torch" else [*me, "--variants", side]
+    torch_sides = {"torch": ["--torch", "--variants"], "torch_f32": ["--torch", "--torch-precision", "float32",
+                                                                  "--variants"]}
+    commands = {side: [*me, *torch_sides[side]] if side in torch_sides else [*me, "--variants", side]
                 for side in args.processes}
     before = loadavg()
     runs = process_rounds(commands, args.process_rounds,
@@ -317,16 +328,22 @@ def _process_main(args) -> int:
                     steps += rec["times_s"]
                     minima.append(rec["seconds"])
                     rss.append(rec.get("peak_rss_mb"))
-        summary[side] = {"case": "profile_processes", "impl": "torch" if side == "torch" else "jax",
+        summary[side] = {"case": "profile_processes", "impl": "torch" if side.startswith("torch") else "jax",
                          "model": args.model, "side": side, "layers": args.layers, "batch": args.batch,
                          "seq": args.seq, "processes": len(procs), "seconds": min(steps),
                          "median_s": round(statistics.median(steps), 4), "process_minima_s": minima,
                          "peak_rss_mb": rss, "loadavg_before": before, "loadavg_after": loadavg()}
-    torch_side = summary.get("torch")
+    torch_names = [k for k in summary if k.startswith("torch")]
+    best = min(torch_names, key=lambda k: summary[k]["seconds"]) if torch_names else None
     for rec in summary.values():
-        if torch_side is not None:
-            rec["speed_vs_torch_bf16_min"] = round(torch_side["seconds"] / rec["seconds"], 3)
-            rec["speed_vs_torch_bf16_median"] = round(torch_side["median_s"] / rec["median_s"], 3)
+        for name in torch_names:  # "torch" is PyTorch under bf16 autocast, "torch_f32" plain float32
+            label = "torch_bf16" if name == "torch" else name
+            rec[f"speed_vs_{label}_min"] = round(summary[name]["seconds"] / rec["seconds"], 3)
+            rec[f"speed_vs_{label}_median"] = round(summary[name]["median_s"] / rec["median_s"], 3)
+        if best is not None:  # PyTorch at its best on this CPU, by minimum
+            rec["torch_best"] = best
+            rec["speed_vs_torch_best_min"] = round(summary[best]["seconds"] / rec["seconds"], 3)
+            rec["speed_vs_torch_best_median"] = round(summary[best]["median_s"] / rec["median_s"], 3)
         bench.emit(rec)
     return 0
 
@@ -349,7 +366,10 @@ def main(argv=None) -> int:
                         "to the same rounds, and the same run's bf16 matmul peak for MFU")
     p.add_argument("--torch-threads", type=int, nargs="+",
                    help="with --torch: one PyTorch side per thread count (default: one thread per core)")
-    p.add_argument("--processes", nargs="+", choices=(*VARIANTS, "torch"),
+    p.add_argument("--torch-precision", nargs="+", choices=("bfloat16", "float32"), default=["bfloat16"],
+                   help="with --torch: PyTorch under bf16 autocast (torch_bf16_tN) and/or plain float32 "
+                        "(torch_f32_tN); speed_vs_torch_best_* compares every side to the fastest of them")
+    p.add_argument("--processes", nargs="+", choices=(*VARIANTS, "torch", "torch_f32"),
                    help="each of these sides in fresh processes, in interleaved rounds (see above)")
     p.add_argument("--process-rounds", type=int, default=2)
     p.add_argument("--xla-cache", help="a persistent XLA compilation cache folder for the processes")
@@ -391,11 +411,14 @@ def main(argv=None) -> int:
     original_attention, original_linear, original_remat = (bert.PostNormLayer._attention, precision._linear_bf16,
                                                            remat._remat_call)
     original_attend, original_gated, original_sbs = layers.attend, precision.gated_mlp, precision.side_by_side
+    original_tables, original_gated_f32 = layers._rotary_tables, precision._gated_f32
+    original_biased_f32 = precision._biased_f32
     calls, flops, holders, rows = {}, {}, {}, {}
 
     for variant in args.variants:
         if variant.startswith("embed"):
-            calls[variant] = _embed_call(args.model, path, args.layers, 2 * b, t, variant.endswith("before"))
+            calls[variant] = _embed_call(args.model, path, args.layers, 2 * b, t, variant.endswith("before"),
+                                         "bfloat16" if "bf16" in variant else "float32")
             flops[variant], rows[variant] = shape.forward_flops(t), 2 * b
             continue
         dtype = "bfloat16" if ("bf16" in variant or variant == "step_nodonate") else "float32"
@@ -440,6 +463,12 @@ def main(argv=None) -> int:
         originals = {key: getattr(*key) for key in patches}
         for (mod, name), fn_ in patches.items():
             setattr(mod, name, fn_)
+        if variant == "step_dense_autodiff":
+            precision._biased_f32 = precision._biased_f32_primal
+        if variant == "step_gated_autodiff":
+            precision._gated_f32 = precision._gated_f32_primal
+        if variant == "step_rotary_inline":
+            layers._rotary_tables = lambda *a: layers._rotated_attend(*a[:-2])
         if variant == "step_bf16_unfused":
             precision.gated_mlp = lambda act, gate, up, down, x: down(act(gate(x)) * up(x))
         if variant in ("step_bf16_unfused", "step_bf16_unfused_qkv"):
@@ -460,6 +489,8 @@ def main(argv=None) -> int:
             precision._linear_bf16 = original_linear
             remat._remat_call = original_remat
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
+            layers._rotary_tables, precision._gated_f32 = original_tables, original_gated_f32
+            precision._biased_f32 = original_biased_f32
             os.environ.pop(onednn.ENV, None)
             os.environ.pop("W2SJAX_ONEDNN_THREADS", None)
             os.environ.pop(onednn.F32_ENV, None)
@@ -480,15 +511,17 @@ def main(argv=None) -> int:
 
         from w2sjax.runner import utilisation
 
-        side = ft.TorchFinetune(ft.TorchFinetune.shared(args.model, path, args.layers), [(ids, mask)], "bfloat16")
-        for n in args.torch_threads or [os.cpu_count() or 1]:
-            def torch_call(n=n):
-                torch.set_num_threads(n)  # one side per thread count, sharing the model and optimizer
-                side()
+        shared = ft.TorchFinetune.shared(args.model, path, args.layers)
+        for dtype in args.torch_precision:
+            side = ft.TorchFinetune(shared, [(ids, mask)], dtype)
+            for n in args.torch_threads or [os.cpu_count() or 1]:
+                def torch_call(n=n, side=side):
+                    torch.set_num_threads(n)  # one side per thread count, sharing the model and optimizer
+                    side()
 
-            calls[f"torch_bf16_t{n}"] = torch_call
-            flops[f"torch_bf16_t{n}"] = 3 * shape.forward_flops(t)
-        peak = None if args.child else utilisation.measure_matmul_peak("bfloat16")
+                name = f"torch_{'bf16' if dtype == 'bfloat16' else 'f32'}_t{n}"
+                calls[name], flops[name] = torch_call, 3 * shape.forward_flops(t)
+        peak = None if args.child else utilisation.measure_matmul_peak(args.torch_precision[0])
     # CPU seconds of each call (all threads of this process): on a loaded machine wall time also
     # counts waiting for a core, CPU time only the work (and any spinning) of the side itself.
     cpu = {k: [] for k in calls}
@@ -504,9 +537,12 @@ def main(argv=None) -> int:
     times = interleave({k: cpu_timed(k, fn) for k, fn in calls.items()}, args.repeats)
     after = loadavg()
     base = times.get("step_bf16")
-    # The fastest PyTorch side by minimum is the one every side is compared to.
+    # The fastest PyTorch side by minimum is the one every side is compared to: the bf16 autocast
+    # sides for speed_vs_torch_bf16_*, any side (float32 included) for speed_vs_torch_best_*.
     torch_sides = [k for k in times if k.startswith("torch")]
-    torch_times = min((times[k] for k in torch_sides), key=min) if torch_sides else None
+    bf16_sides = [k for k in torch_sides if k.startswith("torch_bf16")]
+    torch_times = min((times[k] for k in bf16_sides), key=min) if bf16_sides else None
+    best_torch = min(torch_sides, key=lambda k: min(times[k])) if torch_sides else None
     for variant, ts in times.items():
         sec, med = min(ts), statistics.median(ts)
         rec = {"case": "profile", "impl": "torch" if variant.startswith("torch") else "jax", "model": args.model,
@@ -523,6 +559,10 @@ def main(argv=None) -> int:
         if torch_times is not None:
             rec["speed_vs_torch_bf16_min"] = round(min(torch_times) / sec, 3)
             rec["speed_vs_torch_bf16_median"] = round(statistics.median(torch_times) / med, 3)
+        if best_torch is not None:
+            rec["torch_best"] = best_torch
+            rec["speed_vs_torch_best_min"] = round(min(times[best_torch]) / sec, 3)
+            rec["speed_vs_torch_best_median"] = round(statistics.median(times[best_torch]) / med, 3)
         if peak:
             rec.update(peak_gflops=round(peak / 1e9, 1), mfu=round(rows.get(variant, b) * flops[variant] / sec / peak, 3))
         if variant in holders:  # every step variant ran the same steps on the same batch

@@ -3,7 +3,8 @@
     python -m benchmarks.run [--cases matmul embed finetune finetune_lengths fine_foods torch sweep topk
                                       sweep_vs_torch]
                              [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
-                             [--precision float32 bfloat16] [--ynn dot|off|all]
+                             [--precision float32 bfloat16] [--torch-precision float32 bfloat16]
+                             [--matmul-n N] [--ynn dot|off|all]
 
 Every case runs its sides in interleaved rounds (`benchmarks.interleave`): JAX float32 (``jax``),
 JAX bfloat16 matmuls with float32 sums (``jax_bf16``), PyTorch float32 (``torch``) and PyTorch
@@ -49,12 +50,18 @@ def _parse(argv):
     p.add_argument("--ynn", choices=("dot", "off", "all"), default="dot",
                    help="YNNPACK for individual dots only (default), not at all, or XLA's default fusions")
     p.add_argument("--precision", nargs="+", default=["float32", "bfloat16"], choices=("float32", "bfloat16"))
+    p.add_argument("--torch-precision", nargs="+", choices=("float32", "bfloat16"),
+                   help="PyTorch's sides (default: --precision's): on CPUs without bf16 matrix instructions "
+                        "PyTorch's bf16 autocast GEMMs fall back to a slow path, and only float32 can be timed")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
+    p.add_argument("--matmul-n", type=int, default=None, help="the matmul case's n x n size (default 4096)")
     p.add_argument("--length-task", default="fine_foods", choices=("fine_foods", "vader_tweets", "vader_movies"),
                    help="finetune_lengths and bucketing: the task whose real texts are batched")
     p.add_argument("--length-batches", type=int, default=4,
                    help="finetune_lengths and bucketing: batches of real reviews per timed call")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.torch_precision = args.torch_precision or args.precision
+    return args
 
 
 def _set_flags(args) -> str:
@@ -86,7 +93,7 @@ def _sizes(quick: bool) -> dict:
 # ---------------------------------------------------------------- matmul and embedding
 
 
-def matmul_sides(n: int, precisions, with_torch: bool) -> dict:
+def matmul_sides(n: int, precisions, with_torch: bool, torch_precisions=None) -> dict:
     """``jit(jnp.dot)`` on n x n (bf16 operands, float32 result for bfloat16) and ``torch.mm``."""
     import jax
     import jax.numpy as jnp
@@ -100,7 +107,7 @@ def matmul_sides(n: int, precisions, with_torch: bool) -> dict:
     if with_torch:
         import torch
 
-        for dtype in precisions:
+        for dtype in torch_precisions or precisions:
             a, b = torch.randn(n, n), torch.randn(n, n)
             if dtype != "float32":
                 a, b = a.bfloat16(), b.bfloat16()
@@ -108,7 +115,7 @@ def matmul_sides(n: int, precisions, with_torch: bool) -> dict:
     return sides
 
 
-def embed_sides(path, sz, precisions, with_torch: bool):
+def embed_sides(path, sz, precisions, with_torch: bool, torch_precisions=None):
     """MiniLM-L6 mean-pooled embedding of one fixed ``[b, t]`` batch, the library's row-blocked path."""
     import numpy as np
     from flax import nnx
@@ -137,7 +144,7 @@ def embed_sides(path, sz, precisions, with_torch: bool):
         net.eval()
         ids = torch.from_numpy(np.random.default_rng(0).integers(1000, cfg.vocab_size, (b, t)))
         mask = torch.ones(b, t, dtype=torch.long)
-        for dtype in precisions:
+        for dtype in torch_precisions or precisions:
             def run(dtype=dtype):
                 with torch.inference_mode(), ft.autocast(dtype):
                     pool(net(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
@@ -225,7 +232,7 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
     def run(case, jax_batches, torch_batches, examples, flops, **more):
         sides = {impl: ft.JaxFinetune(m, jax_batches) for impl, m in modules.items()}
         if shared is not None:
-            sides.update({_impl("torch", d): ft.TorchFinetune(shared, torch_batches, d) for d in args.precision})
+            sides.update({_impl("torch", d): ft.TorchFinetune(shared, torch_batches, d) for d in args.torch_precision})
         recs = run_case(case, sides, args.repeats, examples=examples, flops_per_example=flops, peaks=peaks,
                         extra={**extra, **more})
         shapes = len({ids.shape for ids, _ in jax_batches})
@@ -386,6 +393,7 @@ def main(argv=None) -> int:
     emit({"case": "setup", "impl": "setup", "xla_flags": flags, "jax": jax.__version__, "devices": jax.device_count(),
           "quick": args.quick, "cpu_count": os.cpu_count(), "cpu": utilisation.cpu_model(), "loadavg": loadavg(),
           "torch": _torch_version() if with_torch else None, "repeats": args.repeats,
+          "precision": args.precision, "torch_precision": args.torch_precision,
           # W2SJAX_ONEDNN=1 puts the bf16 dense layers' dots on oneDNN (w2sjax.models.onednn)
           "onednn_dots": os.environ.get("W2SJAX_ONEDNN", "") not in ("", "0")})
     if "torch" in args.cases and not with_torch:
@@ -401,8 +409,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
 
     if "matmul" in args.cases:
-        n = sz["matmul"]
-        recs = run_case("matmul", matmul_sides(n, args.precision, with_torch), args.repeats,
+        n = args.matmul_n or sz["matmul"]
+        recs = run_case("matmul", matmul_sides(n, args.precision, with_torch, args.torch_precision), args.repeats,
                         examples=1, flops_per_example=2 * n**3, extra={"n": n})
         for rec in recs:
             if rec["impl"].startswith("jax"):
@@ -412,7 +420,7 @@ def main(argv=None) -> int:
                 rec["peak_gflops"] = rec["ratio_to_peak"] = None  # the peak is what this case measures
             emit(rec)
     if "embed" in args.cases:
-        sides, flops, extra = embed_sides(path, sz, args.precision, with_torch)
+        sides, flops, extra = embed_sides(path, sz, args.precision, with_torch, args.torch_precision)
         for rec in run_case("embed", sides, args.repeats, examples=sz["embed_b"], flops_per_example=flops,
                             peaks=peaks, extra=extra):
             emit(rec)

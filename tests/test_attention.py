@@ -202,3 +202,54 @@ def test_rotary_tables_picked_by_a_dot_equal_the_inline_form_bit_for_bit(monkeyp
         for g, w in zip(got, want):
             assert g.shape == (3, 40, 1, 8)
             np.testing.assert_array_equal(np.asarray(g).view(np.uint32), w)
+
+
+def test_float32_decoder_attention_reads_the_picked_tables_only_when_differentiated():
+    """float32 `layers.attend_rotary` given the picked tables: without gradients it is the inline form
+    (`apply_rotary` + `attend`) bit for bit, so frozen features do not move; its gradients are
+    autodiff's of the same form, to float32 rounding, and a float64 numpy chain rule agrees."""
+    import jax
+
+    from w2sjax.models import llama
+
+    rng = np.random.default_rng(5)
+    b, t, h, kv, d = 2, 6, 4, 2, 8
+    q = rng.normal(size=(b, t, h, d)).astype(np.float32)
+    k, v = (rng.normal(size=(b, t, kv, d)).astype(np.float32) for _ in range(2))
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], np.int32)
+    keep = layers.decoder_mask(jnp.asarray(mask))
+    pos = layers.real_positions(jnp.asarray(mask))
+    inv_freq = jnp.asarray(1.0 / (10000.0 ** (np.arange(0, d, 2) / d)), jnp.float32)
+    cos, sin, cos_p, sin_p = llama.rope_tables(pos, inv_freq)
+    dout = rng.normal(size=(b, t, h * d)).astype(np.float32)
+    dout[0, :2] = 0.0  # padded queries feed nothing downstream
+    scale = d ** -0.5
+
+    fast = jax.jit(lambda q, k, v: layers.attend_rotary(q, k, v, cos, sin, keep, scale, dtype=jnp.float32,
+                                                        picked=(cos_p, sin_p)))
+    plain = jax.jit(lambda q, k, v: layers.attend(layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin),
+                                                  v, keep, scale, dtype=jnp.float32))
+    np.testing.assert_array_equal(np.asarray(fast(q, k, v)), np.asarray(plain(q, k, v)))
+
+    got = jax.vjp(fast, q, k, v)[1](jnp.asarray(dout))
+    want = jax.vjp(plain, q, k, v)[1](jnp.asarray(dout))
+    c64, s64 = (np.asarray(a).astype(np.float64) for a in (cos, sin))
+    keep64 = np.asarray(keep)
+
+    def reference(q, k, v):
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(_reference(_rotate_np(q, c64, s64), _rotate_np(k, c64, s64), v, keep64, scale,
+                                            round_bf16=False))
+
+    args = [a.astype(np.float64) for a in (q, k, v)]
+    for i, name in enumerate(("dq", "dk", "dv")):
+        assert got[i].dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[i]), rtol=1e-5, atol=1e-6, err_msg=name)
+        num = np.zeros_like(args[i])
+        for idx in np.ndindex(args[i].shape):  # central differences of <dout, out> in float64
+            plus, minus = [list(args) for _ in range(2)]
+            plus[i], minus[i] = args[i].copy(), args[i].copy()
+            plus[i][idx] += 1e-5
+            minus[i][idx] -= 1e-5
+            num[idx] = np.sum(dout * (reference(*plus) - reference(*minus))) / 2e-5
+        np.testing.assert_allclose(np.asarray(got[i]), num, atol=1e-4 * np.abs(num).max(), err_msg=name)

@@ -185,6 +185,24 @@ def test_a_sycl_build_is_refused_with_the_reason(tmp_path, monkeypatch):
     assert isinstance(reason, str) and "SYCL build" in reason
 
 
+def test_a_cpu_without_avx512_is_refused_with_the_reason(monkeypatch):
+    """On plain AVX2 (no AVX-512, no AVX-NE-CONVERT) oneDNN 3.2 cannot create a bf16 matmul, so the
+    switch warns and XLA computes instead of every call failing; the other CPUs pass the check."""
+    monkeypatch.setattr(onednn, "_cpu_flags", lambda: frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}))
+    monkeypatch.setenv(onednn.ENV, "1")
+    onednn._load.cache_clear()
+    onednn._warn_fallback.cache_clear()
+    try:
+        assert "AVX-512" in onednn.available()
+        with pytest.warns(RuntimeWarning, match="AVX-512"):
+            assert not onednn.wanted()
+    finally:
+        onednn._load.cache_clear()  # the next test finds this machine's answer again
+    for flags in ({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, {"avx2", "avx_ne_convert"}, set()):
+        monkeypatch.setattr(onednn, "_cpu_flags", lambda flags=flags: frozenset(flags))
+        assert onednn._cpu_reason() is None
+
+
 @needs_onednn
 def test_devices_calling_at_once_on_a_sharded_batch():
     """Every fake device multiplies its own rows at the same time (the step's layout): the weight

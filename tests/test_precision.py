@@ -197,6 +197,77 @@ def test_gated_mlp_takes_the_fused_kernel_only_for_plain_bf16_layers():
         np.testing.assert_allclose(precision.gated_mlp(jax.nn.silu, g, u, d, x), ref, atol=2e-2)
 
 
+def test_float32_gated_mlp_keeps_the_layers_forward_and_matches_float64_gradients():
+    """Plain float32 layers go through `precision._gated_f32`: without gradients its value is the
+    layers' own ``down(silu(gate(x)) * up(x))`` bit for bit (features do not move), and its four
+    gradients (weight gradients from the transposed ``x`` and ``h`` it keeps) match float64 numpy.
+    Biased and LoRA-like layers (another ``dot_general``) keep the layers' own path."""
+    rngs = nnx.Rngs(0)
+    layers_ = [nnx.Linear(8, 12, use_bias=False, rngs=rngs) for _ in range(2)]
+    layers_.append(nnx.Linear(12, 8, use_bias=False, rngs=rngs))
+    g, u, d = layers_
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+    dy = rng.normal(size=(2, 3, 8)).astype(np.float32)
+    act = jax.nn.silu
+
+    fused = jax.jit(lambda x: precision.gated_mlp(act, g, u, d, x))
+    plain = jax.jit(lambda x: d(act(g(x)) * u(x)))
+    np.testing.assert_array_equal(np.asarray(fused(x)), np.asarray(plain(x)))
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda x: precision.gated_mlp(act, g, u, d, x))(x))
+    biased = nnx.Linear(8, 12, rngs=rngs)
+    assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: precision.gated_mlp(act, biased, u, d, x))(x))
+
+    kernels = [layer.kernel[...] for layer in layers_]
+    y, pull = jax.vjp(lambda *a: precision._gated_f32(act, *a), x, *kernels)
+    got = dict(zip(("dx", "dwg", "dwu", "dwd"), pull(jnp.asarray(dy))))
+    x64, wg, wu, wd = (np.asarray(a, np.float64) for a in (x, *kernels))
+    gp, up = x64 @ wg, x64 @ wu
+    s = 1.0 / (1.0 + np.exp(-gp))
+    h = _silu(gp) * up
+    dh = dy.astype(np.float64) @ wd.T
+    dg, du = dh * up * s * (1 + gp * (1 - s)), dh * _silu(gp)
+    want = {"dx": dg @ wg.T + du @ wu.T, "dwg": np.einsum("btd,bti->di", x64, dg),
+            "dwu": np.einsum("btd,bti->di", x64, du), "dwd": np.einsum("bti,btd->id", h, dy)}
+    np.testing.assert_allclose(np.asarray(y), h @ wd, rtol=1e-5, atol=1e-5)
+    for k, ref in want.items():
+        assert got[k].dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got[k]), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=k)
+
+
+def test_float32_biased_projections_keep_the_layers_forward_and_match_float64_gradients():
+    """Biased float32 layers go through `precision._biased_f32` in `precision.dense`: without gradients
+    the values are the layers' own, bit for bit (features do not move); the input, weight and bias
+    gradients (weights from the transposed ``x`` it keeps, biases as dots) match float64 numpy.
+    Bias-free layers and bf16 ones keep their own paths."""
+    rngs = nnx.Rngs(0)
+    layers_ = [nnx.Linear(8, 6, rngs=rngs) for _ in range(3)]
+    rng = np.random.default_rng(6)
+    for layer in layers_:
+        layer.bias[...] = jnp.asarray(rng.normal(size=6), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+    gs = [rng.normal(size=(2, 3, 6)).astype(np.float32) for _ in layers_]
+
+    got = jax.jit(lambda x: precision.dense(x, *layers_))(x)
+    want = jax.jit(lambda x: tuple(layer(x) for layer in layers_))(x)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g_), np.asarray(w_))
+    jaxpr = lambda *ls: str(jax.make_jaxpr(lambda x: precision.dense(x, *ls))(x))
+    assert "custom_vjp" in jaxpr(*layers_)
+    assert "custom_vjp" not in jaxpr(nnx.Linear(8, 6, use_bias=False, rngs=rngs))
+
+    kernels = tuple(layer.kernel[...] for layer in layers_)
+    biases = tuple(layer.bias[...] for layer in layers_)
+    _, pull = jax.vjp(precision._biased_f32, x, kernels, biases)
+    dx, dks, dbs = pull(tuple(jnp.asarray(g_) for g_ in gs))
+    x64, g64 = np.asarray(x, np.float64), [g_.astype(np.float64) for g_ in gs]
+    k64 = [np.asarray(k, np.float64) for k in kernels]
+    np.testing.assert_allclose(np.asarray(dx), sum(g_ @ k.T for g_, k in zip(g64, k64)), rtol=1e-5, atol=1e-5)
+    for dk, db, g_ in zip(dks, dbs, g64):
+        np.testing.assert_allclose(np.asarray(dk), np.einsum("btd,btn->dn", x64, g_), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(db), g_.sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
 def test_side_by_side_projections_match_numpy_and_fall_back_for_biases():
     """q, k, v as one dot over their kernels (`precision.side_by_side`): outputs and gradients
     against float64 numpy with bf16-rounded operands and cotangents."""

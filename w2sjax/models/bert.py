@@ -160,7 +160,8 @@ class PostNormLayer(nnx.Module):
         self.num_heads = cfg.num_attention_heads
         self.act = cfg.hidden_act
         # bf16 compute takes the CPU-friendlier path (q/k/v as one dot, bias gradients as dots, key-major
-        # bf16 attention, GELU through erf: benchmarks/RESULTS.md); float32 is left exactly as it was.
+        # bf16 attention, GELU through erf: benchmarks/RESULTS.md); float32 keeps its forward values
+        # exactly, and only its backward goes through `precision.dense` (2026-12-07).
         self.bf16 = jnp.dtype(dtype) == jnp.dtype(jnp.bfloat16)
         self.query = nnx.Linear(h, h, **lin)
         self.key = nnx.Linear(h, h, **lin)
@@ -179,7 +180,8 @@ class PostNormLayer(nnx.Module):
             q, k, v = map(split, precision.dense(x, self.query, self.key, self.value))
             ctx = layers.attend_keys_major(q, k, v, keep, 1 / math.sqrt(d), bias)
             return precision.dense(ctx, self.attn_out)[0]
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        # float32: the layers' own forward values; training through `precision.dense`'s backward
+        q, k, v = map(split, precision.dense(x, self.query, self.key, self.value))
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
         if bias is not None:
             scores = scores + bias  # [1, n, q, k], shared by the batch
@@ -187,7 +189,7 @@ class PostNormLayer(nnx.Module):
         # weights instead of NaN, and masked keys get exactly zero weight.
         scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return self.attn_out(jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h))
+        return precision.dense(jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h), self.attn_out)[0]
 
     def __call__(self, x, keep, bias=None):
         """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
@@ -197,7 +199,7 @@ class PostNormLayer(nnx.Module):
             act = layers.gelu_erf if self.act == "gelu" else layers.ACTIVATIONS[self.act]
             y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
         else:
-            y = self.ffn_out(layers.ACTIVATIONS[self.act](self.ffn_in(x)))
+            y = precision.dense(layers.ACTIVATIONS[self.act](precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 

@@ -109,11 +109,39 @@ def attend_rotary(q, k, v, cos, sin, keep, scale: float, softcap: float | None =
     (`llama.rotary_picked`), which the training forward and backward read. Anything else is
     `apply_rotary` and `attend` as they are."""
     if softcap is not None or dtype is None or jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
-        q, k = apply_rotary(q.astype(jnp.float32), cos, sin), apply_rotary(k.astype(jnp.float32), cos, sin)
-        return attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
+        if picked:  # training reads the materialised tables (`_rotary_tables`); the forward stays this
+            return _rotary_tables(float(scale), softcap, dtype, q, k, v, cos, sin, keep, *picked)
+        return _rotated_attend(float(scale), softcap, dtype, q, k, v, cos, sin, keep)
     f32 = lambda a: a.astype(jnp.float32)
     picked = tuple(picked) if picked else (cos, sin)
     return _rotary_gqa(float(scale), f32(q), f32(k), f32(v), cos, sin, keep, *picked)
+
+
+def _rotated_attend(scale, softcap, dtype, q, k, v, cos, sin, keep):
+    q, k = apply_rotary(q.astype(jnp.float32), cos, sin), apply_rotary(k.astype(jnp.float32), cos, sin)
+    return attend(q, k, v, keep, scale, softcap=softcap, dtype=dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _rotary_tables(scale, softcap, dtype, q, k, v, cos, sin, keep, cos_p, sin_p):
+    """`_rotated_attend` with the inline tables ``cos, sin`` (the forward without gradients keeps their
+    values), whose training forward and autodiff backward read the materialised ``cos_p, sin_p``
+    instead: inline, XLA:CPU evaluates cos and sin again for every element of q and k, in the fusion
+    that also transposes them for the attention matmuls (about 16% of a float32 SmolLM2-135M step on
+    an AVX2 CPU, 2026-12-07; benchmarks/RESULTS.md)."""
+    return _rotated_attend(scale, softcap, dtype, q, k, v, cos, sin, keep)
+
+
+def _rotary_tables_fwd(scale, softcap, dtype, q, k, v, cos, sin, keep, cos_p, sin_p):
+    out, pull = jax.vjp(lambda q, k, v: _rotated_attend(scale, softcap, dtype, q, k, v, cos_p, sin_p, keep), q, k, v)
+    return out, pull
+
+
+def _rotary_tables_bwd(scale, softcap, dtype, pull, dout):
+    return (*pull(dout), None, None, None, None, None)
+
+
+_rotary_tables.defvjp(_rotary_tables_fwd, _rotary_tables_bwd)
 
 
 def _unrotate(g, cos, sin):

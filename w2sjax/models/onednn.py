@@ -109,7 +109,34 @@ def _build(inc: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
 
 
 @functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), ()))
+
+
+# oneDNN 3.2 has bf16 matmuls on AVX-512 (its avx512_core ISA and up: AVX512-BF16 and AMX add
+# native ones) and on AVX2 with AVX-NE-CONVERT; on plain AVX2 (an AMD EPYC of 2017, 2026-12-07)
+# the handler's primitive cannot be created and every call would fail.
+_BF16_ISAS = (frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"}), frozenset({"avx_ne_convert"}))
+
+
+def _cpu_reason() -> str | None:
+    flags = _cpu_flags()
+    if not flags or any(isa <= flags for isa in _BF16_ISAS):
+        return None  # unknown flags: oneDNN decides
+    return "this CPU has neither AVX-512 nor AVX-NE-CONVERT, which oneDNN's bf16 matmul needs"
+
+
+@functools.cache
 def _load() -> str | None:
+    reason = _cpu_reason()
+    if reason is not None:
+        return reason
     found = _find_onednn()
     if isinstance(found, str):
         return found
@@ -147,12 +174,8 @@ def wanted() -> bool:
 F32_ENV = "W2SJAX_ONEDNN_F32"
 
 
-@functools.cache
 def _has_amx_bf16() -> bool:
-    try:
-        return " amx_bf16" in pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "amx_bf16" in _cpu_flags()
 
 
 def packs_float32() -> bool:

@@ -179,6 +179,59 @@ def _plain_bf16(layer) -> bool:
             and getattr(layer, "dot_general", None) is bf16_dot_general)
 
 
+def _f32_linear(layer, biased: bool) -> bool:
+    """A float32 ``nnx.Linear`` as flax makes it (no LoRA, no precision or dtype settings), with a
+    bias or without one as ``biased`` says."""
+    return (type(layer) is nnx.Linear and (layer.bias is not None) == biased and layer.dot_general is lax.dot_general
+            and layer.precision is None and layer.preferred_element_type is None
+            and layer.kernel[...].dtype == jnp.float32 and (layer.dtype is None or jnp.dtype(layer.dtype) == jnp.float32)
+            and (not biased or layer.bias[...].dtype == jnp.float32))
+
+
+def _plain_f32(layer) -> bool:
+    return _f32_linear(layer, biased=False)
+
+
+def _f32_dot(a, w, w_axis: int):
+    """``a``'s last axis contracted with ``w``'s axis ``w_axis``, as ``nnx.Linear`` calls `lax.dot_general`."""
+    return lax.dot_general(a, w, (((a.ndim - 1,), (w_axis,)), ((), ())))
+
+
+def _rows(a):
+    return a.reshape(-1, a.shape[-1])
+
+
+def _gated_f32_primal(act, x, w_gate, w_up, w_down):
+    return _f32_dot(act(_f32_dot(x, w_gate, 0)) * _f32_dot(x, w_up, 0), w_down, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gated_f32(act, x, w_gate, w_up, w_down):
+    """The float32 gated MLP: the layers' own arithmetic forward (a forward without gradients, as for
+    features, is unchanged), and a training forward that keeps ``x`` and ``act(g) * u`` transposed,
+    ``[features, tokens]``, so that each weight gradient is a plain ``[features, tokens] @ [tokens, out]``
+    product. Left to autodiff, XLA:CPU contracts the tokens by transposing the gate's cotangent inside
+    the element-wise pass that computes it, a cache miss per element: about 0.5 s per block, 16% of a
+    float32 SmolLM2-135M step on a 2-core AVX2 EPYC (benchmarks/RESULTS.md, 2026-12-07)."""
+    return _gated_f32_primal(act, x, w_gate, w_up, w_down)
+
+
+def _gated_f32_fwd(act, x, w_gate, w_up, w_down):
+    g, u = _f32_dot(x, w_gate, 0), _f32_dot(x, w_up, 0)
+    h = act(g) * u
+    return _f32_dot(h, w_down, 0), (_rows(x).T, _rows(h).T, g, u, w_gate, w_up, w_down)
+
+
+def _gated_f32_bwd(act, res, dy):
+    xt, ht, g, u, w_gate, w_up, w_down = res
+    dg, du = _gated_pull(act, g, u, _f32_dot(dy, w_down, 1))
+    dx = _f32_dot(dg, w_gate, 1) + _f32_dot(du, w_up, 1)
+    return dx, xt @ _rows(dg), xt @ _rows(du), ht @ _rows(dy)
+
+
+_gated_f32.defvjp(_gated_f32_fwd, _gated_f32_bwd)
+
+
 def gated_mlp(act, gate, up, down, x):
     """``down(act(gate(x)) * up(x))`` for three ``nnx.Linear`` layers (SwiGLU, GeGLU).
 
@@ -187,8 +240,11 @@ def gated_mlp(act, gate, up, down, x):
     and up as one dot, the activation and product fused into the bf16 input of ``down``, and in
     the backward the activation's derivative recomputed in the pass that writes the bf16
     cotangents (float32 everywhere else, as before). Anything else (biases, LoRA adapters,
-    float32) takes the layers as they are.
+    float32 layers as flax makes them) takes the layers as they are; plain float32 layers train
+    through `_gated_f32`.
     """
+    if x.dtype == jnp.float32 and all(_plain_f32(layer) for layer in (gate, up, down)):
+        return _gated_f32(act, x, gate.kernel[...], up.kernel[...], down.kernel[...])
     if not all(_plain_bf16(layer) for layer in (gate, up, down)):
         return down(act(gate(x)) * up(x))
     return _gated_bf16(act, x.astype(jnp.float32), gate.kernel[...], up.kernel[...], down.kernel[...])
@@ -277,6 +333,35 @@ def _biased_bwd(res, gs):
 _biased.defvjp(_biased_fwd, _biased_bwd)
 
 
+def _biased_f32_primal(x, kernels, biases):
+    # nnx.Linear's arithmetic, layer by layer: the dot, then the bias added to its result.
+    return tuple(_f32_dot(x, k, 0) + jnp.reshape(b, (1,) * (x.ndim - 1) + (-1,)) for k, b in zip(kernels, biases))
+
+
+@jax.custom_vjp
+def _biased_f32(x, kernels, biases):
+    """Float32 biased projections: the layers' own forward (a forward without gradients, as for
+    features, is unchanged), and a training forward that keeps ``x`` transposed, ``[features, tokens]``,
+    so each weight gradient is a plain ``[features, tokens] @ [tokens, out]`` product, with the bias
+    gradients as dots (`_token_sum`). Left to autodiff, XLA:CPU contracts the tokens by transposing the
+    cotangent inside the element-wise pass that computes it (GELU's derivative, say), a cache miss per
+    element, and sums the bias gradients in ``reduce-window`` trees (benchmarks/RESULTS.md, 2026-12-07)."""
+    return _biased_f32_primal(x, kernels, biases)
+
+
+def _biased_f32_fwd(x, kernels, biases):
+    return _biased_f32_primal(x, kernels, biases), (_rows(x).T, kernels)
+
+
+def _biased_f32_bwd(res, gs):
+    xt, kernels = res
+    dx = sum(_f32_dot(g, k, 1) for g, k in zip(gs, kernels))
+    return dx, tuple(xt @ _rows(g) for g in gs), tuple(_token_sum(g) for g in gs)
+
+
+_biased_f32.defvjp(_biased_f32_fwd, _biased_f32_bwd)
+
+
 def _biased_bf16(layer) -> bool:
     return (isinstance(layer, nnx.Linear) and layer.bias is not None
             and getattr(layer, "dot_general", None) is bf16_dot_general)
@@ -286,8 +371,11 @@ def dense(x, *layers):
     """``tuple(layer(x) for layer in layers)`` for biased bf16 ``nnx.Linear`` layers (the encoders'
     projections): one dot over their kernels side by side (q, k and v together), the float32 bias
     added to its float32 result, and in the backward one dot for dx, one for every weight gradient
-    and one for every bias gradient (`_token_sum`). The same arithmetic as the layers; anything
-    else (float32, LoRA adapters, bias-free layers) runs as it is."""
+    and one for every bias gradient (`_token_sum`). The same arithmetic as the layers. Biased
+    float32 layers as flax makes them train through `_biased_f32`; anything else (LoRA adapters,
+    bias-free layers) runs as it is."""
+    if x.dtype == jnp.float32 and all(_f32_linear(layer, biased=True) for layer in layers):
+        return _biased_f32(x, tuple(layer.kernel[...] for layer in layers), tuple(layer.bias[...] for layer in layers))
     if not all(_biased_bf16(layer) for layer in layers):
         return tuple(layer(x) for layer in layers)
     return _biased(x.astype(jnp.float32), tuple(layer.kernel[...] for layer in layers),
