@@ -12,12 +12,14 @@ seconds of each save, the folder's size, and whether both read back bit for bit.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import pathlib
 import shutil
 import tempfile
 import time
+
+from benchmarks.sweep_cold import emit
 
 
 def main(argv=None) -> int:
@@ -42,12 +44,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     preds = {k: rng.dirichlet(np.ones(2), size=n).astype(np.float32) for k, n in (("b", 256), ("val", 64), ("test", 256))}
     handlers = checkpoint._handlers
-
-    def compressed():
-        made = handlers()
-        for item in (checkpoint._STATE, checkpoint._MODEL):
-            made[item]._impl._handler_impl._use_compression = True
-        return made
+    compressed = functools.partial(handlers, compress=True)
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="w2sjax_save_cost_"))
     times = {"zstd": [], "raw": []}
@@ -73,10 +70,7 @@ def main(argv=None) -> int:
            "loadavg": [round(x, 2) for x in os.getloadavg()], "params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
            **{f"{k}_s": v for k, v in times.items()}, "model_mb": {k: round(v / 2**20, 1) for k, v in size.items()},
            "restored_bit_for_bit": same}
-    print(json.dumps(rec), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    emit(rec, pathlib.Path(args.out) if args.out else None)
     return 0
 
 

@@ -11,9 +11,11 @@ one step per call on a random 32-row batch; the two precisions take turns A B, B
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import pathlib
 import time
+
+from benchmarks.sweep_cold import emit
 
 
 def main(argv=None) -> int:
@@ -54,10 +56,7 @@ def main(argv=None) -> int:
            "tokens": args.tokens, "torch": torch.__version__, "loadavg": [round(x, 2) for x in os.getloadavg()],
            **{f"{k}_s": v for k, v in times.items()},
            "bf16_autocast_over_float32_min": round(min(times["bf16_autocast"]) / min(times["float32"]), 2)}
-    print(json.dumps(rec), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    emit(rec, pathlib.Path(args.out) if args.out else None)
     return 0
 
 

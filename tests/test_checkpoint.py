@@ -1,6 +1,7 @@
 """Stage checkpoints with real Orbax: round trips, 8 <-> 1 device restores in
 a fresh process, retention, stage names, kill -9 mid-save, and 2 processes."""
 
+import functools
 import json
 import os
 import signal
@@ -69,14 +70,7 @@ def test_arrays_are_written_uncompressed_and_compressed_ones_still_restore(tmp_p
     assert checkpoint.model_bytes(tmp_path, "raw") >= zeros["w"].nbytes
 
     handlers = checkpoint._handlers
-
-    def compressed():
-        made = handlers()
-        for item in (checkpoint._STATE, checkpoint._MODEL):
-            made[item]._impl._handler_impl._use_compression = True
-        return made
-
-    monkeypatch.setattr(checkpoint, "_handlers", compressed)
+    monkeypatch.setattr(checkpoint, "_handlers", functools.partial(handlers, compress=True))
     checkpoint.save(tmp_path, "zstd", 0, preds, final=True, checksum=True, model=zeros)
     monkeypatch.setattr(checkpoint, "_handlers", handlers)
     assert checkpoint.model_bytes(tmp_path, "zstd") < zeros["w"].nbytes // 10

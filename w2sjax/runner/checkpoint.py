@@ -153,15 +153,16 @@ class _KeepLatestAndFinal:
         return [i >= first_kept or self.is_final(c.step) for i, c in enumerate(checkpoints)]
 
 
-def _handlers() -> dict:
+def _handlers(compress: bool = False) -> dict:
     # Registering handlers up front lets metadata reads parse both items
     # (with bare item names Orbax logs that it "could not restore" them).
-    return {_STATE: _uncompressed(ocp.StandardCheckpointHandler()), _META: ocp.JsonCheckpointHandler(),
-            _MODEL: _uncompressed(ocp.StandardCheckpointHandler())}
+    return {_STATE: _compression(ocp.StandardCheckpointHandler(), compress), _META: ocp.JsonCheckpointHandler(),
+            _MODEL: _compression(ocp.StandardCheckpointHandler(), compress)}
 
 
-def _uncompressed(handler: ocp.StandardCheckpointHandler) -> ocp.StandardCheckpointHandler:
-    """``handler`` writing its arrays without Orbax's default zstd compression.
+def _compression(handler: ocp.StandardCheckpointHandler, compress: bool) -> ocp.StandardCheckpointHandler:
+    """``handler`` writing its arrays with or without Orbax's zstd compression (stages are saved
+    without: ``_handlers``' default).
 
     Trained float32 weights hardly compress (MiniLM-L6's 90 MB of parameters took 80 MB), and
     compressing them took ~0.3 s of a ~1 s save on a 2-core CPU (2026-12-07). Reads take each
@@ -171,7 +172,7 @@ def _uncompressed(handler: ocp.StandardCheckpointHandler) -> ocp.StandardCheckpo
     another Orbax keeps its default."""
     inner = getattr(getattr(handler, "_impl", None), "_handler_impl", None)
     if inner is not None and isinstance(getattr(inner, "_use_compression", None), bool):
-        inner._use_compression = False
+        inner._use_compression = compress
     return handler
 
 
