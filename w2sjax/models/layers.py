@@ -133,8 +133,7 @@ def _rotary_tables(scale, softcap, dtype, q, k, v, cos, sin, keep, cos_p, sin_p)
 
 
 def _rotary_tables_fwd(scale, softcap, dtype, q, k, v, cos, sin, keep, cos_p, sin_p):
-    out, pull = jax.vjp(lambda q, k, v: _rotated_attend(scale, softcap, dtype, q, k, v, cos_p, sin_p, keep), q, k, v)
-    return out, pull
+    return jax.vjp(lambda q, k, v: _rotated_attend(scale, softcap, dtype, q, k, v, cos_p, sin_p, keep), q, k, v)
 
 
 def _rotary_tables_bwd(scale, softcap, dtype, pull, dout):

@@ -188,10 +188,6 @@ def _f32_linear(layer, biased: bool) -> bool:
             and (not biased or layer.bias[...].dtype == jnp.float32))
 
 
-def _plain_f32(layer) -> bool:
-    return _f32_linear(layer, biased=False)
-
-
 def _f32_dot(a, w, w_axis: int):
     """``a``'s last axis contracted with ``w``'s axis ``w_axis``, as ``nnx.Linear`` calls `lax.dot_general`."""
     return lax.dot_general(a, w, (((a.ndim - 1,), (w_axis,)), ((), ())))
@@ -243,7 +239,7 @@ def gated_mlp(act, gate, up, down, x):
     float32 layers as flax makes them) takes the layers as they are; plain float32 layers train
     through `_gated_f32`.
     """
-    if x.dtype == jnp.float32 and all(_plain_f32(layer) for layer in (gate, up, down)):
+    if x.dtype == jnp.float32 and all(_f32_linear(layer, biased=False) for layer in (gate, up, down)):
         return _gated_f32(act, x, gate.kernel[...], up.kernel[...], down.kernel[...])
     if not all(_plain_bf16(layer) for layer in (gate, up, down)):
         return down(act(gate(x)) * up(x))
