@@ -253,3 +253,129 @@ def test_float32_decoder_attention_reads_the_picked_tables_only_when_differentia
             minus[i][idx] -= 1e-5
             num[idx] = np.sum(dout * (reference(*plus) - reference(*minus))) / 2e-5
         np.testing.assert_allclose(np.asarray(got[i]), num, atol=1e-4 * np.abs(num).max(), err_msg=name)
+
+
+def _encoder_attention_f32(q, k, v, keep, bias):
+    """The float32 encoders' attention as the post-norm blocks always wrote it (query-major softmax)."""
+    import math
+
+    import jax
+
+    b, t, h, d = q.shape
+    scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
+    if bias is not None:
+        scores = scores + bias
+    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h * d)
+
+
+def _attention_grads_np(q, k, v, keep, bias, dout):
+    """float64 numpy chain rule of masked softmax attention: dq, dk, dv, dbias."""
+    b, t, h, d = q.shape
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    s = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(d) + (0 if bias is None else np.asarray(bias, np.float64))
+    s = np.where(keep, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    do = np.asarray(dout, np.float64).reshape(b, t, h, d)
+    dv = np.einsum("bnqk,bqnd->bknd", p, do)
+    dp = np.einsum("bqnd,bknd->bnqk", do, v)
+    ds = p * (dp - (p * dp).sum(-1, keepdims=True))
+    dq = np.einsum("bnqk,bknd->bqnd", ds, k) / np.sqrt(d)
+    dk = np.einsum("bnqk,bqnd->bknd", ds, q) / np.sqrt(d)
+    return dq, dk, dv, ds.sum(0, keepdims=True)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_float32_encoder_attention_keeps_its_forward_and_matches_float64_gradients(with_bias):
+    """`layers.attend_encoder` (the float32 BERT/MPNet attention): without gradients the values are the
+    query-major formula's, bit for bit (features do not move); the keys-major training forward agrees
+    to float32 rounding, and its gradients (bias included, a padded key) match a float64 numpy chain rule
+    and autodiff of the formula."""
+    import jax
+
+    rng = np.random.default_rng(7)
+    b, t, h, d = 2, 7, 3, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(b, t, h, d)), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.normal(size=(1, h, t, t)), jnp.float32) if with_bias else None
+    mask = np.ones((b, t), bool)
+    mask[1, 4:] = False
+    keep = jnp.asarray(mask[:, None, None, :])
+    dout = jnp.asarray(rng.normal(size=(b, t, h * d)), jnp.float32)
+
+    got = jax.jit(lambda q, k, v, bias: layers.attend_encoder(q, k, v, keep, bias))(q, k, v, bias)
+    want = jax.jit(lambda q, k, v, bias: _encoder_attention_f32(q, k, v, keep, bias))(q, k, v, bias)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+
+    args = (q, k, v) + ((bias,) if with_bias else ())
+    wrap = lambda f: (lambda q, k, v, *bias: f(q, k, v, keep, bias[0] if bias else None))
+    out, pull = jax.vjp(wrap(layers.attend_encoder), *args)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=1e-5, atol=1e-6)
+    grads = pull(dout)
+    auto = jax.vjp(wrap(_encoder_attention_f32), *args)[1](dout)
+    ref = _attention_grads_np(q, k, v, mask[:, None, None, :], bias, dout)
+    for name, g, a, r in zip(("dq", "dk", "dv", "dbias"), grads, auto, ref):
+        assert g.dtype == jnp.float32 and g.shape == a.shape
+        np.testing.assert_allclose(np.asarray(g), r, rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(a), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_float32_gelu_keeps_jax_values_and_matches_the_float64_derivative():
+    """`layers.gelu_erfc` (the float32 encoders' GELU): ``jax.nn.gelu(approximate=False)`` bit for bit, also
+    in a differentiated forward, with the derivative ``cdf + x * pdf`` computed in float64 by ``math.erf``."""
+    import math
+
+    import jax
+
+    x = jnp.asarray(np.linspace(-9, 9, 2001), jnp.float32)
+    want = np.asarray(jax.jit(lambda x: jax.nn.gelu(x, approximate=False))(x)).view(np.uint32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(layers.gelu_erfc)(x)).view(np.uint32), want)
+
+    def trained(x):  # a differentiated forward, jitted as training runs it, and its slope
+        y, pull = jax.vjp(layers.gelu_erfc, x)
+        return y, pull(jnp.ones_like(x))[0]
+
+    y, slope = jax.jit(trained)(x)
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), want)
+    x64 = np.asarray(x, np.float64)
+    cdf = np.array([0.5 * (1 + math.erf(a / math.sqrt(2))) for a in x64])
+    np.testing.assert_allclose(np.asarray(slope), cdf + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2 * math.pi),
+                               atol=2e-6)
+    auto = jax.vmap(jax.grad(lambda x: jax.nn.gelu(x, approximate=False)))(x)
+    np.testing.assert_allclose(np.asarray(slope), np.asarray(auto), atol=2e-6)
+
+
+@pytest.mark.parametrize("fast_variance", [True, False])
+def test_layer_norm_keeps_flax_values_and_matches_float64_gradients(fast_variance):
+    """`layers.layer_norm` (the float32 encoders' LayerNorms): flax's ``nnx.LayerNorm`` bit for bit with and
+    without gradients, for both variance forms; input, scale and bias gradients match float64 numpy."""
+    import jax
+    from flax import nnx
+
+    rng = np.random.default_rng(8)
+    norm = nnx.LayerNorm(16, epsilon=1e-5, use_fast_variance=fast_variance, rngs=nnx.Rngs(0))
+    norm.scale[...] = jnp.asarray(rng.normal(size=16), jnp.float32)
+    norm.bias[...] = jnp.asarray(rng.normal(size=16), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(3, 5, 16)) * 2 + 0.7, jnp.float32)
+    dy = rng.normal(size=x.shape)
+
+    want = np.asarray(jax.jit(lambda x: norm(x))(x)).view(np.uint32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda x: layers.layer_norm(norm, x))(x)).view(np.uint32), want)
+    def trained(x, scale, bias, dy):  # a differentiated forward (jitted, as training runs it) and its pull-back
+        y, pull = jax.vjp(lambda x, s, b: layers._ln(1e-5, fast_variance, x, s, b), x, scale, bias)
+        return y, pull(dy)
+
+    y, (dx, ds, db) = jax.jit(trained)(x, norm.scale[...], norm.bias[...], jnp.asarray(dy, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), want)
+
+    x64, s64 = np.asarray(x, np.float64), np.asarray(norm.scale[...], np.float64)
+    r = 1 / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    xhat = (x64 - x64.mean(-1, keepdims=True)) * r
+    g = dy * s64
+    want_dx = r * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ds), (dy * xhat).sum((0, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(db), dy.sum((0, 1)), rtol=1e-5, atol=1e-5)
+    bf16_norm = nnx.LayerNorm(16, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: layers.layer_norm(bf16_norm, x))(x))
