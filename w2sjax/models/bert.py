@@ -188,16 +188,12 @@ class PostNormLayer(nnx.Module):
     def __call__(self, x, keep, bias=None):
         """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
         # The residual stream stays float32; only matmul outputs are `dtype`.
-        x = self._norm(self.attn_norm, x + self._attention(x, keep, bias).astype(jnp.float32))
+        x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
         # float32's GELU has jax.nn.gelu's values, with the derivative kept from the forward
         gelu = layers.gelu_erf if self.bf16 else layers.gelu_erfc
         act = gelu if self.act == "gelu" else layers.ACTIVATIONS[self.act]
         y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
-        return self._norm(self.ffn_norm, x + y.astype(jnp.float32))
-
-    def _norm(self, norm, x):
-        # float32 trains through `layers.layer_norm`'s backward (flax's forward values); bf16 keeps flax's
-        return norm(x) if self.bf16 else layers.layer_norm(norm, x)
+        return self.ffn_norm(x + y.astype(jnp.float32))
 
 
 class BertEncoder(layers.Stack, nnx.Module):
