@@ -180,16 +180,22 @@ class PostNormLayer(nnx.Module):
             q, k, v = map(split, precision.dense(x, self.query, self.key, self.value))
             ctx = layers.attend_keys_major(q, k, v, keep, 1 / math.sqrt(d), bias)
             return precision.dense(ctx, self.attn_out)[0]
-        # float32: the layers' own forward values; training through `precision.dense`'s and
-        # `layers.attend_encoder`'s backward passes
+        # float32: the layers' own forward values; training through `precision.dense`'s backward
         q, k, v = map(split, precision.dense(x, self.query, self.key, self.value))
-        return precision.dense(layers.attend_encoder(q, k, v, keep, bias), self.attn_out)[0]
+        scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(d)
+        if bias is not None:
+            scores = scores + bias  # [1, n, q, k], shared by the batch
+        # `where`, not an additive mask: a fully padded row then gets uniform
+        # weights instead of NaN, and masked keys get exactly zero weight.
+        scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return precision.dense(jnp.einsum("bnqk,bknd->bqnd", probs, v).reshape(b, t, h), self.attn_out)[0]
 
     def __call__(self, x, keep, bias=None):
         """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
         # The residual stream stays float32; only matmul outputs are `dtype`.
         x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
-        # float32's GELU has jax.nn.gelu's values, with the derivative kept from the forward
+        # float32's GELU has jax.nn.gelu's values; its derivative comes from its own backward (`layers.gelu_erfc`)
         gelu = layers.gelu_erf if self.bf16 else layers.gelu_erfc
         act = gelu if self.act == "gelu" else layers.ACTIVATIONS[self.act]
         y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]

@@ -8,16 +8,14 @@ instead of NaN).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax import lax
 
 __all__ = ["ACTIVATIONS", "activation", "gelu_erf", "gelu_erfc", "rotary", "apply_rotary", "attend", "attend_rotary",
-           "attend_keys_major", "attend_encoder", "layer_norm", "rms_norm"]
+           "attend_keys_major", "rms_norm"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf GELU (BERT)
@@ -289,64 +287,6 @@ def _keys_major_bwd(scale, res, dout):
 _keys_major.defvjp(_keys_major_fwd, _keys_major_bwd)
 
 
-def attend_encoder(q, k, v, keep, bias=None):
-    """The post-norm encoders' float32 attention: ``q, k, v [B,T,H,d]``, ``keep [B,1,1,T]`` bool (real
-    keys), ``bias`` ``[1,H,T,T]`` (query, key) or None -> context ``[B, T, H*d]``; scores divided by
-    ``sqrt(d)``, masked with ``where`` and a softmax along each row, as the encoders always computed them.
-
-    Without gradients (features, predictions) that is what runs, bit for bit. Float32 training runs
-    `_encoder_f32`'s forward instead: the same arithmetic with the scores laid out keys-major, ``[B, H,
-    key, query]``, so the softmax's max and sum (and the backward's sum) run across rows, which
-    XLA:CPU vectorises, not along each row, which it splits into ``reduce-window`` trees (as
-    `attend_keys_major` does for bf16). Its values differ from the primal's only in the order of the
-    softmax's sum (float32 rounding). Other dtypes are left to autodiff."""
-    b, t, h, d = q.shape
-    if not all(a.dtype == jnp.float32 for a in (q, k, v)) or (bias is not None and bias.dtype != jnp.float32):
-        return _encoder_primal(q, k, v, keep, bias).reshape(b, t, h * d)
-    return _encoder_f32(q, k, v, keep, bias).reshape(b, t, h * d)
-
-
-def _encoder_primal(q, k, v, keep, bias):
-    scores = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        scores = scores + bias  # [1, n, q, k], shared by the batch
-    # `where`, not an additive mask: a fully padded row then gets uniform weights instead of NaN,
-    # and masked keys get exactly zero weight.
-    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnqk,bknd->bqnd", probs, v)
-
-
-@jax.custom_vjp
-def _encoder_f32(q, k, v, keep, bias):
-    return _encoder_primal(q, k, v, keep, bias)
-
-
-def _encoder_f32_fwd(q, k, v, keep, bias):
-    keep_t = jnp.swapaxes(keep, -1, -2)  # [B, 1, key, 1]
-    scores = jnp.einsum("bknd,bqnd->bnkq", k, q) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        scores = scores + jnp.swapaxes(bias, -1, -2)
-    probs = jax.nn.softmax(jnp.where(keep_t, scores, jnp.finfo(jnp.float32).min), axis=-2)
-    return jnp.einsum("bnkq,bknd->bqnd", probs, v), (q, k, v, probs, keep_t, None if bias is None else jnp.zeros((0,)))
-
-
-def _encoder_f32_bwd(res, dout):
-    q, k, v, probs, keep_t, biased = res
-    dv = jnp.einsum("bnkq,bqnd->bknd", probs, dout)
-    dp = jnp.einsum("bqnd,bknd->bnkq", dout, v)
-    # softmax's backward across rows; masked scores get no gradient, as through `where`
-    ds = jnp.where(keep_t, probs * (dp - jnp.sum(probs * dp, axis=-2, keepdims=True)), 0.0)
-    dsc = ds / math.sqrt(q.shape[-1])
-    dq = jnp.einsum("bnkq,bknd->bqnd", dsc, k)
-    dk = jnp.einsum("bnkq,bqnd->bknd", dsc, q)
-    dbias = None if biased is None else jnp.swapaxes(jnp.sum(ds, axis=0, keepdims=True), -1, -2)
-    return dq, dk, dv, None, dbias
-
-
-_encoder_f32.defvjp(_encoder_f32_fwd, _encoder_f32_bwd)
-
-
 def rms_norm(norm, x, own_backward: bool = True):
     """``norm(x)`` for an ``nnx.RMSNorm`` (no mean subtracted): with ``own_backward`` the same
     forward values through a custom gradient whose scale gradient is a dot with a row of ones
@@ -380,52 +320,6 @@ def _rms_bwd(eps, res, dy):
 
 
 _rms.defvjp(_rms_fwd, _rms_bwd)
-
-
-def layer_norm(norm, x):
-    """``norm(x)`` for an ``nnx.LayerNorm`` over the last axis, with scale and bias, in float32 (the
-    encoders'): flax's operations in flax's order, so the values are flax's, bit for bit, with or
-    without gradients, through a custom gradient whose scale and bias gradients are dots with a row of
-    ones (`precision._token_sum`; XLA:CPU splits autodiff's sums over the tokens into slow
-    ``reduce-window`` trees) and whose input gradient is one pass with two row reductions. Only the
-    order of the sums differs from autodiff. Any other norm (or dtype) runs as it is."""
-    plain = (type(norm) is nnx.LayerNorm and norm.scale is not None and norm.bias is not None
-             and norm.reduction_axes == -1 and norm.feature_axes == -1 and norm.axis_name is None
-             and (norm.dtype is None or jnp.dtype(norm.dtype) == jnp.float32) and x.dtype == jnp.float32
-             and norm.scale[...].dtype == jnp.float32 and norm.bias[...].dtype == jnp.float32)
-    if not plain:
-        return norm(x)
-    return _ln(float(norm.epsilon), bool(norm.use_fast_variance), x, norm.scale[...], norm.bias[...])
-
-
-def _ln_fwd(eps, fast, x, scale, bias):
-    # flax's `_compute_stats` and `_normalize` for a last-axis norm, operation for operation
-    mean = x.mean(-1)
-    if fast:
-        var = jnp.maximum(0.0, lax.square(x).mean(-1) - lax.square(mean))
-    else:
-        var = lax.square(x - mean[..., None]).mean(-1)
-    centred = x - mean[..., None]
-    r = lax.rsqrt(var[..., None] + eps)
-    return centred * (r * scale) + bias, (centred, r, scale)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _ln(eps, fast, x, scale, bias):
-    return _ln_fwd(eps, fast, x, scale, bias)[0]
-
-
-def _ln_bwd(eps, fast, res, dy):
-    from w2sjax.models import precision
-
-    centred, r, scale = res
-    xhat = centred * r
-    dxhat = dy * scale
-    dx = r * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True) - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
-    return dx, precision._token_sum(dy * xhat), precision._token_sum(dy)
-
-
-_ln.defvjp(_ln_fwd, _ln_bwd)
 
 
 def decoder_mask(attention_mask, sliding_window: int | None = None):
