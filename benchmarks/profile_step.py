@@ -36,6 +36,8 @@ shared machine. Variants:
                           (`precision._gated_f32`)
   step_dense_autodiff     step (float32) with the encoders' biased projections left to autodiff, as before
                           2026-12-07 (`precision._biased_f32`)
+  step_gelu_autodiff      step (float32) with the encoders' GELU derivative by autodiff of ``jax.nn.gelu``, as before
+                          2026-12-07 10:00 UTC (`layers.gelu_erfc`)
   step_bf16_decoder_before  step_bf16 with the decoders' bf16 path of before 2026-12-06, 22:00 UTC (rotary and
                           attention left to autodiff, whose backward ran its matmuls in float32; `_decoder_before`)
   embed_bf16, embed_bf16_encoder_before  the row-blocked mean-pooled embedding forward (`embed.pooled_features`)
@@ -83,7 +85,8 @@ from benchmarks.interleave import interleave, loadavg
 VARIANTS = ("forward", "forward_bf16", "grad", "step", "step_nodonate", "step_sdpa", "step_bf16", "step_bf16_before",
             "step_bf16_remat", "step_bf16_remat_dots", "step_bf16_wgrad_t", "step_bf16_rows4", "step_bf16_split_update",
             "step_bf16_onednn", "step_bf16_onednn_t2", "step_bf16_onednn_convert",
-            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_rotary_inline", "step_gated_autodiff", "step_dense_autodiff", "step_bf16_encoder_before", "step_bf16_decoder_before",
+            "step_bf16_unfused", "step_bf16_unfused_qkv", "step_rotary_inline", "step_gated_autodiff", "step_dense_autodiff",
+            "step_gelu_autodiff", "step_bf16_encoder_before", "step_bf16_decoder_before",
             "embed", "embed_bf16", "embed_bf16_encoder_before")
 
 
@@ -413,6 +416,7 @@ def main(argv=None) -> int:
     original_attend, original_gated, original_sbs = layers.attend, precision.gated_mlp, precision.side_by_side
     original_tables, original_gated_f32 = layers._rotary_tables, precision._gated_f32
     original_biased_f32 = precision._biased_f32
+    original_gelu = layers.gelu_erfc
     calls, flops, holders, rows = {}, {}, {}, {}
 
     for variant in args.variants:
@@ -465,6 +469,8 @@ def main(argv=None) -> int:
             setattr(mod, name, fn_)
         if variant == "step_dense_autodiff":
             precision._biased_f32 = precision._biased_f32_primal
+        if variant == "step_gelu_autodiff":
+            layers.gelu_erfc = lambda x: jax.nn.gelu(x, approximate=False)
         if variant == "step_gated_autodiff":
             precision._gated_f32 = precision._gated_f32_primal
         if variant == "step_rotary_inline":
@@ -491,6 +497,7 @@ def main(argv=None) -> int:
             layers.attend, precision.gated_mlp, precision.side_by_side = original_attend, original_gated, original_sbs
             layers._rotary_tables, precision._gated_f32 = original_tables, original_gated_f32
             precision._biased_f32 = original_biased_f32
+            layers.gelu_erfc = original_gelu
             os.environ.pop(onednn.ENV, None)
             os.environ.pop("W2SJAX_ONEDNN_THREADS", None)
             os.environ.pop(onednn.F32_ENV, None)

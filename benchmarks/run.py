@@ -55,6 +55,9 @@ def _parse(argv):
                         "PyTorch's bf16 autocast GEMMs fall back to a slow path, and only float32 can be timed")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case")
     p.add_argument("--matmul-n", type=int, default=None, help="the matmul case's n x n size (default 4096)")
+    p.add_argument("--embed-block-tokens", type=int, nargs="+", default=None,
+                   help="the embed case: one more JAX side per size, with row blocks of about this many tokens "
+                        "(`embed.row_blocks`; the library's `embed.BLOCK_TOKENS` is the plain side)")
     p.add_argument("--length-task", default="fine_foods", choices=("fine_foods", "vader_tweets", "vader_movies"),
                    help="finetune_lengths and bucketing: the task whose real texts are batched")
     p.add_argument("--length-batches", type=int, default=4,
@@ -115,8 +118,9 @@ def matmul_sides(n: int, precisions, with_torch: bool, torch_precisions=None) ->
     return sides
 
 
-def embed_sides(path, sz, precisions, with_torch: bool, torch_precisions=None):
-    """MiniLM-L6 mean-pooled embedding of one fixed ``[b, t]`` batch, the library's row-blocked path."""
+def embed_sides(path, sz, precisions, with_torch: bool, torch_precisions=None, block_tokens=None):
+    """MiniLM-L6 mean-pooled embedding of one fixed ``[b, t]`` batch, the library's row-blocked path
+    (and, for each of ``block_tokens``, a side ``jax..._blocksN`` with blocks of about N tokens)."""
     import numpy as np
     from flax import nnx
 
@@ -137,6 +141,11 @@ def embed_sides(path, sz, precisions, with_torch: bool, torch_precisions=None):
         extra["row_blocks"] = blocks
         sides[_impl("jax", dtype)] = (lambda g=graphdef, s=state, i=ids, m=mask, k=blocks:
                                       embed.pooled_features(g, s, i, m, pooling="mean", blocks=k).block_until_ready())
+        for n in block_tokens or ():
+            k = embed.row_blocks(b, t, embed._local_devices_for_batch(), n)
+            sides[f"{_impl('jax', dtype)}_blocks{n}"] = (
+                lambda g=graphdef, s=state, i=ids, m=mask, k=k:
+                embed.pooled_features(g, s, i, m, pooling="mean", blocks=k).block_until_ready())
     if with_torch:
         import torch
 
@@ -420,7 +429,8 @@ def main(argv=None) -> int:
                 rec["peak_gflops"] = rec["ratio_to_peak"] = None  # the peak is what this case measures
             emit(rec)
     if "embed" in args.cases:
-        sides, flops, extra = embed_sides(path, sz, args.precision, with_torch, args.torch_precision)
+        sides, flops, extra = embed_sides(path, sz, args.precision, with_torch, args.torch_precision,
+                                          args.embed_block_tokens)
         for rec in run_case("embed", sides, args.repeats, examples=sz["embed_b"], flops_per_example=flops,
                             peaks=peaks, extra=extra):
             emit(rec)

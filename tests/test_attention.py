@@ -253,3 +253,28 @@ def test_float32_decoder_attention_reads_the_picked_tables_only_when_differentia
             minus[i][idx] -= 1e-5
             num[idx] = np.sum(dout * (reference(*plus) - reference(*minus))) / 2e-5
         np.testing.assert_allclose(np.asarray(got[i]), num, atol=1e-4 * np.abs(num).max(), err_msg=name)
+
+
+def test_float32_gelu_keeps_jax_values_and_matches_the_float64_derivative():
+    """`layers.gelu_erfc` (the float32 encoders' GELU): ``jax.nn.gelu(approximate=False)`` bit for bit, also
+    in a differentiated forward, with the derivative ``cdf + x * pdf`` computed in float64 by ``math.erf``."""
+    import math
+
+    import jax
+
+    x = jnp.asarray(np.linspace(-9, 9, 2001), jnp.float32)
+    want = np.asarray(jax.jit(lambda x: jax.nn.gelu(x, approximate=False))(x)).view(np.uint32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(layers.gelu_erfc)(x)).view(np.uint32), want)
+
+    def trained(x):  # a differentiated forward, jitted as training runs it, and its slope
+        y, pull = jax.vjp(layers.gelu_erfc, x)
+        return y, pull(jnp.ones_like(x))[0]
+
+    y, slope = jax.jit(trained)(x)
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), want)
+    x64 = np.asarray(x, np.float64)
+    cdf = np.array([0.5 * (1 + math.erf(a / math.sqrt(2))) for a in x64])
+    np.testing.assert_allclose(np.asarray(slope), cdf + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2 * math.pi),
+                               atol=2e-6)
+    auto = jax.vmap(jax.grad(lambda x: jax.nn.gelu(x, approximate=False)))(x)
+    np.testing.assert_allclose(np.asarray(slope), np.asarray(auto), atol=2e-6)

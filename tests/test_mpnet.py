@@ -185,3 +185,45 @@ def test_full_param_count_and_truncated_ladder(loaded, mpnet_dir, ref):
     assert out.shape == (3, 2) and bool(jnp.isfinite(out).all())
     with pytest.raises(ValueError):
         mpnet.load_mpnet(mpnet_dir, num_layers=13)
+
+
+@pytest.mark.parametrize("family", ["mpnet", "bert"])
+def test_float32_blocks_keep_the_plain_gelu_forward_and_its_gradients(tiny, family, monkeypatch):
+    """The float32 post-norm blocks train through GELU's own backward (`layers.gelu_erfc`). Against the
+    same blocks with ``jax.nn.gelu`` put back (autodiff): the forward without gradients is bit for bit
+    the same, for MPNet (relative bias, exact variance) and BERT, and the loss and every parameter's
+    gradient agree to float32 rounding."""
+    from w2sjax.models import layers
+
+    if family == "mpnet":
+        enc = tiny
+    else:
+        cfg = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=40)
+        enc = nnx.jit(lambda: bert.BertEncoder(cfg, rngs=nnx.Rngs(3)))()
+    ids = jnp.array([[0, 11, 12, 13, 2, 1, 1], [0, 21, 22, 23, 24, 25, 2]])
+    mask = (ids != 1).astype(jnp.int32)
+    graphdef, params = nnx.split(enc)
+
+    def forward(params):
+        return nnx.merge(graphdef, params)(ids, mask)
+
+    def loss(params):
+        hidden = forward(params)
+        return jnp.sum(jnp.sin(hidden) * mask[..., None])
+
+    def run():
+        out = jax.jit(forward)(params)
+        value, grads = jax.jit(jax.value_and_grad(loss))(params)
+        return out, value, grads
+
+    out, value, grads = run()
+
+    monkeypatch.setattr(layers, "gelu_erfc", lambda x: jax.nn.gelu(x, approximate=False))
+    want_out, want_value, want_grads = run()
+    np.testing.assert_array_equal(np.asarray(out).view(np.uint32), np.asarray(want_out).view(np.uint32))
+    np.testing.assert_allclose(float(value), float(want_value), atol=1e-5)  # a sum of 224 terms of about 1
+    # atol against the largest gradient: some are zero but for rounding (the key bias's, say)
+    atol = 1e-5 * max(float(jnp.abs(w).max()) for w in jax.tree.leaves(want_grads))
+    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(want_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=atol, rtol=1e-4, err_msg=str(path))

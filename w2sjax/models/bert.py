@@ -195,11 +195,10 @@ class PostNormLayer(nnx.Module):
         """``x`` float32 ``[B, T, H]``; ``keep`` bool ``[B, 1, 1, T]`` (real keys)."""
         # The residual stream stays float32; only matmul outputs are `dtype`.
         x = self.attn_norm(x + self._attention(x, keep, bias).astype(jnp.float32))
-        if self.bf16:
-            act = layers.gelu_erf if self.act == "gelu" else layers.ACTIVATIONS[self.act]
-            y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
-        else:
-            y = precision.dense(layers.ACTIVATIONS[self.act](precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
+        # float32's GELU has jax.nn.gelu's values; its derivative comes from its own backward (`layers.gelu_erfc`)
+        gelu = layers.gelu_erf if self.bf16 else layers.gelu_erfc
+        act = gelu if self.act == "gelu" else layers.ACTIVATIONS[self.act]
+        y = precision.dense(act(precision.dense(x, self.ffn_in)[0]), self.ffn_out)[0]
         return self.ffn_norm(x + y.astype(jnp.float32))
 
 
