@@ -58,9 +58,11 @@ def _lengths(n=203, max_len=128, seed=0):
 def test_compiled_lengths_keep_the_batches_and_resume_alike():
     lengths, b, total = _lengths(), 8, 60
     perm = lambda e: np.random.default_rng([5, e]).permutation(len(lengths))
-    plain = lb.BucketedOrder(lengths, b, 5, 128, perm)
+    plain = lb.BucketedOrder(lengths, b, 5, 128, perm, step=lb.FINE_STEP)  # every bucket of the fine grid
     padded = lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=6.0)
-    assert lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=0.0).compiled is None
+    assert padded.buckets == tuple(range(8, 129, 8))  # compiled lengths bucket on multiples of 8 tokens
+    per_bucket = lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=0.0)
+    assert per_bucket.compiled is None and per_bucket.buckets == (16, 32, 64, 128)  # powers of two, as before
     buckets = [plain.batch(s)[1] for s in range(total)]
     assert padded.compiled == lb.choose_lengths(buckets, 128, 6.0)
     assert len(padded.compiled) < len(set(buckets))  # the policy merged some lengths here
@@ -134,9 +136,10 @@ def test_a_stage_resumed_mid_way_equals_one_run_through(tmp_path):
     assert resumed.resumed_from == 8
     jax.tree.map(np.testing.assert_array_equal, params(resumed), through)
 
+    # a compile cost near 0 compiles every bucket of the same (fine) plan: the same batches, each at its own bucket
     feed = lambda cost: train.HostFeed(data, 16, 0, mesh, 4, buckets=True, total=36, compile_cost=cost)
-    assert feed(4.0).lengths(0, 36) < feed(0.0).lengths(0, 36)  # fewer programs: the policy is active here
-    per_bucket = params(fit(train.TrainConfig(epochs=3, batch_size=16, lr=1e-2, compile_cost_steps=0.0)))
+    assert feed(4.0).lengths(0, 36) < feed(1e-9).lengths(0, 36)  # fewer programs: the policy is active here
+    per_bucket = params(fit(train.TrainConfig(epochs=3, batch_size=16, lr=1e-2, compile_cost_steps=1e-9)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), per_bucket, through)
     _predict_check(through_fit, data, mesh)
 
@@ -160,3 +163,19 @@ def _predict_check(fitted, data, mesh):
     assert train.predict_buckets([data.inputs], train.TrainConfig(compile_cost_steps=0.0), mesh) is True
     run = lambda b: train.predict(fitted.predict_step, fitted.state, data.inputs, mesh=mesh, batch_size=64, buckets=b)
     np.testing.assert_allclose(run(buckets), run(True), atol=1e-6)
+
+
+def test_compiled_predictions_pad_each_batch_to_the_shortest_chosen_length_that_holds_it():
+    """With a compile cost, prediction lengths are chosen from the multiples of 8 tokens, and each
+    batch runs at the shortest chosen one holding its longest row (not at a power of two)."""
+    from w2sjax import parallel, train
+
+    data, mesh = _token_data(), parallel.make_mesh()
+    chosen = train.predict_buckets([data.inputs], train.TrainConfig(batch_size=16, compile_cost_steps=0.5), mesh)
+    assert isinstance(chosen, tuple) and all(c % lb.FINE_STEP == 0 for c in chosen)
+    lengths = lb.token_lengths(data.inputs)
+    for idx, n in train.predict_batches(data.inputs, batch_size=64, mesh=mesh, buckets=chosen)[2]:
+        longest = lengths[idx].max()
+        assert n == min(c for c in chosen if c >= longest)
+    assert lb.bucket_lengths(60, step=8) == [8, 16, 24, 32, 40, 48, 56, 60]
+    assert lb.candidate_lengths(64, 0.5) == list(range(8, 65, 8)) and lb.candidate_lengths(64, 0.0) == [16, 32, 64]

@@ -160,10 +160,17 @@ def test_train_settings_keep_only_what_changes_outputs():
 def test_compiled_lengths_enter_only_finetuned_text_stages_that_use_them():
     """``compile_cost_steps`` pads token batches further (float noise): it counts for a finetuned
     text backbone with length buckets, and 0 (one program per bucket) keeps the older fingerprints."""
+    from w2sjax.data import length_buckets
+    from w2sjax.runner import stage_keys
+
     cfg = StudentTrainConfig()
     assert train_settings(cfg, "xent", tokens=True)["compile_cost_steps"] == cfg.compile_cost_steps > 0
+    # their buckets are the fine grid's (multiples of 8 tokens, since 2026-12-07): named, so that
+    # stages padded to powers of two under the same compile cost are not taken for them
+    assert train_settings(cfg, "xent", tokens=True)["length_step"] == length_buckets.FINE_STEP == stage_keys.FINE_STEP
     per_bucket = dataclasses.replace(cfg, compile_cost_steps=0.0)
     assert "compile_cost_steps" not in train_settings(per_bucket, "xent", tokens=True)
+    assert "length_step" not in train_settings(per_bucket, "xent", tokens=True)
     assert train_settings(per_bucket, "xent", tokens=True) == train_settings(cfg, "xent")  # only the field differs
     assert "compile_cost_steps" not in train_settings(cfg, "xent")  # probes and other inputs: no effect
     assert "compile_cost_steps" not in train_settings(dataclasses.replace(cfg, length_buckets=False), "xent", tokens=True)

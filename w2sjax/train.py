@@ -452,21 +452,23 @@ def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | t
     if not cfg.length_buckets or cfg.compile_cost_steps <= 0:
         return cfg.length_buckets
     tokens = [x for x in inputs_list if length_buckets.token_lengths(x) is not None]
-    lengths = [n for x in tokens for _, n in predict_batches(x, batch_size=predict_rows(cfg), mesh=mesh)[2]]
+    lengths = [n for x in tokens
+               for _, n in predict_batches(x, batch_size=predict_rows(cfg), mesh=mesh, step=length_buckets.FINE_STEP)[2]]
     if not lengths:
         return True
     max_len = int(np.shape(tokens[0]["attention_mask"])[1])
     return length_buckets.choose_lengths(lengths, max_len, cfg.compile_cost_steps * PREDICT_COMPILE_SHARE)
 
 
-def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh,
-                    buckets: bool | tuple[int, ...] = True) -> tuple[int, np.ndarray, list[tuple[np.ndarray, int | None]]]:
+def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh, buckets: bool | tuple[int, ...] = True,
+                    step: int = 0) -> tuple[int, np.ndarray, list[tuple[np.ndarray, int | None]]]:
     """How `predict` batches ``inputs``: ``(rows per batch, order, [(indices, padded length)])``.
 
     With ``buckets`` and token inputs (`length_buckets.token_lengths`), rows run shortest first
-    (``order``) and each batch is cut to the shortest bucket length that holds its longest row,
-    or with ``buckets`` a tuple of lengths (`predict_buckets`), to the shortest of those that
-    holds that bucket; otherwise the length is None (the inputs' own).
+    (``order``) and each batch is cut to the shortest bucket length (`length_buckets.bucket_lengths`
+    with ``step``: powers of two by default) that holds its longest row, or with ``buckets`` a
+    tuple of lengths (`predict_buckets`), to the shortest of those that holds that row; otherwise
+    the length is None (the inputs' own).
     """
     n = int(jax.tree.leaves(inputs)[0].shape[0])
     b = max(mesh.size, batch_size - batch_size % mesh.size)
@@ -477,9 +479,12 @@ def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh,
         idx, length = order[start:start + b], None
         if lengths is not None:
             max_len = int(np.shape(inputs["attention_mask"])[1])
-            cut = length_buckets.bucket_lengths(max_len)
-            length = cut[int(np.searchsorted(cut, min(lengths[idx].max(), max_len)))]
-            length = length_buckets.compiled_length(length, buckets if isinstance(buckets, tuple) else None)
+            longest = int(min(lengths[idx].max(), max_len))
+            # the chosen lengths are bucket lengths: the shortest holding the row holds its bucket too
+            length = length_buckets.compiled_length(longest, buckets if isinstance(buckets, tuple) else None)
+            if not isinstance(buckets, tuple) or length not in buckets:
+                cut = length_buckets.bucket_lengths(max_len, step=step)
+                length = cut[int(np.searchsorted(cut, longest))]
         out.append((idx, length))
     return b, order, out
 

@@ -38,6 +38,7 @@ _NOT_OUTPUT = frozenset({"log_every", "checkpoint_every", "checkpoint_minutes", 
 LOSS_FIELDS = {loss.name: tuple(p.field for p in loss.params) for loss in losses.LOSSES.values() if loss.params}
 # Fields that only matter when early stopping is on.
 _STOPPING_FIELDS = ("eval_every", "patience")
+FINE_STEP = 8  # `w2sjax.data.length_buckets.FINE_STEP`, written out: importing w2sjax.data loads tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,8 @@ def train_settings(cfg: Any, loss: str, *, tokens: bool = False) -> dict:
     # they apply, and 0 (one program per bucket) keeps the fingerprints made before the field.
     if not (tokens and settings.get("length_buckets") and settings.get("compile_cost_steps")):
         settings.pop("compile_cost_steps", None)
+    else:  # their bucket lengths: `length_buckets.FINE_STEP` (before 2026-12-07 powers of two, other fingerprints)
+        settings["length_step"] = FINE_STEP
     # The model options hold these, when they apply: trainable (probes train "all"), LoRA's, top:K's
     # cache, and a decoder's readout and head start (as its head_init), so stages of other models
     # keep their names.
