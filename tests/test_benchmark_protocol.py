@@ -511,7 +511,19 @@ def test_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
     assert "not counted" not in out and not (tmp_path / "run" / "artefacts").exists()
 
 
-def test_tiny_benchmark_end_to_end(bench, tmp_path):
+@pytest.fixture
+def tasks_read_once():
+    """Each task is read from its prepared data once for the whole test: the protocol runs below
+    ask for each task dozens of times (every part, export and resolution), and TFDS decoding those
+    reads was half of the test's time. Reading and checking prepared data on each call, as a run
+    outside this scope does, is tested in test_data.py and test_integrity.py."""
+    from w2sjax.data import registry
+
+    with registry.reuse_loaded_tasks():
+        yield
+
+
+def test_tiny_benchmark_end_to_end(bench, tmp_path, tasks_read_once):
     """Two real tasks, two probe students and a chain, 2 seeds, tiny caps: a partial run (one
     student) lists what it has not run; the full run trains the rest, exports the artefacts,
     regenerates the summary and the docs."""

@@ -93,6 +93,27 @@ def test_built_as_array_record_and_reused(monkeypatch):
     assert again.fingerprint == "w2sjax_digits:1.0.0"
 
 
+def test_an_unchanged_prepared_data_set_is_decoded_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    """A second read of the same checked content decodes nothing and hands out arrays of its own;
+    a shard changed on disk is caught by its sha256 (and rebuilt), never served from memory."""
+    decoded = []
+    real_read = builders._read
+    monkeypatch.setattr(builders, "_read", lambda *a: decoded.append(a[1]) or real_read(*a))
+    first = load_task("digits", data_dir=tmp_path)
+    first.train["x"][:] = -1.0  # the caller's own copy: later reads do not see it
+    again = load_task("digits", data_dir=tmp_path)
+    assert decoded == ["digits"] and again.train["x"].min() == 0.0
+    fresh = load_task("digits", data_dir=tmp_path / "elsewhere")  # another folder: decoded from its files
+    assert decoded == ["digits", "digits"]
+    np.testing.assert_array_equal(fresh.train["x"], again.train["x"])
+    shard = next((tmp_path / "w2sjax_digits" / "1.0.0").glob("w2sjax_digits-train.array_record-*"))
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    rebuilt = load_task("digits", data_dir=tmp_path)
+    assert decoded[2:] == ["digits"] and shard.stat().st_size > 0  # rebuilt, then decoded from disk
+    np.testing.assert_array_equal(rebuilt.train["x"], fresh.train["x"])
+
+
 def test_fresh_build_matches_the_cache(tmp_path, monkeypatch):
     fresh, cached = load_task("digits", data_dir=tmp_path), load_task("digits")
     assert (tmp_path / "w2sjax_digits" / "1.0.0" / "dataset_info.json").is_file()

@@ -2,6 +2,7 @@
 student on cached bottoms reads each text's last real token in every length bucket, as the whole
 model does on the text alone (left or right padded)."""
 
+import functools
 import json
 import math
 import re
@@ -31,10 +32,25 @@ def _texts(n=12):
     return [" ".join(rng.choice(words, size=int(k))) for k in np.linspace(1, 30, n).round()]
 
 
+# LLVM's optimizations off (level 0): they were 40% of each compile (2026-12-07, 2-core AMD EPYC) and
+# change how fast a program runs, not the operations it computes; the programs below run once or
+# twice each, and every comparison is between programs compiled alike.
+@functools.partial(jax.jit, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+def _jit_features(graphdef, state, inputs):
+    return nnx.merge(graphdef, state).features(inputs)
+
+
+def _features(clf, inputs):
+    """``clf.features(inputs)`` compiled as one program, as the trainer runs it. Run op by op, each
+    of the decoder's few hundred operations was compiled for each new shape: most of these tests'
+    time (up to 112 s for one decoder layout, 2026-12-07, 2-core AMD EPYC)."""
+    graphdef, state = nnx.split(clf)
+    return np.asarray(_jit_features(graphdef, state, {k: jnp.asarray(v) for k, v in inputs.items()}))
+
+
 def _alone(clf, ids):
     """Pooled features of one unpadded text, run by itself: the reference."""
-    inputs = {"input_ids": jnp.asarray(ids[None]), "attention_mask": jnp.ones((1, len(ids)), jnp.int32)}
-    return np.asarray(clf.features(inputs))[0]
+    return _features(clf, {"input_ids": ids[None], "attention_mask": np.ones((1, len(ids)), np.int32)})[0]
 
 
 def _left_padded(ids, mask, pad_id):
@@ -63,7 +79,7 @@ def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case,
     assert np.abs(want[1:] - want[:-1]).max() > 0.1  # texts differ: a wrong position would show
 
     for batch_ids, batch_mask in ((ids, mask), _left_padded(ids, mask, pad_id=0)):
-        got = np.asarray(full.features({"input_ids": jnp.asarray(batch_ids), "attention_mask": jnp.asarray(batch_mask)}))
+        got = _features(full, {"input_ids": batch_ids, "attention_mask": batch_mask})
         np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
 
     cut = spec.finetune(2, rngs=nnx.Rngs(0))
@@ -75,7 +91,7 @@ def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case,
         rows = np.flatnonzero(np.searchsorted(buckets, lengths) == b)
         batch = length_buckets.trim({"hidden": cached["hidden"][rows], "attention_mask": mask[rows]}, length, MAX_LEN)
         assert batch["hidden"].shape[1] == length
-        got = np.asarray(cut.features({k: jnp.asarray(v) for k, v in batch.items()}))
+        got = _features(cut, batch)
         np.testing.assert_allclose(got, want[rows], atol=tol, err_msg=f"bucket {length}")
 
     # and through the trainer's bucketed prediction loop: the same probabilities as the whole model
@@ -129,11 +145,11 @@ def test_left_padding_within_every_length_bucket_reads_the_last_real_token(case,
         # the read position, by numpy: the last column of every left-padded row
         assert (left_mask[:, -1] == 1).all()
         np.testing.assert_array_equal(np.asarray(embed.last_token_index(jnp.asarray(left_mask))), length - 1)
-        got = np.asarray(full.features({"input_ids": jnp.asarray(left_ids), "attention_mask": jnp.asarray(left_mask)}))
+        got = _features(full, {"input_ids": left_ids, "attention_mask": left_mask})
         np.testing.assert_allclose(got, want[rows], atol=1e-4 * max(1.0, np.abs(want).max()), err_msg=f"bucket {length}")
         right = np.asarray(cached["hidden"][rows])[:, :length]
         hidden = np.stack([np.roll(h, length - n, axis=0) for h, n in zip(right, lengths[rows])])
-        got = np.asarray(cut.features({"hidden": jnp.asarray(hidden), "attention_mask": jnp.asarray(left_mask)}))
+        got = _features(cut, {"hidden": hidden, "attention_mask": left_mask})
         # the cached bottom is rounded to bf16
         np.testing.assert_allclose(got, want[rows], atol=3e-2 * max(1.0, np.abs(want).max()), err_msg=f"bucket {length}")
 

@@ -41,16 +41,22 @@ def one_error_line(stderr: str) -> str:
 
 def test_second_run_on_same_out_exits_2_at_once_and_first_is_unharmed(tmp_path):
     out = tmp_path / "r"
-    first = cli("--out", str(out), *SPAMBASE, "--set", "train.epochs=15")
+    first = cli("--out", str(out), *SPAMBASE, "--set", "weak_train.epochs=2", "--set", "train.epochs=2")
     wait_for(lambda: (out / ".lock").exists() and (out / ".lock").read_text().strip() == str(first.pid), first)
-    # The second run is the command itself, asked afterwards whether it imported JAX.
-    argv = ["run", "--no-progress", "--out", str(out), *SPAMBASE]
-    code = f"import sys; from w2sjax import cli; rc = cli.main({argv!r}); print('jax' in sys.modules); sys.exit(rc)"
-    started = time.perf_counter()
-    second = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            capture_output=True, text=True, timeout=120)
-    seconds = time.perf_counter() - started
-    assert first.poll() is None, "the first run must still be running for this test to mean anything"
+    # The first run is paused while it holds the lock, so it is surely still running when the second
+    # one asks (a long training run only made that likely), then resumed to finish its work.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        # The second run is the command itself, asked afterwards whether it imported JAX.
+        argv = ["run", "--no-progress", "--out", str(out), *SPAMBASE]
+        code = f"import sys; from w2sjax import cli; rc = cli.main({argv!r}); print('jax' in sys.modules); sys.exit(rc)"
+        started = time.perf_counter()
+        second = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                capture_output=True, text=True, timeout=120)
+        seconds = time.perf_counter() - started
+        assert first.poll() is None, "the first run must still be running for this test to mean anything"
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"{out} is in use by process {first.pid}" in one_error_line(second.stderr)
     # It stops before JAX is even imported: 0.3-0.7 s measured at a load average of 10-12 on 2
@@ -61,7 +67,7 @@ def test_second_run_on_same_out_exits_2_at_once_and_first_is_unharmed(tmp_path):
     assert first.returncode == 0, err[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert [r["loss"] for r in results["runs"]] == ["xent", "logconf"]
-    assert results["config"]["train"]["epochs"] == 15.0
+    assert results["config"]["train"]["epochs"] == 2.0
 
 
 def test_kill_9_leaves_no_stale_lock(tmp_path):
