@@ -50,19 +50,16 @@ def test_second_run_on_same_out_exits_2_at_once_and_first_is_unharmed(tmp_path):
         # The second run is the command itself, asked afterwards whether it imported JAX.
         argv = ["run", "--no-progress", "--out", str(out), *SPAMBASE]
         code = f"import sys; from w2sjax import cli; rc = cli.main({argv!r}); print('jax' in sys.modules); sys.exit(rc)"
-        started = time.perf_counter()
         second = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                 capture_output=True, text=True, timeout=120)
-        seconds = time.perf_counter() - started
         assert first.poll() is None, "the first run must still be running for this test to mean anything"
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"{out} is in use by process {first.pid}" in one_error_line(second.stderr)
-    # It stops before JAX is even imported: 0.3-0.7 s measured at a load average of 10-12 on 2
-    # cores (0.5-1.6 s at 13); the bound leaves room for a busier test machine.
+    # "At once" means before JAX is even imported (no wall-clock bound: a busy machine would make
+    # one flaky, and the import is what takes the time).
     assert second.stdout.strip() == "False"
-    assert seconds < 3.0, seconds
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     results = json.loads((out / "results.json").read_text())

@@ -64,8 +64,9 @@ FINE_STEP = 8
 
 def candidate_lengths(max_len: int, compile_cost: float) -> list[int]:
     """The bucket lengths batches are cut to: the multiples of `FINE_STEP` when a stage compiles
-    only some of them (``compile_cost > 0``), else the powers of two (each used one a program)."""
+    only some of them (``compile_cost > 0``), else the powers of two (each one used gets its own program)."""
     return bucket_lengths(max_len, step=FINE_STEP if compile_cost > 0 else 0)
+
 
 __all__ = ["FINE_STEP", "BucketedOrder", "bucket_lengths", "candidate_lengths", "choose_lengths", "compiled_length",
            "epoch_plan", "token_lengths", "trim"]
