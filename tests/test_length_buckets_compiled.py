@@ -58,12 +58,14 @@ def _lengths(n=203, max_len=128, seed=0):
 def test_compiled_lengths_keep_the_batches_and_resume_alike():
     lengths, b, total = _lengths(), 8, 60
     perm = lambda e: np.random.default_rng([5, e]).permutation(len(lengths))
-    plain = lb.BucketedOrder(lengths, b, 5, 128, perm, step=lb.FINE_STEP)  # every bucket of the fine grid
+    # a compile cost near 0 compiles every bucket the plan uses: each batch at its own fine-grid bucket
+    plain = lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=1e-9)
     padded = lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=6.0)
     assert padded.buckets == tuple(range(8, 129, 8))  # compiled lengths bucket on multiples of 8 tokens
     per_bucket = lb.BucketedOrder(lengths, b, 5, 128, perm, total=total, compile_cost=0.0)
     assert per_bucket.compiled is None and per_bucket.buckets == (16, 32, 64, 128)  # powers of two, as before
     buckets = [plain.batch(s)[1] for s in range(total)]
+    assert set(plain.compiled) == set(buckets)
     assert padded.compiled == lb.choose_lengths(buckets, 128, 6.0)
     assert len(padded.compiled) < len(set(buckets))  # the policy merged some lengths here
     for step in range(total):

@@ -150,16 +150,15 @@ class BucketedOrder:
     (the same one unbucketed batches are drawn from). With ``compile_cost > 0`` and the stage's
     ``total`` steps, each batch runs at its length in `choose_lengths` of the whole stage's plan
     (``compiled``); otherwise at its bucket length (``compiled`` is None). The buckets are
-    `candidate_lengths`, or with ``step`` `bucket_lengths` of that step.
+    `candidate_lengths`.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, max_len: int, permutation, *,
-                 total: int | None = None, compile_cost: float = 0.0, step: int | None = None):
+                 total: int | None = None, compile_cost: float = 0.0):
         self.lengths = np.minimum(np.asarray(lengths, np.int64), max_len)
         self.batch_size, self.seed, self.permutation = batch_size, seed, permutation
         compiling = compile_cost > 0 and bool(total)
-        self.buckets = tuple(candidate_lengths(max_len, compile_cost if compiling else 0.0) if step is None
-                             else bucket_lengths(max_len, step=step))
+        self.buckets = tuple(candidate_lengths(max_len, compile_cost if compiling else 0.0))
         self.per_epoch = max(1, len(self.lengths) // batch_size)
         self._epoch, self._plan = None, None
         self.compiled = None
