@@ -22,6 +22,14 @@ from w2sjax.report import tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]
+
+
+def _default_run(cases, *keep):
+    """The cases whose check runs by default; the other families' run with ``-m slow``. The pooling
+    and readout code is shared by every family, and the two kept (grouped-query attention with tied
+    embeddings, sliding windows) are the ones whose masks differ most; each family's own forward
+    pass is checked against transformers in test_hf.py by default."""
+    return [c if c in keep else pytest.param(c, marks=pytest.mark.slow) for c in cases]
 MAX_LEN = 40  # buckets 16, 32, 40: rows of every bucket below
 
 
@@ -60,9 +68,7 @@ def _left_padded(ids, mask, pad_id):
     return out_ids, out_mask
 
 
-# One family runs by default; the others repeat the same check on other block layouts (slow).
-@pytest.mark.parametrize("case", [c if c in ("llama_gqa_tied", "mistral_window") else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in DECODERS])
+@pytest.mark.parametrize("case", _default_run(DECODERS, "llama_gqa_tied", "mistral_window"))
 def test_top_k_on_cached_bottoms_reads_the_last_real_token_in_every_bucket(case, tmp_path):
     """The whole decoder on a left- or right-padded batch, and the cut top:1 student on its cached
     bf16 bottom cut to each length bucket, pool the same states as the decoder on each text alone."""
@@ -121,7 +127,7 @@ def test_last_token_index_matches_numpy_on_any_padding():
     np.testing.assert_array_equal(np.asarray(embed.last_token_index(jnp.asarray(masks))), want)
 
 
-@pytest.mark.parametrize("case", DECODERS)
+@pytest.mark.parametrize("case", _default_run(DECODERS, "llama_gqa_tied", "gemma3_sliding"))
 def test_left_padding_within_every_length_bucket_reads_the_last_real_token(case, tmp_path):
     """Each length bucket's rows, left-padded to the bucket's length, give the pooled state of each
     text run alone: the whole decoder on token ids, and the cut top:1 student on its cached bottom
@@ -154,7 +160,7 @@ def test_left_padding_within_every_length_bucket_reads_the_last_real_token(case,
         np.testing.assert_allclose(got, want[rows], atol=3e-2 * max(1.0, np.abs(want).max()), err_msg=f"bucket {length}")
 
 
-@pytest.mark.parametrize("case", DECODERS)
+@pytest.mark.parametrize("case", _default_run(DECODERS, "llama_gqa_tied", "gemma3_sliding"))
 def test_a_decoder_classifier_starts_at_the_uniform_guess(case):
     """A decoder's last-token states are large, so a random head would start confidently wrong;
     its head starts at zero: probabilities 1/C, loss ln C, on any input."""
@@ -373,7 +379,8 @@ def _first_tokens(case, names):
     return [tok.encode(" " + n, add_special_tokens=False).ids[0] for n in names]
 
 
-@pytest.mark.parametrize("case", ["llama_gqa_tied", "llama3_untied_bias", "gemma3_sliding", "gpt2"])
+@pytest.mark.parametrize("case", _default_run(["llama_gqa_tied", "llama3_untied_bias", "gemma3_sliding", "gpt2"],
+                                              "llama_gqa_tied", "llama3_untied_bias"))
 def test_verbalizer_logits_are_the_lm_logits_of_the_class_names(case, tmp_path):
     """With ``readout=verbalizer`` class c scores the LM's logit of its name's first token at the
     last real token: the final hidden state there times that token's row of the checkpoint's

@@ -18,9 +18,11 @@ def process_env(devices: int, **extra: str) -> dict:
     """Environment for one fresh process on `devices` fake CPU devices that imports this checkout
     and joins no distributed job unless `extra` says so."""
     env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_VARS}
+    # the test session's other XLA flags (conftest.py) hold in its processes too
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=" ".join([*kept, f"--xla_force_host_platform_device_count={devices}"]),
         PYTHONPATH=os.pathsep.join([ROOT, env.get("PYTHONPATH", "")]),
         **extra,
     )
