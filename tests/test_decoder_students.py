@@ -22,15 +22,15 @@ from w2sjax.report import tables
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 DECODERS = ["llama_gqa_tied", "gemma3_sliding", "qwen2_bias", "mistral_window"]
+MAX_LEN = 40  # buckets 16, 32, 40: rows of every bucket below
 
 
 def _default_run(cases, *keep):
-    """The cases whose check runs by default; the other families' run with ``-m slow``. The pooling
-    and readout code is shared by every family, and the two kept (grouped-query attention with tied
-    embeddings, sliding windows) are the ones whose masks differ most; each family's own forward
-    pass is checked against transformers in test_hf.py by default."""
+    """`cases` as parameters, those in `keep` run by default and the others with ``-m slow``. The
+    pooling and readout code is shared by every family, so each check keeps the families whose
+    masks or output matrices differ most; each family's own forward pass is checked against
+    transformers in test_hf.py by default."""
     return [c if c in keep else pytest.param(c, marks=pytest.mark.slow) for c in cases]
-MAX_LEN = 40  # buckets 16, 32, 40: rows of every bucket below
 
 
 def _texts(n=12):
