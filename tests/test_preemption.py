@@ -17,16 +17,17 @@ from w2sjax import experiment
 from w2sjax.config import Config, DataConfig, StudentTrainConfig, TrainConfig
 from w2sjax.runner import preemption
 
-# Long enough students (~800 MLP steps) that a SIGTERM lands inside the ceiling stage.
 ARGS = ["--no-progress", "--set", "data.task=spambase", "--set", "weak_models=linear", "--set", "strong_models=mlp",
-        "--set", "seeds=0", "--set", "losses=xent", "--set", "train.epochs=15", "--set", "train.log_every=20"]
+        "--set", "seeds=0", "--set", "losses=xent", "--set", "train.log_every=20"]
 CEILING = "ceiling__mlp__seed0"
 
 
-def cli(out, env=None, **popen):
-    """`w2sjax run` into `out` in a fresh process (8 devices unless `env` says otherwise)."""
+def cli(out, env=None, epochs: int = 15, **popen):
+    """`w2sjax run` into `out` in a fresh process (8 devices unless `env` says otherwise). At 15
+    epochs the students run ~800 MLP steps, long enough that a signal lands inside the ceiling."""
     env = process_env(8) if env is None else env
-    return subprocess.Popen([sys.executable, "-m", "w2sjax.cli", "run", "--out", str(out), *ARGS], env=env,
+    args = [*ARGS, "--set", f"train.epochs={epochs}"]
+    return subprocess.Popen([sys.executable, "-m", "w2sjax.cli", "run", "--out", str(out), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -90,7 +91,7 @@ def tiny(checkpoint_minutes: float) -> Config:
     return Config(
         data=DataConfig(task="digits", n_val=64, n_test=256), weak_models=("linear",), strong_models=("mlp",),
         losses=("xent",), seeds=(0,), weak_train=TrainConfig(epochs=3, batch_size=64, lr=1e-2),
-        train=StudentTrainConfig(epochs=10, batch_size=64, lr=1e-2, log_every=25, checkpoint_minutes=checkpoint_minutes),
+        train=StudentTrainConfig(epochs=4, batch_size=64, lr=1e-2, log_every=10, checkpoint_minutes=checkpoint_minutes),
     )
 
 
@@ -161,7 +162,9 @@ def test_two_process_job_agrees_on_the_preemption_step_and_resumes(tmp_path):
 
 def test_sigint_mid_stage_saves_an_in_stage_checkpoint_and_resume_logs_each_step_once(tmp_path):
     out = tmp_path / "interrupted"
-    proc = cli(out)
+    # 6 epochs (~320 steps, 16 host stops in the ceiling): the SIGINT after its second record still
+    # lands mid-stage, and the resumed run has less to train to the end
+    proc = cli(out, epochs=6)
     start = time.time()
     while len(metrics(out, CEILING)) < 2:  # inside the ceiling stage
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -178,7 +181,7 @@ def test_sigint_mid_stage_saves_an_in_stage_checkpoint_and_resume_logs_each_step
     assert (saved / str(step)).is_dir()
     logged = metrics(out, CEILING)
 
-    again = cli(out)
+    again = cli(out, epochs=6)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     steps = metrics(out, CEILING)
