@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STUDENT = "smollm2-135m"
+ENCODER_STUDENT = "minilm-l6"  # the encoder whose students are set beside it
 TASKS = ("commonsense_qa", "sciq")
 N_TRAIN_ROWS = 2000
 DIRECTION = ROOT / "docs" / "benchmark_notes" / "mc_direction.npz"
@@ -83,14 +84,15 @@ def within_corr(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
     return float(np.corrcoef(dx, dy)[0, 1])
 
 
-def cells(arts: dict, task: str, scores: np.ndarray | None) -> list[dict]:
-    """One entry per (seed, supervisor, loss) row of ``task``: the per-question accuracies of its
-    stages and, with ``scores`` (`direction`), the within-question correlation of each stage's
-    score (p1 - p0) with it and that direction's own per-question accuracy on the seed's rows."""
+def cells(arts: dict, task: str, scores: np.ndarray | None, student: str = STUDENT) -> list[dict]:
+    """One entry per (seed, supervisor, loss) row of ``task`` whose strong model is ``student`` (the
+    artefacts hold every student's rows): the per-question accuracies of its stages and, with
+    ``scores`` (`direction`), the within-question correlation of each stage's score (p1 - p0) with
+    it and that direction's own per-question accuracy on the seed's rows."""
     from w2sjax.report.artefacts import unit_scores
 
     a, out = arts[task], []
-    for row in a.rows:
+    for row in (r for r in a.rows if r["strong_model"] == student):
         seed = row["seed"]
         rows, groups = a.arrays[f"test_row/seed{seed}"], a.arrays[f"test_group/seed{seed}"]
         labels = a.arrays[f"test_label/seed{seed}"].astype(np.float64)
@@ -124,7 +126,7 @@ def summary(decoders: dict, encoders: dict, direction_file: pathlib.Path) -> dic
     with np.load(direction_file) as z:
         scores = {t: z[f"{t}/score"] for t in TASKS}
         shares = {t: float(z[f"{t}/mean_share"]) for t in TASKS}
-    out = {t: {"decoder": cells(decoders, t, scores[t]), "encoder": cells(encoders, t, None),
+    out = {t: {"decoder": cells(decoders, t, scores[t]), "encoder": cells(encoders, t, None, ENCODER_STUDENT),
                "mean_share": shares[t], "options": _options(decoders[t])} for t in TASKS}
     others = {t: {"decoder": cells(decoders, t, None), "options": _options(a)} for t, a in sorted(decoders.items())
               if a.scored == "per question" and t not in TASKS}
