@@ -1,6 +1,7 @@
 """Pipeline variants on a fast task (scikit-learn digits, models trained from scratch):
 bootstrapping chains, an fsdp-sharded mesh, and weak/ceiling stages shared across pairs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -81,9 +82,9 @@ def test_no_chain_stage_learns_from_labels_of_its_own_training_rows(tmp_path, mo
 
     monkeypatch.setattr(experiment.Runner, "stage", recording_stage)
     # one epoch a stage: the rows each stage sees are the point here, not how well it learns
-    config = digits_config(strong_models=("mlp", "cnn"), bootstrap=("linear>mlp>cnn",), losses=("xent",),
-                           weak_train=TrainConfig(epochs=1, batch_size=64, lr=1e-2, log_every=5),
-                           train=StudentTrainConfig(epochs=1, batch_size=64, lr=1e-2, log_every=5))
+    base = digits_config(strong_models=("mlp", "cnn"), bootstrap=("linear>mlp>cnn",), losses=("xent",))
+    config = dataclasses.replace(base, weak_train=dataclasses.replace(base.weak_train, epochs=1),
+                                 train=dataclasses.replace(base.train, epochs=1))
     experiment.run(config, tmp_path, progress=False)
     chain_stages = [name for name, _, _ in taught if name.startswith("boot")]
     assert len(chain_stages) == 2
