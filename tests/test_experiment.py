@@ -77,6 +77,8 @@ def test_smoke_results_schema_and_values(reference):
     by_name = {g["name"]: g for g in compiled["by_function"]}
     assert by_name["train_loop"]["programs"] == 2
     assert sum(g["programs"] for g in compiled["by_function"]) == compiled["programs"]
+    # smoke leaves the compile cost unset: the results name the one its stages ran with, float32's on a CPU
+    assert results["config"]["precision"] == "float32" and results["config"]["train"]["compile_cost_steps"] == 0.5
 
 
 def test_w2s_accuracy_recomputed_from_checkpointed_predictions(reference):

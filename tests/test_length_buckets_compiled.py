@@ -181,3 +181,34 @@ def test_compiled_predictions_pad_each_batch_to_the_shortest_chosen_length_that_
         assert n == min(c for c in chosen if c >= longest)
     assert lb.bucket_lengths(60, step=8) == [8, 16, 24, 32, 40, 48, 56, 60]
     assert lb.candidate_lengths(64, 0.5) == list(range(8, 65, 8)) and lb.candidate_lengths(64, 0.0) == [16, 32, 64]
+
+
+def _cpu_has_amx_bf16() -> bool:
+    """Read here from /proc/cpuinfo, apart from the library's own reader."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in text.splitlines())
+
+
+def test_an_unset_compile_cost_follows_the_step_speed_of_precision_and_machine():
+    """Compile cost is compile seconds over step seconds: where steps run on matrix units (bf16 on an
+    AMX CPU, any accelerator) it is 4 steps, elsewhere 0.5; a number the run gives is kept."""
+    import jax
+
+    from w2sjax import experiment
+    from w2sjax.config import Config, StudentTrainConfig
+
+    assert lb.default_compile_cost("bfloat16", "cpu", frozenset({"avx512f", "amx_bf16"})) == 4.0
+    assert lb.default_compile_cost("float32", "cpu", frozenset({"avx512f", "amx_bf16"})) == 0.5
+    assert lb.default_compile_cost("bfloat16", "cpu", frozenset({"avx2", "fma"})) == 0.5
+    assert lb.default_compile_cost("float32", "gpu") == lb.default_compile_cost("bfloat16", "tpu") == 4.0
+    assert StudentTrainConfig().compile_cost_steps is None
+    on_cpu = jax.default_backend() == "cpu"
+    for precision in ("float32", "bfloat16"):
+        resolved = experiment.with_compile_cost(Config(precision=precision))
+        fast = not on_cpu or (precision == "bfloat16" and _cpu_has_amx_bf16())
+        assert resolved.train.compile_cost_steps == resolved.weak_train.compile_cost_steps == (4.0 if fast else 0.5)
+    given = Config(precision="bfloat16", train=StudentTrainConfig(compile_cost_steps=1.5))
+    assert experiment.with_compile_cost(given).train.compile_cost_steps == 1.5

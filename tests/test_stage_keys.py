@@ -163,8 +163,8 @@ def test_compiled_lengths_enter_only_finetuned_text_stages_that_use_them():
     from w2sjax.data import length_buckets
     from w2sjax.runner import stage_keys
 
-    cfg = StudentTrainConfig()
-    assert train_settings(cfg, "xent", tokens=True)["compile_cost_steps"] == cfg.compile_cost_steps > 0
+    cfg = StudentTrainConfig(compile_cost_steps=0.5)
+    assert train_settings(cfg, "xent", tokens=True)["compile_cost_steps"] == 0.5
     # their buckets are the fine grid's (multiples of 8 tokens, since 2026-12-07): named, so that
     # stages padded to powers of two under the same compile cost are not taken for them
     assert train_settings(cfg, "xent", tokens=True)["length_step"] == length_buckets.FINE_STEP == stage_keys.FINE_STEP

@@ -47,14 +47,14 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 10  # steps between metrics.jsonl lines (and NaN checks)
     length_buckets: bool = True  # token inputs: batches of similar length, each cut to the shortest of 16, 32, 64, ..., max_len tokens that holds it (one compile per length), in training and in predictions; false pads every batch to max_len
-    compile_cost_steps: float = 0.5  # token inputs with length_buckets: a stage compiles only some of the bucket lengths its batches use (then every multiple of 8 tokens), each batch padded up to the next compiled one, choosing them to minimise programs x this + the steps weighted by length / max_len (a float32 MiniLM-L6 train program compiles in about one step at 32x128 on a 2-core AMD EPYC, and a seed's ceiling and students share it: they train on the same rows in the same order; on a bf16 AMX CPU, where steps are ~5x faster, 2-4 suits); its predictions choose their lengths alike; 0 = one program per power-of-two bucket length (16, 32, 64, ...)
+    compile_cost_steps: float | None = None  # token inputs with length_buckets: a stage compiles only some of the bucket lengths its batches use (then every multiple of 8 tokens), each batch padded up to the next compiled one, choosing them to minimise programs x this + the steps weighted by length / max_len; its predictions choose their lengths alike; None = chosen for the run's precision and machine (w2sjax.data.length_buckets.default_compile_cost: 4 for bf16 on an AMX CPU or an accelerator, 0.5 otherwise); 0 = one program per power-of-two bucket length (16, 32, 64, ...)
 
     def __post_init__(self):
         if self.batch_size <= 0:
             raise ConfigError(f"train.batch_size: expected a positive integer, got {self.batch_size}")
         if not self.epochs > 0:
             raise ConfigError(f"train.epochs: expected a positive number, got {self.epochs}")
-        if not 0 <= self.compile_cost_steps < math.inf:
+        if self.compile_cost_steps is not None and not 0 <= self.compile_cost_steps < math.inf:
             raise ConfigError(f"train.compile_cost_steps: expected a number >= 0, got {self.compile_cost_steps}")
 
 

@@ -445,11 +445,22 @@ def predict_rows(cfg: TrainConfig) -> int:
 PREDICT_COMPILE_SHARE = 0.12
 
 
+def machine_compile_cost(precision: str) -> float:
+    """`length_buckets.default_compile_cost` for ``precision`` on this process's backend and CPU."""
+    return length_buckets.default_compile_cost(precision, jax.default_backend(), utilisation.cpu_flags())
+
+
+def compile_cost(cfg: TrainConfig) -> float:
+    """``cfg.compile_cost_steps``; where it is unset, this machine's float32 default (a run sets it
+    for its own precision before any stage, `w2sjax.experiment.prepare`)."""
+    return machine_compile_cost("float32") if cfg.compile_cost_steps is None else cfg.compile_cost_steps
+
+
 def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | tuple[int, ...]:
     """The ``buckets`` argument of every prediction of a stage that predicts ``inputs_list``:
     ``cfg.length_buckets``, or with a compile cost the lengths its batches run at, chosen over all
     of them at once (`length_buckets.choose_lengths`), a pure function of the inputs and ``cfg``."""
-    if not cfg.length_buckets or cfg.compile_cost_steps <= 0:
+    if not cfg.length_buckets or compile_cost(cfg) <= 0:
         return cfg.length_buckets
     tokens = [x for x in inputs_list if length_buckets.token_lengths(x) is not None]
     lengths = [n for x in tokens
@@ -457,7 +468,7 @@ def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | t
     if not lengths:
         return True
     max_len = int(np.shape(tokens[0]["attention_mask"])[1])
-    return length_buckets.choose_lengths(lengths, max_len, cfg.compile_cost_steps * PREDICT_COMPILE_SHARE)
+    return length_buckets.choose_lengths(lengths, max_len, compile_cost(cfg) * PREDICT_COMPILE_SHARE)
 
 
 def predict_batches(inputs: PyTree, *, batch_size: int, mesh: Mesh, buckets: bool | tuple[int, ...] = True,
@@ -632,7 +643,7 @@ def stage_feed(data: ArrayData, cfg: TrainConfig, batch_size: int, total: int, s
     """The batches of a stage of ``total`` steps, bucketed and padded to its compiled lengths as
     ``cfg`` says (`w2sjax.data.length_buckets`); `precompile` compiles the programs of the same feed."""
     return HostFeed(data, batch_size, seed, mesh, chunk, buckets=cfg.length_buckets, total=total,
-                    compile_cost=cfg.compile_cost_steps)
+                    compile_cost=compile_cost(cfg))
 
 
 def _log_step(log, line: dict, step_metrics: dict | None, meter) -> None:

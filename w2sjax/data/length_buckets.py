@@ -35,6 +35,10 @@ stage's plan, which is known ahead, so it is a pure function of the plan and ``C
 what happens to be compiled already): reruns and resumes pad every step alike.
 A stage's predictions choose their lengths the same way over all their batches
 (`w2sjax.train.predict_buckets`).
+
+**The default cost.** ``C`` is compile seconds over step seconds, so it depends on how fast the
+machine steps: a run that leaves it unset gets `default_compile_cost` for its precision and
+machine, and the runner puts that number into every stage's fingerprint.
 """
 
 from __future__ import annotations
@@ -69,7 +73,24 @@ def candidate_lengths(max_len: int, compile_cost: float) -> list[int]:
 
 
 __all__ = ["FINE_STEP", "BucketedOrder", "bucket_lengths", "candidate_lengths", "choose_lengths", "compiled_length",
-           "epoch_plan", "token_lengths", "trim"]
+           "default_compile_cost", "epoch_plan", "token_lengths", "trim"]
+
+# ``C`` for a run that leaves ``train.compile_cost_steps`` unset, measured on the sweep benchmark
+# (`benchmarks.sweep_cold`, MiniLM-L6, first run and warm against PyTorch; benchmarks/RESULTS.md).
+# Slow steps: float32, or bf16 without matrix units (a 2-core AMD EPYC, 2026-12-07: a float32 train
+# program compiles in about one step at 32x128). Fast steps: bf16 on a CPU with AMX, where a step is
+# ~5x faster and 4 beat 0.5 and 2 on the first run (2026-12-07); and accelerators, whose steps are
+# faster still next to their compiles (not measured here: the same value, as the nearest measured).
+SLOW_STEP_COMPILE_COST = 0.5
+FAST_STEP_COMPILE_COST = 4.0
+
+
+def default_compile_cost(precision: str, platform: str, cpu_flags=frozenset()) -> float:
+    """The compile cost in steps at ``max_len`` for a run of ``precision`` on ``platform`` ("cpu",
+    "gpu", "tpu"), whose CPU has ``cpu_flags``: `FAST_STEP_COMPILE_COST` where steps run on matrix
+    units (an accelerator, or bf16 on a CPU with ``amx_bf16``), else `SLOW_STEP_COMPILE_COST`."""
+    fast = platform != "cpu" or (precision == "bfloat16" and "amx_bf16" in cpu_flags)
+    return FAST_STEP_COMPILE_COST if fast else SLOW_STEP_COMPILE_COST
 
 
 def choose_lengths(step_lengths, max_len: int, compile_cost: float) -> tuple[int, ...]:

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from w2sjax.runner import utilisation
+
 __all__ = ["ENV", "F32_ENV", "available", "enabled", "wanted", "packs_float32", "matmul", "dot"]
 
 ENV = "W2SJAX_ONEDNN"
@@ -108,15 +110,7 @@ def _build(inc: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     return so
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
-                           if line.startswith("flags")), ()))
+_cpu_flags = utilisation.cpu_flags  # a module name of its own, which tests replace
 
 
 # oneDNN 3.2 has bf16 matmuls on AVX-512 (its avx512_core ISA and up: AVX512-BF16 and AMX add

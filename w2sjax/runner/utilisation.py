@@ -15,6 +15,7 @@ machine is low, so MFU can then exceed 1; delete the file to measure again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -94,6 +95,19 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return None
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def known_peak(device_kind: str, dtype: str) -> float | None:
