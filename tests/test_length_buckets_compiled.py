@@ -197,7 +197,7 @@ def test_an_unset_compile_cost_follows_the_step_speed_of_precision_and_machine()
     AMX CPU, any accelerator) it is 4 steps, elsewhere 0.5; a number the run gives is kept."""
     import jax
 
-    from w2sjax import experiment
+    from w2sjax import train
     from w2sjax.config import Config, StudentTrainConfig
 
     assert lb.default_compile_cost("bfloat16", "cpu", frozenset({"avx512f", "amx_bf16"})) == 4.0
@@ -207,8 +207,8 @@ def test_an_unset_compile_cost_follows_the_step_speed_of_precision_and_machine()
     assert StudentTrainConfig().compile_cost_steps is None
     on_cpu = jax.default_backend() == "cpu"
     for precision in ("float32", "bfloat16"):
-        resolved = experiment.with_compile_cost(Config(precision=precision))
+        resolved = train.with_compile_cost(Config(precision=precision))
         fast = not on_cpu or (precision == "bfloat16" and _cpu_has_amx_bf16())
         assert resolved.train.compile_cost_steps == resolved.weak_train.compile_cost_steps == (4.0 if fast else 0.5)
     given = Config(precision="bfloat16", train=StudentTrainConfig(compile_cost_steps=1.5))
-    assert experiment.with_compile_cost(given).train.compile_cost_steps == 1.5
+    assert train.with_compile_cost(given).train.compile_cost_steps == 1.5

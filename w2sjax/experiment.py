@@ -24,7 +24,6 @@ shifts (:mod:`w2sjax.data.shift`), result rows (:mod:`w2sjax.report.results`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from typing import Callable, Iterable, Iterator
@@ -32,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from w2sjax import metrics, parallel
+from w2sjax import metrics, parallel, train
 from w2sjax.config import Config, ConfigError, to_dict
 from w2sjax.runner import atomic, compile_stats, memory, rundir, sigint, stage_keys, tensorboard_log
 # Re-exported: other programs import these names from here.
@@ -88,19 +87,6 @@ def _load_task(config: Config):
 _COMPILES_AT_START: dict[str, dict] = {}
 
 
-def with_compile_cost(config: Config) -> Config:
-    """``config`` with every unset ``compile_cost_steps`` set for its precision on this machine
-    (`train.machine_compile_cost`), so that stage fingerprints name the number their batches pad by."""
-    from w2sjax import train
-
-    cost = train.machine_compile_cost(config.precision)
-
-    def resolved(cfg):
-        return cfg if cfg.compile_cost_steps is not None else dataclasses.replace(cfg, compile_cost_steps=cost)
-
-    return dataclasses.replace(config, train=resolved(config.train), weak_train=resolved(config.weak_train))
-
-
 def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True, models_used=None):
     """Everything before the first stage, shared by the standard protocol and ``w2sjax.methods``:
     join other processes, check names, build the mesh, load (and maybe shift) the task, create
@@ -129,7 +115,7 @@ def prepare(config: Config, out_dir: str | os.PathLike, *, progress: bool = True
     if config.options.shift != "none":
         task = shift_task(task, config.options.shift)
 
-    config = with_compile_cost(config)
+    config = train.with_compile_cost(config)
     runner = Runner(config, out, mesh, task, progress)
     task.train["row"], task.test["row"] = (np.arange(len(split["label"])) for split in (task.train, task.test))
     if parallel.is_main_process():
@@ -340,11 +326,10 @@ def chain_parts(half: dict, n: int, seed: int) -> list[np.ndarray]:
 
 
 def finish(config: Config, out: pathlib.Path, rows: list[dict], **extra) -> dict:
-    """Write ``results.json`` (process 0) and return it; ``extra`` adds top-level keys. Results
-    of other settings already there are kept beside it under a printed name."""
+    """Write ``results.json`` (process 0; its config as the stages ran it, machine defaults set) and
+    return it; ``extra`` adds top-level keys. Results of other settings there are kept under a printed name."""
     extra.setdefault("compile", compile_stats.since(_COMPILES_AT_START.get(str(out), {})))
-    # the config as the stages ran it (machine defaults set), so a rerun elsewhere names what changed
-    payload = {"config": to_dict(with_compile_cost(config)), "runs": rows, **extra}
+    payload = {"config": to_dict(train.with_compile_cost(config)), "runs": rows, **extra}
     used = _USED.pop(str(out.absolute()), None)
     if used is not None:
         payload.setdefault("checkpoints", sorted(used))

@@ -456,6 +456,17 @@ def compile_cost(cfg: TrainConfig) -> float:
     return machine_compile_cost("float32") if cfg.compile_cost_steps is None else cfg.compile_cost_steps
 
 
+def with_compile_cost(config):
+    """A run's ``config`` (`w2sjax.config.Config`) with every unset ``compile_cost_steps`` set for its
+    precision on this machine, so that stage fingerprints name the number their batches pad by."""
+    cost = machine_compile_cost(config.precision)
+
+    def resolved(cfg):
+        return cfg if cfg.compile_cost_steps is not None else dataclasses.replace(cfg, compile_cost_steps=cost)
+
+    return dataclasses.replace(config, train=resolved(config.train), weak_train=resolved(config.weak_train))
+
+
 def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | tuple[int, ...]:
     """The ``buckets`` argument of every prediction of a stage that predicts ``inputs_list``:
     ``cfg.length_buckets``, or with a compile cost the lengths its batches run at, chosen over all
