@@ -220,3 +220,22 @@ def test_issue_stale_results_command(tmp_path):
     _cli(["--out", "fresh", *SMALL_RUN, "--set", "train.epochs=5"], tmp_path)
     load = lambda d: comparable(json.loads((tmp_path / d / "results.json").read_text()))
     assert load("r") == load("fresh")
+
+
+def test_a_stage_config_with_an_unset_compile_cost_is_keyed_as_the_runs_own(tmp_path):
+    """A finetuned text stage whose config leaves the compile cost unset (a recipe built apart from
+    the run's config, as a bootstrap rung's) pads and is fingerprinted with the run's machine default,
+    not as if it compiled one program per bucket: the same checkpoint name as the run's own config,
+    another than an explicit 0."""
+    from w2sjax.runner.stage_runner import Runner
+
+    config = dataclasses.replace(tiny_text_config(), strong_mode="finetune", precision="bfloat16")
+    runner, task, out = experiment.prepare(config, tmp_path / "run", progress=False)
+    planner = Runner(runner.config, out, runner.mesh, task, False, planning=True)
+    sr = experiment.SeedRun(planner, task, 0)
+    unset = dataclasses.replace(runner.config.train, compile_cost_steps=None)
+    name = lambda cfg: sr.strong(StageKey.ceiling("minilm-l1", 0), "minilm-l1", sr.gt(sr.student_half),
+                                 sr.gt(sr.val), "xent", cfg=cfg).key.checkpoint_name
+    assert runner.config.train.compile_cost_steps is not None
+    assert name(unset) == name(runner.config.train)
+    assert name(dataclasses.replace(unset, compile_cost_steps=0.0)) != name(unset)
