@@ -451,20 +451,24 @@ def machine_compile_cost(precision: str) -> float:
 
 
 def compile_cost(cfg: TrainConfig) -> float:
-    """``cfg.compile_cost_steps``; where it is unset, this machine's float32 default (a run sets it
-    for its own precision before any stage, `w2sjax.experiment.prepare`)."""
+    """``cfg.compile_cost_steps``; where it is unset, this machine's float32 default (a run's stages
+    get it set for the run's precision first, `stage_compile_cost`)."""
     return machine_compile_cost("float32") if cfg.compile_cost_steps is None else cfg.compile_cost_steps
 
 
+def stage_compile_cost(cfg: TrainConfig, precision: str) -> TrainConfig:
+    """``cfg``, with an unset ``compile_cost_steps`` set for ``precision`` on this machine, so that a
+    stage's fingerprint names the number its batches pad by."""
+    if cfg.compile_cost_steps is not None:
+        return cfg
+    return dataclasses.replace(cfg, compile_cost_steps=machine_compile_cost(precision))
+
+
 def with_compile_cost(config):
-    """A run's ``config`` (`w2sjax.config.Config`) with every unset ``compile_cost_steps`` set for its
-    precision on this machine, so that stage fingerprints name the number their batches pad by."""
-    cost = machine_compile_cost(config.precision)
-
-    def resolved(cfg):
-        return cfg if cfg.compile_cost_steps is not None else dataclasses.replace(cfg, compile_cost_steps=cost)
-
-    return dataclasses.replace(config, train=resolved(config.train), weak_train=resolved(config.weak_train))
+    """A run's ``config`` (`w2sjax.config.Config`) with `stage_compile_cost` applied to its ``train``
+    and ``weak_train``: what its stages run with, and what its plan and results.json name."""
+    return dataclasses.replace(config, train=stage_compile_cost(config.train, config.precision),
+                               weak_train=stage_compile_cost(config.weak_train, config.precision))
 
 
 def predict_buckets(inputs_list: list, cfg: TrainConfig, mesh: Mesh) -> bool | tuple[int, ...]:

@@ -231,7 +231,7 @@ class Runner:
         indices); ``weights`` are optional per-example loss weights (``[len(rows)]``); ``sources``
         see :meth:`settings`.
         """
-        cfg = self._with_compile_cost(cfg)
+        cfg = train.stage_compile_cost(cfg, self.config.precision)  # a recipe built apart from the run's config too
         settings = self.settings(model=model, frozen_features=frozen_features, rows=rows, labels=labels,
                                  val_rows=val_rows, val_labels=val_labels, evals=evals, cfg=cfg, loss=loss, seed=seed,
                                  weights=weights, sources=sources)
@@ -267,13 +267,6 @@ class Runner:
                 future.result()  # all used by now; raises an error of a program compiled ahead and not called
         self._outputs_this_process[key.checkpoint_name] = result
         return result
-
-    def _with_compile_cost(self, cfg: train.TrainConfig) -> train.TrainConfig:
-        """``cfg`` with an unset compile cost set as the run's own are (`train.with_compile_cost`): a
-        stage config built outside the run's config (a rung's recipe, say) pads and is keyed alike."""
-        if cfg.compile_cost_steps is not None:
-            return cfg
-        return dataclasses.replace(cfg, compile_cost_steps=train.machine_compile_cost(self.config.precision))
 
     def _finetune_ahead(self, ahead: list, settings: dict, mi, module, data, predicted: list, cfg, loss: str, seed: int,
                         buckets) -> list:
