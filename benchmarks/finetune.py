@@ -160,10 +160,14 @@ class JaxFinetune:
     """The library's train step (`train.train_step`, jitted with donation) on host batches.
 
     Calling it runs one step on each of ``batches`` in turn, moving each host batch to the devices
-    first, as `fit` does. ``traces`` counts how often the step was traced (compiles).
+    first. ``traces`` counts how often the step was traced (compiles).
+
+    ``loop=True`` runs the batches as `fit` does instead: stacked ``[K, B, ...]`` and trained in
+    one call of `train.train_loop` (batches of one shape only). One program then runs K steps, so
+    the host's dispatch, and XLA:CPU's fresh temporary buffers of each call, are paid once per K.
     """
 
-    def __init__(self, module, batches, *, lr: float = 1e-5):
+    def __init__(self, module, batches, *, lr: float = 1e-5, loop: bool = False):
         import jax
 
         from w2sjax import parallel, train
@@ -190,8 +194,30 @@ class JaxFinetune:
                          "labels": np.eye(2, dtype=np.float32)[labels], "weights": np.ones(b, np.float32)}
                         for ids, mask in batches]
         self.steps = 0
+        self.loop = None
+        if loop:
+            from w2sjax.data import feed
+
+            if len({ids.shape for ids, _ in batches}) != 1:
+                raise ValueError("loop=True: every batch must have the same shape (one train_loop program)")
+            def count_traces(step):  # train_loop's step_wrapper: one object, so one program
+                def traced(*a):
+                    self.traces += 1  # runs only while tracing
+                    return step(*a)
+                return traced
+
+            stacked = jax.tree.map(lambda *a: np.stack(a), *self.batches)
+            self.loop = (feed.to_global_stacked(self.mesh, stacked),
+                         train.place(np.int32(len(self.batches)), parallel.replicated(self.mesh)),
+                         dict(model=model, mesh=self.mesh, step_wrapper=count_traces))
 
     def __call__(self):
+        if self.loop is not None:
+            stacked, count, kwargs = self.loop
+            self.state, m = self.train.train_loop(self.state, stacked, count, self.rng, self.settings, **kwargs)
+            self.steps += len(self.batches)
+            self.jax.block_until_ready(m)
+            return
         for batch in self.batches:
             self.state, m = self.step(self.state, self.train.to_global(self.mesh, batch), self.rng, self.settings)
             self.steps += 1

@@ -1,6 +1,6 @@
 """CPU throughput benchmarks of w2sjax against PyTorch + transformers, with interleaved repeats.
 
-    python -m benchmarks.run [--cases matmul embed finetune finetune_lengths fine_foods torch sweep topk
+    python -m benchmarks.run [--cases matmul embed finetune finetune_loop finetune_lengths fine_foods torch sweep topk
                                       sweep_vs_torch]
                              [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
                              [--precision float32 bfloat16] [--torch-precision float32 bfloat16]
@@ -34,8 +34,8 @@ import time
 from benchmarks import finetune as ft
 from benchmarks.interleave import loadavg, run_case
 
-ALL_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "bucketing", "fine_foods", "torch", "sweep", "topk",
-             "sweep_vs_torch")
+ALL_CASES = ("matmul", "embed", "finetune", "finetune_loop", "finetune_lengths", "bucketing", "fine_foods", "torch",
+             "sweep", "topk", "sweep_vs_torch")
 DEFAULT_CASES = ("matmul", "embed", "finetune", "finetune_lengths", "fine_foods", "torch")
 
 
@@ -60,6 +60,8 @@ def _parse(argv):
                         "(`embed.row_blocks`; the library's `embed.BLOCK_TOKENS` is the plain side)")
     p.add_argument("--length-task", default="fine_foods", choices=("fine_foods", "vader_tweets", "vader_movies"),
                    help="finetune_lengths and bucketing: the task whose real texts are batched")
+    p.add_argument("--loop-steps", type=int, default=8,
+                   help="finetune_loop: steps per train_loop call (fit runs up to 16 with its default log_every)")
     p.add_argument("--length-batches", type=int, default=4,
                    help="finetune_lengths and bucketing: batches of real reviews per timed call")
     args = p.parse_args(argv)
@@ -238,8 +240,8 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
     shared = ft.TorchFinetune.shared(model, path, layers) if with_torch else None
     extra = {"model": model, "batch": b}
 
-    def run(case, jax_batches, torch_batches, examples, flops, **more):
-        sides = {impl: ft.JaxFinetune(m, jax_batches) for impl, m in modules.items()}
+    def run(case, jax_batches, torch_batches, examples, flops, loop=False, **more):
+        sides = {impl: ft.JaxFinetune(m, jax_batches, loop=loop) for impl, m in modules.items()}
         if shared is not None:
             sides.update({_impl("torch", d): ft.TorchFinetune(shared, torch_batches, d) for d in args.torch_precision})
         recs = run_case(case, sides, args.repeats, examples=examples, flops_per_example=flops, peaks=peaks,
@@ -248,13 +250,17 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
         for impl, side in sides.items():
             if impl.startswith("jax"):
                 recs.append({"case": "trace_count", "impl": impl, "for_case": case, "model": model,
-                             "fn": "train_step", "traces": side.traces, "steps": side.steps,
+                             "fn": "train_loop" if loop else "train_step", "traces": side.traces, "steps": side.steps,
                              "shapes": shapes, "ok": side.traces == shapes})
         return recs
 
     if "finetune" in args.cases:
         batches = ft.fixed_batches(shape.vocab, tok.pad_id, count=1, b=b, t=t)
         yield from run("finetune", batches, batches, b, shape.train_flops(t), seq=t)
+    if "finetune_loop" in args.cases:  # the steps as `fit` runs them: K per call of train_loop
+        batches = ft.fixed_batches(shape.vocab, tok.pad_id, count=args.loop_steps, b=b, t=t)
+        yield from run("finetune_loop", batches, batches, b * len(batches), shape.train_flops(t), loop=True,
+                       seq=t, steps_per_call=len(batches))
     if "finetune_lengths" in args.cases and texts is not None:
         ids = ft.real_token_ids(tok, texts, args.length_batches, b=b, max_len=t)
         jax_batches = ft.bucketed(tok, ids, t, b=b)
@@ -441,7 +447,7 @@ def main(argv=None) -> int:
     length_texts = (task_texts(args.length_task, sz["foods"]) if {"finetune_lengths", "bucketing"} & set(args.cases)
                     else None)
     for model in args.models:
-        if {"finetune", "finetune_lengths"} & set(args.cases):
+        if {"finetune", "finetune_loop", "finetune_lengths"} & set(args.cases):
             for rec in finetune_cases(model, args, sz, peaks, length_texts, with_torch):
                 emit(rec)
             from w2sjax.runner import memory

@@ -20,7 +20,7 @@ def test_quick_benchmark_schema_and_trace_counts():
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "matmul", "embed", "finetune",
-         "finetune_lengths", "bucketing", "fine_foods"],
+         "finetune_loop", "finetune_lengths", "bucketing", "fine_foods"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,7 +30,7 @@ def test_quick_benchmark_schema_and_trace_counts():
     setup = by_case[("setup", "setup")]
     assert "xla_cpu_experimental_ynn_fusion_type" in setup["xla_flags"]
     assert by_case[("matmul", "jax")]["gflops"] > 0
-    for case in ("embed", "finetune", "finetune_lengths", "fine_foods"):
+    for case in ("embed", "finetune", "finetune_loop", "finetune_lengths", "fine_foods"):
         r = by_case[(case, "jax")]
         for key in ("examples_per_s", "examples_per_s_median", "seconds", "median_s", "gflops", "peak_gflops",
                     "ratio_to_peak"):
@@ -38,11 +38,40 @@ def test_quick_benchmark_schema_and_trace_counts():
         assert len(r["loadavg_before"]) == 3 and len(r["loadavg_after"]) == 3
     traces = {r["for_case"]: r for r in records if r["case"] == "trace_count" and r["impl"] == "jax"}
     assert traces["finetune"]["traces"] == 1 and traces["finetune"]["ok"] and traces["finetune"]["steps"] >= 2
+    # fit's form: one train_loop program runs all 8 steps of a call
+    loop = traces["finetune_loop"]
+    assert loop["fn"] == "train_loop" and loop["traces"] == 1 and loop["steps"] >= 16 and loop["steps"] % 8 == 0
     # Real lengths in fit's length buckets: one trace per bucket length used.
     assert traces["finetune_lengths"]["shapes"] == traces["finetune_lengths"]["traces"] >= 1
     ratio = by_case[("bucketing", "ratio")]
     assert ratio["buckets_over_padded_min"] > 0 and 0 < ratio["token_fraction"] <= 1
     assert by_case[("fine_foods", "jax")]["compiles"] >= 1
+
+
+def test_finetune_loop_side_trains_as_the_step_by_step_side(monkeypatch):
+    """The ``finetune_loop`` case times fit's form (K steps in one `train_loop` call): it must
+    train exactly what K calls of the jitted step train, so the two timings compare like for like."""
+    import jax
+    import numpy as np
+
+    from benchmarks import finetune as ft
+
+    monkeypatch.setenv("W2SJAX_ONEDNN", "0")
+    path = ft.asset_path("minilm-l6")
+    batches = ft.fixed_batches(30522, 0, count=3, b=8, t=16)
+    # lr 1e-2: the schedule's first steps (warm-up over 1000) then move weights by ~1e-4, far above rounding
+    sides = [ft.JaxFinetune(ft.jax_module("minilm-l6", path, "float32", 1), batches, lr=1e-2, loop=loop)
+             for loop in (False, True)]
+    for side in sides:
+        side()
+    stepwise, looped = sides
+    assert looped.traces == 1 and looped.steps == stepwise.steps == 3
+    assert int(looped.state.step) == int(stepwise.state.step) == 3
+    flat = [np.concatenate([np.ravel(a) for a in jax.tree.leaves(s.state.params)]) for s in sides]
+    assert np.abs(flat[0] - flat[1]).max() < 1e-6
+    start = np.concatenate([np.ravel(a) for a in jax.tree.leaves(
+        ft.JaxFinetune(ft.jax_module("minilm-l6", path, "float32", 1), batches).state.params)])
+    assert np.abs(flat[1] - start).max() > 1e-4  # they trained: the parameters moved
 
 
 def test_interleave_alternates_sides_and_reverses_odd_rounds():
