@@ -60,6 +60,9 @@ def _parse(argv):
                         "(`embed.row_blocks`; the library's `embed.BLOCK_TOKENS` is the plain side)")
     p.add_argument("--length-task", default="fine_foods", choices=("fine_foods", "vader_tweets", "vader_movies"),
                    help="finetune_lengths and bucketing: the task whose real texts are batched")
+    p.add_argument("--layers", type=int, default=None,
+                   help="finetune cases: the first N blocks of each model on both sides (a full SmolLM2 beside "
+                        "PyTorch's passes 13 GB)")
     p.add_argument("--loop-steps", type=int, default=8,
                    help="finetune_loop: steps per train_loop call (fit runs up to 16 with its default log_every)")
     p.add_argument("--length-batches", type=int, default=4,
@@ -232,7 +235,7 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
     costs more than a timed round.
     """
     path = ft.asset_path(model)
-    layers = sz["layers"] if model != "smollm2-135m" else None
+    layers = args.layers or (sz["layers"] if model != "smollm2-135m" else None)
     shape = ft.shape_of(model, path, layers)
     tok = ft.tokenizer_of(model, path)
     b, t = sz["ft_b"], sz["ft_t"]
