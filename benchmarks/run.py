@@ -4,14 +4,15 @@
                                       sweep_vs_torch]
                              [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
                              [--precision float32 bfloat16] [--torch-precision float32 bfloat16]
-                             [--matmul-n N] [--ynn dot|off|all]
+                             [--matmul-n N] [--ynn dot|off|all] [--layers N] [--loop-steps K]
 
 Every case runs its sides in interleaved rounds (`benchmarks.interleave`): JAX float32 (``jax``),
 JAX bfloat16 matmuls with float32 sums (``jax_bf16``), PyTorch float32 (``torch``) and PyTorch
 under CPU bf16 autocast (``torch_bf16``), A B C D then D C B A, after one untimed warm-up call
-each. Each side reports the minimum and the median of its timed calls, every record carries the
-load average before and after its case, and the JAX/PyTorch ratios (by minimum and by median) come
-from those same rounds. The PyTorch sides need the ``bench`` extra
+each. ``finetune`` times one jitted step per call; ``finetune_loop`` times K steps per call of
+`train.train_loop`, the form `fit` runs. Each side reports the minimum and the median of its timed
+calls, every record carries the load average before and after its case, and the JAX/PyTorch ratios
+(by minimum and by median) come from those same rounds. The PyTorch sides need the ``bench`` extra
 (``pip install -e ".[bench]"``) and the ``torch`` case; without them only JAX sides run.
 
 Prints one JSON object per line. XLA flags must be set before JAX initialises, so this
