@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The finetune step of MiniLM-L6, MPNet-base and SmolLM2-135M and the weak-to-strong sweep on
+# The finetune step of MiniLM-L6, MPNet-base and SmolLM2-135M (one per call, and 8 per call as fit
+# runs them) and the weak-to-strong sweep on
 # whatever jax.devices() offers (a GPU, a TPU or the CPU), with the matmul peak measured first
 # so every record carries its ratio to peak (MFU). Records are JSON lines, the same as
 # `python -m benchmarks.run` prints, written to $OUT (default benchmarks/results/) under
@@ -15,5 +16,5 @@ mkdir -p "$out"
 kind=$(python -c "import jax, re; print(re.sub('[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()).strip('_'))")
 file="$out/$(date -u +%Y-%m-%d)_accelerator_${kind}.jsonl"
 echo "benchmarks/accelerator.sh: $(python -c 'import jax; print(jax.devices())') -> $file" >&2
-python -m benchmarks.run --cases matmul finetune sweep_vs_torch torch \
+python -m benchmarks.run --cases matmul finetune finetune_loop sweep_vs_torch torch \
   --models minilm-l6 mpnet-base smollm2-135m --precision bfloat16 float32 "$@" | tee "$file"
