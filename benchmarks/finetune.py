@@ -180,14 +180,16 @@ class JaxFinetune:
         shardings = train.state_shardings(self.mesh, state)
         self.state = train.place(state, shardings)
         self.settings = train.place(train.step_settings(cfg, 1000, "xent"), parallel.replicated(self.mesh))
-        step_fn = functools.partial(train.train_step, model=model, mesh=self.mesh)
         self.traces = 0
 
-        def counted(*a):
-            self.traces += 1  # runs only while tracing
-            return step_fn(*a)
+        def count_traces(step):  # also train_loop's step_wrapper below: one object, so one program
+            def traced(*a):
+                self.traces += 1  # runs only while tracing
+                return step(*a)
+            return traced
 
-        self.step = train.jit_train_step(counted, self.mesh, shardings)
+        step_fn = functools.partial(train.train_step, model=model, mesh=self.mesh)
+        self.step = train.jit_train_step(count_traces(step_fn), self.mesh, shardings)
         self.rng = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(self.mesh))
         labels = np.random.default_rng(1).integers(0, 2, b)
         self.batches = [{"inputs": {"input_ids": ids, "attention_mask": mask},
@@ -200,12 +202,6 @@ class JaxFinetune:
 
             if len({ids.shape for ids, _ in batches}) != 1:
                 raise ValueError("loop=True: every batch must have the same shape (one train_loop program)")
-            def count_traces(step):  # train_loop's step_wrapper: one object, so one program
-                def traced(*a):
-                    self.traces += 1  # runs only while tracing
-                    return step(*a)
-                return traced
-
             stacked = jax.tree.map(lambda *a: np.stack(a), *self.batches)
             self.loop = (feed.to_global_stacked(self.mesh, stacked),
                          train.place(np.int32(len(self.batches)), parallel.replicated(self.mesh)),
