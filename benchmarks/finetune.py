@@ -165,9 +165,11 @@ class JaxFinetune:
     ``loop=True`` runs the batches as `fit` does instead: stacked ``[K, B, ...]`` and trained in
     one call of `train.train_loop` (batches of one shape only). One program then runs K steps, so
     the host's dispatch, and XLA:CPU's fresh temporary buffers of each call, are paid once per K.
+    ``grad_norm_each_step=True`` makes that loop compute the gradient-norm metric on every step,
+    as it did before 2026-12-08, instead of on its last step only.
     """
 
-    def __init__(self, module, batches, *, lr: float = 1e-5, loop: bool = False):
+    def __init__(self, module, batches, *, lr: float = 1e-5, loop: bool = False, grad_norm_each_step: bool = False):
         import jax
 
         from w2sjax import parallel, train
@@ -185,7 +187,9 @@ class JaxFinetune:
         def count_traces(step):  # also train_loop's step_wrapper below: one object, so one program
             def traced(*a):
                 self.traces += 1  # runs only while tracing
-                return step(*a)
+                # (state, batch, rng, settings[, measure]): the loop as it was before it measured
+                # the gradient norm on its last step only, for an A/B in one process
+                return step(*a[:4], True) if grad_norm_each_step else step(*a)
             return traced
 
         step_fn = functools.partial(train.train_step, model=model, mesh=self.mesh)

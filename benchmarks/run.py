@@ -4,7 +4,7 @@
                                       sweep_vs_torch]
                              [--models minilm-l6 mpnet-base smollm2-135m] [--repeats N] [--quick]
                              [--precision float32 bfloat16] [--torch-precision float32 bfloat16]
-                             [--matmul-n N] [--ynn dot|off|all] [--layers N] [--loop-steps K]
+                             [--matmul-n N] [--ynn dot|off|all] [--layers N] [--loop-steps K] [--grad-norm-ab]
 
 Every case runs its sides in interleaved rounds (`benchmarks.interleave`): JAX float32 (``jax``),
 JAX bfloat16 matmuls with float32 sums (``jax_bf16``), PyTorch float32 (``torch``) and PyTorch
@@ -66,6 +66,9 @@ def _parse(argv):
                         "PyTorch's passes 13 GB)")
     p.add_argument("--loop-steps", type=int, default=8,
                    help="finetune_loop: steps per train_loop call (fit runs up to 16 with its default log_every)")
+    p.add_argument("--grad-norm-ab", action="store_true",
+                   help="finetune_loop: one more JAX side per precision, {impl}_norm_each_step, whose loop computes "
+                        "the gradient norm on every step (as before 2026-12-08) instead of on its last only")
     p.add_argument("--length-batches", type=int, default=4,
                    help="finetune_lengths and bucketing: batches of real reviews per timed call")
     args = p.parse_args(argv)
@@ -246,10 +249,23 @@ def finetune_cases(model, args, sz, peaks, texts, with_torch: bool):
 
     def run(case, jax_batches, torch_batches, examples, flops, loop=False, **more):
         sides = {impl: ft.JaxFinetune(m, jax_batches, loop=loop) for impl, m in modules.items()}
+        ab = {}  # the sides of the gradient-norm A/B: now -> as before
+        if loop and args.grad_norm_ab:  # a second state of the same module: both train from its weights
+            for d in args.precision:
+                ab[_impl("jax", d)] = _impl("jax_norm_each_step", d)
+                sides[ab[_impl("jax", d)]] = ft.JaxFinetune(modules[_impl("jax", d)], jax_batches, loop=True,
+                                                            grad_norm_each_step=True)
         if shared is not None:
             sides.update({_impl("torch", d): ft.TorchFinetune(shared, torch_batches, d) for d in args.torch_precision})
         recs = run_case(case, sides, args.repeats, examples=examples, flops_per_example=flops, peaks=peaks,
                         extra={**extra, **more})
+        by_impl = {r["impl"]: r for r in recs if r["impl"] in sides}
+        recs += [{"case": case, "impl": "ratio", "label": "grad_norm_last_step_only", "model": model, "now": now,
+                  "before": before,
+                  "now_over_before_min": round(by_impl[now]["examples_per_s"] / by_impl[before]["examples_per_s"], 3),
+                  "now_over_before_median": round(by_impl[now]["examples_per_s_median"]
+                                                  / by_impl[before]["examples_per_s_median"], 3)}
+                 for now, before in ab.items()]
         shapes = len({ids.shape for ids, _ in jax_batches})
         for impl, side in sides.items():
             if impl.startswith("jax"):

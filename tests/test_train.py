@@ -237,6 +237,37 @@ def test_train_loop_donates_the_state():
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.opt_state) if isinstance(leaf, jax.Array))
 
 
+def test_train_loop_reports_the_gradient_norm_of_its_last_step():
+    """The loop computes ``grad_norm`` only on the step whose metrics it returns: that value is the
+    norm of the last step's gradient (a cross-entropy gradient taken here by hand, normed in numpy),
+    not 0 and not an earlier step's."""
+    x, onehot, _ = separable(n=96)
+    mesh = parallel.make_mesh()
+    feed = train.HostFeed(train.ArrayData(x, onehot), 32, 0, mesh, 3)
+    (count, batches), = feed.segments(0, 3)
+    settings = train.place(train.step_settings(train.TrainConfig(lr=3e-2), 3, "xent"), parallel.replicated(mesh))
+    rng = train.place(jax.random.key_data(jax.random.key(0)), parallel.replicated(mesh))
+
+    def loop(steps):
+        model, state = train.init_state(Probe(10, 2, rngs=nnx.Rngs(0)), "all")
+        state = train.place(state, train.state_shardings(mesh, state))
+        return model, train.train_loop(state, batches, train.place(np.int32(steps), parallel.replicated(mesh)), rng,
+                                       settings, model=model, mesh=mesh)
+
+    model, (before_last, _) = loop(2)
+    _, (_, metrics) = loop(3)
+    last = jax.tree.map(lambda a: np.asarray(a)[2], batches)
+
+    def cross_entropy(params):
+        logits = model.bind(params, before_last.frozen)(last["inputs"])
+        return -(last["labels"] * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+    grads = jax.grad(cross_entropy)(jax.tree.map(np.asarray, before_last.params))
+    expected = np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in jax.tree.leaves(grads)))
+    assert expected > 1e-3
+    np.testing.assert_allclose(float(metrics["grad_norm"]), expected, rtol=1e-4)
+
+
 def test_predict_in_length_buckets_matches_padded_predictions_in_input_order():
     """Token inputs are predicted shortest first, each batch cut to a bucket length: the same
     probabilities, in the input order, with one compile per length used."""

@@ -243,15 +243,16 @@ _initial_opt_state = jax.jit(lambda params, optimizer: optimizer.init(params), s
 
 # ---- pure steps -----------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, *, model: ModelStructure,
-               mesh: Mesh | None = None):
+def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSettings, measure: bool | jax.Array = True,
+               *, model: ModelStructure, mesh: Mesh | None = None):
     """One optimizer step, pure and not jitted: ``(state, metrics)``.
 
     ``batch = {"inputs": pytree [B, ...], "labels": [B, C] probabilities, "weights": [B]}``.
     ``rng`` is the stage's base key; the step folds in its own step number, so every step draws
     fresh randomness reproducibly without the host doing anything per step. ``settings``
     (:class:`StepSettings`) picks the loss and sets the schedules. With a ``mesh`` the optimizer
-    update runs split over its data axis (:func:`sharded_update`).
+    update runs split over its data axis (:func:`sharded_update`). ``measure`` (a bool, or a traced
+    bool) says whether the ``grad_norm`` metric is computed; when it is not, it reads 0.
     """
     step_frac = state.step.astype(jnp.float32) / settings.total_steps.astype(jnp.float32)
     rng = jax.random.fold_in(rng, state.step)
@@ -272,7 +273,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
     blowup = (state.blowup_step < 0) & (loss > DIVERGENCE_FACTOR * first_loss)
     step_metrics = {
         "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": _grad_norm(grads, measure),
         "label_agreement": metrics.accuracy(logits, batch["labels"]),
     }
     new_state = state.replace(
@@ -280,6 +281,19 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, settings: StepSet
         first_loss=first_loss, blowup_step=jnp.where(blowup, state.step, state.blowup_step),
     )
     return new_state, step_metrics
+
+
+def _grad_norm(grads: PyTree, measure: bool | jax.Array) -> jax.Array:
+    """The gradients' global L2 norm, float32, or 0 where ``measure`` is false. It reads every gradient
+    once more, and XLA:CPU squares them into a fresh array before summing it in ``reduce-window``
+    trees: about 0.1 s of a 2.7 s six-layer MPNet-base step per device, the word-embedding table's
+    40 ms of it (benchmarks/RESULTS.md, 2026-12-08). So `train_loop` asks for it only on the step
+    whose metrics it returns."""
+    norm = lambda g: optax.tree.norm(g).astype(jnp.float32)
+    zero = lambda g: jnp.zeros((), jnp.float32)
+    if isinstance(measure, bool):
+        return norm(grads) if measure else zero(grads)
+    return jax.lax.cond(measure, norm, zero, grads)
 
 
 def sharded_update(grads: PyTree, opt_state: PyTree, params: PyTree, mesh: Mesh | None) -> tuple[PyTree, PyTree]:
@@ -318,8 +332,8 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     ``step_wrapper`` wraps the step before tracing (tests pass a trace counter); each wrapper
     object gets its own program. The state is donated (updated in place) and keeps its layout.
     """
-    def step(state, batch, rng, settings):
-        return train_step(state, batch, rng, settings, model=model, mesh=mesh)
+    def step(state, batch, rng, settings, measure=True):
+        return train_step(state, batch, rng, settings, measure, model=model, mesh=mesh)
 
     run_step = step if step_wrapper is None else step_wrapper(step)
     rows = parallel.batch_sharding(mesh)
@@ -331,7 +345,7 @@ def train_loop(state: TrainState, batches: dict, count: jax.Array, rng: jax.Arra
     out_shapes = jax.eval_shape(step, state, batch_at(0), rng, settings)[1]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
     state, step_metrics = jax.lax.fori_loop(
-        0, count, lambda i, carry: run_step(carry[0], batch_at(i), rng, settings), (state, zeros))
+        0, count, lambda i, carry: run_step(carry[0], batch_at(i), rng, settings, i == count - 1), (state, zeros))
     # Parameters stay replicated (or fsdp-sharded, as they came in), the optimizer state split as
     # `state_shardings` places it; the metrics are replicated.
     return (jax.lax.with_sharding_constraint(state, _shardings_of(mesh, state)),
