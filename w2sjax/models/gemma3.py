@@ -310,7 +310,7 @@ def load_gguf(g, *, dtype=jnp.float32, param_dtype=None, mesh=None):
     names = _names(cfg, gguf=True)
     model = weights_lib.fill(abstract, lambda p: _convert(p, g.tensor(names[p]), gguf=True), param_dtype=param_dtype,
                              mesh=mesh)
-    return model, GGUFTokenizer(g)
+    return model, g.tokenizer()
 
 
 def load_gemma3_270m(path: str | Path, *, dtype=jnp.float32) -> tuple[Gemma3Model, GGUFTokenizer]:

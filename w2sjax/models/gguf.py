@@ -23,7 +23,7 @@ from w2sjax.models import embed
 from w2sjax.models.tokenizer import pad_ids
 
 __all__ = ["GGUFFile", "GGUFTokenizer", "build_bpe_tokenizer", "build_spm_tokenizer", "count_params", "find_gguf",
-           "load", "ARCHITECTURES"]
+           "load", "open_gguf", "ARCHITECTURES"]
 
 # general.architecture -> the module whose ``load_gguf(GGUFFile, dtype=...)`` builds it.
 ARCHITECTURES = {
@@ -55,6 +55,7 @@ class GGUFFile:
         self._gguf = gguf
         self._reader = gguf.GGUFReader(str(self.path))
         self._tensors = {t.name: t for t in self._reader.tensors}
+        self._tokenizer: GGUFTokenizer | None = None
 
     def field(self, key: str, default: Any = None) -> Any:
         """A metadata value (str, number, bool or list), or ``default``."""
@@ -70,6 +71,13 @@ class GGUFFile:
     def has_tensor(self, name: str) -> bool:
         return name in self._tensors
 
+    def tokenizer(self) -> "GGUFTokenizer":
+        """The file's `GGUFTokenizer`, built on first use and kept: building Gemma's (262k tokens,
+        its merges derived from the vocabulary) takes seconds."""
+        if self._tokenizer is None:
+            self._tokenizer = GGUFTokenizer(self)
+        return self._tokenizer
+
     def tensor(self, name: str) -> np.ndarray:
         """The tensor dequantized to float32, in numpy (row-major, torch) order.
 
@@ -77,7 +85,9 @@ class GGUFFile:
         back as ``[out, in]``, like a torch ``Linear.weight``.
         """
         t = self._tensors[name]
-        arr = self._gguf.quants.dequantize(t.data, t.tensor_type)
+        # A plain view of the mapped bytes: the dequantizer splits a quantized tensor into many row
+        # groups, and as np.memmap views each split cost a subclass hook (about 15% of a Gemma load).
+        arr = self._gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
         return np.asarray(arr, dtype=np.float32)
 
 
@@ -271,13 +281,32 @@ def find_gguf(path: str | Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=2)
+def _open_cached(path: str, size: int, mtime_ns: int) -> GGUFFile:
+    del size, mtime_ns  # part of the key only: a file replaced in place is opened again
+    return GGUFFile(path)
+
+
+def open_gguf(path: str | Path) -> GGUFFile:
+    """The parsed `GGUFFile` of ``path`` (a file, or a directory holding one), kept per process.
+
+    Parsing the metadata is most of a load: about 10 s for Gemma-3-270M's 262k-token vocabulary,
+    paid again by every finetuned stage of a sweep before this cache (benchmarks/RESULTS.md,
+    2026-12-08). Only the parse and the tokenizer are kept; the tensors stay memory-mapped and are
+    dequantized afresh by each load. `w2sjax.runner.memory.release` clears it."""
+    p = find_gguf(path).resolve()
+    st = p.stat()
+    return _open_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
 def load(path: str | Path, *, dtype="float32", param_dtype=None, mesh=None):
     """``(module, tokenizer)`` of a GGUF file (or a directory holding one), whatever its
     architecture: ``module(input_ids, attention_mask) -> hidden [B, T, D]``; with a ``mesh``
-    the parameters load straight into their fsdp shardings."""
+    the parameters load straight into their fsdp shardings. The parsed file and its tokenizer
+    are shared with earlier loads of the same file (`open_gguf`); the module is new each time."""
     import jax.numpy as jnp
 
-    g = GGUFFile(find_gguf(path))
+    g = open_gguf(path)
     arch = g.field("general.architecture")
     if arch not in ARCHITECTURES:
         raise ValueError(f"{g.path}: GGUF architecture {arch!r} is not supported; "

@@ -412,7 +412,7 @@ def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None, mesh=None) ->
             return _unpermute_rows(w, cfg.num_key_value_heads).T
         return w.T if how == "T" else w  # GGUF/torch [out, in] -> NNX kernel [in, out]
 
-    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh), GGUFTokenizer(g)
+    return weights_lib.fill(abstract, tensor_for, param_dtype=param_dtype, mesh=mesh), g.tokenizer()
 
 
 def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None

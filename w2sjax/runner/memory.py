@@ -28,9 +28,10 @@ def _clear_weight_caches() -> None:
     """The model families' per-process weight caches (only those already imported)."""
     for module_name in ("w2sjax.models.bert", "w2sjax.models.mpnet", "w2sjax.models.hf", "w2sjax.models.gguf"):
         module = sys.modules.get(module_name)
-        loader = getattr(module, "_load_cached", None)
-        if loader is not None:
-            loader.cache_clear()
+        for name in ("_load_cached", "_open_cached"):  # loaded modules; parsed GGUF files
+            cached = getattr(module, name, None)
+            if cached is not None:
+                cached.cache_clear()
 
 
 def _return_freed_heap() -> None:
