@@ -423,7 +423,8 @@ def test_committed_docs_match_a_regeneration(bench, tmp_path):
     for rel, begin, end in (("docs/results.md", benchmark.BEGIN, benchmark.END),
                             ("docs/results.md", limits.BEGIN, limits.END),
                             ("docs/results.md", benchmark.DECODER_BEGIN, benchmark.DECODER_END),
-                            ("README.md", benchmark.README_BEGIN, benchmark.README_END)):
+                            ("README.md", benchmark.README_BEGIN, benchmark.README_END),
+                            ("README.md", benchmark.DECODER_README_BEGIN, benchmark.DECODER_README_END)):
         committed = benchmark.section((ROOT / rel).read_text(), begin, end)
         assert committed is not None, f"{rel} has no generated benchmark section"
         assert committed == benchmark.section((tmp_path / rel).read_text(), begin, end), rel
@@ -745,9 +746,9 @@ def test_decoder_list_prints_the_plan_and_its_cost(bench, tmp_path, capsys):
 
 
 def test_summary_only_writes_the_decoder_section_apart(bench, tmp_path):
-    """From synthetic decoder artefacts: the decoder section's table lines equal an independent
-    recomputation, version 2's section and the README are left alone; with no artefacts the
-    section says that nothing has run."""
+    """From synthetic decoder artefacts: the decoder section's table lines and the README's decoder
+    sentence equal an independent recomputation, version 2's section and sentence are left alone;
+    with no artefacts the section says that nothing has run."""
     shutil.copy(SHIPPED, tmp_path / "benchmark_protocol.json")
     spec = json.loads(DECODERS.read_text())
     spec["medians"]["n_boot"] = 300
@@ -757,13 +758,18 @@ def test_summary_only_writes_the_decoder_section_apart(bench, tmp_path):
     (tmp_path / "docs").mkdir()
     v2_section = f"{benchmark.BEGIN}\nversion 2 stays\n{benchmark.END}"
     (tmp_path / "docs" / "results.md").write_text(f"# R\n\n{v2_section}\n")
-    (tmp_path / "README.md").write_text("# w2sjax\n")
+    v2_sentence = f"{benchmark.README_BEGIN}\nversion 2's sentence stays\n{benchmark.README_END}"
+    (tmp_path / "README.md").write_text(f"# w2sjax\n\n{v2_sentence}\n")
     argv = ["--summary-only", "--protocol", str(proto.path), "--artefacts", str(tmp_path / "a"),
             "--docs-root", str(tmp_path), "--no-figure"]
     assert bench["main"](argv) == 0
     text = (tmp_path / "docs" / "results.md").read_text()
     body = benchmark.section(text, benchmark.DECODER_BEGIN, benchmark.DECODER_END)
     assert "**Nothing has run yet.**" in body and "none yet" in body and proto.sha256 in body
+    readme = lambda: benchmark.section((tmp_path / "README.md").read_text(), benchmark.DECODER_README_BEGIN,
+                                       benchmark.DECODER_README_END)
+    assert readme() == f"Decoder students, under their own pre-registered protocol (protocol sha256 `{proto.short}`): " \
+                       "no results yet; see docs/benchmark.md."
     tasks = ["fine_foods", "vader_tweets", "bbc_news", "t_three", "t_four", "t_five"]
     _write_synthetic(tmp_path / "a", proto.sha256, tasks)
     assert bench["main"](argv) == 0
@@ -774,7 +780,11 @@ def test_summary_only_writes_the_decoder_section_apart(bench, tmp_path):
     med, ci, n, _ = medians[("logconf", "gap", "all")]
     assert f"median PGR over gap tasks (all): {_pgr_text(med, ci)} over {n} tasks" in body
     assert "`docs/benchmark_decoders/`" in body and "Nothing has run" not in body
-    assert f"# R\n\n{v2_section}\n" in text and (tmp_path / "README.md").read_text() == "# w2sjax\n"
+    assert f"# R\n\n{v2_section}\n" in text and f"# w2sjax\n\n{v2_sentence}\n" in (tmp_path / "README.md").read_text()
+    assert readme() == (f"Decoder students, under their own pre-registered protocol (protocol sha256 `{proto.short}`): "
+                        f"glove-bow → minilm-l6 with `logconf` recovers a median of {_pgr_text(med, ci)} of the gap "
+                        f"over {n} gap tasks ({medians[('logconf', 'gap', 'all')][3]} with a defined PGR); every "
+                        "number in docs/results.md's decoder section.")
 
 
 @pytest.mark.slow
