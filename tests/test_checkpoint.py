@@ -261,3 +261,33 @@ def test_lost_tensorstore_reads_of_a_damaged_checkpoint_stay_off_the_log_and_oth
     lost = ValueError('OUT_OF_RANGE: Error reading "test/.zarray" in OCDBT database [tensorstore_spec=\'{}\']')
     assert checkpoint._not_a_lost_orbax_read(record(lost)) is False
     assert checkpoint._not_a_lost_orbax_read(record(ValueError("a bug of its own"))) is True
+
+
+def test_unraisable_hooks_installed_again_do_not_call_each_other_for_ever():
+    """The restore hook and the SIGINT hook, each installed again after a test runner put back the
+    hook it found (as pytest does around every test), hand an unrelated exception on once to the
+    hook below them: no cycle, no RecursionError."""
+    import types
+
+    from w2sjax.runner import sigint
+
+    saved, saved_previous = sys.unraisablehook, sigint._previous_hook
+    seen = []
+    try:
+        sys.unraisablehook = seen.append  # the hook found at start
+        checkpoint._ignore_late_reads()
+        sigint.install()
+        top = sys.unraisablehook
+        sys.unraisablehook = top  # what a runner restores after a test: the hook the test left
+        checkpoint._ignore_late_reads()
+        sigint.install()
+        unraisable = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("x"), exc_traceback=None,
+                                           err_msg=None, object=None)
+        sys.unraisablehook(unraisable)
+        assert seen == [unraisable]
+        late_read = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("Event loop is closed"),
+                                          exc_traceback=None, err_msg=None, object=None)
+        sys.unraisablehook(late_read)
+        assert seen == [unraisable]  # still kept quiet
+    finally:
+        sys.unraisablehook, sigint._previous_hook = saved, saved_previous

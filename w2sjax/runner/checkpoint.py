@@ -660,7 +660,7 @@ def _ignore_late_reads() -> None:
     which is closed by then; each reports "RuntimeError: Event loop is closed" through
     ``sys.unraisablehook``, possibly before the failure reaches us. They are leftovers of a damage
     that is reported anyway: keep them quiet (that one message only)."""
-    if getattr(sys.unraisablehook, "_w2sjax", False):
+    if sigint.hook_chain_holds(sys.unraisablehook, lambda hook: getattr(hook, "_w2sjax", False)):
         return
     previous = sys.unraisablehook
 
@@ -669,7 +669,7 @@ def _ignore_late_reads() -> None:
         if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
             previous(unraisable)
 
-    hook._w2sjax = True
+    hook._w2sjax, hook._w2sjax_previous = True, previous
     sys.unraisablehook = hook
     # The same leftovers can also surface as asyncio's "Task exception was never retrieved" log
     # record, when a failed TensorStore read task is garbage-collected: drop those from Orbax only.

@@ -98,13 +98,27 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGINT, _on_sigint)
-    if sys.unraisablehook is not _quiet_about_lost_interrupts:
+    # Already in the chain (under another w2sjax hook that wrapped this one): wrapping that hook
+    # again would make the two call each other for ever.
+    if not hook_chain_holds(sys.unraisablehook, lambda hook: hook is _quiet_about_lost_interrupts):
         global _previous_hook
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _quiet_about_lost_interrupts
 
 
 _previous_hook = sys.unraisablehook
+
+
+def hook_chain_holds(hook, wanted) -> bool:
+    """Whether ``wanted(h)`` holds for ``hook`` or a hook it hands exceptions on to, following
+    w2sjax's own unraisable hooks (this module's, and any with a ``_w2sjax_previous`` link)."""
+    seen = set()
+    while hook is not None and id(hook) not in seen:
+        if wanted(hook):
+            return True
+        seen.add(id(hook))
+        hook = _previous_hook if hook is _quiet_about_lost_interrupts else getattr(hook, "_w2sjax_previous", None)
+    return False
 
 
 def _quiet_about_lost_interrupts(unraisable) -> None:
