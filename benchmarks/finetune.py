@@ -67,10 +67,10 @@ def _gguf(path):
 
 def shape_of(model: str, path, layers: int | None = None) -> Shape:
     from w2sjax.models import bert, llama, mpnet
-    from w2sjax.models.gguf import GGUFFile
+    from w2sjax.models.gguf import open_gguf
 
     if model == "smollm2-135m":
-        c = llama.LlamaConfig.from_gguf(GGUFFile(_gguf(path)))
+        c = llama.LlamaConfig.from_gguf(open_gguf(path))
         return Shape(layers or c.num_hidden_layers, c.hidden_size, c.intermediate_size,
                      c.num_key_value_heads * c.head_dim, 3, c.vocab_size)
     c = (bert.BertConfig if model == "minilm-l6" else mpnet.MPNetConfig).from_json(path / "config.json")

@@ -31,7 +31,7 @@ from flax import nnx
 
 from w2sjax.models import layers, precision
 from w2sjax.models import weights as weights_lib
-from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
+from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, open_gguf
 from w2sjax.models.llama import rope_tables
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 
@@ -316,7 +316,7 @@ def load_gguf(g, *, dtype=jnp.float32, param_dtype=None, mesh=None):
 def load_gemma3_270m(path: str | Path, *, dtype=jnp.float32) -> tuple[Gemma3Model, GGUFTokenizer]:
     """Gemma-3-270M (base, Q4_K_M GGUF: the file or a directory holding it, e.g.
     ``assets.fetch("gemma3-270m")``) -> ``(model, tokenizer)``."""
-    return load_gguf(GGUFFile(find_gguf(path)), dtype=dtype)
+    return load_gguf(open_gguf(path), dtype=dtype)
 
 
 def model_spec(name: str = "gemma3-270m", *, max_len: int = 128, tokens_per_batch: int = 8192,

@@ -245,7 +245,8 @@ class GGUFTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "GGUFTokenizer":
-        return cls(GGUFFile(path))
+        """The tokenizer of a GGUF file (or a directory holding one), shared through `open_gguf`."""
+        return open_gguf(path).tokenizer()
 
     def token_ids(self, texts: Sequence[str], max_len: int) -> list[np.ndarray]:
         """Token ids of each text, truncated to ``max_len``, unpadded."""

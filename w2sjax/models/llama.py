@@ -40,7 +40,7 @@ from flax import nnx
 from w2sjax.models import heads, layers, precision
 from w2sjax.models import weights as weights_lib
 from w2sjax.models.embed import last_token_index
-from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, find_gguf
+from w2sjax.models.gguf import GGUFFeaturizer, GGUFFile, GGUFTokenizer, open_gguf
 from w2sjax.models.spec import ModelSpec, text_tokenizer
 
 __all__ = [
@@ -418,7 +418,7 @@ def load_gguf(g: GGUFFile, *, dtype=jnp.float32, param_dtype=None, mesh=None) ->
 def load_llama_gguf(path: str | Path, *, dtype=jnp.float32, param_dtype=None
                     ) -> tuple[LlamaModel, GGUFTokenizer]:
     """Load any llama-architecture GGUF (a ``.gguf`` file or a directory holding one)."""
-    return load_gguf(GGUFFile(find_gguf(path)), dtype=dtype, param_dtype=param_dtype)
+    return load_gguf(open_gguf(path), dtype=dtype, param_dtype=param_dtype)
 
 
 def load_smollm2(path: str | Path, *, dtype=jnp.float32) -> tuple[LlamaModel, GGUFTokenizer]:
